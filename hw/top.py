@@ -1,0 +1,133 @@
+"""Top level: stream in pixels, run ``T`` samples through the layer engines, stream out the class.
+
+States (cycle counts mirrored by :mod:`nsm_export.schedule`):
+
+``LOAD``    one pixel per accepted beat: ``z = pixel >= threshold`` is shifted into the input
+            spike register; after ``n_in`` beats the core starts.
+``RUN_l``   layer ``l`` runs one sample; after the last layer the next sample starts at once,
+            ``T`` samples in all.
+``ARGMAX``  ``C`` cycles: scan the scores, keeping the first maximum (ties: lowest index).
+``OUT``     ``m_axis_tvalid`` high with the class and all scores until accepted; then scores
+            clear and the core accepts the next image.
+
+The LFSRs are reset only by ``rst``, never between images.
+"""
+
+from __future__ import annotations
+
+from amaranth.back import verilog
+from amaranth.hdl import Cat, Module, Signal, signed, Array
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from nsm_export.ir import IR
+from .dense import DenseEngine
+
+__all__ = ["NsmCore", "generate_verilog"]
+
+
+class NsmCore(wiring.Component):
+    """A whole NSM classifier built from an IR.
+
+    Members
+    -------
+    s_axis_tvalid : In(1)
+        A pixel is offered.
+    s_axis_tready : Out(1)
+        The core accepts a pixel this cycle.
+    s_axis_tdata : In(pixel_bits)
+        The pixel, unsigned; pixels arrive in input order, ``n_in`` per image.
+    s_axis_tlast : In(1)
+        Marks the last pixel of an image (informational; the image length is fixed by the IR).
+    m_axis_tvalid : Out(1)
+        A result is offered.
+    m_axis_tready : In(1)
+        The consumer takes the result this cycle.
+    m_axis_tdata : Out(class_bits)
+        The winning class.
+    m_axis_tuser : Out(n_classes * score_bits)
+        All class scores, class ``c`` in bits ``[c*score_bits, (c+1)*score_bits)``, signed.
+    """
+
+    def __init__(self, ir: IR):
+        if not isinstance(ir, IR):
+            raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
+        ir.validate()
+        self._ir = ir
+        super().__init__({
+            "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
+            "s_axis_tdata": In(ir.input.pixel_bits), "s_axis_tlast": In(1),
+            "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
+            "m_axis_tdata": Out(ir.class_bits),
+            "m_axis_tuser": Out(ir.n_classes * ir.score_bits),
+        })
+
+    @property
+    def ir(self) -> IR:
+        return self._ir
+
+    def elaborate(self, platform):
+        m = Module()
+        ir = self._ir
+        n0, C, T = ir.input.size, ir.n_classes, ir.samples
+        engines = []
+        for i, layer in enumerate(ir.layers):
+            eng = DenseEngine(layer, ir.score_bits)
+            m.submodules[f"layer{i}"] = eng
+            engines.append(eng)
+
+        spk0 = Signal(n0)
+        m.d.comb += engines[0].spikes_in.eq(spk0)
+        for prev, eng in zip(engines, engines[1:]):
+            m.d.comb += eng.spikes_in.eq(prev.spikes_out[:eng.layer.n_in])
+        out_eng = engines[-1]
+        scores = Array(out_eng.scores[c * ir.score_bits:(c + 1) * ir.score_bits].as_signed()
+                       for c in range(C))
+
+        px = Signal(range(n0 + 1))
+        t = Signal(range(T + 1))
+        c = Signal(range(C + 1))
+        best = Signal(signed(ir.score_bits))
+        best_idx = Signal(ir.class_bits)
+        m.d.comb += [self.m_axis_tdata.eq(best_idx), self.m_axis_tuser.eq(out_eng.scores)]
+
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += self.s_axis_tready.eq(1)
+                with m.If(self.s_axis_tvalid):
+                    bit = self.s_axis_tdata >= ir.input.threshold
+                    m.d.sync += [spk0.eq(Cat(spk0[1:], bit) if n0 > 1 else bit), px.eq(px + 1)]
+                    with m.If(px == n0 - 1):
+                        m.d.sync += [px.eq(0), t.eq(0)]
+                        m.next = "RUN_0"
+            for i, eng in enumerate(engines):
+                with m.State(f"RUN_{i}"):
+                    m.d.comb += eng.start.eq(1)
+                    with m.If(eng.done):
+                        if i + 1 < len(engines):
+                            m.next = f"RUN_{i + 1}"
+                        else:
+                            with m.If(t == T - 1):
+                                m.d.sync += c.eq(0)
+                                m.next = "ARGMAX"
+                            with m.Else():
+                                m.d.sync += t.eq(t + 1)
+                                m.next = "RUN_0"
+            with m.State("ARGMAX"):
+                with m.If((c == 0) | (scores[c] > best)):
+                    m.d.sync += [best.eq(scores[c]), best_idx.eq(c)]
+                m.d.sync += c.eq(c + 1)
+                with m.If(c == C - 1):
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += self.m_axis_tvalid.eq(1)
+                with m.If(self.m_axis_tready):
+                    m.d.comb += out_eng.clear.eq(1)
+                    m.next = "LOAD"
+        return m
+
+
+def generate_verilog(ir: IR) -> str:
+    """Plain Verilog for the core; the top module is named ``ir.name``."""
+    core = NsmCore(ir)
+    return verilog.convert(core, name=ir.name, emit_src=False)

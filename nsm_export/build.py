@@ -1,0 +1,98 @@
+"""Assemble a valid IR from integer layers: quantize p, size every register, derive LFSR seeds.
+
+The compiler calls :func:`build_ir` after it has folded an ONNX graph into integers; tests and the
+fuzz benches call it with random integer networks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import lfsr
+from .ir import IR, DenseLayer, InputSpec, IRError, LfsrSpec, signed_bits
+
+__all__ = ["IntLayer", "build_ir", "quantize_p", "derive_seed", "DEFAULT_P_BITS",
+           "DEFAULT_LFSR_WIDTH", "DEFAULT_PE"]
+
+DEFAULT_P_BITS = 8
+DEFAULT_LFSR_WIDTH = 32
+DEFAULT_PE = 8
+
+
+@dataclass
+class IntLayer:
+    """An integer dense layer before hardware sizing."""
+    weights: np.ndarray       # (n_out, n_in) integers
+    offsets: np.ndarray       # thresholds (hidden) or biases (output)
+    p: float                  # keep probability of the per-input blank-out, in (0, 1]
+    weight_bits: int
+
+
+def quantize_p(p: float, p_bits: int, where: str = "p") -> int:
+    """Nearest ``p_num`` with ``p_num / 2**p_bits`` ≈ p, at least 1."""
+    if not isinstance(p, (float, int)) or not 0.0 < float(p) <= 1.0:
+        raise IRError(f"{where} = {p!r} is outside (0, 1]")
+    return max(1, min(1 << p_bits, int(round(float(p) * (1 << p_bits)))))
+
+
+def derive_seed(base: int, index: int, width: int) -> int:
+    """A non-zero ``width``-bit seed for LFSR ``index`` (splitmix64 of the base seed)."""
+    x = (int(base) * 0x9E3779B97F4A7C15 + (index + 1) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    for _ in range(2):
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & (2**64 - 1)
+        x ^= x >> 31
+    s = x & ((1 << width) - 1)
+    return s if s else 1
+
+
+def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samples: int,
+             pe: int | list[int] = DEFAULT_PE, seed: int = 1, p_bits: int = DEFAULT_P_BITS,
+             lfsr_width: int = DEFAULT_LFSR_WIDTH, pixel_bits: int = 8, name: str = "nsm",
+             source: dict | None = None) -> IR:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
+        raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
+    lfsr.galois_mask(lfsr_width) if lfsr_width in range(lfsr.MIN_WIDTH, lfsr.MAX_WIDTH + 1) \
+        else _bad(f"lfsr_width {lfsr_width} is outside [{lfsr.MIN_WIDTH}, {lfsr.MAX_WIDTH}]")
+    if not 1 <= p_bits <= min(16, lfsr_width):
+        _bad(f"p_bits {p_bits} must be in [1, {min(16, lfsr_width)}]")
+    pes = list(pe) if isinstance(pe, (list, tuple)) else [pe] * len(layers)
+    if len(pes) != len(layers):
+        _bad(f"pe lists {len(pes)} values for {len(layers)} layers")
+    out = []
+    for i, (il, lane) in enumerate(zip(layers, pes)):
+        w = np.asarray(il.weights, dtype=np.int64)
+        o = np.asarray(il.offsets, dtype=np.int64)
+        is_out = i == len(layers) - 1
+        n_out, n_in = w.shape
+        l1 = np.abs(w).sum(axis=1)
+        if not is_out:
+            # Lossless: a threshold beyond +-L1 behaves like one just past it.
+            o = np.clip(o, -l1, l1 + 1)
+        p_num = quantize_p(il.p, p_bits, f"layers[{i}].p")
+        sampling = p_num < (1 << p_bits)
+        rng = (LfsrSpec(width=lfsr_width, mask=lfsr.galois_mask(lfsr_width),
+                        seed=derive_seed(seed, i, lfsr_width), leap=p_bits)
+               if sampling else None)
+        if not isinstance(lane, int) or lane < 1:
+            _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
+        layer = DenseLayer(
+            n_in=n_in, n_out=n_out, weights=w, offsets=o, output=is_out,
+            weight_bits=il.weight_bits, p_num=p_num, p_bits=p_bits, rng=rng,
+            pe=min(lane, n_out), acc_bits=0, offset_bits=signed_bits(int(o.min()), int(o.max())))
+        layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
+        out.append(layer)
+    ir = IR(input=InputSpec(size=input_size, threshold=int(input_threshold),
+                            pixel_bits=pixel_bits),
+            layers=out, samples=samples, score_bits=1, name=name, source=source or {})
+    ir.score_bits = ir.required_score_bits()
+    ir.validate()
+    return ir
+
+
+def _bad(msg: str):
+    raise IRError(msg)

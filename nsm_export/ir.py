@@ -1,0 +1,329 @@
+"""The integer IR: the contract between the compiler, the golden model and the hardware.
+
+An IR is a directory with two files a person can read:
+
+``ir.json``
+    Format version, the input encoding, one record per layer (sizes, bit widths, quantized
+    sampling probability, LFSR spec, folding), the number of Monte Carlo samples ``T`` and the
+    output rule.
+``weights.npz``
+    Integer arrays ``layer{i}_weights`` (``n_out × n_in``) and ``layer{i}_threshold`` (hidden
+    layers) or ``layer{i}_bias`` (the output layer). Loaded with ``allow_pickle=False``.
+
+Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
+
+* Input encoding ``threshold``: pixel ``x`` (unsigned, ``pixel_bits`` wide) becomes the spike
+  ``z = +1 if x >= threshold else -1``.
+* A dense layer with ``p < 1`` draws one blank-out bit per input and sample, shared by all of its
+  neurons: ``xi_j = (u_j < p_num)`` where ``u_j`` is the low ``p_bits`` bits of the layer's LFSR
+  after ``leap`` more steps. Draws are made for ``j = 0 .. n_in-1`` in order, sample after sample,
+  image after image; the LFSR is never reset between images. With ``p = 1`` no bits are drawn.
+* ``acc_i = sum_j xi_j * z_j * w_ij`` (integers). Hidden neuron: ``z_i = +1 if acc_i >=
+  threshold_i else -1``. Output neuron: ``score_c += acc_c + bias_c`` over the ``T`` samples.
+* The class is the index of the largest score; ties go to the lowest index.
+
+Validation on load checks every field, every array's shape and range, and that every register
+width in the file can hold the worst case its weights allow, so a valid IR cannot overflow.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import lfsr
+
+__all__ = [
+    "IR_VERSION", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "IR", "signed_bits",
+    "unsigned_bits", "load", "save",
+]
+
+IR_VERSION = 1
+IR_FILE = "ir.json"
+WEIGHTS_FILE = "weights.npz"
+MAX_WEIGHT_BITS = 8
+MAX_P_BITS = 16
+MAX_SAMPLES = 1 << 16
+
+
+class IRError(ValueError):
+    """An IR that is malformed or inconsistent; the message names the field."""
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Smallest two's-complement width holding every integer in ``[lo, hi]``."""
+    n = 1
+    while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
+        n += 1
+    return n
+
+
+def unsigned_bits(hi: int) -> int:
+    return max(1, int(hi).bit_length())
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    size: int
+    threshold: int
+    pixel_bits: int = 8
+    encoding: str = "threshold"
+
+    def validate(self) -> None:
+        _check_int("input.size", self.size, 1, 1 << 20)
+        _check_int("input.pixel_bits", self.pixel_bits, 1, 16)
+        if self.encoding != "threshold":
+            raise IRError(f"input.encoding {self.encoding!r} is not supported (only 'threshold')")
+        _check_int("input.threshold", self.threshold, 0, 1 << self.pixel_bits)
+
+
+@dataclass(frozen=True)
+class LfsrSpec:
+    """Galois LFSR: ``width`` bits, feedback ``mask``, reset ``seed``, ``leap`` steps per draw."""
+    width: int
+    mask: int
+    seed: int
+    leap: int
+
+    def validate(self, where: str, p_bits: int) -> None:
+        _check_int(f"{where}.width", self.width, lfsr.MIN_WIDTH, lfsr.MAX_WIDTH)
+        if self.mask != lfsr.galois_mask(self.width):
+            raise IRError(f"{where}.mask {self.mask:#x} is not the maximal-length mask for "
+                          f"{self.width} bits ({lfsr.galois_mask(self.width):#x})")
+        if not isinstance(self.seed, int) or self.seed == 0:
+            raise IRError(f"{where}.seed must be a non-zero integer (zero is the LFSR lock-up state)")
+        _check_int(f"{where}.seed", self.seed, 1, (1 << self.width) - 1)
+        if self.width < p_bits:
+            raise IRError(f"{where}.width {self.width} is narrower than p_bits {p_bits}")
+        _check_int(f"{where}.leap", self.leap, p_bits, 4 * self.width)
+
+
+@dataclass
+class DenseLayer:
+    """One fully connected NSM layer (see the module docstring for its semantics)."""
+    n_in: int
+    n_out: int
+    weights: np.ndarray            # int64, (n_out, n_in)
+    offsets: np.ndarray            # int64, (n_out,): thresholds (hidden) or biases (output)
+    output: bool                   # True for the last layer (integer scores, no step)
+    weight_bits: int
+    p_num: int                     # blank-out keep probability is p_num / 2**p_bits
+    p_bits: int
+    rng: LfsrSpec | None           # None exactly when p_num == 2**p_bits (p = 1)
+    pe: int                        # neuron lanes working in parallel
+    acc_bits: int                  # signed accumulator width
+    offset_bits: int               # signed width of thresholds/biases
+
+    @property
+    def p(self) -> float:
+        return self.p_num / (1 << self.p_bits)
+
+    @property
+    def sampling(self) -> bool:
+        return self.p_num < (1 << self.p_bits)
+
+    @property
+    def groups(self) -> int:
+        return -(-self.n_out // self.pe)
+
+    def required_acc_bits(self) -> int:
+        l1 = np.abs(self.weights).sum(axis=1)
+        if self.output:
+            lo = int((-l1 + self.offsets).min())
+            hi = int((l1 + self.offsets).max())
+        else:
+            lo = int(min((-l1).min(), self.offsets.min()))
+            hi = int(max(l1.max(), self.offsets.max()))
+        return signed_bits(lo, hi)
+
+    def validate(self, where: str) -> None:
+        _check_int(f"{where}.n_in", self.n_in, 1, 1 << 20)
+        _check_int(f"{where}.n_out", self.n_out, 1, 1 << 20)
+        _check_int(f"{where}.weight_bits", self.weight_bits, 1, MAX_WEIGHT_BITS)
+        _check_int(f"{where}.p_bits", self.p_bits, 1, MAX_P_BITS)
+        _check_int(f"{where}.p_num", self.p_num, 1, 1 << self.p_bits)
+        _check_int(f"{where}.pe", self.pe, 1, self.n_out)
+        _check_array(f"{where}.weights", self.weights, (self.n_out, self.n_in))
+        _check_array(f"{where}.{'bias' if self.output else 'threshold'}", self.offsets,
+                     (self.n_out,))
+        wmax = (1 << (self.weight_bits - 1)) - 1 if self.weight_bits > 1 else 1
+        wmin = -wmax
+        if self.weights.size and (self.weights.min() < wmin or self.weights.max() > wmax):
+            raise IRError(f"{where}.weights hold values outside [{wmin}, {wmax}] for "
+                          f"weight_bits {self.weight_bits}")
+        if self.weight_bits == 1 and np.any(self.weights == 0):
+            raise IRError(f"{where}.weights: 1-bit weights must be -1 or +1")
+        if self.sampling:
+            if self.rng is None:
+                raise IRError(f"{where}.rng is missing but p = {self.p} < 1 needs an LFSR")
+            self.rng.validate(f"{where}.rng", self.p_bits)
+        elif self.rng is not None:
+            raise IRError(f"{where}.rng is given but p = 1 draws no random bits")
+        need = self.required_acc_bits()
+        if self.acc_bits < need:
+            raise IRError(f"{where}.acc_bits {self.acc_bits} cannot hold the worst case of its "
+                          f"weights (needs {need})")
+        _check_int(f"{where}.acc_bits", self.acc_bits, need, 64)
+        need_off = signed_bits(int(self.offsets.min()), int(self.offsets.max()))
+        if self.offset_bits < need_off:
+            raise IRError(f"{where}.offset_bits {self.offset_bits} cannot hold its offsets "
+                          f"(needs {need_off})")
+        _check_int(f"{where}.offset_bits", self.offset_bits, need_off, self.acc_bits)
+
+    def meta(self) -> dict:
+        return {
+            "kind": "dense", "n_in": self.n_in, "n_out": self.n_out, "output": self.output,
+            "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
+            "p": self.p, "rng": asdict(self.rng) if self.rng else None, "pe": self.pe,
+            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits,
+        }
+
+
+@dataclass
+class IR:
+    input: InputSpec
+    layers: list[DenseLayer]
+    samples: int
+    score_bits: int
+    name: str = "nsm"
+    version: int = IR_VERSION
+    source: dict = field(default_factory=dict)   # provenance: ONNX file, compiler options
+
+    @property
+    def n_classes(self) -> int:
+        return self.layers[-1].n_out
+
+    @property
+    def class_bits(self) -> int:
+        return unsigned_bits(max(1, self.n_classes - 1))
+
+    def required_score_bits(self) -> int:
+        out = self.layers[-1]
+        l1 = np.abs(out.weights).sum(axis=1)
+        lo = int((-l1 + out.offsets).min()) * self.samples
+        hi = int((l1 + out.offsets).max()) * self.samples
+        return signed_bits(lo, hi)
+
+    def validate(self) -> None:
+        if self.version != IR_VERSION:
+            raise IRError(f"IR version {self.version} is not supported (this toolchain reads "
+                          f"version {IR_VERSION})")
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise IRError(f"name {self.name!r} is not a valid Verilog/Python identifier")
+        self.input.validate()
+        _check_int("samples", self.samples, 1, MAX_SAMPLES)
+        if not self.layers:
+            raise IRError("layers: the network has no layers")
+        n_prev = self.input.size
+        for i, layer in enumerate(self.layers):
+            where = f"layers[{i}]"
+            if not isinstance(layer, DenseLayer):
+                raise IRError(f"{where}: unsupported layer type {type(layer).__name__}")
+            if layer.n_in != n_prev:
+                raise IRError(f"{where}.n_in {layer.n_in} does not match the {n_prev} outputs "
+                              f"before it")
+            if layer.output != (i == len(self.layers) - 1):
+                raise IRError(f"{where}.output must be true for the last layer only")
+            layer.validate(where)
+            n_prev = layer.n_out
+        if self.n_classes < 2:
+            raise IRError("layers[-1].n_out: a classifier needs at least 2 classes")
+        need = self.required_score_bits()
+        if self.score_bits < need:
+            raise IRError(f"score_bits {self.score_bits} cannot hold {self.samples} worst-case "
+                          f"samples (needs {need})")
+        _check_int("score_bits", self.score_bits, need, 64)
+
+    def to_json(self) -> dict:
+        return {
+            "format": "nsm-ir", "version": self.version, "name": self.name,
+            "input": asdict(self.input), "samples": self.samples, "score_bits": self.score_bits,
+            "tie_rule": "lowest index", "layers": [layer.meta() for layer in self.layers],
+            "source": self.source,
+        }
+
+
+def _check_int(where: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise IRError(f"{where} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise IRError(f"{where} = {value} is outside [{lo}, {hi}]")
+
+
+def _check_array(where: str, arr, shape: tuple) -> None:
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
+        raise IRError(f"{where} must be an integer array")
+    if arr.shape != shape:
+        raise IRError(f"{where} has shape {arr.shape}, expected {shape}")
+
+
+def save(ir: IR, directory: str | Path) -> Path:
+    """Validate and write ``ir.json`` and ``weights.npz`` into ``directory``."""
+    ir.validate()
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for i, layer in enumerate(ir.layers):
+        arrays[f"layer{i}_weights"] = layer.weights.astype(np.int64)
+        arrays[f"layer{i}_{'bias' if layer.output else 'threshold'}"] = layer.offsets.astype(np.int64)
+    tmp_npz = d / (WEIGHTS_FILE + ".tmp.npz")
+    np.savez(tmp_npz, **arrays)
+    tmp_npz.replace(d / WEIGHTS_FILE)
+    tmp_json = d / (IR_FILE + ".tmp")
+    tmp_json.write_text(json.dumps(ir.to_json(), indent=1) + "\n")
+    tmp_json.replace(d / IR_FILE)
+    return d
+
+
+def load(directory: str | Path) -> IR:
+    """Read and validate an IR directory; raises :class:`IRError` naming what is wrong."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise IRError(f"{d}: no such IR directory")
+    try:
+        meta = json.loads((d / IR_FILE).read_text())
+    except FileNotFoundError:
+        raise IRError(f"{d / IR_FILE}: missing (not an IR directory; run `nsm compile` first)")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IRError(f"{d / IR_FILE}: not valid JSON ({e})")
+    try:
+        with np.load(d / WEIGHTS_FILE, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise IRError(f"{d / WEIGHTS_FILE}: missing")
+    except (ValueError, OSError) as e:
+        raise IRError(f"{d / WEIGHTS_FILE}: not a readable npz file ({e})")
+    return from_json(meta, arrays)
+
+
+def from_json(meta: dict, arrays: dict) -> IR:
+    try:
+        if meta.get("format") != "nsm-ir":
+            raise IRError("ir.json: 'format' is not 'nsm-ir'")
+        inp = InputSpec(**meta["input"])
+        layers = []
+        for i, m in enumerate(meta["layers"]):
+            if m.get("kind") != "dense":
+                raise IRError(f"layers[{i}].kind {m.get('kind')!r} is not supported")
+            key = f"layer{i}_{'bias' if m['output'] else 'threshold'}"
+            for k in (f"layer{i}_weights", key):
+                if k not in arrays:
+                    raise IRError(f"weights.npz: array {k} is missing")
+            layers.append(DenseLayer(
+                n_in=m["n_in"], n_out=m["n_out"], weights=arrays[f"layer{i}_weights"],
+                offsets=arrays[key], output=m["output"], weight_bits=m["weight_bits"],
+                p_num=m["p_num"], p_bits=m["p_bits"],
+                rng=LfsrSpec(**m["rng"]) if m["rng"] is not None else None, pe=m["pe"],
+                acc_bits=m["acc_bits"], offset_bits=m["offset_bits"]))
+        ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
+                name=meta.get("name", "nsm"), version=meta["version"],
+                source=meta.get("source", {}))
+    except IRError:
+        raise
+    except (KeyError, TypeError, AttributeError) as e:
+        raise IRError(f"ir.json: missing or malformed field ({type(e).__name__}: {e})")
+    ir.validate()
+    return ir

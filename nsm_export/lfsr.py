@@ -1,0 +1,122 @@
+"""Galois LFSR model: the one definition of every random bit the hardware draws.
+
+The hardware (``hw.lfsr``) derives its leap-forward XOR network from :func:`step` by running it on
+basis vectors, the way Amaranth's CRC derives its matrices from its software model; nothing here is
+typed in by hand except the primitive polynomials, which come from ``lfsr_taps.json``.
+
+State update, one step::
+
+    s = (s >> 1) ^ (mask if s & 1 else 0)
+
+A draw advances the state ``leap`` steps and takes the low ``bits`` bits of the new state.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+__all__ = [
+    "MIN_WIDTH", "MAX_WIDTH", "galois_mask", "step", "advance", "leap_matrix", "apply_matrix",
+    "LeapTable", "draws",
+]
+
+MIN_WIDTH = 8
+MAX_WIDTH = 32
+
+
+@lru_cache(maxsize=None)
+def _masks() -> dict[int, int]:
+    text = resources.files(__package__).joinpath("lfsr_taps.json").read_text()
+    return {int(w): int(m, 16) for w, m in json.loads(text)["galois_masks"].items()}
+
+
+def galois_mask(width: int) -> int:
+    """The maximal-length Galois mask for ``width`` bits (8 to 32)."""
+    masks = _masks()
+    if width not in masks:
+        raise ValueError(f"LFSR width {width} is not supported (choose {MIN_WIDTH} to {MAX_WIDTH})")
+    return masks[width]
+
+
+def step(state: int, mask: int) -> int:
+    """One Galois step. Linear over GF(2): step(a ^ b) == step(a) ^ step(b)."""
+    return (state >> 1) ^ (mask if state & 1 else 0)
+
+
+def advance(state: int, mask: int, steps: int) -> int:
+    for _ in range(steps):
+        state = step(state, mask)
+    return state
+
+
+def leap_matrix(width: int, mask: int, leap: int) -> list[int]:
+    """Column images of the ``leap``-step map: ``columns[k] = advance(1 << k)``.
+
+    The state after ``leap`` steps is the XOR of ``columns[k]`` over the set bits ``k`` of the
+    state; the hardware builds exactly this network.
+    """
+    return [advance(1 << k, mask, leap) for k in range(width)]
+
+
+def apply_matrix(columns: list[int], state: int) -> int:
+    out = 0
+    k = 0
+    while state:
+        if state & 1:
+            out ^= columns[k]
+        state >>= 1
+        k += 1
+    return out
+
+
+class LeapTable:
+    """Byte-sliced lookup tables for the leap map, for fast exact stream generation."""
+
+    def __init__(self, width: int, mask: int, leap: int):
+        self.width = width
+        cols = leap_matrix(width, mask, leap)
+        self.nbytes = (width + 7) // 8
+        self.tables = []
+        for b in range(self.nbytes):
+            t = np.zeros(256, dtype=np.uint64)
+            for v in range(256):
+                t[v] = apply_matrix(cols, v << (8 * b)) if (v << (8 * b)) < (1 << width) else 0
+            self.tables.append([int(x) for x in t])
+
+    def next(self, state: int) -> int:
+        out = 0
+        for b, t in enumerate(self.tables):
+            out ^= t[(state >> (8 * b)) & 0xFF]
+        return out
+
+
+@lru_cache(maxsize=64)
+def _table(width: int, mask: int, leap: int) -> LeapTable:
+    return LeapTable(width, mask, leap)
+
+
+def draws(width: int, mask: int, leap: int, state: int, count: int, bits: int
+          ) -> tuple[np.ndarray, int]:
+    """``count`` successive draws from ``state``; returns (values, final state).
+
+    Each draw advances ``leap`` steps, then reads the low ``bits`` bits of the state.
+    """
+    table = _table(width, mask, leap)
+    low = (1 << bits) - 1
+    out = np.empty(count, dtype=np.int64)
+    tabs = table.tables
+    s = state
+    if len(tabs) == 4:
+        t0, t1, t2, t3 = tabs
+        for i in range(count):
+            s = t0[s & 0xFF] ^ t1[(s >> 8) & 0xFF] ^ t2[(s >> 16) & 0xFF] ^ t3[s >> 24]
+            out[i] = s & low
+    else:
+        for i in range(count):
+            s = table.next(s)
+            out[i] = s & low
+    return out, s
