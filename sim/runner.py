@@ -55,7 +55,7 @@ def simulator_available(name: str) -> str | None:
 
 def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus",
             work_dir: Path | None = None, in_idle_prob: float = 0.0, seed: int = 0,
-            verbose: bool = False) -> RtlResult:
+            verbose: bool = False, log_file: Path | None = None) -> RtlResult:
     """Simulate ``verilog`` (the core for ``ir``) on ``pixels`` and return what it produced."""
     reason = simulator_available(simulator)
     if reason:
@@ -85,7 +85,8 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         env = {"NSM_JOB": str(job),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         xml = runner.test(test_module="sim.tb_core", hdl_toplevel=ir.name, build_dir=build_dir,
-                          test_dir=build_dir, extra_env=env, timescale=("1ns", "1ps"))
+                          test_dir=build_dir, extra_env=env, timescale=("1ns", "1ps"),
+                          log_file=log_file)
         _, failed = get_results(xml)
         if failed or not (job / "rtl.npz").exists():
             raise SimError(f"the cocotb bench failed on {simulator}; see {build_dir}")

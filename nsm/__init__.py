@@ -1,0 +1,1 @@
+"""The ``nsm`` command line: one entry point for train → export → compile → sim."""

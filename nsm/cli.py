@@ -1,0 +1,224 @@
+"""``nsm``: Neural Sampling Machines from PyTorch to bit-exact Verilog.
+
+Each subcommand is one stage; ``nsm demo`` runs them all on the embedded digits data. Errors in
+the user's input end with one line on stderr and exit status 1; nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_USER_ERROR = 1
+
+
+def _user_errors(fn):
+    """Turn the toolchain's input errors into one line and a non-zero exit."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from nsm_export.compiler import CompileError
+        from nsm_export.ir import IRError
+        from nsm_train.data import DatasetError
+        from nsm_train.train import CheckpointError
+        from sim.runner import SimError
+        try:
+            return fn(*args, **kwargs)
+        except (CompileError, IRError, DatasetError, CheckpointError, SimError) as e:
+            name = click.get_current_context().info_name
+            click.echo(f"nsm {name}: error: {e}", err=True)
+            sys.exit(EXIT_USER_ERROR)
+    return wrapper
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nsm-fpga")
+def main():
+    """Neural Sampling Machines: train in PyTorch, export ONNX, compile to an integer IR and
+    Verilog, and prove the RTL equals the golden model bit for bit.
+
+    \b
+    Example:
+      nsm demo --out out/demo
+    """
+
+
+@main.command()
+@click.option("--dataset", default="digits", show_default=True, help="Dataset name.")
+@click.option("--hidden", default="128", show_default=True,
+              help="Hidden layer sizes, comma-separated.")
+@click.option("--p", "p", default=0.5, show_default=True, type=float,
+              help="Keep probability of the per-input blank-out noise (a multiple of 1/256).")
+@click.option("--weight-bits", default=4, show_default=True, type=click.IntRange(1, 8))
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=0.01, show_default=True, type=float)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1),
+              help="Monte Carlo samples for evaluation.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("model.pt"), show_default=True, help="Checkpoint to write.")
+@_user_errors
+def train(dataset, hidden, p, weight_bits, epochs, lr, batch_size, samples, seed, output):
+    """Train an NSM MLP and write a checkpoint (loadable with weights_only=True).
+
+    \b
+    Example:
+      nsm train --dataset digits --hidden 128 --epochs 30 -o model.pt
+    """
+    from nsm_train.train import TrainConfig, evaluate, save_checkpoint
+    from nsm_train.train import train as run_train
+    from nsm_train.data import load_dataset
+
+    cfg = TrainConfig(dataset=dataset, hidden=_int_list(hidden), p=p, weight_bits=weight_bits,
+                      epochs=epochs, lr=lr, batch_size=batch_size, samples=samples, seed=seed)
+    model, history = run_train(cfg, progress=True)
+    _, _, x_te, y_te = load_dataset(dataset, seed=seed)
+    acc = evaluate(model, x_te, y_te, samples)
+    save_checkpoint(model, output, extra={"train_config": _plain(cfg), "test_accuracy": acc})
+    click.echo(f"test accuracy at T={samples}: {acc:.4f}; wrote {output}")
+
+
+def _plain(cfg) -> dict:
+    from dataclasses import asdict
+    return {k: v for k, v in asdict(cfg).items()}
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("model.onnx"), show_default=True)
+@click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1),
+              help="Monte Carlo samples recorded in the model's metadata.")
+@click.option("--no-sampling", is_flag=True,
+              help="Leave the Bernoulli masks out (p = 1): the deterministic network.")
+@_user_errors
+def export(checkpoint, output, samples, no_sampling):
+    """Export a checkpoint to ONNX (opset 17, standard ops, Bernoulli sampling).
+
+    \b
+    Example:
+      nsm export model.pt -o model.onnx --samples 16
+    """
+    from nsm_train.train import load_checkpoint
+    from nsm_export.onnx_export import export_onnx
+
+    model, _ = load_checkpoint(checkpoint)
+    export_onnx(model, output, samples=samples, sampling=not no_sampling)
+    click.echo(f"wrote {output}")
+
+
+@main.command(name="compile")
+@click.argument("onnx_file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("build"), show_default=True, help="Directory for the IR and Verilog.")
+@click.option("--samples", "-T", type=click.IntRange(1, 65536), default=None,
+              help="Monte Carlo samples per image [default: the model's nsm.samples, else 16].")
+@click.option("--pe", default="8", show_default=True,
+              help="Neuron lanes per layer: one value, or one per layer, comma-separated.")
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(1),
+              help="Base seed the per-layer LFSR seeds derive from.")
+@click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
+@click.option("--p-bits", default=8, show_default=True, type=click.IntRange(1, 16),
+              help="Bits of the quantized keep probability.")
+@click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
+@_user_errors
+def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
+    """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
+
+    \b
+    Example:
+      nsm compile model.onnx -o build/ --pe 8
+    """
+    from nsm.flow import compile_to_dir
+
+    pes = _int_list(pe)
+    ir = compile_to_dir(onnx_file, output, samples=samples, pe=pes[0] if len(pes) == 1 else pes,
+                        seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
+    from nsm_export import schedule
+    sizes = [ir.input.size] + [layer.n_out for layer in ir.layers]
+    click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}, "
+               f"{schedule.cycles_per_inference(ir)} cycles/inference) into {output}/")
+
+
+@main.command()
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--count", "-n", default=100, show_default=True, type=click.IntRange(1),
+              help="Held-out test images to run.")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+              help="First test image.")
+@click.option("--split-seed", default=0, show_default=True, type=int,
+              help="Seed of the train/test split (as used for training).")
+@click.option("--simulator", type=click.Choice(["icarus", "verilator"]), default="icarus",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
+@_user_errors
+def sim(build_dir, dataset, count, offset, split_seed, simulator, as_json):
+    """Run the RTL on test images and compare every score with the golden model.
+
+    \b
+    Example:
+      nsm sim build/ --dataset digits --count 100 --json
+    """
+    from nsm.flow import simulate
+
+    summary = simulate(build_dir, dataset=dataset, count=count, offset=offset,
+                       split_seed=split_seed, simulator=simulator, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        _print_summary(summary)
+    if summary["mismatches"]:
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("out/demo"), show_default=True)
+@click.option("--count", "-n", default=100, show_default=True, type=click.IntRange(1),
+              help="Test images to co-simulate.")
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--simulator", type=click.Choice(["icarus", "verilator"]), default="icarus",
+              show_default=True)
+@_user_errors
+def demo(out_dir, count, epochs, samples, simulator):
+    """The whole flow on scikit-learn's digits: train, export, compile, co-simulate, summarize.
+
+    \b
+    Example:
+      nsm demo --out out/demo
+    """
+    from nsm.flow import run_demo
+
+    summary = run_demo(out_dir, count=count, epochs=epochs, samples=samples,
+                       simulator=simulator)
+    _print_summary(summary)
+    if summary["mismatches"]:
+        sys.exit(2)
+
+
+def _print_summary(s: dict) -> None:
+    rows = [(k, s[k]) for k in ("float_accuracy", "golden_accuracy", "rtl_accuracy", "images",
+                                "mismatches", "cycles_per_inference", "latency_cycles",
+                                "simulator") if k in s]
+    click.echo("summary")
+    for k, v in rows:
+        click.echo(f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}")
+    if s.get("mismatches"):
+        click.echo(f"  first mismatch: {json.dumps(s.get('first_mismatch'))}", err=True)
+
+
+if __name__ == "__main__":
+    main()

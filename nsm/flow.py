@@ -1,0 +1,135 @@
+"""The stages of the flow as functions: what the ``nsm`` subcommands call."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nsm_export import golden, schedule
+from nsm_export import ir as irmod
+from nsm_export.compiler import compile_file
+from sim.runner import SimError, cosim
+
+__all__ = ["compile_to_dir", "load_build", "simulate", "run_demo"]
+
+
+def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
+    """ONNX → IR + Verilog in ``out_dir``; nothing is written unless every step succeeds."""
+    from hw.top import generate_verilog
+
+    ir = compile_file(onnx_file, **kw)
+    verilog = generate_verilog(ir)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise irmod.IRError(f"{out_dir}: exists and is not a directory")
+    irmod.save(ir, out_dir)
+    vfile = out_dir / f"{ir.name}.v"
+    tmp = vfile.with_suffix(".v.tmp")
+    tmp.write_text(verilog)
+    tmp.replace(vfile)
+    return ir
+
+
+def load_build(build_dir: Path) -> irmod.IR:
+    build_dir = Path(build_dir)
+    if not build_dir.is_dir():
+        raise SimError(f"{build_dir}: no such build directory (run `nsm compile MODEL.onnx "
+                       f"-o {build_dir}` first)")
+    ir = irmod.load(build_dir)
+    if not (build_dir / f"{ir.name}.v").is_file():
+        raise SimError(f"{build_dir / (ir.name + '.v')}: Verilog missing (run `nsm compile` "
+                       f"again)")
+    return ir
+
+
+def _test_images(dataset: str, split_seed: int, ir: irmod.IR, count: int | None, offset: int = 0):
+    from nsm_train.data import DatasetError, load_dataset
+
+    _, _, x_te, y_te = load_dataset(dataset, seed=split_seed)
+    if x_te.shape[1] != ir.input.size:
+        raise DatasetError(f"dataset {dataset!r} has {x_te.shape[1]} inputs per image; the IR "
+                           f"expects {ir.input.size}")
+    if offset >= len(x_te):
+        raise DatasetError(f"--offset {offset} is past the {len(x_te)} test images of {dataset!r}")
+    end = len(x_te) if count is None else min(len(x_te), offset + count)
+    return x_te[offset:end].astype(np.int64), y_te[offset:end]
+
+
+def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset: int = 0,
+             split_seed: int = 0, simulator: str = "icarus", quiet: bool = False) -> dict:
+    ir = load_build(build_dir)
+    x, y = _test_images(dataset, split_seed, ir, count, offset)
+    t0 = time.perf_counter()
+    summary = cosim(Path(build_dir), ir, x, labels=y, simulator=simulator,
+                    log_file=Path(build_dir) / "sim" / f"{simulator}.log" if quiet else None)
+    summary["sim_seconds"] = round(time.perf_counter() - t0, 2)
+    summary["dataset"] = dataset
+    return summary
+
+
+def run_demo(out_dir: Path, count: int = 100, epochs: int = 30, samples: int = 16,
+             simulator: str = "icarus", log=print) -> dict:
+    """Train → ONNX → IR → Verilog → co-simulation on digits; writes everything to ``out_dir``."""
+    import onnx
+
+    from nsm_export.onnx_export import export_onnx
+    from nsm_train.data import load_dataset
+    from nsm_train.train import TrainConfig, evaluate, save_checkpoint, train
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times = {}
+
+    log(f"[1/5] training an NSM MLP on digits ({epochs} epochs)")
+    t = time.perf_counter()
+    cfg = TrainConfig(dataset="digits", epochs=epochs, samples=samples)
+    model, _ = train(cfg, progress=True)
+    _, _, x_te, y_te = load_dataset("digits", seed=cfg.seed)
+    float_acc = evaluate(model, x_te, y_te, samples)
+    save_checkpoint(model, out_dir / "model.pt", extra={"test_accuracy": float_acc})
+    times["train"] = time.perf_counter() - t
+    log(f"      float (PyTorch) accuracy at T={samples}: {float_acc:.4f}")
+
+    log("[2/5] exporting ONNX")
+    t = time.perf_counter()
+    export_onnx(model, out_dir / "model.onnx", samples=samples, sampling=True)
+    onnx.checker.check_model(onnx.load(str(out_dir / "model.onnx")), full_check=True)
+    times["export"] = time.perf_counter() - t
+
+    log("[3/5] compiling ONNX → integer IR → Verilog")
+    t = time.perf_counter()
+    ir = compile_to_dir(out_dir / "model.onnx", out_dir, samples=samples)
+    times["compile"] = time.perf_counter() - t
+
+    log("[4/5] golden model on the test split")
+    x_all, y_all = _test_images("digits", cfg.seed, ir, None)
+    gold = golden.run(ir, x_all)
+    golden_acc = float((gold.classes == y_all).mean())
+    log(f"      golden-model accuracy: {golden_acc:.4f} ({len(y_all)} images)")
+
+    log(f"[5/5] co-simulating {min(count, len(y_all))} images on {simulator}")
+    t = time.perf_counter()
+    sim = simulate(out_dir, dataset="digits", count=count, split_seed=cfg.seed,
+                   simulator=simulator, quiet=True)
+    times["sim"] = time.perf_counter() - t
+    summary = {
+        "dataset": "digits", "network": [ir.input.size] + [layer.n_out for layer in ir.layers],
+        "samples": samples, "float_accuracy": float_acc, "golden_accuracy": golden_acc,
+        "golden_images": int(len(y_all)),
+        "rtl_accuracy": sim["rtl_accuracy"],
+        "golden_accuracy_on_compared": sim["golden_accuracy"],
+        "images": sim["images"], "mismatches": sim["mismatches"],
+        "first_mismatch": sim["first_mismatch"],
+        "cycles_per_inference": sim["cycles_per_inference"],
+        "cycles_per_inference_model": schedule.cycles_per_inference(ir),
+        "latency_cycles": sim["latency_cycles"], "simulator": simulator,
+        "seconds": {k: round(v, 2) for k, v in times.items()},
+        "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()) + ["summary.json"],
+    }
+    tmp = out_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    tmp.replace(out_dir / "summary.json")
+    return summary

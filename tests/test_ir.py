@@ -1,0 +1,93 @@
+"""IR round trip, validation on load, and the overflow guarantee of the register widths."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from nsm_export import ir as irmod
+from nsm_export.build import IntLayer, build_ir
+from nsm_export.random_ir import random_ir
+
+
+def test_round_trip(tmp_path, rng):
+    ir = random_ir(rng, sizes=[9, 8, 3], p=[0.5, 1.0])
+    irmod.save(ir, tmp_path)
+    back = irmod.load(tmp_path)
+    assert back.to_json() == ir.to_json()
+    for a, b in zip(ir.layers, back.layers):
+        assert np.array_equal(a.weights, b.weights) and np.array_equal(a.offsets, b.offsets)
+    meta = json.loads((tmp_path / "ir.json").read_text())
+    assert meta["format"] == "nsm-ir" and meta["version"] == irmod.IR_VERSION
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.update(version=99), "version 99"),
+    (lambda m: m["layers"][0].update(acc_bits=2), "acc_bits"),
+    (lambda m: m["layers"][0]["rng"].update(seed=0), "lock-up"),
+    (lambda m: m["layers"][0]["rng"].update(mask=3), "maximal-length"),
+    (lambda m: m["layers"][0].update(p_num=0), "p_num"),
+    (lambda m: m["layers"][1].update(n_in=5), "n_in"),
+    (lambda m: m.update(score_bits=2), "score_bits"),
+    (lambda m: m["layers"][0].update(weight_bits=0), "weight_bits"),
+    (lambda m: m["input"].update(encoding="gray"), "encoding"),
+    (lambda m: m["layers"][0].pop("pe"), "malformed"),
+])
+def test_load_rejects_bad_fields(tmp_path, rng, edit, match):
+    ir = random_ir(rng, sizes=[9, 8, 3], p=[0.5, 1.0], weight_bits=4)
+    irmod.save(ir, tmp_path)
+    meta = json.loads((tmp_path / "ir.json").read_text())
+    edit(meta)
+    (tmp_path / "ir.json").write_text(json.dumps(meta))
+    with pytest.raises(irmod.IRError, match=match):
+        irmod.load(tmp_path)
+
+
+def test_load_rejects_out_of_range_weights(tmp_path, rng):
+    ir = random_ir(rng, sizes=[9, 8, 3], weight_bits=2)
+    irmod.save(ir, tmp_path)
+    with np.load(tmp_path / "weights.npz") as z:
+        arrays = dict(z)
+    arrays["layer0_weights"][0, 0] = 5
+    np.savez(tmp_path / "weights.npz", **arrays)
+    with pytest.raises(irmod.IRError, match="outside"):
+        irmod.load(tmp_path)
+
+
+def test_load_missing_and_garbage(tmp_path):
+    with pytest.raises(irmod.IRError, match="no such"):
+        irmod.load(tmp_path / "nope")
+    with pytest.raises(irmod.IRError, match="missing"):
+        irmod.load(tmp_path)
+    (tmp_path / "ir.json").write_text("{not json")
+    with pytest.raises(irmod.IRError, match="JSON"):
+        irmod.load(tmp_path)
+
+
+def _wrap(v: int, bits: int) -> int:
+    v &= (1 << bits) - 1
+    return v - (1 << bits) if v >> (bits - 1) else v
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), wb=st.sampled_from([1, 2, 4, 8]),
+       n_in=st.integers(1, 40), T=st.integers(1, 300))
+def test_widths_hold_the_worst_case(seed, wb, n_in, T):
+    """Worst-case inputs (every kept input aligned with the weight signs) never overflow."""
+    rng = np.random.default_rng(seed)
+    q = 1 if wb == 1 else (1 << (wb - 1)) - 1
+    w0 = rng.choice([-q, q], size=(3, n_in)) if wb > 1 else rng.choice([-1, 1], size=(3, n_in))
+    w1 = rng.integers(-q, q + 1, size=(2, 3)) if wb > 1 else rng.choice([-1, 1], size=(2, 3))
+    ir = build_ir([IntLayer(w0, rng.integers(-5, 6, 3), 1.0, wb),
+                   IntLayer(w1, rng.integers(-9, 10, 2), 1.0, wb)],
+                  input_size=n_in, input_threshold=1, samples=T)
+    for layer in ir.layers:
+        l1 = np.abs(layer.weights).sum(axis=1)
+        for worst in (l1, -l1):                      # z_j = ±sign(w_ij) for every j
+            u = worst + (layer.offsets if layer.output else 0)
+            assert np.array_equal(np.array([_wrap(int(v), layer.acc_bits) for v in u]), u)
+    out = ir.layers[-1]
+    l1 = np.abs(out.weights).sum(axis=1)
+    for s in ((l1 + out.offsets) * T, (-l1 + out.offsets) * T):
+        assert np.array_equal(np.array([_wrap(int(v), ir.score_bits) for v in s]), s)
