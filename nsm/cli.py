@@ -41,28 +41,49 @@ def _int_list(text: str) -> list[int]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _example(command: str) -> str:
+    """An epilog that ends ``--help`` with a runnable example (``\\b`` keeps click from rewrapping)."""
+    return f"\b\nExample:\n  {command}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_example("nsm demo --out out/demo"))
 @click.version_option(package_name="nsm-fpga")
 def main():
     """Neural Sampling Machines: train in PyTorch, export ONNX, compile to an integer IR and
     Verilog, and prove the RTL equals the golden model bit for bit.
-
-    \b
-    Example:
-      nsm demo --out out/demo
     """
 
 
-@main.command()
+_TRAIN_DEFAULTS = None
+
+
+def _train_defaults():
+    global _TRAIN_DEFAULTS
+    if _TRAIN_DEFAULTS is None:
+        from nsm_train.train import TrainConfig
+        _TRAIN_DEFAULTS = TrainConfig()
+    return _TRAIN_DEFAULTS
+
+
+def _default(name):
+    return lambda: (",".join(map(str, v)) if isinstance(v := getattr(_train_defaults(), name),
+                                                          list) else v)
+
+
+@main.command(epilog=_example("nsm train --dataset digits --hidden 256 --epochs 40 -o model.pt"))
 @click.option("--dataset", default="digits", show_default=True, help="Dataset name.")
-@click.option("--hidden", default="128", show_default=True,
+@click.option("--hidden", default=_default("hidden"), show_default="256",
               help="Hidden layer sizes, comma-separated.")
-@click.option("--p", "p", default=0.5, show_default=True, type=float,
-              help="Keep probability of the per-input blank-out noise (a multiple of 1/256).")
-@click.option("--weight-bits", default=4, show_default=True, type=click.IntRange(1, 8))
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=0.01, show_default=True, type=float)
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--p", "p", default=_default("p"), show_default="0.75",
+              help="Keep probability of the per-input blank-out noise; one value, or one per "
+                   "layer comma-separated (the hardware quantizes p to 8 bits by default).")
+@click.option("--weight-bits", default=_default("weight_bits"), show_default="4",
+              type=click.IntRange(1, 8))
+@click.option("--epochs", default=_default("epochs"), show_default="40", type=click.IntRange(1))
+@click.option("--lr", default=_default("lr"), show_default="0.01", type=float)
+@click.option("--batch-size", default=_default("batch_size"), show_default="32",
+              type=click.IntRange(1))
 @click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1),
               help="Monte Carlo samples for evaluation.")
 @click.option("--seed", default=0, show_default=True, type=int)
@@ -71,16 +92,17 @@ def main():
 @_user_errors
 def train(dataset, hidden, p, weight_bits, epochs, lr, batch_size, samples, seed, output):
     """Train an NSM MLP and write a checkpoint (loadable with weights_only=True).
-
-    \b
-    Example:
-      nsm train --dataset digits --hidden 128 --epochs 30 -o model.pt
     """
     from nsm_train.train import TrainConfig, evaluate, save_checkpoint
     from nsm_train.train import train as run_train
     from nsm_train.data import load_dataset
 
-    cfg = TrainConfig(dataset=dataset, hidden=_int_list(hidden), p=p, weight_bits=weight_bits,
+    try:
+        ps = [float(v) for v in str(p).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{p!r} is not a number or a comma-separated list", param_hint="--p")
+    cfg = TrainConfig(dataset=dataset, hidden=_int_list(str(hidden)),
+                      p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
                       epochs=epochs, lr=lr, batch_size=batch_size, samples=samples, seed=seed)
     model, history = run_train(cfg, progress=True)
     _, _, x_te, y_te = load_dataset(dataset, seed=seed)
@@ -94,7 +116,7 @@ def _plain(cfg) -> dict:
     return {k: v for k, v in asdict(cfg).items()}
 
 
-@main.command()
+@main.command(epilog=_example("nsm export model.pt -o model.onnx --samples 16"))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("model.onnx"), show_default=True)
@@ -105,10 +127,6 @@ def _plain(cfg) -> dict:
 @_user_errors
 def export(checkpoint, output, samples, no_sampling):
     """Export a checkpoint to ONNX (opset 17, standard ops, Bernoulli sampling).
-
-    \b
-    Example:
-      nsm export model.pt -o model.onnx --samples 16
     """
     from nsm_train.train import load_checkpoint
     from nsm_export.onnx_export import export_onnx
@@ -118,7 +136,7 @@ def export(checkpoint, output, samples, no_sampling):
     click.echo(f"wrote {output}")
 
 
-@main.command(name="compile")
+@main.command(name="compile", epilog=_example("nsm compile model.onnx -o build/ --pe 8"))
 @click.argument("onnx_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("build"), show_default=True, help="Directory for the IR and Verilog.")
@@ -135,10 +153,6 @@ def export(checkpoint, output, samples, no_sampling):
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
-
-    \b
-    Example:
-      nsm compile model.onnx -o build/ --pe 8
     """
     from nsm.flow import compile_to_dir
 
@@ -151,7 +165,7 @@ def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
                f"{schedule.cycles_per_inference(ir)} cycles/inference) into {output}/")
 
 
-@main.command()
+@main.command(epilog=_example("nsm sim build/ --dataset digits --count 100 --json"))
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--dataset", default="digits", show_default=True)
 @click.option("--count", "-n", default=100, show_default=True, type=click.IntRange(1),
@@ -166,10 +180,6 @@ def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
 @_user_errors
 def sim(build_dir, dataset, count, offset, split_seed, simulator, as_json):
     """Run the RTL on test images and compare every score with the golden model.
-
-    \b
-    Example:
-      nsm sim build/ --dataset digits --count 100 --json
     """
     from nsm.flow import simulate
 
@@ -183,22 +193,18 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, as_json):
         sys.exit(2)
 
 
-@main.command()
+@main.command(epilog=_example("nsm demo --out out/demo"))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/demo"), show_default=True)
 @click.option("--count", "-n", default=100, show_default=True, type=click.IntRange(1),
               help="Test images to co-simulate.")
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1))
 @click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--simulator", type=click.Choice(["icarus", "verilator"]), default="icarus",
               show_default=True)
 @_user_errors
 def demo(out_dir, count, epochs, samples, simulator):
     """The whole flow on scikit-learn's digits: train, export, compile, co-simulate, summarize.
-
-    \b
-    Example:
-      nsm demo --out out/demo
     """
     from nsm.flow import run_demo
 

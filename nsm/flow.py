@@ -70,7 +70,7 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
     return summary
 
 
-def run_demo(out_dir: Path, count: int = 100, epochs: int = 30, samples: int = 16,
+def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 16,
              simulator: str = "icarus", log=print) -> dict:
     """Train → ONNX → IR → Verilog → co-simulation on digits; writes everything to ``out_dir``."""
     import onnx

@@ -32,7 +32,7 @@ __all__ = ["CompileError", "SUPPORTED_OPS", "load_onnx", "compile_model", "compi
 
 SUPPORTED_OPS = frozenset({
     "GreaterOrEqual", "Cast", "Mul", "Sub", "Shape", "ConstantOfShape", "Bernoulli",
-    "DequantizeLinear", "MatMul", "Add", "Constant",
+    "DequantizeLinear", "MatMul", "Add", "Constant", "RandomUniformLike", "Less",
 })
 GAUSSIAN_OPS = frozenset({"RandomNormal", "RandomNormalLike"})
 
@@ -187,6 +187,52 @@ def _meta(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def _match_mask(g: _Graph, z: str, users: list) -> tuple[float, str] | None:
+    """A per-input blank-out mask on ``z``: returns (keep probability, masked tensor) or None.
+
+    Two forms mean the same Bernoulli(p) keep bit per input (see :mod:`nsm_export.onnx_export`):
+    ``Shape → ConstantOfShape(p) → Bernoulli`` and ``RandomUniformLike → Less(·, p) → Cast``.
+    """
+    shapes = [u for u in users if u.op_type == "Shape"]
+    uniforms = [u for u in users if u.op_type == "RandomUniformLike"]
+    if not shapes and not uniforms:
+        return None
+    if len(shapes) + len(uniforms) != 1:
+        raise CompileError(f"tensor {z!r}: more than one blank-out mask is drawn for it")
+    if shapes:
+        cos = g.only_consumer(shapes[0].output[0], "ConstantOfShape", "the noise probabilities")
+        val = _attr(cos, "value")
+        if val is None:
+            raise CompileError(f"node {_n(cos)}: the keep probability must be its value")
+        p = float(numpy_helper.to_array(val).reshape(-1)[0])
+        where = cos
+        bern = g.only_consumer(cos.output[0], "Bernoulli", "the blank-out sampler")
+        mask = bern.output[0]
+    else:
+        uni = uniforms[0]
+        if (_attr(uni, "low", 0.0), _attr(uni, "high", 1.0)) != (0.0, 1.0):
+            raise CompileError(f"node {_n(uni)}: the uniform draw must be on [0, 1)")
+        lt = g.only_consumer(uni.output[0], "Less", "the keep comparison")
+        if lt.input[0] != uni.output[0]:
+            raise CompileError(f"node {_n(lt)}: the mask must be uniform < p")
+        p = g.scalar(lt, lt.input[1], "the keep probability")
+        where = lt
+        cast = g.only_consumer(lt.output[0], "Cast", "a Cast of the mask to float")
+        if _attr(cast, "to") != onnx.TensorProto.FLOAT:
+            raise CompileError(f"node {_n(cast)}: the mask must be cast to FLOAT")
+        mask = cast.output[0]
+    if not math.isfinite(p) or not 0.0 < p <= 1.0:
+        raise CompileError(f"node {_n(where)}: keep probability p = {p} is outside (0, 1]")
+    mul = g.only_consumer(mask, "Mul", "the blank-out Mul")
+    if z not in mul.input:
+        raise CompileError(f"node {_n(mul)}: the mask must multiply the layer's input spikes "
+                           f"(per-input blank-out)")
+    if any(u.op_type not in ("Shape", "RandomUniformLike", "Mul") for u in users) or \
+            [u for u in users if u.op_type == "Mul"] != [mul]:
+        raise CompileError(f"tensor {z!r}: used by ops other than its blank-out mask")
+    return p, mul.output[0]
+
+
 def _weight_bits(w: np.ndarray, where: str) -> int:
     if w.size and np.all(np.abs(w) == 1):
         return 1
@@ -238,24 +284,9 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
         where = f"layer {i}"
         users = g.consumers.get(z, [])
         p = 1.0
-        shape_nodes = [u for u in users if u.op_type == "Shape"]
-        if shape_nodes:
-            shp = shape_nodes[0]
-            cos = g.only_consumer(shp.output[0], "ConstantOfShape", "the noise probabilities")
-            val = _attr(cos, "value")
-            if val is None:
-                raise CompileError(f"node {_n(cos)}: the keep probability must be its value")
-            p = float(numpy_helper.to_array(val).reshape(-1)[0])
-            if not 0.0 < p <= 1.0 or not math.isfinite(p):
-                raise CompileError(f"node {_n(cos)}: keep probability p = {p} is outside (0, 1]")
-            bern = g.only_consumer(cos.output[0], "Bernoulli", "the blank-out sampler")
-            mul = g.only_consumer(bern.output[0], "Mul", "the blank-out Mul")
-            if z not in mul.input:
-                raise CompileError(f"node {_n(mul)}: the mask must multiply the layer's input "
-                                   f"spikes (per-input blank-out)")
-            z_in = mul.output[0]
-            if any(u.op_type not in ("Shape", "Mul") for u in users):
-                raise CompileError(f"tensor {z!r}: used by ops other than the blank-out mask")
+        mask = _match_mask(g, z, users)
+        if mask is not None:
+            p, z_in = mask
         else:
             z_in = z
         mm = g.only_consumer(z_in, "MatMul", "the layer's MatMul")

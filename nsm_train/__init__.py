@@ -1,16 +1,17 @@
 """Training of Neural Sampling Machines (NSMs) in PyTorch.
 
-The first stage of the toolchain: ``data`` loads a dataset as raw integer pixels, ``layers`` holds
-the stochastic binary layer with integer-exact quantized weights, ``model`` stacks it into an MLP
-and ``train`` fits it and saves a checkpoint that :mod:`nsm_export.onnx_export` turns into ONNX.
+The first stage of the toolchain: :mod:`nsm_train.data` loads a dataset as raw integer pixels,
+:mod:`nsm_train.layers` holds the stochastic binary layer with integer-exact quantized weights,
+:mod:`nsm_train.model` stacks it into an MLP and :mod:`nsm_train.train` fits it and writes a
+checkpoint that :mod:`nsm_export.onnx_export` turns into ONNX.
+
+The training entry points live in :mod:`nsm_train.train` (``from nsm_train.train import train,
+TrainConfig``); the command line is ``nsm train``.
 """
 
-from .data import DIGITS, DatasetError, load_dataset, load_digits_split
+from .data import DATASETS, DIGITS, DatasetError, dataset_info, load_dataset, load_digits_split
 from .layers import NSMLinear
 from .model import NSMMLP
-from .train import CheckpointError, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
 
-__all__ = [
-    "DIGITS", "DatasetError", "load_dataset", "load_digits_split", "NSMLinear", "NSMMLP",
-    "CheckpointError", "TrainConfig", "evaluate", "load_checkpoint", "save_checkpoint", "train",
-]
+__all__ = ["DATASETS", "DIGITS", "DatasetError", "dataset_info", "load_dataset",
+           "load_digits_split", "NSMLinear", "NSMMLP"]

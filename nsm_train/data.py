@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DIGITS", "DATASETS", "DatasetError", "load_digits_split", "load_dataset", "dataset_info"]
+__all__ = ["DIGITS", "DATASETS", "DatasetError", "load_digits_split", "load_dataset",
+           "dataset_info"]
 
 #: scikit-learn digits: 1797 images of 8×8 pixels with 17 grey levels (0..16), 10 classes.
 DIGITS = dict(name="digits", n_in=64, n_classes=10, pixel_max=16, default_threshold=8)
@@ -32,7 +33,8 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.2):
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < test_fraction < 1.0:
-        raise DatasetError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
+        raise DatasetError(f"test_fraction must lie strictly between 0 and 1, "
+                           f"got {test_fraction!r}")
     ds = load_digits()
     x = np.asarray(ds.data)
     if not np.array_equal(x, np.round(x)) or x.min() < 0 or x.max() > DIGITS["pixel_max"]:
@@ -46,7 +48,10 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.2):
 
 
 def load_dataset(name: str, seed: int = 0, test_fraction: float = 0.2):
-    """Load a dataset by name (see :data:`DATASETS`); returns ``(x_train, y_train, x_test, y_test)``."""
+    """Load a dataset by name (see :data:`DATASETS`).
+
+    Returns ``(x_train, y_train, x_test, y_test)``; an unknown name raises :class:`DatasetError`.
+    """
     if name == "digits":
         return load_digits_split(seed=seed, test_fraction=test_fraction)
     raise DatasetError(f"unknown dataset {name!r}; supported: {', '.join(sorted(DATASETS))}")

@@ -11,7 +11,8 @@ stays on in ``eval()`` too; ``layer.sampling = False`` (or ``p == 1``) sets ``xi
 * Hidden layer: the value is ``+1 if u >= 0 else -1``. The gradient is that of the expected spike
   ``m = E[z_out] = erf(mu / (sqrt(2) * sigma))`` with ``mu = p * (z @ Wq.T) + bq`` and
   ``sigma² = p (1 - p) * (z² @ Wq².T) + eps`` (the central-limit form of the firing probability).
-  Without sampling the surrogate uses ``mu = z @ Wq.T + bq`` and ``sigma² = ¼ z² @ Wq².T + eps``.
+  Without sampling the surrogate uses ``mu = z @ Wq.T + bq`` and
+  ``sigma² = ¼ z² @ Wq².T + eps`` (the p = ½ noise scale).
   Implemented as ``s = s_sample.detach() + (m - m.detach())``: the value is the exact sample.
 * Output layer: the value is ``u`` itself (class scores of one sample).
 
@@ -198,7 +199,12 @@ class NSMLinear(nn.Module):
         return s + (m - m.detach())
 
     def integer_params(self) -> dict:
-        """The layer as integers: ``Wq = weights * 2**scale_exp[:, None]``, ``bq = bias * 2**scale_exp``."""
+        """The layer as integers.
+
+        ``Wq = weights * 2**scale_exp[:, None]`` and ``bq = bias * 2**scale_exp`` exactly; keys
+        ``weights`` (int64, (n_out, n_in)), ``bias`` (int64, (n_out,)), ``scale_exp`` (int64,
+        (n_out,), all equal for the output layer), ``p``, ``weight_bits``, ``output``.
+        """
         with torch.no_grad():
             w_int, b_int, exp = self._integer()
         return dict(

@@ -125,5 +125,5 @@ class NSMMLP(nn.Module):
 
     @torch.no_grad()
     def predict(self, pixels, samples: int) -> torch.Tensor:
-        """Monte Carlo class (int64, (batch,)): argmax of :meth:`mc_scores`, ties to the lowest index."""
+        """Monte Carlo class (int64, (batch,)): argmax of :meth:`mc_scores`, ties to the lowest."""
         return torch.argmax(self.mc_scores(pixels, samples), dim=1)

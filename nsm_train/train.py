@@ -10,12 +10,11 @@ passes, argmax. Checkpoints are plain ``torch.save`` dicts that load with
 
 Example (about 10 s on 2 CPU cores)::
 
-    python -m nsm_train.train --out digits.pt
+    nsm train --dataset digits -o digits.pt
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -44,11 +43,11 @@ class CheckpointError(ValueError):
 class TrainConfig:
     """Everything that defines a training run; the defaults are the digits demo."""
     dataset: str = "digits"
-    hidden: list = field(default_factory=lambda: [128])
-    p: float | list = 0.5
+    hidden: list = field(default_factory=lambda: [256])
+    p: float | list = 0.75
     weight_bits: int = 4
     output_weight_bits: int | None = None
-    epochs: int = 30
+    epochs: int = 40
     batch_size: int = 32
     lr: float = 0.01
     seed: int = 0
@@ -180,49 +179,3 @@ def load_checkpoint(path):
                               f"({_first_line(e)})") from None
     model.eval()
     return model, ckpt
-
-
-def _parse_list(text: str, kind):
-    return [kind(v) for v in text.split(",") if v.strip()]
-
-
-def main(argv=None) -> int:
-    d = TrainConfig()
-    ap = argparse.ArgumentParser(
-        prog="python -m nsm_train.train",
-        description="Train an NSM MLP and save a checkpoint.",
-        epilog="example: python -m nsm_train.train --hidden 128 --epochs 30 --out digits.pt")
-    ap.add_argument("--dataset", default=d.dataset)
-    ap.add_argument("--hidden", default=",".join(map(str, d.hidden)),
-                    help="comma-separated hidden sizes (default %(default)s)")
-    ap.add_argument("--p", default=str(d.p),
-                    help="keep probability, or one per layer comma-separated (default %(default)s)")
-    ap.add_argument("--weight-bits", type=int, default=d.weight_bits)
-    ap.add_argument("--output-weight-bits", type=int, default=d.output_weight_bits)
-    ap.add_argument("--epochs", type=int, default=d.epochs)
-    ap.add_argument("--batch-size", type=int, default=d.batch_size)
-    ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--samples", type=int, default=d.samples, help="Monte Carlo T for evaluation")
-    ap.add_argument("--input-threshold", type=int, default=d.input_threshold)
-    ap.add_argument("--out", default=None, help="checkpoint path to write")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    ps = _parse_list(a.p, float)
-    cfg = TrainConfig(dataset=a.dataset, hidden=_parse_list(a.hidden, int),
-                      p=ps[0] if len(ps) == 1 else ps, weight_bits=a.weight_bits,
-                      output_weight_bits=a.output_weight_bits, epochs=a.epochs,
-                      batch_size=a.batch_size, lr=a.lr, seed=a.seed, samples=a.samples,
-                      input_threshold=a.input_threshold)
-    model, hist = train(cfg, progress=not a.no_progress)
-    print(f"trained in {hist['seconds']:.1f} s; test accuracy at T={cfg.samples}: "
-          f"{hist['test_acc']:.4f}")
-    if a.out:
-        save_checkpoint(model, a.out, extra={"train_config": asdict(cfg),
-                                             "test_acc": hist["test_acc"]})
-        print(f"wrote {a.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,254 @@
+"""Export a trained :class:`nsm_train.model.NSMMLP` to ONNX in one exact, canonical form.
+
+The ONNX → IR compiler pattern-matches this form node by node, so it is a contract: change it
+only together with the compiler (and bump ``nsm.version``). onnxruntime runs the file as is and
+computes one Monte Carlo sample per call; with ``sampling=False`` it reproduces the PyTorch model
+bit for bit, because every value in the graph is a small integer times a power of two.
+
+Canonical form (opset 17, IR version 8)
+---------------------------------------
+Graph input ``pixels``: FLOAT ``[batch, n_in]`` (``batch`` symbolic), raw unsigned pixel values.
+Graph output ``scores``: FLOAT ``[batch, C]``, the class scores of one sample.
+
+Scalar FLOAT initializers shared by all nodes: ``enc_threshold`` (the integer input threshold),
+``const_two`` = 2.0, ``const_one`` = 1.0, ``const_zero`` = 0.0.
+
+Encoder (node names ``enc_*``)::
+
+    enc_ge     GreaterOrEqual(pixels, enc_threshold)  -> enc_bool
+    enc_cast   Cast(to=FLOAT)(enc_bool)               -> enc_float
+    enc_mul    Mul(enc_float, const_two)              -> enc_twice
+    enc_sub    Sub(enc_twice, const_one)              -> z0            (±1)
+
+Layer ``i`` = 0, 1, ... (node names ``layer{i}_*``), input ``z{i}``:
+
+* only if sampling is on and the layer's p < 1 (otherwise these nodes are absent and
+  ``zm = z{i}``), one of two mask forms, chosen by ``mask_op``:
+
+  ``mask_op="uniform"`` (the default; correct in every runtime) is shown second below;
+  ``mask_op="bernoulli"`` (the op the spec names) is::
+
+    layer{i}_shape      Shape(z{i})                                   -> layer{i}_shape
+    layer{i}_fill       ConstantOfShape(value=FLOAT tensor [p])(...)  -> layer{i}_prob
+    layer{i}_bernoulli  Bernoulli(dtype=FLOAT)(layer{i}_prob)         -> layer{i}_mask
+    layer{i}_mask_mul   Mul(z{i}, layer{i}_mask)                      -> layer{i}_zm
+
+  ``mask_op="uniform"``::
+
+    layer{i}_uniform    RandomUniformLike(dtype=FLOAT, low=0, high=1)(z{i})  -> layer{i}_rand
+    layer{i}_lt         Less(layer{i}_rand, layer{i}_p)                      -> layer{i}_keep
+    layer{i}_mask_cast  Cast(to=FLOAT)(layer{i}_keep)                        -> layer{i}_mask
+    layer{i}_mask_mul   Mul(z{i}, layer{i}_mask)                             -> layer{i}_zm
+
+  with ``layer{i}_p`` a scalar FLOAT initializer holding p (``P(mask = 1) = P(r < p) = p``, the
+  hardware's comparator ``u < p_num``).
+
+  Both mean one independent Bernoulli(p) keep bit per input and batch row. Why two forms: the
+  ONNX spec says Bernoulli outputs 1 with probability p (``onnx.reference`` does), but the
+  function body onnx ships for the op (onnx 1.23, ``defs/generator/defs.cc``) is
+  ``Cast(Greater(RandomUniformLike(p), p))``, which is 1 with probability **1 - p**, and
+  onnxruntime 1.31 (no native CPU kernel) runs that body. So in onnxruntime a ``bernoulli`` file
+  keeps each input with probability 1 - p; only ``p = 0.5`` is unaffected. Use ``uniform`` to
+  run sampled inference in onnxruntime; it means the same thing in every runtime.
+
+* always::
+
+    layer{i}_weight_dq  DequantizeLinear(axis=1)(layer{i}_weight_int, layer{i}_weight_scale)
+                                                                      -> layer{i}_weight
+    layer{i}_matmul     MatMul(zm, layer{i}_weight)                   -> layer{i}_mm
+    layer{i}_bias_dq    DequantizeLinear(axis=0)(layer{i}_bias_int, layer{i}_weight_scale)
+                                                                      -> layer{i}_bias
+    layer{i}_add        Add(layer{i}_mm, layer{i}_bias)               -> layer{i}_u
+
+  ``layer{i}_weight_int``: INT8 ``[n_in, n_out]`` (the integer weights *transposed*);
+  ``layer{i}_weight_scale``: FLOAT ``[n_out]``, powers of two (all equal in the output layer);
+  ``layer{i}_bias_int``: INT32 ``[n_out]``. No zero points.
+
+* hidden layer::
+
+    layer{i}_ge    GreaterOrEqual(layer{i}_u, const_zero)  -> layer{i}_bool
+    layer{i}_cast  Cast(to=FLOAT)                          -> layer{i}_float
+    layer{i}_mul   Mul(·, const_two)                       -> layer{i}_twice
+    layer{i}_sub   Sub(·, const_one)                       -> z{i+1}        (±1)
+
+* output layer: the ``Add`` writes ``scores`` (instead of ``layer{i}_u``) and nothing follows.
+
+Nodes appear in exactly this order. ``metadata_props``: ``nsm.format`` = ``canonical``,
+``nsm.version`` = ``1``, ``nsm.samples`` = T, ``nsm.pixel_bits``, ``nsm.noise`` =
+``bernoulli-per-input``, ``nsm.input_encoding`` = ``threshold``.
+
+Integer semantics (what the compiler derives): hidden neuron ``i`` fires iff
+``sum_j xi_j z_j w_ij >= -bias_int_i`` (its IR threshold), output score
+``sum_j xi_j z_j w_cj + bias_int_c`` in units of the output layer's common scale.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["export_onnx", "build_onnx", "ExportError", "OPSET", "IR_VERSION", "FORMAT_VERSION",
+           "MASK_OPS"]
+
+OPSET = 17
+IR_VERSION = 8
+FORMAT_VERSION = 1
+#: The two mask forms (see the module docstring); the first is the default.
+MASK_OPS = ("bernoulli", "uniform")
+
+
+class ExportError(ValueError):
+    """The model cannot be written in the canonical form (the message says why)."""
+
+
+def _scalar(name: str, value: float) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+
+
+def _step(prefix: str, src: str, dst: str, threshold: str) -> list:
+    """``dst = 2 * float(src >= threshold) - 1``: the ±1 spike pattern."""
+    return [
+        helper.make_node("GreaterOrEqual", [src, threshold], [f"{prefix}_bool"],
+                         name=f"{prefix}_ge"),
+        helper.make_node("Cast", [f"{prefix}_bool"], [f"{prefix}_float"], name=f"{prefix}_cast",
+                         to=TensorProto.FLOAT),
+        helper.make_node("Mul", [f"{prefix}_float", "const_two"], [f"{prefix}_twice"],
+                         name=f"{prefix}_mul"),
+        helper.make_node("Sub", [f"{prefix}_twice", "const_one"], [dst], name=f"{prefix}_sub"),
+    ]
+
+
+def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int = 8,
+               mask_op: str = "uniform") -> onnx.ModelProto:
+    """The canonical :class:`onnx.ModelProto` of ``model`` (checked), without writing a file."""
+    if mask_op not in MASK_OPS:
+        raise ExportError(f"mask_op must be one of {', '.join(MASK_OPS)}; got {mask_op!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ExportError(f"samples must be a positive integer, got {samples!r}")
+    if isinstance(pixel_bits, bool) or not isinstance(pixel_bits, int) or not 1 <= pixel_bits <= 16:
+        raise ExportError(f"pixel_bits must be an integer in 1..16, got {pixel_bits!r}")
+    thr = int(model.input_threshold)
+    if not 0 <= thr <= (1 << pixel_bits):
+        raise ExportError(f"input threshold {thr} does not fit {pixel_bits}-bit pixels")
+    n_in = int(model.n_in)
+    inits = [_scalar("enc_threshold", float(thr)), _scalar("const_two", 2.0),
+             _scalar("const_one", 1.0), _scalar("const_zero", 0.0)]
+    nodes = _step("enc", "pixels", "z0", "enc_threshold")
+    z = "z0"
+    n_prev = n_in
+    layers = list(model.layers)
+    for i, layer in enumerate(layers):
+        q = layer.integer_params()
+        w, b, e = q["weights"], q["bias"], q["scale_exp"]
+        last = i == len(layers) - 1
+        if bool(q["output"]) != last:
+            raise ExportError(f"layer {i}: output={q['output']} but it is "
+                              f"{'' if last else 'not '}the last layer")
+        n_out = w.shape[0]
+        if w.shape != (n_out, n_prev) or b.shape != (n_out,) or e.shape != (n_out,):
+            raise ExportError(f"layer {i}: integer parameters have inconsistent shapes "
+                              f"{w.shape}, {b.shape}, {e.shape} after {n_prev} inputs")
+        if w.size and np.abs(w).max() > 127:
+            raise ExportError(f"layer {i}: weights do not fit INT8 (max |w| = {np.abs(w).max()})")
+        if b.size and np.abs(b).max() > (1 << 24):
+            raise ExportError(f"layer {i}: biases exceed 2**24 and would not be exact in float32")
+        if last and np.any(e != e[0]):
+            raise ExportError(f"layer {i}: the output layer needs one common weight scale")
+        scale = np.ldexp(np.ones(n_out, dtype=np.float32), e.astype(np.int32)).astype(np.float32)
+        if not np.all(np.isfinite(scale)) or np.any(scale == 0):
+            raise ExportError(f"layer {i}: scale exponents {e.min()}..{e.max()} leave float32")
+        p = float(q["p"])
+        pre = f"layer{i}"
+        zm = z
+        if sampling and p < 1.0:
+            zm = f"{pre}_zm"
+            if mask_op == "uniform":
+                inits.append(_scalar(f"{pre}_p", p))
+                nodes += [
+                    helper.make_node("RandomUniformLike", [z], [f"{pre}_rand"],
+                                     name=f"{pre}_uniform", dtype=TensorProto.FLOAT,
+                                     low=0.0, high=1.0),
+                    helper.make_node("Less", [f"{pre}_rand", f"{pre}_p"], [f"{pre}_keep"],
+                                     name=f"{pre}_lt"),
+                    helper.make_node("Cast", [f"{pre}_keep"], [f"{pre}_mask"],
+                                     name=f"{pre}_mask_cast", to=TensorProto.FLOAT),
+                ]
+            else:
+                nodes += [
+                    helper.make_node("Shape", [z], [f"{pre}_shape"], name=f"{pre}_shape"),
+                    helper.make_node("ConstantOfShape", [f"{pre}_shape"], [f"{pre}_prob"],
+                                     name=f"{pre}_fill",
+                                     value=numpy_helper.from_array(np.array([p], np.float32))),
+                    helper.make_node("Bernoulli", [f"{pre}_prob"], [f"{pre}_mask"],
+                                     name=f"{pre}_bernoulli", dtype=TensorProto.FLOAT),
+                ]
+            nodes.append(helper.make_node("Mul", [z, f"{pre}_mask"], [zm], name=f"{pre}_mask_mul"))
+        inits += [
+            numpy_helper.from_array(np.ascontiguousarray(w.T).astype(np.int8), f"{pre}_weight_int"),
+            numpy_helper.from_array(scale, f"{pre}_weight_scale"),
+            numpy_helper.from_array(b.astype(np.int32), f"{pre}_bias_int"),
+        ]
+        u = "scores" if last else f"{pre}_u"
+        nodes += [
+            helper.make_node("DequantizeLinear", [f"{pre}_weight_int", f"{pre}_weight_scale"],
+                             [f"{pre}_weight"], name=f"{pre}_weight_dq", axis=1),
+            helper.make_node("MatMul", [zm, f"{pre}_weight"], [f"{pre}_mm"], name=f"{pre}_matmul"),
+            helper.make_node("DequantizeLinear", [f"{pre}_bias_int", f"{pre}_weight_scale"],
+                             [f"{pre}_bias"], name=f"{pre}_bias_dq", axis=0),
+            helper.make_node("Add", [f"{pre}_mm", f"{pre}_bias"], [u], name=f"{pre}_add"),
+        ]
+        if not last:
+            z = f"z{i + 1}"
+            nodes += _step(pre, u, z, "const_zero")
+        n_prev = n_out
+    graph = helper.make_graph(
+        nodes, "nsm",
+        inputs=[helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", n_in])],
+        outputs=[helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", n_prev])],
+        initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              ir_version=IR_VERSION, producer_name="nsm_export",
+                              producer_version=str(FORMAT_VERSION),
+                              doc_string="Neural Sampling Machine, canonical form "
+                                         "(see nsm_export.onnx_export)")
+    helper.set_model_props(proto, {
+        "nsm.format": "canonical",
+        "nsm.version": str(FORMAT_VERSION),
+        "nsm.samples": str(samples),
+        "nsm.pixel_bits": str(pixel_bits),
+        "nsm.noise": "bernoulli-per-input",
+        "nsm.input_encoding": "threshold",
+    })
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_onnx(model, path, samples: int = 16, sampling: bool = True,
+                pixel_bits: int = 8, mask_op: str = "uniform") -> onnx.ModelProto:
+    """Write ``model`` to ``path`` in the canonical form and return the checked proto.
+
+    ``samples`` is the Monte Carlo T the hardware will run (metadata only: the graph computes one
+    sample). ``sampling=False`` drops the masks (the noise-free p = 1 network). ``mask_op``
+    picks the mask form: ``"bernoulli"`` (the compiler's canonical form) or ``"uniform"`` (the
+    one that samples correctly in onnxruntime 1.31; see the module docstring). The file is
+    written atomically: on any error no file (or the previous one) is left at ``path``.
+    """
+    proto = build_onnx(model, samples=samples, sampling=sampling, pixel_bits=pixel_bits,
+                       mask_op=mask_op)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return proto

@@ -1,0 +1,68 @@
+"""The command line: help texts end with an example, bad input gives one line and exit 1."""
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper
+
+from nsm.cli import main
+
+COMMANDS = ["train", "export", "compile", "sim", "demo"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help_ends_with_an_example(cmd):
+    res = CliRunner().invoke(main, [cmd, "--help"])
+    assert res.exit_code == 0
+    last = res.output.rstrip().splitlines()[-2:]
+    assert last[0].strip() == "Example:" and last[1].strip().startswith(f"nsm {cmd}")
+
+
+def _one_error_line(res, *needles):
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in res.output
+
+
+def test_compile_rejects_a_file_that_is_not_onnx(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_bytes(b"\x00\xffthis is not a protobuf\x13\x37" * 10)
+    out = tmp_path / "build"
+    res = CliRunner().invoke(main, ["compile", str(bad), "-o", str(out)])
+    _one_error_line(res, "notes.onnx", "not an ONNX model")
+    assert not out.exists()
+
+
+def test_compile_rejects_an_unsupported_op(tmp_path):
+    x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["pixels"], ["scores"], name="act0")],
+                              "g", [x], [y])
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    out = tmp_path / "build"
+    res = CliRunner().invoke(main, ["compile", str(path), "-o", str(out)])
+    _one_error_line(res, "act0", "Relu", "not supported")
+    assert not out.exists()
+
+
+def test_compile_rejects_a_missing_file(tmp_path):
+    res = CliRunner().invoke(main, ["compile", str(tmp_path / "nope.onnx")])
+    _one_error_line(res, "nope.onnx", "no such file")
+
+
+def test_sim_rejects_a_missing_build_directory(tmp_path):
+    res = CliRunner().invoke(main, ["sim", str(tmp_path / "build"), "--json"])
+    _one_error_line(res, "build", "no such build directory")
+
+
+def test_export_rejects_a_garbage_checkpoint(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"garbage")
+    res = CliRunner().invoke(main, ["export", str(bad), "-o", str(tmp_path / "m.onnx")])
+    _one_error_line(res, "model.pt")
+    assert not (tmp_path / "m.onnx").exists()

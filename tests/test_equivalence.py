@@ -1,0 +1,77 @@
+"""PyTorch → ONNX → IR: the compiled golden model against onnxruntime and PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from nsm_export import golden
+from nsm_export.compiler import compile_model
+from nsm_export.onnx_export import build_onnx
+from nsm_train.data import load_digits_split
+from nsm_train.model import NSMMLP
+from nsm_train.train import TrainConfig, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_split(seed=0)
+
+
+def _random_model(seed, hidden, wb, p):
+    torch.manual_seed(seed)
+    model = NSMMLP(64, hidden, 10, p=p, weight_bits=wb)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.weight.mul_(torch.exp(torch.randn(layer.n_out, 1)))   # spread the row scales
+            layer.bias.normal_(0.0, 0.5)
+    return model
+
+
+def _ort_scores(proto, x):
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(["scores"], {"pixels": x.astype(np.float32)})[0]
+
+
+@pytest.mark.parametrize("seed,hidden,wb", [(1, [32], 4), (2, [24, 17], 2), (3, [40], 1),
+                                            (4, [], 8), (5, [13, 9, 11], 3)])
+def test_sampling_off_onnxruntime_and_golden_decide_identically(digits, seed, hidden, wb):
+    model = _random_model(seed, hidden, wb, 0.5)
+    proto = build_onnx(model, samples=1, sampling=False)
+    ir = compile_model(proto, samples=1, pe=5)
+    assert all(not layer.sampling for layer in ir.layers)
+    x = np.concatenate([digits[0], digits[2]])              # all 1797 images
+    ort_scores = _ort_scores(proto, x)
+    res = golden.run(ir, x)
+    assert np.array_equal(np.argmax(ort_scores, axis=1), res.classes)
+    # Scores agree exactly up to the output layer's one power-of-two scale.
+    ratio = ort_scores / np.where(res.scores == 0, 1, res.scores)
+    nz = res.scores != 0
+    assert np.all(ort_scores[~nz] == 0)
+    assert len(np.unique(ratio[nz])) == 1 and ratio[nz][0] > 0
+
+
+@pytest.mark.parametrize("mask_op", ["uniform", "bernoulli"])
+def test_both_mask_forms_compile_to_the_same_ir(mask_op):
+    model = _random_model(7, [20], 4, [0.75, 0.5])
+    ref = compile_model(build_onnx(model, samples=8, mask_op="uniform"))
+    ir = compile_model(build_onnx(model, samples=8, mask_op=mask_op))
+    assert ir.to_json() == ref.to_json()
+    assert [layer.p for layer in ir.layers] == [0.75, 0.5]
+
+
+def test_sampling_on_golden_accuracy_matches_pytorch(digits):
+    x_tr, y_tr, x_te, y_te = digits
+    model, _ = train(TrainConfig(hidden=[64], p=0.75, epochs=8, seed=3), progress=False)
+    T = 8
+    torch.manual_seed(0)
+    acc_torch = evaluate(model, x_te, y_te, T)
+    ir = compile_model(build_onnx(model, samples=T))
+    acc_golden = float((golden.run(ir, x_te).classes == y_te).mean())
+    # Two independent Monte Carlo estimates on n images: 4 standard errors of their difference.
+    n = len(y_te)
+    a = (acc_torch + acc_golden) / 2
+    margin = 4 * np.sqrt(2 * a * (1 - a) / n) + 0.01
+    assert abs(acc_torch - acc_golden) < margin, (acc_torch, acc_golden, margin)

@@ -1,0 +1,315 @@
+"""nsm_train: data, exact quantization, the erf-gradient estimator, training and checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nsm_train.data import DIGITS, DatasetError, load_dataset, load_digits_split
+from nsm_train.layers import BIAS_LIMIT, NSMLinear, quantize_weight
+from nsm_train.model import NSMMLP
+from nsm_train.train import (CheckpointError, TrainConfig, evaluate, load_checkpoint,
+                             save_checkpoint, train)
+
+SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits_split(seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    cfg = TrainConfig(hidden=[64], p=0.75, epochs=12, seed=SEED)
+    model, hist = train(cfg, progress=False)
+    return cfg, model, hist
+
+
+def random_model(seed, hidden=(48, 24), p=0.5, weight_bits=4, output_weight_bits=None):
+    torch.manual_seed(seed)
+    model = NSMMLP(64, list(hidden), 10, p=p, weight_bits=weight_bits,
+                   output_weight_bits=output_weight_bits)
+    with torch.no_grad():
+        for layer in model.layers:     # non-trivial biases so that offsets get exercised
+            layer.bias.normal_(0.0, 0.3)
+    return model
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def test_digits_split(digits):
+    x_tr, y_tr, x_te, y_te = digits
+    assert x_tr.dtype == np.uint8 and x_te.dtype == np.uint8
+    assert y_tr.dtype == np.int64 and y_te.dtype == np.int64
+    assert x_tr.shape[1] == x_te.shape[1] == DIGITS["n_in"] == 64
+    assert len(x_tr) + len(x_te) == 1797 and len(x_te) == 360
+    assert x_tr.max() == DIGITS["pixel_max"] and x_tr.min() == 0
+    # stratified: every class holds the same share of the test split (±1 image)
+    counts = np.bincount(y_te, minlength=10)
+    share = np.bincount(np.concatenate([y_tr, y_te]), minlength=10) * 0.2
+    assert np.all(np.abs(counts - share) <= 1)
+    again = load_dataset("digits", seed=0)
+    for a, b in zip(digits, again):
+        assert np.array_equal(a, b)
+    other = load_digits_split(seed=1)
+    assert not np.array_equal(other[3], y_te)
+
+
+def test_unknown_dataset_is_one_clear_line():
+    with pytest.raises(DatasetError) as e:
+        load_dataset("fashion-mnist")
+    msg = str(e.value)
+    assert "fashion-mnist" in msg and "digits" in msg and "\n" not in msg
+    assert isinstance(e.value, ValueError)
+
+
+# --- quantization -------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(1, 8), per_row=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       log_scale=st.floats(-12, 6), zero_row=st.booleans())
+def test_quantizer_integers_and_powers_of_two(bits, per_row, seed, log_scale, zero_row):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(7, 13, generator=g) * (2.0 ** log_scale)
+    if zero_row:
+        w[3] = 0.0
+    w_int, exp = quantize_weight(w, bits, per_row)
+    assert torch.equal(w_int, torch.round(w_int)) and torch.equal(exp, torch.round(exp))
+    assert exp.shape == (7, 1)
+    if not per_row:
+        assert torch.all(exp == exp[0])
+    if bits == 1:
+        assert set(w_int.unique().tolist()) <= {-1.0, 1.0}
+        assert torch.equal(w_int, torch.where(w >= 0, 1.0, -1.0))
+    else:
+        qmax = 2 ** (bits - 1) - 1
+        assert w_int.abs().max() <= qmax
+        # the scale is the smallest power of two that fits max|w| into qmax
+        scale = torch.from_numpy(np.ldexp(1.0, exp.numpy().astype(np.int64)))
+        rmax = (w.abs().amax(1, keepdim=True) if per_row else w.abs().amax()).double()
+        ok = rmax > 0
+        assert torch.all((rmax / scale <= qmax * (1 + 1e-6))[ok.expand_as(scale)])
+        assert torch.all((rmax / scale > qmax / 2 * (1 - 1e-6))[ok.expand_as(scale)])
+    # the layer's Wq is exactly w_int * 2**exp in float32
+    layer = NSMLinear(13, 7, weight_bits=bits, output=not per_row)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(torch.randn(7, generator=g) * 3.0)
+    q = layer.integer_params()
+    wq, bq = layer.quantized()
+    want_w = np.ldexp(q["weights"].astype(np.float64), q["scale_exp"][:, None])
+    want_b = np.ldexp(q["bias"].astype(np.float64), q["scale_exp"])
+    assert np.array_equal(wq.detach().double().numpy(), want_w)
+    assert np.array_equal(bq.detach().double().numpy(), want_b)
+    assert np.all(np.abs(q["bias"]) <= BIAS_LIMIT)
+    assert q["weights"].dtype == np.int64 and q["bias"].dtype == np.int64
+    assert q["scale_exp"].dtype == np.int64 and q["scale_exp"].shape == (7,)
+
+
+def test_bias_is_clamped():
+    layer = NSMLinear(4, 2, weight_bits=2)
+    with torch.no_grad():
+        layer.weight.fill_(1e-3)
+        layer.bias.copy_(torch.tensor([1e6, -1e6]))
+    assert layer.integer_params()["bias"].tolist() == [BIAS_LIMIT, -BIAS_LIMIT]
+
+
+def test_p_must_be_exact():
+    for bad in (0.0, -0.5, 1.5, 0.3):
+        with pytest.raises(ValueError):
+            NSMLinear(4, 2, p=bad)
+    with pytest.raises(ValueError):
+        NSMMLP(64, [8], 10, p=[0.5])          # one p per layer
+    assert NSMLinear(4, 2, p=192 / 256).p == 0.75
+
+
+# --- forward semantics --------------------------------------------------------------------------
+
+def numpy_integer_forward(model, pixels):
+    """The network from integer_params() alone, in int64; scores in output-scale units."""
+    z = np.where(pixels.astype(np.int64) >= model.input_threshold, 1, -1)
+    for layer in model.layers:
+        q = layer.integer_params()
+        acc = z @ q["weights"].T
+        if q["output"]:
+            return acc + q["bias"], int(q["scale_exp"][0])
+        z = np.where(acc + q["bias"] >= 0, 1, -1)
+
+
+@pytest.mark.parametrize("bits,out_bits,hidden", [(4, None, (48, 24)), (1, 2, (32,)),
+                                                   (8, 8, (16, 16, 16)), (2, 4, ())])
+def test_noise_free_forward_is_the_integer_network(digits, bits, out_bits, hidden):
+    x_te = digits[2]
+    model = random_model(SEED, hidden=hidden, weight_bits=bits, output_weight_bits=out_bits)
+    model.sampling = False
+    with torch.no_grad():
+        got = model(x_te).double().numpy()
+    ints, e = numpy_integer_forward(model, x_te)
+    assert np.array_equal(got, np.ldexp(ints.astype(np.float64), e))
+    # p = 1 is the same network with sampling left on
+    cfg = dict(model.config, p=1.0)
+    same = NSMMLP(**cfg)
+    same.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(same(x_te), model(x_te))
+
+
+def test_sampling_stays_on_in_eval_and_hidden_values_are_pm1(digits):
+    x = digits[2][:64]
+    model = random_model(SEED).eval()
+    torch.manual_seed(SEED)
+    with torch.no_grad():
+        a, b = model(x), model(x)
+        z = model.layers[0](model.encode(x))
+    assert not torch.equal(a, b)                 # noise is drawn in eval() too
+    assert set(z.unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_zero_preactivation_fires():
+    layer = NSMLinear(5, 3, p=1.0)
+    with torch.no_grad():
+        layer.weight.zero_()
+    out = layer(torch.ones(2, 5))
+    assert torch.equal(out, torch.ones(2, 3))     # u >= 0 gives +1
+
+
+def test_mask_is_per_input_and_has_mean_p():
+    torch.manual_seed(SEED)
+    layer = NSMLinear(200, 3, p=0.75, output=True)
+    with torch.no_grad():
+        layer.weight.zero_()
+        # one-hot rows: output k reads input k, so u_k = xi_k for all-ones input
+        layer.weight[0, 0] = layer.weight[1, 0] = layer.weight[2, 1] = 1.0
+        u = layer(torch.ones(4000, 200))
+    assert torch.equal(u[:, 0], u[:, 1])         # outputs share the mask of input 0
+    keep = u[:, 0].mean().item()
+    assert abs(keep - 0.75) < 5 * np.sqrt(0.75 * 0.25 / 4000)
+    assert not torch.equal(u[:, 0], u[:, 2])     # inputs have independent masks
+
+
+def test_mc_scores_and_predict(digits):
+    x = digits[2][:50]
+    model = random_model(SEED)
+    torch.manual_seed(SEED)
+    s = model.mc_scores(x, 8)
+    assert s.shape == (50, 10)
+    model.sampling = False
+    with torch.no_grad():
+        assert torch.equal(model.mc_scores(x, 3), 3 * model(x))
+    # all scores equal: the tie goes to the lowest class index
+    with torch.no_grad():
+        model.layers[-1].weight.zero_()
+        model.layers[-1].bias.zero_()
+    assert torch.equal(model.predict(x, 4), torch.zeros(50, dtype=torch.int64))
+
+
+def test_config_rebuilds_the_model():
+    model = random_model(SEED, p=[0.75, 0.5, 0.5], weight_bits=2, output_weight_bits=8)
+    cfg = model.config
+    assert cfg == dict(n_in=64, hidden=[48, 24], n_classes=10, p=[0.75, 0.5, 0.5],
+                       weight_bits=2, input_threshold=8, output_weight_bits=8)
+    copy = NSMMLP(**cfg)
+    copy.load_state_dict(model.state_dict())
+    for a, b in zip(model.layers, copy.layers):
+        qa, qb = a.integer_params(), b.integer_params()
+        assert all(np.array_equal(qa[k], qb[k]) for k in ("weights", "bias", "scale_exp"))
+        assert (qa["p"], qa["weight_bits"], qa["output"]) == (qb["p"], qb["weight_bits"],
+                                                              qb["output"])
+
+
+# --- gradient estimator -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampling", [True, False])
+def test_erf_estimator_gives_gradients(digits, sampling):
+    x, y = digits[0][:128], torch.from_numpy(digits[1][:128])
+    model = random_model(SEED)
+    model.sampling = sampling
+    torch.manual_seed(SEED)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    for name, prm in model.named_parameters():
+        assert prm.grad is not None, name
+        assert torch.all(torch.isfinite(prm.grad)), name
+        assert prm.grad.abs().sum() > 0, name
+
+
+def test_erf_estimator_is_the_firing_probability_gradient():
+    torch.manual_seed(SEED)
+    layer = NSMLinear(6, 3, p=0.5)
+    z = torch.where(torch.rand(5, 6) < 0.5, 1.0, -1.0).requires_grad_(True)
+    out = layer(z)
+    assert set(out.detach().unique().tolist()) <= {-1.0, 1.0}
+    out.sum().backward()
+    wq, bq = (t.detach() for t in layer.quantized())
+    zz = z.detach().clone().requires_grad_(True)
+    mu = 0.5 * zz @ wq.t() + bq
+    sigma = torch.sqrt(0.25 * (zz * zz) @ (wq * wq).t() + 1e-12)
+    torch.erf(mu / (np.sqrt(2.0) * sigma)).sum().backward()
+    assert torch.allclose(z.grad, zz.grad, rtol=1e-5, atol=1e-6)
+
+
+# --- training and checkpoints -------------------------------------------------------------------
+
+def test_training_reaches_good_mc_accuracy(trained, digits):
+    cfg, model, hist = trained
+    assert len(hist["loss"]) == cfg.epochs and hist["loss"][-1] < hist["loss"][0]
+    assert hist["test_acc"] > 0.80
+    torch.manual_seed(SEED)
+    assert evaluate(model, digits[2], digits[3], samples=16) > 0.80
+
+
+def test_training_is_deterministic():
+    cfg = TrainConfig(hidden=[16], epochs=2, seed=7)
+    a, ha = train(cfg, progress=False)
+    b, hb = train(cfg, progress=False)
+    assert ha["loss"] == hb["loss"]
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_checkpoint_round_trip(trained, digits, tmp_path):
+    _, model, hist = trained
+    path = tmp_path / "sub" / "model.pt"
+    save_checkpoint(model, path, extra={"test_acc": hist["test_acc"], "note": "unit test"})
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "nsm-checkpoint" and raw["version"] == 1
+    assert raw["config"] == model.config and raw["note"] == "unit test"
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["test_acc"] == hist["test_acc"]
+    for a, b in zip(model.layers, loaded.layers):
+        qa, qb = a.integer_params(), b.integer_params()
+        assert all(np.array_equal(qa[k], qb[k]) for k in ("weights", "bias", "scale_exp"))
+    x = digits[2]
+    torch.manual_seed(SEED)
+    want = model.mc_scores(x, 4)
+    torch.manual_seed(SEED)
+    assert torch.equal(loaded.mc_scores(x, 4), want)
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]     # no temp files left
+    with pytest.raises(ValueError):
+        save_checkpoint(model, path, extra={"format": "other"})
+
+
+def test_checkpoint_errors_name_the_file(tmp_path, trained):
+    missing = tmp_path / "nope.pt"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00\x01 this is not a checkpoint" * 10)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    old = tmp_path / "old.pt"
+    save_checkpoint(trained[1], old)
+    ck = torch.load(old, weights_only=True)
+    ck["version"] = 99
+    torch.save(ck, old)
+    broken = tmp_path / "broken.pt"
+    ck["version"] = 1
+    ck["config"] = dict(ck["config"], hidden=[3])
+    torch.save(ck, broken)
+    for path in (missing, garbage, foreign, old, broken):
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(path)
+        msg = str(e.value)
+        assert str(path) in msg and "\n" not in msg, msg
