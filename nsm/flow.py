@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from nsm_export import golden, schedule
+from nsm_export.atomic import atomic_write
 from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
@@ -26,10 +27,8 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
     if out_dir.exists() and not out_dir.is_dir():
         raise irmod.IRError(f"{out_dir}: exists and is not a directory")
     irmod.save(ir, out_dir)
-    vfile = out_dir / f"{ir.name}.v"
-    tmp = vfile.with_suffix(".v.tmp")
-    tmp.write_text(verilog)
-    tmp.replace(vfile)
+    with atomic_write(out_dir / f"{ir.name}.v", "w") as f:
+        f.write(verilog)
     return ir
 
 
@@ -64,14 +63,14 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
     x, y = _test_images(dataset, split_seed, ir, count, offset)
     t0 = time.perf_counter()
     summary = cosim(Path(build_dir), ir, x, labels=y, simulator=simulator,
-                    log_file=Path(build_dir) / "sim" / f"{simulator}.log" if quiet else None)
+                    log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet)
     summary["sim_seconds"] = round(time.perf_counter() - t0, 2)
     summary["dataset"] = dataset
     return summary
 
 
 def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 16,
-             simulator: str = "icarus", log=print) -> dict:
+             simulator: str = "icarus", pe: int = 16, log=print) -> dict:
     """Train → ONNX → IR → Verilog → co-simulation on digits; writes everything to ``out_dir``."""
     import onnx
 
@@ -101,7 +100,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
 
     log("[3/5] compiling ONNX → integer IR → Verilog")
     t = time.perf_counter()
-    ir = compile_to_dir(out_dir / "model.onnx", out_dir, samples=samples)
+    ir = compile_to_dir(out_dir / "model.onnx", out_dir, samples=samples, pe=pe)
     times["compile"] = time.perf_counter() - t
 
     log("[4/5] golden model on the test split")
@@ -113,7 +112,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
     log(f"[5/5] co-simulating {min(count, len(y_all))} images on {simulator}")
     t = time.perf_counter()
     sim = simulate(out_dir, dataset="digits", count=count, split_seed=cfg.seed,
-                   simulator=simulator, quiet=True)
+                   simulator=simulator)
     times["sim"] = time.perf_counter() - t
     summary = {
         "dataset": "digits", "network": [ir.input.size] + [layer.n_out for layer in ir.layers],
@@ -129,7 +128,6 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
         "seconds": {k: round(v, 2) for k, v in times.items()},
         "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()) + ["summary.json"],
     }
-    tmp = out_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    tmp.replace(out_dir / "summary.json")
+    with atomic_write(out_dir / "summary.json", "w") as f:
+        f.write(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from . import lfsr
+from .atomic import atomic_write
 
 __all__ = [
     "IR_VERSION", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "IR", "signed_bits",
@@ -269,12 +270,10 @@ def save(ir: IR, directory: str | Path) -> Path:
     for i, layer in enumerate(ir.layers):
         arrays[f"layer{i}_weights"] = layer.weights.astype(np.int64)
         arrays[f"layer{i}_{'bias' if layer.output else 'threshold'}"] = layer.offsets.astype(np.int64)
-    tmp_npz = d / (WEIGHTS_FILE + ".tmp.npz")
-    np.savez(tmp_npz, **arrays)
-    tmp_npz.replace(d / WEIGHTS_FILE)
-    tmp_json = d / (IR_FILE + ".tmp")
-    tmp_json.write_text(json.dumps(ir.to_json(), indent=1) + "\n")
-    tmp_json.replace(d / IR_FILE)
+    with atomic_write(d / WEIGHTS_FILE) as f:
+        np.savez(f, **arrays)
+    with atomic_write(d / IR_FILE, "w") as f:
+        f.write(json.dumps(ir.to_json(), indent=1) + "\n")
     return d
 
 

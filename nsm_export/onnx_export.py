@@ -84,13 +84,12 @@ Integer semantics (what the compiler derives): hidden neuron ``i`` fires iff
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from .atomic import atomic_write
 
 __all__ = ["export_onnx", "build_onnx", "ExportError", "OPSET", "IR_VERSION", "FORMAT_VERSION",
            "MASK_OPS"]
@@ -240,15 +239,6 @@ def export_onnx(model, path, samples: int = 16, sampling: bool = True,
     """
     proto = build_onnx(model, samples=samples, sampling=sampling, pixel_bits=pixel_bits,
                        mask_op=mask_op)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(proto.SerializeToString())
     return proto

@@ -15,15 +15,15 @@ Example (about 10 s on 2 CPU cores)::
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from nsm_export.atomic import atomic_write
 
 from .data import dataset_info, load_dataset
 from .model import NSMMLP, as_pixels
@@ -134,16 +134,8 @@ def save_checkpoint(model: NSMMLP, path, extra: dict | None = None) -> Path:
     ckpt = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": model.config,
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        torch.save(ckpt, f)
     return path
 
 

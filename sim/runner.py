@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,8 @@ def simulator_available(name: str) -> str | None:
 
 def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus",
             work_dir: Path | None = None, in_idle_prob: float = 0.0, seed: int = 0,
-            verbose: bool = False, log_file: Path | None = None) -> RtlResult:
+            verbose: bool = False, log_file: Path | None = None,
+            progress: bool = False) -> RtlResult:
     """Simulate ``verilog`` (the core for ``ir``) on ``pixels`` and return what it produced."""
     reason = simulator_available(simulator)
     if reason:
@@ -84,18 +86,57 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
                      log_file=build_dir / "build.log" if not verbose else None)
         env = {"NSM_JOB": str(job),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        xml = runner.test(test_module="sim.tb_core", hdl_toplevel=ir.name, build_dir=build_dir,
-                          test_dir=build_dir, extra_env=env, timescale=("1ns", "1ps"),
-                          log_file=log_file)
+        with _ProgressBar(job / "progress", len(pixels), f"{simulator} co-simulation",
+                          enabled=progress):
+            xml = runner.test(test_module="sim.tb_core", hdl_toplevel=ir.name,
+                              build_dir=build_dir, test_dir=build_dir, extra_env=env,
+                              timescale=("1ns", "1ps"), log_file=log_file)
         _, failed = get_results(xml)
         if failed or not (job / "rtl.npz").exists():
-            raise SimError(f"the cocotb bench failed on {simulator}; see {build_dir}")
+            raise SimError(f"the cocotb bench failed on {simulator}; see "
+                           f"{log_file or build_dir}")
         with np.load(job / "rtl.npz", allow_pickle=False) as z:
             return RtlResult(classes=z["classes"], scores=z["scores"], latency=z["latency"],
                              done_at=z["done_at"])
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+class _ProgressBar:
+    """A tqdm bar fed by the bench's progress file while the simulator runs."""
+
+    def __init__(self, path: Path, total: int, desc: str, enabled: bool):
+        self.path, self.total, self.desc, self.enabled = path, total, desc, enabled
+
+    def _poll(self):
+        while not self._stop.wait(0.5):
+            self._update()
+
+    def _update(self):
+        try:
+            done = int(self.path.read_text() or 0)
+        except (OSError, ValueError):
+            return
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self):
+        if self.enabled:
+            import threading
+            from tqdm import tqdm
+            self.path.unlink(missing_ok=True)
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="img", file=sys.stderr)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._stop.set()
+            self._thread.join()
+            self._update()
+            self.bar.close()
 
 
 def compare(expected: golden.GoldenResult, rtl: RtlResult) -> Comparison:

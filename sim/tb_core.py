@@ -89,6 +89,7 @@ async def stream_images(dut):
         latency[n] = round((t_valid - last_in[n]) / PERIOD_NS)
         await RisingEdge(dut.clk)
         done_at[n] = round(get_sim_time("ns") / PERIOD_NS)
+        (job / "progress").write_text(str(n + 1))
         if (n + 1) % log_every == 0 or n + 1 == n_img:
             dut._log.info("image %d/%d: class %d, latency %d cycles", n + 1, n_img, classes[n],
                       latency[n])

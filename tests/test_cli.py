@@ -1,6 +1,5 @@
 """The command line: help texts end with an example, bad input gives one line and exit 1."""
 
-import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -66,3 +65,26 @@ def test_export_rejects_a_garbage_checkpoint(tmp_path):
     res = CliRunner().invoke(main, ["export", str(bad), "-o", str(tmp_path / "m.onnx")])
     _one_error_line(res, "model.pt")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.icarus
+def test_stages_one_by_one(tmp_path):
+    """train → export → compile → sim through the command line, as the README shows."""
+    r = CliRunner()
+    pt, onnx_file, build = tmp_path / "model.pt", tmp_path / "model.onnx", tmp_path / "build"
+    res = r.invoke(main, ["train", "--hidden", "24", "--epochs", "3", "-T", "4", "-o", str(pt)])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(main, ["export", str(pt), "-o", str(onnx_file), "-T", "4"])
+    assert res.exit_code == 0, res.output
+    onnx.checker.check_model(onnx.load(str(onnx_file)), full_check=True)
+    res = r.invoke(main, ["compile", str(onnx_file), "-o", str(build), "--pe", "5"])
+    assert res.exit_code == 0, res.output
+    assert {"ir.json", "weights.npz", "nsm.v"} <= {p.name for p in build.iterdir()}
+    res = r.invoke(main, ["sim", str(build), "--dataset", "digits", "--count", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+    summary = json.loads(res.stdout)
+    assert summary["images"] == 6 and summary["mismatches"] == 0
+    for key in ("golden_accuracy", "rtl_accuracy", "cycles_per_inference"):
+        assert key in summary
+    assert summary["cycles_per_inference"] == summary["cycles_per_inference_model"]
