@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= out/demo
+# Debian packages: Icarus Verilog for co-simulation, Fashion-MNIST for real-data runs.
+APT_PACKAGES = iverilog dataset-fashion-mnist
 
 .PHONY: demo test setup system-deps clean
 
@@ -16,11 +18,11 @@ test: setup
 
 setup: $(VENV)/.installed system-deps
 
-# Debian packages: Icarus Verilog for co-simulation, Fashion-MNIST for real-data runs.
 system-deps:
-	@if ! command -v iverilog >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq iverilog dataset-fashion-mnist; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq iverilog dataset-fashion-mnist; fi; \
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
