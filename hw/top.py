@@ -20,7 +20,7 @@ from amaranth.hdl import Cat, Module, Signal, signed, Array
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from nsm_export.ir import IR
+from nsm_export.ir import IR, unsigned_bits
 from .dense import DenseEngine
 
 __all__ = ["NsmCore", "generate_verilog"]
@@ -47,14 +47,24 @@ class NsmCore(wiring.Component):
         The winning class.
     m_axis_tuser : Out(n_classes * score_bits)
         All class scores, class ``c`` in bits ``[c*score_bits, (c+1)*score_bits)``, signed.
+    dbg_valid : Out(1)
+        Only with ``debug=True``: high for one cycle after a hidden layer finished a sample.
+    dbg_layer : Out(range(hidden layers))
+        Only with ``debug=True``: which hidden layer ``dbg_spikes`` shows.
+    dbg_spikes : Out(widest hidden layer)
+        Only with ``debug=True``: that layer's output spikes, bit ``i`` = neuron ``i`` (1 = +1).
     """
 
-    def __init__(self, ir: IR):
+    def __init__(self, ir: IR, debug: bool = False):
         if not isinstance(ir, IR):
             raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
         ir.validate()
         self._ir = ir
-        super().__init__({
+        self._debug = bool(debug)
+        hidden = ir.layers[:-1]
+        dbg = {"dbg_valid": Out(1), "dbg_layer": Out(unsigned_bits(max(1, len(hidden) - 1))),
+               "dbg_spikes": Out(max([layer.n_out for layer in hidden] or [1]))} if debug else {}
+        super().__init__({**dbg, 
             "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
             "s_axis_tdata": In(ir.input.pixel_bits), "s_axis_tlast": In(1),
             "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
@@ -65,6 +75,10 @@ class NsmCore(wiring.Component):
     @property
     def ir(self) -> IR:
         return self._ir
+
+    @property
+    def debug(self) -> bool:
+        return self._debug
 
     def elaborate(self, platform):
         m = Module()
@@ -90,6 +104,14 @@ class NsmCore(wiring.Component):
         best = Signal(signed(ir.score_bits))
         best_idx = Signal(ir.class_bits)
         m.d.comb += [self.m_axis_tdata.eq(best_idx), self.m_axis_tuser.eq(out_eng.scores)]
+
+        if self._debug:
+            m.d.sync += self.dbg_valid.eq(0)
+            for i, eng in enumerate(engines[:-1]):
+                with m.If(eng.done):
+                    m.d.sync += [self.dbg_valid.eq(1), self.dbg_layer.eq(i)]
+                with m.If(self.dbg_layer == i):
+                    m.d.comb += self.dbg_spikes.eq(eng.spikes_out[:eng.layer.n_out])
 
         with m.FSM():
             with m.State("LOAD"):
@@ -127,7 +149,10 @@ class NsmCore(wiring.Component):
         return m
 
 
-def generate_verilog(ir: IR) -> str:
-    """Plain Verilog for the core; the top module is named ``ir.name``."""
-    core = NsmCore(ir)
+def generate_verilog(ir: IR, debug: bool = False) -> str:
+    """Plain Verilog for the core; the top module is named ``ir.name``.
+
+    ``debug=True`` adds the ``dbg_*`` ports that expose every hidden spike vector.
+    """
+    core = NsmCore(ir, debug=debug)
     return verilog.convert(core, name=ir.name, emit_src=False)

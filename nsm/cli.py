@@ -176,15 +176,21 @@ def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
               help="Seed of the train/test split (as used for training).")
 @click.option("--simulator", type=click.Choice(["icarus", "verilator"]), default="icarus",
               show_default=True)
+@click.option("--spikes", is_flag=True,
+              help="Also compare every hidden spike vector (builds a debug core) and locate the "
+                   "first mismatch by image, sample, layer and neuron.")
+@click.option("--waves", is_flag=True,
+              help="Write a waveform for GTKWave (FST on Icarus, VCD on Verilator).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 @_user_errors
-def sim(build_dir, dataset, count, offset, split_seed, simulator, as_json):
+def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves, as_json):
     """Run the RTL on test images and compare every score with the golden model.
     """
     from nsm.flow import simulate
 
     summary = simulate(build_dir, dataset=dataset, count=count, offset=offset,
-                       split_seed=split_seed, simulator=simulator, quiet=as_json)
+                       split_seed=split_seed, simulator=simulator, quiet=as_json,
+                       debug=spikes, waves=waves)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -218,7 +224,7 @@ def demo(out_dir, count, epochs, samples, simulator):
 def _print_summary(s: dict) -> None:
     rows = [(k, s[k]) for k in ("float_accuracy", "golden_accuracy", "rtl_accuracy", "images",
                                 "mismatches", "cycles_per_inference", "latency_cycles",
-                                "simulator") if k in s]
+                                "simulator", "waves") if k in s]
     click.echo("summary")
     for k, v in rows:
         click.echo(f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}")

@@ -58,12 +58,14 @@ def _test_images(dataset: str, split_seed: int, ir: irmod.IR, count: int | None,
 
 
 def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset: int = 0,
-             split_seed: int = 0, simulator: str = "icarus", quiet: bool = False) -> dict:
+             split_seed: int = 0, simulator: str = "icarus", quiet: bool = False,
+             debug: bool = False, waves: bool = False) -> dict:
     ir = load_build(build_dir)
     x, y = _test_images(dataset, split_seed, ir, count, offset)
     t0 = time.perf_counter()
     summary = cosim(Path(build_dir), ir, x, labels=y, simulator=simulator,
-                    log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet)
+                    log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet,
+                    debug=debug, waves=waves)
     summary["sim_seconds"] = round(time.perf_counter() - t0, 2)
     summary["dataset"] = dataset
     return summary

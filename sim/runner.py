@@ -19,7 +19,7 @@ from nsm_export import golden, schedule
 from nsm_export.ir import IR
 
 __all__ = ["SIMULATORS", "SimError", "RtlResult", "Comparison", "simulator_available",
-           "run_rtl", "compare", "cosim"]
+           "run_rtl", "golden_with_resets", "first_spike_mismatch", "compare", "cosim"]
 
 SIMULATORS = ("icarus", "verilator")
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +35,8 @@ class RtlResult:
     scores: np.ndarray
     latency: np.ndarray          # cycles from last pixel handshake to m_axis_tvalid, per image
     done_at: np.ndarray          # cycle of each result handshake
+    spikes: list[np.ndarray] | None = None    # debug: per hidden layer (N, T, n_out) bool
+    waves: Path | None = None
 
 
 @dataclass
@@ -55,10 +57,17 @@ def simulator_available(name: str) -> str | None:
 
 
 def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus",
-            work_dir: Path | None = None, in_idle_prob: float = 0.0, seed: int = 0,
-            verbose: bool = False, log_file: Path | None = None,
-            progress: bool = False) -> RtlResult:
-    """Simulate ``verilog`` (the core for ``ir``) on ``pixels`` and return what it produced."""
+            work_dir: Path | None = None, in_idle_prob: float = 0.0,
+            out_stall_prob: float = 0.0, resets: list[tuple[int, int]] = (), seed: int = 0,
+            debug: bool = False, waves: bool = False, verbose: bool = False,
+            log_file: Path | None = None, progress: bool = False) -> RtlResult:
+    """Simulate ``verilog`` (the core for ``ir``) on ``pixels`` and return what it produced.
+
+    ``in_idle_prob``/``out_stall_prob``: chance per cycle of an input gap / output stall.
+    ``resets``: ``(k, c)`` pairs: reset ``c`` cycles into image ``k`` and feed it again (see
+    :mod:`sim.tb_core`). ``debug``: the Verilog has the ``dbg_*`` ports; collect spike vectors.
+    ``waves``: write FST (Icarus) or VCD (Verilator) next to the build.
+    """
     reason = simulator_available(simulator)
     if reason:
         raise SimError(reason)
@@ -74,33 +83,91 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         job.mkdir(parents=True, exist_ok=True)
         np.save(job / "pixels.npy", np.asarray(pixels, dtype=np.int64))
         (job / "job.json").write_text(json.dumps({
-            "n_classes": ir.n_classes, "score_bits": ir.score_bits,
-            "in_idle_prob": in_idle_prob, "seed": seed}))
+            "n_classes": ir.n_classes, "score_bits": ir.score_bits, "samples": ir.samples,
+            "hidden_sizes": [layer.n_out for layer in ir.layers[:-1]] if debug else [],
+            "debug": debug, "in_idle_prob": in_idle_prob, "out_stall_prob": out_stall_prob,
+            "resets": [list(map(int, r)) for r in resets], "seed": seed}))
         runner = get_runner(simulator)
         # Icarus: the runner asks for -g2012, under which Icarus 11 starts `always @*` blocks
         # after the time-0 initializers that Amaranth's Verilog relies on to settle them; the
         # generated code is Verilog-2005, so compile it as such (a later -g wins).
         build_args = ["-Wno-fatal"] if simulator == "verilator" else ["-g2005"]
-        runner.build(sources=[verilog], hdl_toplevel=ir.name, build_dir=build_dir,
-                     always=True, timescale=("1ns", "1ps"), build_args=build_args,
-                     log_file=build_dir / "build.log" if not verbose else None)
+        sources = [verilog]
+        plusargs = []
+        if waves and simulator == "icarus":
+            # cocotb's own Icarus dump module is SystemVerilog; ours is plain Verilog-2005.
+            build_dir.mkdir(parents=True, exist_ok=True)
+            dump = build_dir / "nsm_waves.v"
+            dump.write_text(f'module nsm_waves;\ninitial begin\n  $dumpfile("{build_dir}/{ir.name}.fst");'
+                            f'\n  $dumpvars(0, {ir.name});\nend\nendmodule\n')
+            sources.append(dump)
+            build_args += ["-s", "nsm_waves"]     # test(waves=True) then asks vvp for FST
+        try:
+            runner.build(sources=sources, hdl_toplevel=ir.name, build_dir=build_dir,
+                         always=True, timescale=("1ns", "1ps"), build_args=build_args,
+                         waves=waves and simulator == "verilator",
+                         log_file=build_dir / "build.log" if not verbose else None)
+        except RuntimeError as e:
+            raise SimError(f"{simulator} could not build {verilog.name} ({e}); see "
+                           f"{build_dir / 'build.log'}") from None
         env = {"NSM_JOB": str(job),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         with _ProgressBar(job / "progress", len(pixels), f"{simulator} co-simulation",
                           enabled=progress):
-            xml = runner.test(test_module="sim.tb_core", hdl_toplevel=ir.name,
-                              build_dir=build_dir, test_dir=build_dir, extra_env=env,
-                              timescale=("1ns", "1ps"), log_file=log_file)
+            try:
+                xml = runner.test(test_module="sim.tb_core", hdl_toplevel=ir.name,
+                                  build_dir=build_dir, test_dir=build_dir, extra_env=env,
+                                  timescale=("1ns", "1ps"), log_file=log_file,
+                                  waves=waves, plusargs=plusargs)
+            except RuntimeError as e:
+                raise SimError(f"{simulator} failed to run ({e}); see "
+                               f"{log_file or build_dir}") from None
         _, failed = get_results(xml)
         if failed or not (job / "rtl.npz").exists():
             raise SimError(f"the cocotb bench failed on {simulator}; see "
                            f"{log_file or build_dir}")
         with np.load(job / "rtl.npz", allow_pickle=False) as z:
-            return RtlResult(classes=z["classes"], scores=z["scores"], latency=z["latency"],
-                             done_at=z["done_at"])
+            res = RtlResult(classes=z["classes"], scores=z["scores"], latency=z["latency"],
+                            done_at=z["done_at"])
+            if debug:
+                res.spikes = _unpack_spikes(ir, len(pixels), z["spike_layers"], z["spike_bits"])
+        if waves:
+            found = sorted(build_dir.glob("*.fst")) + sorted(build_dir.glob("*.vcd"))
+            res.waves = found[0] if found else None
+        return res
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _unpack_spikes(ir: IR, n_img: int, layers: np.ndarray, bits: np.ndarray) -> list[np.ndarray]:
+    hidden = ir.layers[:-1]
+    out = [np.zeros((n_img, ir.samples, layer.n_out), dtype=bool) for layer in hidden]
+    per_image = ir.samples * len(hidden)
+    if len(layers) != n_img * per_image:
+        raise SimError(f"debug port produced {len(layers)} spike vectors, expected "
+                       f"{n_img * per_image}")
+    for k, (layer, value) in enumerate(zip(layers, bits)):
+        n, rest = divmod(k, per_image)
+        t, h = divmod(rest, len(hidden))
+        if layer != h:
+            raise SimError(f"debug port: vector {k} came from layer {layer}, expected {h}")
+        v = int(value)
+        out[h][n, t] = [(v >> i) & 1 for i in range(hidden[h].n_out)]
+    return out
+
+
+def golden_with_resets(ir: IR, pixels: np.ndarray, resets=(), record: bool = False):
+    """The golden model for a run in which the core was reset before each image ``k`` in
+    ``resets`` (the aborted image is fed again, so image ``k`` starts from the seeds)."""
+    cuts = sorted({int(k) for k, _ in resets} | {0, len(pixels)})
+    parts = [golden.run(ir, pixels[a:b], record=record) for a, b in zip(cuts, cuts[1:]) if b > a]
+    cat = np.concatenate
+    res = golden.GoldenResult(scores=cat([p.scores for p in parts]),
+                              classes=cat([p.classes for p in parts]))
+    if record:
+        res.spikes = [cat([p.spikes[h] for p in parts]) for h in range(len(ir.layers) - 1)]
+    return res
 
 
 class _ProgressBar:
@@ -139,8 +206,26 @@ class _ProgressBar:
             self.bar.close()
 
 
+def first_spike_mismatch(expected: golden.GoldenResult, rtl: RtlResult) -> dict | None:
+    """The first (image, sample, layer, neuron) where RTL and golden spikes differ."""
+    if expected.spikes is None or rtl.spikes is None:
+        return None
+    n_img, T = expected.spikes[0].shape[:2] if expected.spikes else (0, 0)
+    for n in range(n_img):
+        for t in range(T):
+            for h, (e, r) in enumerate(zip(expected.spikes, rtl.spikes)):
+                diff = np.flatnonzero(e[n, t] != r[n, t])
+                if len(diff):
+                    i = int(diff[0])
+                    return {"image": n, "sample": t, "layer": h, "neuron": i,
+                            "golden": int(e[n, t, i]), "rtl": int(r[n, t, i]),
+                            "neurons_differing": int(len(diff))}
+    return None
+
+
 def compare(expected: golden.GoldenResult, rtl: RtlResult) -> Comparison:
-    """Exact integer comparison of every image's class and every score."""
+    """Exact integer comparison of every image's class and every score (and every hidden spike
+    vector when both sides recorded them)."""
     n = len(expected.classes)
     bad = np.flatnonzero((expected.scores != rtl.scores).any(axis=1)
                          | (expected.classes != rtl.classes))
@@ -151,16 +236,30 @@ def compare(expected: golden.GoldenResult, rtl: RtlResult) -> Comparison:
             "rtl_class": int(rtl.classes[i]), "golden_scores": expected.scores[i].tolist(),
             "rtl_scores": rtl.scores[i].tolist()})
     cmp.first_mismatch = cmp.details[0] if cmp.details else None
+    spike = first_spike_mismatch(expected, rtl)
+    if spike is not None:
+        cmp.first_mismatch = {"first_spike_mismatch": spike, **(cmp.first_mismatch or {})}
+        cmp.mismatches = max(cmp.mismatches, 1)
     return cmp
 
 
 def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None = None,
-          simulator: str = "icarus", **kw) -> dict:
-    """Golden model and RTL on the same images; returns the summary ``nsm sim`` prints."""
+          simulator: str = "icarus", debug: bool = False, **kw) -> dict:
+    """Golden model and RTL on the same images; returns the summary ``nsm sim`` prints.
+
+    ``debug`` builds a debug variant of the core (``dbg_*`` ports) and compares every hidden
+    spike vector too, locating the first mismatch by image, sample, layer and neuron.
+    """
     build_dir = Path(build_dir)
-    exp = golden.run(ir, pixels)
-    rtl = run_rtl(build_dir / f"{ir.name}.v", ir, pixels, simulator=simulator,
-                  work_dir=build_dir / "sim", **kw)
+    exp = golden_with_resets(ir, pixels, kw.get("resets", ()), record=debug)
+    verilog = build_dir / f"{ir.name}.v"
+    if debug:
+        from hw.top import generate_verilog
+        verilog = build_dir / "sim" / f"{ir.name}_debug.v"
+        verilog.parent.mkdir(parents=True, exist_ok=True)
+        verilog.write_text(generate_verilog(ir, debug=True))
+    rtl = run_rtl(verilog, ir, pixels, simulator=simulator, work_dir=build_dir / "sim",
+                  debug=debug, **kw)
     cmp = compare(exp, rtl)
     lat = rtl.latency.astype(int)
     ii = np.diff(rtl.done_at) if len(rtl.done_at) > 1 else np.array([], dtype=int)
@@ -172,7 +271,10 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
         "cycles_per_inference": int(ii.max()) if len(ii) else schedule.cycles_per_inference(ir),
         "cycles_per_inference_model": schedule.cycles_per_inference(ir),
         "samples": ir.samples,
+        "spikes_compared": bool(debug),
     }
+    if rtl.waves is not None:
+        summary["waves"] = str(rtl.waves)
     if labels is not None:
         labels = np.asarray(labels)
         summary["golden_accuracy"] = float((exp.classes == labels).mean())

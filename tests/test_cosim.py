@@ -1,12 +1,19 @@
-"""RTL == golden model, exactly, on random networks (Icarus via cocotb)."""
+"""RTL == golden model, exactly: hand-shaped networks, stalls, resets, spikes, random fuzz.
+
+Every test runs the same cocotb bench (``sim/tb_core.py``) on both simulators where marked.
+"""
 
 import numpy as np
 import pytest
 
 from hw.top import generate_verilog
 from nsm_export import golden, schedule
+from nsm_export.build import IntLayer, build_ir
 from nsm_export.random_ir import random_ir, random_pixels
-from sim.runner import compare, run_rtl
+from sim.runner import compare, golden_with_resets, run_rtl
+
+SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
+              pytest.param("verilator", marks=pytest.mark.verilator)]
 
 CASES = [
     # sizes, pe per layer, weight bits, keep probabilities, T, seed
@@ -17,32 +24,90 @@ CASES = [
 ]
 
 
-@pytest.mark.icarus
+def _build(tmp_path, ir, debug=False):
+    vfile = tmp_path / "nsm.v"
+    vfile.write_text(generate_verilog(ir, debug=debug))
+    return vfile
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("sizes,pe,wb,p,T,seed", CASES)
-def test_rtl_equals_golden(tmp_path, sizes, pe, wb, p, T, seed):
+def test_rtl_equals_golden(tmp_path, simulator, sizes, pe, wb, p, T, seed):
     rng = np.random.default_rng(seed)
     ir = random_ir(rng, sizes=sizes, pe=pe, weight_bits=wb, p=p, samples=T, seed=seed,
                    lfsr_width=16 + seed % 3 * 8)
-    vfile = tmp_path / "nsm.v"
-    vfile.write_text(generate_verilog(ir))
     px = random_pixels(rng, ir, 24)
     px[0] = 0                                  # all -1 spikes
     px[1] = (1 << ir.input.pixel_bits) - 1     # all +1 spikes
-    rtl = run_rtl(vfile, ir, px, work_dir=tmp_path)
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path)
     cmp = compare(golden.run(ir, px), rtl)
     assert cmp.mismatches == 0, cmp.first_mismatch
-    # The analytic cycle model is exact.
+    # The analytic cycle model is exact: latency, and back-to-back cycles per inference.
     assert set(rtl.latency.tolist()) == {schedule.latency_cycles(ir)}
     assert set(np.diff(rtl.done_at).tolist()) == {schedule.cycles_per_inference(ir)}
 
 
-@pytest.mark.icarus
-def test_input_idle_gaps_change_nothing(tmp_path):
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_stalls_gaps_and_resets_lose_nothing(tmp_path, simulator):
+    """Random input gaps and output back-pressure, two resets in mid-inference, and every
+    hidden spike vector compared: no result lost, duplicated or corrupted."""
     rng = np.random.default_rng(5)
-    ir = random_ir(rng, sizes=[10, 6, 4], pe=[4, 4], weight_bits=2, p=[0.5, 0.5], samples=2)
-    vfile = tmp_path / "nsm.v"
-    vfile.write_text(generate_verilog(ir))
-    px = random_pixels(rng, ir, 10)
-    rtl = run_rtl(vfile, ir, px, work_dir=tmp_path, in_idle_prob=0.4, seed=3)
-    assert compare(golden.run(ir, px), rtl).mismatches == 0
+    ir = random_ir(rng, sizes=[10, 7, 6, 4], pe=[4, 3, 4], weight_bits=2, p=[0.5, 0.75, 0.5],
+                   samples=3)
+    px = random_pixels(rng, ir, 12)
+    lat = schedule.latency_cycles(ir)
+    resets = [(3, 5), (7, lat - 3)]            # early in image 3, just before image 7 ends
+    rtl = run_rtl(_build(tmp_path, ir, debug=True), ir, px, simulator=simulator,
+                  work_dir=tmp_path, in_idle_prob=0.3, out_stall_prob=0.6, resets=resets,
+                  debug=True, seed=3)
+    expected = golden_with_resets(ir, px, resets, record=True)
+    cmp = compare(expected, rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+    assert len(rtl.classes) == len(px)
+    assert set(rtl.latency.tolist()) == {lat}
+    # A reset really restarts the LFSRs: image 3 after the reset equals image 0 of a fresh core.
+    fresh = golden.run(ir, px[3:4])
+    assert np.array_equal(rtl.scores[3], fresh.scores[0])
+
+
+@pytest.mark.icarus
+def test_first_mismatch_is_located(tmp_path):
+    """A wrong weight row in one neuron is reported at that layer and neuron."""
+    rng = np.random.default_rng(8)
+    ir = random_ir(rng, sizes=[12, 9, 8, 5], pe=[3, 4, 5], weight_bits=3, p=[0.75, 0.5, 0.5],
+                   samples=2)
+    px = random_pixels(rng, ir, 6)
+    rtl = run_rtl(_build(tmp_path, ir, debug=True), ir, px, work_dir=tmp_path, debug=True)
+    assert compare(golden.run(ir, px, record=True), rtl).mismatches == 0
+    wrong = ir.layers[1]
+    wrong.weights = wrong.weights.copy()
+    wrong.weights[4] = -wrong.weights[4]
+    cmp = compare(golden.run(ir, px, record=True), rtl)
+    first = cmp.first_mismatch["first_spike_mismatch"]
+    assert (first["layer"], first["neuron"]) == (1, 4), first
+
+
+FUZZ_SEEDS = list(range(1000, 1050))
+
+
+@pytest.mark.icarus
+@pytest.mark.parametrize("seed", FUZZ_SEEDS)
+def test_fuzz_random_networks(tmp_path, seed):
+    """50 random networks: sizes, depth, weight bits, p, pe, seeds, LFSR widths and T."""
+    rng = np.random.default_rng(seed)
+    ir = random_ir(rng)
+    px = random_pixels(rng, ir, 5)
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, work_dir=tmp_path)
+    cmp = compare(golden.run(ir, px), rtl)
+    assert cmp.mismatches == 0, (ir.to_json(), cmp.first_mismatch)
     assert set(rtl.latency.tolist()) == {schedule.latency_cycles(ir)}
+
+
+def test_reset_golden_splits_streams():
+    ir = build_ir([IntLayer(np.ones((3, 4), int), np.zeros(3, int), 0.5, 2),
+                   IntLayer(np.ones((2, 3), int), np.zeros(2, int), 0.5, 2)],
+                  input_size=4, input_threshold=1, samples=4)
+    px = np.arange(24).reshape(6, 4) % 3
+    res = golden_with_resets(ir, px, [(2, 1)])
+    assert np.array_equal(res.scores[2:], golden.run(ir, px[2:]).scores)
+    assert np.array_equal(res.scores[:2], golden.run(ir, px[:2]).scores)
