@@ -1,18 +1,20 @@
-"""Folded dense-layer engine: ``pe`` neuron lanes, one input per clock, adders and comparators.
+"""Folded, event-driven dense-layer engine: ``pe`` neuron lanes, adders and comparators.
 
-Schedule for one sample (cycle counts are mirrored by :mod:`nsm_export.schedule` and checked
-against simulation):
+Blanked-out inputs cost no cycles: the layer first draws its per-input keep bits and writes the
+indices of the kept inputs into a small index memory, then every neuron group walks that list
+only. Schedule for one sample (mirrored by :mod:`nsm_export.schedule`, checked in simulation):
 
-``IDLE``  1 cycle, the one in which ``start`` is seen.
-``MASK``  ``n_in`` cycles, only when the layer samples (p < 1): one LFSR draw per input,
-          ``xi_j = low_p_bits(next) < p_num``, shifted into the mask register.
-then, for each of the ``ceil(n_out / pe)`` neuron groups:
-``ACC``   ``n_in`` cycles: read the weight word of input ``j`` (one ``pe``-lane word per address),
-          add ``+w`` / ``-w`` / ``0`` per lane one cycle later, when the word arrives.
-``DRAIN`` 1 cycle: the last word is accumulated.
-``WRITE`` 1 cycle: hidden layers compare ``acc >= threshold`` and shift ``pe`` spikes into the
-          output register; the output layer adds ``acc + bias`` to its class scores.
-          ``done`` is high in the last group's ``WRITE``.
+``IDLE``    1 cycle, the one in which ``start`` is seen.
+``MASK``    ``n_in`` cycles, only when the layer samples (p < 1): one LFSR draw per input,
+            ``keep_j = low_p_bits(next) < p_num``; kept ``j`` are appended to the index memory.
+            Without sampling every input is kept and no index memory exists.
+then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs:
+``ACC``     ``K`` cycles, a three-stage pipeline: read the index of the ``k``-th kept input;
+            read its weight word (``pe`` lanes) and its spike; add ``+w`` or ``-w`` per lane.
+``DRAIN``   2 cycles: the last two kept inputs leave the pipeline.
+``WRITE``   1 cycle: hidden layers compare ``acc >= threshold`` and shift ``pe`` spikes into the
+            output register; the output layer adds ``acc + bias`` to its class scores.
+            ``done`` is high in the last group's ``WRITE``.
 """
 
 from __future__ import annotations
@@ -100,39 +102,50 @@ class DenseEngine(wiring.Component):
         pe, wb, G, n_in = L.pe, L.weight_bits, L.groups, L.n_in
         w_init, o_init = self._rom_init()
 
-        m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=len(w_init), init=w_init)
-        m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=G, init=o_init)
+        # Depth at least 2: a one-word memory has a 0-bit address, which yosys writes as [-1:0].
+        m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=max(2, len(w_init)),
+                                                 init=w_init)
+        m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
+                                                 init=o_init)
         wport = wmem.read_port()
         oport = omem.read_port()
 
-        j = Signal(range(n_in + 1))
-        addr = Signal(range(len(w_init) + 1))
+        j = Signal(range(n_in + 1))            # MASK: input being drawn
+        kept = Signal(range(n_in + 1))         # K: kept inputs this sample
+        c = Signal(range(n_in + 1))            # ACC: position in the kept list
         g = Signal(range(G + 1))
-        d_valid = Signal()
-        d_j = Signal(range(n_in))
-        mask = Signal(n_in)
+        base = Signal(range(G * n_in + 1))     # g * n_in, the group's first weight address
+        v1 = Signal()                          # stage 1 (index known) valid
+        v2 = Signal()                          # stage 2 (weight word known) valid
+        z2 = Signal()                          # the spike that goes with the stage-2 word
         accs = [Signal(signed(L.acc_bits), name=f"acc{k}") for k in range(pe)]
-
-        m.d.comb += [wport.addr.eq(addr), oport.addr.eq(g)]
 
         if L.sampling:
             m.submodules.rng = rng = Lfsr(L.rng.width, L.rng.seed, L.rng.leap)
+            m.submodules.imem = imem = memory.Memory(shape=range(max(2, n_in)),
+                                                     depth=max(2, n_in), init=[])
+            iw = imem.write_port()
+            ir_ = imem.read_port()
             draw = Signal(L.p_bits)
-            m.d.comb += draw.eq(rng.next[:L.p_bits])
-            keep = draw < L.p_num
+            m.d.comb += [draw.eq(rng.next[:L.p_bits]), iw.addr.eq(kept), iw.data.eq(j),
+                         ir_.addr.eq(c)]
+            idx = ir_.data
         else:
-            m.d.comb += mask.eq(Const((1 << n_in) - 1, n_in))
+            idx = Signal(range(max(2, n_in)))
+            m.d.sync += idx.eq(c)
+            m.d.comb += kept.eq(n_in)
 
-        # Accumulate the word read in the previous cycle (ACC and DRAIN).
-        x_keep = mask.bit_select(d_j, 1)
-        x_pos = self.spikes_in.bit_select(d_j, 1)
-        with m.If(d_valid & x_keep):
+        # Stage 1: the index is known; fetch its weight word and its spike.
+        m.d.comb += [wport.addr.eq(base + idx), oport.addr.eq(g)]
+        m.d.sync += [v2.eq(v1), z2.eq(self.spikes_in.bit_select(idx, 1))]
+        # Stage 2: the weight word is here; add it with the spike's sign.
+        with m.If(v2):
             for k in range(pe):
                 if wb == 1:
                     w = Mux(wport.data[k], Const(1, signed(2)), Const(-1, signed(2)))
                 else:
                     w = wport.data[k * wb:(k + 1) * wb].as_signed()
-                m.d.sync += accs[k].eq(accs[k] + Mux(x_pos, w, -w))
+                m.d.sync += accs[k].eq(accs[k] + Mux(z2, w, -w))
 
         lane_off = [oport.data[k * L.offset_bits:(k + 1) * L.offset_bits].as_signed()
                     for k in range(pe)]
@@ -145,43 +158,52 @@ class DenseEngine(wiring.Component):
             out = Signal(G * pe)
             m.d.comb += self.spikes_out.eq(out)
 
+        m.d.sync += v1.eq(0)
         with m.FSM():
             with m.State("IDLE"):
-                m.d.sync += [j.eq(0), addr.eq(0), g.eq(0), d_valid.eq(0)]
+                m.d.sync += [j.eq(0), c.eq(0), g.eq(0), base.eq(0)]
+                if L.sampling:
+                    m.d.sync += kept.eq(0)
                 with m.If(self.start):
                     m.next = "MASK" if L.sampling else "ACC"
             if L.sampling:
                 with m.State("MASK"):
-                    m.d.comb += rng.en.eq(1)
-                    m.d.sync += [mask.eq(Cat(mask[1:], keep)), j.eq(j + 1)]
+                    keep = draw < L.p_num
+                    m.d.comb += [rng.en.eq(1), iw.en.eq(keep)]
+                    m.d.sync += j.eq(j + 1)
+                    with m.If(keep):
+                        m.d.sync += kept.eq(kept + 1)
                     with m.If(j == n_in - 1):
-                        m.d.sync += j.eq(0)
-                        m.next = "ACC"
+                        with m.If((kept == 0) & ~keep):
+                            m.next = "DRAIN1"
+                        with m.Else():
+                            m.next = "ACC"
             with m.State("ACC"):
-                m.d.sync += [d_valid.eq(1), d_j.eq(j), j.eq(j + 1), addr.eq(addr + 1)]
-                with m.If(j == n_in - 1):
-                    m.d.sync += j.eq(0)
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                m.d.sync += d_valid.eq(0)
+                m.d.sync += [v1.eq(1), c.eq(c + 1)]
+                with m.If(c == kept - 1):
+                    m.d.sync += c.eq(0)
+                    m.next = "DRAIN1"
+            with m.State("DRAIN1"):
+                m.next = "DRAIN2"
+            with m.State("DRAIN2"):
                 m.next = "WRITE"
             with m.State("WRITE"):
                 m.d.sync += [a.eq(0) for a in accs]
                 if L.output:
-                    for c in range(L.n_out):
-                        with m.If(g == c // pe):
-                            k = c % pe
-                            m.d.sync += scores[c].eq(scores[c] + accs[k] + lane_off[k])
+                    for cls in range(L.n_out):
+                        with m.If(g == cls // pe):
+                            k = cls % pe
+                            m.d.sync += scores[cls].eq(scores[cls] + accs[k] + lane_off[k])
                 else:
                     fired = Cat(*[accs[k] >= lane_off[k] for k in range(pe)])
-                    if G > 1:
-                        m.d.sync += out.eq(Cat(out[pe:], fired))
-                    else:
-                        m.d.sync += out.eq(fired)
+                    m.d.sync += out.eq(Cat(out[pe:], fired) if G > 1 else fired)
                 with m.If(g == G - 1):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += g.eq(g + 1)
-                    m.next = "ACC"
+                    m.d.sync += [g.eq(g + 1), base.eq(base + n_in)]
+                    with m.If(kept == 0):
+                        m.next = "DRAIN1"
+                    with m.Else():
+                        m.next = "ACC"
         return m

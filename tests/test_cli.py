@@ -88,6 +88,7 @@ def test_stages_one_by_one(tmp_path):
     for key in ("golden_accuracy", "rtl_accuracy", "cycles_per_inference"):
         assert key in summary
     assert summary["cycles_per_inference"] == summary["cycles_per_inference_model"]
+    assert summary["cycle_model_exact"]
     res = r.invoke(main, ["sim", str(build), "--count", "2", "--spikes", "--waves", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)

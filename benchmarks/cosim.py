@@ -1,0 +1,115 @@
+"""Co-simulation benchmark: a Fashion-MNIST NSM MLP through the RTL, bit-exact, on both simulators.
+
+Trains (or reuses) a Fashion-MNIST MLP, compiles it, runs the golden model and the RTL on the
+first ``--images`` test images in Verilator (and ``--icarus-images`` in Icarus, which is slower)
+and writes a JSON list of records to ``benchmarks/results/cosim.json``:
+``simulator``, ``images``, ``mismatches``, ``golden_images_per_s``, ``cosim_cycles_per_s`` and
+more, with the command that made them. Speeds are wall-clock on the machine that ran it; compare
+ratios within one file rather than absolute numbers across machines.
+
+    python benchmarks/cosim.py                     # 1,000 images in Verilator, 10 in Icarus
+    python benchmarks/cosim.py --images 20 --icarus-images 5 --epochs 1   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hw.top import generate_verilog                    # noqa: E402
+from nsm_export import golden, schedule                 # noqa: E402
+from nsm_export.compiler import compile_model           # noqa: E402
+from nsm_export.onnx_export import build_onnx           # noqa: E402
+from nsm_train.data import load_dataset                 # noqa: E402
+from nsm_train.train import (TrainConfig, evaluate, load_checkpoint, save_checkpoint,  # noqa: E402
+                             train)
+from sim.runner import compare, run_rtl, simulator_available  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=1000, help="test images through Verilator")
+    ap.add_argument("--icarus-images", type=int, default=10, help="test images through Icarus")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--samples", "-T", type=int, default=16)
+    ap.add_argument("--pe", default="64,10", help="neuron lanes per layer")
+    ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-cosim")
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "cosim.json")
+    a = ap.parse_args(argv)
+    a.work.mkdir(parents=True, exist_ok=True)
+
+    ckpt = a.work / f"fmnist-mlp-{a.hidden}-e{a.epochs}.pt"
+    if ckpt.exists():
+        model, _ = load_checkpoint(ckpt)
+        print(f"reusing {ckpt}")
+    else:
+        cfg = TrainConfig(dataset="fashion-mnist", hidden=[a.hidden], epochs=a.epochs,
+                          samples=a.samples, batch_size=128, lr=0.005)
+        model, _ = train(cfg, progress=True)
+        save_checkpoint(model, ckpt)
+    _, _, x_te, y_te = load_dataset("fashion-mnist")
+    float_acc = evaluate(model, x_te[:a.images], y_te[:a.images], a.samples)
+
+    pe = [int(v) for v in a.pe.split(",")]
+    ir = compile_model(build_onnx(model, samples=a.samples), pe=pe)
+    vfile = a.work / "nsm.v"
+    vfile.write_text(generate_verilog(ir))
+    n_max = max(a.images, a.icarus_images)
+    x, y = x_te[:n_max].astype(np.int64), y_te[:n_max]
+
+    t = time.perf_counter()
+    gold = golden.run(ir, x)
+    golden_ips = n_max / (time.perf_counter() - t)
+    print(f"golden model: {golden_ips:.0f} images/s; accuracy {np.mean(gold.classes == y):.4f}")
+
+    network = [ir.input.size] + [layer.n_out for layer in ir.layers]
+    records = []
+    for simulator, n in (("verilator", a.images), ("icarus", a.icarus_images)):
+        reason = simulator_available(simulator)
+        if reason or n <= 0:
+            print(f"skipping {simulator}: {reason or 'no images asked for'}")
+            continue
+        rtl = run_rtl(vfile, ir, x[:n], simulator=simulator, work_dir=a.work / simulator,
+                      log_file=a.work / f"{simulator}.log", progress=True)
+        cmp = compare(golden.run(ir, x[:n]), rtl)
+        cycles = int(rtl.done_at[-1])
+        rec = {
+            "simulator": simulator, "images": n, "mismatches": cmp.mismatches,
+            "first_mismatch": cmp.first_mismatch, "dataset": "fashion-mnist",
+            "network": network, "samples": ir.samples, "pe": [layer.pe for layer in ir.layers],
+            "golden_images_per_s": round(golden_ips, 1),
+            "cosim_cycles_per_s": round(cycles / rtl.run_seconds, 1),
+            "cosim_images_per_s": round(n / rtl.run_seconds, 3),
+            "simulated_cycles": cycles, "build_seconds": round(rtl.build_seconds, 1),
+            "run_seconds": round(rtl.run_seconds, 1),
+            "cycles_per_inference": schedule.cycles_per_inference(ir),
+            "rtl_accuracy": float(np.mean(rtl.classes == y[:n])),
+            "golden_accuracy": float(np.mean(gold.classes[:n] == y[:n])),
+            "float_accuracy": float_acc,
+            "command": "python " + " ".join(shlex.quote(v) for v in [
+                "benchmarks/cosim.py", *(argv if argv is not None else sys.argv[1:])]),
+            "machine": f"{platform.machine()}, {platform.python_version()}",
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        records.append(rec)
+        print(f"{simulator}: {n} images, {cmp.mismatches} mismatches, "
+              f"{rec['cosim_cycles_per_s']:.0f} cycles/s")
+    a.output.parent.mkdir(parents=True, exist_ok=True)
+    a.output.write_text(json.dumps(records, indent=1) + "\n")
+    print(f"wrote {a.output}")
+    return 1 if any(r["mismatches"] for r in records) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
