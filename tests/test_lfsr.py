@@ -83,3 +83,20 @@ def test_table_masks_are_maximal_length(width):
 def test_constructor_rejects_bad_arguments(bad):
     with pytest.raises(ValueError):
         Lfsr(**bad)
+
+
+@pytest.mark.parametrize("width,leap,count", [(16, 8, 70_000), (32, 8, 100_003), (24, 5, 65_536)])
+def test_parallel_stream_generation_equals_the_sequential_loop(width, leap, count):
+    mask, seed = lfsr.galois_mask(width), 0x1D
+    fast, end_fast = lfsr.draws(width, mask, leap, seed, count, 8)      # takes the numpy path
+    s, slow = seed, np.empty(count, dtype=np.int64)
+    for i in range(count):
+        s = lfsr.advance(s, mask, leap)
+        slow[i] = s & 0xFF
+    assert np.array_equal(fast, slow) and end_fast == s
+
+
+def test_matrix_power_is_repeated_application():
+    cols = lfsr.leap_matrix(16, lfsr.galois_mask(16), 3)
+    assert lfsr.apply_matrix(lfsr.matrix_power(cols, 1000), 0xBEEF) == \
+        lfsr.advance(0xBEEF, lfsr.galois_mask(16), 3000)
