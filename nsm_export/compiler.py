@@ -233,6 +233,16 @@ def _match_mask(g: _Graph, z: str, users: list) -> tuple[float, str] | None:
     return p, mul.output[0]
 
 
+def _per_neuron(values: np.ndarray, n_out: int, what: str) -> np.ndarray:
+    """One value per output neuron, from a scalar or an ``n_out`` vector."""
+    v = np.asarray(values).reshape(-1)
+    if v.size == 1:
+        return np.repeat(v, n_out)
+    if v.size != n_out:
+        raise CompileError(f"{what}: {v.size} values for {n_out} neurons")
+    return v
+
+
 def _weight_bits(w: np.ndarray, where: str) -> int:
     if w.size and np.all(np.abs(w) == 1):
         return 1
@@ -297,19 +307,23 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
             raise CompileError(f"node {_n(mm)}: weight shape {tuple(wq.shape)} does not take "
                                f"{width} inputs")
         n_out = wq.shape[1]
-        ws = np.broadcast_to(ws.reshape(-1) if ws.size > 1 else ws.reshape(()), (n_out,))
+        ws = _per_neuron(ws, n_out, f"{where} weight scale")
         add = g.only_consumer(mm.output[0], "Add", "the bias Add")
         b_name = g.other_input(add, mm.output[0])
         if b_name in g.producer and g.producer[b_name].op_type == "DequantizeLinear":
             bq, bs = _dequant(g, b_name, 0, f"{where} bias")
             bias = [Fraction(int(q)) * Fraction(float(s)) for q, s in
-                    zip(np.broadcast_to(bq.reshape(-1), (n_out,)),
-                        np.broadcast_to(bs.reshape(-1), (n_out,)))]
+                    zip(_per_neuron(bq, n_out, f"{where} bias"),
+                        _per_neuron(bs, n_out, f"{where} bias scale"))]
         else:
             bc = g.const(b_name)
             if bc is None:
                 raise CompileError(f"node {_n(add)}: the bias must be a constant")
-            bias = [Fraction(float(v)) for v in np.broadcast_to(bc.reshape(-1), (n_out,))]
+            if bc.dtype.kind not in "fiu":
+                raise CompileError(f"node {_n(add)}: the bias must be numeric")
+            if not np.all(np.isfinite(np.asarray(bc, dtype=np.float64))):
+                raise CompileError(f"node {_n(add)}: the bias holds NaN or infinity")
+            bias = [Fraction(float(v)) for v in _per_neuron(bc, n_out, f"{where} bias")]
         w = wq.T.copy()                                     # (n_out, n_in)
         u = add.output[0]
         is_output = u in g.outputs

@@ -75,3 +75,18 @@ def test_sampling_on_golden_accuracy_matches_pytorch(digits):
     a = (acc_torch + acc_golden) / 2
     margin = 4 * np.sqrt(2 * a * (1 - a) / n) + 0.01
     assert abs(acc_torch - acc_golden) < margin, (acc_torch, acc_golden, margin)
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31 - 1), hidden=st.lists(st.integers(1, 24), max_size=3),
+       wb=st.sampled_from([1, 2, 3, 4, 8]), pe=st.integers(1, 9))
+def test_random_networks_decide_like_onnxruntime(digits, seed, hidden, wb, pe):
+    """Hypothesis: any shape, weight width and folding; sampling off; exact decisions."""
+    model = _random_model(seed, hidden, wb, 0.5)
+    proto = build_onnx(model, samples=1, sampling=False)
+    ir = compile_model(proto, samples=1, pe=pe)
+    x = digits[2][:120]
+    assert np.array_equal(np.argmax(_ort_scores(proto, x), axis=1), golden.run(ir, x).classes)
