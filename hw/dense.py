@@ -57,6 +57,10 @@ class DenseEngine(wiring.Component):
         Input spikes, bit ``j`` is input ``j`` (1 = +1, 0 = -1); must hold still while busy.
     spikes_out : Out(groups * pe)
         Hidden layers: output spikes, bit ``i`` is neuron ``i`` (bits past ``n_out`` are padding).
+    reseed : In(1)
+        Load the LFSR from ``seed`` (see :meth:`nsm_export.ir.LfsrSpec.reseeded`); only while idle.
+    seed : In(32)
+        The run seed.
     clear : In(1)
         Output layer: zero the scores.
     scores : Out(n_out * score_bits)
@@ -69,7 +73,8 @@ class DenseEngine(wiring.Component):
         layer.validate("layer")
         self._layer = layer
         self._score_bits = score_bits
-        sig = {"start": In(1), "done": Out(1), "spikes_in": In(layer.n_in)}
+        sig = {"start": In(1), "done": Out(1), "spikes_in": In(layer.n_in),
+               "reseed": In(1), "seed": In(32)}
         if layer.output:
             sig["clear"] = In(1)
             sig["scores"] = Out(layer.n_out * score_bits)
@@ -129,6 +134,10 @@ class DenseEngine(wiring.Component):
             draw = Signal(L.p_bits)
             m.d.comb += [draw.eq(rng.next[:L.p_bits]), iw.addr.eq(kept), iw.data.eq(j),
                          ir_.addr.eq(c)]
+            mixed = Signal(L.rng.width)
+            m.d.comb += [mixed.eq(self.seed[:L.rng.width] ^ L.rng.seed),
+                         rng.load.eq(self.reseed),
+                         rng.load_value.eq(Mux(mixed == 0, L.rng.seed, mixed))]
             idx = ir_.data
         else:
             idx = Signal(range(max(2, n_in)))

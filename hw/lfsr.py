@@ -31,6 +31,10 @@ class Lfsr(wiring.Component):
     -------
     en : In(1)
         Advance the state at the next clock edge.
+    load : In(1)
+        Load ``load_value`` at the next clock edge instead (it must not be zero).
+    load_value : In(width)
+        The state to load.
     state : Out(width)
         The current state.
     next : Out(width)
@@ -48,7 +52,8 @@ class Lfsr(wiring.Component):
         self._mask = mask
         self._seed = seed
         self._leap = leap
-        super().__init__({"en": In(1), "state": Out(width), "next": Out(width)})
+        super().__init__({"en": In(1), "load": In(1), "load_value": In(width),
+                          "state": Out(width), "next": Out(width)})
 
     @property
     def width(self) -> int:
@@ -73,6 +78,8 @@ class Lfsr(wiring.Component):
                 bit = bit ^ t
             m.d.comb += self.next[i].eq(bit)
         m.d.comb += self.state.eq(reg)
-        with m.If(self.en):
+        with m.If(self.load):
+            m.d.sync += reg.eq(self.load_value)
+        with m.Elif(self.en):
             m.d.sync += reg.eq(self.next)
         return m

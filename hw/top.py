@@ -47,6 +47,13 @@ class NsmCore(wiring.Component):
         The winning class.
     m_axis_tuser : Out(n_classes * score_bits)
         All class scores, class ``c`` in bits ``[c*score_bits, (c+1)*score_bits)``, signed.
+    seed_valid : In(1)
+        A run seed is offered on ``seed``.
+    seed_ready : Out(1)
+        The core takes the seed this cycle: only between images (no pixel of the next image
+        accepted yet). Every LFSR then restarts from the seed (see ``nsm_export.ir``).
+    seed : In(32)
+        The run seed.
     dbg_valid : Out(1)
         Only with ``debug=True``: high for one cycle after a hidden layer finished a sample.
     dbg_layer : Out(range(hidden layers))
@@ -70,6 +77,7 @@ class NsmCore(wiring.Component):
             "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
             "m_axis_tdata": Out(ir.class_bits),
             "m_axis_tuser": Out(ir.n_classes * ir.score_bits),
+            "seed_valid": In(1), "seed_ready": Out(1), "seed": In(32),
         })
 
     @property
@@ -89,6 +97,10 @@ class NsmCore(wiring.Component):
             eng = DenseEngine(layer, ir.score_bits)
             m.submodules[f"layer{i}"] = eng
             engines.append(eng)
+
+        for eng in engines:
+            m.d.comb += [eng.seed.eq(self.seed),
+                         eng.reseed.eq(self.seed_valid & self.seed_ready)]
 
         spk0 = Signal(n0)
         m.d.comb += engines[0].spikes_in.eq(spk0)
@@ -115,7 +127,7 @@ class NsmCore(wiring.Component):
 
         with m.FSM():
             with m.State("LOAD"):
-                m.d.comb += self.s_axis_tready.eq(1)
+                m.d.comb += [self.s_axis_tready.eq(1), self.seed_ready.eq(px == 0)]
                 with m.If(self.s_axis_tvalid):
                     bit = self.s_axis_tdata >= ir.input.threshold
                     m.d.sync += [spk0.eq(Cat(spk0[1:], bit) if n0 > 1 else bit), px.eq(px + 1)]

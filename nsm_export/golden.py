@@ -49,6 +49,13 @@ class GoldenModel:
     def reset(self) -> None:
         self.states = [layer.rng.seed if layer.rng else 0 for layer in self.ir.layers]
 
+    def reseed(self, seed: int) -> None:
+        """What the core's ``seed`` port does between images (see :mod:`nsm_export.ir`)."""
+        if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 1 << 32:
+            raise ValueError(f"run seed {seed!r} must be an unsigned 32-bit integer")
+        self.states = [layer.rng.reseeded(int(seed)) if layer.rng else 0
+                       for layer in self.ir.layers]
+
     def _masks(self, i: int, layer: DenseLayer, n_images: int) -> np.ndarray:
         t = self.ir.samples
         if not layer.sampling:

@@ -21,6 +21,8 @@ Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
 * ``acc_i = sum_j xi_j * z_j * w_ij`` (integers). Hidden neuron: ``z_i = +1 if acc_i >=
   threshold_i else -1``. Output neuron: ``score_c += acc_c + bias_c`` over the ``T`` samples.
 * The class is the index of the largest score; ties go to the lowest index.
+* A run seed ``S`` (the core's ``seed`` port, 32 bits, between images) sets every LFSR to
+  ``LfsrSpec.reseeded(S)``; reset returns them to their seeds.
 
 Validation on load checks every field, every array's shape and range, and that every register
 width in the file can hold the worst case its weights allow, so a valid IR cannot overflow.
@@ -100,6 +102,12 @@ class LfsrSpec:
         if self.width < p_bits:
             raise IRError(f"{where}.width {self.width} is narrower than p_bits {p_bits}")
         _check_int(f"{where}.leap", self.leap, p_bits, 4 * self.width)
+
+    def reseeded(self, seed: int) -> int:
+        """The state a run seed loads: ``(seed XOR reset seed)`` on ``width`` bits, or the reset
+        seed where that would be the lock-up state 0. The hardware computes exactly this."""
+        s = (int(seed) ^ self.seed) & ((1 << self.width) - 1)
+        return s if s else self.seed
 
 
 @dataclass

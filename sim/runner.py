@@ -61,14 +61,16 @@ def simulator_available(name: str) -> str | None:
 
 def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus",
             work_dir: Path | None = None, in_idle_prob: float = 0.0,
-            out_stall_prob: float = 0.0, resets: list[tuple[int, int]] = (), seed: int = 0,
+            out_stall_prob: float = 0.0, resets: list[tuple[int, int]] = (),
+            seeds: list[tuple[int, int]] = (), seed: int = 0,
             debug: bool = False, waves: bool = False, verbose: bool = False,
             log_file: Path | None = None, progress: bool = False) -> RtlResult:
     """Simulate ``verilog`` (the core for ``ir``) on ``pixels`` and return what it produced.
 
     ``in_idle_prob``/``out_stall_prob``: chance per cycle of an input gap / output stall.
     ``resets``: ``(k, c)`` pairs: reset ``c`` cycles into image ``k`` and feed it again (see
-    :mod:`sim.tb_core`). ``debug``: the Verilog has the ``dbg_*`` ports; collect spike vectors.
+    :mod:`sim.tb_core`). ``seeds``: ``(k, S)`` pairs: hand run seed ``S`` over before image
+    ``k``. ``debug``: the Verilog has the ``dbg_*`` ports; collect spike vectors.
     ``waves``: write FST (Icarus) or VCD (Verilator) next to the build.
     """
     reason = simulator_available(simulator)
@@ -89,7 +91,8 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
             "n_classes": ir.n_classes, "score_bits": ir.score_bits, "samples": ir.samples,
             "hidden_sizes": [layer.n_out for layer in ir.layers[:-1]] if debug else [],
             "debug": debug, "in_idle_prob": in_idle_prob, "out_stall_prob": out_stall_prob,
-            "resets": [list(map(int, r)) for r in resets], "seed": seed}))
+            "resets": [list(map(int, r)) for r in resets],
+            "seeds": [list(map(int, r)) for r in seeds], "seed": seed}))
         runner = get_runner(simulator)
         # Icarus: the runner asks for -g2012, under which Icarus 11 starts `always @*` blocks
         # after the time-0 initializers that Amaranth's Verilog relies on to settle them; the
@@ -175,11 +178,22 @@ def _unpack_spikes(ir: IR, n_img: int, layers: np.ndarray, bits: np.ndarray) -> 
     return out
 
 
-def golden_with_resets(ir: IR, pixels: np.ndarray, resets=(), record: bool = False):
+def golden_with_resets(ir: IR, pixels: np.ndarray, resets=(), record: bool = False, seeds=()):
     """The golden model for a run in which the core was reset before each image ``k`` in
-    ``resets`` (the aborted image is fed again, so image ``k`` starts from the seeds)."""
-    cuts = sorted({int(k) for k, _ in resets} | {0, len(pixels)})
-    parts = [golden.run(ir, pixels[a:b], record=record) for a, b in zip(cuts, cuts[1:]) if b > a]
+    ``resets`` (the aborted image is fed again, so image ``k`` starts from the seeds) and given
+    run seed ``S`` before each image ``k`` of ``seeds``."""
+    reset_at = {int(k) for k, _ in resets}
+    seed_at = {int(k): int(v) for k, v in seeds}
+    cuts = sorted(reset_at | set(seed_at) | {0, len(pixels)})
+    model = golden.GoldenModel(ir)
+    parts = []
+    for a, b in zip(cuts, cuts[1:]):
+        if a in reset_at:
+            model.reset()
+        if a in seed_at:
+            model.reseed(seed_at[a])
+        if b > a:
+            parts.append(model.run(pixels[a:b], record=record))
     cat = np.concatenate
     res = golden.GoldenResult(scores=cat([p.scores for p in parts]),
                               classes=cat([p.classes for p in parts]))
@@ -270,7 +284,8 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
     spike vector too, locating the first mismatch by image, sample, layer and neuron.
     """
     build_dir = Path(build_dir)
-    exp = golden_with_resets(ir, pixels, kw.get("resets", ()), record=True)
+    exp = golden_with_resets(ir, pixels, kw.get("resets", ()), record=True,
+                             seeds=kw.get("seeds", ()))
     verilog = build_dir / f"{ir.name}.v"
     if debug:
         from hw.top import generate_verilog

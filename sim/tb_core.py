@@ -9,6 +9,9 @@ pixel's handshake to ``m_axis_tvalid``) and the cycle of its handshake; with ``d
 hidden spike vector from the ``dbg_*`` ports. It judges nothing about values itself:
 :mod:`sim.runner` compares them with the golden model and locates the first mismatch.
 
+``seeds`` is a list of ``[k, S]``: before image ``k`` the run seed ``S`` is handed over on the
+``seed`` port.
+
 Reset semantics under test: ``resets`` is a list of ``[k, c]``: once images ``0..k-1`` have
 produced their results, image ``k`` is fed and ``c`` cycles after its last pixel ``rst`` is held
 for 2 cycles; no result may appear for it; feeding resumes at image ``k`` on a freshly reset core.
@@ -60,6 +63,7 @@ async def stream_images(dut):
     in_gap = float(spec.get("in_idle_prob", 0.0))
     out_stall = float(spec.get("out_stall_prob", 0.0))
     resets = {int(k): int(c) for k, c in spec.get("resets", [])}
+    seeds = {int(k): int(v) for k, v in spec.get("seeds", [])}
     debug = bool(spec.get("debug", False))
     hidden = spec.get("hidden_sizes", [])
     per_image = spec.get("samples", 1) * len(hidden)     # spike vectors per finished image
@@ -68,6 +72,8 @@ async def stream_images(dut):
     dut.s_axis_tdata.value = 0
     dut.s_axis_tlast.value = 0
     dut.m_axis_tready.value = 1
+    dut.seed_valid.value = 0
+    dut.seed.value = 0
     await _reset(dut, 3)
 
     results = {"classes": [], "scores": [], "latency": [], "done_at": []}
@@ -142,6 +148,15 @@ async def stream_images(dut):
             del spikes[len(results["classes"]) * per_image:]
             dut._log.info("reset in the middle of image %d; feeding it again", n)
             continue
+        if n in seeds:
+            dut.seed.value = seeds.pop(n)
+            dut.seed_valid.value = 1
+            while True:
+                await FallingEdge(dut.clk)
+                if dut.seed_ready.value == 1:
+                    break
+            await RisingEdge(dut.clk)
+            dut.seed_valid.value = 0
         last_in = [0]
 
         async def drive(n=n, last_in=last_in):

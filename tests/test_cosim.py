@@ -77,6 +77,21 @@ def test_stalls_gaps_and_resets_lose_nothing(tmp_path, simulator):
 
 
 @pytest.mark.icarus
+def test_run_seeds_change_the_draws_exactly_as_the_golden_model_says(tmp_path):
+    rng = np.random.default_rng(21)
+    ir = random_ir(rng, sizes=[11, 6, 3], pe=[3, 3], weight_bits=3, p=[0.5, 0.5], samples=3,
+                   lfsr_width=16)
+    px = np.repeat(random_pixels(rng, ir, 1), 6, axis=0)      # one image, six times
+    spec = ir.layers[0].rng
+    seeds = [(0, 0xDEADBEEF), (2, 0xDEADBEEF), (4, spec.seed)]   # the last one XORs to 0
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, work_dir=tmp_path, seeds=seeds)
+    expected = golden_with_resets(ir, px, seeds=seeds)
+    assert compare(expected, rtl).mismatches == 0
+    assert np.array_equal(rtl.scores[0], rtl.scores[2])       # same seed, same draws
+    assert spec.reseeded(spec.seed) == spec.seed                # lock-up avoided
+
+
+@pytest.mark.icarus
 def test_first_mismatch_is_located(tmp_path):
     """A wrong weight row in one neuron is reported at that layer and neuron."""
     rng = np.random.default_rng(8)
