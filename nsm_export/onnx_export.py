@@ -131,6 +131,9 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
         raise ExportError(f"samples must be a positive integer, got {samples!r}")
     if isinstance(pixel_bits, bool) or not isinstance(pixel_bits, int) or not 1 <= pixel_bits <= 16:
         raise ExportError(f"pixel_bits must be an integer in 1..16, got {pixel_bits!r}")
+    why = model.ir_unsupported() if hasattr(model, "ir_unsupported") else None
+    if why:
+        raise ExportError(f"the canonical form cannot hold this model yet: {why}")
     thr = int(model.input_threshold)
     if not 0 <= thr <= (1 << pixel_bits):
         raise ExportError(f"input threshold {thr} does not fit {pixel_bits}-bit pixels")

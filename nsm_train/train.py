@@ -1,12 +1,25 @@
-"""Training, Monte Carlo evaluation and checkpoints of NSM MLPs.
+"""Training, Monte Carlo evaluation and checkpoints of NSMs and their deterministic baselines.
 
 Loss: cross-entropy on the class scores of one sampled forward pass (the noise is part of the
-model, as in training an NSM); optimizer Adam. Evaluation: scores summed over ``samples`` (T)
-passes, argmax. Checkpoints are plain ``torch.save`` dicts that load with
-``torch.load(path, weights_only=True)``::
+model, as in training an NSM; stochastic binary synapses use their mean-field logits instead);
+optimizer Adam with a cosine schedule. Evaluation: scores summed over ``samples`` (T) passes,
+argmax. Models (``TrainConfig.model``):
 
-    {"format": "nsm-checkpoint", "version": 1, "config": model.config,
+* ``nsm-mlp``, ``nsm-conv``: NSMs (:class:`~nsm_train.model.NSMMLP`, ``NSMConvNet``);
+* ``det-mlp``, ``det-conv``: the same architecture, encoding and quantization with no noise
+  (``p = 1``) and a batch norm (``norm``, default ``l1``): the deterministic baseline;
+* ``sbs-mlp``: stochastic binary synapses (:class:`~nsm_train.model.SBSMLP`).
+
+Checkpoints are plain ``torch.save`` dicts that load with ``torch.load(path, weights_only=True)``::
+
+    {"format": "nsm-checkpoint", "version": 1, "arch": "mlp", "config": model.config,
      "state_dict": model.state_dict(), **extra}
+
+A training checkpoint (``TrainConfig.checkpoint``) also holds ``train_config`` and ``resume``
+(epoch, optimizer, scheduler and RNG states, history): ``resume=True`` continues it exactly.
+Run under ``torchrun`` (``WORLD_SIZE > 1``) training is data parallel: each rank takes its
+share of every batch, gradients are averaged with ``all_reduce`` (gloo on CPU, NCCL on CUDA),
+rank 0 writes the checkpoints.
 
 Example (about 10 s on 2 CPU cores)::
 
@@ -15,8 +28,10 @@ Example (about 10 s on 2 CPU cores)::
 
 from __future__ import annotations
 
+import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +41,16 @@ from torch import nn
 from nsm_export.atomic import atomic_write
 
 from .data import dataset_info, load_dataset
-from .model import NSMMLP, as_pixels
+from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertainty
 
-__all__ = ["TrainConfig", "train", "evaluate", "save_checkpoint", "load_checkpoint",
-           "CheckpointError", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
+__all__ = ["TrainConfig", "train", "evaluate", "evaluate_many", "build_model", "save_checkpoint",
+           "load_checkpoint", "CheckpointError", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
+           "MODELS"]
 
 CHECKPOINT_FORMAT = "nsm-checkpoint"
 CHECKPOINT_VERSION = 1
+#: The model names :class:`TrainConfig` accepts.
+MODELS = ("nsm-mlp", "nsm-conv", "det-mlp", "det-conv", "sbs-mlp")
 
 
 class CheckpointError(ValueError):
@@ -53,6 +71,22 @@ class TrainConfig:
     seed: int = 0
     samples: int = 16
     input_threshold: int | None = None   # None: the dataset's default_threshold
+    model: str = "nsm-mlp"
+    conv: str = "32c5-p2-64c5-p2-512"    # conv models: layers after the input
+    encoding: str = "threshold"
+    levels: int = 4                      # thermometer levels
+    noise: str = "input"
+    sigma: float = 0.5
+    gain: bool = False
+    norm: str | None = None              # None: none for NSMs, "l1" for det-* baselines
+    quantizer: str = "native"
+    data_dir: str | None = None
+    train_limit: int | None = None       # use only the first N training images
+    device: str = "cpu"
+    checkpoint: str | None = None        # written after every epoch (rank 0)
+    resume: bool = False                 # continue from ``checkpoint`` if it exists
+    stop_after: int | None = None        # leave after this many epochs of this call
+    time_limit: float | None = None      # seconds: stop at the first epoch end past it
 
 
 def _set_seed(seed: int) -> None:
@@ -60,78 +94,227 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed)
 
 
+def build_model(cfg: TrainConfig, info: dict):
+    """The untrained network ``cfg`` describes, for a dataset with constants ``info``."""
+    if cfg.model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)}, got {cfg.model!r}")
+    thr = info["default_threshold"] if cfg.input_threshold is None else cfg.input_threshold
+    det = cfg.model.startswith("det-")
+    p = 1.0 if det else cfg.p
+    norm = (cfg.norm or "l1") if det else cfg.norm
+    common = dict(p=p, input_threshold=int(thr), encoding=cfg.encoding, levels=int(cfg.levels),
+                  pixel_max=int(info["pixel_max"]))
+    if cfg.model == "sbs-mlp":
+        return SBSMLP(info["n_in"], list(cfg.hidden), info["n_classes"], **common)
+    layer = dict(weight_bits=cfg.weight_bits, output_weight_bits=cfg.output_weight_bits,
+                 noise=cfg.noise, sigma=cfg.sigma, gain=cfg.gain, norm=norm,
+                 quantizer=cfg.quantizer)
+    if cfg.model.endswith("-conv"):
+        return NSMConvNet(info["shape"], cfg.conv, info["n_classes"], **common, **layer)
+    return NSMMLP(info["n_in"], list(cfg.hidden), info["n_classes"], **common, **layer)
+
+
+def _dist():
+    """(rank, world) under torchrun, initializing the process group once; (0, 1) otherwise."""
+    import torch.distributed as dist
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and
+                                os.environ.get("NSM_DIST_BACKEND") != "gloo" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _loss(model, xb, yb, loss_fn):
+    if isinstance(model, SBSMLP):
+        logits = model.mean_field_logits(xb)
+        return loss_fn(logits, yb), logits
+    scores = model(xb)
+    return loss_fn(scores, yb), scores
+
+
 def train(cfg: TrainConfig, progress: bool = True):
-    """Train an :class:`NSMMLP` as ``cfg`` says; returns ``(model, history)``.
+    """Train the network ``cfg`` describes; returns ``(model, history)``.
 
     ``history`` holds per-epoch lists ``loss`` and ``train_acc`` (single-sample accuracy on the
     training batches), ``test_acc`` (Monte Carlo accuracy at ``cfg.samples`` on the test split
-    after the last epoch), ``samples`` and ``seconds`` (wall time of the training loop).
-    Deterministic for a given ``cfg.seed`` (and thread count).
+    after the last epoch), ``samples``, ``seconds`` (wall time of the training loop) and
+    ``world_size``. Deterministic for a given ``cfg.seed`` (and thread count), also across a
+    checkpoint and ``resume``.
     """
     from tqdm.auto import tqdm
 
+    rank, world = _dist()
     info = dataset_info(cfg.dataset)
-    x_tr, y_tr, x_te, y_te = load_dataset(cfg.dataset, seed=cfg.seed)
-    thr = info["default_threshold"] if cfg.input_threshold is None else cfg.input_threshold
+    x_tr, y_tr, x_te, y_te = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
+    if cfg.train_limit is not None:
+        x_tr, y_tr = x_tr[:cfg.train_limit], y_tr[:cfg.train_limit]
+    dev = torch.device(cfg.device)
     _set_seed(cfg.seed)
-    model = NSMMLP(info["n_in"], list(cfg.hidden), info["n_classes"], p=cfg.p,
-                   weight_bits=cfg.weight_bits, input_threshold=int(thr),
-                   output_weight_bits=cfg.output_weight_bits)
+    model = build_model(cfg, info).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
     loss_fn = nn.CrossEntropyLoss()
-    x = as_pixels(x_tr)
-    y = torch.from_numpy(y_tr)
+    x = as_pixels(x_tr).to(dev)
+    y = torch.from_numpy(y_tr).to(dev)
     gen = torch.Generator().manual_seed(cfg.seed)
+    if world > 1:
+        torch.manual_seed(cfg.seed + 1000003 * rank)     # each rank draws its own noise
     n = x.shape[0]
     history = {"loss": [], "train_acc": []}
+    start = 0
+    if cfg.resume and cfg.checkpoint and Path(cfg.checkpoint).is_file():
+        start, history = _restore(cfg.checkpoint, model, opt, sched, gen, rank)
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.dataset}", unit="epoch", disable=not progress)
-    for _ in bar:
+    stop = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start + cfg.stop_after)
+    bar = tqdm(range(start, stop), desc=f"train {cfg.model} {cfg.dataset}", unit="epoch",
+               disable=not progress or rank != 0, initial=start, total=cfg.epochs)
+    per_rank = math.ceil(cfg.batch_size / world)
+    for epoch in bar:
         model.train()
-        perm = torch.randperm(n, generator=gen)
-        tot_loss = 0.0
-        correct = 0
+        perm = torch.randperm(n, generator=gen).to(dev)
+        tot_loss = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
         for i in range(0, n, cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            scores = model(x[idx])
-            loss = loss_fn(scores, y[idx])
+            idx = perm[i:i + cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
+            if len(idx) == 0:
+                idx = perm[i:i + 1]            # keep the collective calls in step
+            loss, scores = _loss(model, x[idx], y[idx], loss_fn)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if world > 1:
+                _average_gradients(model, world)
             opt.step()
-            tot_loss += loss.item() * len(idx)
-            correct += int((scores.argmax(dim=1) == y[idx]).sum())
+            tot_loss += loss.detach() * len(idx)
+            correct += (scores.argmax(dim=1) == y[idx]).sum()
         sched.step()
-        history["loss"].append(tot_loss / n)
-        history["train_acc"].append(correct / n)
-        bar.set_postfix(loss=f"{tot_loss / n:.3f}", acc=f"{correct / n:.3f}")
+        seen = n / world
+        history["loss"].append(float(tot_loss) / seen)
+        history["train_acc"].append(float(correct) / seen)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['train_acc'][-1]:.3f}")
+        if world > 1:
+            _sync_buffers(model)
+        out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 > cfg.time_limit
+        if cfg.checkpoint and rank == 0:
+            save_checkpoint(model, cfg.checkpoint, extra={
+                "train_config": asdict(cfg),
+                "resume": {"epoch": epoch + 1, "optimizer": opt.state_dict(),
+                           "scheduler": sched.state_dict(), "generator": gen.get_state(),
+                           "torch_rng": torch.get_rng_state(),
+                           "cuda_rng": (torch.cuda.get_rng_state(dev) if dev.type == "cuda"
+                                        else torch.zeros(0, dtype=torch.uint8)),
+                           "history": {k: list(v) for k, v in history.items()}}})
+        if out_of_time:
+            stop = epoch + 1
+            break
     history["seconds"] = time.perf_counter() - t0
     history["samples"] = cfg.samples
+    history["world_size"] = world
+    history["epochs_done"] = stop
     history["test_acc"] = evaluate(model, x_te, y_te, cfg.samples)
     return model, history
 
 
+def _average_gradients(model, world):
+    import torch.distributed as dist
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    off = 0
+    for g in grads:
+        g.copy_(flat[off:off + g.numel()].reshape(g.shape))
+        off += g.numel()
+
+
+def _sync_buffers(model):
+    import torch.distributed as dist
+    for b in model.buffers():
+        dist.broadcast(b, 0)
+
+
+def _restore(path, model, opt, sched, gen, rank):
+    _, ckpt = load_checkpoint(path)
+    state = ckpt.get("resume")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds no training state to resume from")
+    dev = next(model.parameters()).device
+    model.load_state_dict(ckpt["state_dict"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    if rank == 0:
+        torch.set_rng_state(state["torch_rng"])
+        if dev.type == "cuda" and state["cuda_rng"].numel():
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
+    return int(state["epoch"]), {k: list(v) for k, v in state["history"].items()}
+
+
+def _eval_batch(samples: int, n_in: int) -> int:
+    return max(1, min(512, (1 << 16) // max(1, samples) // max(1, n_in // 256)))
+
+
 @torch.no_grad()
-def evaluate(model: NSMMLP, x, y, samples: int, batch_size: int = 512) -> float:
+def evaluate(model, x, y, samples: int, batch_size: int | None = None) -> float:
     """Monte Carlo accuracy: scores summed over ``samples`` passes, argmax, ties to the lowest."""
     model.eval()
     x = as_pixels(x)
-    y = torch.as_tensor(y)
+    dev = next(model.parameters()).device
+    y = torch.as_tensor(y).to(dev)
+    bs = batch_size or _eval_batch(samples, x.shape[1])
     correct = 0
-    for i in range(0, x.shape[0], batch_size):
-        pred = model.predict(x[i:i + batch_size], samples)
-        correct += int((pred == y[i:i + batch_size]).sum())
+    for i in range(0, x.shape[0], bs):
+        pred = model.predict(x[i:i + bs], samples)
+        correct += int((pred == y[i:i + bs]).sum())
     return correct / max(1, x.shape[0])
 
 
-def save_checkpoint(model: NSMMLP, path, extra: dict | None = None) -> Path:
+@torch.no_grad()
+def evaluate_many(model, x, y, samples_list, batch_size: int | None = None) -> list[dict]:
+    """Accuracy and per-image uncertainty at every ``T`` in ``samples_list``.
+
+    Draws ``max(T)`` samples per image once; the estimate at ``T`` uses the first ``T`` of them.
+    Returns one dict per T: ``samples``, ``accuracy``, ``mean_margin`` and ``mean_entropy``
+    (of the per-sample votes, see :func:`~nsm_train.model.vote_uncertainty`), and
+    ``uncertain_fraction`` (images whose vote margin is below 0.5).
+    """
+    ts = sorted({int(t) for t in samples_list})
+    if not ts or ts[0] < 1:
+        raise ValueError(f"samples must be positive integers, got {samples_list!r}")
+    model.eval()
+    x = as_pixels(x)
+    dev = next(model.parameters()).device
+    y = torch.as_tensor(y).to(dev)
+    bs = batch_size or _eval_batch(ts[-1], x.shape[1])
+    acc = {t: 0 for t in ts}
+    margin = {t: 0.0 for t in ts}
+    entropy = {t: 0.0 for t in ts}
+    unsure = {t: 0 for t in ts}
+    for i in range(0, x.shape[0], bs):
+        s = model.mc_sample_scores(x[i:i + bs], ts[-1])
+        yb = y[i:i + bs]
+        for t in ts:
+            pred = s[:t].sum(dim=0).argmax(dim=1)
+            acc[t] += int((pred == yb).sum())
+            u = vote_uncertainty(s[:t])
+            margin[t] += float(u["margin"].sum())
+            entropy[t] += float(u["entropy"].sum())
+            unsure[t] += int((u["margin"] < 0.5).sum())
+    n = max(1, x.shape[0])
+    return [dict(samples=t, accuracy=acc[t] / n, mean_margin=margin[t] / n,
+                 mean_entropy=entropy[t] / n, uncertain_fraction=unsure[t] / n) for t in ts]
+
+
+def save_checkpoint(model, path, extra: dict | None = None) -> Path:
     """Write ``model`` (and plain-typed ``extra`` entries) to ``path`` atomically."""
     path = Path(path)
     extra = dict(extra or {})
-    for key in ("format", "version", "config", "state_dict"):
+    for key in ("format", "version", "config", "state_dict", "arch"):
         if key in extra:
             raise ValueError(f"extra may not override the checkpoint key {key!r}")
-    ckpt = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": model.config,
+    ckpt = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": model.ARCH,
+            "config": model.config,
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             **extra}
     with atomic_write(path) as f:
@@ -163,8 +346,11 @@ def load_checkpoint(path):
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r} is not "
                               f"supported (this toolchain reads version {CHECKPOINT_VERSION})")
+    arch = ckpt.get("arch", "mlp")
+    if arch not in ARCHS:
+        raise CheckpointError(f"{path}: unknown network arch {arch!r}")
     try:
-        model = NSMMLP(**ckpt["config"])
+        model = ARCHS[arch](**ckpt["config"])
         model.load_state_dict(ckpt["state_dict"])
     except Exception as e:
         raise CheckpointError(f"{path}: config or weights do not form a model "

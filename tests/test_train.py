@@ -61,9 +61,9 @@ def test_digits_split(digits):
 
 def test_unknown_dataset_is_one_clear_line():
     with pytest.raises(DatasetError) as e:
-        load_dataset("fashion-mnist")
+        load_dataset("no-such-set")
     msg = str(e.value)
-    assert "fashion-mnist" in msg and "digits" in msg and "\n" not in msg
+    assert "no-such-set" in msg and "digits" in msg and "\n" not in msg
     assert isinstance(e.value, ValueError)
 
 
@@ -211,7 +211,9 @@ def test_config_rebuilds_the_model():
     model = random_model(SEED, p=[0.75, 0.5, 0.5], weight_bits=2, output_weight_bits=8)
     cfg = model.config
     assert cfg == dict(n_in=64, hidden=[48, 24], n_classes=10, p=[0.75, 0.5, 0.5],
-                       weight_bits=2, input_threshold=8, output_weight_bits=8)
+                       weight_bits=2, input_threshold=8, output_weight_bits=8,
+                       encoding="threshold", levels=1, pixel_max=255, noise="input", sigma=0.5,
+                       gain=False, norm=None, quantizer="native")
     copy = NSMMLP(**cfg)
     copy.load_state_dict(model.state_dict())
     for a, b in zip(model.layers, copy.layers):
@@ -313,3 +315,57 @@ def test_checkpoint_errors_name_the_file(tmp_path, trained):
             load_checkpoint(path)
         msg = str(e.value)
         assert str(path) in msg and "\n" not in msg, msg
+
+
+# --- models, resume, evaluation and the CLI -----------------------------------------------------
+
+def test_resume_continues_exactly(tmp_path):
+    ck = tmp_path / "run.pt"
+    base = dict(hidden=[16], epochs=3, seed=11, samples=2, train_limit=300)
+    full, hf = train(TrainConfig(**base), progress=False)
+    train(TrainConfig(**base, checkpoint=str(ck), stop_after=2), progress=False)
+    assert load_checkpoint(ck)[1]["resume"]["epoch"] == 2
+    resumed, hr = train(TrainConfig(**base, checkpoint=str(ck), resume=True), progress=False)
+    assert hr["loss"] == hf["loss"] and hr["epochs_done"] == 3
+    for (ka, va), (kb, vb) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("model", ["det-mlp", "nsm-conv", "det-conv", "sbs-mlp"])
+def test_every_model_trains_and_round_trips(tmp_path, digits, model):
+    cfg = TrainConfig(model=model, hidden=[32], conv="4c3-p2-16", epochs=2, seed=3, samples=2,
+                      encoding="thermometer" if model.endswith("conv") else "threshold",
+                      levels=2, p=[0.5, 0.75] if model == "nsm-conv" else 0.75, train_limit=400)
+    net, hist = train(cfg, progress=False)
+    assert hist["test_acc"] > 0.2
+    if model.startswith("det-"):
+        assert all(m.p == 1.0 for m in net.modules() if hasattr(m, "p"))
+        assert net.layers[0].norm == "l1" or model == "det-conv"
+    path = save_checkpoint(net, tmp_path / "m.pt")
+    loaded, raw = load_checkpoint(path)
+    assert type(loaded) is type(net) and raw["arch"] == net.ARCH
+    loaded.sampling = net.sampling = False
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(digits[2][:20]), net.eval()(digits[2][:20]))
+
+
+def test_nsm_eval_cli_with_plot(tmp_path):
+    from click.testing import CliRunner
+
+    from nsm.cli import main
+    ck = tmp_path / "m.pt"
+    r = CliRunner().invoke(main, ["train", "--hidden", "16", "--epochs", "2", "--no-progress",
+                                  "-o", str(ck)])
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "acc.png"
+    r = CliRunner().invoke(main, ["eval", str(ck), "-T", "1,4", "--plot", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = __import__("json").loads(r.output)
+    assert [row["samples"] for row in rows] == [1, 4]
+    assert all(0 <= row["accuracy"] <= 1 and 0 <= row["mean_margin"] <= 1 for row in rows)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "none.pt")])
+    assert r.exit_code == 1 and "none.pt" in r.output
+    r = CliRunner().invoke(main, ["train", "--dataset", "mnist", "--epochs", "1", "-o",
+                                  str(tmp_path / "x.pt")])
+    assert r.exit_code == 1 and "data" in r.output and r.output.count("\n") == 1

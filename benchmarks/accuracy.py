@@ -1,0 +1,168 @@
+"""Accuracy benchmark: NSM MLP and NSM conv against deterministic baselines of the same shape.
+
+For each dataset, model (nsm-mlp, det-mlp, nsm-conv, det-conv) and weight width (32 = float,
+2 = ternary, 1 = binary), trains with the same budget and input encoding, then measures Monte
+Carlo test accuracy and vote uncertainty at every T. Writes a JSON list of records::
+
+    {"dataset", "model", "weight_bits", "samples", "accuracy", "mean_margin", "mean_entropy",
+     "uncertain_fraction", "epochs", "epochs_done", "train_seconds", "config", "command",
+     "device", "torch"}
+
+to ``benchmarks/results/accuracy-<datasets>[-short].json`` (or ``--out``). ``--short`` is the CI
+version (digits, few epochs); ``--jobs N`` trains N runs in parallel processes.
+
+Examples::
+
+    python benchmarks/accuracy.py --short
+    python benchmarks/accuracy.py --dataset fashion-mnist --device cuda --jobs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SAMPLES = (1, 4, 16, 64)
+
+#: Per-dataset settings: architectures, encodings and budgets.
+PRESETS = {
+    "digits": dict(hidden=[256, 256], conv="16c3-p2-128", encoding="thermometer", levels=4,
+                   epochs_mlp=30, epochs_conv=15, batch_size=32, lr=0.005, p=0.5,
+                   p_conv=[0.5, 0.5]),
+    "fashion-mnist": dict(hidden=[512, 512], conv="32c5-p2-64c5-p2-512", encoding="thermometer",
+                          levels=4, epochs_mlp=30, epochs_conv=15, batch_size=100, lr=0.002,
+                          p=0.5, p_conv=[0.5, 0.5]),
+}
+for _pre in PRESETS.values():
+    _pre.setdefault("quantizer", "native")
+    _pre.setdefault("nsm_norm", None)
+
+
+def _run(job):
+    import torch
+
+    from nsm_train.data import load_dataset
+    from nsm_train.train import TrainConfig, evaluate_many, train
+
+    torch.set_num_threads(job.pop("threads"))
+    samples = job.pop("samples")
+    cfg = TrainConfig(**job)
+    t0 = time.perf_counter()
+    model, hist = train(cfg, progress=False)
+    _, _, x_te, y_te = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
+    torch.manual_seed(cfg.seed + 1)
+    results = evaluate_many(model, x_te, y_te, samples)
+    base = dict(dataset=cfg.dataset, model=cfg.model, weight_bits=cfg.weight_bits,
+                epochs=cfg.epochs, epochs_done=hist["epochs_done"],
+                train_seconds=round(hist["seconds"], 1), total_seconds=0.0,
+                config=asdict(cfg), device=cfg.device, torch=torch.__version__)
+    base["total_seconds"] = round(time.perf_counter() - t0, 1)
+    out = [dict(base, **r) for r in results]
+    print(f"{cfg.dataset:14s} {cfg.model:9s} w{cfg.weight_bits:<2d} "
+          + " ".join(f"T={r['samples']}:{r['accuracy']:.4f}" for r in results)
+          + f"  ({hist['epochs_done']} epochs, {hist['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def _p_arg(text):
+    vals = [float(v) for v in str(text).split(",") if v.strip()]
+    return vals[0] if len(vals) == 1 else vals
+
+
+def jobs_for(dataset, args):
+    pre = dict(PRESETS[dataset])
+    for key in ("p", "p_conv", "lr", "quantizer", "nsm_norm", "epochs_mlp", "epochs_conv"):
+        if getattr(args, key, None) is not None:
+            pre[key] = getattr(args, key)
+    models = args.models.split(",")
+    bits = [int(b) for b in args.bits.split(",")]
+    out = []
+    for model in models:
+        conv = model.endswith("-conv")
+        epochs = args.epochs or (pre["epochs_conv"] if conv else pre["epochs_mlp"])
+        for wb in bits:
+            ob = wb if wb == 32 else max(wb, 2) if args.output_bits is None else args.output_bits
+            out.append(dict(dataset=dataset, model=model, hidden=list(pre["hidden"]),
+                            conv=pre["conv"], encoding=pre["encoding"], levels=pre["levels"],
+                            p=pre["p_conv"] if conv else pre["p"], weight_bits=wb,
+                            output_weight_bits=ob, quantizer=pre["quantizer"],
+                            norm=None if model.startswith("det-") else pre["nsm_norm"],
+                            epochs=epochs, batch_size=pre["batch_size"], lr=pre["lr"],
+                            seed=args.seed, device=args.device, data_dir=args.data_dir,
+                            train_limit=args.train_limit, time_limit=args.time_limit,
+                            samples=list(SAMPLES), threads=args.threads))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="digits,fashion-mnist",
+                    help="comma-separated: digits, fashion-mnist")
+    ap.add_argument("--models", default="nsm-mlp,det-mlp,nsm-conv,det-conv")
+    ap.add_argument("--bits", default="32,2,1", help="weight widths (32 = float)")
+    ap.add_argument("--epochs", type=int, default=None, help="override the preset epochs")
+    ap.add_argument("--epochs-mlp", type=int, default=None, help="override the MLP epochs")
+    ap.add_argument("--epochs-conv", type=int, default=None, help="override the conv epochs")
+    ap.add_argument("--train-limit", type=int, default=None, help="first N training images")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="seconds of training per run (stops at an epoch end)")
+    ap.add_argument("--short", action="store_true",
+                    help="CI version: digits, 2 epochs")
+    ap.add_argument("--p", type=_p_arg, default=None,
+                    help="override the preset keep probability of MLPs (one or per layer)")
+    ap.add_argument("--p-conv", type=_p_arg, default=None,
+                    help="override the preset p_conv,p_dense of conv nets")
+    ap.add_argument("--lr", type=float, default=None, help="override the preset learning rate")
+    ap.add_argument("--quantizer", default=None, choices=("native", "mse", "brevitas"),
+                    help="override the preset weight quantizer")
+    ap.add_argument("--nsm-norm", default=None, choices=("l1", "linf", "l2"),
+                    help="batch norm in NSM hidden layers (preset: none)")
+    ap.add_argument("--output-bits", type=int, default=None,
+                    help="output layer weight bits (default: max(bits, 2), float for 32)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if args.short:
+        args.dataset, args.epochs = "digits", args.epochs or 2
+    datasets = args.dataset.split(",")
+    for d in datasets:
+        if d not in PRESETS:
+            ap.error(f"no preset for dataset {d!r}; known: {', '.join(PRESETS)}")
+    jobs = [j for d in datasets for j in jobs_for(d, args)]
+    command = "python " + " ".join(shlex.quote(a) for a in
+                                   ["benchmarks/accuracy.py"] + list(sys.argv[1:] if argv is None
+                                                                    else argv))
+    records = []
+    if args.jobs > 1:
+        import multiprocessing as mp
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as ex:
+            for out in ex.map(_run, jobs):
+                records += out
+    else:
+        for j in jobs:
+            records += _run(j)
+    for r in records:
+        r["command"] = command
+    out = args.out or (ROOT / "benchmarks" / "results" /
+                       f"accuracy-{'-'.join(datasets)}{'-short' if args.short else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=1) + "\n")
+    print(f"wrote {len(records)} records to {out}")
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Random-network co-simulation fuzz: many random IRs through the RTL, all must be bit-exact.
+
+Each case draws a network (depth, sizes, weight bits, keep probabilities, folding, LFSR widths
+and seeds, T) and a few random images, simulates the generated Verilog and compares every score
+and every per-image latency with the golden model and the cycle model. Writes
+``benchmarks/results/fuzz.json``: the totals, every failing case's IR in full, and the command.
+
+    python benchmarks/fuzz.py --cases 500 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def one_case(seed: int, simulator: str, images: int) -> dict:
+    from hw.top import generate_verilog
+    from nsm_export import golden, schedule
+    from nsm_export.random_ir import random_ir, random_pixels
+    from sim.runner import compare, run_rtl
+
+    rng = np.random.default_rng(seed)
+    ir = random_ir(rng)
+    px = random_pixels(rng, ir, images)
+    with tempfile.TemporaryDirectory() as tmp:
+        vfile = Path(tmp) / "nsm.v"
+        vfile.write_text(generate_verilog(ir))
+        rtl = run_rtl(vfile, ir, px, simulator=simulator, work_dir=tmp)
+    expected = golden.run(ir, px, record=True)
+    cmp = compare(expected, rtl)
+    cycles_ok = bool(np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks)))
+    return {"seed": seed, "mismatches": cmp.mismatches, "cycle_model_exact": cycles_ok,
+            "first_mismatch": cmp.first_mismatch,
+            "ir": ir.to_json() if cmp.mismatches or not cycles_ok else None,
+            "shape": [ir.input.size] + [layer.n_out for layer in ir.layers],
+            "samples": ir.samples}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=500)
+    ap.add_argument("--first-seed", type=int, default=1)
+    ap.add_argument("--images", type=int, default=4)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--simulator", choices=["icarus", "verilator"], default="icarus")
+    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
+    a = ap.parse_args(argv)
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    results = []
+    seeds = range(a.first_seed, a.first_seed + a.cases)
+    with ProcessPoolExecutor(a.jobs) as pool:
+        futures = [pool.submit(one_case, s, a.simulator, a.images) for s in seeds]
+        for f in tqdm(as_completed(futures), total=len(futures), desc="fuzz", unit="net"):
+            results.append(f.result())
+    bad = [r for r in results if r["mismatches"] or not r["cycle_model_exact"]]
+    summary = {
+        "simulator": a.simulator, "cases": len(results), "images_per_case": a.images,
+        "failing_cases": len(bad), "mismatching_cases": sum(1 for r in bad if r["mismatches"]),
+        "cycle_model_failures": sum(1 for r in bad if not r["cycle_model_exact"]),
+        "largest_network": max((r["shape"] for r in results), key=lambda s: sum(s)),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "command": "python benchmarks/fuzz.py " + " ".join(argv if argv is not None
+                                                            else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"), "failures": bad,
+    }
+    a.output.parent.mkdir(parents=True, exist_ok=True)
+    a.output.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"{summary['cases']} random networks, {summary['failing_cases']} failing; "
+          f"wrote {a.output}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

