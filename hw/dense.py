@@ -5,12 +5,14 @@ indices of the kept inputs into a small index memory, then every neuron group wa
 only. Schedule for one sample (mirrored by :mod:`nsm_export.schedule`, checked in simulation):
 
 ``IDLE``    1 cycle, the one in which ``start`` is seen.
-``MASK``    ``n_in`` cycles, only when the layer samples (p < 1): one LFSR draw per input,
-            ``keep_j = low_p_bits(next) < p_num``; kept ``j`` are appended to the index memory.
+``MASK``    ``n_in + 2`` cycles, only when the layer samples (p < 1): one LFSR draw per input,
+            ``keep_j = low_p_bits(next) < p_num``; kept ``j`` are appended, with their spikes,
+            to the index memory (the input spikes hold still while the layer runs); the last
+            two cycles flush the draw-and-lookup pipeline.
             Without sampling every input is kept and no index memory exists.
 then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs:
-``ACC``     ``K`` cycles, a three-stage pipeline: read the index of the ``k``-th kept input;
-            read its weight word (``pe`` lanes) and its spike; add ``+w`` or ``-w`` per lane.
+``ACC``     ``K`` cycles, a three-stage pipeline: read the index (and spike) of the ``k``-th
+            kept input; read its weight word (``pe`` lanes); add ``+w`` or ``-w`` per lane.
 ``DRAIN``   2 cycles: the last two kept inputs leave the pipeline.
 ``WRITE``   1 cycle: hidden layers compare ``acc >= threshold`` and shift ``pe`` spikes into the
             output register; the output layer adds ``acc + bias`` to its class scores.
@@ -27,6 +29,9 @@ from nsm_export.ir import DenseLayer
 from .lfsr import Lfsr
 
 __all__ = ["DenseEngine", "pack_lanes"]
+
+SPIKE_WORD_BITS = 4
+SPIKE_WORD = 1 << SPIKE_WORD_BITS
 
 
 def pack_lanes(values, bits: int) -> int:
@@ -127,26 +132,46 @@ class DenseEngine(wiring.Component):
 
         if L.sampling:
             m.submodules.rng = rng = Lfsr(L.rng.width, L.rng.seed, L.rng.leap)
-            m.submodules.imem = imem = memory.Memory(shape=range(max(2, n_in)),
-                                                     depth=max(2, n_in), init=[])
+            # Each entry: the kept input's index and its spike, looked up while drawing (from a
+            # counter) so that no wide multiplexer follows the memory's read port.
+            ibits = (max(2, n_in) - 1).bit_length()
+            m.submodules.imem = imem = memory.Memory(shape=ibits + 1, depth=max(2, n_in), init=[])
             iw = imem.write_port()
             ir_ = imem.read_port()
             draw = Signal(L.p_bits)
-            m.d.comb += [draw.eq(rng.next[:L.p_bits]), iw.addr.eq(kept), iw.data.eq(j),
-                         ir_.addr.eq(c)]
+            m.d.comb += [draw.eq(rng.next[:L.p_bits]), iw.addr.eq(kept), ir_.addr.eq(c)]
+            # The draw and the spike lookup are pipelined (A: keep bit and the 16-input word
+            # holding input j; B: the spike within that word; then the write), so that no wide
+            # multiplexer sits in one clock cycle.
+            words = -(-n_in // SPIKE_WORD)
+            padded = Cat(self.spikes_in, Const(0, words * SPIKE_WORD - n_in))
+            vA, keepA, jA = Signal(), Signal(), Signal(range(n_in + 1))
+            wordA = Signal(SPIKE_WORD)
+            vB, keepB, jB, sB = Signal(), Signal(), Signal(range(n_in + 1)), Signal()
+            m.d.sync += [vA.eq(0), keepA.eq(draw < L.p_num), jA.eq(j),
+                         wordA.eq(padded.word_select(j >> SPIKE_WORD_BITS, SPIKE_WORD)
+                                  if words > 1 else padded),
+                         vB.eq(vA), keepB.eq(keepA), jB.eq(jA),
+                         sB.eq(wordA.bit_select(jA[:SPIKE_WORD_BITS], 1))]
+            write = vB & keepB
+            m.d.comb += [iw.en.eq(write), iw.data.eq(Cat(jB[:ibits], sB))]
+            with m.If(write):
+                m.d.sync += kept.eq(kept + 1)
             mixed = Signal(L.rng.width)
             m.d.comb += [mixed.eq(self.seed[:L.rng.width] ^ L.rng.seed),
                          rng.load.eq(self.reseed),
                          rng.load_value.eq(Mux(mixed == 0, L.rng.seed, mixed))]
-            idx = ir_.data
+            idx = ir_.data[:ibits]
+            z1 = ir_.data[ibits]
         else:
             idx = Signal(range(max(2, n_in)))
-            m.d.sync += idx.eq(c)
+            z1 = Signal()
+            m.d.sync += [idx.eq(c), z1.eq(self.spikes_in.bit_select(c, 1))]
             m.d.comb += kept.eq(n_in)
 
         # Stage 1: the index is known; fetch its weight word and its spike.
         m.d.comb += [wport.addr.eq(base + idx), oport.addr.eq(g)]
-        m.d.sync += [v2.eq(v1), z2.eq(self.spikes_in.bit_select(idx, 1))]
+        m.d.sync += [v2.eq(v1), z2.eq(z1)]
         # Stage 2: the weight word is here; add it with the spike's sign.
         with m.If(v2):
             for k in range(pe):
@@ -177,16 +202,17 @@ class DenseEngine(wiring.Component):
                     m.next = "MASK" if L.sampling else "ACC"
             if L.sampling:
                 with m.State("MASK"):
-                    keep = draw < L.p_num
-                    m.d.comb += [rng.en.eq(1), iw.en.eq(keep)]
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(keep):
-                        m.d.sync += kept.eq(kept + 1)
+                    m.d.comb += rng.en.eq(1)
+                    m.d.sync += [j.eq(j + 1), vA.eq(1)]
                     with m.If(j == n_in - 1):
-                        with m.If((kept == 0) & ~keep):
-                            m.next = "DRAIN1"
-                        with m.Else():
-                            m.next = "ACC"
+                        m.next = "FLUSH1"
+                with m.State("FLUSH1"):
+                    m.next = "FLUSH2"
+                with m.State("FLUSH2"):                  # the last kept input is written now
+                    with m.If((kept == 0) & ~write):
+                        m.next = "DRAIN1"
+                    with m.Else():
+                        m.next = "ACC"
             with m.State("ACC"):
                 m.d.sync += [v1.eq(1), c.eq(c + 1)]
                 with m.If(c == kept - 1):

@@ -6,7 +6,8 @@ States (cycle counts mirrored by :mod:`nsm_export.schedule`):
             spike register; after ``n_in`` beats the core starts.
 ``RUN_l``   layer ``l`` runs one sample; after the last layer the next sample starts at once,
             ``T`` samples in all.
-``ARGMAX``  ``C`` cycles: scan the scores, keeping the first maximum (ties: lowest index).
+``ARGMAX``  ``C + 1`` cycles: scan the scores through a two-stage pipeline (fetch, compare),
+            keeping the first maximum (ties: lowest index).
 ``OUT``     ``m_axis_tvalid`` high with the class and all scores until accepted; then scores
             clear and the core accepts the next image.
 
@@ -115,6 +116,9 @@ class NsmCore(wiring.Component):
         c = Signal(range(C + 1))
         best = Signal(signed(ir.score_bits))
         best_idx = Signal(ir.class_bits)
+        cand = Signal(signed(ir.score_bits))
+        cand_idx = Signal(range(C + 1))
+        cand_valid = Signal()
         m.d.comb += [self.m_axis_tdata.eq(best_idx), self.m_axis_tuser.eq(out_eng.scores)]
 
         if self._debug:
@@ -142,16 +146,19 @@ class NsmCore(wiring.Component):
                             m.next = f"RUN_{i + 1}"
                         else:
                             with m.If(t == T - 1):
-                                m.d.sync += c.eq(0)
+                                m.d.sync += [c.eq(0), cand_valid.eq(0)]
                                 m.next = "ARGMAX"
                             with m.Else():
                                 m.d.sync += t.eq(t + 1)
                                 m.next = "RUN_0"
             with m.State("ARGMAX"):
-                with m.If((c == 0) | (scores[c] > best)):
-                    m.d.sync += [best.eq(scores[c]), best_idx.eq(c)]
-                m.d.sync += c.eq(c + 1)
-                with m.If(c == C - 1):
+                # Two stages, so the score multiplexer and the comparator sit in different
+                # clock cycles: fetch score c, then compare the one fetched a cycle earlier.
+                m.d.sync += [cand.eq(scores[c]), cand_idx.eq(c), cand_valid.eq(c < C),
+                             c.eq(c + 1)]
+                with m.If(cand_valid & ((cand_idx == 0) | (cand > best))):
+                    m.d.sync += [best.eq(cand), best_idx.eq(cand_idx)]
+                with m.If(c == C):
                     m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += self.m_axis_tvalid.eq(1)

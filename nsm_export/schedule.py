@@ -15,12 +15,14 @@ __all__ = ["layer_cycles", "latency_cycles", "cycles_per_inference", "expected_l
            "expected_cycles_per_inference", "dense_bound"]
 
 GROUP_OVERHEAD = 3      # two drain cycles and one write cycle per neuron group
+MASK_FLUSH = 2          # the draw-and-lookup pipeline of a sampling layer empties
 
 
 def layer_cycles(layer: DenseLayer, kept):
     """Cycles for one sample with ``kept`` inputs kept (array-friendly):
     IDLE + MASK (sampling layers) + per group (kept + drain + write)."""
-    return 1 + (layer.n_in if layer.sampling else 0) + layer.groups * (kept + GROUP_OVERHEAD)
+    return 1 + (layer.n_in + MASK_FLUSH if layer.sampling else 0) \
+        + layer.groups * (kept + GROUP_OVERHEAD)
 
 
 def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
@@ -32,7 +34,12 @@ def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     for layer, m in zip(ir.layers, masks):
         kept = np.asarray(m).sum(axis=2)                       # (N, T)
         total = total + layer_cycles(layer, kept).sum(axis=1)
-    return np.asarray(total, dtype=np.int64) + ir.n_classes
+    return np.asarray(total, dtype=np.int64) + argmax_cycles(ir)
+
+
+def argmax_cycles(ir: IR) -> int:
+    """The top's two-stage scan of the class scores."""
+    return ir.n_classes + 1
 
 
 def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
@@ -44,7 +51,7 @@ def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
 def expected_latency_cycles(ir: IR) -> float:
     """Mean latency over the blank-out draws (``kept = p * n_in`` on average)."""
     per_sample = sum(layer_cycles(layer, layer.p * layer.n_in) for layer in ir.layers)
-    return ir.samples * per_sample + ir.n_classes
+    return ir.samples * per_sample + argmax_cycles(ir)
 
 
 def expected_cycles_per_inference(ir: IR) -> float:
