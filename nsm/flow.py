@@ -19,16 +19,21 @@ __all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_demo"]
 
 def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
     """ONNX → IR + Verilog in ``out_dir``; nothing is written unless every step succeeds."""
+    from hw.integration import fusesoc_core, instantiation_template
     from hw.top import generate_verilog
 
     ir = compile_file(onnx_file, **kw)
     verilog = generate_verilog(ir)
+    extras = {f"{ir.name}.core": fusesoc_core(ir), f"{ir.name}_inst.v": instantiation_template(ir)}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise irmod.IRError(f"{out_dir}: exists and is not a directory")
     irmod.save(ir, out_dir)
     with atomic_write(out_dir / f"{ir.name}.v", "w") as f:
         f.write(verilog)
+    for name, text in extras.items():
+        with atomic_write(out_dir / name, "w") as f:
+            f.write(text)
     return ir
 
 
