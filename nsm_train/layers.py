@@ -132,19 +132,20 @@ def quantize_weight(w: torch.Tensor, bits: int, per_row: bool, scale: str = "max
 
 
 def _mse_exponent(w, exp_max, qmax, per_row):
-    """The exponent in ``exp_max - MSE_SEARCH .. exp_max`` with the least squared error."""
-    best_err, best = None, exp_max
-    for k in range(MSE_SEARCH + 1):
-        e = (exp_max - k).clamp(-MAX_EXP, MAX_EXP)
-        s = _pow2(e.expand(w.shape[0], 1))
-        err = (torch.clamp(torch.round(w / s), -qmax, qmax) * s - w).square().double()
-        err = err.sum(dim=1, keepdim=True) if per_row else err.sum().reshape(1, 1)
-        if best_err is None:
-            best_err, best = err, e
-        else:
-            better = err < best_err
-            best_err, best = torch.where(better, err, best_err), torch.where(better, e, best)
-    return best
+    """The exponent in ``exp_max - MSE_SEARCH .. exp_max`` with the least squared error.
+
+    All candidates are evaluated in one batched pass (few kernel launches per training step);
+    ties go to the larger exponent (``argmin`` takes the first).
+    """
+    steps = torch.arange(MSE_SEARCH + 1, device=w.device, dtype=exp_max.dtype).reshape(-1, 1, 1)
+    cand = (exp_max.unsqueeze(0) - steps).clamp(-MAX_EXP, MAX_EXP)     # (K, rows or 1, 1)
+    s = torch.ldexp(torch.ones_like(cand), cand.to(torch.int32))
+    err = (torch.clamp(torch.round(w.unsqueeze(0) / s), -qmax, qmax) * s - w.unsqueeze(0))
+    err = err.square().sum(dim=2)                                     # (K, rows)
+    if not per_row:
+        err = err.sum(dim=1, keepdim=True)
+    k = torch.argmin(err, dim=0)                                      # (rows or 1,)
+    return cand[:, :, 0].gather(0, k.unsqueeze(0)).reshape(-1, 1)
 
 
 def quantize_bias(b: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:

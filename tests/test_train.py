@@ -369,3 +369,32 @@ def test_nsm_eval_cli_with_plot(tmp_path):
     r = CliRunner().invoke(main, ["train", "--dataset", "mnist", "--epochs", "1", "-o",
                                   str(tmp_path / "x.pt")])
     assert r.exit_code == 1 and "data" in r.output and r.output.count("\n") == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(2, 8), per_row=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       log_scale=st.floats(-12, 6), zero_row=st.booleans())
+def test_mse_quantizer_is_exact_and_no_worse_than_max(bits, per_row, seed, log_scale, zero_row):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(7, 40, generator=g) * (2.0 ** log_scale)
+    if zero_row:
+        w[3] = 0.0
+    w_max, e_max = quantize_weight(w, bits, per_row)
+    w_int, exp = quantize_weight(w, bits, per_row, scale="mse")
+    assert torch.equal(w_int, torch.round(w_int)) and torch.equal(exp, torch.round(exp))
+    assert exp.shape == (7, 1) and w_int.abs().max() <= 2 ** (bits - 1) - 1
+    if not per_row:
+        assert torch.all(exp == exp[0])
+    assert torch.all(exp <= e_max)
+
+    def err(wi, e):
+        d = (wi.double() * torch.pow(2.0, e.double()) - w.double()) ** 2
+        return d.sum(1) if per_row else d.sum().reshape(1)
+    assert torch.all(err(w_int, exp) <= err(w_max, e_max) * (1 + 1e-6) + 1e-30)
+    layer = NSMLinear(40, 7, weight_bits=bits, output=not per_row, quantizer="mse")
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    q = layer.integer_params()
+    wq, _ = layer.quantized()
+    assert np.array_equal(wq.detach().double().numpy(),
+                          np.ldexp(q["weights"].astype(np.float64), q["scale_exp"][:, None]))
