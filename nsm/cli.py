@@ -374,13 +374,21 @@ def demo(out_dir, count, epochs, samples, simulator):
 
 
 def _print_summary(s: dict) -> None:
-    rows = [(k, s[k]) for k in ("float_accuracy", "golden_accuracy", "rtl_accuracy", "images",
-                                "mismatches", "cycles_per_inference", "cycles_per_inference_model",
-                                "cycle_model_exact", "latency_cycles",
-                                "simulator", "waves") if k in s]
+    keys = ("float_accuracy", "golden_accuracy", "rtl_accuracy", "images", "mismatches",
+            "cycles_per_inference", "cycles_per_inference_model", "cycle_model_exact",
+            "latency_cycles", "simulator", "waves")
     click.echo("summary")
-    for k, v in rows:
-        click.echo(f"  {k:<22} {v:.4f}" if isinstance(v, float) else f"  {k:<22} {v}")
+    for k in keys:
+        if k not in s or s[k] is None:
+            continue
+        v = s[k]
+        if k.endswith("accuracy"):
+            text = f"{v:.4f}"
+        elif isinstance(v, float):
+            text = f"{v:.0f}" if v == int(v) else f"{v:.1f}"
+        else:
+            text = str(v)
+        click.echo(f"  {k:<28} {text}")
     if s.get("mismatches"):
         click.echo(f"  first mismatch: {json.dumps(s.get('first_mismatch'))}", err=True)
 
