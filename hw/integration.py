@@ -15,6 +15,7 @@ __all__ = ["ports", "fusesoc_core", "instantiation_template"]
 def ports(ir: IR) -> list[tuple[str, str, int]]:
     """``(name, "input"|"output", width)`` for every port, clock and reset first."""
     core = NsmCore(ir)
+    core._MustUse__silence = True          # only its signature is read; it is never elaborated
     out = [("clk", "input", 1), ("rst", "input", 1)]
     for name, member in core.signature.members.items():
         out.append((name, "input" if member.flow == Flow.In else "output",
