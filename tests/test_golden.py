@@ -85,3 +85,23 @@ def test_rejects_wrong_input_shape_and_range(rng):
         golden.run(ir, np.zeros((2, 4), int))
     with pytest.raises(ValueError, match="outside"):
         golden.run(ir, np.full((2, 5), 256))
+
+
+def test_streams_are_decorrelated_within_and_across_layers():
+    """Over 2e5 draws per layer: lag-1 correlation within each layer's keep bits and the
+    correlation between any two layers' bits stay under 0.01, and each firing frequency is
+    within 5 binomial standard deviations of its quantized p."""
+    n_in, images, T = 50, 500, 8                                 # 200,000 draws per layer
+    layers = [IntLayer(np.ones((n_in, n_in), int), np.zeros(n_in, int), p, 2)
+              for p in (0.5, 0.75, 0.25)]
+    layers.append(IntLayer(np.ones((2, n_in), int), np.zeros(2, int), 0.5, 2))
+    ir = build_ir(layers, input_size=n_in, input_threshold=1, samples=T, seed=99)
+    masks = [m.reshape(-1).astype(float) for m in
+             golden.run(ir, np.zeros((images, n_in), int), record=True).masks]
+    for layer, m in zip(ir.layers, masks):
+        assert len(m) >= 100_000
+        assert abs(np.corrcoef(m[:-1], m[1:])[0, 1]) < 0.01
+        assert abs(m.mean() - layer.p) < 5 * np.sqrt(layer.p * (1 - layer.p) / len(m))
+    for a in range(len(masks)):
+        for b in range(a + 1, len(masks)):
+            assert abs(np.corrcoef(masks[a], masks[b])[0, 1]) < 0.01, (a, b)
