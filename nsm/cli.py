@@ -23,12 +23,14 @@ def _user_errors(fn):
         from nsm_export.compiler import CompileError
         from nsm_export.ir import IRError
         from nsm_train.data import DatasetError
-        from nsm_train.train import CheckpointError
+        from nsm_train.train import CheckpointError, DeviceError
         from sim.runner import SimError
         from hw.synth import SynthError
+        from nsm_export.onnx_export import ExportError
         try:
             return fn(*args, **kwargs)
-        except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError) as e:
+        except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError,
+                ExportError, DeviceError) as e:
             name = click.get_current_context().info_name
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -185,8 +187,8 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
     """
     import torch
 
-    from nsm_train.data import load_dataset
-    from nsm_train.train import evaluate_many, load_checkpoint
+    from nsm_train.data import DatasetError, load_dataset
+    from nsm_train.train import evaluate_many, load_checkpoint, resolve_device
 
     ts = _int_list(samples)
     if not ts or min(ts) < 1:
@@ -198,7 +200,10 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
     split_seed = tc.get("seed", 0) if split_seed is None else split_seed
     _, _, x_te, y_te = load_dataset(dataset, seed=split_seed,
                                     data_dir=data_dir or tc.get("data_dir"))
-    model.to(device)
+    if x_te.shape[1] != model.n_in:
+        raise DatasetError(f"dataset {dataset!r} has {x_te.shape[1]} inputs per image; "
+                           f"{checkpoint} expects {model.n_in}")
+    model.to(resolve_device(device))
     model.sampling = not no_sampling
     torch.manual_seed(seed)
     rows = evaluate_many(model, x_te, y_te, ts)
@@ -251,7 +256,8 @@ def _plain(cfg) -> dict:
               help="Leave the Bernoulli masks out (p = 1): the deterministic network.")
 @_user_errors
 def export(checkpoint, output, samples, no_sampling):
-    """Export a checkpoint to ONNX (opset 17, standard ops, Bernoulli sampling).
+    """Export a checkpoint to ONNX (opset 17, standard ops; the blank-out masks are
+    RandomUniformLike < p, which means Bernoulli(p) in every runtime).
     """
     from nsm_train.train import load_checkpoint
     from nsm_export.onnx_export import export_onnx
@@ -306,16 +312,20 @@ def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
                    "first mismatch by image, sample, layer and neuron.")
 @click.option("--waves", is_flag=True,
               help="Write a waveform for GTKWave (FST on Icarus, VCD on Verilator).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory of the dataset's files (mnist, emnist, nmnist; fashion-mnist "
+                   "defaults to the Debian package's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 @_user_errors
-def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves, as_json):
+def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves, data_dir,
+        as_json):
     """Run the RTL on test images and compare every score with the golden model.
     """
     from nsm.flow import simulate
 
     summary = simulate(build_dir, dataset=dataset, count=count, offset=offset,
                        split_seed=split_seed, simulator=simulator, quiet=as_json,
-                       debug=spikes, waves=waves)
+                       debug=spikes, waves=waves, data_dir=data_dir)
     if as_json:
         click.echo(json.dumps(summary))
     else:

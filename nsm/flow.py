@@ -49,10 +49,11 @@ def load_build(build_dir: Path) -> irmod.IR:
     return ir
 
 
-def _test_images(dataset: str, split_seed: int, ir: irmod.IR, count: int | None, offset: int = 0):
+def _test_images(dataset: str, split_seed: int, ir: irmod.IR, count: int | None, offset: int = 0,
+                 data_dir: Path | None = None):
     from nsm_train.data import DatasetError, load_dataset
 
-    _, _, x_te, y_te = load_dataset(dataset, seed=split_seed)
+    _, _, x_te, y_te = load_dataset(dataset, seed=split_seed, data_dir=data_dir)
     if x_te.shape[1] != ir.input.size:
         raise DatasetError(f"dataset {dataset!r} has {x_te.shape[1]} inputs per image; the IR "
                            f"expects {ir.input.size}")
@@ -64,9 +65,9 @@ def _test_images(dataset: str, split_seed: int, ir: irmod.IR, count: int | None,
 
 def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset: int = 0,
              split_seed: int = 0, simulator: str = "icarus", quiet: bool = False,
-             debug: bool = False, waves: bool = False) -> dict:
+             debug: bool = False, waves: bool = False, data_dir: Path | None = None) -> dict:
     ir = load_build(build_dir)
-    x, y = _test_images(dataset, split_seed, ir, count, offset)
+    x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
     t0 = time.perf_counter()
     summary = cosim(Path(build_dir), ir, x, labels=y, simulator=simulator,
                     log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet,

@@ -369,9 +369,9 @@ def _fold_hidden(w: np.ndarray, scales: np.ndarray, bias: list[Fraction]):
         s = Fraction(float(s))
         if s > 0:
             theta[i] = math.ceil(-b / s)
-        elif s < 0:                       # s*acc + b >= 0  <=>  (-acc) >= b/|s|... with s<0
+        elif s < 0:                       # s*acc + b >= 0  <=>  acc <= -b/s  <=>  -acc >= b/s
             w[i] = -w[i]
-            theta[i] = math.ceil(b / -s)
+            theta[i] = math.ceil(b / s)
         else:
             w[i] = 0
             theta[i] = 0 if b >= 0 else 1

@@ -97,7 +97,8 @@ __all__ = ["export_onnx", "build_onnx", "ExportError", "OPSET", "IR_VERSION", "F
 OPSET = 17
 IR_VERSION = 8
 FORMAT_VERSION = 1
-#: The two mask forms (see the module docstring); the first is the default.
+#: The two mask forms (see the module docstring); the compiler reads both, ``uniform`` is the
+#: default.
 MASK_OPS = ("bernoulli", "uniform")
 
 
@@ -236,8 +237,9 @@ def export_onnx(model, path, samples: int = 16, sampling: bool = True,
 
     ``samples`` is the Monte Carlo T the hardware will run (metadata only: the graph computes one
     sample). ``sampling=False`` drops the masks (the noise-free p = 1 network). ``mask_op``
-    picks the mask form: ``"bernoulli"`` (the compiler's canonical form) or ``"uniform"`` (the
-    one that samples correctly in onnxruntime 1.31; see the module docstring). The file is
+    picks the mask form: ``"uniform"`` (the default; samples correctly in every runtime) or
+    ``"bernoulli"`` (the op the spec names, which onnxruntime 1.31 samples as 1 - p; see the module
+    docstring); the compiler reads both. The file is
     written atomically: on any error no file (or the previous one) is left at ``path``.
     """
     proto = build_onnx(model, samples=samples, sampling=sampling, pixel_bits=pixel_bits,

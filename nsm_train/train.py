@@ -43,14 +43,18 @@ from nsm_export.atomic import atomic_write
 from .data import dataset_info, load_dataset
 from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertainty
 
-__all__ = ["TrainConfig", "train", "evaluate", "evaluate_many", "build_model", "save_checkpoint",
-           "load_checkpoint", "CheckpointError", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
+__all__ = ["DeviceError", "resolve_device", "TrainConfig", "train", "evaluate", "evaluate_many",
+           "build_model", "save_checkpoint", "load_checkpoint", "CheckpointError", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
            "MODELS"]
 
 CHECKPOINT_FORMAT = "nsm-checkpoint"
 CHECKPOINT_VERSION = 1
 #: The model names :class:`TrainConfig` accepts.
 MODELS = ("nsm-mlp", "nsm-conv", "det-mlp", "det-conv", "sbs-mlp")
+
+
+class DeviceError(ValueError):
+    """A ``--device`` that torch does not know or this machine does not have (one line)."""
 
 
 class CheckpointError(ValueError):
@@ -141,7 +145,8 @@ def train(cfg: TrainConfig, progress: bool = True):
     training batches), ``test_acc`` (Monte Carlo accuracy at ``cfg.samples`` on the test split
     after the last epoch), ``samples``, ``seconds`` (wall time of the training loop) and
     ``world_size``. Deterministic for a given ``cfg.seed`` (and thread count), also across a
-    checkpoint and ``resume``.
+    checkpoint and ``resume`` in a single process (under torchrun only rank 0's random state is
+    saved, so the other ranks' noise after a resume differs from an uninterrupted run).
     """
     from tqdm.auto import tqdm
 
@@ -150,7 +155,7 @@ def train(cfg: TrainConfig, progress: bool = True):
     x_tr, y_tr, x_te, y_te = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
     if cfg.train_limit is not None:
         x_tr, y_tr = x_tr[:cfg.train_limit], y_tr[:cfg.train_limit]
-    dev = torch.device(cfg.device)
+    dev = resolve_device(cfg.device)
     _set_seed(cfg.seed)
     model = build_model(cfg, info).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -234,13 +239,29 @@ def _sync_buffers(model):
         dist.broadcast(b, 0)
 
 
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``, or a one-line :class:`ValueError` naming what is wrong."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"--device {name!r} is not a torch device (try cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {name!r}: this torch build or machine has no CUDA device")
+    return dev
+
+
 def _restore(path, model, opt, sched, gen, rank):
     _, ckpt = load_checkpoint(path)
     state = ckpt.get("resume")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds no training state to resume from")
     dev = next(model.parameters()).device
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError:
+        raise CheckpointError(f"{path}: was written by a different network "
+                              f"({ckpt.get('config')}); resume with the same options or start "
+                              f"a new checkpoint") from None
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])

@@ -105,3 +105,28 @@ def test_synth_rejects_a_missing_build_directory(tmp_path):
 def test_synth_rejects_an_unknown_target(tmp_path):
     res = CliRunner().invoke(main, ["synth", str(tmp_path), "--target", "xc7a35t"])
     _one_error_line(res, "xc7a35t", "unknown target", "ice40-up5k", "ecp5-25k", "ecp5-85k")
+
+
+def test_bad_device_and_mismatched_eval_are_one_line(tmp_path):
+    r = CliRunner()
+    res = r.invoke(main, ["train", "--hidden", "8", "--epochs", "1", "--device", "foo",
+                          "-o", str(tmp_path / "m.pt")])
+    # An unusable option value is click's usage error: exit 2, the usage line and one "Error:".
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("Error:")] == [
+        "Error: --device 'foo' is not a torch device (try cpu or cuda)"]
+    res = r.invoke(main, ["train", "--hidden", "8", "--epochs", "1", "-o", str(tmp_path / "m.pt")])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(main, ["eval", str(tmp_path / "m.pt"), "--device", "cuda:7"])
+    _one_error_line(res, "--device")
+
+
+def test_export_refuses_a_model_the_ir_cannot_hold(tmp_path):
+    r = CliRunner()
+    pt = tmp_path / "thermo.pt"
+    res = r.invoke(main, ["train", "--hidden", "8", "--epochs", "1", "--encoding", "thermometer",
+                          "-o", str(pt)])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(main, ["export", str(pt), "-o", str(tmp_path / "m.onnx")])
+    _one_error_line(res)
+    assert not (tmp_path / "m.onnx").exists()

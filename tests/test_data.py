@@ -113,3 +113,16 @@ def test_missing_and_bad_files_are_one_clear_line(tmp_path):
 def test_real_fashion_mnist_test_labels():
     y = read_idx(Path(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz"))
     assert y.shape == (10000,) and np.array_equal(np.bincount(y), np.full(10, 1000))
+
+
+def test_corrupt_deflate_stream_is_one_clear_error(tmp_path):
+    import gzip
+
+    from nsm_train.data import DatasetError, read_idx
+
+    good = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(range(200)))
+    bad = good[:10] + bytes([0xFF] * 12) + good[22:]       # header intact, deflate data not
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(bad)
+    with pytest.raises(DatasetError, match="cannot read"):
+        read_idx(path)

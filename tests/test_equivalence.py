@@ -90,3 +90,24 @@ def test_random_networks_decide_like_onnxruntime(digits, seed, hidden, wb, pe):
     ir = compile_model(proto, samples=1, pe=pe)
     x = digits[2][:120]
     assert np.array_equal(np.argmax(_ort_scores(proto, x), axis=1), golden.run(ir, x).classes)
+
+
+def test_negative_and_zero_scales_fold_exactly(digits):
+    """A graph whose hidden rows carry negative or zero scales (what other exporters may write)
+    computes the same network; the compiler must fold the sign into the row and threshold."""
+    from onnx import numpy_helper
+
+    model = _random_model(11, [16], 4, 0.5)
+    proto = build_onnx(model, samples=1, sampling=False)
+    inits = {t.name: t for t in proto.graph.initializer}
+    w = numpy_helper.to_array(inits["layer0_weight_int"]).copy()
+    b = numpy_helper.to_array(inits["layer0_bias_int"]).copy()
+    sc = numpy_helper.to_array(inits["layer0_weight_scale"]).copy()
+    w[:, ::2], b[::2], sc[::2] = -w[:, ::2], -b[::2], -sc[::2]     # same products, flipped signs
+    sc[3], b[3] = 0.0, 5                                           # a constant neuron
+    for name, arr in (("layer0_weight_int", w), ("layer0_bias_int", b),
+                      ("layer0_weight_scale", sc)):
+        inits[name].CopyFrom(numpy_helper.from_array(arr, name))
+    ir = compile_model(proto, samples=1, pe=4)
+    x = np.concatenate([digits[0], digits[2]])
+    assert np.array_equal(np.argmax(_ort_scores(proto, x), axis=1), golden.run(ir, x).classes)

@@ -398,3 +398,13 @@ def test_mse_quantizer_is_exact_and_no_worse_than_max(bits, per_row, seed, log_s
     wq, _ = layer.quantized()
     assert np.array_equal(wq.detach().double().numpy(),
                           np.ldexp(q["weights"].astype(np.float64), q["scale_exp"][:, None]))
+
+
+def test_resume_with_another_network_is_one_clear_error(tmp_path):
+    from nsm_train.train import CheckpointError, TrainConfig, train
+
+    ck = tmp_path / "ck.pt"
+    train(TrainConfig(hidden=[8], epochs=1, checkpoint=str(ck), train_limit=200), progress=False)
+    with pytest.raises(CheckpointError, match="different network"):
+        train(TrainConfig(hidden=[12], epochs=2, checkpoint=str(ck), resume=True,
+                          train_limit=200), progress=False)
