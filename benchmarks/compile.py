@@ -11,8 +11,6 @@ shapes the training benchmarks use. Target (issue 4): under 10 s each on 2 cores
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch                                              # noqa: E402
 
+from benchmarks._common import provenance, write_results  # noqa: E402
 from nsm.flow import compile_to_dir                       # noqa: E402
 from nsm_export.onnx_export import export_onnx            # noqa: E402
 from nsm_train.model import NSMMLP                        # noqa: E402
@@ -52,15 +51,11 @@ def main(argv=None) -> int:
                "weight_bits": wb, "pe": pe, "compile_seconds": round(total, 2),
                "compile_cpu_seconds": round(cpu, 2),
                "verilog_bytes": vsize, "target_seconds": 10, "meets_target": total < 10,
-               "command": "python benchmarks/compile.py",
-               "machine": f"{platform.machine()}, {platform.python_version()}",
-               "date": time.strftime("%Y-%m-%d")}
+               **provenance("compile.py", argv)}
         print(f"{name}: {total:.2f} s wall, {cpu:.2f} s CPU (IR + Verilog), "
               f"{vsize / 1e6:.1f} MB of Verilog")
         records.append(rec)
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(records, indent=1) + "\n")
-    print(f"wrote {a.output}")
+    write_results(a.output, records)
     return 0
 
 

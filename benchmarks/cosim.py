@@ -14,9 +14,6 @@ ratios within one file rather than absolute numbers across machines.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import provenance, write_results  # noqa: E402
 from hw.top import generate_verilog                    # noqa: E402
 from nsm_export import golden, schedule                 # noqa: E402
 from nsm_export.compiler import compile_model           # noqa: E402
@@ -106,17 +104,12 @@ def main(argv=None) -> int:
             "rtl_accuracy": float(np.mean(rtl.classes == y[:n])),
             "golden_accuracy": float(np.mean(gold.classes[:n] == y[:n])),
             "float_accuracy": float_acc,
-            "command": "python " + " ".join(shlex.quote(v) for v in [
-                "benchmarks/cosim.py", *(argv if argv is not None else sys.argv[1:])]),
-            "machine": f"{platform.machine()}, {platform.python_version()}",
-            "date": time.strftime("%Y-%m-%d"),
+            **provenance("cosim.py", argv),
         }
         records.append(rec)
         print(f"{simulator}: {n} images, {cmp.mismatches} mismatches, "
               f"{rec['cosim_cycles_per_s']:.0f} cycles/s")
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(records, indent=1) + "\n")
-    print(f"wrote {a.output}")
+    write_results(a.output, records)
     return 1 if any(r["mismatches"] for r in records) else 0
 
 

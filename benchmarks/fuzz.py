@@ -11,8 +11,6 @@ and every per-image latency with the golden model and the cycle model. Writes
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
@@ -23,6 +21,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import provenance, write_results   # noqa: E402
 
 
 def one_case(seed: int, simulator: str, images: int) -> dict:
@@ -73,15 +73,10 @@ def main(argv=None) -> int:
         "cycle_model_failures": sum(1 for r in bad if not r["cycle_model_exact"]),
         "largest_network": max((r["shape"] for r in results), key=lambda s: sum(s)),
         "seconds": round(time.perf_counter() - t0, 1),
-        "command": "python benchmarks/fuzz.py " + " ".join(argv if argv is not None
-                                                            else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"), "failures": bad,
+        **provenance("fuzz.py", argv), "failures": bad,
     }
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(summary, indent=1) + "\n")
-    print(f"{summary['cases']} random networks, {summary['failing_cases']} failing; "
-          f"wrote {a.output}")
+    write_results(a.output, summary)
+    print(f"{summary['cases']} random networks, {summary['failing_cases']} failing")
     return 1 if bad else 0
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import provenance, write_results   # noqa: E402
 from hw import synth                                       # noqa: E402
 from hw.top import generate_verilog                        # noqa: E402
 from nsm_export import schedule                            # noqa: E402
@@ -80,18 +79,13 @@ def main(argv=None) -> int:
                            dsps=r.get("dsps", {}).get("used", 0), ebr=r["bram"]["used"],
                            fmax_mhz=fmax,
                            inferences_per_s=round(fmax * 1e6 / cycles, 1) if fmax else None)
-            rec.update(command="python benchmarks/hardware.py " + " ".join(
-                argv if argv is not None else sys.argv[1:]),
-                machine=f"{platform.machine()}, {platform.python_version()}",
-                date=time.strftime("%Y-%m-%d"))
+            rec.update(provenance("hardware.py", argv))
             print(json.dumps({k: rec.get(k) for k in ("network", "target", "fits", "luts",
                                                           "ffs", "ebr", "fmax_mhz",
                                                           "cycles_per_inference",
                                                           "inferences_per_s")}))
             records.append(rec)
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(records, indent=1) + "\n")
-    print(f"wrote {a.output}")
+    write_results(a.output, records)
     return 0
 
 
