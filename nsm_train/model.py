@@ -76,6 +76,20 @@ class _NSMNet(nn.Module):
                            if encoding == "thermometer" else [input_threshold])
 
     @property
+    def config(self) -> dict:
+        """Plain-typed constructor arguments: ``type(model)(**model.config)`` rebuilds it (every
+        list or tuple in it a fresh list)."""
+        return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in self._config.items()}
+
+    def forward(self, pixels) -> torch.Tensor:
+        """One Monte Carlo sample of the class scores, (batch, n_classes), through the dense
+        ``layers`` (networks with other front ends override this)."""
+        z = self.encode(pixels)
+        for layer in self.layers:
+            z = layer(z)
+        return z
+
+    @property
     def sampling(self) -> bool:
         """True when the layers draw their noise; setting it sets every layer."""
         return all(m.sampling for m in self.modules() if hasattr(m, "sampling") and m is not self)
@@ -192,22 +206,6 @@ class NSMMLP(_NSMNet):
                                 output=True, **kw))
         self.layers = nn.ModuleList(layers)
 
-    @property
-    def config(self) -> dict:
-        """Plain-typed constructor arguments: ``NSMMLP(**model.config)`` rebuilds the model."""
-        cfg = dict(self._config)
-        cfg["hidden"] = list(cfg["hidden"])
-        if isinstance(cfg["p"], list):
-            cfg["p"] = list(cfg["p"])
-        return cfg
-
-    def forward(self, pixels) -> torch.Tensor:
-        """One Monte Carlo sample of the class scores, (batch, n_classes)."""
-        z = self.encode(pixels)
-        for layer in self.layers:
-            z = layer(z)
-        return z
-
 
 _CONV_TOKEN = re.compile(r"^(?:(\d+)c(\d+)|p(\d+)|m(\d+)|(\d+))$")
 
@@ -298,14 +296,6 @@ class NSMConvNet(_NSMNet):
         self.features = nn.Sequential(*feats)
         self.layers = nn.ModuleList(dense)
 
-    @property
-    def config(self) -> dict:
-        cfg = dict(self._config)
-        cfg["shape"] = list(cfg["shape"])
-        if isinstance(cfg["p"], list):
-            cfg["p"] = list(cfg["p"])
-        return cfg
-
     def forward(self, pixels) -> torch.Tensor:
         z = self.encode(pixels)
         c = self.shape[0] * self.levels
@@ -341,14 +331,6 @@ class SBSMLP(_NSMNet):
             SBSLinear(sizes[i], sizes[i + 1], p=ps[i], output=i == len(hidden))
             for i in range(len(hidden) + 1))
 
-    @property
-    def config(self) -> dict:
-        cfg = dict(self._config)
-        cfg["hidden"] = list(cfg["hidden"])
-        if isinstance(cfg["p"], list):
-            cfg["p"] = list(cfg["p"])
-        return cfg
-
     def mean_field_logits(self, pixels) -> torch.Tensor:
         """Training logits ``E[score] / sqrt(Var[score])`` of the mean-field network."""
         a = self.encode(pixels)
@@ -358,12 +340,6 @@ class SBSMLP(_NSMNet):
                 return mu / torch.sqrt(var)
             a = torch.erf(mu / torch.sqrt(2.0 * var))
         raise AssertionError("unreachable")
-
-    def forward(self, pixels) -> torch.Tensor:
-        z = self.encode(pixels)
-        for layer in self.layers:
-            z = layer(z)
-        return z
 
 
 #: Network classes by the ``arch`` name a checkpoint records.
