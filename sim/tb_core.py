@@ -45,6 +45,16 @@ def _cycle() -> int:
     return round(get_sim_time("ns") / PERIOD_NS)
 
 
+async def _transfer(dut, ready) -> None:
+    """With valid already high: wait for a cycle whose settled ``ready`` is 1 (sampled at the
+    falling edge, the same on every simulator), then for the rising edge that transfers."""
+    while True:
+        await FallingEdge(dut.clk)
+        if ready.value == 1:
+            break
+    await RisingEdge(dut.clk)
+
+
 async def _reset(dut, cycles: int = 2) -> None:
     dut.rst.value = 1
     dut.s_axis_tvalid.value = 0
@@ -88,11 +98,7 @@ async def stream_images(dut):
             dut.s_axis_tdata.value = int(pixels[n, j])
             dut.s_axis_tlast.value = int(j == n_in - 1)
             dut.s_axis_tvalid.value = 1
-            while True:
-                await FallingEdge(dut.clk)
-                if dut.s_axis_tready.value == 1:
-                    break
-            await RisingEdge(dut.clk)
+            await _transfer(dut, dut.s_axis_tready)
         dut.s_axis_tvalid.value = 0
         dut.s_axis_tlast.value = 0
         return _cycle()
@@ -151,11 +157,7 @@ async def stream_images(dut):
         if n in seeds:
             dut.seed.value = seeds.pop(n)
             dut.seed_valid.value = 1
-            while True:
-                await FallingEdge(dut.clk)
-                if dut.seed_ready.value == 1:
-                    break
-            await RisingEdge(dut.clk)
+            await _transfer(dut, dut.seed_ready)
             dut.seed_valid.value = 0
         last_in = [0]
 
