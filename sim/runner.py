@@ -99,7 +99,6 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         # generated code is Verilog-2005, so compile it as such (a later -g wins).
         build_args = ["-Wno-fatal"] if simulator == "verilator" else ["-g2005"]
         sources = [verilog]
-        plusargs = []
         if waves and simulator == "icarus":
             # cocotb's own Icarus dump module is SystemVerilog; ours is plain Verilog-2005.
             build_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,7 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
                 xml = runner.test(test_module="sim.tb_core", hdl_toplevel=ir.name,
                                   build_dir=build_dir, test_dir=build_dir, extra_env=env,
                                   timescale=("1ns", "1ps"), log_file=log_file,
-                                  waves=waves, plusargs=plusargs)
+                                  waves=waves)
             except RuntimeError as e:
                 raise SimError(f"{simulator} failed to run ({e}); see "
                                f"{log_file or build_dir}") from None
