@@ -95,8 +95,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
     import onnx
 
     from nsm_export.onnx_export import export_onnx
-    from nsm_train.data import load_dataset
-    from nsm_train.train import TrainConfig, evaluate, save_checkpoint, train
+    from nsm_train.train import TrainConfig, save_checkpoint, train
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,9 +104,8 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
     log(f"[1/5] training an NSM MLP on digits ({epochs} epochs)")
     t = time.perf_counter()
     cfg = TrainConfig(dataset="digits", epochs=epochs, samples=samples)
-    model, _ = train(cfg, progress=True)
-    _, _, x_te, y_te = load_dataset("digits", seed=cfg.seed)
-    float_acc = evaluate(model, x_te, y_te, samples)
+    model, history = train(cfg, progress=True)
+    float_acc = history["test_acc"]          # Monte Carlo at T = samples on the test split
     save_checkpoint(model, out_dir / "model.pt", extra={"test_accuracy": float_acc})
     times["train"] = time.perf_counter() - t
     log(f"      float (PyTorch) accuracy at T={samples}: {float_acc:.4f}")
