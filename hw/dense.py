@@ -5,10 +5,12 @@ indices of the kept inputs into a small index memory, then every neuron group wa
 only. Schedule for one sample (mirrored by :mod:`nsm_export.schedule`, checked in simulation):
 
 ``IDLE``    1 cycle, the one in which ``start`` is seen.
-``MASK``    ``n_in + 2`` cycles, only when the layer samples (p < 1): one LFSR draw per input,
-            ``keep_j = low_p_bits(next) < p_num``; kept ``j`` are appended, with their spikes,
-            to the index memory (the input spikes hold still while the layer runs); the last
-            two cycles flush the draw-and-lookup pipeline.
+``MASK``    ``ceil(n_in / lanes) + 2`` cycles, only when the layer samples (p < 1): ``lanes``
+            LFSR draws per cycle (consecutive draws of the one stream, by jump-ahead),
+            ``keep_j = low_p_bits(draw_j) < p_num``; kept ``j`` are appended, with their spikes,
+            to the index memory, banked ``lanes`` ways so that every bank takes at most one
+            entry a cycle (the input spikes hold still while the layer runs); the last two
+            cycles flush the draw-and-lookup pipeline.
             Without sampling every input is kept and no index memory exists.
 then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs:
 ``ACC``     ``K`` cycles, a three-stage pipeline: read the index (and spike) of the ``k``-th
@@ -21,7 +23,7 @@ then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -120,7 +122,7 @@ class DenseEngine(wiring.Component):
         wport = wmem.read_port()
         oport = omem.read_port()
 
-        j = Signal(range(n_in + 1))            # MASK: input being drawn
+        j = Signal(range(n_in + 16))           # MASK: first input of the batch being drawn
         kept = Signal(range(n_in + 1))         # K: kept inputs this sample
         c = Signal(range(n_in + 1))            # ACC: position in the kept list
         g = Signal(range(G + 1))
@@ -131,38 +133,73 @@ class DenseEngine(wiring.Component):
         accs = [Signal(signed(L.acc_bits), name=f"acc{k}") for k in range(pe)]
 
         if L.sampling:
-            m.submodules.rng = rng = Lfsr(L.rng.width, L.rng.seed, L.rng.leap)
+            lanes = L.lanes
+            sh = lanes.bit_length() - 1                    # lanes is a power of two
+            chunks = -(-n_in // lanes)
+            tail = n_in - (chunks - 1) * lanes             # draws in the last chunk
+            m.submodules.rng = rng = Lfsr(L.rng.width, L.rng.seed, L.rng.leap, lanes, tail)
+            # The kept list lives in ``lanes`` banks: entry q is word q >> sh of bank q % lanes,
+            # so each bank takes at most one of the (up to ``lanes``) entries a cycle appends.
             # Each entry: the kept input's index and its spike, looked up while drawing (from a
             # counter) so that no wide multiplexer follows the memory's read port.
             ibits = (max(2, n_in) - 1).bit_length()
-            m.submodules.imem = imem = memory.Memory(shape=ibits + 1, depth=max(2, n_in), init=[])
-            iw = imem.write_port()
-            ir_ = imem.read_port()
-            draw = Signal(L.p_bits)
-            m.d.comb += [draw.eq(rng.next[:L.p_bits]), iw.addr.eq(kept), ir_.addr.eq(c)]
-            # The draw and the spike lookup are pipelined (A: keep bit and the 16-input word
-            # holding input j; B: the spike within that word; then the write), so that no wide
+            depth = max(2, -(-n_in // lanes))
+            banks = []
+            for b in range(lanes):
+                mem = memory.Memory(shape=ibits + 1, depth=depth, init=[])
+                m.submodules[f"imem{b}"] = mem
+                banks.append((mem.write_port(), mem.read_port()))
+            # The draws and the spike lookup are pipelined (A: keep bits and the 16-input word
+            # holding inputs j..j+lanes-1; B: their spikes; then the writes), so that no wide
             # multiplexer sits in one clock cycle.
             words = -(-n_in // SPIKE_WORD)
             padded = Cat(self.spikes_in, Const(0, words * SPIKE_WORD - n_in))
-            vA, keepA, jA = Signal(), Signal(), Signal(range(n_in + 1))
+            vA, jA = Signal(), Signal(range(n_in + lanes))
+            keepA = Signal(lanes)
             wordA = Signal(SPIKE_WORD)
-            vB, keepB, jB, sB = Signal(), Signal(), Signal(range(n_in + 1)), Signal()
-            m.d.sync += [vA.eq(0), keepA.eq(draw < L.p_num), jA.eq(j),
+            vB, jB = Signal(), Signal(range(n_in + lanes))
+            keepB, sB = Signal(lanes), Signal(lanes)
+            keep_now = []
+            for k in range(lanes):
+                draw = rng.ahead[k * L.rng.width:k * L.rng.width + L.p_bits]
+                keep_now.append((draw < L.p_num) & (j + k < n_in))
+            m.d.sync += [vA.eq(0), keepA.eq(Cat(*keep_now)), jA.eq(j),
                          wordA.eq(padded.word_select(j >> SPIKE_WORD_BITS, SPIKE_WORD)
                                   if words > 1 else padded),
                          vB.eq(vA), keepB.eq(keepA), jB.eq(jA),
-                         sB.eq(wordA.bit_select(jA[:SPIKE_WORD_BITS], 1))]
-            write = vB & keepB
-            m.d.comb += [iw.en.eq(write), iw.data.eq(Cat(jB[:ibits], sB))]
-            with m.If(write):
-                m.d.sync += kept.eq(kept + 1)
+                         sB.eq(wordA.word_select(jA[sh:SPIKE_WORD_BITS], lanes)
+                               if lanes < SPIKE_WORD else wordA)]
+            # Entry for lane k goes to position kept + (kept lanes before k).
+            before = [Const(0, range(lanes + 1))]
+            for k in range(1, lanes + 1):
+                before.append(before[-1] + keepB[k - 1])
+            written = Signal(range(lanes + 1))
+            m.d.comb += written.eq(Mux(vB, before[lanes], 0))
+            m.d.sync += kept.eq(kept + written)
+            for b, (wp, _) in enumerate(banks):
+                sel = [vB & keepB[k] & ((kept + before[k])[:sh] == b) if sh else vB & keepB[k]
+                       for k in range(lanes)]
+                data = 0
+                for k in range(lanes):
+                    data = data | Mux(sel[k], Cat((jB + k)[:ibits], sB[k]), 0)
+                row = kept >> sh
+                if b < lanes - 1:                      # (b < kept % lanes is never true for the last)
+                    row = row + (Const(b, sh) < kept[:sh])
+                m.d.comb += [wp.en.eq(Cat(*sel).any()), wp.data.eq(data), wp.addr.eq(row)]
+            csel = Signal(max(1, sh))
+            for _, rp in banks:
+                m.d.comb += rp.addr.eq(c >> sh)
+            if sh:
+                m.d.sync += csel.eq(c[:sh])
+                entry = Array(rp.data for _, rp in banks)[csel]
+            else:
+                entry = banks[0][1].data
             mixed = Signal(L.rng.width)
             m.d.comb += [mixed.eq(self.seed[:L.rng.width] ^ L.rng.seed),
                          rng.load.eq(self.reseed),
                          rng.load_value.eq(Mux(mixed == 0, L.rng.seed, mixed))]
-            idx = ir_.data[:ibits]
-            z1 = ir_.data[ibits]
+            idx = entry[:ibits]
+            z1 = entry[ibits]
         else:
             idx = Signal(range(max(2, n_in)))
             z1 = Signal()
@@ -202,14 +239,16 @@ class DenseEngine(wiring.Component):
                     m.next = "MASK" if L.sampling else "ACC"
             if L.sampling:
                 with m.State("MASK"):
-                    m.d.comb += rng.en.eq(1)
-                    m.d.sync += [j.eq(j + 1), vA.eq(1)]
-                    with m.If(j == n_in - 1):
+                    m.d.sync += [j.eq(j + lanes), vA.eq(1)]
+                    with m.If(j == (chunks - 1) * lanes):
+                        m.d.comb += rng.en_tail.eq(1)
                         m.next = "FLUSH1"
+                    with m.Else():
+                        m.d.comb += rng.en.eq(1)
                 with m.State("FLUSH1"):
                     m.next = "FLUSH2"
-                with m.State("FLUSH2"):                  # the last kept input is written now
-                    with m.If((kept == 0) & ~write):
+                with m.State("FLUSH2"):                  # the last kept inputs are written now
+                    with m.If((kept == 0) & (written == 0)):
                         m.next = "DRAIN1"
                     with m.Else():
                         m.next = "ACC"

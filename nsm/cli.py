@@ -275,6 +275,9 @@ def export(checkpoint, output, samples, no_sampling):
               help="Monte Carlo samples per image [default: the model's nsm.samples, else 16].")
 @click.option("--pe", default="8", show_default=True,
               help="Neuron lanes per layer: one value, or one per layer, comma-separated.")
+@click.option("--lanes", default="1", show_default=True,
+              help="Blank-out draws per clock per layer (1, 2, 4, 8 or 16): one value, or one "
+                   "per layer. Changes the schedule, never the random stream.")
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(1),
               help="Base seed the per-layer LFSR seeds derive from.")
 @click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
@@ -282,13 +285,14 @@ def export(checkpoint, output, samples, no_sampling):
               help="Bits of the quantized keep probability.")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
-def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
+def compile_cmd(onnx_file, output, samples, pe, lanes, seed, lfsr_width, p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     """
     from nsm.flow import compile_to_dir
 
-    pes = _int_list(pe)
+    pes, draws = _int_list(pe), _int_list(lanes)
     ir = compile_to_dir(onnx_file, output, samples=samples, pe=pes[0] if len(pes) == 1 else pes,
+                        lanes=draws[0] if len(draws) == 1 else draws,
                         seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
     from nsm_export import schedule
     sizes = [ir.input.size] + [layer.n_out for layer in ir.layers]

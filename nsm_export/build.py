@@ -53,7 +53,9 @@ def derive_seed(base: int, index: int, width: int) -> int:
 def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samples: int,
              pe: int | list[int] = DEFAULT_PE, seed: int = 1, p_bits: int = DEFAULT_P_BITS,
              lfsr_width: int = DEFAULT_LFSR_WIDTH, pixel_bits: int = 8, name: str = "nsm",
-             source: dict | None = None) -> IR:
+             source: dict | None = None, lanes: int | list[int] = 1) -> IR:
+    """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1).
+    Each is one value for every layer or one per layer."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
         raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
     lfsr.galois_mask(lfsr_width) if lfsr_width in range(lfsr.MIN_WIDTH, lfsr.MAX_WIDTH + 1) \
@@ -63,8 +65,11 @@ def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samp
     pes = list(pe) if isinstance(pe, (list, tuple)) else [pe] * len(layers)
     if len(pes) != len(layers):
         _bad(f"pe lists {len(pes)} values for {len(layers)} layers")
+    draws = list(lanes) if isinstance(lanes, (list, tuple)) else [lanes] * len(layers)
+    if len(draws) != len(layers):
+        _bad(f"lanes lists {len(draws)} values for {len(layers)} layers")
     out = []
-    for i, (il, lane) in enumerate(zip(layers, pes)):
+    for i, (il, lane, dl) in enumerate(zip(layers, pes, draws)):
         w = np.asarray(il.weights, dtype=np.int64)
         o = np.asarray(il.offsets, dtype=np.int64)
         is_out = i == len(layers) - 1
@@ -83,7 +88,8 @@ def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samp
         layer = DenseLayer(
             n_in=n_in, n_out=n_out, weights=w, offsets=o, output=is_out,
             weight_bits=il.weight_bits, p_num=p_num, p_bits=p_bits, rng=rng,
-            pe=min(lane, n_out), acc_bits=0, offset_bits=signed_bits(int(o.min()), int(o.max())))
+            pe=min(lane, n_out), acc_bits=0, offset_bits=signed_bits(int(o.min()), int(o.max())),
+            lanes=dl if sampling else 1)
         layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
         out.append(layer)
     ir = IR(input=InputSpec(size=input_size, threshold=int(input_threshold),

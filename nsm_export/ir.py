@@ -18,6 +18,8 @@ Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
   neurons: ``xi_j = (u_j < p_num)`` where ``u_j`` is the low ``p_bits`` bits of the layer's LFSR
   after ``leap`` more steps. Draws are made for ``j = 0 .. n_in-1`` in order, sample after sample,
   image after image; the LFSR is never reset between images. With ``p = 1`` no bits are drawn.
+  ``lanes`` (1, 2, 4, 8 or 16) is how many of these draws the hardware makes per clock, by
+  jumping ahead ``leap``, ``2*leap``, ... steps at once; it changes the schedule, never the stream.
 * ``acc_i = sum_j xi_j * z_j * w_ij`` (integers). Hidden neuron: ``z_i = +1 if acc_i >=
   threshold_i else -1``. Output neuron: ``score_c += acc_c + bias_c`` over the ``T`` samples.
 * The class is the index of the largest score; ties go to the lowest index.
@@ -50,6 +52,7 @@ WEIGHTS_FILE = "weights.npz"
 MAX_WEIGHT_BITS = 8
 MAX_P_BITS = 16
 MAX_SAMPLES = 1 << 16
+LANES = (1, 2, 4, 8, 16)
 
 
 class IRError(ValueError):
@@ -125,6 +128,7 @@ class DenseLayer:
     pe: int                        # neuron lanes working in parallel
     acc_bits: int                  # signed accumulator width
     offset_bits: int               # signed width of thresholds/biases
+    lanes: int = 1                 # blank-out draws per clock (schedule only, not semantics)
 
     @property
     def p(self) -> float:
@@ -165,12 +169,16 @@ class DenseLayer:
                           f"weight_bits {self.weight_bits}")
         if self.weight_bits == 1 and np.any(self.weights == 0):
             raise IRError(f"{where}.weights: 1-bit weights must be -1 or +1")
+        if self.lanes not in LANES:
+            raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
         if self.sampling:
             if self.rng is None:
                 raise IRError(f"{where}.rng is missing but p = {self.p} < 1 needs an LFSR")
             self.rng.validate(f"{where}.rng", self.p_bits)
         elif self.rng is not None:
             raise IRError(f"{where}.rng is given but p = 1 draws no random bits")
+        elif self.lanes != 1:
+            raise IRError(f"{where}.lanes {self.lanes} needs sampling: p = 1 draws no random bits")
         need = self.required_acc_bits()
         if self.acc_bits < need:
             raise IRError(f"{where}.acc_bits {self.acc_bits} cannot hold the worst case of its "
@@ -187,7 +195,7 @@ class DenseLayer:
             "kind": "dense", "n_in": self.n_in, "n_out": self.n_out, "output": self.output,
             "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
             "p": self.p, "rng": asdict(self.rng) if self.rng else None, "pe": self.pe,
-            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits,
+            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "lanes": self.lanes,
         }
 
 
@@ -324,7 +332,7 @@ def from_json(meta: dict, arrays: dict) -> IR:
                 offsets=arrays[key], output=m["output"], weight_bits=m["weight_bits"],
                 p_num=m["p_num"], p_bits=m["p_bits"],
                 rng=LfsrSpec(**m["rng"]) if m["rng"] is not None else None, pe=m["pe"],
-                acc_bits=m["acc_bits"], offset_bits=m["offset_bits"]))
+                acc_bits=m["acc_bits"], offset_bits=m["offset_bits"], lanes=m.get("lanes", 1)))
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
                 name=meta.get("name", "nsm"), version=meta["version"],
                 source=meta.get("source", {}))

@@ -13,7 +13,8 @@ __all__ = ["random_ir", "random_pixels"]
 def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples: int | None = None,
               pe: list[int] | None = None, weight_bits: int | None = None,
               p: list[float] | None = None, seed: int | None = None,
-              lfsr_width: int | None = None, name: str = "nsm") -> IR:
+              lfsr_width: int | None = None, name: str = "nsm",
+              lanes: list[int] | None = None) -> IR:
     """A random network; anything not given is drawn from ``rng``."""
     if sizes is None:
         depth = int(rng.integers(2, 4))
@@ -35,11 +36,13 @@ def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples:
         layers.append(IntLayer(weights=w, offsets=o, p=ps[i], weight_bits=wb))
     if pe is None:
         pe = [int(rng.integers(1, sizes[i + 1] + 1)) for i in range(n_layers)]
+    if lanes is None:
+        lanes = [int(rng.choice([1, 1, 2, 4, 8, 16])) for _ in range(n_layers)]
     return build_ir(layers, input_size=sizes[0], input_threshold=int(rng.integers(1, 256)),
                     samples=samples if samples is not None else int(rng.integers(1, 6)),
                     pe=pe, seed=seed if seed is not None else int(rng.integers(1, 2**31)),
                     lfsr_width=lfsr_width if lfsr_width is not None
-                    else int(rng.choice([16, 24, 32])), name=name)
+                    else int(rng.choice([16, 24, 32])), name=name, lanes=lanes)
 
 
 def random_pixels(rng: np.random.Generator, ir: IR, count: int) -> np.ndarray:

@@ -20,8 +20,9 @@ MASK_FLUSH = 2          # the draw-and-lookup pipeline of a sampling layer empti
 
 def layer_cycles(layer: DenseLayer, kept):
     """Cycles for one sample with ``kept`` inputs kept (array-friendly):
-    IDLE + MASK (sampling layers) + per group (kept + drain + write)."""
-    return 1 + (layer.n_in + MASK_FLUSH if layer.sampling else 0) \
+    IDLE + MASK (sampling layers: ``lanes`` draws per cycle) + per group (kept + drain + write)."""
+    mask = -(-layer.n_in // layer.lanes) + MASK_FLUSH if layer.sampling else 0
+    return 1 + mask \
         + layer.groups * (kept + GROUP_OVERHEAD)
 
 

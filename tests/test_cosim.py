@@ -16,12 +16,15 @@ SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
               pytest.param("verilator", marks=pytest.mark.verilator)]
 
 CASES = [
-    # sizes, pe per layer, weight bits, keep probabilities, T, seed
-    pytest.param([13, 7, 5], [3, 2], 3, [0.5, 0.75], 3, 11, id="13-7-5-pe3x2-indivisible"),
-    pytest.param([20, 16, 12, 10], [4, 5, 10], 4, [0.5, 1.0, 0.25], 2, 12, id="20-16-12-10-mixed-p"),
-    pytest.param([9, 6, 4], [6, 1], 1, [0.75, 0.5], 4, 13, id="9-6-4-binary-weights"),
-    pytest.param([16, 5, 3], [5, 3], 8, [1.0, 1.0], 1, 14, id="16-5-3-no-sampling-8bit"),
-    pytest.param([2, 1, 2], [1, 2], 2, [0.25, 0.25], 6, 15, id="2-1-2-often-nothing-kept"),
+    # sizes, pe per layer, draw lanes per layer, weight bits, keep probabilities, T, seed
+    pytest.param([13, 7, 5], [3, 2], [1, 1], 3, [0.5, 0.75], 3, 11, id="13-7-5-pe3x2-indivisible"),
+    pytest.param([20, 16, 12, 10], [4, 5, 10], [8, 1, 2], 4, [0.5, 1.0, 0.25], 2, 12,
+                 id="20-16-12-10-mixed-p-lanes8x2"),
+    pytest.param([9, 6, 4], [6, 1], [4, 16], 1, [0.75, 0.5], 4, 13,
+                 id="9-6-4-binary-lanes4x16-partial"),
+    pytest.param([16, 5, 3], [5, 3], [1, 1], 8, [1.0, 1.0], 1, 14, id="16-5-3-no-sampling-8bit"),
+    pytest.param([2, 1, 2], [1, 2], [2, 1], 2, [0.25, 0.25], 6, 15, id="2-1-2-often-nothing-kept"),
+    pytest.param([37, 19, 6], [19, 3], [16, 4], 2, [0.75, 0.5], 2, 16, id="37-19-6-lanes16x4"),
 ]
 
 
@@ -32,11 +35,11 @@ def _build(tmp_path, ir, debug=False):
 
 
 @pytest.mark.parametrize("simulator", SIMULATORS)
-@pytest.mark.parametrize("sizes,pe,wb,p,T,seed", CASES)
-def test_rtl_equals_golden(tmp_path, simulator, sizes, pe, wb, p, T, seed):
+@pytest.mark.parametrize("sizes,pe,lanes,wb,p,T,seed", CASES)
+def test_rtl_equals_golden(tmp_path, simulator, sizes, pe, lanes, wb, p, T, seed):
     rng = np.random.default_rng(seed)
     ir = random_ir(rng, sizes=sizes, pe=pe, weight_bits=wb, p=p, samples=T, seed=seed,
-                   lfsr_width=16 + seed % 3 * 8)
+                   lfsr_width=16 + seed % 3 * 8, lanes=lanes)
     px = random_pixels(rng, ir, 24)
     px[0] = 0                                  # all -1 spikes
     px[1] = (1 << ir.input.pixel_bits) - 1     # all +1 spikes

@@ -33,6 +33,8 @@ def test_round_trip(tmp_path, rng):
     (lambda m: m["layers"][0].update(weight_bits=0), "weight_bits"),
     (lambda m: m["input"].update(encoding="gray"), "encoding"),
     (lambda m: m["layers"][0].pop("pe"), "malformed"),
+    (lambda m: m["layers"][0].update(lanes=3), "lanes 3 must be one of"),
+    (lambda m: m["layers"][1].update(lanes=2), "lanes 2 needs sampling"),
 ])
 def test_load_rejects_bad_fields(tmp_path, rng, edit, match):
     ir = random_ir(rng, sizes=[9, 8, 3], p=[0.5, 1.0], weight_bits=4)

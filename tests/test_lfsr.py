@@ -100,3 +100,61 @@ def test_matrix_power_is_repeated_application():
     cols = lfsr.leap_matrix(16, lfsr.galois_mask(16), 3)
     assert lfsr.apply_matrix(lfsr.matrix_power(cols, 1000), 0xBEEF) == \
         lfsr.advance(0xBEEF, lfsr.galois_mask(16), 3000)
+
+
+@pytest.mark.parametrize("lanes,tail", [(4, 4), (8, 3), (16, 1)])
+def test_hardware_lanes_are_consecutive_draws_of_the_one_stream(lanes, tail):
+    """Lane k reads the state (k+1)*leap steps ahead; en takes ``lanes`` draws, en_tail ``tail``."""
+    width, seed, leap = 24, 0x5EED1, 8
+    mask = lfsr.galois_mask(width)
+    batches = [lanes, lanes, tail, lanes, tail, tail, lanes] * 20
+    stream, _ = lfsr.draws(width, mask, leap, seed, sum(batches) + lanes, width)
+    dut = Lfsr(width, seed, leap, lanes, tail)
+
+    async def bench(ctx):
+        pos = 0
+        for n in batches:
+            ahead = ctx.get(dut.ahead)
+            lane = [(ahead >> (k * width)) & ((1 << width) - 1) for k in range(lanes)]
+            assert lane == stream[pos:pos + lanes].tolist()
+            ctx.set(dut.en, n == lanes)
+            ctx.set(dut.en_tail, n != lanes)
+            await ctx.tick()
+            pos += n
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+# Keep-bit statistics of the streams the hardware uses (IR defaults: 32-bit LFSR, leap = p_bits),
+# over 3.2e6 draws each (2e5 clocks of 16 lanes, so that the largest of 120 pairwise sample
+# correlations has a standard error near 0.002): lag-1 correlation, the correlation between every
+# pair of the 16 lanes one clock draws, lane k against itself one clock later, and the firing
+# frequency against the quantized p within 5 standard errors.
+STAT_DRAWS = 16 * 200_000
+
+
+@pytest.mark.parametrize("width,p_bits,p_num", [(32, 8, 192), (32, 2, 3), (32, 4, 4), (16, 8, 64),
+                                                (24, 8, 230)])
+def test_keep_bits_are_uncorrelated_and_fire_at_p(width, p_bits, p_num):
+    mask = lfsr.galois_mask(width)
+    u, _ = lfsr.draws(width, mask, p_bits, 0xC0FFEE & ((1 << width) - 1), STAT_DRAWS, p_bits)
+    keep = (u < p_num).astype(np.float64)
+    p = p_num / (1 << p_bits)
+    assert abs(keep.mean() - p) < 5 * np.sqrt(p * (1 - p) / STAT_DRAWS)
+    assert abs(np.corrcoef(keep[:-1], keep[1:])[0, 1]) < 0.01
+    lanes = keep.reshape(-1, 16)                                 # row = one clock, 16 lanes
+    c = np.corrcoef(lanes, rowvar=False)
+    assert np.abs(c[np.triu_indices(16, 1)]).max() < 0.01
+    # Lane k at one clock against lane k at the next: lag 16 of the stream.
+    assert max(abs(np.corrcoef(lanes[:-1, k], lanes[1:, k])[0, 1]) for k in range(16)) < 0.01
+
+
+def test_single_steps_would_be_correlated():
+    """Why ``leap >= p_bits``: one step per draw shares p_bits - 1 bits between draws."""
+    mask = lfsr.galois_mask(32)
+    u, _ = lfsr.draws(32, mask, 1, 0xC0FFEE, STAT_DRAWS, 2)
+    keep = (u < 1).astype(np.float64)                            # p = 0.25
+    assert np.corrcoef(keep[:-1], keep[1:])[0, 1] > 0.2
