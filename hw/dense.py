@@ -5,17 +5,18 @@ indices of the kept inputs into a small index memory, then every neuron group wa
 only. Schedule for one sample (mirrored by :mod:`nsm_export.schedule`, checked in simulation):
 
 ``IDLE``    1 cycle, the one in which ``start`` is seen.
-``MASK``    ``ceil(n_in / lanes) + 2`` cycles, only when the layer samples (p < 1): ``lanes``
+``MASK``    ``ceil(n_in / lanes) + 3`` cycles, only when the layer samples (p < 1): ``lanes``
             LFSR draws per cycle (consecutive draws of the one stream, by jump-ahead),
             ``keep_j = low_p_bits(draw_j) < p_num``; kept ``j`` are appended, with their spikes,
             to the index memory, banked ``lanes`` ways so that every bank takes at most one
-            entry a cycle (the input spikes hold still while the layer runs); the last two
-            cycles flush the draw-and-lookup pipeline.
+            entry a cycle (the input spikes hold still while the layer runs); the last three
+            cycles flush the draw-lookup-write pipeline.
             Without sampling every input is kept and no index memory exists.
 then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs:
-``ACC``     ``K`` cycles, a three-stage pipeline: read the index (and spike) of the ``k``-th
-            kept input; read its weight word (``pe`` lanes); add ``+w`` or ``-w`` per lane.
-``DRAIN``   2 cycles: the last two kept inputs leave the pipeline.
+``ACC``     ``K`` cycles, a four-stage pipeline: read the index (and spike) of the ``k``-th
+            kept input; register its weight address (group base + index); read its weight
+            word (``pe`` lanes); add ``+w`` or ``-w`` per lane.
+``DRAIN``   3 cycles: the last three kept inputs leave the pipeline.
 ``WRITE``   1 cycle: hidden layers compare ``acc >= threshold`` and shift ``pe`` spikes into the
             output register; the output layer adds ``acc + bias`` to its class scores.
             ``done`` is high in the last group's ``WRITE``.
@@ -23,17 +24,46 @@ then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import DenseLayer
 from .lfsr import Lfsr
 
-__all__ = ["DenseEngine", "pack_lanes"]
+__all__ = ["DenseEngine", "pack_lanes", "memory_words", "load_beats", "n_load_beats",
+           "RAM16_MODULE", "RAM16_NAME", "LOAD_BEAT_BITS"]
 
 SPIKE_WORD_BITS = 4
 SPIKE_WORD = 1 << SPIKE_WORD_BITS
+LOAD_BEAT_BITS = 16      # w_axis beat: one 16-bit slice of a weight word (an SPRAM's width)
+
+# The single-port RAM that ``ram`` weight memories are built from: written only while loading,
+# read otherwise, no initial contents. Plain Verilog-2005, appended to the generated core.
+RAM16_NAME = "nsm_ram16"
+RAM16_MODULE = """\
+// Single-port 16-bit RAM without initial contents: written or read, never both in one cycle.
+// HUGE = 1 (set by `nsm synth` for iCE40) asks yosys for SPRAM even where EBR would be cheaper.
+module nsm_ram16 #(parameter DEPTH = 2, parameter ABITS = 1, parameter HUGE = 0) (
+  input clk,
+  input [ABITS-1:0] addr,
+  input we,
+  input [15:0] wdata,
+  output reg [15:0] rdata
+);
+  generate
+    if (HUGE) begin : huge
+      (* ram_style = "huge" *) reg [15:0] mem [0:DEPTH-1];
+      always @(posedge clk)
+        if (we) mem[addr] <= wdata; else rdata <= mem[addr];
+    end else begin : block
+      reg [15:0] mem [0:DEPTH-1];
+      always @(posedge clk)
+        if (we) mem[addr] <= wdata; else rdata <= mem[addr];
+    end
+  endgenerate
+endmodule
+"""
 
 
 def pack_lanes(values, bits: int) -> int:
@@ -42,6 +72,40 @@ def pack_lanes(values, bits: int) -> int:
     for k, v in enumerate(values):
         word |= (int(v) & ((1 << bits) - 1)) << (k * bits)
     return word
+
+
+def memory_words(layer: DenseLayer) -> tuple[list[int], list[int]]:
+    """Weight words (group by group, input by input: ``pe`` lanes each) and threshold/bias
+    words (one per group), as the engine's memories hold them."""
+    pe, wb, G = layer.pe, layer.weight_bits, layer.groups
+    weights, offsets = [], []
+    for g in range(G):
+        rows = range(g * pe, (g + 1) * pe)
+        for j in range(layer.n_in):
+            lane_w = [layer.weights[i, j] if i < layer.n_out else 0 for i in rows]
+            if wb == 1:
+                lane_w = [1 if w > 0 else 0 for w in lane_w]
+            weights.append(pack_lanes(lane_w, wb))
+        offsets.append(pack_lanes([layer.offsets[i] if i < layer.n_out else 0 for i in rows],
+                                  layer.offset_bits))
+    return weights, offsets
+
+
+def word_beats(layer: DenseLayer) -> int:
+    """16-bit load beats per weight word."""
+    return -(-layer.pe * layer.weight_bits // LOAD_BEAT_BITS)
+
+
+def n_load_beats(layer: DenseLayer) -> int:
+    return layer.groups * layer.n_in * word_beats(layer)
+
+
+def load_beats(layer: DenseLayer) -> list[int]:
+    """The 16-bit beats that fill a ``ram`` weight memory, in the order they are sent: word by
+    word, the low 16 bits first."""
+    mask, n = (1 << LOAD_BEAT_BITS) - 1, word_beats(layer)
+    return [(word >> (LOAD_BEAT_BITS * b)) & mask
+            for word in memory_words(layer)[0] for b in range(n)]
 
 
 class DenseEngine(wiring.Component):
@@ -62,6 +126,10 @@ class DenseEngine(wiring.Component):
         High for one cycle, in the last cycle of the sample.
     spikes_in : In(n_in)
         Input spikes, bit ``j`` is input ``j`` (1 = +1, 0 = -1); must hold still while busy.
+        Absent with ``spike_memory=True``: then the spikes live in a memory of 16-bit words
+        (bit ``i`` of word ``w`` is input ``16*w + i``), written through ``spk_we``,
+        ``spk_addr``, ``spk_data`` while idle (the first layer: no wide register, no wide
+        multiplexer).
     spikes_out : Out(groups * pe)
         Hidden layers: output spikes, bit ``i`` is neuron ``i`` (bits past ``n_out`` are padding).
     reseed : In(1)
@@ -72,62 +140,104 @@ class DenseEngine(wiring.Component):
         Output layer: zero the scores.
     scores : Out(n_out * score_bits)
         Output layer: the class scores, class ``c`` in bits ``[c*score_bits, (c+1)*score_bits)``.
+    loading : In(1)
+        ``weight_store == "ram"`` only: the weight memory takes ``load_data`` beats (and is not
+        read); a single-port RAM such as iCE40 SPRAM can hold it.
+    load_en : In(1)
+        A beat is written this cycle: beat ``b`` of word ``a`` is bits ``[16*b, 16*b+16)`` of
+        the word at address ``a`` (:func:`load_beats` lists them in order).
+    load_data : In(16)
+        The beat.
     """
 
-    def __init__(self, layer: DenseLayer, score_bits: int = 1):
+    def __init__(self, layer: DenseLayer, score_bits: int = 1, spike_memory: bool = False):
         if not isinstance(layer, DenseLayer):
             raise TypeError(f"layer must be a DenseLayer, not {type(layer).__name__}")
         layer.validate("layer")
         self._layer = layer
         self._score_bits = score_bits
-        sig = {"start": In(1), "done": Out(1), "spikes_in": In(layer.n_in),
-               "reseed": In(1), "seed": In(32)}
+        self._spike_memory = bool(spike_memory)
+        sig = {"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32)}
+        if spike_memory:
+            words = -(-layer.n_in // SPIKE_WORD)
+            sig.update(spk_we=In(1), spk_addr=In(range(max(2, words))), spk_data=In(SPIKE_WORD))
+        else:
+            sig["spikes_in"] = In(layer.n_in)
         if layer.output:
             sig["clear"] = In(1)
             sig["scores"] = Out(layer.n_out * score_bits)
         else:
             sig["spikes_out"] = Out(layer.groups * layer.pe)
+        if layer.weight_store == "ram":
+            sig.update(loading=In(1), load_en=In(1), load_data=In(LOAD_BEAT_BITS))
         super().__init__(sig)
 
     @property
     def layer(self) -> DenseLayer:
         return self._layer
 
-    def _rom_init(self):
-        L = self._layer
-        pe, wb, G = L.pe, L.weight_bits, L.groups
-        weights, offsets = [], []
-        for g in range(G):
-            rows = range(g * pe, (g + 1) * pe)
-            for j in range(L.n_in):
-                lane_w = [L.weights[i, j] if i < L.n_out else 0 for i in rows]
-                if wb == 1:
-                    lane_w = [1 if w > 0 else 0 for w in lane_w]
-                weights.append(pack_lanes(lane_w, wb))
-            offsets.append(pack_lanes([L.offsets[i] if i < L.n_out else 0 for i in rows],
-                                      L.offset_bits))
-        return weights, offsets
-
     def elaborate(self, platform):
         m = Module()
         L = self._layer
         pe, wb, G, n_in = L.pe, L.weight_bits, L.groups, L.n_in
-        w_init, o_init = self._rom_init()
+        w_init, o_init = memory_words(L)
 
         # Depth at least 2: a one-word memory has a 0-bit address, which yosys writes as [-1:0].
-        m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=max(2, len(w_init)),
-                                                 init=w_init)
+        ram = L.weight_store == "ram"
+        depth = max(2, len(w_init))
+        waddr = Signal(range(depth))
+        if ram:
+            # One uninitialized single-port RAM per 16-bit slice of the word (RAM16_MODULE),
+            # written only while loading and read otherwise: what synth_ice40 -spram maps to
+            # SB_SPRAM256KA (Amaranth memories always carry an initial value, which SPRAM lacks).
+            beats = word_beats(L)
+            beat = Signal(range(beats))
+            slices = []
+            for b in range(beats):
+                rdata = Signal(LOAD_BEAT_BITS, name=f"wram{b}_rdata")
+                m.submodules[f"wram{b}"] = Instance(
+                    RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddr), i_clk=ClockSignal(),
+                    i_addr=waddr, i_we=self.load_en & self.loading & (beat == b),
+                    i_wdata=self.load_data, o_rdata=rdata)
+                slices.append(rdata)
+            wdata = Cat(*slices)
+            laddr = Signal(range(depth))
+            with m.If(self.load_en & self.loading):
+                m.d.sync += beat.eq(beat + 1)
+                with m.If(beat == beats - 1):
+                    m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
+        else:
+            m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=depth, init=w_init)
+            wport = wmem.read_port()
+            m.d.comb += wport.addr.eq(waddr)
+            wdata = wport.data
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
-        wport = wmem.read_port()
         oport = omem.read_port()
+
+        words = -(-n_in // SPIKE_WORD)
+        if self._spike_memory:
+            m.submodules.spkmem = spkmem = memory.Memory(shape=SPIKE_WORD, depth=max(2, words),
+                                                         init=[])
+            spk_wr, spk_rd = spkmem.write_port(), spkmem.read_port()
+            m.d.comb += [spk_wr.en.eq(self.spk_we), spk_wr.addr.eq(self.spk_addr),
+                         spk_wr.data.eq(self.spk_data)]
+        else:
+            spkmem = None
+            padded = Cat(self.spikes_in, Const(0, words * SPIKE_WORD - n_in))
 
         j = Signal(range(n_in + 16))           # MASK: first input of the batch being drawn
         kept = Signal(range(n_in + 1))         # K: kept inputs this sample
+        # K - 1 (modulo), kept as its own register so that the end-of-list test is a plain
+        # equality of two registers.
+        klast = Signal(len(kept), init=(1 << len(kept)) - 1)
         c = Signal(range(n_in + 1))            # ACC: position in the kept list
         g = Signal(range(G + 1))
         base = Signal(range(G * n_in + 1))     # g * n_in, the group's first weight address
         v1 = Signal()                          # stage 1 (index known) valid
+        va = Signal()                          # stage 1b (weight address registered) valid
+        za = Signal()
+        addr = Signal(range(depth))
         v2 = Signal()                          # stage 2 (weight word known) valid
         z2 = Signal()                          # the spike that goes with the stage-2 word
         accs = [Signal(signed(L.acc_bits), name=f"acc{k}") for k in range(pe)]
@@ -150,13 +260,17 @@ class DenseEngine(wiring.Component):
                 m.submodules[f"imem{b}"] = mem
                 banks.append((mem.write_port(), mem.read_port()))
             # The draws and the spike lookup are pipelined (A: keep bits and the 16-input word
-            # holding inputs j..j+lanes-1; B: their spikes; then the writes), so that no wide
-            # multiplexer sits in one clock cycle.
-            words = -(-n_in // SPIKE_WORD)
-            padded = Cat(self.spikes_in, Const(0, words * SPIKE_WORD - n_in))
+            # holding inputs j..j+lanes-1; B: their spikes and list positions; C: the bank
+            # writes), so that no wide multiplexer sits in one clock cycle.
             vA, jA = Signal(), Signal(range(n_in + lanes))
             keepA = Signal(lanes)
-            wordA = Signal(SPIKE_WORD)
+            if spkmem is None:
+                wordA = Signal(SPIKE_WORD)
+                m.d.sync += wordA.eq(padded.word_select(j >> SPIKE_WORD_BITS, SPIKE_WORD)
+                                     if words > 1 else padded)
+            else:                                  # the read port's register is stage A
+                m.d.comb += spk_rd.addr.eq(j >> SPIKE_WORD_BITS)
+                wordA = spk_rd.data
             vB, jB = Signal(), Signal(range(n_in + lanes))
             keepB, sB = Signal(lanes), Signal(lanes)
             keep_now = []
@@ -164,8 +278,6 @@ class DenseEngine(wiring.Component):
                 draw = rng.ahead[k * L.rng.width:k * L.rng.width + L.p_bits]
                 keep_now.append((draw < L.p_num) & (j + k < n_in))
             m.d.sync += [vA.eq(0), keepA.eq(Cat(*keep_now)), jA.eq(j),
-                         wordA.eq(padded.word_select(j >> SPIKE_WORD_BITS, SPIKE_WORD)
-                                  if words > 1 else padded),
                          vB.eq(vA), keepB.eq(keepA), jB.eq(jA),
                          sB.eq(wordA.word_select(jA[sh:SPIKE_WORD_BITS], lanes)
                                if lanes < SPIKE_WORD else wordA)]
@@ -175,7 +287,7 @@ class DenseEngine(wiring.Component):
                 before.append(before[-1] + keepB[k - 1])
             written = Signal(range(lanes + 1))
             m.d.comb += written.eq(Mux(vB, before[lanes], 0))
-            m.d.sync += kept.eq(kept + written)
+            m.d.sync += [kept.eq(kept + written), klast.eq(klast + written)]
             for b, (wp, _) in enumerate(banks):
                 sel = [vB & keepB[k] & ((kept + before[k])[:sh] == b) if sh else vB & keepB[k]
                        for k in range(lanes)]
@@ -185,7 +297,11 @@ class DenseEngine(wiring.Component):
                 row = kept >> sh
                 if b < lanes - 1:                      # (b < kept % lanes is never true for the last)
                     row = row + (Const(b, sh) < kept[:sh])
-                m.d.comb += [wp.en.eq(Cat(*sel).any()), wp.data.eq(data), wp.addr.eq(row)]
+                # Stage C: the bank writes are registered, then made.
+                en_c, data_c = Signal(name=f"wen{b}"), Signal(ibits + 1, name=f"wdata{b}")
+                row_c = Signal(len(wp.addr), name=f"wrow{b}")
+                m.d.sync += [en_c.eq(Cat(*sel).any()), data_c.eq(data), row_c.eq(row)]
+                m.d.comb += [wp.en.eq(en_c), wp.data.eq(data_c), wp.addr.eq(row_c)]
             csel = Signal(max(1, sh))
             for _, rp in banks:
                 m.d.comb += rp.addr.eq(c >> sh)
@@ -203,19 +319,28 @@ class DenseEngine(wiring.Component):
         else:
             idx = Signal(range(max(2, n_in)))
             z1 = Signal()
-            m.d.sync += [idx.eq(c), z1.eq(self.spikes_in.bit_select(c, 1))]
-            m.d.comb += kept.eq(n_in)
+            m.d.sync += idx.eq(c)
+            if spkmem is None:
+                m.d.sync += z1.eq(self.spikes_in.bit_select(c, 1))
+            else:
+                bit = Signal(SPIKE_WORD_BITS)
+                m.d.comb += [spk_rd.addr.eq(c >> SPIKE_WORD_BITS),
+                             z1.eq(spk_rd.data.bit_select(bit, 1))]
+                m.d.sync += bit.eq(c[:SPIKE_WORD_BITS])
+            m.d.comb += [kept.eq(n_in), klast.eq(n_in - 1)]
 
-        # Stage 1: the index is known; fetch its weight word and its spike.
-        m.d.comb += [wport.addr.eq(base + idx), oport.addr.eq(g)]
-        m.d.sync += [v2.eq(v1), z2.eq(z1)]
+        # Stage 1: the index is known; register the weight address (no adder in front of the
+        # memory) and the spike. Stage 1b: fetch the weight word.
+        m.d.sync += [va.eq(v1), za.eq(z1), addr.eq(base + idx), v2.eq(va), z2.eq(za)]
+        m.d.comb += [waddr.eq(Mux(self.loading, laddr, addr) if ram else addr),
+                     oport.addr.eq(g)]
         # Stage 2: the weight word is here; add it with the spike's sign.
         with m.If(v2):
             for k in range(pe):
                 if wb == 1:
-                    w = Mux(wport.data[k], Const(1, signed(2)), Const(-1, signed(2)))
+                    w = Mux(wdata[k], Const(1, signed(2)), Const(-1, signed(2)))
                 else:
-                    w = wport.data[k * wb:(k + 1) * wb].as_signed()
+                    w = wdata[k * wb:(k + 1) * wb].as_signed()
                 m.d.sync += accs[k].eq(accs[k] + Mux(z2, w, -w))
 
         lane_off = [oport.data[k * L.offset_bits:(k + 1) * L.offset_bits].as_signed()
@@ -230,11 +355,13 @@ class DenseEngine(wiring.Component):
             m.d.comb += self.spikes_out.eq(out)
 
         m.d.sync += v1.eq(0)
+        last = Signal()
+        m.d.comb += self.done.eq(last)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [j.eq(0), c.eq(0), g.eq(0), base.eq(0)]
                 if L.sampling:
-                    m.d.sync += kept.eq(0)
+                    m.d.sync += [kept.eq(0), klast.eq(klast.init)]
                 with m.If(self.start):
                     m.next = "MASK" if L.sampling else "ACC"
             if L.sampling:
@@ -247,19 +374,26 @@ class DenseEngine(wiring.Component):
                         m.d.comb += rng.en.eq(1)
                 with m.State("FLUSH1"):
                     m.next = "FLUSH2"
-                with m.State("FLUSH2"):                  # the last kept inputs are written now
-                    with m.If((kept == 0) & (written == 0)):
+                with m.State("FLUSH2"):
+                    m.next = "FLUSH3"
+                with m.State("FLUSH3"):                  # the last kept inputs are written now
+                    with m.If(kept == 0):
                         m.next = "DRAIN1"
                     with m.Else():
                         m.next = "ACC"
             with m.State("ACC"):
                 m.d.sync += [v1.eq(1), c.eq(c + 1)]
-                with m.If(c == kept - 1):
+                with m.If(c == klast):
                     m.d.sync += c.eq(0)
                     m.next = "DRAIN1"
             with m.State("DRAIN1"):
                 m.next = "DRAIN2"
             with m.State("DRAIN2"):
+                m.next = "DRAIN3"
+            with m.State("DRAIN3"):
+                # ``done`` is a register (high in the last group's WRITE), so the top's state
+                # logic does not wait for this engine's group comparison.
+                m.d.sync += last.eq(g == G - 1)
                 m.next = "WRITE"
             with m.State("WRITE"):
                 m.d.sync += [a.eq(0) for a in accs]
@@ -271,8 +405,8 @@ class DenseEngine(wiring.Component):
                 else:
                     fired = Cat(*[accs[k] >= lane_off[k] for k in range(pe)])
                     m.d.sync += out.eq(Cat(out[pe:], fired) if G > 1 else fired)
-                with m.If(g == G - 1):
-                    m.d.comb += self.done.eq(1)
+                m.d.sync += last.eq(0)
+                with m.If(last):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [g.eq(g + 1), base.eq(base + n_in)]

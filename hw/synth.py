@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from hw.dense import RAM16_NAME
 from nsm_export.atomic import atomic_write
 from nsm_export.ir import IR
 
@@ -352,8 +353,11 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
             f"pins.v, which serializes {', '.join(serial)}")
 
     log(f"[2/3] {target}: yosys {tg.synth.split()[0]} (this takes a while on large designs)")
+    # Start-up-loaded weight RAMs go to SPRAM on iCE40 (hw.dense.RAM16_MODULE).
+    huge = tg.family == "ice40" and f"module {RAM16_NAME} " in (work / "core.v").read_text()
     script = "\n".join([
         *(f"read_verilog {s}" for s in sources),
+        *([f"chparam -set HUGE 1 {RAM16_NAME}"] if huge else []),
         f"hierarchy -check -top {synth_top}",
         tg.synth.format(top=synth_top) + " -json netlist.json",
         "tee -q -o stat.json stat -json",

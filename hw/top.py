@@ -2,8 +2,13 @@
 
 States (cycle counts mirrored by :mod:`nsm_export.schedule`):
 
-``LOAD``    one pixel per accepted beat: ``z = pixel >= threshold`` is shifted into the input
-            spike register; after ``n_in`` beats the core starts.
+``WLOAD``   only for cores with ``ram`` weights, once after configuration: take the weight image
+            (:func:`weight_image`) on ``w_axis``, one 16-bit beat per transfer. The weights
+            survive ``rst``: after a reset the core goes straight on to ``LOAD`` (one cycle);
+            a reset in the middle of the weight image makes the host send it again from the
+            start.
+``LOAD``    one pixel per accepted beat: ``z = pixel >= threshold`` goes into the first layer's
+            spike memory (16 spikes to a word); after ``n_in`` beats the core starts.
 ``RUN_l``   layer ``l`` runs one sample; after the last layer the next sample starts at once,
             ``T`` samples in all.
 ``ARGMAX``  ``C + 1`` cycles: scan the scores through a two-stage pipeline (fetch, compare),
@@ -17,14 +22,21 @@ The LFSRs are reset only by ``rst``, never between images.
 from __future__ import annotations
 
 from amaranth.back import verilog
-from amaranth.hdl import Cat, Module, Signal, signed, Array
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR, unsigned_bits
-from .dense import DenseEngine
+from .dense import RAM16_MODULE, DenseEngine, load_beats, n_load_beats
 
-__all__ = ["NsmCore", "generate_verilog"]
+__all__ = ["NsmCore", "generate_verilog", "weight_image"]
+
+
+def weight_image(ir: IR) -> list[int]:
+    """The 16-bit beats a core with ``ram`` weights takes on ``w_axis`` after configuration:
+    layer by layer (``ram`` layers only), word by word, low slice first. Empty for ROM-only
+    cores."""
+    return [b for layer in ir.layers if layer.weight_store == "ram" for b in load_beats(layer)]
 
 
 class NsmCore(wiring.Component):
@@ -55,6 +67,9 @@ class NsmCore(wiring.Component):
         accepted yet). Every LFSR then restarts from the seed (see ``nsm_export.ir``).
     seed : In(32)
         The run seed.
+    w_axis_tvalid, w_axis_tready, w_axis_tdata (16), w_axis_tlast
+        Only where some layer keeps its weights in ``ram``: the weight image, once after
+        configuration (see ``WLOAD``); ``s_axis_tready`` stays low until it is complete.
     dbg_valid : Out(1)
         Only with ``debug=True``: high for one cycle after a hidden layer finished a sample.
     dbg_layer : Out(range(hidden layers))
@@ -70,9 +85,12 @@ class NsmCore(wiring.Component):
         self._ir = ir
         self._debug = bool(debug)
         hidden = ir.layers[:-1]
+        wload = {"w_axis_tvalid": In(1), "w_axis_tready": Out(1), "w_axis_tdata": In(16),
+                 "w_axis_tlast": In(1)} if any(layer.weight_store == "ram"
+                                               for layer in ir.layers) else {}
         dbg = {"dbg_valid": Out(1), "dbg_layer": Out(unsigned_bits(max(1, len(hidden) - 1))),
                "dbg_spikes": Out(max([layer.n_out for layer in hidden] or [1]))} if debug else {}
-        super().__init__({**dbg, 
+        super().__init__({**dbg, **wload,
             "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
             "s_axis_tdata": In(ir.input.pixel_bits), "s_axis_tlast": In(1),
             "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
@@ -95,7 +113,7 @@ class NsmCore(wiring.Component):
         n0, C, T = ir.input.size, ir.n_classes, ir.samples
         engines = []
         for i, layer in enumerate(ir.layers):
-            eng = DenseEngine(layer, ir.score_bits)
+            eng = DenseEngine(layer, ir.score_bits, spike_memory=(i == 0))
             m.submodules[f"layer{i}"] = eng
             engines.append(eng)
 
@@ -103,8 +121,11 @@ class NsmCore(wiring.Component):
             m.d.comb += [eng.seed.eq(self.seed),
                          eng.reseed.eq(self.seed_valid & self.seed_ready)]
 
-        spk0 = Signal(n0)
-        m.d.comb += engines[0].spikes_in.eq(spk0)
+        # Input spikes go to the first engine's spike memory, 16 to a word, as pixels arrive.
+        sword = Signal(16)
+        wpos = Signal(4)
+        waddr = Signal(len(engines[0].spk_addr))
+        tail = n0 % 16
         for prev, eng in zip(engines, engines[1:]):
             m.d.comb += eng.spikes_in.eq(prev.spikes_out[:eng.layer.n_in])
         out_eng = engines[-1]
@@ -112,6 +133,7 @@ class NsmCore(wiring.Component):
                        for c in range(C))
 
         px = Signal(range(n0 + 1))
+        fresh = Signal(init=1)      # no pixel of the next image taken yet (a register: px == 0)
         t = Signal(range(T + 1))
         c = Signal(range(C + 1))
         best = Signal(signed(ir.score_bits))
@@ -129,14 +151,53 @@ class NsmCore(wiring.Component):
                 with m.If(self.dbg_layer == i):
                     m.d.comb += self.dbg_spikes.eq(eng.spikes_out[:eng.layer.n_out])
 
-        with m.FSM():
+        ram = [(i, eng) for i, eng in enumerate(engines) if eng.layer.weight_store == "ram"]
+        with m.FSM(init="WLOAD" if ram else "LOAD"):
+            if ram:
+                # The flag is not reset by rst: the weights stay in their memories.
+                loaded = Signal(reset_less=True)
+                wl = Signal(range(len(ram) + 1))
+                beat = Signal(range(max(n_load_beats(eng.layer) for _, eng in ram) + 1))
+                for k, (i, eng) in enumerate(ram):
+                    m.d.comb += [eng.loading.eq(~loaded), eng.load_data.eq(self.w_axis_tdata),
+                                 eng.load_en.eq(~loaded & self.w_axis_tvalid & (wl == k))]
+                # wlast: the next beat is the last of the layer being loaded (a register, so
+                # that no counter comparison sits in front of the state logic).
+                counts = [n_load_beats(eng.layer) for _, eng in ram]
+                wlast = Signal(init=int(counts[0] == 1))
+                with m.State("WLOAD"):
+                    with m.If(loaded):
+                        m.next = "LOAD"
+                    with m.Else():
+                        m.d.comb += self.w_axis_tready.eq(1)
+                        with m.If(self.w_axis_tvalid):
+                            m.d.sync += beat.eq(beat + 1)
+                            for k, n in enumerate(counts):
+                                with m.If(wl == k):
+                                    m.d.sync += wlast.eq(beat == n - 2)
+                            with m.If(wlast):
+                                m.d.sync += [beat.eq(0), wl.eq(wl + 1)]
+                                for k, n in enumerate(counts[1:], start=1):
+                                    with m.If(wl == k - 1):
+                                        m.d.sync += wlast.eq(int(n == 1))
+                                with m.If(wl == len(ram) - 1):
+                                    m.d.sync += loaded.eq(1)
+                                    m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += [self.s_axis_tready.eq(1), self.seed_ready.eq(px == 0)]
+                m.d.comb += [self.s_axis_tready.eq(1), self.seed_ready.eq(fresh)]
                 with m.If(self.s_axis_tvalid):
                     bit = self.s_axis_tdata >= ir.input.threshold
-                    m.d.sync += [spk0.eq(Cat(spk0[1:], bit) if n0 > 1 else bit), px.eq(px + 1)]
-                    with m.If(px == n0 - 1):
-                        m.d.sync += [px.eq(0), t.eq(0)]
+                    word = Cat(sword[1:], bit)             # input 16*w + i in bit i when full
+                    last = px == n0 - 1
+                    m.d.sync += [sword.eq(word), wpos.eq(wpos + 1), px.eq(px + 1), fresh.eq(0)]
+                    m.d.comb += [engines[0].spk_we.eq((wpos == 15) | last),
+                                 engines[0].spk_addr.eq(waddr),
+                                 engines[0].spk_data.eq(
+                                     Mux(last, word[16 - tail:], word) if tail else word)]
+                    with m.If(wpos == 15):
+                        m.d.sync += waddr.eq(waddr + 1)
+                    with m.If(last):
+                        m.d.sync += [px.eq(0), t.eq(0), fresh.eq(1), wpos.eq(0), waddr.eq(0)]
                         m.next = "RUN_0"
             for i, eng in enumerate(engines):
                 with m.State(f"RUN_{i}"):
@@ -174,4 +235,7 @@ def generate_verilog(ir: IR, debug: bool = False) -> str:
     ``debug=True`` adds the ``dbg_*`` ports that expose every hidden spike vector.
     """
     core = NsmCore(ir, debug=debug)
-    return verilog.convert(core, name=ir.name, emit_src=False)
+    text = verilog.convert(core, name=ir.name, emit_src=False)
+    if any(layer.weight_store == "ram" for layer in ir.layers):
+        text += "\n" + RAM16_MODULE
+    return text

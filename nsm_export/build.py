@@ -53,9 +53,11 @@ def derive_seed(base: int, index: int, width: int) -> int:
 def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samples: int,
              pe: int | list[int] = DEFAULT_PE, seed: int = 1, p_bits: int = DEFAULT_P_BITS,
              lfsr_width: int = DEFAULT_LFSR_WIDTH, pixel_bits: int = 8, name: str = "nsm",
-             source: dict | None = None, lanes: int | list[int] = 1) -> IR:
-    """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1).
-    Each is one value for every layer or one per layer."""
+             source: dict | None = None, lanes: int | list[int] = 1,
+             weight_store: str | list[str] = "rom") -> IR:
+    """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1);
+    ``weight_store``: ``rom`` or ``ram`` (see :mod:`nsm_export.ir`). Each is one value for every
+    layer or one per layer."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
         raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
     lfsr.galois_mask(lfsr_width) if lfsr_width in range(lfsr.MIN_WIDTH, lfsr.MAX_WIDTH + 1) \
@@ -68,8 +70,12 @@ def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samp
     draws = list(lanes) if isinstance(lanes, (list, tuple)) else [lanes] * len(layers)
     if len(draws) != len(layers):
         _bad(f"lanes lists {len(draws)} values for {len(layers)} layers")
+    stores = list(weight_store) if isinstance(weight_store, (list, tuple)) \
+        else [weight_store] * len(layers)
+    if len(stores) != len(layers):
+        _bad(f"weight_store lists {len(stores)} values for {len(layers)} layers")
     out = []
-    for i, (il, lane, dl) in enumerate(zip(layers, pes, draws)):
+    for i, (il, lane, dl, ws) in enumerate(zip(layers, pes, draws, stores)):
         w = np.asarray(il.weights, dtype=np.int64)
         o = np.asarray(il.offsets, dtype=np.int64)
         is_out = i == len(layers) - 1
@@ -89,7 +95,7 @@ def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samp
             n_in=n_in, n_out=n_out, weights=w, offsets=o, output=is_out,
             weight_bits=il.weight_bits, p_num=p_num, p_bits=p_bits, rng=rng,
             pe=min(lane, n_out), acc_bits=0, offset_bits=signed_bits(int(o.min()), int(o.max())),
-            lanes=dl if sampling else 1)
+            lanes=dl if sampling else 1, weight_store=ws)
         layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
         out.append(layer)
     ir = IR(input=InputSpec(size=input_size, threshold=int(input_threshold),

@@ -20,6 +20,10 @@ Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
   image after image; the LFSR is never reset between images. With ``p = 1`` no bits are drawn.
   ``lanes`` (1, 2, 4, 8 or 16) is how many of these draws the hardware makes per clock, by
   jumping ahead ``leap``, ``2*leap``, ... steps at once; it changes the schedule, never the stream.
+* ``weight_store``: ``rom`` weights are part of the bitstream; ``ram`` weights (for memories the
+  bitstream cannot initialize, such as iCE40 SPRAM) are written once after configuration through
+  the core's ``w_axis`` port, in the order :func:`hw.top.weight_image` gives. Semantics are the
+  same either way.
 * ``acc_i = sum_j xi_j * z_j * w_ij`` (integers). Hidden neuron: ``z_i = +1 if acc_i >=
   threshold_i else -1``. Output neuron: ``score_c += acc_c + bias_c`` over the ``T`` samples.
 * The class is the index of the largest score; ties go to the lowest index.
@@ -53,6 +57,7 @@ MAX_WEIGHT_BITS = 8
 MAX_P_BITS = 16
 MAX_SAMPLES = 1 << 16
 LANES = (1, 2, 4, 8, 16)
+WEIGHT_STORES = ("rom", "ram")
 
 
 class IRError(ValueError):
@@ -129,6 +134,7 @@ class DenseLayer:
     acc_bits: int                  # signed accumulator width
     offset_bits: int               # signed width of thresholds/biases
     lanes: int = 1                 # blank-out draws per clock (schedule only, not semantics)
+    weight_store: str = "rom"      # "rom": initialized memory; "ram": loaded through w_axis
 
     @property
     def p(self) -> float:
@@ -169,6 +175,9 @@ class DenseLayer:
                           f"weight_bits {self.weight_bits}")
         if self.weight_bits == 1 and np.any(self.weights == 0):
             raise IRError(f"{where}.weights: 1-bit weights must be -1 or +1")
+        if self.weight_store not in WEIGHT_STORES:
+            raise IRError(f"{where}.weight_store {self.weight_store!r} must be one of "
+                          f"{', '.join(WEIGHT_STORES)}")
         if self.lanes not in LANES:
             raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
         if self.sampling:
@@ -196,6 +205,7 @@ class DenseLayer:
             "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
             "p": self.p, "rng": asdict(self.rng) if self.rng else None, "pe": self.pe,
             "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "lanes": self.lanes,
+            "weight_store": self.weight_store,
         }
 
 
@@ -332,7 +342,8 @@ def from_json(meta: dict, arrays: dict) -> IR:
                 offsets=arrays[key], output=m["output"], weight_bits=m["weight_bits"],
                 p_num=m["p_num"], p_bits=m["p_bits"],
                 rng=LfsrSpec(**m["rng"]) if m["rng"] is not None else None, pe=m["pe"],
-                acc_bits=m["acc_bits"], offset_bits=m["offset_bits"], lanes=m.get("lanes", 1)))
+                acc_bits=m["acc_bits"], offset_bits=m["offset_bits"], lanes=m.get("lanes", 1),
+                weight_store=m.get("weight_store", "rom")))
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
                 name=meta.get("name", "nsm"), version=meta["version"],
                 source=meta.get("source", {}))

@@ -14,8 +14,8 @@ from .ir import IR, DenseLayer
 __all__ = ["layer_cycles", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
            "expected_cycles_per_inference", "dense_bound"]
 
-GROUP_OVERHEAD = 3      # two drain cycles and one write cycle per neuron group
-MASK_FLUSH = 2          # the draw-and-lookup pipeline of a sampling layer empties
+GROUP_OVERHEAD = 4      # three drain cycles and one write cycle per neuron group
+MASK_FLUSH = 3          # the draw-lookup-write pipeline of a sampling layer empties
 
 
 def layer_cycles(layer: DenseLayer, kept):

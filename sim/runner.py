@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hw.top import weight_image
 from nsm_export import golden, schedule
 from nsm_export.ir import IR
 
@@ -87,6 +88,9 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         job = work / "job"
         job.mkdir(parents=True, exist_ok=True)
         np.save(job / "pixels.npy", np.asarray(pixels, dtype=np.int64))
+        beats = weight_image(ir)
+        if beats:
+            np.save(job / "weights.npy", np.asarray(beats, dtype=np.int64))
         (job / "job.json").write_text(json.dumps({
             "n_classes": ir.n_classes, "score_bits": ir.score_bits, "samples": ir.samples,
             "hidden_sizes": [layer.n_out for layer in ir.layers[:-1]] if debug else [],

@@ -9,6 +9,9 @@ pixel's handshake to ``m_axis_tvalid``) and the cycle of its handshake; with ``d
 hidden spike vector from the ``dbg_*`` ports. It judges nothing about values itself:
 :mod:`sim.runner` compares them with the golden model and locates the first mismatch.
 
+A core with ``ram`` weights first takes the weight image (``weights.npy``, 16-bit beats) on
+``w_axis``, once: the weights must survive every later reset.
+
 ``seeds`` is a list of ``[k, S]``: before image ``k`` the run seed ``S`` is handed over on the
 ``seed`` port.
 
@@ -84,7 +87,26 @@ async def stream_images(dut):
     dut.m_axis_tready.value = 1
     dut.seed_valid.value = 0
     dut.seed.value = 0
+    load_weights = (job / "weights.npy").exists()
+    if load_weights:
+        dut.w_axis_tvalid.value = 0
+        dut.w_axis_tlast.value = 0
+        dut.w_axis_tdata.value = 0
     await _reset(dut, 3)
+    if load_weights:
+        beats = np.load(job / "weights.npy", allow_pickle=False)
+        for i, b in enumerate(beats):
+            while in_gap and rng.random() < in_gap:
+                dut.w_axis_tvalid.value = 0
+                await RisingEdge(dut.clk)
+            dut.w_axis_tdata.value = int(b)
+            dut.w_axis_tlast.value = int(i == len(beats) - 1)
+            dut.w_axis_tvalid.value = 1
+            await _transfer(dut, dut.w_axis_tready)
+        dut.w_axis_tvalid.value = 0
+        await FallingEdge(dut.clk)
+        assert dut.w_axis_tready.value == 0, "w_axis still ready after the whole weight image"
+        await RisingEdge(dut.clk)      # drivers change their signals just after a rising edge
 
     results = {"classes": [], "scores": [], "latency": [], "done_at": []}
     spikes: list[tuple[int, int]] = []       # (layer, bits) in the order they appear

@@ -6,7 +6,7 @@ Every test runs the same cocotb bench (``sim/tb_core.py``) on both simulators wh
 import numpy as np
 import pytest
 
-from hw.top import generate_verilog
+from hw.top import generate_verilog, weight_image
 from nsm_export import golden, schedule
 from nsm_export.build import IntLayer, build_ir
 from nsm_export.random_ir import random_ir, random_pixels
@@ -25,6 +25,15 @@ CASES = [
     pytest.param([16, 5, 3], [5, 3], [1, 1], 8, [1.0, 1.0], 1, 14, id="16-5-3-no-sampling-8bit"),
     pytest.param([2, 1, 2], [1, 2], [2, 1], 2, [0.25, 0.25], 6, 15, id="2-1-2-often-nothing-kept"),
     pytest.param([37, 19, 6], [19, 3], [16, 4], 2, [0.75, 0.5], 2, 16, id="37-19-6-lanes16x4"),
+]
+# Weight memories loaded through w_axis (SPRAM-style) for some layers.
+RAM_CASES = [
+    pytest.param([21, 24, 7], [8, 7], [4, 1], ["ram", "ram"], 2, [0.75, 1.0], 3, 21,
+                 id="21-24-7-ram-ram-16bit-words"),
+    pytest.param([30, 9, 5], [9, 2], [2, 2], ["ram", "rom"], 3, [0.5, 0.5], 2, 22,
+                 id="30-9-5-ram-rom-27bit-words"),
+    pytest.param([12, 40, 3], [40, 3], [1, 1], ["rom", "ram"], 1, [1.0, 0.25], 2, 23,
+                 id="12-40-3-rom-ram-40bit-words"),
 ]
 
 
@@ -54,6 +63,27 @@ def test_rtl_equals_golden(tmp_path, simulator, sizes, pe, lanes, wb, p, T, seed
                           schedule.cycles_per_inference(ir, expected.masks)[1:])
     if any(layer.sampling for layer in ir.layers):
         assert len(set(rtl.latency.tolist())) > 1        # really event-driven
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("sizes,pe,lanes,store,wb,p,T,seed", RAM_CASES)
+def test_loaded_weights_equal_golden_and_survive_resets(tmp_path, simulator, sizes, pe, lanes,
+                                                        store, wb, p, T, seed):
+    """Weights written once through w_axis (with gaps) give the golden model's results, also
+    after resets in mid-inference, which must not make the core ask for them again."""
+    rng = np.random.default_rng(seed)
+    base = random_ir(rng, sizes=sizes, weight_bits=wb, p=p)
+    ir = build_ir([IntLayer(layer.weights, layer.offsets, pv, wb)
+                   for layer, pv in zip(base.layers, p)],
+                  input_size=sizes[0], input_threshold=100, samples=T, pe=pe, seed=seed,
+                  lanes=lanes, weight_store=store)
+    assert weight_image(ir)
+    px = random_pixels(rng, ir, 10)
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.3, resets=[(3, 5), (7, 1)], seed=seed)
+    expected = golden_with_resets(ir, px, resets=[(3, 5), (7, 1)], record=True)
+    cmp = compare(expected, rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
 
 
 @pytest.mark.parametrize("simulator", SIMULATORS)
