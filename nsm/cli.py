@@ -254,16 +254,26 @@ def _plain(cfg) -> dict:
               help="Monte Carlo samples recorded in the model's metadata.")
 @click.option("--no-sampling", is_flag=True,
               help="Leave the Bernoulli masks out (p = 1): the deterministic network.")
+@click.option("--format", "fmt", type=click.Choice(["canonical", "qonnx"]), default="canonical",
+              show_default=True,
+              help="canonical: integer weights behind DequantizeLinear; qonnx: brevitas' "
+                   "export_qonnx of a --quantizer brevitas model (Quant/BipolarQuant nodes, "
+                   "batch 1, no masks unless sampling is asked for).")
 @_user_errors
-def export(checkpoint, output, samples, no_sampling):
+def export(checkpoint, output, samples, no_sampling, fmt):
     """Export a checkpoint to ONNX (opset 17, standard ops; the blank-out masks are
-    RandomUniformLike < p, which means Bernoulli(p) in every runtime).
+    RandomUniformLike < p, which means Bernoulli(p) in every runtime). Both formats compile
+    with `nsm compile`; see docs/onnx.md.
     """
     from nsm_train.train import load_checkpoint
     from nsm_export.onnx_export import export_onnx
 
     model, _ = load_checkpoint(checkpoint)
-    export_onnx(model, output, samples=samples, sampling=not no_sampling)
+    if fmt == "qonnx":
+        from nsm_export.qonnx_export import export_qonnx_file
+        export_qonnx_file(model, output, samples=samples, sampling=not no_sampling)
+    else:
+        export_onnx(model, output, samples=samples, sampling=not no_sampling)
     click.echo(f"wrote {output}")
 
 
