@@ -27,10 +27,11 @@ def _user_errors(fn):
         from sim.runner import SimError
         from hw.synth import SynthError
         from nsm_export.onnx_export import ExportError
+        from hw.top import HardwareError
         try:
             return fn(*args, **kwargs)
         except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError,
-                ExportError, DeviceError) as e:
+                ExportError, DeviceError, HardwareError) as e:
             name = click.get_current_context().info_name
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -294,14 +295,22 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, seed, lfsr_width, p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
+    Reads the canonical and the QONNX form (docs/onnx.md). Conv nets compile to the IR only
+    (one line on stderr says which layer has no hardware engine yet; exit status 0).
     """
     from nsm.flow import compile_to_dir
 
     pes = _int_list(pe)
     ir = compile_to_dir(onnx_file, output, samples=samples, pe=pes[0] if len(pes) == 1 else pes,
                         seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
+    from hw.top import hardware_unsupported
     from nsm_export import schedule
     sizes = [ir.input.size] + [layer.n_out for layer in ir.layers]
+    if (why := hardware_unsupported(ir)):
+        click.echo(f"nsm compile: no Verilog: {why}", err=True)
+        click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}) into {output}/ "
+                   f"(IR only)")
+        return
     click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}, "
                f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference) into {output}/")
 

@@ -247,8 +247,13 @@ class _Layers:
             if len(users) == 1 and users[0].op_type in _SPIKE_PASS:
                 z = users[0].output[0]
                 continue
-            if len(users) == 1 and users[0].op_type in ("Reshape", "Flatten"):
-                z, flat, shape = self._reshape(users[0], z, flat, shape)
+            reshapes = [u for u in users if u.op_type in ("Reshape", "Flatten")]
+            if reshapes:
+                z_next, flat, shape = self._reshape(reshapes[0], z, flat, shape)
+                if len(users) != 1 or reshapes[0].input[0] != z:
+                    raise CompileError(f"tensor {z!r}: spikes reshaped by {_n(reshapes[0])} are "
+                                       f"also used by other nodes")
+                z = z_next
                 continue
             if len(users) == 1 and users[0].op_type in ("MaxPool", "AveragePool"):
                 z, shape, zscale = self._pool(users[0], z, shape, zscale)
