@@ -609,6 +609,8 @@ class _Layers:
         if x is None:
             raise CompileError(f"node {_n(q)}: {what} must quantize a constant")
         x = np.asarray(x)
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            raise CompileError(f"node {_n(q)}: {what} hold NaN or infinity")
         consts = [g.const(i) if i else None for i in q.input[1:]]
         try:
             if q.op_type == "DequantizeLinear":
