@@ -259,7 +259,7 @@ def _plain(cfg) -> dict:
               show_default=True,
               help="canonical: integer weights behind DequantizeLinear; qonnx: brevitas' "
                    "export_qonnx of a --quantizer brevitas model (Quant/BipolarQuant nodes, "
-                   "batch 1, no masks unless sampling is asked for).")
+                   "batch 1).")
 @_user_errors
 def export(checkpoint, output, samples, no_sampling, fmt):
     """Export a checkpoint to ONNX (opset 17, standard ops; the blank-out masks are
