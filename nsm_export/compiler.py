@@ -1,16 +1,13 @@
 """Compile an ONNX NSM into the integer IR.
 
-Reads the canonical form written by :mod:`nsm_export.onnx_export` (documented there): a threshold
-encoder, then per layer an optional per-input Bernoulli mask, a ``DequantizeLinear`` weight and
-bias, ``MatMul``/``Add`` and, for hidden layers, a ``GreaterOrEqual(u, 0)`` step back to ±1
-spikes. Every float is folded away losslessly:
-
-* hidden neuron ``i`` with weight scale ``s_i`` and bias ``b_i`` fires iff
-  ``s_i * acc_i + b_i >= 0``; for ``s_i > 0`` that is ``acc_i >= ceil(-b_i / s_i)``, computed in
-  exact rational arithmetic; a negative scale negates the weight row; a zero scale leaves a
-  constant neuron.
-* the output layer needs one common scale for its argmax: power-of-two scales are brought to the
-  smallest by exact integer multiplication, and every bias must be an integer multiple of it.
+Reads the canonical form (:mod:`nsm_export.onnx_export`) and the QONNX form
+(:mod:`nsm_export.qonnx_export`), and whatever else has their structure (docs/onnx.md): a
+threshold encoder, then layer by layer an optional per-input Bernoulli mask, a dense
+(``MatMul``/``Gemm``) or conv (``Conv``) layer with quantized weights (``DequantizeLinear``,
+QONNX ``Quant``/``BipolarQuant``, or power-of-two floats), per-channel affine ops and batch norms,
+and a step back to ±1 spikes (``GreaterOrEqual`` or ``BipolarQuant``); OR (``MaxPool``) and
+majority (``AveragePool`` + step) pooling between conv layers. :mod:`nsm_export.fold` folds every
+float exactly into integer weights and per-neuron thresholds (negative scales flip the row).
 
 Anything else is refused with a :class:`CompileError` whose one-line message names the node.
 """

@@ -110,3 +110,22 @@ def test_qonnx_export_refusals_are_one_line(tmp_path):
             export_qonnx_file(bad, path, sampling=True)
         assert "\n" not in str(e.value)
     assert not path.exists()
+
+
+def test_cli_exports_qonnx_and_compiles_it(tmp_path):
+    from click.testing import CliRunner
+
+    from nsm.cli import main
+    from nsm_train.train import save_checkpoint
+
+    net = _trained_ish("mlp-binary")
+    save_checkpoint(net, tmp_path / "m.pt")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "m.pt"), "-o",
+                                  str(tmp_path / "m.onnx"), "--format", "qonnx", "-T", "4"])
+    assert r.exit_code == 0, r.output
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert "BipolarQuant" in {n.op_type for n in proto.graph.node}
+    r = CliRunner().invoke(main, ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "b"),
+                                  "--pe", "4"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "b" / "nsm.v").is_file()
