@@ -82,6 +82,9 @@ class NsmCore(wiring.Component):
         if not isinstance(ir, IR):
             raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
         ir.validate()
+        why = hardware_unsupported(ir)
+        if why:
+            raise HardwareError(why)
         self._ir = ir
         self._debug = bool(debug)
         hidden = ir.layers[:-1]
@@ -227,6 +230,24 @@ class NsmCore(wiring.Component):
                     m.d.comb += out_eng.clear.eq(1)
                     m.next = "LOAD"
         return m
+
+
+class HardwareError(ValueError):
+    """A valid IR that this hardware generator cannot build yet (one line naming the layer)."""
+
+
+def hardware_unsupported(ir: IR) -> str | None:
+    """Why :class:`NsmCore` cannot build ``ir`` (one line naming the first such layer), or None.
+
+    Conv and pool layers (IR version 2) run in the golden model but have no engine here yet.
+    """
+    for i, layer in enumerate(ir.layers):
+        if layer.kind != "dense":
+            shape = "x".join(map(str, layer.in_shape))
+            return (f"layers[{i}] ({layer.kind} on a {shape} map) has no hardware engine yet; "
+                    f"the IR and the golden model run it, Verilog is generated for dense "
+                    f"layers only")
+    return None
 
 
 def generate_verilog(ir: IR, debug: bool = False) -> str:

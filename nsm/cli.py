@@ -27,10 +27,11 @@ def _user_errors(fn):
         from sim.runner import SimError
         from hw.synth import SynthError
         from nsm_export.onnx_export import ExportError
+        from hw.top import HardwareError
         try:
             return fn(*args, **kwargs)
         except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError,
-                ExportError, DeviceError) as e:
+                ExportError, DeviceError, HardwareError) as e:
             name = click.get_current_context().info_name
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -254,16 +255,26 @@ def _plain(cfg) -> dict:
               help="Monte Carlo samples recorded in the model's metadata.")
 @click.option("--no-sampling", is_flag=True,
               help="Leave the Bernoulli masks out (p = 1): the deterministic network.")
+@click.option("--format", "fmt", type=click.Choice(["canonical", "qonnx"]), default="canonical",
+              show_default=True,
+              help="canonical: integer weights behind DequantizeLinear; qonnx: brevitas' "
+                   "export_qonnx of a --quantizer brevitas model (Quant/BipolarQuant nodes, "
+                   "batch 1).")
 @_user_errors
-def export(checkpoint, output, samples, no_sampling):
+def export(checkpoint, output, samples, no_sampling, fmt):
     """Export a checkpoint to ONNX (opset 17, standard ops; the blank-out masks are
-    RandomUniformLike < p, which means Bernoulli(p) in every runtime).
+    RandomUniformLike < p, which means Bernoulli(p) in every runtime). Both formats compile
+    with `nsm compile`; see docs/onnx.md.
     """
     from nsm_train.train import load_checkpoint
     from nsm_export.onnx_export import export_onnx
 
     model, _ = load_checkpoint(checkpoint)
-    export_onnx(model, output, samples=samples, sampling=not no_sampling)
+    if fmt == "qonnx":
+        from nsm_export.qonnx_export import export_qonnx_file
+        export_qonnx_file(model, output, samples=samples, sampling=not no_sampling)
+    else:
+        export_onnx(model, output, samples=samples, sampling=not no_sampling)
     click.echo(f"wrote {output}")
 
 
@@ -287,6 +298,8 @@ def export(checkpoint, output, samples, no_sampling):
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, lanes, seed, lfsr_width, p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
+    Reads the canonical and the QONNX form (docs/onnx.md). Conv nets compile to the IR only
+    (one line on stderr says which layer has no hardware engine yet; exit status 0).
     """
     from nsm.flow import compile_to_dir
 
@@ -294,8 +307,14 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, seed, lfsr_width, p_bits,
     ir = compile_to_dir(onnx_file, output, samples=samples, pe=pes[0] if len(pes) == 1 else pes,
                         lanes=draws[0] if len(draws) == 1 else draws,
                         seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
+    from hw.top import hardware_unsupported
     from nsm_export import schedule
     sizes = [ir.input.size] + [layer.n_out for layer in ir.layers]
+    if (why := hardware_unsupported(ir)):
+        click.echo(f"nsm compile: no Verilog: {why}", err=True)
+        click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}) into {output}/ "
+                   f"(IR only)")
+        return
     click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}, "
                f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference) into {output}/")
 

@@ -18,16 +18,25 @@ __all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_demo"]
 
 
 def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
-    """ONNX → IR + Verilog in ``out_dir``; nothing is written unless every step succeeds."""
+    """ONNX → IR + Verilog in ``out_dir``; nothing is written unless every step succeeds.
+
+    An IR the hardware generator cannot build yet (conv or pool layers:
+    :func:`hw.top.hardware_unsupported` says why) is written without Verilog.
+    """
     from hw.integration import fusesoc_core, instantiation_template
-    from hw.top import generate_verilog
+    from hw.top import generate_verilog, hardware_unsupported
 
     ir = compile_file(onnx_file, **kw)
-    verilog = generate_verilog(ir)
-    extras = {f"{ir.name}.core": fusesoc_core(ir), f"{ir.name}_inst.v": instantiation_template(ir)}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise irmod.IRError(f"{out_dir}: exists and is not a directory")
+    if hardware_unsupported(ir):                   # IR only; no stale Verilog may stay beside it
+        irmod.save(ir, out_dir)
+        for stale in (f"{ir.name}.v", f"{ir.name}.core", f"{ir.name}_inst.v"):
+            (out_dir / stale).unlink(missing_ok=True)
+        return ir
+    verilog = generate_verilog(ir)
+    extras = {f"{ir.name}.core": fusesoc_core(ir), f"{ir.name}_inst.v": instantiation_template(ir)}
     irmod.save(ir, out_dir)
     with atomic_write(out_dir / f"{ir.name}.v", "w") as f:
         f.write(verilog)
@@ -43,6 +52,9 @@ def load_build(build_dir: Path) -> irmod.IR:
         raise SimError(f"{build_dir}: no such build directory (run `nsm compile MODEL.onnx "
                        f"-o {build_dir}` first)")
     ir = irmod.load(build_dir)
+    from hw.top import hardware_unsupported
+    if (why := hardware_unsupported(ir)):
+        raise SimError(f"{build_dir}: {why}")
     if not (build_dir / f"{ir.name}.v").is_file():
         raise SimError(f"{build_dir / (ir.name + '.v')}: Verilog missing (run `nsm compile` "
                        f"again)")

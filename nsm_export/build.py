@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import lfsr
-from .ir import IR, DenseLayer, InputSpec, IRError, LfsrSpec, signed_bits
+from .ir import IR, ConvLayer, DenseLayer, InputSpec, IRError, LfsrSpec, PoolLayer, signed_bits
 
-__all__ = ["IntLayer", "build_ir", "quantize_p", "derive_seed", "DEFAULT_P_BITS",
+__all__ = ["IntLayer", "IntConv", "IntPool", "build_ir", "quantize_p", "derive_seed", "DEFAULT_P_BITS",
            "DEFAULT_LFSR_WIDTH", "DEFAULT_PE"]
 
 DEFAULT_P_BITS = 8
@@ -23,11 +23,37 @@ DEFAULT_PE = 8
 
 @dataclass
 class IntLayer:
-    """An integer dense layer before hardware sizing."""
+    """An integer dense layer before hardware sizing (``pe`` applies to dense layers only; conv
+    and pool layers have no hardware engine yet)."""
     weights: np.ndarray       # (n_out, n_in) integers
     offsets: np.ndarray       # thresholds (hidden) or biases (output)
     p: float                  # keep probability of the per-input blank-out, in (0, 1]
     weight_bits: int
+
+
+@dataclass
+class IntConv:
+    """An integer conv layer before sizing: ``weights`` (c_out, c_in, k, k), ``offsets`` the
+    per-filter thresholds, on a ``(c_in, h_in, w_in)`` input map."""
+    weights: np.ndarray
+    offsets: np.ndarray
+    p: float
+    weight_bits: int
+    h_in: int
+    w_in: int
+    stride: int = 1
+    padding: int = 0
+
+
+@dataclass
+class IntPool:
+    """Binary-spike pooling (``mode`` ``"or"`` or ``"majority"``) on a ``(channels, h_in, w_in)``
+    map."""
+    channels: int
+    h_in: int
+    w_in: int
+    size: int
+    mode: str
 
 
 def quantize_p(p: float, p_bits: int, where: str = "p") -> int:
@@ -50,7 +76,8 @@ def derive_seed(base: int, index: int, width: int) -> int:
     return s if s else 1
 
 
-def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samples: int,
+def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_threshold: int,
+             samples: int,
              pe: int | list[int] = DEFAULT_PE, seed: int = 1, p_bits: int = DEFAULT_P_BITS,
              lfsr_width: int = DEFAULT_LFSR_WIDTH, pixel_bits: int = 8, name: str = "nsm",
              source: dict | None = None, lanes: int | list[int] = 1,
@@ -65,6 +92,10 @@ def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samp
     if not 1 <= p_bits <= min(16, lfsr_width):
         _bad(f"p_bits {p_bits} must be in [1, {min(16, lfsr_width)}]")
     pes = list(pe) if isinstance(pe, (list, tuple)) else [pe] * len(layers)
+    dense = [i for i, il in enumerate(layers) if isinstance(il, IntLayer)]
+    if len(pes) == len(dense) != len(layers):        # one per dense layer: spread them out
+        given = dict(zip(dense, pes))
+        pes = [given.get(i, 1) for i in range(len(layers))]
     if len(pes) != len(layers):
         _bad(f"pe lists {len(pes)} values for {len(layers)} layers")
     draws = list(lanes) if isinstance(lanes, (list, tuple)) else [lanes] * len(layers)
@@ -76,11 +107,15 @@ def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samp
         _bad(f"weight_store lists {len(stores)} values for {len(layers)} layers")
     out = []
     for i, (il, lane, dl, ws) in enumerate(zip(layers, pes, draws, stores)):
+        if isinstance(il, IntPool):
+            out.append(PoolLayer(channels=il.channels, h_in=il.h_in, w_in=il.w_in, size=il.size,
+                                 mode=il.mode))
+            continue
         w = np.asarray(il.weights, dtype=np.int64)
         o = np.asarray(il.offsets, dtype=np.int64)
         is_out = i == len(layers) - 1
-        n_out, n_in = w.shape
-        l1 = np.abs(w).sum(axis=1)
+        n_out = w.shape[0]
+        l1 = np.abs(w.reshape(n_out, -1)).sum(axis=1)
         if not is_out:
             # Lossless: a threshold beyond +-L1 behaves like one just past it.
             o = np.clip(o, -l1, l1 + 1)
@@ -89,13 +124,21 @@ def build_ir(layers: list[IntLayer], input_size: int, input_threshold: int, samp
         rng = (LfsrSpec(width=lfsr_width, mask=lfsr.galois_mask(lfsr_width),
                         seed=derive_seed(seed, i, lfsr_width), leap=p_bits)
                if sampling else None)
-        if not isinstance(lane, int) or lane < 1:
-            _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
-        layer = DenseLayer(
-            n_in=n_in, n_out=n_out, weights=w, offsets=o, output=is_out,
-            weight_bits=il.weight_bits, p_num=p_num, p_bits=p_bits, rng=rng,
-            pe=min(lane, n_out), acc_bits=0, offset_bits=signed_bits(int(o.min()), int(o.max())),
-            lanes=dl if sampling else 1, weight_store=ws)
+        common = dict(weights=w, offsets=o, weight_bits=il.weight_bits, p_num=p_num,
+                      p_bits=p_bits, rng=rng, acc_bits=0,
+                      offset_bits=signed_bits(int(o.min()), int(o.max())))
+        if isinstance(il, IntConv):
+            if w.ndim != 4 or w.shape[2] != w.shape[3]:
+                _bad(f"layers[{i}].weights: a conv layer needs (c_out, c_in, k, k) weights, "
+                     f"got shape {w.shape}")
+            layer = ConvLayer(c_in=w.shape[1], h_in=il.h_in, w_in=il.w_in, c_out=n_out,
+                              kernel=w.shape[2], stride=il.stride, padding=il.padding, **common)
+        else:
+            if not isinstance(lane, int) or lane < 1:
+                _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
+            layer = DenseLayer(n_in=w.shape[1], n_out=n_out, output=is_out,
+                               pe=min(lane, n_out), lanes=dl if sampling else 1,
+                               weight_store=ws, **common)
         layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
         out.append(layer)
     ir = IR(input=InputSpec(size=input_size, threshold=int(input_threshold),

@@ -1,16 +1,13 @@
 """Compile an ONNX NSM into the integer IR.
 
-Reads the canonical form written by :mod:`nsm_export.onnx_export` (documented there): a threshold
-encoder, then per layer an optional per-input Bernoulli mask, a ``DequantizeLinear`` weight and
-bias, ``MatMul``/``Add`` and, for hidden layers, a ``GreaterOrEqual(u, 0)`` step back to ±1
-spikes. Every float is folded away losslessly:
-
-* hidden neuron ``i`` with weight scale ``s_i`` and bias ``b_i`` fires iff
-  ``s_i * acc_i + b_i >= 0``; for ``s_i > 0`` that is ``acc_i >= ceil(-b_i / s_i)``, computed in
-  exact rational arithmetic; a negative scale negates the weight row; a zero scale leaves a
-  constant neuron.
-* the output layer needs one common scale for its argmax: power-of-two scales are brought to the
-  smallest by exact integer multiplication, and every bias must be an integer multiple of it.
+Reads the canonical form (:mod:`nsm_export.onnx_export`) and the QONNX form
+(:mod:`nsm_export.qonnx_export`), and whatever else has their structure (docs/onnx.md): a
+threshold encoder, then layer by layer an optional per-input Bernoulli mask, a dense
+(``MatMul``/``Gemm``) or conv (``Conv``) layer with quantized weights (``DequantizeLinear``,
+QONNX ``Quant``/``BipolarQuant``, or power-of-two floats), per-channel affine ops and batch norms,
+and a step back to ±1 spikes (``GreaterOrEqual`` or ``BipolarQuant``); OR (``MaxPool``) and
+majority (``AveragePool`` + step) pooling between conv layers. :mod:`nsm_export.fold` folds every
+float exactly into integer weights and per-neuron thresholds (negative scales flip the row).
 
 Anything else is refused with a :class:`CompileError` whose one-line message names the node.
 """
@@ -25,7 +22,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .build import DEFAULT_LFSR_WIDTH, DEFAULT_P_BITS, DEFAULT_PE, IntLayer, build_ir
+from .build import DEFAULT_LFSR_WIDTH, DEFAULT_P_BITS, DEFAULT_PE, IntConv, IntLayer, IntPool, \
+    build_ir
+from .fold import (FoldError, Surd, bipolar_ints, fold_hidden, fold_output, pow2_ints, quant_ints,
+                   weight_bits)
 from .ir import IR, IRError
 
 __all__ = ["CompileError", "SUPPORTED_OPS", "load_onnx", "compile_model", "compile_file"]
@@ -33,7 +33,12 @@ __all__ = ["CompileError", "SUPPORTED_OPS", "load_onnx", "compile_model", "compi
 SUPPORTED_OPS = frozenset({
     "GreaterOrEqual", "Cast", "Mul", "Sub", "Shape", "ConstantOfShape", "Bernoulli",
     "DequantizeLinear", "MatMul", "Add", "Constant", "RandomUniformLike", "Less",
+    "Gemm", "Conv", "MaxPool", "AveragePool", "Reshape", "Flatten", "Identity", "Div",
+    "BatchNormalization",
 })
+#: QONNX quantizers (domain ``qonnx.custom_op.general``; brevitas and FINN name it differently).
+QONNX_OPS = frozenset({"Quant", "BipolarQuant"})
+QONNX_DOMAINS = frozenset({"qonnx.custom_op.general", "onnx.brevitas", "finn.custom_op.general"})
 GAUSSIAN_OPS = frozenset({"RandomNormal", "RandomNormalLike"})
 
 
@@ -114,14 +119,16 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
 
 def _check_ops(g: _Graph) -> None:
     for node in g.model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            raise CompileError(f"node {_n(node)}: op {node.domain}.{node.op_type} is not supported")
         if node.op_type in GAUSSIAN_OPS:
             raise CompileError(f"node {_n(node)}: Gaussian noise ({node.op_type}) cannot be sent "
                                f"to hardware; train with Bernoulli blank-out")
+        if node.domain in QONNX_DOMAINS and node.op_type in QONNX_OPS:
+            continue
+        if node.domain not in ("", "ai.onnx"):
+            raise CompileError(f"node {_n(node)}: op {node.domain}.{node.op_type} is not supported")
         if node.op_type not in SUPPORTED_OPS:
             raise CompileError(f"node {_n(node)}: op {node.op_type} is not supported "
-                               f"(supported: {', '.join(sorted(SUPPORTED_OPS))})")
+                               f"(supported: {', '.join(sorted(SUPPORTED_OPS | QONNX_OPS))})")
 
 
 def _pm1(g: _Graph, src: str, step: onnx.NodeProto) -> str:
@@ -136,33 +143,6 @@ def _pm1(g: _Graph, src: str, step: onnx.NodeProto) -> str:
     if sub.input[0] != mul.output[0] or g.scalar(sub, sub.input[1], "the spike offset") != 1.0:
         raise CompileError(f"node {_n(sub)}: spikes must be 2*b - 1 (±1)")
     return sub.output[0]
-
-
-def _dequant(g: _Graph, name: str, axis_expected: int, what: str):
-    """Integer values and per-channel scales behind a DequantizeLinear."""
-    node = g.producer.get(name)
-    if node is None or node.op_type != "DequantizeLinear":
-        raise CompileError(f"tensor {name!r}: {what} must come from DequantizeLinear of an "
-                           f"integer initializer")
-    q = g.const(node.input[0])
-    s = g.const(node.input[1]) if len(node.input) > 1 else None
-    if q is None or q.dtype.kind not in "iu":
-        raise CompileError(f"node {_n(node)}: {what} must be an integer initializer")
-    if s is None or not np.all(np.isfinite(s)):
-        raise CompileError(f"node {_n(node)}: {what} scale must be a finite constant")
-    zp = g.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    q = q.astype(np.int64)
-    if zp is not None:
-        q = q - np.asarray(zp).astype(np.int64)
-    s = np.asarray(s, dtype=np.float64)
-    if s.ndim == 1 and s.size > 1:
-        axis = _attr(node, "axis", 1)
-        if axis < 0:
-            axis += q.ndim
-        if axis != axis_expected:
-            raise CompileError(f"node {_n(node)}: {what} scale must run along axis "
-                               f"{axis_expected}, not {axis}")
-    return q, s
 
 
 def _input_size(g: _Graph) -> tuple[str, int]:
@@ -233,25 +213,473 @@ def _match_mask(g: _Graph, z: str, users: list) -> tuple[float, str] | None:
     return p, mul.output[0]
 
 
-def _per_neuron(values: np.ndarray, n_out: int, what: str) -> np.ndarray:
-    """One value per output neuron, from a scalar or an ``n_out`` vector."""
-    v = np.asarray(values).reshape(-1)
-    if v.size == 1:
-        return np.repeat(v, n_out)
-    if v.size != n_out:
-        raise CompileError(f"{what}: {v.size} values for {n_out} neurons")
-    return v
+_SPIKE_PASS = ("Identity",)
+_AFFINE_OPS = ("Add", "Sub", "Mul", "Div")
+MAX_LAYERS = 64
 
 
-def _weight_bits(w: np.ndarray, where: str) -> int:
-    if w.size and np.all(np.abs(w) == 1):
-        return 1
-    m = int(np.abs(w).max()) if w.size else 0
-    bits = max(2, m.bit_length() + 1)
-    if bits > 8:
-        raise CompileError(f"{where}: integer weights up to {m} need {bits} bits; the hardware "
-                           f"takes at most 8 (symmetric, -127..127)")
-    return bits
+class _Layers:
+    """Walks the graph from the input spikes to the scores, one NSM layer at a time.
+
+    Between layers the spikes are ``±zscale`` (1 after the canonical step, ``s`` after a
+    ``BipolarQuant`` of scale ``s``), flat ``(n,)`` or a map ``(C, H, W)``.
+    """
+
+    def __init__(self, g: _Graph):
+        self.g = g
+        self.layers: list = []
+
+    # --- the walk ----------------------------------------------------------------------------
+    def match(self, z: str, n_in: int) -> list:
+        g = self.g
+        flat, shape, zscale = n_in, None, Fraction(1)
+        while True:
+            if len(self.layers) > MAX_LAYERS:
+                raise CompileError(f"graph: more than {MAX_LAYERS} layers")
+            i = len(self.layers)
+            users = g.consumers.get(z, [])
+            if z in g.outputs:
+                raise CompileError(f"tensor {z!r}: the graph ends in spikes; the last layer must "
+                                   f"be a dense layer giving the scores")
+            if len(users) == 1 and users[0].op_type in _SPIKE_PASS:
+                z = users[0].output[0]
+                continue
+            reshapes = [u for u in users if u.op_type in ("Reshape", "Flatten")]
+            if reshapes:
+                z_next, flat, shape = self._reshape(reshapes[0], z, flat, shape)
+                if len(users) != 1 or reshapes[0].input[0] != z:
+                    raise CompileError(f"tensor {z!r}: spikes reshaped by {_n(reshapes[0])} are "
+                                       f"also used by other nodes")
+                z = z_next
+                continue
+            if len(users) == 1 and users[0].op_type in ("MaxPool", "AveragePool"):
+                z, shape, zscale = self._pool(users[0], z, shape, zscale)
+                continue
+            p, z_in = 1.0, z
+            mask = _match_mask(g, z, users)
+            if mask is not None:
+                p, z_in = mask
+            lin_users = g.consumers.get(z_in, [])
+            if len(lin_users) != 1 or lin_users[0].op_type not in ("MatMul", "Gemm", "Conv"):
+                found = ", ".join(f"{_n(u)} ({u.op_type})" for u in lin_users) or "nothing"
+                raise CompileError(f"tensor {z_in!r}: expected layer {i}'s MatMul, Gemm or Conv "
+                                   f"to use it, found {found}")
+            lin = lin_users[0]
+            if lin.input[0] != z_in:
+                raise CompileError(f"node {_n(lin)}: spikes must be its first input")
+            if lin.op_type == "Conv":
+                if shape is None:
+                    raise CompileError(f"node {_n(lin)}: Conv needs a (C, H, W) spike map; "
+                                       f"reshape the input spikes first")
+                w, A, C, u, conv = self._conv(lin, shape, zscale)
+            else:
+                if shape is not None:
+                    raise CompileError(f"node {_n(lin)}: a dense layer needs flat spikes; "
+                                       f"Flatten the map first")
+                w, A, C, u = self._dense(lin, flat, zscale)
+                conv = None
+            A, C, u, step = self._affine(u, A, C, 4 if conv else 2)
+            where = f"layer {i}"
+            if step is None:                               # u is the scores output
+                if conv is not None:
+                    raise CompileError(f"node {_n(lin)}: the output layer must be dense, not "
+                                       f"Conv")
+                try:
+                    w, off = fold_output(w, A, C)
+                    bits = weight_bits(w)
+                except FoldError as e:
+                    raise CompileError(f"{where} (node {_n(lin)}): {e}") from None
+                self.layers.append(IntLayer(weights=w, offsets=off, p=p, weight_bits=bits))
+                return self.layers
+            w, theta = fold_hidden(w, A, C)
+            try:
+                bits = weight_bits(w)
+            except FoldError as e:
+                raise CompileError(f"{where} (node {_n(lin)}): {e}") from None
+            if conv is not None:
+                h, wd, st, pad = conv
+                self.layers.append(IntConv(weights=w, offsets=theta, p=p, weight_bits=bits,
+                                           h_in=h, w_in=wd, stride=st, padding=pad))
+                k = w.shape[2]
+                shape = (w.shape[0], (h + 2 * pad - k) // st + 1, (wd + 2 * pad - k) // st + 1)
+                flat = None
+            else:
+                self.layers.append(IntLayer(weights=w, offsets=theta, p=p, weight_bits=bits))
+                flat = w.shape[0]
+            z, zscale = self._step(step, u)
+
+    # --- spikes between layers -----------------------------------------------------------------
+    def _reshape(self, node, z, flat, shape):
+        g = self.g
+        n = flat if shape is None else shape[0] * shape[1] * shape[2]
+        if node.op_type == "Flatten":
+            if _attr(node, "axis", 1) != 1:
+                raise CompileError(f"node {_n(node)}: only Flatten(axis=1) keeps the batch apart")
+            return node.output[0], n, None
+        if len(node.input) < 2:
+            raise CompileError(f"node {_n(node)}: Reshape needs a target shape")
+        target = g.const(node.input[1])
+        if target is None:
+            raise CompileError(f"node {_n(node)}: the target shape is not a constant (dynamic "
+                               f"shapes cannot be built)")
+        t = [int(v) for v in np.asarray(target).reshape(-1)]
+        if _attr(node, "allowzero", 0) or not t or t[0] not in (-1, 0) and len(t) < 2:
+            raise CompileError(f"node {_n(node)}: target shape {t} must keep the batch first "
+                               f"(-1 or 0)")
+        rest = t[1:]
+        if len(rest) == 1 and rest[0] in (n, -1) and t[0] in (-1, 0):
+            return node.output[0], n, None
+        if len(rest) == 3 and shape is None and t[0] in (-1, 0) and all(v > 0 for v in rest) \
+                and rest[0] * rest[1] * rest[2] == n:
+            return node.output[0], None, tuple(rest)
+        raise CompileError(f"node {_n(node)}: cannot reshape {n} spikes "
+                           f"{'(a map)' if shape else '(flat)'} to {t}; only [-1, C, H, W] of "
+                           f"flat spikes and [-1, n] of a map are layers' shapes")
+
+    def _pool(self, node, z, shape, zscale):
+        g = self.g
+        i = len(self.layers)
+        if shape is None:
+            raise CompileError(f"node {_n(node)}: pooling needs a (C, H, W) spike map")
+        if zscale <= 0:
+            raise CompileError(f"node {_n(node)}: pooling needs spikes of positive scale")
+        if len(node.output) != 1 or len(node.input) != 1:
+            raise CompileError(f"node {_n(node)}: expected one input and one output")
+        ks = list(_attr(node, "kernel_shape", []))
+        if len(ks) != 2 or ks[0] != ks[1]:
+            raise CompileError(f"node {_n(node)}: kernel_shape {ks} must be square 2-d")
+        k = int(ks[0])
+        if list(_attr(node, "strides", [1, 1])) != [k, k]:
+            raise CompileError(f"node {_n(node)}: strides must equal the kernel (non-overlapping "
+                               f"windows)")
+        if any(_attr(node, "pads", [0, 0, 0, 0])) or _attr(node, "ceil_mode", 0) \
+                or any(d != 1 for d in _attr(node, "dilations", [1, 1])) \
+                or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") \
+                or _attr(node, "storage_order", 0):
+            raise CompileError(f"node {_n(node)}: pads, ceil_mode, dilations, auto_pad and "
+                               f"storage_order must keep their defaults")
+        c, h, w = shape
+        if h < k or w < k:
+            raise CompileError(f"node {_n(node)}: a {k}x{k} window does not fit the {h}x{w} map")
+        out = node.output[0]
+        if node.op_type == "MaxPool":
+            mode, zs = "or", zscale
+        else:
+            users = g.consumers.get(out, [])
+            if len(users) != 1 or users[0].op_type not in ("GreaterOrEqual", "BipolarQuant"):
+                raise CompileError(f"node {_n(node)}: an AveragePool of spikes must be followed "
+                                   f"by a step (GreaterOrEqual 0 or BipolarQuant): majority pooling")
+            step = users[0]
+            if step.input[0] != out or (step.op_type == "GreaterOrEqual" and g.scalar(
+                    step, step.input[1], "the majority threshold") != 0.0):
+                raise CompileError(f"node {_n(step)}: majority pooling compares the mean with 0")
+            mode = "majority"
+            out, zs = self._step(step, out)
+        self.layers.append(IntPool(channels=c, h_in=h, w_in=w, size=k, mode=mode))
+        if len(self.layers) != i + 1:
+            raise AssertionError("unreachable")
+        return out, (c, h // k, w // k), zs
+
+    def _step(self, step, u) -> tuple[str, Fraction]:
+        """The spikes a step node makes, and their scale."""
+        g = self.g
+        if step.op_type == "GreaterOrEqual":
+            return _pm1(g, u, step), Fraction(1)
+        s = g.scalar(step, step.input[1], "the BipolarQuant scale") if len(step.input) > 1 else 1.0
+        if not s > 0:
+            raise CompileError(f"node {_n(step)}: BipolarQuant scale {s} must be positive")
+        return step.output[0], Fraction(s)
+
+    # --- linear ops ----------------------------------------------------------------------------
+    def _dense(self, node, n_in, zscale):
+        g = self.g
+        if node.op_type == "MatMul":
+            if len(node.input) != 2:
+                raise CompileError(f"node {_n(node)}: MatMul needs two inputs")
+            ints, scale = self._weights(node, node.input[1], out_axis=1)
+            if ints.ndim != 2 or ints.shape[0] != n_in:
+                raise CompileError(f"node {_n(node)}: weight shape {tuple(ints.shape)} does not "
+                                   f"take {n_in} inputs")
+            w = ints.T
+            alpha, beta, bias_name = Fraction(1), Fraction(1), None
+        else:
+            if _attr(node, "transA", 0):
+                raise CompileError(f"node {_n(node)}: Gemm with transA is not a layer")
+            tb = _attr(node, "transB", 0)
+            if len(node.input) < 2:
+                raise CompileError(f"node {_n(node)}: Gemm needs weights")
+            ints, scale = self._weights(node, node.input[1], out_axis=0 if tb else 1)
+            if ints.ndim != 2 or ints.shape[1 if tb else 0] != n_in:
+                raise CompileError(f"node {_n(node)}: weight shape {tuple(ints.shape)} does not "
+                                   f"take {n_in} inputs")
+            w = ints if tb else ints.T
+            alpha = self._finite(node, _attr(node, "alpha", 1.0), "alpha")
+            beta = self._finite(node, _attr(node, "beta", 1.0), "beta")
+            bias_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        n_out = w.shape[0]
+        A = [Surd(s * zscale * alpha) for s in scale]
+        C = [Surd(0)] * n_out
+        if bias_name is not None:
+            C = [Surd(v * beta) for v in self._channel_values(node, bias_name, n_out, 1, 2)]
+        return w, A, C, node.output[0]
+
+    def _conv(self, node, shape, zscale):
+        c, h, wd = shape
+        if len(node.input) < 2 or len(node.output) != 1:
+            raise CompileError(f"node {_n(node)}: Conv needs weights and one output")
+        ints, scale = self._weights(node, node.input[1], out_axis=0)
+        if ints.ndim != 4 or ints.shape[1] != c or ints.shape[2] != ints.shape[3]:
+            raise CompileError(f"node {_n(node)}: weight shape {tuple(ints.shape)} is not "
+                               f"(c_out, {c}, k, k)")
+        k = ints.shape[2]
+        ks = list(_attr(node, "kernel_shape", [k, k]))
+        strides = list(_attr(node, "strides", [1, 1]))
+        pads = list(_attr(node, "pads", [0, 0, 0, 0]))
+        if ks != [k, k] or len(strides) != 2 or strides[0] != strides[1] or len(pads) != 4 \
+                or len(set(pads)) != 1:
+            raise CompileError(f"node {_n(node)}: kernel {ks}, strides {strides}, pads {pads}: "
+                               f"a layer needs a square kernel, equal strides and equal pads")
+        if _attr(node, "group", 1) != 1 or any(d != 1 for d in _attr(node, "dilations", [1, 1])) \
+                or _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise CompileError(f"node {_n(node)}: group, dilations and auto_pad must keep their "
+                               f"defaults")
+        st, pad = int(strides[0]), int(pads[0])
+        if not (st >= 1 and 0 <= pad < k and h + 2 * pad >= k and wd + 2 * pad >= k):
+            raise CompileError(f"node {_n(node)}: a {k}x{k} kernel (stride {st}, padding {pad}) "
+                               f"does not fit the {h}x{wd} map")
+        n_out = ints.shape[0]
+        A = [Surd(s * zscale) for s in scale]
+        C = [Surd(0)] * n_out
+        if len(node.input) > 2 and node.input[2]:
+            C = [Surd(v) for v in self._channel_values(node, node.input[2], n_out, 0, 1)]
+        return ints, A, C, node.output[0], (h, wd, st, pad)
+
+    def _affine(self, u, A, C, ndim):
+        """Follow per-channel affine ops after the linear op (on a rank-``ndim`` tensor, channel
+        axis 1) to the step or the scores."""
+        g = self.g
+        n = len(A)
+        for _ in range(64):
+            users = g.consumers.get(u, [])
+            if u in g.outputs:
+                if users:
+                    raise CompileError(f"tensor {u!r}: the scores output must not feed other "
+                                       f"nodes")
+                return A, C, u, None
+            if len(users) != 1:
+                found = ", ".join(f"{_n(x)} ({x.op_type})" for x in users) or "nothing"
+                raise CompileError(f"tensor {u!r}: expected one step, affine op or the scores "
+                                   f"output, found {found}")
+            node = users[0]
+            op = node.op_type
+            try:
+                if op == "Identity":
+                    pass
+                elif op in _AFFINE_OPS:
+                    other = g.other_input(node, u)
+                    v = [Surd(x) for x in self._channel_values(node, other, n, 1, ndim)]
+                    first = node.input[0] == u
+                    if op == "Add":
+                        C = [c + x for c, x in zip(C, v)]
+                    elif op == "Sub" and first:
+                        C = [c - x for c, x in zip(C, v)]
+                    elif op == "Sub":
+                        A, C = [-a for a in A], [x - c for c, x in zip(C, v)]
+                    elif op == "Mul":
+                        A, C = [a * x for a, x in zip(A, v)], [c * x for c, x in zip(C, v)]
+                    elif first:
+                        if any(x.sign() == 0 for x in v):
+                            raise CompileError(f"node {_n(node)}: division by zero")
+                        A, C = [a / x for a, x in zip(A, v)], [c / x for c, x in zip(C, v)]
+                    else:
+                        raise CompileError(f"node {_n(node)}: dividing by the pre-activation "
+                                           f"is not affine")
+                elif op == "BatchNormalization":
+                    A, C = self._batchnorm(node, u, A, C)
+                elif op == "GreaterOrEqual":
+                    if node.input[0] != u:
+                        raise CompileError(f"node {_n(node)}: the step must be u >= threshold")
+                    v = self._channel_values(node, node.input[1], n, 1, ndim)
+                    return A, [c - x for c, x in zip(C, v)], u, node
+                elif op == "BipolarQuant":
+                    if node.input[0] != u:
+                        raise CompileError(f"node {_n(node)}: BipolarQuant must quantize the "
+                                           f"pre-activation")
+                    return A, C, u, node
+                else:
+                    raise CompileError(f"node {_n(node)} ({op}): expected the neuron's step "
+                                       f"(GreaterOrEqual, BipolarQuant), a per-neuron affine op "
+                                       f"(Add, Sub, Mul, Div, BatchNormalization) or the scores")
+            except FoldError as e:
+                raise CompileError(f"node {_n(node)}: {e}") from None
+            if len(node.output) < 1:
+                raise CompileError(f"node {_n(node)}: has no output")
+            u = node.output[0]
+        raise CompileError(f"tensor {u!r}: more than 64 affine ops after one layer")
+
+    def _batchnorm(self, node, u, A, C):
+        g = self.g
+        n = len(A)
+        if len(node.input) != 5 or node.input[0] != u or len(node.output) != 1 \
+                or _attr(node, "training_mode", 0):
+            raise CompileError(f"node {_n(node)}: expected an inference BatchNormalization "
+                               f"(X, scale, B, mean, var; one output)")
+        gamma, beta, mean, var = (self._channel_values(node, x, n, 0, 1) for x in node.input[1:])
+        eps = self._finite(node, _attr(node, "epsilon", 1e-5), "epsilon")
+        for k in range(n):
+            inv = Surd.inv_sqrt(var[k] + eps)
+            f = inv * gamma[k]
+            A[k], C[k] = A[k] * f, (C[k] - mean[k]) * f + beta[k]
+        return A, C
+
+    # --- constants -------------------------------------------------------------------------------
+    @staticmethod
+    def _finite(node, v, what) -> Fraction:
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise CompileError(f"node {_n(node)}: {what} = {v!r} must be a finite number")
+        return Fraction(v)
+
+    def _channel_values(self, node, name, n, axis, ndim) -> list[Fraction]:
+        """Exact per-channel values of a constant (possibly dequantized) broadcast along channel
+        ``axis`` of a rank-``ndim`` tensor (a bias, a batch norm parameter, an affine factor)."""
+        g = self.g
+        what = f"input {name!r}"
+        prod = g.producer.get(name)
+        if prod is not None and prod.op_type in ("DequantizeLinear", "Quant", "BipolarQuant"):
+            ints, scale = self._quantized(prod, out_axis=0, what=what)
+            if ints.ndim != 1 or scale.ndim != 1:
+                raise CompileError(f"node {_n(node)}: {what} must be one value per channel")
+            vals = [Fraction(int(q)) * s
+                    for q, s in zip(ints, _frac_list(scale, ints.size, f"node {_n(prod)}"))]
+            arr = np.array(vals, dtype=object)
+        else:
+            c = g.const(name)
+            if c is None:
+                raise CompileError(f"node {_n(node)}: {what} must be a constant")
+            c = np.asarray(c)
+            if c.dtype.kind not in "fiu" or (c.dtype.kind == "f" and not np.all(np.isfinite(c))):
+                raise CompileError(f"node {_n(node)}: {what} must hold finite numbers")
+            arr = c
+        if arr.ndim > ndim:
+            raise CompileError(f"node {_n(node)}: {what} has rank {arr.ndim} > {ndim}")
+        arr = arr.reshape((1,) * (ndim - arr.ndim) + arr.shape)
+        for d in range(ndim):
+            if d != axis and arr.shape[d] != 1:
+                raise CompileError(f"node {_n(node)}: {what} has shape {tuple(arr.shape)}: it "
+                                   f"must vary along the channel axis only")
+        if arr.shape[axis] not in (1, n):
+            raise CompileError(f"node {_n(node)}: {what}: {arr.shape[axis]} values for {n} "
+                               f"channels")
+        flat = arr.reshape(-1)
+        return [Fraction(v) if isinstance(v, Fraction) else Fraction(float(v)) if
+                flat.dtype.kind == "f" else Fraction(int(v))
+                for v in (np.repeat(flat, n) if flat.size == 1 else flat)]
+
+    def _weights(self, node, name, out_axis):
+        """Integer weights and one exact positive-or-negative scale per output channel."""
+        g = self.g
+        prod = g.producer.get(name)
+        if prod is not None and prod.op_type in ("DequantizeLinear", "Quant", "BipolarQuant"):
+            ints, scale = self._quantized(prod, out_axis, f"the weights of {_n(node)}")
+            if ints.ndim <= out_axis:
+                raise CompileError(f"node {_n(prod)}: weights of shape {ints.shape} are not a "
+                                   f"layer's")
+            return ints, _frac_list(scale, ints.shape[out_axis], f"node {_n(prod)}")
+        c = g.const(name)
+        if c is None:
+            raise CompileError(f"node {_n(node)}: weights must be a constant or a quantizer "
+                               f"(DequantizeLinear, Quant, BipolarQuant) of one")
+        c = np.asarray(c)
+        if c.dtype.kind not in "fiu" or c.ndim < 1 or out_axis >= c.ndim:
+            raise CompileError(f"node {_n(node)}: weights of shape {c.shape} and type "
+                               f"{c.dtype} are not a layer's")
+        try:
+            ints, exps = pow2_ints(c, out_axis)
+        except FoldError as e:
+            raise CompileError(f"node {_n(node)}: {e}") from None
+        return ints, [Fraction(2) ** int(e) for e in exps]
+
+    def _quantized(self, q, out_axis, what):
+        """``(ints, per-output scale array)`` of a quantizer node on a constant."""
+        g = self.g
+        x = g.const(q.input[0]) if q.input else None
+        if x is None:
+            raise CompileError(f"node {_n(q)}: {what} must quantize a constant")
+        x = np.asarray(x)
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            raise CompileError(f"node {_n(q)}: {what} hold NaN or infinity")
+        consts = [g.const(i) if i else None for i in q.input[1:]]
+        try:
+            if q.op_type == "DequantizeLinear":
+                if x.dtype.kind not in "iu":
+                    raise CompileError(f"node {_n(q)}: {what} must be an integer initializer")
+                if not consts or consts[0] is None:
+                    raise CompileError(f"node {_n(q)}: {what} scale must be a constant")
+                scale = np.asarray(consts[0], dtype=np.float64)
+                zp = consts[1] if len(consts) > 1 and consts[1] is not None else 0
+                ints = x.astype(np.int64) - np.asarray(zp).astype(np.int64)
+                axis = _attr(q, "axis", 1)
+                scale = self._scale_along(q, scale, x.ndim, axis if axis >= 0 else axis + x.ndim,
+                                          out_axis, what)
+            elif q.op_type == "BipolarQuant":
+                if len(consts) != 1 or consts[0] is None:
+                    raise CompileError(f"node {_n(q)}: {what} scale must be a constant")
+                ints = bipolar_ints(x)
+                scale = self._scale_along(q, np.asarray(consts[0], np.float64), x.ndim, None,
+                                          out_axis, what)
+            else:
+                if len(consts) != 3 or any(c is None for c in consts):
+                    raise CompileError(f"node {_n(q)}: {what}: Quant needs constant scale, zero "
+                                       f"point and bit width")
+                scale, zp, bits = (np.asarray(c) for c in consts)
+                if bits.size != 1:
+                    raise CompileError(f"node {_n(q)}: {what}: one bit width per tensor")
+                if x.dtype.kind != "f":
+                    raise CompileError(f"node {_n(q)}: {what} must be a float initializer")
+                ints = quant_ints(x, scale.astype(x.dtype), zp.astype(x.dtype),
+                                  float(bits.reshape(())), bool(_attr(q, "signed", 1)),
+                                  bool(_attr(q, "narrow", 0)),
+                                  _str(_attr(q, "rounding_mode", "ROUND")))
+                scale = self._scale_along(q, np.asarray(scale, np.float64), x.ndim, None,
+                                          out_axis, what)
+        except FoldError as e:
+            raise CompileError(f"node {_n(q)}: {what}: {e}") from None
+        if not np.all(np.isfinite(scale)):
+            raise CompileError(f"node {_n(q)}: {what} scale must be finite")
+        return ints, scale
+
+    @staticmethod
+    def _scale_along(q, scale, ndim, axis, out_axis, what):
+        """One scale per output channel from a scalar, a 1-d ``axis`` scale or a broadcastable
+        tensor; raises when the scale varies along another axis."""
+        if scale.size == 1:
+            return scale.reshape(1)
+        if axis is not None and scale.ndim == 1:
+            if axis != out_axis:
+                raise CompileError(f"node {_n(q)}: {what} scale must run along axis {out_axis}, "
+                                   f"not {axis}")
+            return scale
+        if scale.ndim > ndim:
+            raise CompileError(f"node {_n(q)}: {what} scale has rank {scale.ndim} > {ndim}")
+        full = scale.reshape((1,) * (ndim - scale.ndim) + scale.shape)
+        if any(full.shape[d] != 1 for d in range(ndim) if d != out_axis):
+            raise CompileError(f"node {_n(q)}: {what} scale must be one value per output "
+                               f"channel (axis {out_axis})")
+        return full.reshape(-1)
+
+
+def _frac_list(scale: np.ndarray, n: int, where: str) -> list[Fraction]:
+    s = np.asarray(scale, dtype=np.float64).reshape(-1)
+    if s.size == 1:
+        s = np.repeat(s, n)
+    if s.size != n:
+        raise CompileError(f"{where}: the scale holds {s.size} values for {n} channels")
+    return [Fraction(float(v)) for v in s]
+
+
+def _str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
 
 
 def compile_model(model: onnx.ModelProto, samples: int | None = None,
@@ -286,67 +714,11 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
     thr_int = int(min(max(math.ceil(thr), 0), 1 << pixel_bits))
     z = _pm1(g, in_name, enc)
 
-    layers: list[IntLayer] = []
+    layers = _Layers(g).match(z, n_in)
     notes: list[str] = []
-    width = n_in
-    while True:
-        i = len(layers)
-        where = f"layer {i}"
-        users = g.consumers.get(z, [])
-        p = 1.0
-        mask = _match_mask(g, z, users)
-        if mask is not None:
-            p, z_in = mask
-        else:
-            z_in = z
-        mm = g.only_consumer(z_in, "MatMul", "the layer's MatMul")
-        if mm.input[0] != z_in:
-            raise CompileError(f"node {_n(mm)}: spikes must be the left operand of MatMul")
-        wq, ws = _dequant(g, mm.input[1], 1, f"{where} weights")
-        if wq.ndim != 2 or wq.shape[0] != width:
-            raise CompileError(f"node {_n(mm)}: weight shape {tuple(wq.shape)} does not take "
-                               f"{width} inputs")
-        n_out = wq.shape[1]
-        ws = _per_neuron(ws, n_out, f"{where} weight scale")
-        add = g.only_consumer(mm.output[0], "Add", "the bias Add")
-        b_name = g.other_input(add, mm.output[0])
-        if b_name in g.producer and g.producer[b_name].op_type == "DequantizeLinear":
-            bq, bs = _dequant(g, b_name, 0, f"{where} bias")
-            bias = [Fraction(int(q)) * Fraction(float(s)) for q, s in
-                    zip(_per_neuron(bq, n_out, f"{where} bias"),
-                        _per_neuron(bs, n_out, f"{where} bias scale"))]
-        else:
-            bc = g.const(b_name)
-            if bc is None:
-                raise CompileError(f"node {_n(add)}: the bias must be a constant")
-            if bc.dtype.kind not in "fiu":
-                raise CompileError(f"node {_n(add)}: the bias must be numeric")
-            if not np.all(np.isfinite(np.asarray(bc, dtype=np.float64))):
-                raise CompileError(f"node {_n(add)}: the bias holds NaN or infinity")
-            bias = [Fraction(float(v)) for v in _per_neuron(bc, n_out, f"{where} bias")]
-        w = wq.T.copy()                                     # (n_out, n_in)
-        u = add.output[0]
-        is_output = u in g.outputs
-        if is_output:
-            if g.consumers.get(u):
-                raise CompileError(f"tensor {u!r}: the scores output must not feed other nodes")
-            w, off = _fold_output(w, ws, bias, where)
-        else:
-            step = g.only_consumer(u, "GreaterOrEqual", "the neuron's step")
-            if step.input[0] != u or g.scalar(step, step.input[1], "the step threshold") != 0.0:
-                raise CompileError(f"node {_n(step)}: hidden neurons must fire on u >= 0")
-            w, off = _fold_hidden(w, ws, bias)
-        layers.append(IntLayer(weights=w, offsets=off, p=p,
-                               weight_bits=_weight_bits(w, f"{where} weights")))
-        if is_output:
-            break
-        z = _pm1(g, u, step)
-        width = n_out
-        if len(layers) > 64:
-            raise CompileError("graph: more than 64 layers")
     if len(g.outputs) != 1:
         raise CompileError(f"graph: expected one output (scores), found {len(g.outputs)}")
-    for layer in layers:
+    for layer in (x for x in layers if not isinstance(x, IntPool)):
         pq = round(layer.p * (1 << p_bits)) / (1 << p_bits)
         if pq != layer.p:
             notes.append(f"p = {layer.p} rounded to {pq} ({p_bits} bits)")
@@ -359,46 +731,6 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
                                              "p_bits": p_bits, "lfsr_width": lfsr_width}})
     except IRError as e:
         raise CompileError(str(e)) from None
-
-
-def _fold_hidden(w: np.ndarray, scales: np.ndarray, bias: list[Fraction]):
-    """``s*acc + b >= 0`` → integer ``acc' >= theta`` per neuron, exactly."""
-    w = w.copy()
-    theta = np.zeros(w.shape[0], dtype=np.int64)
-    for i, (s, b) in enumerate(zip(scales, bias)):
-        s = Fraction(float(s))
-        if s > 0:
-            theta[i] = math.ceil(-b / s)
-        elif s < 0:                       # s*acc + b >= 0  <=>  acc <= -b/s  <=>  -acc >= b/s
-            w[i] = -w[i]
-            theta[i] = math.ceil(b / s)
-        else:
-            w[i] = 0
-            theta[i] = 0 if b >= 0 else 1
-    return w, theta
-
-
-def _fold_output(w: np.ndarray, scales: np.ndarray, bias: list[Fraction], where: str):
-    s = [Fraction(float(x)) for x in scales]
-    if any(x <= 0 for x in s):
-        raise CompileError(f"{where}: output weight scales must be positive")
-    base = min(s)
-    mult = []
-    for x in s:
-        r = x / base
-        if r.denominator != 1:
-            raise CompileError(f"{where}: output scales {float(x)} and {float(base)} differ by a "
-                               f"non-integer ratio; the argmax needs one common scale")
-        mult.append(int(r))
-    w = w * np.asarray(mult, dtype=np.int64)[:, None]
-    off = []
-    for c, b in enumerate(bias):
-        q = b / base
-        if q.denominator != 1:
-            raise CompileError(f"{where}: bias of class {c} ({float(b)}) is not an integer multiple "
-                               f"of the weight scale {float(base)}")
-        off.append(int(q))
-    return w, np.asarray(off, dtype=np.int64)
 
 
 def compile_file(path: str | Path, **kw) -> IR:

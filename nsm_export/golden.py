@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import lfsr
-from .ir import IR, DenseLayer
+from .ir import IR, ConvLayer, PoolLayer
 
 __all__ = ["GoldenResult", "GoldenModel", "run", "encode_input"]
 
@@ -26,6 +26,8 @@ class GoldenResult:
     classes: np.ndarray          # (N,) int64: argmax, ties to the lowest index
     spikes: list[np.ndarray] | None = None   # per hidden layer (N, T, n_out) bool, if asked
     masks: list[np.ndarray] | None = None    # per layer (N, T, n_in) bool, if asked
+    # (conv and pool layers: ``n_in``/``n_out`` are their maps flattened channel-major; a pool
+    # layer's mask is all True: it draws nothing)
 
 
 def encode_input(ir: IR, pixels: np.ndarray) -> np.ndarray:
@@ -56,7 +58,7 @@ class GoldenModel:
         self.states = [layer.rng.reseeded(int(seed)) if layer.rng else 0
                        for layer in self.ir.layers]
 
-    def _masks(self, i: int, layer: DenseLayer, n_images: int) -> np.ndarray:
+    def _masks(self, i: int, layer, n_images: int) -> np.ndarray:
         t = self.ir.samples
         if not layer.sampling:
             return np.ones((n_images, t, layer.n_in), dtype=bool)
@@ -75,7 +77,17 @@ class GoldenModel:
         spikes = []
         scores = None
         for layer, m in zip(ir.layers, masks):
+            if isinstance(layer, PoolLayer):
+                z = _pool(layer, z)
+                spikes.append(z)
+                continue
             x = np.where(m, np.where(z, 1, -1), 0).astype(np.int64)    # (N, T, n_in)
+            if isinstance(layer, ConvLayer):
+                acc = _conv(layer, x)                                   # (N, T, n_out)
+                th = np.repeat(layer.offsets, layer.h_out * layer.w_out)
+                z = acc >= th[None, None, :]
+                spikes.append(z)
+                continue
             acc = x @ layer.weights.T.astype(np.int64)                  # (N, T, n_out)
             if layer.output:
                 scores = (acc + layer.offsets[None, None, :]).sum(axis=1)
@@ -85,6 +97,41 @@ class GoldenModel:
         classes = np.argmax(scores, axis=1)   # numpy returns the first maximum: lowest index
         return GoldenResult(scores=scores, classes=classes,
                             spikes=spikes if record else None, masks=masks if record else None)
+
+
+def _conv(layer: ConvLayer, x: np.ndarray) -> np.ndarray:
+    """``acc`` of a conv layer for ±1/0 inputs ``x`` (N, T, n_in), flattened (N, T, n_out).
+
+    Computed in float64 with BLAS: every product and partial sum is an integer far below 2**53,
+    so the result is exact; it is cast back to int64.
+    """
+    n, t = x.shape[:2]
+    k, s, pad = layer.kernel, layer.stride, layer.padding
+    ho, wo = layer.h_out, layer.w_out
+    xm = x.reshape(n * t, layer.c_in, layer.h_in, layer.w_in).astype(np.float64)
+    if pad:
+        xm = np.pad(xm, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    w = layer.weights.astype(np.float64)
+    acc = np.zeros((n * t, layer.c_out, ho, wo))
+    for i in range(k):
+        for j in range(k):
+            patch = xm[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+            acc += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j], optimize=True)
+    return acc.astype(np.int64).reshape(n, t, layer.n_out)
+
+
+def _pool(layer: PoolLayer, z: np.ndarray) -> np.ndarray:
+    """OR or majority over non-overlapping windows of spikes ``z`` (N, T, n_in) bool."""
+    n, t = z.shape[:2]
+    c, k = layer.channels, layer.size
+    ho, wo = layer.h_out, layer.w_out
+    zm = z.reshape(n, t, c, layer.h_in, layer.w_in)[:, :, :, :ho * k, :wo * k]
+    win = zm.reshape(n, t, c, ho, k, wo, k)
+    if layer.mode == "or":
+        out = win.any(axis=(4, 6))
+    else:                                  # at least half +1  <=>  sum of ±1 >= 0
+        out = 2 * win.sum(axis=(4, 6), dtype=np.int64) >= k * k
+    return out.reshape(n, t, layer.n_out)
 
 
 def run(ir: IR, pixels: np.ndarray, record: bool = False) -> GoldenResult:

@@ -27,6 +27,26 @@ Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
 * ``acc_i = sum_j xi_j * z_j * w_ij`` (integers). Hidden neuron: ``z_i = +1 if acc_i >=
   threshold_i else -1``. Output neuron: ``score_c += acc_c + bias_c`` over the ``T`` samples.
 * The class is the index of the largest score; ties go to the lowest index.
+
+Version 2 adds two layer kinds for spike maps ``(C, H, W)`` (flattened channel-major, row-major:
+index ``(c*H + y)*W + x``, the order PyTorch's ``reshape`` and ONNX ``Flatten`` use):
+
+* ``conv2d`` (:class:`ConvLayer`): ``c_out`` filters ``k × k`` over ``c_in`` channels, ``stride``,
+  zero ``padding`` (padded positions contribute 0, they are not inputs). Blank-out is per input
+  *element*, exactly as in a dense layer with ``n_in = c_in*H*W``: one bit per element and sample,
+  shared by every filter and position that reads it, drawn for element index ``j = 0 .. n_in-1``
+  in the flattened order above, ``leap`` LFSR steps per bit. Then
+  ``acc[o, y, x] = sum_{c,i,j} w[o,c,i,j] * xi * z[c, y*stride+i-padding, x*stride+j-padding]``
+  and ``z[o, y, x] = +1 iff acc[o, y, x] >= threshold[o]``; output ``H' = (H + 2 padding - k) //
+  stride + 1`` (same for ``W``). A conv layer is never the output layer.
+* ``pool`` (:class:`PoolLayer`): non-overlapping ``size × size`` windows (stride ``size``, the
+  rows and columns past the last whole window are dropped), no noise, no random bits.
+  ``or``: ``+1`` iff any spike in the window is ``+1``; ``majority``: ``+1`` iff at least half of
+  them are ``+1`` (``sum >= 0`` on ±1).
+
+Layer order: zero or more ``conv2d``/``pool`` layers (each taking the previous map, the first the
+input spikes seen as a ``c_in × H × W`` map), then one or more ``dense`` layers, the last one the
+output. Version 1 files (dense layers only; the same dense semantics) still load.
 * A run seed ``S`` (the core's ``seed`` port, 32 bits, between images) sets every LFSR to
   ``LfsrSpec.reseeded(S)``; reset returns them to their seeds.
 
@@ -46,11 +66,15 @@ from . import lfsr
 from .atomic import atomic_write
 
 __all__ = [
-    "IR_VERSION", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "IR", "signed_bits",
-    "unsigned_bits", "load", "save",
+    "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
+    "PoolLayer", "IR", "signed_bits", "unsigned_bits", "load", "save",
 ]
 
-IR_VERSION = 1
+IR_VERSION = 2
+#: Versions :func:`load` reads; version 1 (dense layers only) means the same as version 2.
+READ_VERSIONS = (1, 2)
+MAX_KERNEL = 15
+POOL_MODES = ("or", "majority")
 IR_FILE = "ir.json"
 WEIGHTS_FILE = "weights.npz"
 MAX_WEIGHT_BITS = 8
@@ -135,6 +159,7 @@ class DenseLayer:
     offset_bits: int               # signed width of thresholds/biases
     lanes: int = 1                 # blank-out draws per clock (schedule only, not semantics)
     weight_store: str = "rom"      # "rom": initialized memory; "ram": loaded through w_axis
+    kind = "dense"
 
     @property
     def p(self) -> float:
@@ -161,52 +186,196 @@ class DenseLayer:
     def validate(self, where: str) -> None:
         _check_int(f"{where}.n_in", self.n_in, 1, 1 << 20)
         _check_int(f"{where}.n_out", self.n_out, 1, 1 << 20)
-        _check_int(f"{where}.weight_bits", self.weight_bits, 1, MAX_WEIGHT_BITS)
-        _check_int(f"{where}.p_bits", self.p_bits, 1, MAX_P_BITS)
-        _check_int(f"{where}.p_num", self.p_num, 1, 1 << self.p_bits)
         _check_int(f"{where}.pe", self.pe, 1, self.n_out)
         _check_array(f"{where}.weights", self.weights, (self.n_out, self.n_in))
         _check_array(f"{where}.{'bias' if self.output else 'threshold'}", self.offsets,
                      (self.n_out,))
-        wmax = (1 << (self.weight_bits - 1)) - 1 if self.weight_bits > 1 else 1
-        wmin = -wmax
-        if self.weights.size and (self.weights.min() < wmin or self.weights.max() > wmax):
-            raise IRError(f"{where}.weights hold values outside [{wmin}, {wmax}] for "
-                          f"weight_bits {self.weight_bits}")
-        if self.weight_bits == 1 and np.any(self.weights == 0):
-            raise IRError(f"{where}.weights: 1-bit weights must be -1 or +1")
+        _check_weighted(self, where)
         if self.weight_store not in WEIGHT_STORES:
             raise IRError(f"{where}.weight_store {self.weight_store!r} must be one of "
                           f"{', '.join(WEIGHT_STORES)}")
         if self.lanes not in LANES:
             raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
-        if self.sampling:
-            if self.rng is None:
-                raise IRError(f"{where}.rng is missing but p = {self.p} < 1 needs an LFSR")
-            self.rng.validate(f"{where}.rng", self.p_bits)
-        elif self.rng is not None:
-            raise IRError(f"{where}.rng is given but p = 1 draws no random bits")
-        elif self.lanes != 1:
+        if not self.sampling and self.lanes != 1:
             raise IRError(f"{where}.lanes {self.lanes} needs sampling: p = 1 draws no random bits")
-        need = self.required_acc_bits()
-        if self.acc_bits < need:
-            raise IRError(f"{where}.acc_bits {self.acc_bits} cannot hold the worst case of its "
-                          f"weights (needs {need})")
-        _check_int(f"{where}.acc_bits", self.acc_bits, need, 64)
-        need_off = signed_bits(int(self.offsets.min()), int(self.offsets.max()))
-        if self.offset_bits < need_off:
-            raise IRError(f"{where}.offset_bits {self.offset_bits} cannot hold its offsets "
-                          f"(needs {need_off})")
-        _check_int(f"{where}.offset_bits", self.offset_bits, need_off, self.acc_bits)
 
     def meta(self) -> dict:
         return {
-            "kind": "dense", "n_in": self.n_in, "n_out": self.n_out, "output": self.output,
+            "kind": self.kind, "n_in": self.n_in, "n_out": self.n_out, "output": self.output,
             "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
             "p": self.p, "rng": asdict(self.rng) if self.rng else None, "pe": self.pe,
             "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "lanes": self.lanes,
             "weight_store": self.weight_store,
         }
+
+
+
+def _check_weighted(layer, where: str) -> None:
+    """Checks a dense and a conv layer share: weight range, blank-out spec, register widths."""
+    _check_int(f"{where}.weight_bits", layer.weight_bits, 1, MAX_WEIGHT_BITS)
+    _check_int(f"{where}.p_bits", layer.p_bits, 1, MAX_P_BITS)
+    _check_int(f"{where}.p_num", layer.p_num, 1, 1 << layer.p_bits)
+    wmax = (1 << (layer.weight_bits - 1)) - 1 if layer.weight_bits > 1 else 1
+    if layer.weights.size and (layer.weights.min() < -wmax or layer.weights.max() > wmax):
+        raise IRError(f"{where}.weights hold values outside [{-wmax}, {wmax}] for "
+                      f"weight_bits {layer.weight_bits}")
+    if layer.weight_bits == 1 and np.any(layer.weights == 0):
+        raise IRError(f"{where}.weights: 1-bit weights must be -1 or +1")
+    if layer.sampling:
+        if layer.rng is None:
+            raise IRError(f"{where}.rng is missing but p = {layer.p} < 1 needs an LFSR")
+        if not isinstance(layer.rng, LfsrSpec):
+            raise IRError(f"{where}.rng must be an LFSR spec")
+        layer.rng.validate(f"{where}.rng", layer.p_bits)
+    elif layer.rng is not None:
+        raise IRError(f"{where}.rng is given but p = 1 draws no random bits")
+    need = layer.required_acc_bits()
+    if layer.acc_bits < need:
+        raise IRError(f"{where}.acc_bits {layer.acc_bits} cannot hold the worst case of its "
+                      f"weights (needs {need})")
+    _check_int(f"{where}.acc_bits", layer.acc_bits, need, 64)
+    need_off = signed_bits(int(layer.offsets.min()), int(layer.offsets.max()))
+    if layer.offset_bits < need_off:
+        raise IRError(f"{where}.offset_bits {layer.offset_bits} cannot hold its offsets "
+                      f"(needs {need_off})")
+    _check_int(f"{where}.offset_bits", layer.offset_bits, need_off, layer.acc_bits)
+
+
+@dataclass
+class ConvLayer:
+    """A hidden 2-d convolution on a spike map (IR version 2; semantics in the module docstring).
+
+    ``weights`` is ``(c_out, c_in, kernel, kernel)``, ``offsets`` the per-filter thresholds.
+    """
+    c_in: int
+    h_in: int
+    w_in: int
+    c_out: int
+    kernel: int
+    stride: int
+    padding: int
+    weights: np.ndarray            # int64, (c_out, c_in, kernel, kernel)
+    offsets: np.ndarray            # int64, (c_out,): thresholds
+    weight_bits: int
+    p_num: int
+    p_bits: int
+    rng: LfsrSpec | None
+    acc_bits: int
+    offset_bits: int
+    output = False                 # a conv layer is never the output layer
+    kind = "conv2d"
+
+    @property
+    def h_out(self) -> int:
+        return (self.h_in + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def w_out(self) -> int:
+        return (self.w_in + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def n_in(self) -> int:
+        return self.c_in * self.h_in * self.w_in
+
+    @property
+    def n_out(self) -> int:
+        return self.c_out * self.h_out * self.w_out
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return (self.c_in, self.h_in, self.w_in)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.c_out, self.h_out, self.w_out)
+
+    p = DenseLayer.p
+    sampling = DenseLayer.sampling
+
+    def required_acc_bits(self) -> int:
+        l1 = np.abs(self.weights.reshape(self.c_out, -1)).sum(axis=1)
+        return signed_bits(int(min((-l1).min(), self.offsets.min())),
+                           int(max(l1.max(), self.offsets.max())))
+
+    def validate(self, where: str) -> None:
+        for f in ("c_in", "h_in", "w_in", "c_out"):
+            _check_int(f"{where}.{f}", getattr(self, f), 1, 1 << 16)
+        _check_int(f"{where}.kernel", self.kernel, 1, MAX_KERNEL)
+        _check_int(f"{where}.stride", self.stride, 1, MAX_KERNEL)
+        _check_int(f"{where}.padding", self.padding, 0, self.kernel - 1)
+        if self.h_out < 1 or self.w_out < 1:
+            raise IRError(f"{where}: a {self.kernel}x{self.kernel} kernel does not fit the "
+                          f"{self.h_in}x{self.w_in} map (padding {self.padding})")
+        _check_int(f"{where}.n_in", self.n_in, 1, 1 << 20)
+        _check_int(f"{where}.n_out", self.n_out, 1, 1 << 22)
+        _check_array(f"{where}.weights", self.weights,
+                     (self.c_out, self.c_in, self.kernel, self.kernel))
+        _check_array(f"{where}.threshold", self.offsets, (self.c_out,))
+        _check_weighted(self, where)
+
+    def meta(self) -> dict:
+        return {
+            "kind": self.kind, "c_in": self.c_in, "h_in": self.h_in, "w_in": self.w_in,
+            "c_out": self.c_out, "kernel": self.kernel, "stride": self.stride,
+            "padding": self.padding, "h_out": self.h_out, "w_out": self.w_out,
+            "n_in": self.n_in, "n_out": self.n_out, "output": False,
+            "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
+            "p": self.p, "rng": asdict(self.rng) if self.rng else None,
+            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits,
+        }
+
+
+@dataclass
+class PoolLayer:
+    """Binary-spike pooling on non-overlapping ``size × size`` windows (IR version 2)."""
+    channels: int
+    h_in: int
+    w_in: int
+    size: int
+    mode: str                      # "or" or "majority"
+    output = False
+    kind = "pool"
+    sampling = False
+    rng = None
+
+    @property
+    def h_out(self) -> int:
+        return self.h_in // self.size
+
+    @property
+    def w_out(self) -> int:
+        return self.w_in // self.size
+
+    @property
+    def n_in(self) -> int:
+        return self.channels * self.h_in * self.w_in
+
+    @property
+    def n_out(self) -> int:
+        return self.channels * self.h_out * self.w_out
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.h_in, self.w_in)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.h_out, self.w_out)
+
+    def validate(self, where: str) -> None:
+        for f in ("channels", "h_in", "w_in"):
+            _check_int(f"{where}.{f}", getattr(self, f), 1, 1 << 16)
+        _check_int(f"{where}.size", self.size, 1, MAX_KERNEL)
+        if self.mode not in POOL_MODES:
+            raise IRError(f"{where}.mode {self.mode!r} is not one of {', '.join(POOL_MODES)}")
+        if self.h_out < 1 or self.w_out < 1:
+            raise IRError(f"{where}: a {self.size}x{self.size} window does not fit the "
+                          f"{self.h_in}x{self.w_in} map")
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "mode": self.mode, "channels": self.channels,
+                "h_in": self.h_in, "w_in": self.w_in, "size": self.size, "h_out": self.h_out,
+                "w_out": self.w_out, "n_in": self.n_in, "n_out": self.n_out, "output": False}
 
 
 @dataclass
@@ -235,9 +404,9 @@ class IR:
         return signed_bits(lo, hi)
 
     def validate(self) -> None:
-        if self.version != IR_VERSION:
+        if self.version not in READ_VERSIONS:
             raise IRError(f"IR version {self.version} is not supported (this toolchain reads "
-                          f"version {IR_VERSION})")
+                          f"versions {', '.join(map(str, READ_VERSIONS))})")
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise IRError(f"name {self.name!r} is not a valid Verilog/Python identifier")
         self.input.validate()
@@ -245,16 +414,33 @@ class IR:
         if not self.layers:
             raise IRError("layers: the network has no layers")
         n_prev = self.input.size
+        shape = None                       # (C, H, W) after a conv or pool layer
+        flat = False                       # True after a dense layer
         for i, layer in enumerate(self.layers):
             where = f"layers[{i}]"
-            if not isinstance(layer, DenseLayer):
+            if not isinstance(layer, (DenseLayer, ConvLayer, PoolLayer)):
                 raise IRError(f"{where}: unsupported layer type {type(layer).__name__}")
-            if layer.n_in != n_prev:
-                raise IRError(f"{where}.n_in {layer.n_in} does not match the {n_prev} outputs "
-                              f"before it")
-            if layer.output != (i == len(self.layers) - 1):
-                raise IRError(f"{where}.output must be true for the last layer only")
+            if self.version < 2 and not isinstance(layer, DenseLayer):
+                raise IRError(f"{where}: a {layer.kind} layer needs IR version 2, the file "
+                              f"says {self.version}")
+            if not isinstance(layer, DenseLayer):
+                if flat:
+                    raise IRError(f"{where}: a {layer.kind} layer cannot follow a dense layer")
+                if shape is not None and layer.in_shape != shape:
+                    raise IRError(f"{where}: input map {layer.in_shape} does not match the "
+                                  f"{shape} map before it")
+            if isinstance(layer, DenseLayer):
+                self._check_chain(where, layer, n_prev)
             layer.validate(where)
+            self._check_chain(where, layer, n_prev)
+            if layer.output != (i == len(self.layers) - 1):
+                raise IRError(f"{where}.output must be true for the last layer only"
+                              + ("" if isinstance(layer, DenseLayer) else
+                                 f" (the last layer must be dense, not {layer.kind})"))
+            if isinstance(layer, DenseLayer):
+                flat = True
+            else:
+                shape = layer.out_shape
             n_prev = layer.n_out
         if self.n_classes < 2:
             raise IRError("layers[-1].n_out: a classifier needs at least 2 classes")
@@ -263,6 +449,12 @@ class IR:
             raise IRError(f"score_bits {self.score_bits} cannot hold {self.samples} worst-case "
                           f"samples (needs {need})")
         _check_int("score_bits", self.score_bits, need, 64)
+
+    @staticmethod
+    def _check_chain(where: str, layer, n_prev: int) -> None:
+        if layer.n_in != n_prev:
+            raise IRError(f"{where}.n_in {layer.n_in} does not match the {n_prev} outputs "
+                          f"before it")
 
     def to_json(self) -> dict:
         return {
@@ -294,6 +486,8 @@ def save(ir: IR, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for i, layer in enumerate(ir.layers):
+        if isinstance(layer, PoolLayer):
+            continue
         arrays[f"layer{i}_weights"] = layer.weights.astype(np.int64)
         arrays[f"layer{i}_{'bias' if layer.output else 'threshold'}"] = layer.offsets.astype(np.int64)
     with atomic_write(d / WEIGHTS_FILE) as f:
@@ -329,23 +523,14 @@ def from_json(meta: dict, arrays: dict) -> IR:
         if meta.get("format") != "nsm-ir":
             raise IRError("ir.json: 'format' is not 'nsm-ir'")
         inp = InputSpec(**meta["input"])
-        layers = []
-        for i, m in enumerate(meta["layers"]):
-            if m.get("kind") != "dense":
-                raise IRError(f"layers[{i}].kind {m.get('kind')!r} is not supported")
-            key = f"layer{i}_{'bias' if m['output'] else 'threshold'}"
-            for k in (f"layer{i}_weights", key):
-                if k not in arrays:
-                    raise IRError(f"weights.npz: array {k} is missing")
-            layers.append(DenseLayer(
-                n_in=m["n_in"], n_out=m["n_out"], weights=arrays[f"layer{i}_weights"],
-                offsets=arrays[key], output=m["output"], weight_bits=m["weight_bits"],
-                p_num=m["p_num"], p_bits=m["p_bits"],
-                rng=LfsrSpec(**m["rng"]) if m["rng"] is not None else None, pe=m["pe"],
-                acc_bits=m["acc_bits"], offset_bits=m["offset_bits"], lanes=m.get("lanes", 1),
-                weight_store=m.get("weight_store", "rom")))
+        version = meta["version"]
+        if version not in READ_VERSIONS:
+            raise IRError(f"ir.json: IR version {version!r} is not supported (this toolchain "
+                          f"reads versions {', '.join(map(str, READ_VERSIONS))}; re-run "
+                          f"`nsm compile`)")
+        layers = [_layer_from_json(i, m, arrays) for i, m in enumerate(meta["layers"])]
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
-                name=meta.get("name", "nsm"), version=meta["version"],
+                name=meta.get("name", "nsm"), version=version,
                 source=meta.get("source", {}))
     except IRError:
         raise
@@ -353,3 +538,27 @@ def from_json(meta: dict, arrays: dict) -> IR:
         raise IRError(f"ir.json: missing or malformed field ({type(e).__name__}: {e})")
     ir.validate()
     return ir
+
+
+def _layer_from_json(i: int, m: dict, arrays: dict):
+    kind = m.get("kind")
+    if kind == "pool":
+        return PoolLayer(channels=m["channels"], h_in=m["h_in"], w_in=m["w_in"], size=m["size"],
+                         mode=m["mode"])
+    if kind not in ("dense", "conv2d"):
+        raise IRError(f"layers[{i}].kind {kind!r} is not supported (dense, conv2d, pool)")
+    key = f"layer{i}_{'bias' if m['output'] else 'threshold'}"
+    for k in (f"layer{i}_weights", key):
+        if k not in arrays:
+            raise IRError(f"weights.npz: array {k} is missing")
+    common = dict(weights=arrays[f"layer{i}_weights"], offsets=arrays[key],
+                  weight_bits=m["weight_bits"], p_num=m["p_num"], p_bits=m["p_bits"],
+                  rng=LfsrSpec(**m["rng"]) if m["rng"] is not None else None,
+                  acc_bits=m["acc_bits"], offset_bits=m["offset_bits"])
+    if kind == "conv2d":
+        if m["output"]:
+            raise IRError(f"layers[{i}]: a conv2d layer cannot be the output layer")
+        return ConvLayer(c_in=m["c_in"], h_in=m["h_in"], w_in=m["w_in"], c_out=m["c_out"],
+                         kernel=m["kernel"], stride=m["stride"], padding=m["padding"], **common)
+    return DenseLayer(n_in=m["n_in"], n_out=m["n_out"], output=m["output"], pe=m["pe"],
+                      lanes=m.get("lanes", 1), weight_store=m.get("weight_store", "rom"), **common)

@@ -73,6 +73,23 @@ Layer ``i`` = 0, 1, ... (node names ``layer{i}_*``), input ``z{i}``:
 
 * output layer: the ``Add`` writes ``scores`` (instead of ``layer{i}_u``) and nothing follows.
 
+Conv nets (:class:`nsm_train.model.NSMConvNet`): after the encoder, ``input_reshape``
+``Reshape(z0, input_shape)`` -> ``z0_map`` with ``input_shape`` = INT64 ``[-1, C, H, W]``; then
+one layer index per conv *and* pool layer, in order (the IR's numbering), then
+``flatten`` ``Flatten(axis=1)`` before the first dense layer (channel-major, as PyTorch's
+``reshape``). A conv layer has the same optional mask (drawn on the 4-d map: one bit per input
+element) and step as a dense layer, and instead of ``MatMul``/``Add``::
+
+    layer{i}_weight_dq  DequantizeLinear(axis=0)(layer{i}_weight_int, layer{i}_weight_scale)
+    layer{i}_bias_dq    DequantizeLinear(axis=0)(layer{i}_bias_int, layer{i}_weight_scale)
+    layer{i}_conv       Conv(kernel_shape, strides, pads)(zm, layer{i}_weight, layer{i}_bias)
+                                                                      -> layer{i}_u
+
+with ``layer{i}_weight_int`` INT8 ``[c_out, c_in, k, k]``. A pool layer is
+``layer{i}_pool`` ``MaxPool(kernel_shape=[k, k], strides=[k, k])`` -> ``z{i+1}`` (OR on ±1), or
+``layer{i}_pool`` ``AveragePool`` (same attributes) -> ``layer{i}_avg`` followed by the hidden
+step ``layer{i}_ge .. layer{i}_sub`` (majority: the mean of ±1 is ``>= 0``).
+
 Nodes appear in exactly this order. ``metadata_props``: ``nsm.format`` = ``canonical``,
 ``nsm.version`` = ``1``, ``nsm.samples`` = T, ``nsm.pixel_bits``, ``nsm.noise`` =
 ``bernoulli-per-input``, ``nsm.input_encoding`` = ``threshold``.
@@ -144,18 +161,49 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
     nodes = _step("enc", "pixels", "z0", "enc_threshold")
     z = "z0"
     n_prev = n_in
-    layers = list(model.layers)
+    features = list(getattr(model, "features", []))
+    layers = features + list(model.layers)
+    shape = None
+    if features:                                        # spike maps: see "Conv nets" above
+        shape = (int(model.shape[0]) * int(getattr(model, "levels", 1)), int(model.shape[1]),
+                 int(model.shape[2]))
+        inits.append(numpy_helper.from_array(np.array((-1,) + shape, np.int64), "input_shape"))
+        nodes.append(helper.make_node("Reshape", ["z0", "input_shape"], ["z0_map"],
+                                      name="input_reshape"))
+        z = "z0_map"
     for i, layer in enumerate(layers):
+        pre = f"layer{i}"
+        last = i == len(layers) - 1
+        if i == len(features) and features:
+            nodes.append(helper.make_node("Flatten", [z], [f"{z}_flat"], name="flatten", axis=1))
+            z = f"{z}_flat"
+            n_prev = shape[0] * shape[1] * shape[2]
+        if not hasattr(layer, "weight_bits"):           # BinaryPool2d
+            k = int(layer.size)
+            shape = (shape[0], shape[1] // k, shape[2] // k)
+            if shape[1] < 1 or shape[2] < 1:
+                raise ExportError(f"layer {i}: a {k}x{k} pool does not fit the map")
+            kw = dict(kernel_shape=[k, k], strides=[k, k])
+            if layer.mode == "or":
+                nodes.append(helper.make_node("MaxPool", [z], [f"z{i + 1}"], name=f"{pre}_pool",
+                                              **kw))
+            else:
+                nodes.append(helper.make_node("AveragePool", [z], [f"{pre}_avg"],
+                                              name=f"{pre}_pool", **kw))
+                nodes += _step(pre, f"{pre}_avg", f"z{i + 1}", "const_zero")
+            z = f"z{i + 1}"
+            continue
+        conv = hasattr(layer, "kernel")
         q = layer.integer_params()
         w, b, e = q["weights"], q["bias"], q["scale_exp"]
-        last = i == len(layers) - 1
         if bool(q["output"]) != last:
             raise ExportError(f"layer {i}: output={q['output']} but it is "
                               f"{'' if last else 'not '}the last layer")
         n_out = w.shape[0]
-        if w.shape != (n_out, n_prev) or b.shape != (n_out,) or e.shape != (n_out,):
+        fan_in = shape[0] * layer.kernel ** 2 if conv else n_prev
+        if w.shape != (n_out, fan_in) or b.shape != (n_out,) or e.shape != (n_out,):
             raise ExportError(f"layer {i}: integer parameters have inconsistent shapes "
-                              f"{w.shape}, {b.shape}, {e.shape} after {n_prev} inputs")
+                              f"{w.shape}, {b.shape}, {e.shape} after {fan_in} inputs")
         if w.size and np.abs(w).max() > 127:
             raise ExportError(f"layer {i}: weights do not fit INT8 (max |w| = {np.abs(w).max()})")
         if b.size and np.abs(b).max() > (1 << 24):
@@ -166,7 +214,6 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
         if not np.all(np.isfinite(scale)) or np.any(scale == 0):
             raise ExportError(f"layer {i}: scale exponents {e.min()}..{e.max()} leave float32")
         p = float(q["p"])
-        pre = f"layer{i}"
         zm = z
         if sampling and p < 1.0:
             zm = f"{pre}_zm"
@@ -191,24 +238,50 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
                                      name=f"{pre}_bernoulli", dtype=TensorProto.FLOAT),
                 ]
             nodes.append(helper.make_node("Mul", [z, f"{pre}_mask"], [zm], name=f"{pre}_mask_mul"))
-        inits += [
-            numpy_helper.from_array(np.ascontiguousarray(w.T).astype(np.int8), f"{pre}_weight_int"),
-            numpy_helper.from_array(scale, f"{pre}_weight_scale"),
-            numpy_helper.from_array(b.astype(np.int32), f"{pre}_bias_int"),
-        ]
         u = "scores" if last else f"{pre}_u"
-        nodes += [
-            helper.make_node("DequantizeLinear", [f"{pre}_weight_int", f"{pre}_weight_scale"],
-                             [f"{pre}_weight"], name=f"{pre}_weight_dq", axis=1),
-            helper.make_node("MatMul", [zm, f"{pre}_weight"], [f"{pre}_mm"], name=f"{pre}_matmul"),
-            helper.make_node("DequantizeLinear", [f"{pre}_bias_int", f"{pre}_weight_scale"],
-                             [f"{pre}_bias"], name=f"{pre}_bias_dq", axis=0),
-            helper.make_node("Add", [f"{pre}_mm", f"{pre}_bias"], [u], name=f"{pre}_add"),
-        ]
+        if conv:
+            k, st, pad = int(layer.kernel), int(layer.stride), int(layer.padding)
+            wk = w.reshape(n_out, shape[0], k, k).astype(np.int8)
+            if np.abs(w).sum(axis=1).max(initial=0) > (1 << 24):
+                raise ExportError(f"layer {i}: filter sums exceed 2**24 and would not be exact "
+                                  f"in float32")
+            inits += [
+                numpy_helper.from_array(wk, f"{pre}_weight_int"),
+                numpy_helper.from_array(scale, f"{pre}_weight_scale"),
+                numpy_helper.from_array(b.astype(np.int32), f"{pre}_bias_int"),
+            ]
+            nodes += [
+                helper.make_node("DequantizeLinear", [f"{pre}_weight_int", f"{pre}_weight_scale"],
+                                 [f"{pre}_weight"], name=f"{pre}_weight_dq", axis=0),
+                helper.make_node("DequantizeLinear", [f"{pre}_bias_int", f"{pre}_weight_scale"],
+                                 [f"{pre}_bias"], name=f"{pre}_bias_dq", axis=0),
+                helper.make_node("Conv", [zm, f"{pre}_weight", f"{pre}_bias"], [u],
+                                 name=f"{pre}_conv", kernel_shape=[k, k], strides=[st, st],
+                                 pads=[pad] * 4),
+            ]
+            shape = (n_out, (shape[1] + 2 * pad - k) // st + 1, (shape[2] + 2 * pad - k) // st + 1)
+            if shape[1] < 1 or shape[2] < 1:
+                raise ExportError(f"layer {i}: a {k}x{k} kernel does not fit the map")
+        else:
+            inits += [
+                numpy_helper.from_array(np.ascontiguousarray(w.T).astype(np.int8),
+                                        f"{pre}_weight_int"),
+                numpy_helper.from_array(scale, f"{pre}_weight_scale"),
+                numpy_helper.from_array(b.astype(np.int32), f"{pre}_bias_int"),
+            ]
+            nodes += [
+                helper.make_node("DequantizeLinear", [f"{pre}_weight_int", f"{pre}_weight_scale"],
+                                 [f"{pre}_weight"], name=f"{pre}_weight_dq", axis=1),
+                helper.make_node("MatMul", [zm, f"{pre}_weight"], [f"{pre}_mm"],
+                                 name=f"{pre}_matmul"),
+                helper.make_node("DequantizeLinear", [f"{pre}_bias_int", f"{pre}_weight_scale"],
+                                 [f"{pre}_bias"], name=f"{pre}_bias_dq", axis=0),
+                helper.make_node("Add", [f"{pre}_mm", f"{pre}_bias"], [u], name=f"{pre}_add"),
+            ]
+            n_prev = n_out
         if not last:
             z = f"z{i + 1}"
             nodes += _step(pre, u, z, "const_zero")
-        n_prev = n_out
     graph = helper.make_graph(
         nodes, "nsm",
         inputs=[helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", n_in])],

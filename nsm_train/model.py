@@ -117,11 +117,13 @@ class _NSMNet(nn.Module):
 
     def ir_unsupported(self) -> str | None:
         """Why the integer IR cannot hold this network yet, or None if it can."""
-        if self.ARCH != "mlp" and self.ARCH != "sbs-mlp":
-            return f"{self.ARCH} networks (only dense layers are in the IR)"
+        if self.ARCH not in ("mlp", "sbs-mlp", "conv"):
+            return f"{self.ARCH} networks"
         if self.encoding != "threshold":
             return f"{self.encoding} input encoding (the IR has threshold encoding only)"
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(list(getattr(self, "features", [])) + list(self.layers)):
+            if not hasattr(layer, "weight_bits"):          # binary pooling: always fine
+                continue
             if layer.weight_bits == 32:
                 return f"layer {i}: float weights"
             if getattr(layer, "noise", "input") != "input" and (layer.p < 1 or

@@ -14,22 +14,44 @@ from onnx import TensorProto, helper, numpy_helper
 from nsm_export.compiler import CompileError, compile_model, load_onnx
 from nsm_export.ir import IR
 from nsm_export.onnx_export import build_onnx
-from nsm_train.model import NSMMLP
+from nsm_export.qonnx_export import build_qonnx
+from nsm_train.model import NSMConvNet, NSMMLP
 
 OPS = ["Relu", "Add", "Mul", "MatMul", "Sub", "Cast", "GreaterOrEqual", "Bernoulli", "Shape",
-       "RandomNormalLike", "Conv", "Less", "DequantizeLinear", "Identity"]
+       "RandomNormalLike", "Conv", "Less", "DequantizeLinear", "Identity", "Gemm", "MaxPool",
+       "AveragePool", "Reshape", "Flatten", "BatchNormalization", "Div", "Quant", "BipolarQuant"]
+#: Base graphs: canonical MLPs (both mask forms), canonical conv nets, QONNX MLP and conv nets.
+KINDS = ["bernoulli", "uniform", "conv", "qonnx-mlp", "qonnx-conv"]
+_CACHE: dict = {}
 
 
-def _base(seed: int, mask_op: str) -> onnx.ModelProto:
-    torch.manual_seed(seed)
-    model = NSMMLP(12, [7, 5], 3, p=[0.75, 0.5, 1.0], weight_bits=3)
-    return build_onnx(model, samples=4, mask_op=mask_op)
+def _base(seed: int, kind: str) -> onnx.ModelProto:
+    key = (seed % 4, kind)                     # a few models per kind; mutations do the rest
+    if key not in _CACHE:
+        torch.manual_seed(seed % 4)
+        if kind in ("bernoulli", "uniform"):
+            model = NSMMLP(12, [7, 5], 3, p=[0.75, 0.5, 1.0], weight_bits=3)
+            proto = build_onnx(model, samples=4, mask_op=kind)
+        elif kind == "conv":
+            model = NSMConvNet([1, 6, 6], "3c3-m2-5", 3, p=[0.5, 0.75], weight_bits=2,
+                               pixel_max=16, input_threshold=8, norm="l1")
+            proto = build_onnx(model.eval(), samples=4)
+        elif kind == "qonnx-mlp":
+            model = NSMMLP(12, [7], 3, p=0.5, weight_bits=[1, 3][seed % 2], quantizer="brevitas",
+                           norm="linf")
+            proto = build_qonnx(model.eval(), samples=4, sampling=bool(seed % 2))
+        else:
+            model = NSMConvNet([1, 6, 6], "2c3-p2-5", 3, p=0.5, weight_bits=2, pixel_max=16,
+                               input_threshold=8, quantizer="brevitas", norm="l2")
+            proto = build_qonnx(model.eval(), samples=4, sampling=True)
+        _CACHE[key] = proto
+    return copy.deepcopy(_CACHE[key])
 
 
 def _mutate(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
     m = copy.deepcopy(model)
     g = m.graph
-    kind = rng.integers(0, 11)
+    kind = rng.integers(0, 13)
     nodes = list(g.node)
     if kind == 0 and nodes:                                   # drop a node
         del g.node[int(rng.integers(len(nodes)))]
@@ -76,6 +98,25 @@ def _mutate(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto
         arr = numpy_helper.to_array(g.initializer[i])
         g.initializer[i].CopyFrom(numpy_helper.from_array(
             arr.astype(rng.choice([np.float32, np.int64, np.int16, np.uint8])), g.initializer[i].name))
+    elif kind == 11 and nodes:                                # layer attributes
+        cands = [n for n in nodes if n.op_type in ("Conv", "MaxPool", "AveragePool", "Gemm",
+                                                   "Quant", "BatchNormalization", "Flatten")]
+        n = cands[int(rng.integers(len(cands)))] if cands else nodes[0]
+        name = str(rng.choice(["kernel_shape", "strides", "pads", "transB", "alpha", "narrow",
+                               "rounding_mode", "epsilon", "axis", "group", "ceil_mode"]))
+        del_ = [a for a in n.attribute if a.name == name]
+        for a in del_:
+            n.attribute.remove(a)
+        value = {"kernel_shape": [int(rng.integers(1, 4))] * 2, "strides": [2, 1],
+                 "pads": [int(rng.integers(0, 3))] * 4, "transB": int(rng.integers(0, 2)),
+                 "alpha": float(rng.choice([0.5, -1.0, np.nan])), "narrow": 1,
+                 "rounding_mode": str(rng.choice(["FLOOR", "BOGUS"])),
+                 "epsilon": float(rng.choice([0.0, -1.0, 1e-3])), "axis": int(rng.integers(-1, 3)),
+                 "group": 2, "ceil_mode": 1}[name]
+        n.attribute.append(helper.make_attribute(name, value))
+    elif kind == 12 and nodes:                                # domain change
+        n = g.node[int(rng.integers(len(nodes)))]
+        n.domain = str(rng.choice(["", "qonnx.custom_op.general", "com.example"]))
     else:                                                     # extra output
         g.output.append(helper.make_tensor_value_info(str(rng.choice(
             [o for x in nodes for o in x.output] or ["z"])), TensorProto.FLOAT, None))
@@ -113,10 +154,10 @@ def test_mutated_and_random_graphs(chunk):
     rng = np.random.default_rng(100 + chunk)
     outcomes = []
     for k in range(50):                                     # 6 x 50 = 300 graphs
-        if k % 5 == 4:
+        if k % 6 == 5:
             model = _random_graph(rng)
         else:
-            model = _mutate(_base(chunk * 50 + k, "uniform" if k % 2 else "bernoulli"), rng)
+            model = _mutate(_base(chunk * 50 + k, KINDS[(chunk + k) % len(KINDS)]), rng)
             if rng.random() < 0.3:
                 model = _mutate(model, rng)
         outcomes.append(_check(model))
@@ -124,12 +165,13 @@ def test_mutated_and_random_graphs(chunk):
 
 
 def test_unmutated_models_compile():
-    for mask_op in ("uniform", "bernoulli"):
-        assert _check(_base(1, mask_op)) == "ir"
+    for kind in KINDS:
+        for seed in range(2):
+            assert _check(_base(seed, kind)) == "ir"
 
 
 def test_truncated_and_empty_files(tmp_path):
-    good = _base(2, "uniform").SerializeToString()
+    good = _base(2, "qonnx-conv").SerializeToString()
     for name, data in [("empty.onnx", b""), ("half.onnx", good[: len(good) // 2]),
                        ("text.onnx", b"hello world\n")]:
         p = tmp_path / name
