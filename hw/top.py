@@ -124,11 +124,13 @@ class NsmCore(wiring.Component):
             m.d.comb += [eng.seed.eq(self.seed),
                          eng.reseed.eq(self.seed_valid & self.seed_ready)]
 
-        # Input spikes go to the first engine's spike memory, 16 to a word, as pixels arrive.
+        # Input spikes go to the first engine's spike memory, 16 to a word, as pixels arrive:
+        # ``per`` spikes per pixel (thermometer levels, pixel-major), ``16 // per`` pixels a word.
+        per = ir.input.levels
         sword = Signal(16)
-        wpos = Signal(4)
+        wpos = Signal(range(16 // per))
         waddr = Signal(len(engines[0].spk_addr))
-        tail = n0 % 16
+        tail = n0 * per % 16
         for prev, eng in zip(engines, engines[1:]):
             m.d.comb += eng.spikes_in.eq(prev.spikes_out[:eng.layer.n_in])
         out_eng = engines[-1]
@@ -189,16 +191,21 @@ class NsmCore(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += [self.s_axis_tready.eq(1), self.seed_ready.eq(fresh)]
                 with m.If(self.s_axis_tvalid):
-                    bit = self.s_axis_tdata >= ir.input.threshold
-                    word = Cat(sword[1:], bit)             # input 16*w + i in bit i when full
+                    if ir.input.encoding == "thermometer":
+                        bits = Cat(*[self.s_axis_tdata >= t for t in ir.input.thresholds])
+                    else:
+                        bits = self.s_axis_tdata >= ir.input.threshold
+                    # input 16*w + i in bit i once the word is full
+                    word = Cat(sword[per:], bits) if per < 16 else bits
                     last = px == n0 - 1
+                    full = wpos == 16 // per - 1
                     m.d.sync += [sword.eq(word), wpos.eq(wpos + 1), px.eq(px + 1), fresh.eq(0)]
-                    m.d.comb += [engines[0].spk_we.eq((wpos == 15) | last),
+                    m.d.comb += [engines[0].spk_we.eq(full | last),
                                  engines[0].spk_addr.eq(waddr),
                                  engines[0].spk_data.eq(
                                      Mux(last, word[16 - tail:], word) if tail else word)]
-                    with m.If(wpos == 15):
-                        m.d.sync += waddr.eq(waddr + 1)
+                    with m.If(full):
+                        m.d.sync += [waddr.eq(waddr + 1), wpos.eq(0)]
                     with m.If(last):
                         m.d.sync += [px.eq(0), t.eq(0), fresh.eq(1), wpos.eq(0), waddr.eq(0)]
                         m.next = "RUN_0"
@@ -241,6 +248,13 @@ def hardware_unsupported(ir: IR) -> str | None:
 
     Conv and pool layers (IR version 2) run in the golden model but have no engine here yet.
     """
+    spec = ir.input
+    if spec.encoding == "thermometer":
+        if spec.levels not in (1, 2, 4, 8, 16):
+            return (f"input: a thermometer code with {spec.levels} levels; the hardware encoder "
+                    f"takes 1, 2, 4, 8 or 16 levels (retrain with --levels 4, say)")
+        if spec.layout != "pixel-major":
+            return "input: a level-major thermometer code (conv input) has no hardware encoder yet"
     for i, layer in enumerate(ir.layers):
         if layer.kind != "dense":
             shape = "x".join(map(str, layer.in_shape))

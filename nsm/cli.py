@@ -309,7 +309,9 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, seed, lfsr_width, p_bits,
                         seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
     from hw.top import hardware_unsupported
     from nsm_export import schedule
-    sizes = [ir.input.size] + [layer.n_out for layer in ir.layers]
+    first = (f"{ir.input.size}x{ir.input.levels}" if ir.input.encoding == "thermometer"
+             else str(ir.input.size))
+    sizes = [first] + [layer.n_out for layer in ir.layers]
     if (why := hardware_unsupported(ir)):
         click.echo(f"nsm compile: no Verilog: {why}", err=True)
         click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}) into {output}/ "

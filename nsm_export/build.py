@@ -81,10 +81,12 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
              pe: int | list[int] = DEFAULT_PE, seed: int = 1, p_bits: int = DEFAULT_P_BITS,
              lfsr_width: int = DEFAULT_LFSR_WIDTH, pixel_bits: int = 8, name: str = "nsm",
              source: dict | None = None, lanes: int | list[int] = 1,
-             weight_store: str | list[str] = "rom") -> IR:
+             weight_store: str | list[str] = "rom", thresholds=None,
+             layout: str = "pixel-major") -> IR:
     """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1);
     ``weight_store``: ``rom`` or ``ram`` (see :mod:`nsm_export.ir`). Each is one value for every
-    layer or one per layer."""
+    layer or one per layer. ``thresholds``: a list makes the input a thermometer code (``layout``
+    says how its spikes are numbered; the first layer's inputs must already follow it)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
         raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
     lfsr.galois_mask(lfsr_width) if lfsr_width in range(lfsr.MIN_WIDTH, lfsr.MAX_WIDTH + 1) \
@@ -141,8 +143,12 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
                                weight_store=ws, **common)
         layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
         out.append(layer)
+    thermo = thresholds is not None
     ir = IR(input=InputSpec(size=input_size, threshold=int(input_threshold),
-                            pixel_bits=pixel_bits),
+                            pixel_bits=pixel_bits,
+                            encoding="thermometer" if thermo else "threshold",
+                            thresholds=tuple(int(t) for t in thresholds) if thermo else (),
+                            layout=layout),
             layers=out, samples=samples, score_bits=1, name=name, source=source or {})
     ir.score_bits = ir.required_score_bits()
     ir.validate()

@@ -34,7 +34,7 @@ SUPPORTED_OPS = frozenset({
     "GreaterOrEqual", "Cast", "Mul", "Sub", "Shape", "ConstantOfShape", "Bernoulli",
     "DequantizeLinear", "MatMul", "Add", "Constant", "RandomUniformLike", "Less",
     "Gemm", "Conv", "MaxPool", "AveragePool", "Reshape", "Flatten", "Identity", "Div",
-    "BatchNormalization",
+    "BatchNormalization", "Unsqueeze",
 })
 #: QONNX quantizers (domain ``qonnx.custom_op.general``; brevitas and FINN name it differently).
 QONNX_OPS = frozenset({"Quant", "BipolarQuant"})
@@ -143,6 +143,34 @@ def _pm1(g: _Graph, src: str, step: onnx.NodeProto) -> str:
     if sub.input[0] != mul.output[0] or g.scalar(sub, sub.input[1], "the spike offset") != 1.0:
         raise CompileError(f"node {_n(sub)}: spikes must be 2*b - 1 (±1)")
     return sub.output[0]
+
+
+def _pixel_threshold(t: float, pixel_bits: int) -> int:
+    """The integer ``T`` with ``x >= t  <=>  x >= T`` for integer pixels ``x``."""
+    return int(min(max(math.ceil(t), 0), 1 << pixel_bits))
+
+
+def _thermometer(g: _Graph, src: str, unsq: onnx.NodeProto, n_in: int,
+                 pixel_bits: int) -> tuple[str, list[int]]:
+    """Match ``Unsqueeze(axis 1) → GreaterOrEqual([1, L, 1]) → ±1 → Reshape([-1, L*n_in])``;
+    return the level-major spike tensor and the integer thresholds."""
+    axes = g.const(unsq.input[1]) if len(unsq.input) > 1 else None
+    if axes is None or [int(a) for a in np.ravel(axes)] != [1]:
+        raise CompileError(f"node {_n(unsq)}: the thermometer encoder must unsqueeze axis 1")
+    ge = g.only_consumer(unsq.output[0], "GreaterOrEqual", "the thermometer comparison")
+    t = g.const(ge.input[1]) if ge.input[0] == unsq.output[0] else None
+    if t is None or t.ndim != 3 or t.shape[0] != 1 or t.shape[2] != 1 or t.shape[1] < 1:
+        raise CompileError(f"node {_n(ge)}: thermometer thresholds must be a constant [1, L, 1]")
+    if not np.all(np.isfinite(t)):
+        raise CompileError(f"node {_n(ge)}: thermometer thresholds must be finite")
+    levels = [_pixel_threshold(float(v), pixel_bits) for v in t.ravel()]
+    spikes = _pm1(g, unsq.output[0], ge)
+    flat = g.only_consumer(spikes, "Reshape", "the thermometer flatten")
+    shape = g.const(flat.input[1])
+    if shape is None or [int(v) for v in np.ravel(shape)] != [-1, len(levels) * n_in]:
+        raise CompileError(f"node {_n(flat)}: the thermometer code must be reshaped to "
+                           f"[-1, {len(levels) * n_in}]")
+    return flat.output[0], levels
 
 
 def _input_size(g: _Graph) -> tuple[str, int]:
@@ -707,14 +735,32 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
         raise CompileError(f"metadata nsm.pixel_bits = {pixel_bits} is outside [1, 16]")
 
     in_name, n_in = _input_size(g)
-    enc = g.only_consumer(in_name, "GreaterOrEqual", "the threshold encoder")
-    if enc.input[0] != in_name:
-        raise CompileError(f"node {_n(enc)}: the encoder must compare pixels >= threshold")
-    thr = g.scalar(enc, enc.input[1], "the input threshold")
-    thr_int = int(min(max(math.ceil(thr), 0), 1 << pixel_bits))
-    z = _pm1(g, in_name, enc)
+    users = g.consumers.get(in_name, [])
+    thresholds = None
+    if len(users) == 1 and users[0].op_type == "Unsqueeze":
+        z, thresholds = _thermometer(g, in_name, users[0], n_in, pixel_bits)
+        thr_int = 0
+    else:
+        enc = g.only_consumer(in_name, "GreaterOrEqual", "the threshold encoder")
+        if enc.input[0] != in_name:
+            raise CompileError(f"node {_n(enc)}: the encoder must compare pixels >= threshold")
+        thr = g.scalar(enc, enc.input[1], "the input threshold")
+        thr_int = _pixel_threshold(thr, pixel_bits)
+        z = _pm1(g, in_name, enc)
 
-    layers = _Layers(g).match(z, n_in)
+    n_spikes = n_in * (len(thresholds) if thresholds else 1)
+    layers = _Layers(g).match(z, n_spikes)
+    layout = "pixel-major"
+    if thresholds:
+        first = next(x for x in layers if not isinstance(x, IntPool))
+        if isinstance(first, IntConv):
+            layout = "level-major"         # the levels are channels of the spike map
+        else:
+            # The IR numbers a thermometer code pixel by pixel (what the hardware streams):
+            # relabel the first layer's inputs from the graph's level-major order.
+            L = len(thresholds)
+            w = np.asarray(first.weights)
+            first.weights = w.reshape(w.shape[0], L, n_in).transpose(0, 2, 1).reshape(w.shape)
     notes: list[str] = []
     if len(g.outputs) != 1:
         raise CompileError(f"graph: expected one output (scores), found {len(g.outputs)}")
@@ -726,6 +772,7 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
         return build_ir(layers, input_size=n_in, input_threshold=thr_int, samples=samples,
                         pe=pe, seed=seed, p_bits=p_bits, lfsr_width=lfsr_width,
                         pixel_bits=pixel_bits, name=name, lanes=lanes,
+                        thresholds=thresholds, layout=layout,
                         source={"onnx": source, "notes": notes,
                                 "compiler": {"pe": pe, "lanes": lanes, "seed": seed,
                                              "p_bits": p_bits, "lfsr_width": lfsr_width}})

@@ -31,13 +31,20 @@ class GoldenResult:
 
 
 def encode_input(ir: IR, pixels: np.ndarray) -> np.ndarray:
-    """Pixels (N, n_in) unsigned → spikes as bool (True = +1, False = -1)."""
+    """Pixels (N, size) unsigned → input spikes (N, n_spikes) as bool (True = +1, False = -1)."""
     px = np.asarray(pixels)
     if px.ndim != 2 or px.shape[1] != ir.input.size:
         raise ValueError(f"input has shape {px.shape}, the IR expects (N, {ir.input.size})")
     if px.size and (px.min() < 0 or px.max() >= (1 << ir.input.pixel_bits)):
         raise ValueError(f"input pixels fall outside [0, {(1 << ir.input.pixel_bits) - 1}]")
-    return px.astype(np.int64) >= ir.input.threshold
+    spec = ir.input
+    if spec.encoding == "thermometer":
+        t = np.asarray(spec.thresholds, dtype=np.int64)
+        ge = px.astype(np.int64)[:, :, None] >= t[None, None, :]       # (N, pixel, level)
+        if spec.layout == "level-major":
+            ge = ge.transpose(0, 2, 1)
+        return ge.reshape(px.shape[0], spec.n_spikes)
+    return px.astype(np.int64) >= spec.threshold
 
 
 class GoldenModel:

@@ -13,7 +13,9 @@ An IR is a directory with two files a person can read:
 Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
 
 * Input encoding ``threshold``: pixel ``x`` (unsigned, ``pixel_bits`` wide) becomes the spike
-  ``z = +1 if x >= threshold else -1``.
+  ``z = +1 if x >= threshold else -1``. ``thermometer``: pixel ``j`` becomes ``levels`` spikes,
+  ``+1 if x_j >= thresholds[k]``, numbered ``j * levels + k`` (``pixel-major``) or
+  ``k * size + j`` (``level-major``); see :class:`InputSpec`.
 * A dense layer with ``p < 1`` draws one blank-out bit per input and sample, shared by all of its
   neurons: ``xi_j = (u_j < p_num)`` where ``u_j`` is the low ``p_bits`` bits of the layer's LFSR
   after ``leap`` more steps. Draws are made for ``j = 0 .. n_in-1`` in order, sample after sample,
@@ -100,19 +102,51 @@ def unsigned_bits(hi: int) -> int:
     return max(1, int(hi).bit_length())
 
 
+ENCODINGS = ("threshold", "thermometer")
+LAYOUTS = ("pixel-major", "level-major")
+
+
 @dataclass(frozen=True)
 class InputSpec:
+    """How ``size`` unsigned ``pixel_bits``-bit pixels become ±1 input spikes.
+
+    ``threshold``: one spike per pixel, ``+1 iff pixel >= threshold``.
+    ``thermometer``: one spike per pixel and level ``k``, ``+1 iff pixel >= thresholds[k]``;
+    ``layout`` ``pixel-major`` numbers them ``j * levels + k`` (pixel ``j``; what the hardware
+    builds), ``level-major`` ``k * size + j`` (channels of an image: conv networks).
+    """
     size: int
     threshold: int
     pixel_bits: int = 8
     encoding: str = "threshold"
+    thresholds: tuple = ()
+    layout: str = "pixel-major"
+
+    @property
+    def levels(self) -> int:
+        return len(self.thresholds) if self.encoding == "thermometer" else 1
+
+    @property
+    def n_spikes(self) -> int:
+        """Input spikes per image: what the first layer reads."""
+        return self.size * self.levels
 
     def validate(self) -> None:
         _check_int("input.size", self.size, 1, 1 << 20)
         _check_int("input.pixel_bits", self.pixel_bits, 1, 16)
-        if self.encoding != "threshold":
-            raise IRError(f"input.encoding {self.encoding!r} is not supported (only 'threshold')")
+        if self.encoding not in ENCODINGS:
+            raise IRError(f"input.encoding {self.encoding!r} is not supported "
+                          f"({', '.join(ENCODINGS)})")
         _check_int("input.threshold", self.threshold, 0, 1 << self.pixel_bits)
+        if self.encoding == "thermometer":
+            if not isinstance(self.thresholds, (list, tuple)) or not 1 <= len(self.thresholds) <= 64:
+                raise IRError("input.thresholds: thermometer encoding needs 1 to 64 thresholds")
+            for k, t in enumerate(self.thresholds):
+                _check_int(f"input.thresholds[{k}]", t, 0, 1 << self.pixel_bits)
+            if self.layout not in LAYOUTS:
+                raise IRError(f"input.layout {self.layout!r} must be one of {', '.join(LAYOUTS)}")
+        elif self.thresholds:
+            raise IRError("input.thresholds are given but the encoding is not 'thermometer'")
 
 
 @dataclass(frozen=True)
@@ -413,7 +447,7 @@ class IR:
         _check_int("samples", self.samples, 1, MAX_SAMPLES)
         if not self.layers:
             raise IRError("layers: the network has no layers")
-        n_prev = self.input.size
+        n_prev = self.input.n_spikes
         shape = None                       # (C, H, W) after a conv or pool layer
         flat = False                       # True after a dense layer
         for i, layer in enumerate(self.layers):
@@ -522,7 +556,9 @@ def from_json(meta: dict, arrays: dict) -> IR:
     try:
         if meta.get("format") != "nsm-ir":
             raise IRError("ir.json: 'format' is not 'nsm-ir'")
-        inp = InputSpec(**meta["input"])
+        m_in = dict(meta["input"])
+        m_in["thresholds"] = tuple(m_in.get("thresholds", ()))
+        inp = InputSpec(**m_in)
         version = meta["version"]
         if version not in READ_VERSIONS:
             raise IRError(f"ir.json: IR version {version!r} is not supported (this toolchain "

@@ -20,6 +20,13 @@ Encoder (node names ``enc_*``)::
     enc_mul    Mul(enc_float, const_two)              -> enc_twice
     enc_sub    Sub(enc_twice, const_one)              -> z0            (±1)
 
+or, for a thermometer code with ``L`` levels (``enc_thresholds`` FLOAT ``[1, L, 1]``,
+``enc_axes`` INT64 ``[1]``, ``enc_flat_shape`` INT64 ``[-1, L * n_in]``)::
+
+    enc_unsqueeze  Unsqueeze(pixels, enc_axes)                -> enc_px      [batch, 1, n_in]
+    enc_ge .. enc_sub  as above on (enc_px, enc_thresholds)   -> enc_spikes  [batch, L, n_in]
+    enc_flatten    Reshape(enc_spikes, enc_flat_shape)        -> z0          (level-major)
+
 Layer ``i`` = 0, 1, ... (node names ``layer{i}_*``), input ``z{i}``:
 
 * only if sampling is on and the layer's p < 1 (otherwise these nodes are absent and
@@ -158,9 +165,26 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
     n_in = int(model.n_in)
     inits = [_scalar("enc_threshold", float(thr)), _scalar("const_two", 2.0),
              _scalar("const_one", 1.0), _scalar("const_zero", 0.0)]
-    nodes = _step("enc", "pixels", "z0", "enc_threshold")
+    if getattr(model, "encoding", "threshold") == "thermometer":
+        levels = [float(t) for t in model.thresholds]
+        if not all(0 <= t <= (1 << pixel_bits) for t in levels):
+            raise ExportError(f"thermometer thresholds {model.thresholds} do not fit "
+                              f"{pixel_bits}-bit pixels")
+        inits += [numpy_helper.from_array(np.array(levels, np.float32).reshape(1, -1, 1),
+                                          "enc_thresholds"),
+                  numpy_helper.from_array(np.array([1], np.int64), "enc_axes"),
+                  numpy_helper.from_array(np.array([-1, len(levels) * n_in], np.int64),
+                                          "enc_flat_shape")]
+        nodes = [helper.make_node("Unsqueeze", ["pixels", "enc_axes"], ["enc_px"],
+                                  name="enc_unsqueeze"),
+                 *_step("enc", "enc_px", "enc_spikes", "enc_thresholds"),
+                 helper.make_node("Reshape", ["enc_spikes", "enc_flat_shape"], ["z0"],
+                                  name="enc_flatten")]
+        n_prev = len(levels) * n_in
+    else:
+        nodes = _step("enc", "pixels", "z0", "enc_threshold")
+        n_prev = n_in
     z = "z0"
-    n_prev = n_in
     features = list(getattr(model, "features", []))
     layers = features + list(model.layers)
     shape = None

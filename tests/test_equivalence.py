@@ -20,9 +20,9 @@ def digits():
     return load_digits_split(seed=0)
 
 
-def _random_model(seed, hidden, wb, p):
+def _random_model(seed, hidden, wb, p, **kw):
     torch.manual_seed(seed)
-    model = NSMMLP(64, hidden, 10, p=p, weight_bits=wb)
+    model = NSMMLP(64, hidden, 10, p=p, weight_bits=wb, **kw)
     with torch.no_grad():
         for layer in model.layers:
             layer.weight.mul_(torch.exp(torch.randn(layer.n_out, 1)))   # spread the row scales
@@ -51,6 +51,26 @@ def test_sampling_off_onnxruntime_and_golden_decide_identically(digits, seed, hi
     nz = res.scores != 0
     assert np.all(ort_scores[~nz] == 0)
     assert len(np.unique(ratio[nz])) == 1 and ratio[nz][0] > 0
+
+
+@pytest.mark.parametrize("levels,hidden,wb", [(4, [24], 2), (3, [16, 9], 1), (1, [], 4)])
+def test_thermometer_input_compiles_and_decides_like_onnxruntime(digits, levels, hidden, wb):
+    """A thermometer-coded input (levels over pixel_max 16) compiles to a pixel-major IR whose
+    golden model decides exactly like onnxruntime and PyTorch on the noise-free path."""
+    model = _random_model(11 + levels, hidden, wb, 0.5, encoding="thermometer", levels=levels,
+                          pixel_max=16)
+    proto = build_onnx(model, samples=1, sampling=False, pixel_bits=5)
+    ir = compile_model(proto, samples=1, pe=4)
+    assert ir.input.encoding == "thermometer" and ir.input.layout == "pixel-major"
+    assert list(ir.input.thresholds) == model.thresholds
+    assert ir.layers[0].n_in == 64 * levels
+    x = np.concatenate([digits[0], digits[2]])
+    res = golden.run(ir, x)
+    assert np.array_equal(np.argmax(_ort_scores(proto, x), axis=1), res.classes)
+    model.sampling = False
+    with torch.no_grad():
+        torch_scores = model(torch.as_tensor(x, dtype=torch.float32)).numpy()
+    assert np.array_equal(np.argmax(torch_scores, axis=1), res.classes)
 
 
 @pytest.mark.parametrize("mask_op", ["uniform", "bernoulli"])

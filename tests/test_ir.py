@@ -93,3 +93,34 @@ def test_widths_hold_the_worst_case(seed, wb, n_in, T):
     l1 = np.abs(out.weights).sum(axis=1)
     for s in ((l1 + out.offsets) * T, (-l1 + out.offsets) * T):
         assert np.array_equal(np.array([_wrap(int(v), ir.score_bits) for v in s]), s)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m["input"].update(thresholds=[]), "1 to 64 thresholds"),
+    (lambda m: m["input"].update(thresholds=[10, 300]), r"thresholds\[1\] = 300"),
+    (lambda m: m["input"].update(layout="diagonal"), "layout 'diagonal'"),
+    (lambda m: m["input"].update(encoding="threshold"), "not 'thermometer'"),
+    (lambda m: m["layers"][0].update(n_in=9), "n_in 9 does not match the 12 outputs"),
+])
+def test_thermometer_input_is_validated(tmp_path, rng, edit, match):
+    from nsm_export.build import IntLayer, build_ir
+    ir = build_ir([IntLayer(rng.integers(-3, 4, (5, 12)), rng.integers(-2, 3, 5), 0.5, 3),
+                   IntLayer(rng.integers(-3, 4, (3, 5)), rng.integers(-2, 3, 3), 1.0, 3)],
+                  input_size=4, input_threshold=0, samples=2, thresholds=[50, 100, 200])
+    irmod.save(ir, tmp_path)
+    assert irmod.load(tmp_path).input == ir.input
+    meta = json.loads((tmp_path / "ir.json").read_text())
+    edit(meta)
+    (tmp_path / "ir.json").write_text(json.dumps(meta))
+    with pytest.raises(irmod.IRError, match=match):
+        irmod.load(tmp_path)
+
+
+def test_hardware_refuses_thermometer_levels_it_cannot_pack(rng):
+    from hw.top import HardwareError, generate_verilog
+    from nsm_export.build import IntLayer, build_ir
+    ir = build_ir([IntLayer(rng.integers(-3, 4, (5, 12)), rng.integers(-2, 3, 5), 0.5, 3),
+                   IntLayer(rng.integers(-3, 4, (3, 5)), rng.integers(-2, 3, 3), 1.0, 3)],
+                  input_size=4, input_threshold=0, samples=2, thresholds=[50, 100, 200])
+    with pytest.raises(HardwareError, match=r"^input: a thermometer code with 3 levels"):
+        generate_verilog(ir)
