@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from amaranth.back import verilog
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR, unsigned_bits
 from .dense import RAM16_MODULE, DenseEngine, load_beats, n_load_beats
+from .lfsr import Lfsr
 
 __all__ = ["NsmCore", "generate_verilog", "weight_image"]
 
@@ -131,6 +132,40 @@ class NsmCore(wiring.Component):
         wpos = Signal(range(16 // per))
         waddr = Signal(len(engines[0].spk_addr))
         tail = n0 * per % 16
+        spk = engines[0]
+
+        def put_spikes(bits, last):
+            """Append ``per`` spikes to the word being assembled; write it when full or last."""
+            word = Cat(sword[per:], bits) if per < 16 else bits   # input 16*w + i in bit i
+            full = wpos == 16 // per - 1
+            m.d.sync += [sword.eq(word), wpos.eq(wpos + 1)]
+            m.d.comb += [spk.spk_we.eq(full | last), spk.spk_addr.eq(waddr),
+                         spk.spk_data.eq(Mux(last, word[16 - tail:], word) if tail else word)]
+            with m.If(full):
+                m.d.sync += [waddr.eq(waddr + 1), wpos.eq(0)]
+            with m.If(last):
+                m.d.sync += [wpos.eq(0), waddr.eq(0)]
+
+        stoch = ir.input.encoding == "bernoulli"
+        first_run = "ENC" if stoch else "RUN_0"
+        if stoch:
+            # Stochastic code: the pixels are kept; every sample re-encodes them (state ENC):
+            # read pixel j, look up its probability numerator, compare with a fresh draw.
+            spec = ir.input
+            m.submodules.pmem = pmem = memory.Memory(shape=spec.pixel_bits, depth=max(2, n0),
+                                                     init=[])
+            m.submodules.qmem = qmem = memory.Memory(shape=spec.prob_bits + 1,
+                                                     depth=1 << spec.pixel_bits,
+                                                     init=list(spec.probs))
+            pw, pr, qr = pmem.write_port(), pmem.read_port(), qmem.read_port()
+            m.submodules.enc_rng = enc_rng = Lfsr(spec.rng.width, spec.rng.seed, spec.rng.leap)
+            mixed = Signal(spec.rng.width)
+            m.d.comb += [mixed.eq(self.seed[:spec.rng.width] ^ spec.rng.seed),
+                         enc_rng.load.eq(self.seed_valid & self.seed_ready),
+                         enc_rng.load_value.eq(Mux(mixed == 0, spec.rng.seed, mixed)),
+                         qr.addr.eq(pr.data)]
+            ej = Signal(range(n0 + 2))
+            ev1, ev2 = Signal(), Signal()
         for prev, eng in zip(engines, engines[1:]):
             m.d.comb += eng.spikes_in.eq(prev.spikes_out[:eng.layer.n_in])
         out_eng = engines[-1]
@@ -191,23 +226,31 @@ class NsmCore(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += [self.s_axis_tready.eq(1), self.seed_ready.eq(fresh)]
                 with m.If(self.s_axis_tvalid):
-                    if ir.input.encoding == "thermometer":
-                        bits = Cat(*[self.s_axis_tdata >= t for t in ir.input.thresholds])
-                    else:
-                        bits = self.s_axis_tdata >= ir.input.threshold
-                    # input 16*w + i in bit i once the word is full
-                    word = Cat(sword[per:], bits) if per < 16 else bits
                     last = px == n0 - 1
-                    full = wpos == 16 // per - 1
-                    m.d.sync += [sword.eq(word), wpos.eq(wpos + 1), px.eq(px + 1), fresh.eq(0)]
-                    m.d.comb += [engines[0].spk_we.eq(full | last),
-                                 engines[0].spk_addr.eq(waddr),
-                                 engines[0].spk_data.eq(
-                                     Mux(last, word[16 - tail:], word) if tail else word)]
-                    with m.If(full):
-                        m.d.sync += [waddr.eq(waddr + 1), wpos.eq(0)]
+                    m.d.sync += [px.eq(px + 1), fresh.eq(0)]
+                    if stoch:
+                        m.d.comb += [pw.en.eq(1), pw.addr.eq(px), pw.data.eq(self.s_axis_tdata)]
+                    elif ir.input.encoding == "thermometer":
+                        put_spikes(Cat(*[self.s_axis_tdata >= t for t in ir.input.thresholds]),
+                                   last)
+                    else:
+                        put_spikes(self.s_axis_tdata >= ir.input.threshold, last)
                     with m.If(last):
-                        m.d.sync += [px.eq(0), t.eq(0), fresh.eq(1), wpos.eq(0), waddr.eq(0)]
+                        m.d.sync += [px.eq(0), t.eq(0), fresh.eq(1)]
+                        if stoch:
+                            m.d.sync += [ej.eq(0), ev1.eq(0), ev2.eq(0)]
+                        m.next = first_run
+            if stoch:
+                with m.State("ENC"):
+                    # Three stages: pixel address; pixel -> probability address; probability
+                    # and a fresh draw -> spike. size + 2 cycles.
+                    m.d.comb += pr.addr.eq(ej)
+                    m.d.sync += [ej.eq(ej + 1), ev1.eq(ej < n0), ev2.eq(ev1)]
+                    with m.If(ev2):
+                        m.d.comb += enc_rng.en.eq(1)
+                        put_spikes(enc_rng.next[:spec.prob_bits] < qr.data, ej == n0 + 1)
+                    with m.If(ej == n0 + 1):
+                        m.d.sync += [ej.eq(0), ev1.eq(0), ev2.eq(0)]
                         m.next = "RUN_0"
             for i, eng in enumerate(engines):
                 with m.State(f"RUN_{i}"):
@@ -221,7 +264,7 @@ class NsmCore(wiring.Component):
                                 m.next = "ARGMAX"
                             with m.Else():
                                 m.d.sync += t.eq(t + 1)
-                                m.next = "RUN_0"
+                                m.next = first_run
             with m.State("ARGMAX"):
                 # Two stages, so the score multiplexer and the comparator sit in different
                 # clock cycles: fetch score c, then compare the one fetched a cycle earlier.

@@ -14,11 +14,19 @@ from . import lfsr
 from .ir import IR, ConvLayer, DenseLayer, InputSpec, IRError, LfsrSpec, PoolLayer, signed_bits
 
 __all__ = ["IntLayer", "IntConv", "IntPool", "build_ir", "quantize_p", "derive_seed", "DEFAULT_P_BITS",
-           "DEFAULT_LFSR_WIDTH", "DEFAULT_PE"]
+           "DEFAULT_LFSR_WIDTH", "DEFAULT_PE", "bernoulli_probs"]
 
 DEFAULT_P_BITS = 8
 DEFAULT_LFSR_WIDTH = 32
 DEFAULT_PE = 8
+ENCODER_SEED_INDEX = 1000      # derive_seed index of the stochastic input encoder's LFSR
+
+
+def bernoulli_probs(pixel_max: int, pixel_bits: int, prob_bits: int) -> list[int]:
+    """``probs`` for ``P(+1 | x) = x / pixel_max`` (nsm_train's ``bernoulli`` encoding), each
+    rounded to ``prob_bits`` bits; pixel values above ``pixel_max`` fire always."""
+    one = 1 << prob_bits
+    return [min(one, round(x * one / pixel_max)) for x in range(1 << pixel_bits)]
 
 
 @dataclass
@@ -82,11 +90,13 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
              lfsr_width: int = DEFAULT_LFSR_WIDTH, pixel_bits: int = 8, name: str = "nsm",
              source: dict | None = None, lanes: int | list[int] = 1,
              weight_store: str | list[str] = "rom", thresholds=None,
-             layout: str = "pixel-major") -> IR:
+             layout: str = "pixel-major", probs=None, prob_bits: int = 8) -> IR:
     """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1);
     ``weight_store``: ``rom`` or ``ram`` (see :mod:`nsm_export.ir`). Each is one value for every
     layer or one per layer. ``thresholds``: a list makes the input a thermometer code (``layout``
-    says how its spikes are numbered; the first layer's inputs must already follow it)."""
+    says how its spikes are numbered; the first layer's inputs must already follow it).
+    ``probs``: a list (one per pixel value) makes it a stochastic (``bernoulli``) code with
+    ``P(+1 | x) = probs[x] / 2**prob_bits``."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
         raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
     lfsr.galois_mask(lfsr_width) if lfsr_width in range(lfsr.MIN_WIDTH, lfsr.MAX_WIDTH + 1) \
@@ -143,12 +153,20 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
                                weight_store=ws, **common)
         layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
         out.append(layer)
-    thermo = thresholds is not None
+    thermo, stoch = thresholds is not None, probs is not None
+    if thermo and stoch:
+        _bad("an input is a thermometer or a bernoulli code, not both")
     ir = IR(input=InputSpec(size=input_size, threshold=int(input_threshold),
                             pixel_bits=pixel_bits,
-                            encoding="thermometer" if thermo else "threshold",
+                            encoding="thermometer" if thermo else "bernoulli" if stoch
+                            else "threshold",
                             thresholds=tuple(int(t) for t in thresholds) if thermo else (),
-                            layout=layout),
+                            layout=layout,
+                            prob_bits=prob_bits if stoch else 0,
+                            probs=tuple(int(q) for q in probs) if stoch else (),
+                            rng=LfsrSpec(width=lfsr_width, mask=lfsr.galois_mask(lfsr_width),
+                                         seed=derive_seed(seed, ENCODER_SEED_INDEX, lfsr_width),
+                                         leap=prob_bits) if stoch else None),
             layers=out, samples=samples, score_bits=1, name=name, source=source or {})
     ir.score_bits = ir.required_score_bits()
     ir.validate()

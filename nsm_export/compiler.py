@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 
 from .build import DEFAULT_LFSR_WIDTH, DEFAULT_P_BITS, DEFAULT_PE, IntConv, IntLayer, IntPool, \
-    build_ir
+    bernoulli_probs, build_ir
 from .fold import (FoldError, Surd, bipolar_ints, fold_hidden, fold_output, pow2_ints, quant_ints,
                    weight_bits)
 from .ir import IR, IRError
@@ -34,7 +34,7 @@ SUPPORTED_OPS = frozenset({
     "GreaterOrEqual", "Cast", "Mul", "Sub", "Shape", "ConstantOfShape", "Bernoulli",
     "DequantizeLinear", "MatMul", "Add", "Constant", "RandomUniformLike", "Less",
     "Gemm", "Conv", "MaxPool", "AveragePool", "Reshape", "Flatten", "Identity", "Div",
-    "BatchNormalization", "Unsqueeze",
+    "BatchNormalization", "Unsqueeze", "Floor",
 })
 #: QONNX quantizers (domain ``qonnx.custom_op.general``; brevitas and FINN name it differently).
 QONNX_OPS = frozenset({"Quant", "BipolarQuant"})
@@ -171,6 +171,21 @@ def _thermometer(g: _Graph, src: str, unsq: onnx.NodeProto, n_in: int,
         raise CompileError(f"node {_n(flat)}: the thermometer code must be reshaped to "
                            f"[-1, {len(levels) * n_in}]")
     return flat.output[0], levels
+
+
+def _stochastic(g: _Graph, src: str, users: list) -> tuple[str, int]:
+    """Match ``RandomUniformLike(low=0, high=M)(pixels) → Floor → Less(·, pixels) → ±1``;
+    return the spike tensor and ``M`` (``P(+1) = pixel / M``)."""
+    uni = next(u for u in users if u.op_type == "RandomUniformLike")
+    low, high = _attr(uni, "low", 0.0), _attr(uni, "high", 1.0)
+    if low != 0.0 or high < 1.0 or high != int(high) or high > (1 << 16):
+        raise CompileError(f"node {_n(uni)}: the stochastic encoder needs low = 0 and an integer "
+                           f"high (the pixel range), got low={low}, high={high}")
+    floor = g.only_consumer(uni.output[0], "Floor", "a Floor (integer draws)")
+    lt = g.only_consumer(floor.output[0], "Less", "the stochastic comparison")
+    if list(lt.input) != [floor.output[0], src]:
+        raise CompileError(f"node {_n(lt)}: the stochastic encoder must compare draw < pixel")
+    return _pm1(g, src, lt), int(high)
 
 
 def _input_size(g: _Graph) -> tuple[str, int]:
@@ -736,10 +751,15 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
 
     in_name, n_in = _input_size(g)
     users = g.consumers.get(in_name, [])
-    thresholds = None
+    thresholds = probs = None
+    notes: list[str] = []
     if len(users) == 1 and users[0].op_type == "Unsqueeze":
         z, thresholds = _thermometer(g, in_name, users[0], n_in, pixel_bits)
         thr_int = 0
+    elif len(users) == 2 and {u.op_type for u in users} == {"RandomUniformLike", "Less"}:
+        z, top = _stochastic(g, in_name, users)
+        probs, thr_int = bernoulli_probs(top, pixel_bits, p_bits), 0
+        notes.append(f"stochastic input code: P(+1) = pixel/{top} rounded to {p_bits} bits")
     else:
         enc = g.only_consumer(in_name, "GreaterOrEqual", "the threshold encoder")
         if enc.input[0] != in_name:
@@ -761,7 +781,6 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
             L = len(thresholds)
             w = np.asarray(first.weights)
             first.weights = w.reshape(w.shape[0], L, n_in).transpose(0, 2, 1).reshape(w.shape)
-    notes: list[str] = []
     if len(g.outputs) != 1:
         raise CompileError(f"graph: expected one output (scores), found {len(g.outputs)}")
     for layer in (x for x in layers if not isinstance(x, IntPool)):
@@ -772,7 +791,7 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
         return build_ir(layers, input_size=n_in, input_threshold=thr_int, samples=samples,
                         pe=pe, seed=seed, p_bits=p_bits, lfsr_width=lfsr_width,
                         pixel_bits=pixel_bits, name=name, lanes=lanes,
-                        thresholds=thresholds, layout=layout,
+                        thresholds=thresholds, layout=layout, probs=probs, prob_bits=p_bits,
                         source={"onnx": source, "notes": notes,
                                 "compiler": {"pe": pe, "lanes": lanes, "seed": seed,
                                              "p_bits": p_bits, "lfsr_width": lfsr_width}})

@@ -30,14 +30,21 @@ class GoldenResult:
     # layer's mask is all True: it draws nothing)
 
 
-def encode_input(ir: IR, pixels: np.ndarray) -> np.ndarray:
-    """Pixels (N, size) unsigned → input spikes (N, n_spikes) as bool (True = +1, False = -1)."""
+def _check_pixels(ir: IR, pixels: np.ndarray) -> np.ndarray:
     px = np.asarray(pixels)
     if px.ndim != 2 or px.shape[1] != ir.input.size:
         raise ValueError(f"input has shape {px.shape}, the IR expects (N, {ir.input.size})")
     if px.size and (px.min() < 0 or px.max() >= (1 << ir.input.pixel_bits)):
         raise ValueError(f"input pixels fall outside [0, {(1 << ir.input.pixel_bits) - 1}]")
+    return px.astype(np.int64)
+
+
+def encode_input(ir: IR, pixels: np.ndarray) -> np.ndarray:
+    """Pixels (N, size) unsigned → input spikes (N, n_spikes) as bool (True = +1, False = -1)."""
+    px = _check_pixels(ir, pixels)
     spec = ir.input
+    if spec.encoding == "bernoulli":
+        raise ValueError("a bernoulli input code is random: GoldenModel.run draws it")
     if spec.encoding == "thermometer":
         t = np.asarray(spec.thresholds, dtype=np.int64)
         ge = px.astype(np.int64)[:, :, None] >= t[None, None, :]       # (N, pixel, level)
@@ -57,6 +64,7 @@ class GoldenModel:
 
     def reset(self) -> None:
         self.states = [layer.rng.seed if layer.rng else 0 for layer in self.ir.layers]
+        self.enc_state = self.ir.input.rng.seed if self.ir.input.rng else 0
 
     def reseed(self, seed: int) -> None:
         """What the core's ``seed`` port does between images (see :mod:`nsm_export.ir`)."""
@@ -64,6 +72,20 @@ class GoldenModel:
             raise ValueError(f"run seed {seed!r} must be an unsigned 32-bit integer")
         self.states = [layer.rng.reseeded(int(seed)) if layer.rng else 0
                        for layer in self.ir.layers]
+        self.enc_state = self.ir.input.rng.reseeded(int(seed)) if self.ir.input.rng else 0
+
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Input spikes (N, T, n_spikes): fixed codes repeat, the bernoulli code draws anew."""
+        ir, spec, t = self.ir, self.ir.input, self.ir.samples
+        if spec.encoding != "bernoulli":
+            z0 = encode_input(ir, pixels)
+            return np.broadcast_to(z0[:, None, :], (z0.shape[0], t, z0.shape[1]))
+        px = _check_pixels(ir, pixels)
+        n = px.shape[0]
+        u, self.enc_state = lfsr.draws(spec.rng.width, spec.rng.mask, spec.rng.leap,
+                                       self.enc_state, n * t * spec.size, spec.prob_bits)
+        q = np.asarray(spec.probs, dtype=np.int64)[px]                     # (N, size)
+        return u.reshape(n, t, spec.size) < q[:, None, :]
 
     def _masks(self, i: int, layer, n_images: int) -> np.ndarray:
         t = self.ir.samples
@@ -76,11 +98,9 @@ class GoldenModel:
 
     def run(self, pixels: np.ndarray, record: bool = False) -> GoldenResult:
         ir = self.ir
-        z0 = encode_input(ir, pixels)                      # (N, n_in)
-        n = z0.shape[0]
-        t = ir.samples
+        z = self._encode(pixels)                           # (N, T, n_spikes)
+        n = z.shape[0]
         masks = [self._masks(i, layer, n) for i, layer in enumerate(ir.layers)]
-        z = np.broadcast_to(z0[:, None, :], (n, t, z0.shape[1]))
         spikes = []
         scores = None
         for layer, m in zip(ir.layers, masks):

@@ -102,7 +102,8 @@ def unsigned_bits(hi: int) -> int:
     return max(1, int(hi).bit_length())
 
 
-ENCODINGS = ("threshold", "thermometer")
+ENCODINGS = ("threshold", "thermometer", "bernoulli")
+MAX_PROB_PIXEL_BITS = 12
 LAYOUTS = ("pixel-major", "level-major")
 
 
@@ -114,6 +115,11 @@ class InputSpec:
     ``thermometer``: one spike per pixel and level ``k``, ``+1 iff pixel >= thresholds[k]``;
     ``layout`` ``pixel-major`` numbers them ``j * levels + k`` (pixel ``j``; what the hardware
     builds), ``level-major`` ``k * size + j`` (channels of an image: conv networks).
+    ``bernoulli`` (stochastic): one spike per pixel, drawn anew for every sample: for pixels
+    ``j = 0 .. size-1`` in order, ``u_j`` = the low ``prob_bits`` bits of the encoder LFSR
+    ``rng`` after ``leap`` more steps, and ``z_j = +1 iff u_j < probs[x_j]`` (so
+    ``P(+1) = probs[x] / 2**prob_bits``), image after image, sample after sample. The encoder's
+    LFSR is its own; like the layers' it is reset only by reset and reseeded by a run seed.
     """
     size: int
     threshold: int
@@ -121,6 +127,9 @@ class InputSpec:
     encoding: str = "threshold"
     thresholds: tuple = ()
     layout: str = "pixel-major"
+    prob_bits: int = 0
+    probs: tuple = ()
+    rng: "LfsrSpec | None" = None
 
     @property
     def levels(self) -> int:
@@ -147,6 +156,21 @@ class InputSpec:
                 raise IRError(f"input.layout {self.layout!r} must be one of {', '.join(LAYOUTS)}")
         elif self.thresholds:
             raise IRError("input.thresholds are given but the encoding is not 'thermometer'")
+        if self.encoding == "bernoulli":
+            if self.pixel_bits > MAX_PROB_PIXEL_BITS:
+                raise IRError(f"input.pixel_bits {self.pixel_bits}: bernoulli encoding takes at "
+                              f"most {MAX_PROB_PIXEL_BITS}-bit pixels (one probability each)")
+            _check_int("input.prob_bits", self.prob_bits, 1, MAX_P_BITS)
+            if not isinstance(self.probs, (list, tuple)) or len(self.probs) != 1 << self.pixel_bits:
+                raise IRError(f"input.probs must list {1 << self.pixel_bits} values, one per "
+                              f"pixel value")
+            for k, q in enumerate(self.probs):
+                _check_int(f"input.probs[{k}]", q, 0, 1 << self.prob_bits)
+            if not isinstance(self.rng, LfsrSpec):
+                raise IRError("input.rng: bernoulli encoding needs an LFSR spec")
+            self.rng.validate("input.rng", self.prob_bits)
+        elif self.probs or self.rng is not None or self.prob_bits:
+            raise IRError("input.probs/prob_bits/rng are given but the encoding is not 'bernoulli'")
 
 
 @dataclass(frozen=True)
@@ -558,6 +582,9 @@ def from_json(meta: dict, arrays: dict) -> IR:
             raise IRError("ir.json: 'format' is not 'nsm-ir'")
         m_in = dict(meta["input"])
         m_in["thresholds"] = tuple(m_in.get("thresholds", ()))
+        m_in["probs"] = tuple(m_in.get("probs", ()))
+        if m_in.get("rng") is not None:
+            m_in["rng"] = LfsrSpec(**m_in["rng"])
         inp = InputSpec(**m_in)
         version = meta["version"]
         if version not in READ_VERSIONS:

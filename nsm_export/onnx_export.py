@@ -27,6 +27,14 @@ or, for a thermometer code with ``L`` levels (``enc_thresholds`` FLOAT ``[1, L, 
     enc_ge .. enc_sub  as above on (enc_px, enc_thresholds)   -> enc_spikes  [batch, L, n_in]
     enc_flatten    Reshape(enc_spikes, enc_flat_shape)        -> z0          (level-major)
 
+or, for the stochastic code (``+1`` with probability ``pixel / pixel_max``, drawn anew each
+sample; ``pixel_max`` is the ``high`` attribute)::
+
+    enc_uniform    RandomUniformLike(low=0, high=pixel_max)(pixels) -> enc_rand
+    enc_floor      Floor(enc_rand)                                  -> enc_r   (0 .. pixel_max-1)
+    enc_lt         Less(enc_r, pixels)                              -> enc_bool
+    enc_cast .. enc_sub  as above                                   -> z0
+
 Layer ``i`` = 0, 1, ... (node names ``layer{i}_*``), input ``z{i}``:
 
 * only if sampling is on and the layer's p < 1 (otherwise these nodes are absent and
@@ -181,6 +189,15 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
                  helper.make_node("Reshape", ["enc_spikes", "enc_flat_shape"], ["z0"],
                                   name="enc_flatten")]
         n_prev = len(levels) * n_in
+    elif getattr(model, "encoding", "threshold") == "bernoulli":
+        top = int(model.pixel_max)
+        nodes = [helper.make_node("RandomUniformLike", ["pixels"], ["enc_rand"],
+                                  name="enc_uniform", dtype=TensorProto.FLOAT, low=0.0,
+                                  high=float(top)),
+                 helper.make_node("Floor", ["enc_rand"], ["enc_r"], name="enc_floor"),
+                 helper.make_node("Less", ["enc_r", "pixels"], ["enc_bool"], name="enc_lt"),
+                 *_step("enc", "", "z0", "")[1:]]
+        n_prev = n_in
     else:
         nodes = _step("enc", "pixels", "z0", "enc_threshold")
         n_prev = n_in

@@ -11,7 +11,7 @@ import numpy as np
 
 from .ir import IR, DenseLayer
 
-__all__ = ["layer_cycles", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
+__all__ = ["layer_cycles", "encode_cycles", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
            "expected_cycles_per_inference", "dense_bound"]
 
 GROUP_OVERHEAD = 4      # three drain cycles and one write cycle per neuron group
@@ -35,7 +35,16 @@ def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     for layer, m in zip(ir.layers, masks):
         kept = np.asarray(m).sum(axis=2)                       # (N, T)
         total = total + layer_cycles(layer, kept).sum(axis=1)
-    return np.asarray(total, dtype=np.int64) + argmax_cycles(ir)
+    return np.asarray(total, dtype=np.int64) + ir.samples * encode_cycles(ir) + argmax_cycles(ir)
+
+
+ENCODE_FLUSH = 2        # the stochastic encoder's pixel -> probability -> spike pipeline empties
+
+
+def encode_cycles(ir: IR) -> int:
+    """Per sample: the stochastic input code is drawn anew (``size + 2`` cycles); fixed codes
+    are encoded once while the pixels arrive (no cycles here)."""
+    return ir.input.size + ENCODE_FLUSH if ir.input.encoding == "bernoulli" else 0
 
 
 def argmax_cycles(ir: IR) -> int:
@@ -52,7 +61,7 @@ def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
 def expected_latency_cycles(ir: IR) -> float:
     """Mean latency over the blank-out draws (``kept = p * n_in`` on average)."""
     per_sample = sum(layer_cycles(layer, layer.p * layer.n_in) for layer in ir.layers)
-    return ir.samples * per_sample + argmax_cycles(ir)
+    return ir.samples * (per_sample + encode_cycles(ir)) + argmax_cycles(ir)
 
 
 def expected_cycles_per_inference(ir: IR) -> float:

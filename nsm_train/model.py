@@ -119,8 +119,8 @@ class _NSMNet(nn.Module):
         """Why the integer IR cannot hold this network yet, or None if it can."""
         if self.ARCH not in ("mlp", "sbs-mlp", "conv"):
             return f"{self.ARCH} networks"
-        if self.encoding not in ("threshold", "thermometer"):
-            return f"{self.encoding} input encoding (the IR has threshold and thermometer only)"
+        if self.encoding not in ENCODINGS:
+            return f"{self.encoding} input encoding"
         for i, layer in enumerate(list(getattr(self, "features", [])) + list(self.layers)):
             if not hasattr(layer, "weight_bits"):          # binary pooling: always fine
                 continue

@@ -123,8 +123,8 @@ def test_bad_device_and_mismatched_eval_are_one_line(tmp_path):
 
 def test_export_refuses_a_model_the_ir_cannot_hold(tmp_path):
     r = CliRunner()
-    pt = tmp_path / "stoch.pt"
-    res = r.invoke(main, ["train", "--hidden", "8", "--epochs", "1", "--encoding", "bernoulli",
+    pt = tmp_path / "float.pt"
+    res = r.invoke(main, ["train", "--hidden", "8", "--epochs", "1", "--weight-bits", "32",
                           "-o", str(pt)])
     assert res.exit_code == 0, res.output
     res = r.invoke(main, ["export", str(pt), "-o", str(tmp_path / "m.onnx")])

@@ -8,7 +8,7 @@ import pytest
 
 from hw.top import generate_verilog, weight_image
 from nsm_export import golden, schedule
-from nsm_export.build import IntLayer, build_ir
+from nsm_export.build import IntLayer, bernoulli_probs, build_ir
 from nsm_export.random_ir import random_ir, random_pixels
 from sim.runner import compare, golden_with_resets, run_rtl
 
@@ -109,6 +109,32 @@ def test_thermometer_encoder_equals_golden(tmp_path, simulator, pixels, levels, 
     rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,
                   in_idle_prob=0.2, seed=levels)
     expected = golden.run(ir, px, record=True)
+    cmp = compare(expected, rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+    assert np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks))
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("pixels,pixel_max,prob_bits,p,lanes", [
+    (11, 255, 8, 0.75, 4),        # 8-bit pixels, P(+1) = x/255 on 8 bits
+    (20, 16, 4, 1.0, 1),          # digits-like pixels, first layer without blank-out; u == q
+                                  # often (1/16), so an off-by-one comparator is caught
+])
+def test_stochastic_encoder_equals_golden(tmp_path, simulator, pixels, pixel_max, prob_bits,
+                                          p, lanes):
+    """Bernoulli(x) input spikes drawn anew every sample from the encoder's LFSR, with resets
+    and a run seed in between: bit-exact, and the cycle model still exact."""
+    rng = np.random.default_rng(pixels)
+    probs = bernoulli_probs(pixel_max, 8, prob_bits)
+    layers = [IntLayer(rng.integers(-3, 4, (6, pixels)), rng.integers(-4, 5, 6), p, 3),
+              IntLayer(rng.integers(-3, 4, (4, 6)), rng.integers(-4, 5, 4), 0.5, 3)]
+    ir = build_ir(layers, input_size=pixels, input_threshold=0, samples=3, pe=[4, 2],
+                  seed=pixels, lanes=[lanes, 2], probs=probs, prob_bits=prob_bits)
+    px = rng.integers(0, pixel_max + 1, size=(10, pixels))
+    resets, seeds = [(4, 3)], [(7, 0xBEEF)]
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.2, resets=resets, seeds=seeds, seed=pixels)
+    expected = golden_with_resets(ir, px, resets=resets, seeds=seeds, record=True)
     cmp = compare(expected, rtl)
     assert cmp.mismatches == 0, cmp.first_mismatch
     assert np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks))

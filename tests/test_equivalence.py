@@ -131,3 +131,27 @@ def test_negative_and_zero_scales_fold_exactly(digits):
     ir = compile_model(proto, samples=1, pe=4)
     x = np.concatenate([digits[0], digits[2]])
     assert np.array_equal(np.argmax(_ort_scores(proto, x), axis=1), golden.run(ir, x).classes)
+
+
+def test_stochastic_input_compiles_and_matches_pytorch_statistically(digits):
+    """The bernoulli code (P(+1) = pixel/16 on digits) compiles to the IR's stochastic encoder;
+    golden and PyTorch accuracies at T = 16 agree within the statistical margin, and the noise
+    on the input really is drawn anew (two golden runs from different run seeds differ)."""
+    x_tr, y_tr, x_te, y_te = digits
+    model, _ = train(TrainConfig(hidden=[64], p=0.75, epochs=8, seed=3, encoding="bernoulli"),
+                     progress=False)
+    assert model.pixel_max == 16
+    proto = build_onnx(model, samples=16)
+    ir = compile_model(proto)
+    assert ir.input.encoding == "bernoulli" and ir.input.probs[16] == 1 << ir.input.prob_bits
+    assert ir.input.probs[8] == (1 << ir.input.prob_bits) // 2
+    res = golden.run(ir, x_te)
+    acc_golden = float((res.classes == y_te).mean())
+    torch.manual_seed(0)
+    acc_torch = evaluate(model, x_te, y_te, 16)
+    a = (acc_torch + acc_golden) / 2
+    margin = 4 * np.sqrt(2 * a * (1 - a) / len(y_te)) + 0.01   # as for the threshold code
+    assert acc_golden > 0.8 and abs(acc_golden - acc_torch) < margin, (acc_golden, acc_torch)
+    g = golden.GoldenModel(ir)
+    g.reseed(12345)
+    assert not np.array_equal(g.run(x_te[:50]).scores, golden.run(ir, x_te[:50]).scores)
