@@ -125,7 +125,8 @@ class DenseEngine(wiring.Component):
     done : Out(1)
         High for one cycle, in the last cycle of the sample.
     spikes_in : In(n_in)
-        Input spikes, bit ``j`` is input ``j`` (1 = +1, 0 = -1); must hold still while busy.
+        Input spikes, bit ``j`` is input ``j`` (1 = +1, 0 = -1); latched in the cycle ``start``
+        is taken, so they may change once the layer has started.
         Absent with ``spike_memory=True``: then the spikes live in a memory of 16-bit words
         (bit ``i`` of word ``w`` is input ``16*w + i``), written through ``spk_we``,
         ``spk_addr``, ``spk_data`` while idle (the first layer: no wide register, no wide
@@ -224,7 +225,10 @@ class DenseEngine(wiring.Component):
                          spk_wr.data.eq(self.spk_data)]
         else:
             spkmem = None
-            padded = Cat(self.spikes_in, Const(0, words * SPIKE_WORD - n_in))
+            # The input spikes are latched when the sample starts, so that the layer before may
+            # go on to its next sample at once (layers overlap, see hw.top).
+            spk_in = Signal(n_in)
+            padded = Cat(spk_in, Const(0, words * SPIKE_WORD - n_in))
 
         j = Signal(range(n_in + 16))           # MASK: first input of the batch being drawn
         kept = Signal(range(n_in + 1))         # K: kept inputs this sample
@@ -321,7 +325,7 @@ class DenseEngine(wiring.Component):
             z1 = Signal()
             m.d.sync += idx.eq(c)
             if spkmem is None:
-                m.d.sync += z1.eq(self.spikes_in.bit_select(c, 1))
+                m.d.sync += z1.eq(spk_in.bit_select(c, 1))
             else:
                 bit = Signal(SPIKE_WORD_BITS)
                 m.d.comb += [spk_rd.addr.eq(c >> SPIKE_WORD_BITS),
@@ -360,6 +364,9 @@ class DenseEngine(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [j.eq(0), c.eq(0), g.eq(0), base.eq(0)]
+                if spkmem is None:
+                    with m.If(self.start):
+                        m.d.sync += spk_in.eq(self.spikes_in)
                 if L.sampling:
                     m.d.sync += [kept.eq(0), klast.eq(klast.init)]
                 with m.If(self.start):

@@ -7,10 +7,16 @@ States (cycle counts mirrored by :mod:`nsm_export.schedule`):
             survive ``rst``: after a reset the core goes straight on to ``LOAD`` (one cycle);
             a reset in the middle of the weight image makes the host send it again from the
             start.
-``LOAD``    one pixel per accepted beat: ``z = pixel >= threshold`` goes into the first layer's
-            spike memory (16 spikes to a word); after ``n_in`` beats the core starts.
-``RUN_l``   layer ``l`` runs one sample; after the last layer the next sample starts at once,
-            ``T`` samples in all.
+``LOAD``    one pixel per accepted beat: the input encoder's spikes go into the first layer's
+            spike memory (16 spikes to a word; the stochastic code keeps the pixels instead);
+            after ``size`` beats the core starts.
+``RUN``     the layers work as a pipeline, ``T`` samples each: engine ``l`` starts its next
+            sample as soon as its input is ready (engine 0: the spike memory, re-encoded per
+            sample for the stochastic code; engine ``l > 0``: engine ``l-1``'s finished
+            output) and the next engine has taken over its previous output (it latches its
+            input when it starts). So while layer ``l+1`` works on sample ``t``, layer ``l``
+            already works on sample ``t+1``. ``RUN`` ends when the output layer finishes its
+            ``T``-th sample.
 ``ARGMAX``  ``C + 1`` cycles: scan the scores through a two-stage pipeline (fetch, compare),
             keeping the first maximum (ties: lowest index).
 ``OUT``     ``m_axis_tvalid`` high with the class and all scores until accepted; then scores
@@ -71,12 +77,12 @@ class NsmCore(wiring.Component):
     w_axis_tvalid, w_axis_tready, w_axis_tdata (16), w_axis_tlast
         Only where some layer keeps its weights in ``ram``: the weight image, once after
         configuration (see ``WLOAD``); ``s_axis_tready`` stays low until it is complete.
-    dbg_valid : Out(1)
-        Only with ``debug=True``: high for one cycle after a hidden layer finished a sample.
-    dbg_layer : Out(range(hidden layers))
-        Only with ``debug=True``: which hidden layer ``dbg_spikes`` shows.
-    dbg_spikes : Out(widest hidden layer)
-        Only with ``debug=True``: that layer's output spikes, bit ``i`` = neuron ``i`` (1 = +1).
+    dbg_valid : Out(hidden layers)
+        Only with ``debug=True``: bit ``h`` high for one cycle after hidden layer ``h`` finished
+        a sample (layers overlap, so several bits may be high at once).
+    dbg_spikes : Out(sum of the hidden layers' sizes)
+        Only with ``debug=True``: every hidden layer's output spikes, layer after layer (layer
+        ``h`` valid while ``dbg_valid[h]`` is high), bit ``i`` of a layer = neuron ``i``.
     """
 
     def __init__(self, ir: IR, debug: bool = False):
@@ -92,8 +98,8 @@ class NsmCore(wiring.Component):
         wload = {"w_axis_tvalid": In(1), "w_axis_tready": Out(1), "w_axis_tdata": In(16),
                  "w_axis_tlast": In(1)} if any(layer.weight_store == "ram"
                                                for layer in ir.layers) else {}
-        dbg = {"dbg_valid": Out(1), "dbg_layer": Out(unsigned_bits(max(1, len(hidden) - 1))),
-               "dbg_spikes": Out(max([layer.n_out for layer in hidden] or [1]))} if debug else {}
+        dbg = {"dbg_valid": Out(max(1, len(hidden))),
+               "dbg_spikes": Out(max(1, sum(layer.n_out for layer in hidden)))} if debug else {}
         super().__init__({**dbg, **wload,
             "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
             "s_axis_tdata": In(ir.input.pixel_bits), "s_axis_tlast": In(1),
@@ -147,7 +153,6 @@ class NsmCore(wiring.Component):
                 m.d.sync += [wpos.eq(0), waddr.eq(0)]
 
         stoch = ir.input.encoding == "bernoulli"
-        first_run = "ENC" if stoch else "RUN_0"
         if stoch:
             # Stochastic code: the pixels are kept; every sample re-encodes them (state ENC):
             # read pixel j, look up its probability numerator, compare with a fresh draw.
@@ -174,7 +179,6 @@ class NsmCore(wiring.Component):
 
         px = Signal(range(n0 + 1))
         fresh = Signal(init=1)      # no pixel of the next image taken yet (a register: px == 0)
-        t = Signal(range(T + 1))
         c = Signal(range(C + 1))
         best = Signal(signed(ir.score_bits))
         best_idx = Signal(ir.class_bits)
@@ -184,12 +188,55 @@ class NsmCore(wiring.Component):
         m.d.comb += [self.m_axis_tdata.eq(best_idx), self.m_axis_tuser.eq(out_eng.scores)]
 
         if self._debug:
-            m.d.sync += self.dbg_valid.eq(0)
-            for i, eng in enumerate(engines[:-1]):
-                with m.If(eng.done):
-                    m.d.sync += [self.dbg_valid.eq(1), self.dbg_layer.eq(i)]
-                with m.If(self.dbg_layer == i):
-                    m.d.comb += self.dbg_spikes.eq(eng.spikes_out[:eng.layer.n_out])
+            m.d.sync += self.dbg_valid.eq(Cat(*[eng.done for eng in engines[:-1]]))
+            m.d.comb += self.dbg_spikes.eq(Cat(*[eng.spikes_out[:eng.layer.n_out]
+                                                 for eng in engines[:-1]]))
+
+        # The layers overlap (a dataflow pipeline): engine i runs its next sample as soon as its
+        # input is there (the first engine: the spike memory; the others: the previous engine's
+        # finished output) and its own output has been taken over (the next engine latches its
+        # input when it starts). Every decision reads registered flags only.
+        L = len(engines)
+        in_run = Signal()
+        busy = [Signal(name=f"busy{i}") for i in range(L)]       # engine i is running
+        cnt = [Signal(range(T + 1), name=f"started{i}") for i in range(L)]
+        full = [Signal(name=f"full{i}") for i in range(L - 1)]   # output waits for engine i+1
+        if stoch:
+            enc_busy, enc_full = Signal(), Signal()              # encoder running / code ready
+            enc_cnt = Signal(range(T + 1))
+        for i, eng in enumerate(engines):
+            source = (enc_full if stoch else 1) if i == 0 else full[i - 1]
+            free = ~full[i] if i < L - 1 else 1
+            go = Signal(name=f"go{i}")
+            m.d.comb += [go.eq(in_run & ~busy[i] & (cnt[i] != T) & source & free),
+                         eng.start.eq(go)]
+            with m.If(go):
+                m.d.sync += [busy[i].eq(1), cnt[i].eq(cnt[i] + 1)]
+                if i > 0:
+                    m.d.sync += full[i - 1].eq(0)
+                elif stoch:
+                    m.d.sync += enc_full.eq(0)
+            with m.If(eng.done):
+                m.d.sync += busy[i].eq(0)
+                if i < L - 1:
+                    m.d.sync += full[i].eq(1)
+        if stoch:
+            # The encoder rewrites the spike memory, so it waits until engine 0 has finished
+            # reading the previous code. Three stages (pixel address; pixel -> probability
+            # address; probability and a fresh draw -> spike): size + 3 cycles with its go cycle.
+            enc_go = Signal()
+            m.d.comb += enc_go.eq(in_run & ~enc_busy & (enc_cnt != T) & ~enc_full & ~busy[0])
+            with m.If(enc_go):
+                m.d.sync += [enc_busy.eq(1), enc_cnt.eq(enc_cnt + 1), ej.eq(0), ev1.eq(0),
+                             ev2.eq(0)]
+            with m.If(enc_busy):
+                m.d.comb += pr.addr.eq(ej)
+                m.d.sync += [ej.eq(ej + 1), ev1.eq(ej < n0), ev2.eq(ev1)]
+                with m.If(ev2):
+                    m.d.comb += enc_rng.en.eq(1)
+                    put_spikes(enc_rng.next[:spec.prob_bits] < qr.data, ej == n0 + 1)
+                with m.If(ej == n0 + 1):
+                    m.d.sync += [enc_busy.eq(0), enc_full.eq(1)]
 
         ram = [(i, eng) for i, eng in enumerate(engines) if eng.layer.weight_store == "ram"]
         with m.FSM(init="WLOAD" if ram else "LOAD"):
@@ -236,35 +283,15 @@ class NsmCore(wiring.Component):
                     else:
                         put_spikes(self.s_axis_tdata >= ir.input.threshold, last)
                     with m.If(last):
-                        m.d.sync += [px.eq(0), t.eq(0), fresh.eq(1)]
+                        m.d.sync += [px.eq(0), fresh.eq(1), *[n.eq(0) for n in cnt]]
                         if stoch:
-                            m.d.sync += [ej.eq(0), ev1.eq(0), ev2.eq(0)]
-                        m.next = first_run
-            if stoch:
-                with m.State("ENC"):
-                    # Three stages: pixel address; pixel -> probability address; probability
-                    # and a fresh draw -> spike. size + 2 cycles.
-                    m.d.comb += pr.addr.eq(ej)
-                    m.d.sync += [ej.eq(ej + 1), ev1.eq(ej < n0), ev2.eq(ev1)]
-                    with m.If(ev2):
-                        m.d.comb += enc_rng.en.eq(1)
-                        put_spikes(enc_rng.next[:spec.prob_bits] < qr.data, ej == n0 + 1)
-                    with m.If(ej == n0 + 1):
-                        m.d.sync += [ej.eq(0), ev1.eq(0), ev2.eq(0)]
-                        m.next = "RUN_0"
-            for i, eng in enumerate(engines):
-                with m.State(f"RUN_{i}"):
-                    m.d.comb += eng.start.eq(1)
-                    with m.If(eng.done):
-                        if i + 1 < len(engines):
-                            m.next = f"RUN_{i + 1}"
-                        else:
-                            with m.If(t == T - 1):
-                                m.d.sync += [c.eq(0), cand_valid.eq(0)]
-                                m.next = "ARGMAX"
-                            with m.Else():
-                                m.d.sync += t.eq(t + 1)
-                                m.next = first_run
+                            m.d.sync += [ej.eq(0), ev1.eq(0), ev2.eq(0), enc_cnt.eq(0)]
+                        m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += in_run.eq(1)
+                with m.If(engines[-1].done & (cnt[-1] == T)):
+                    m.d.sync += [c.eq(0), cand_valid.eq(0)]
+                    m.next = "ARGMAX"
             with m.State("ARGMAX"):
                 # Two stages, so the score multiplexer and the comparator sit in different
                 # clock cycles: fetch score c, then compare the one fetched a cycle earlier.

@@ -11,7 +11,7 @@ import numpy as np
 
 from .ir import IR, DenseLayer
 
-__all__ = ["layer_cycles", "encode_cycles", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
+__all__ = ["layer_cycles", "encode_cycles", "pipeline_end", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
            "expected_cycles_per_inference", "dense_bound"]
 
 GROUP_OVERHEAD = 4      # three drain cycles and one write cycle per neuron group
@@ -29,22 +29,51 @@ def layer_cycles(layer: DenseLayer, kept):
 def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     """Per image: clock edges from the last pixel's handshake to ``m_axis_tvalid`` going high.
 
-    ``masks`` are the golden model's per-layer keep bits, ``(N, T, n_in)`` each.
+    ``masks`` are the golden model's per-layer keep bits, ``(N, T, n_in)`` each. The layers
+    overlap (see :mod:`hw.top`): :func:`pipeline_end` schedules them.
     """
-    total = 0
-    for layer, m in zip(ir.layers, masks):
-        kept = np.asarray(m).sum(axis=2)                       # (N, T)
-        total = total + layer_cycles(layer, kept).sum(axis=1)
-    return np.asarray(total, dtype=np.int64) + ir.samples * encode_cycles(ir) + argmax_cycles(ir)
+    durations = [layer_cycles(layer, np.asarray(m).sum(axis=2)) for layer, m in zip(ir.layers, masks)]
+    n = durations[0].shape[0]
+    return np.array([pipeline_end(ir, [d[k] for d in durations]) for k in range(n)],
+                    dtype=np.int64) + argmax_cycles(ir)
 
 
-ENCODE_FLUSH = 2        # the stochastic encoder's pixel -> probability -> spike pipeline empties
+def pipeline_end(ir: IR, durations) -> float:
+    """The cycle (counted from the last pixel's handshake) in which the output layer has
+    finished its ``T``-th sample, for per-layer, per-sample ``durations`` (``[layer][t]``).
+
+    Engine ``i`` starts sample ``t`` in the first cycle in which it is idle (its sample
+    ``t - 1`` ended), its input is ready (engine 0: the spike memory, or, for the stochastic
+    code, the encoder's code for ``t``; engine ``i > 0``: engine ``i - 1`` ended sample ``t``)
+    and its previous output has been taken (engine ``i + 1`` started sample ``t - 1`` at least
+    a cycle earlier). The stochastic encoder runs ``size + 3`` cycles per sample and waits for
+    engine 0 to end the previous sample (they share the spike memory)."""
+    T, L = ir.samples, len(ir.layers)
+    start = [[0.0] * T for _ in range(L)]
+    end = [[0.0] * T for _ in range(L)]
+    enc = encode_cycles(ir)
+    enc_end = 0.0
+    for t in range(T):
+        if enc:
+            enc_end = max(enc_end, end[0][t - 1] if t else 0.0) + enc
+        for i in range(L):
+            s = enc_end if i == 0 else end[i - 1][t]
+            if t:
+                s = max(s, end[i][t - 1])
+                if i < L - 1:
+                    s = max(s, start[i + 1][t - 1] + 1)
+            start[i][t] = s
+            end[i][t] = s + float(durations[i][t])
+    return end[L - 1][T - 1]
+
+
+ENCODE_OVERHEAD = 3     # the stochastic encoder's go cycle and its three-stage pipeline emptying
 
 
 def encode_cycles(ir: IR) -> int:
-    """Per sample: the stochastic input code is drawn anew (``size + 2`` cycles); fixed codes
+    """Per sample: the stochastic input code is drawn anew (``size + 3`` cycles); fixed codes
     are encoded once while the pixels arrive (no cycles here)."""
-    return ir.input.size + ENCODE_FLUSH if ir.input.encoding == "bernoulli" else 0
+    return ir.input.size + ENCODE_OVERHEAD if ir.input.encoding == "bernoulli" else 0
 
 
 def argmax_cycles(ir: IR) -> int:
@@ -59,9 +88,10 @@ def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
 
 
 def expected_latency_cycles(ir: IR) -> float:
-    """Mean latency over the blank-out draws (``kept = p * n_in`` on average)."""
-    per_sample = sum(layer_cycles(layer, layer.p * layer.n_in) for layer in ir.layers)
-    return ir.samples * (per_sample + encode_cycles(ir)) + argmax_cycles(ir)
+    """Latency with every layer keeping its mean ``p * n_in`` inputs each sample, through the
+    same pipeline schedule (an estimate: the mean of a maximum is not the maximum of means)."""
+    durations = [[layer_cycles(layer, layer.p * layer.n_in)] * ir.samples for layer in ir.layers]
+    return pipeline_end(ir, durations) + argmax_cycles(ir)
 
 
 def expected_cycles_per_inference(ir: IR) -> float:

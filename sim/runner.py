@@ -165,19 +165,25 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
 
 
 def _unpack_spikes(ir: IR, n_img: int, layers: np.ndarray, bits: np.ndarray) -> list[np.ndarray]:
+    """Per hidden layer, its k-th vector is image ``k // T``, sample ``k % T`` (layers overlap,
+    so vectors of different layers interleave)."""
     hidden = ir.layers[:-1]
     out = [np.zeros((n_img, ir.samples, layer.n_out), dtype=bool) for layer in hidden]
-    per_image = ir.samples * len(hidden)
-    if len(layers) != n_img * per_image:
-        raise SimError(f"debug port produced {len(layers)} spike vectors, expected "
-                       f"{n_img * per_image}")
-    for k, (layer, value) in enumerate(zip(layers, bits)):
-        n, rest = divmod(k, per_image)
-        t, h = divmod(rest, len(hidden))
-        if layer != h:
-            raise SimError(f"debug port: vector {k} came from layer {layer}, expected {h}")
+    seen = [0] * len(hidden)
+    for layer, value in zip(layers, bits):
+        h = int(layer)
+        if not 0 <= h < len(hidden):
+            raise SimError(f"debug port: a vector from layer {h}, which is not a hidden layer")
+        n, t = divmod(seen[h], ir.samples)
+        if n >= n_img:
+            raise SimError(f"debug port: layer {h} produced more than {n_img * ir.samples} "
+                           f"spike vectors")
         v = int(value)
         out[h][n, t] = [(v >> i) & 1 for i in range(hidden[h].n_out)]
+        seen[h] += 1
+    if any(k != n_img * ir.samples for k in seen):
+        raise SimError(f"debug port produced {seen} spike vectors per hidden layer, expected "
+                       f"{n_img * ir.samples} each")
     return out
 
 

@@ -79,7 +79,6 @@ async def stream_images(dut):
     seeds = {int(k): int(v) for k, v in spec.get("seeds", [])}
     debug = bool(spec.get("debug", False))
     hidden = spec.get("hidden_sizes", [])
-    per_image = spec.get("samples", 1) * len(hidden)     # spike vectors per finished image
 
     Clock(dut.clk, PERIOD_NS, unit="ns").start()
     dut.s_axis_tdata.value = 0
@@ -153,10 +152,16 @@ async def stream_images(dut):
         results["done_at"].append(_cycle())
 
     async def watch_spikes() -> None:
+        offsets = np.concatenate([[0], np.cumsum(hidden)]).astype(int)
         while True:
-            await RisingEdge(dut.dbg_valid)
+            await RisingEdge(dut.clk)
             await FallingEdge(dut.clk)
-            spikes.append((_uint(dut.dbg_layer.value), _uint(dut.dbg_spikes.value)))
+            valid = _uint(dut.dbg_valid.value)
+            if valid:
+                bits = _uint(dut.dbg_spikes.value)
+                for h in range(len(hidden)):
+                    if valid >> h & 1:
+                        spikes.append((h, (bits >> int(offsets[h])) & ((1 << hidden[h]) - 1)))
 
     if debug and hidden:
         cocotb.start_soon(watch_spikes())
@@ -173,7 +178,14 @@ async def stream_images(dut):
             assert dut.m_axis_tvalid.value != 1, f"image {n}: finished before the planned reset"
             await _reset(dut)
             dut.m_axis_tready.value = 1
-            del spikes[len(results["classes"]) * per_image:]
+            # Drop what the aborted image produced: keep T vectors per layer per finished image.
+            keep, seen = len(results["classes"]) * spec.get("samples", 1), {}
+            kept_spikes = []
+            for h, v in spikes:
+                seen[h] = seen.get(h, 0) + 1
+                if seen[h] <= keep:
+                    kept_spikes.append((h, v))
+            spikes[:] = kept_spikes
             dut._log.info("reset in the middle of image %d; feeding it again", n)
             continue
         if n in seeds:
