@@ -197,9 +197,10 @@ class NsmCore(wiring.Component):
         # finished output) and its own output has been taken over (the next engine latches its
         # input when it starts). Every decision reads registered flags only.
         L = len(engines)
-        in_run = Signal()
+        in_run = Signal()                                        # a register: the state is RUN
         busy = [Signal(name=f"busy{i}") for i in range(L)]       # engine i is running
         cnt = [Signal(range(T + 1), name=f"started{i}") for i in range(L)]
+        more = [Signal(name=f"more{i}") for i in range(L)]       # a register: cnt[i] != T
         full = [Signal(name=f"full{i}") for i in range(L - 1)]   # output waits for engine i+1
         if stoch:
             enc_busy, enc_full = Signal(), Signal()              # encoder running / code ready
@@ -208,10 +209,10 @@ class NsmCore(wiring.Component):
             source = (enc_full if stoch else 1) if i == 0 else full[i - 1]
             free = ~full[i] if i < L - 1 else 1
             go = Signal(name=f"go{i}")
-            m.d.comb += [go.eq(in_run & ~busy[i] & (cnt[i] != T) & source & free),
+            m.d.comb += [go.eq(in_run & ~busy[i] & more[i] & source & free),
                          eng.start.eq(go)]
             with m.If(go):
-                m.d.sync += [busy[i].eq(1), cnt[i].eq(cnt[i] + 1)]
+                m.d.sync += [busy[i].eq(1), cnt[i].eq(cnt[i] + 1), more[i].eq(cnt[i] != T - 1)]
                 if i > 0:
                     m.d.sync += full[i - 1].eq(0)
                 elif stoch:
@@ -225,10 +226,11 @@ class NsmCore(wiring.Component):
             # reading the previous code. Three stages (pixel address; pixel -> probability
             # address; probability and a fresh draw -> spike): size + 3 cycles with its go cycle.
             enc_go = Signal()
-            m.d.comb += enc_go.eq(in_run & ~enc_busy & (enc_cnt != T) & ~enc_full & ~busy[0])
+            enc_more = Signal()
+            m.d.comb += enc_go.eq(in_run & ~enc_busy & enc_more & ~enc_full & ~busy[0])
             with m.If(enc_go):
                 m.d.sync += [enc_busy.eq(1), enc_cnt.eq(enc_cnt + 1), ej.eq(0), ev1.eq(0),
-                             ev2.eq(0)]
+                             ev2.eq(0), enc_more.eq(enc_cnt != T - 1)]
             with m.If(enc_busy):
                 m.d.comb += pr.addr.eq(ej)
                 m.d.sync += [ej.eq(ej + 1), ev1.eq(ej < n0), ev2.eq(ev1)]
@@ -283,14 +285,15 @@ class NsmCore(wiring.Component):
                     else:
                         put_spikes(self.s_axis_tdata >= ir.input.threshold, last)
                     with m.If(last):
-                        m.d.sync += [px.eq(0), fresh.eq(1), *[n.eq(0) for n in cnt]]
+                        m.d.sync += [px.eq(0), fresh.eq(1), in_run.eq(1),
+                                     *[n.eq(0) for n in cnt], *[f.eq(1) for f in more]]
                         if stoch:
-                            m.d.sync += [ej.eq(0), ev1.eq(0), ev2.eq(0), enc_cnt.eq(0)]
+                            m.d.sync += [ej.eq(0), ev1.eq(0), ev2.eq(0), enc_cnt.eq(0),
+                                         enc_more.eq(1)]
                         m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += in_run.eq(1)
-                with m.If(engines[-1].done & (cnt[-1] == T)):
-                    m.d.sync += [c.eq(0), cand_valid.eq(0)]
+                with m.If(engines[-1].done & ~more[-1]):
+                    m.d.sync += [c.eq(0), cand_valid.eq(0), in_run.eq(0)]
                     m.next = "ARGMAX"
             with m.State("ARGMAX"):
                 # Two stages, so the score multiplexer and the comparator sit in different
