@@ -29,10 +29,10 @@ memory, each hidden layer's activations to a memory of ``pe``-lane words. Schedu
 ``LOAD``       one pixel per accepted beat, ``n_in`` beats.
 ``ACC_l``      per group, ``n_in`` cycles: a four-stage pipeline (address; weight word and
                activation read; operands registered; product registered) ends in
-               ``acc_k += w_k * a``.
+               ``acc_k += w_k * a`` (the group's first product adds to the bias ``b_k``).
 ``DRAIN_l``    3 cycles: the last products reach the accumulators.
-``WRITE_l``    1 cycle: ``acc + bias``; hidden layers write the group's ReLU outputs, the output
-               layer its scores.
+``WRITE_l``    1 cycle: hidden layers write the group's ReLU outputs, the output layer its
+               scores.
 ``ARGMAX``     ``C + 1`` cycles, as in the NSM core; then ``OUT`` until the result is taken.
 
 The multipliers (``w_k * a``: signed 8 x unsigned 8 bits) are what ``synth_ice40 -dsp`` maps to
@@ -346,21 +346,27 @@ class MacCore(wiring.Component):
             biases.append([bp.data[k * bb:(k + 1) * bb].as_signed() for k in range(pe)])
 
         # The pipeline: issue (v1 next cycle: memory data), operands (v2), product (v3), add.
+        # The first product of a group adds to the bias instead of the old sum, so that WRITE
+        # needs no adder in front of the ReLU.
         issue, v1, v2, v3 = Signal(), Signal(), Signal(), Signal()
+        first, f1, f2, f3 = Signal(), Signal(), Signal(), Signal()
         jl1 = Signal.like(jl)
         wop = [Signal(signed(8), name=f"w{k}") for k in range(pe)]
         aop = Signal(ACT_BITS)
         prod = [Signal(signed(17), name=f"p{k}") for k in range(pe)]
         accs = [Signal(signed(A), name=f"acc{k}") for k in range(pe)]
-        m.d.sync += [v1.eq(issue), jl1.eq(jl), v2.eq(v1), v3.eq(v2)]
+        m.d.sync += [v1.eq(issue), jl1.eq(jl), v2.eq(v1), v3.eq(v2),
+                     f1.eq(first), f2.eq(f1), f3.eq(f2)]
         wsel = Array(wdatas)[cur] if L > 1 else wdatas[0]
+        biases_now = [Array(b[k] for b in biases)[cur] if L > 1 else biases[0][k]
+                      for k in range(pe)]
         asel = [a0_rd.data] + [rp.data.word_select(jl1, ACT_BITS) for _, rp in acts[1:]]
         m.d.sync += aop.eq(Array(asel)[cur] if L > 1 else asel[0])
         for k in range(pe):
             m.d.sync += [wop[k].eq(wsel[k * wb:(k + 1) * wb].as_signed()),
                          prod[k].eq(wop[k] * aop)]
             with m.If(v3):
-                m.d.sync += accs[k].eq(accs[k] + prod[k])
+                m.d.sync += accs[k].eq(Mux(f3, biases_now[k], accs[k]) + prod[k])
 
         scores = [Signal(signed(SB), name=f"score{c}") for c in range(C)]
         m.d.comb += self.m_axis_tuser.eq(Cat(*scores))
@@ -406,7 +412,7 @@ class MacCore(wiring.Component):
                         start_layer(0)
             for i, lay in enumerate(net.layers):
                 with m.State(f"ACC_{i}"):
-                    m.d.comb += issue.eq(1)
+                    m.d.comb += [issue.eq(1), first.eq(j == 0)]
                     m.d.sync += [waddr.eq(waddr + 1), j.eq(j + 1), jl.eq(jl + 1)]
                     with m.If(jl == pe - 1):
                         m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
@@ -418,8 +424,7 @@ class MacCore(wiring.Component):
                     with m.If(drain == DRAIN - 1):
                         m.next = f"WRITE_{i}"
                 with m.State(f"WRITE_{i}"):
-                    m.d.sync += [a.eq(0) for a in accs]
-                    v = [accs[k] + biases[i][k] for k in range(pe)]
+                    v = accs
                     if i < L - 1:
                         wp = acts[i + 1][0]
                         relu = []
