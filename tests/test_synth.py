@@ -16,9 +16,10 @@ from nsm_export.random_ir import random_ir
 pytestmark = pytest.mark.synth
 
 
-def _build(tmp_path, sizes, pe, weight_bits, seed=7):
+def _build(tmp_path, sizes, pe, weight_bits, seed=7, lanes=None):
     ir = random_ir(np.random.default_rng(seed), sizes=sizes, pe=pe, samples=4,
-                   weight_bits=weight_bits, p=[0.75] * (len(sizes) - 1), seed=3, lfsr_width=16)
+                   weight_bits=weight_bits, p=[0.75] * (len(sizes) - 1), seed=3, lfsr_width=16,
+                   lanes=lanes)
     build = tmp_path / "build"
     irmod.save(ir, build)
     (build / f"{ir.name}.v").write_text(generate_verilog(ir))
@@ -91,3 +92,31 @@ def test_an_oversized_network_names_the_resource_and_a_folding_that_fits(tmp_pat
     assert "does not fit ice40-up5k" in lines[0] and "EBR blocks of 30" in lines[0]
     assert "--pe 16,2" in lines[0]
     assert not (build / "synth" / "ice40-up5k" / "nextpnr.json").exists()
+
+
+def test_weights_too_big_for_ebr_move_to_spram_and_then_fit(tmp_path):
+    # 256 x 128 4-bit weights are 128 kbit: 32 EBR of 30 at any pe (folding does not shrink a
+    # weight ROM), so the suggestion must move layer 0 to SPRAM; the suggested build then fits,
+    # with the memory counts the estimate named.
+    import re
+
+    ir, build = _build(tmp_path, [256, 128, 4], [8, 4], 4, lanes=[1, 1])
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ice40-up5k"])
+    assert res.exit_code == 1
+    line = res.stderr.strip()
+    assert "\n" not in line and "EBR blocks of 30" in line, line
+    m = re.search(r"`nsm compile --pe (\S+) --weight-store (\S+)` \(estimated ([\d,]+) LUTs, "
+                  r"([\d,]+) FFs, (\d+) EBR, (\d+) SPRAM", line)
+    assert m, line
+    assert m[1] == "8,4" and m[2] == "ram,rom"
+    ir2 = random_ir(np.random.default_rng(7), sizes=[256, 128, 4], pe=[8, 4], samples=4,
+                    weight_bits=4, p=[0.75, 0.75], seed=3, lfsr_width=16, lanes=[1, 1])
+    for layer, store in zip(ir2.layers, m[2].split(",")):
+        layer.weight_store = store
+    ir2.validate()
+    v = tmp_path / "ram.v"
+    v.write_text(generate_verilog(ir2))
+    r = synth.synthesize(v, ir2.name, "ice40-up5k", tmp_path / "ram", ir=ir2, log=lambda s: None)
+    assert r["fits"] and r["spram"]["used"] == int(m[6])
+    assert abs(r["bram"]["used"] - int(m[5])) <= 1
+    assert abs(r["luts"]["used"] - int(m[3].replace(",", ""))) <= 0.15 * r["luts"]["used"]
