@@ -147,6 +147,12 @@ def main(argv=None) -> int:
                     "network", "target", "design", "fits", "luts", "ffs", "dsps", "ebr", "spram",
                     "fmax_mhz", "cycles_per_inference", "inferences_per_s")}), flush=True)
                 records.append(rec)
+    # A partial run (--network/--target/--design) replaces its own records and keeps the rest.
+    key = lambda r: (r["network"], r["target"], r["design"])      # noqa: E731
+    done = {key(r) for r in records}
+    if a.output.exists() and (a.network or a.target or a.design):
+        kept = [r for r in json.loads(a.output.read_text()) if key(r) not in done]
+        records = sorted(kept + records, key=lambda r: [*NETWORKS, CONV].index(r["network"]))
     write_results(a.output, records)
     return 0
 
