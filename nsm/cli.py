@@ -28,10 +28,11 @@ def _user_errors(fn):
         from hw.synth import SynthError
         from nsm_export.onnx_export import ExportError
         from hw.top import HardwareError
+        from nsm.report import ReportError
         try:
             return fn(*args, **kwargs)
         except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError,
-                ExportError, DeviceError, HardwareError) as e:
+                ExportError, DeviceError, HardwareError, ReportError) as e:
             name = click.get_current_context().info_name
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -224,22 +225,12 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
 
 
 def _plot_accuracy(rows, path, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from nsm.report import accuracy_figure
     from nsm_export.atomic import atomic_write
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
-    ax.plot([r["samples"] for r in rows], [100 * r["accuracy"] for r in rows], "o-")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("Monte Carlo samples T")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    png = accuracy_figure({"float (PyTorch)": ([r["samples"] for r in rows],
+                                               [r["accuracy"] for r in rows])}, title)
     with atomic_write(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+        f.write(png)
 
 
 def _plain(cfg) -> dict:
@@ -384,6 +375,50 @@ def synth(build_dir, target, as_json, output):
         click.echo(json.dumps(report))
     else:
         click.echo("\n".join(format_summary(report)))
+
+
+@main.command(epilog=_example("nsm report build/ --samples 1,4,16,64"))
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for report.html, report.md, report.json and the plots "
+                   "[default: BUILD_DIR].")
+@click.option("--samples", "-T", default=",".join(map(str, (1, 4, 16, 64))), show_default=True,
+              help="Monte Carlo samples for the accuracy curve (the IR's own T is added).")
+@click.option("--dataset", default=None,
+              help="[default: the one the last `nsm sim` used, else digits]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--split-seed", default=None, type=int,
+              help="Seed of the train/test split [default: the last `nsm sim`'s, else 0].")
+@click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(1),
+              help="Test images for the golden and float models (fewer if the split is smaller).")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+              help="First test image.")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Float model, .onnx or .pt [default: the ONNX file the IR was compiled from, "
+                   "in BUILD_DIR or its parent, else BUILD_DIR/model.pt].")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the float model's sampling.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_user_errors
+def report(build_dir, output, samples, dataset, data_dir, split_seed, count, offset, model, seed,
+           no_progress):
+    """Write report.html (self-contained) and report.md: accuracy against T (float, golden
+    model, RTL), resources per layer and after synthesis, cycles against the dense bound, LFSR
+    statistics and the verification summary.
+    """
+    from nsm.report import write_report
+
+    ts = _int_list(samples)
+    if not ts or min(ts) < 1:
+        raise click.BadParameter(f"{samples!r} is not a list of positive integers",
+                                 param_hint="--samples")
+    command = "nsm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else \
+        f"nsm report {build_dir}"
+    written = write_report(build_dir, output, command=command, samples=ts, dataset=dataset,
+                           split_seed=split_seed, count=count, offset=offset,
+                           data_dir=data_dir, model=model, seed=seed, progress=not no_progress)
+    click.echo(f"wrote {written['report.html']} and {written['report.md']} "
+               f"({len(written) - 3} plots)")
 
 
 @main.command(epilog=_example("nsm demo --out out/demo"))

@@ -14,7 +14,10 @@ from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
 
-__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_demo"]
+__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_demo", "SIM_SUMMARY"]
+
+#: Where ``nsm sim`` leaves its summary, relative to the build directory.
+SIM_SUMMARY = Path("sim") / "summary.json"
 
 
 def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
@@ -85,7 +88,12 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
                     log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet,
                     debug=debug, waves=waves)
     summary["sim_seconds"] = round(time.perf_counter() - t0, 2)
-    summary["dataset"] = dataset
+    summary.update(dataset=dataset, offset=offset, split_seed=split_seed,
+                   data_dir=str(data_dir) if data_dir else None)
+    # Kept beside the build so that `nsm report` can show it later (written even when there
+    # are mismatches: that is what the report must show).
+    with atomic_write(Path(build_dir) / SIM_SUMMARY, "w") as f:
+        f.write(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
