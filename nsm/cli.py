@@ -358,8 +358,14 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
               help="Print the report as one JSON object on stdout (progress goes to stderr).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here [always: BUILD_DIR/synth/TARGET/report.json].")
+@click.option("--bitstream", is_flag=True,
+              help="Build the example board top (ice40-up5k: iCEBreaker, the core behind a UART, "
+                   "pins from hw/icebreaker.pcf) and write its bitstream to "
+                   "BUILD_DIR/synth/icebreaker/icebreaker_top.bin.")
+@click.option("--baud", default=115200, show_default=True, type=click.IntRange(1),
+              help="UART baud rate of the board top.")
 @_user_errors
-def synth(build_dir, target, as_json, output):
+def synth(build_dir, target, as_json, output, bitstream, baud):
     """Synthesize and place-and-route the Verilog with yosys and nextpnr (YoWASP); report LUTs,
     flip-flops, block RAM, DSPs and Fmax, or say which resource overflows and what to fold.
     """
@@ -367,7 +373,8 @@ def synth(build_dir, target, as_json, output):
     from nsm.flow import synthesize
     from nsm_export.atomic import atomic_write
 
-    report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json))
+    report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json),
+                        bitstream=bitstream, baud=baud)
     if output is not None:
         with atomic_write(output, "w") as f:
             f.write(json.dumps(report, indent=1) + "\n")

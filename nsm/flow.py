@@ -97,16 +97,40 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
     return summary
 
 
-def synthesize(build_dir: Path, target: str, log=print) -> dict:
-    """Synthesize, place and route a build directory's Verilog; work files in ``synth/TARGET``."""
+def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
+               baud: int = 115200) -> dict:
+    """Synthesize, place and route a build directory's Verilog; work files in ``synth/TARGET``.
+
+    ``bitstream``: build the target's example board top instead (:mod:`hw.board`: the core
+    behind a UART at ``baud``) with its pin file, and write its bitstream; work files in
+    ``synth/BOARD``.
+    """
     from hw import synth
 
     if target not in synth.TARGETS:
         raise synth.SynthError(f"unknown target {target!r} (choose from "
                                f"{', '.join(synth.TARGETS)})")
+    if not bitstream:
+        ir = load_build(build_dir)
+        return synth.synthesize(Path(build_dir) / f"{ir.name}.v", ir.name, target,
+                                Path(build_dir) / "synth" / target, ir=ir, log=log)
+    from hw.board import BOARDS, board_verilog
+    if target not in BOARDS:
+        raise synth.SynthError(f"--bitstream builds an example board top, and only "
+                               f"{', '.join(BOARDS)} has one ({BOARDS['ice40-up5k'].name}); "
+                               f"for {target}, instantiate the core in your own top (see "
+                               f"NAME_inst.v in the build directory)")
+    board = BOARDS[target]
     ir = load_build(build_dir)
-    return synth.synthesize(Path(build_dir) / f"{ir.name}.v", ir.name, target,
-                            Path(build_dir) / "synth" / target, ir=ir, log=log)
+    work = Path(build_dir) / "synth" / board.name
+    try:
+        text = board_verilog(ir, board, baud=baud)
+    except ValueError as e:
+        raise synth.SynthError(str(e)) from None
+    with atomic_write(work / f"{board.top}.v", "w") as f:
+        f.write(text)
+    return synth.synthesize(work / f"{board.top}.v", board.top, target, work, ir=ir, log=log,
+                            board=board)
 
 
 def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 16,
