@@ -512,8 +512,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     marks = {}
     rtl = acc["rtl"]
     if rtl:
-        marks[f"RTL ({rtl['images']} images, {rtl['dataset']})"] = (rtl["samples"],
-                                                                   rtl["accuracy"])
+        marks[f"RTL ({rtl['images']} images; golden on the same: "
+              f"{_pct(rtl['golden_accuracy'])})"] = (rtl["samples"], rtl["accuracy"])
     sec.blocks.append(Figure("accuracy", accuracy_figure(
         series, f"{ds['name']}: {ds['images']} test images", marks, compiled_t=T),
         "Test accuracy against the number of Monte Carlo samples T. Golden model: the IR "
@@ -573,6 +573,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
                 f"{r['fmax_mhz']:.1f} MHz ({'meets' if r['meets_timing'] else 'misses'} "
                 f"{r['constraint_mhz']:g})")
             note = " (stale: older than the Verilog)" if r["stale"] else ""
+            if r.get("board"):
+                note = " (board top: the core behind a UART)" + note
             rows.append([f"`{target}`{note}", r.get("device", ""), frac("luts"), frac("ffs"),
                          frac("logic_cells"), frac("bram"), frac("spram"), frac("dsps"),
                          frac("io"), fmax, "yes" if r.get("fits") else "no",
