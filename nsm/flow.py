@@ -145,7 +145,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
     out_dir.mkdir(parents=True, exist_ok=True)
     times = {}
 
-    log(f"[1/5] training an NSM MLP on digits ({epochs} epochs)")
+    log(f"[1/6] training an NSM MLP on digits ({epochs} epochs)")
     t = time.perf_counter()
     cfg = TrainConfig(dataset="digits", epochs=epochs, samples=samples)
     model, history = train(cfg, progress=True)
@@ -154,24 +154,24 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
     times["train"] = time.perf_counter() - t
     log(f"      float (PyTorch) accuracy at T={samples}: {float_acc:.4f}")
 
-    log("[2/5] exporting ONNX")
+    log("[2/6] exporting ONNX")
     t = time.perf_counter()
     export_onnx(model, out_dir / "model.onnx", samples=samples, sampling=True)
     onnx.checker.check_model(onnx.load(str(out_dir / "model.onnx")), full_check=True)
     times["export"] = time.perf_counter() - t
 
-    log("[3/5] compiling ONNX → integer IR → Verilog")
+    log("[3/6] compiling ONNX → integer IR → Verilog")
     t = time.perf_counter()
     ir = compile_to_dir(out_dir / "model.onnx", out_dir, samples=samples, pe=pe)
     times["compile"] = time.perf_counter() - t
 
-    log("[4/5] golden model on the test split")
+    log("[4/6] golden model on the test split")
     x_all, y_all = _test_images("digits", cfg.seed, ir, None)
     gold = golden.run(ir, x_all)
     golden_acc = float((gold.classes == y_all).mean())
     log(f"      golden-model accuracy: {golden_acc:.4f} ({len(y_all)} images)")
 
-    log(f"[5/5] co-simulating {min(count, len(y_all))} images on {simulator}")
+    log(f"[5/6] co-simulating {min(count, len(y_all))} images on {simulator}")
     t = time.perf_counter()
     sim = simulate(out_dir, dataset="digits", count=count, split_seed=cfg.seed,
                    simulator=simulator)
@@ -190,8 +190,15 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
         "dense_bound_cycles": schedule.dense_bound(ir),
         "latency_cycles": sim["latency_cycles"], "simulator": simulator,
         "seconds": {k: round(v, 2) for k, v in times.items()},
-        "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()) + ["summary.json"],
+        "files": sorted({p.name for p in out_dir.iterdir() if p.is_file()}
+                        | {"summary.json", "report.html", "report.md", "report.json"}),
     }
     with atomic_write(out_dir / "summary.json", "w") as f:
         f.write(json.dumps(summary, indent=1) + "\n")
+
+    from nsm.report import write_report
+    log("[6/6] report: accuracy against T, resources, cycles, LFSR statistics, verification")
+    written = write_report(out_dir, command=f"nsm report {out_dir}", dataset="digits",
+                           split_seed=cfg.seed, count=len(y_all))
+    log(f"      wrote {written['report.html']} and {written['report.md']}")
     return summary
