@@ -15,6 +15,8 @@ pinout: 12 MHz oscillator on pin 35, FTDI RX on 6 and TX on 9, user button 10, r
 
 from __future__ import annotations
 
+import os
+import select
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from .top import NsmCore
 from .uart import UartRx, UartTx, divisor_for
 
 __all__ = ["Board", "ICEBREAKER", "BOARDS", "UartClassifier", "IcebreakerTop", "board_verilog",
-           "pcf_pins", "port_bits"]
+           "pcf_pins", "port_bits", "BoardError", "open_uart", "classify_over_uart"]
 
 
 @dataclass(frozen=True)
@@ -207,4 +209,60 @@ def port_bits(component: wiring.Component) -> list[str]:
     for name, member in component.signature.members.items():
         width = Shape.cast(member.shape).width
         out += [name] if width == 1 else [f"{name}[{k}]" for k in range(width)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side: talk to the board top over its serial port (Linux termios, no extra package)
+
+class BoardError(RuntimeError):
+    """The board cannot be reached or does not answer; the message is one line."""
+
+
+def open_uart(path: str | Path, baud: int = 115200) -> int:
+    """Open a serial port raw (8N1, no echo, no flow control) at ``baud``; returns the fd."""
+    import termios
+    import tty
+
+    speed = getattr(termios, f"B{baud}", None)
+    if speed is None:
+        raise BoardError(f"{baud} baud is not a standard serial speed on this host")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    except OSError as e:
+        raise BoardError(f"{path}: cannot open the serial port ({e.strerror})") from None
+    try:
+        tty.setraw(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[4] = attrs[5] = speed
+        attrs[2] = (attrs[2] & ~(termios.CSTOPB | termios.PARENB | termios.CRTSCTS)) \
+            | termios.CLOCAL | termios.CREAD
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        termios.tcflush(fd, termios.TCIOFLUSH)
+    except termios.error as e:
+        os.close(fd)
+        raise BoardError(f"{path}: not a serial port ({e.args[-1]})") from None
+    return fd
+
+
+def classify_over_uart(fd: int, pixels, baud: int = 115200, slack_s: float = 1.0,
+                       progress=None) -> list[int]:
+    """Send each image (one byte per pixel) and read back its class byte, image by image.
+
+    Waits for each reply as long as the image takes on the wire plus ``slack_s``; raises
+    :class:`BoardError` naming the image when none comes. ``progress`` is called after each.
+    """
+    out = []
+    for k, img in enumerate(pixels):
+        data = bytes(int(p) for p in img)
+        while data:
+            data = data[os.write(fd, data):]
+        wait = len(img) * 10 / baud + slack_s
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            raise BoardError(f"no reply from the board within {wait:.1f} s after image {k} "
+                             f"(bitstream loaded? right port and baud rate?)")
+        out.append(os.read(fd, 1)[0])
+        if progress is not None:
+            progress()
     return out

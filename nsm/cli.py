@@ -29,10 +29,11 @@ def _user_errors(fn):
         from nsm_export.onnx_export import ExportError
         from hw.top import HardwareError
         from nsm.report import ReportError
+        from hw.board import BoardError
         try:
             return fn(*args, **kwargs)
         except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError,
-                ExportError, DeviceError, HardwareError, ReportError) as e:
+                ExportError, DeviceError, HardwareError, ReportError, BoardError) as e:
             name = click.get_current_context().info_name
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -382,6 +383,41 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
         click.echo(json.dumps(report))
     else:
         click.echo("\n".join(format_summary(report)))
+
+
+@main.command(epilog=_example("nsm board build/ --port /dev/ttyUSB1 --count 20"))
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--port", required=True, help="The board's serial port (iCEBreaker: the FTDI's "
+                                            "second channel, usually /dev/ttyUSB1).")
+@click.option("--baud", default=115200, show_default=True, type=click.IntRange(1))
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--count", "-n", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--split-seed", default=0, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
+@_user_errors
+def board(build_dir, port, baud, dataset, data_dir, count, offset, split_seed, as_json):
+    """Send test images to the board top (`nsm synth --bitstream`) over its UART and compare
+    every class it returns with the golden model. Reset the board (its button) first: the
+    comparison assumes LFSRs fresh from their seeds.
+    """
+    from nsm.flow import run_on_board
+
+    s = run_on_board(build_dir, port, dataset=dataset, count=count, offset=offset,
+                     split_seed=split_seed, baud=baud, data_dir=data_dir, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(s))
+    else:
+        click.echo("summary")
+        for k in ("images", "mismatches", "golden_accuracy", "board_accuracy", "images_per_s"):
+            v = s[k]
+            click.echo(f"  {k:<18} {v:.4f}" if k.endswith("accuracy") else f"  {k:<18} {v}")
+    if s["mismatches"]:
+        click.echo(f"nsm board: {s['mismatches']} of {s['images']} classes differ from the golden "
+                   f"model (first: {json.dumps(s['first_mismatch'])}); if the board ran images "
+                   f"since its last reset, press its button and run again", err=True)
+        sys.exit(2)
 
 
 @main.command(epilog=_example("nsm report build/ --samples 1,4,16,64"))

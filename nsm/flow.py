@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
 
-__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_demo", "SIM_SUMMARY"]
+__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_on_board", "run_demo",
+           "SIM_SUMMARY"]
 
 #: Where ``nsm sim`` leaves its summary, relative to the build directory.
 SIM_SUMMARY = Path("sim") / "summary.json"
@@ -131,6 +133,36 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
         f.write(text)
     return synth.synthesize(work / f"{board.top}.v", board.top, target, work, ir=ir, log=log,
                             board=board)
+
+
+def run_on_board(build_dir: Path, port: str, dataset: str = "digits", count: int = 20,
+                 offset: int = 0, split_seed: int = 0, baud: int = 115200,
+                 data_dir: Path | None = None, progress: bool = True) -> dict:
+    """Test images through the board top on real hardware (``nsm synth --bitstream``), each
+    returned class compared with the golden model of a freshly reset core."""
+    from tqdm import tqdm
+
+    from hw.board import classify_over_uart, open_uart
+
+    ir = load_build(build_dir)
+    x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
+    expected = golden.run(ir, x).classes
+    fd = open_uart(port, baud)
+    try:
+        with tqdm(total=len(x), desc=f"board on {port}", unit="img", disable=not progress) as bar:
+            t0 = time.perf_counter()
+            got = np.asarray(classify_over_uart(fd, x, baud, progress=lambda: bar.update(1)))
+            seconds = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+    bad = np.flatnonzero(got != expected)
+    return {"port": port, "baud": baud, "dataset": dataset, "images": int(len(x)),
+            "mismatches": int(len(bad)),
+            "first_mismatch": ({"image": int(bad[0]), "golden_class": int(expected[bad[0]]),
+                                "board_class": int(got[bad[0]])} if len(bad) else None),
+            "golden_accuracy": float((expected == y).mean()),
+            "board_accuracy": float((got == y).mean()),
+            "images_per_s": round(len(x) / seconds, 2) if seconds else None}
 
 
 def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 16,

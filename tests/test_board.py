@@ -174,3 +174,84 @@ def test_bitstream_for_another_target_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["synth", str(tmp_path), "--target", "ice40-up5k",
                                     "--bitstream", "--baud", "5000000"])
     assert res.exit_code == 1 and "5000000 baud cannot be made" in res.stderr
+
+
+def _fake_board(master: int, ir, wrong_at=None, silent=False):
+    """The board's side of the protocol on a pseudo-terminal: read ``n_in`` bytes per image,
+    answer with the golden model's class (LFSRs running on across images, as on the board)."""
+    import os
+    model = golden.GoldenModel(ir)
+    k = 0
+    while True:
+        buf = b""
+        while len(buf) < ir.input.size:
+            try:
+                chunk = os.read(master, ir.input.size - len(buf))
+            except OSError:
+                return
+            if not chunk:
+                return
+            buf += chunk
+        if silent:
+            continue
+        c = int(model.run(np.frombuffer(buf, dtype=np.uint8)[None, :].astype(np.int64))
+                .classes[0])
+        if k == wrong_at:
+            c = (c + 1) % ir.n_classes
+        os.write(master, bytes([c]))
+        k += 1
+
+
+@pytest.mark.parametrize("wrong_at", [None, 3])
+def test_nsm_board_compares_the_returned_classes_with_golden(tmp_path, wrong_at):
+    """`nsm board` against a board emulated on a pseudo-terminal: the host side frames the
+    images, reads one class byte each and counts every class that differs from the golden
+    model (exit status 2 when one does)."""
+    import json
+    import os
+    import threading
+    from nsm_export.build import IntLayer, build_ir
+
+    rng = np.random.default_rng(5)
+    layers = [IntLayer(rng.integers(-3, 4, (12, 64)), rng.integers(-5, 6, 12), 0.75, 3),
+              IntLayer(rng.integers(-3, 4, (10, 12)), rng.integers(-2, 3, 10), 0.5, 3)]
+    ir = build_ir(layers, input_size=64, input_threshold=8, samples=4, pe=4, seed=9)
+    irmod.save(ir, tmp_path)
+    (tmp_path / "nsm.v").write_text("module nsm; endmodule\n")
+    master, slave = os.openpty()
+    board = threading.Thread(target=_fake_board, args=(master, ir, wrong_at), daemon=True)
+    board.start()
+    try:
+        res = CliRunner().invoke(main, ["board", str(tmp_path), "--port", os.ttyname(slave),
+                                        "--count", "6", "--json"])
+    finally:
+        os.close(slave)
+    s = json.loads(res.stdout)
+    assert s["images"] == 6
+    if wrong_at is None:
+        assert res.exit_code == 0 and s["mismatches"] == 0
+    else:
+        assert res.exit_code == 2 and s["mismatches"] == 1
+        assert s["first_mismatch"]["image"] == wrong_at and "press its button" in res.stderr
+
+
+def test_nsm_board_errors_are_one_line(tmp_path):
+    import os
+    import threading
+    ir = random_ir(np.random.default_rng(6), sizes=[64, 6, 3], samples=2)
+    irmod.save(ir, tmp_path)
+    (tmp_path / "nsm.v").write_text("module nsm; endmodule\n")
+    r = CliRunner()
+    res = r.invoke(main, ["board", str(tmp_path), "--port", str(tmp_path / "ttyNOPE")])
+    assert res.exit_code == 1 and "cannot open the serial port" in res.stderr
+    res = r.invoke(main, ["board", str(tmp_path), "--port", str(tmp_path / "ir.json")])
+    assert res.exit_code == 1 and "not a serial port" in res.stderr
+    master, slave = os.openpty()
+    threading.Thread(target=_fake_board, args=(master, ir, None, True), daemon=True).start()
+    try:
+        res = r.invoke(main, ["board", str(tmp_path), "--port", os.ttyname(slave), "--count",
+                              "2"])
+    finally:
+        os.close(slave)
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("nsm board")]
+    assert res.exit_code == 1 and len(lines) == 1 and "no reply from the board" in lines[0]

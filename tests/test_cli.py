@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 from nsm.cli import main
 
-COMMANDS = ["train", "export", "compile", "sim", "synth", "report", "demo"]
+COMMANDS = ["train", "export", "compile", "sim", "synth", "board", "report", "demo"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
