@@ -455,7 +455,8 @@ def report(build_dir, output, samples, dataset, data_dir, split_seed, count, off
     if not ts or min(ts) < 1:
         raise click.BadParameter(f"{samples!r} is not a list of positive integers",
                                  param_hint="--samples")
-    command = "nsm " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["report"] else \
+    import shlex
+    command = shlex.join(["nsm", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else \
         f"nsm report {build_dir}"
     written = write_report(build_dir, output, command=command, samples=ts, dataset=dataset,
                            split_seed=split_seed, count=count, offset=offset,

@@ -43,7 +43,7 @@ __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write
 DEFAULT_SAMPLES = (1, 4, 16, 64)
 MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
 AUTOCORR_DRAWS = 1 << 20     # draws per stream used for the autocorrelation (all for frequency)
-FILES = ("report.html", "report.md", "report.json")
+UART_BAUD = 115200           # the board top's default (hw/board.py)
 
 
 class ReportError(RuntimeError):
@@ -622,6 +622,14 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
              f"{c['latency_mean'] / f:,.1f} µs"] for name, f in clocks]
     sec.blocks.append(Table(["clock", "frequency", "inferences / s (back to back)",
                              "latency after the last pixel"], rows))
+    wire = c["load_cycles"] * 10 / UART_BAUD          # one 8N1 byte per pixel
+    compute = (c["mean"] - c["load_cycles"]) / 12e6
+    sec.blocks.append(f"On the iCEBreaker board top (`nsm synth --bitstream`) the pixels "
+                      f"arrive over a {UART_BAUD:,}-baud UART: {1e3 * wire:,.2f} ms per image "
+                      f"on the wire against {1e3 * compute:,.2f} ms of compute at 12 MHz, so "
+                      f"it classifies about {1 / max(wire, compute):,.0f} images per second "
+                      f"(the pixel FIFO overlaps the next image's transfer with this one's "
+                      f"compute).")
     sections.append(sec)
 
     # -- LFSR statistics
