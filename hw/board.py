@@ -2,7 +2,10 @@
 
 Protocol (8N1, 115,200 baud by default, on the board's FTDI serial port): the host sends one byte
 per pixel, ``n_in`` bytes per image, in input order; after each image the board sends one byte
-back, the class index. The host may send the next image at once: a FIFO holds one whole image
+back, the class index. A core whose weights live in RAM (``weight_store = "ram"``, for iCE40
+SPRAM, which the bitstream cannot initialize) first takes its weight image, once after the
+bitstream is loaded: :func:`weight_bytes`, two bytes per 16-bit beat, low byte first; the weights
+survive the reset button, and a reset in the middle of the image means sending it again. The host may send the next image at once: a FIFO holds one whole image
 while the core still works on the previous one. A byte that finds the FIFO full, or a frame with
 a bad stop bit, is dropped and lights the red LED until reset; the user button resets the board
 (and every LFSR, as the core's ``rst`` does) and so realigns the image boundaries.
@@ -20,18 +23,18 @@ import select
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.back import verilog
-from amaranth.hdl import ClockDomain, ClockSignal, Module, ResetSignal, Shape, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Module, ResetSignal, Shape, Signal
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR
-from .top import NsmCore
+from .top import NsmCore, convert, weight_image
 from .uart import UartRx, UartTx, divisor_for
 
 __all__ = ["Board", "ICEBREAKER", "BOARDS", "UartClassifier", "IcebreakerTop", "board_verilog",
-           "pcf_pins", "port_bits", "BoardError", "open_uart", "classify_over_uart"]
+           "pcf_pins", "port_bits", "weight_bytes", "BoardError", "open_uart",
+           "send_over_uart", "classify_over_uart"]
 
 
 @dataclass(frozen=True)
@@ -122,13 +125,34 @@ class UartClassifier(wiring.Component):
             rx.rx.eq(self.rx), self.tx.eq(tx.tx),
             fifo.w_data.eq(rx.data), fifo.w_en.eq(rx.valid),
             core.s_axis_tdata.eq(fifo.r_data[:ir.input.pixel_bits]),
-            core.s_axis_tvalid.eq(fifo.r_rdy), fifo.r_en.eq(core.s_axis_tready),
             core.s_axis_tlast.eq(0),           # informational; the IR fixes the image length
             core.seed_valid.eq(0),             # runs start from the reset seeds
             tx.data.eq(core.m_axis_tdata), tx.valid.eq(core.m_axis_tvalid),
             core.m_axis_tready.eq(tx.ready),
             self.result.eq(core.m_axis_tvalid & tx.ready),
         ]
+        pixels = fifo.r_en.eq(core.s_axis_tready), core.s_axis_tvalid.eq(fifo.r_rdy)
+        if any(layer.weight_store == "ram" for layer in ir.layers):
+            # The core takes its weight image on w_axis, once after configuration, and holds
+            # w_axis_tready high exactly until it is complete: until then the bytes from the
+            # FIFO are paired into 16-bit beats, low byte first.
+            low = Signal(8)
+            have_low = Signal()
+            m.d.comb += [core.w_axis_tdata.eq(Cat(low, fifo.r_data)),
+                         core.w_axis_tlast.eq(0)]     # informational; the IR fixes the length
+            with m.If(core.w_axis_tready):
+                m.d.comb += fifo.r_en.eq(1)
+                with m.If(~have_low):
+                    with m.If(fifo.r_rdy):
+                        m.d.sync += [low.eq(fifo.r_data), have_low.eq(1)]
+                with m.Else():
+                    m.d.comb += core.w_axis_tvalid.eq(fifo.r_rdy)
+                    with m.If(fifo.r_rdy):
+                        m.d.sync += have_low.eq(0)
+            with m.Else():
+                m.d.comb += pixels
+        else:
+            m.d.comb += pixels
         with m.If(core.m_axis_tvalid & tx.ready):
             m.d.sync += self.class_index.eq(core.m_axis_tdata)
         with m.If(rx.error | (rx.valid & ~fifo.w_rdy)):
@@ -200,7 +224,7 @@ def board_verilog(ir: IR, board: Board = ICEBREAKER, baud: int = 115200) -> str:
     if bits != pinned:
         raise ValueError(f"{board.constraints.name} pins {sorted(pinned)} do not match the "
                          f"top's port bits {sorted(bits)}")
-    return verilog.convert(top, name=board.top, emit_src=False)
+    return convert(top, ir, board.top)
 
 
 def port_bits(component: wiring.Component) -> list[str]:
@@ -214,6 +238,13 @@ def port_bits(component: wiring.Component) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Host side: talk to the board top over its serial port (Linux termios, no extra package)
+
+def weight_bytes(ir: IR) -> bytes:
+    """What the host sends before the first image when some layer keeps its weights in RAM:
+    the core's weight image (:func:`hw.top.weight_image`), each 16-bit beat low byte first.
+    Empty for a core with all weights in ROM."""
+    return b"".join(beat.to_bytes(2, "little") for beat in weight_image(ir))
+
 
 class BoardError(RuntimeError):
     """The board cannot be reached or does not answer; the message is one line."""
@@ -245,6 +276,11 @@ def open_uart(path: str | Path, baud: int = 115200) -> int:
     return fd
 
 
+def send_over_uart(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def classify_over_uart(fd: int, pixels, baud: int = 115200, slack_s: float = 1.0,
                        progress=None) -> list[int]:
     """Send each image (one byte per pixel) and read back its class byte, image by image.
@@ -254,9 +290,7 @@ def classify_over_uart(fd: int, pixels, baud: int = 115200, slack_s: float = 1.0
     """
     out = []
     for k, img in enumerate(pixels):
-        data = bytes(int(p) for p in img)
-        while data:
-            data = data[os.write(fd, data):]
+        send_over_uart(fd, bytes(int(p) for p in img))
         wait = len(img) * 10 / baud + slack_s
         ready, _, _ = select.select([fd], [], [], wait)
         if not ready:

@@ -395,9 +395,13 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
 @click.option("--count", "-n", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
 @click.option("--split-seed", default=0, show_default=True, type=int)
+@click.option("--weights/--no-weights", default=True, show_default=True,
+              help="Send the weight image first where the core keeps weights in RAM (once after "
+                   "programming the board; the reset button keeps them).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 @_user_errors
-def board(build_dir, port, baud, dataset, data_dir, count, offset, split_seed, as_json):
+def board(build_dir, port, baud, dataset, data_dir, count, offset, split_seed, weights,
+          as_json):
     """Send test images to the board top (`nsm synth --bitstream`) over its UART and compare
     every class it returns with the golden model. Reset the board (its button) first: the
     comparison assumes LFSRs fresh from their seeds.
@@ -405,7 +409,8 @@ def board(build_dir, port, baud, dataset, data_dir, count, offset, split_seed, a
     from nsm.flow import run_on_board
 
     s = run_on_board(build_dir, port, dataset=dataset, count=count, offset=offset,
-                     split_seed=split_seed, baud=baud, data_dir=data_dir, progress=not as_json)
+                     split_seed=split_seed, baud=baud, data_dir=data_dir, progress=not as_json,
+                     weights=weights)
     if as_json:
         click.echo(json.dumps(s))
     else:

@@ -137,18 +137,22 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
 
 def run_on_board(build_dir: Path, port: str, dataset: str = "digits", count: int = 20,
                  offset: int = 0, split_seed: int = 0, baud: int = 115200,
-                 data_dir: Path | None = None, progress: bool = True) -> dict:
+                 data_dir: Path | None = None, progress: bool = True,
+                 weights: bool = True) -> dict:
     """Test images through the board top on real hardware (``nsm synth --bitstream``), each
-    returned class compared with the golden model of a freshly reset core."""
+    returned class compared with the golden model of a freshly reset core. ``weights``: send
+    the weight image first where the core keeps weights in RAM (once after programming)."""
     from tqdm import tqdm
 
-    from hw.board import classify_over_uart, open_uart
+    from hw.board import classify_over_uart, open_uart, send_over_uart, weight_bytes
 
     ir = load_build(build_dir)
     x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
     expected = golden.run(ir, x).classes
     fd = open_uart(port, baud)
+    image = weight_bytes(ir) if weights else b""
     try:
+        send_over_uart(fd, image)
         with tqdm(total=len(x), desc=f"board on {port}", unit="img", disable=not progress) as bar:
             t0 = time.perf_counter()
             got = np.asarray(classify_over_uart(fd, x, baud, progress=lambda: bar.update(1)))
@@ -162,7 +166,8 @@ def run_on_board(build_dir: Path, port: str, dataset: str = "digits", count: int
                                 "board_class": int(got[bad[0]])} if len(bad) else None),
             "golden_accuracy": float((expected == y).mean()),
             "board_accuracy": float((got == y).mean()),
-            "images_per_s": round(len(x) / seconds, 2) if seconds else None}
+            "images_per_s": round(len(x) / seconds, 2) if seconds else None,
+            "weight_bytes_sent": len(image)}
 
 
 def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 16,

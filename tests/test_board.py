@@ -180,8 +180,14 @@ def _fake_board(master: int, ir, wrong_at=None, silent=False):
     """The board's side of the protocol on a pseudo-terminal: read ``n_in`` bytes per image,
     answer with the golden model's class (LFSRs running on across images, as on the board)."""
     import os
+
+    from hw.board import weight_bytes
     model = golden.GoldenModel(ir)
     k = 0
+    image = b""
+    while len(image) < len(weight_bytes(ir)):          # a RAM core takes its weights first
+        image += os.read(master, len(weight_bytes(ir)) - len(image))
+    assert image == weight_bytes(ir)
     while True:
         buf = b""
         while len(buf) < ir.input.size:
@@ -202,8 +208,8 @@ def _fake_board(master: int, ir, wrong_at=None, silent=False):
         k += 1
 
 
-@pytest.mark.parametrize("wrong_at", [None, 3])
-def test_nsm_board_compares_the_returned_classes_with_golden(tmp_path, wrong_at):
+@pytest.mark.parametrize("wrong_at,store", [(None, "rom"), (3, "rom"), (None, "ram")])
+def test_nsm_board_compares_the_returned_classes_with_golden(tmp_path, wrong_at, store):
     """`nsm board` against a board emulated on a pseudo-terminal: the host side frames the
     images, reads one class byte each and counts every class that differs from the golden
     model (exit status 2 when one does)."""
@@ -215,7 +221,8 @@ def test_nsm_board_compares_the_returned_classes_with_golden(tmp_path, wrong_at)
     rng = np.random.default_rng(5)
     layers = [IntLayer(rng.integers(-3, 4, (12, 64)), rng.integers(-5, 6, 12), 0.75, 3),
               IntLayer(rng.integers(-3, 4, (10, 12)), rng.integers(-2, 3, 10), 0.5, 3)]
-    ir = build_ir(layers, input_size=64, input_threshold=8, samples=4, pe=4, seed=9)
+    ir = build_ir(layers, input_size=64, input_threshold=8, samples=4, pe=4, seed=9,
+                  weight_store=store)
     irmod.save(ir, tmp_path)
     (tmp_path / "nsm.v").write_text("module nsm; endmodule\n")
     master, slave = os.openpty()
@@ -227,7 +234,7 @@ def test_nsm_board_compares_the_returned_classes_with_golden(tmp_path, wrong_at)
     finally:
         os.close(slave)
     s = json.loads(res.stdout)
-    assert s["images"] == 6
+    assert s["images"] == 6 and (s["weight_bytes_sent"] > 0) == (store == "ram")
     if wrong_at is None:
         assert res.exit_code == 0 and s["mismatches"] == 0
     else:
@@ -255,3 +262,48 @@ def test_nsm_board_errors_are_one_line(tmp_path):
         os.close(slave)
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("nsm board")]
     assert res.exit_code == 1 and len(lines) == 1 and "no reply from the board" in lines[0]
+
+
+@pytest.mark.icarus
+@pytest.mark.parametrize("store", ["ram", "rom"])
+def test_board_top_in_icarus_loads_weights_and_classifies_like_golden(tmp_path, store):
+    """The whole board top's Verilog (clock, power-on reset, FIFO, UART, core) in Icarus, fed
+    like a host feeds it: a RAM-weight core first takes its weight image over the UART, then
+    every returned class byte equals the golden model's."""
+    import json
+    import os
+
+    from cocotb_tools.runner import get_runner
+
+    from hw.board import board_verilog, weight_bytes
+    from nsm_export.build import IntLayer, build_ir
+    from sim.runner import REPO
+
+    rng = np.random.default_rng(31)
+    layers = [IntLayer(rng.integers(-3, 4, (12, 16)), rng.integers(-6, 7, 12), 0.75, 3),
+              IntLayer(rng.integers(-3, 4, (4, 12)), rng.integers(-2, 3, 4), 0.5, 3)]
+    ir = build_ir(layers, input_size=16, input_threshold=100, samples=3, pe=[4, 2], seed=4,
+                  lfsr_width=16, weight_store=store)
+    px = rng.integers(0, 256, (5, 16))
+    image = weight_bytes(ir)
+    assert (len(image) > 0) == (store == "ram")
+    vfile = tmp_path / "icebreaker_top.v"
+    vfile.write_text(board_verilog(ir, baud=3_000_000))       # 4 clock cycles per bit
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.json").write_text(json.dumps({
+        "divisor": 4, "replies": len(px),
+        "bytes": list(image) + [int(p) for p in px.reshape(-1)]}))
+    runner = get_runner("icarus")
+    runner.build(sources=[vfile], hdl_toplevel="icebreaker_top", build_dir=tmp_path / "b",
+                 always=True, timescale=("1ns", "1ps"), build_args=["-g2005"],
+                 log_file=tmp_path / "build.log")
+    runner.test(test_module="sim.tb_board", hdl_toplevel="icebreaker_top",
+                build_dir=tmp_path / "b", test_dir=tmp_path / "b", timescale=("1ns", "1ps"),
+                extra_env={"NSM_JOB": str(job), "PYTHONPATH": os.pathsep.join(
+                    [str(REPO), os.environ.get("PYTHONPATH", "")])},
+                log_file=tmp_path / "sim.log")
+    got = json.loads((job / "replies.json").read_text())
+    expected = [int(c) for c in golden.run(ir, px).classes]
+    assert got["replies"] == expected
+    assert got["led"] == expected[-1] and got["ledr_n"] == 1      # no byte dropped
