@@ -41,7 +41,10 @@ def test_guide_lists_every_page_and_each_page_has_examples():
     for page in PAGES:
         assert f"({page})" in index
         assert examples(GUIDE / page), page
-    assert "docs/guide/README.md" in (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    for doc in [*sorted((REPO / "docs").glob("*.md")), GUIDE / "README.md",
+                *(GUIDE / p for p in PAGES)]:
+        assert f"]({doc.relative_to(REPO)})" in readme, f"README does not link {doc.name}"
 
 
 @pytest.mark.icarus
