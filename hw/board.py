@@ -1,12 +1,15 @@
 """An example board design: the generated core behind a UART, for the iCEBreaker (iCE40UP5K-SG48).
 
 Protocol (8N1, 115,200 baud by default, on the board's FTDI serial port): the host sends one byte
-per pixel, ``n_in`` bytes per image, in input order; after each image the board sends one byte
-back, the class index. A core whose weights live in RAM (``weight_store = "ram"``, for iCE40
-SPRAM, which the bitstream cannot initialize) first takes its weight image, once after the
-bitstream is loaded: :func:`weight_bytes`, two bytes per 16-bit beat, low byte first; the weights
-survive the reset button, and a reset in the middle of the image means sending it again. The host may send the next image at once: a FIFO holds one whole image
-while the core still works on the previous one. A byte that finds the FIFO full, or a frame with
+per pixel, ``size`` bytes per image, in input order; after each image the board sends one byte
+back, the class index. The host may send the next image before that reply: a FIFO holds one
+whole image while the core works on the previous one, which is enough while an image computes
+faster than the next one arrives (at 115,200 baud and 12 MHz the UART brings one pixel every
+1,042 cycles; ``nsm report`` shows both times). A core whose weights live in RAM
+(``weight_store = "ram"``, for iCE40 SPRAM, which the bitstream cannot initialize) first takes
+its weight image, once after the bitstream is loaded: :func:`weight_bytes`, two bytes per 16-bit
+beat, low byte first; the weights survive the reset button, and a reset in the middle of the
+image means sending it again. A byte that finds the FIFO full, or a frame with
 a bad stop bit, is dropped and lights the red LED until reset; the user button resets the board
 (and every LFSR, as the core's ``rst`` does) and so realigns the image boundaries.
 

@@ -62,6 +62,17 @@ def _load_json(path: Path) -> dict | None:
         raise ReportError(f"{path}: not valid JSON ({e})")
 
 
+def _encoding_text(inp) -> str:
+    """How the IR turns pixels into spikes, in words."""
+    if inp.encoding == "thermometer":
+        return (f"thermometer code, {inp.levels} spikes per pixel (+1 iff pixel ≥ "
+                f"{', '.join(map(str, inp.thresholds))})")
+    if inp.encoding == "bernoulli":
+        return (f"stochastic code, a fresh spike per sample with P(+1) = probs[pixel] / "
+                f"2^{inp.prob_bits} from the encoder's own {inp.rng.width}-bit LFSR")
+    return f"spike +1 iff pixel ≥ {inp.threshold}"
+
+
 def _stale(path: Path, than: Path) -> bool:
     """``path`` was written before ``than`` changed: it describes an older build."""
     return than.is_file() and path.stat().st_mtime < than.stat().st_mtime
@@ -305,7 +316,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         "seconds": round(seconds, 2),
         "network": {"name": ir.name, "sizes": [ir.input.size] + [la.n_out for la in ir.layers],
                     "samples": ir.samples, "score_bits": ir.score_bits,
-                    "input_threshold": ir.input.threshold, "pixel_bits": ir.input.pixel_bits,
+                    "input_encoding": _encoding_text(ir.input), "pixel_bits": ir.input.pixel_bits,
                     "source": ir.source},
         "dataset": {"name": dataset, "split_seed": split_seed, "offset": offset,
                     "images": int(len(y)), "data_dir": str(data_dir) if data_dir else None},
@@ -493,8 +504,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
         ["network", f"`{'-'.join(map(str, net['sizes']))}` ({len(net['sizes']) - 1} layers)"],
         ["compiled from", f"`{src.get('onnx', 'unknown')}`"],
         ["Monte Carlo samples T", str(T)],
-        ["input", f"{net['sizes'][0]} pixels of {net['pixel_bits']} bits, spike +1 iff "
-                  f"pixel ≥ {net['input_threshold']}"],
+        ["input", f"{net['sizes'][0]} pixels of {net['pixel_bits']} bits; "
+                  f"{net['input_encoding']}"],
         ["class scores", f"{net['sizes'][-1]} × {net['score_bits']}-bit signed"],
         ["test images", f"{ds['images']:,} of `{ds['name']}` (split seed {ds['split_seed']}, "
                         f"from image {ds['offset']})"],
