@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= out/demo
-# Debian packages: Icarus Verilog for co-simulation, Fashion-MNIST for real-data runs.
-APT_PACKAGES = iverilog dataset-fashion-mnist
+# Debian packages: Icarus Verilog for co-simulation, Fashion-MNIST for real-data runs, Chromium
+# for the test that opens `nsm report`'s page in a headless browser.
+APT_PACKAGES = iverilog dataset-fashion-mnist chromium
 
 .PHONY: demo test setup system-deps clean
 

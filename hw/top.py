@@ -36,7 +36,7 @@ from nsm_export.ir import IR, unsigned_bits
 from .dense import RAM16_MODULE, DenseEngine, load_beats, n_load_beats
 from .lfsr import Lfsr
 
-__all__ = ["NsmCore", "generate_verilog", "weight_image"]
+__all__ = ["NsmCore", "generate_verilog", "convert", "weight_image"]
 
 
 def weight_image(ir: IR) -> list[int]:
@@ -342,8 +342,13 @@ def generate_verilog(ir: IR, debug: bool = False) -> str:
 
     ``debug=True`` adds the ``dbg_*`` ports that expose every hidden spike vector.
     """
-    core = NsmCore(ir, debug=debug)
-    text = verilog.convert(core, name=ir.name, emit_src=False)
+    return convert(NsmCore(ir, debug=debug), ir, ir.name)
+
+
+def convert(component, ir: IR, name: str) -> str:
+    """Verilog for ``component`` (the core, or a design around it), top module ``name``, with
+    the RAM module the core instantiates when some layer of ``ir`` keeps its weights in RAM."""
+    text = verilog.convert(component, name=name, emit_src=False)
     if any(layer.weight_store == "ram" for layer in ir.layers):
         text += "\n" + RAM16_MODULE
     return text

@@ -28,10 +28,12 @@ def _user_errors(fn):
         from hw.synth import SynthError
         from nsm_export.onnx_export import ExportError
         from hw.top import HardwareError
+        from nsm.report import ReportError
+        from hw.board import BoardError
         try:
             return fn(*args, **kwargs)
         except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError,
-                ExportError, DeviceError, HardwareError) as e:
+                ExportError, DeviceError, HardwareError, ReportError, BoardError) as e:
             name = click.get_current_context().info_name
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
@@ -224,22 +226,12 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
 
 
 def _plot_accuracy(rows, path, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from nsm.report import accuracy_figure
     from nsm_export.atomic import atomic_write
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
-    ax.plot([r["samples"] for r in rows], [100 * r["accuracy"] for r in rows], "o-")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("Monte Carlo samples T")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
+    png = accuracy_figure({"float (PyTorch)": ([r["samples"] for r in rows],
+                                               [r["accuracy"] for r in rows])}, title)
     with atomic_write(path) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+        f.write(png)
 
 
 def _plain(cfg) -> dict:
@@ -372,8 +364,14 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
               help="Print the report as one JSON object on stdout (progress goes to stderr).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here [always: BUILD_DIR/synth/TARGET/report.json].")
+@click.option("--bitstream", is_flag=True,
+              help="Build the example board top (ice40-up5k: iCEBreaker, the core behind a UART, "
+                   "pins from hw/icebreaker.pcf) and write its bitstream to "
+                   "BUILD_DIR/synth/icebreaker/icebreaker_top.bin.")
+@click.option("--baud", default=115200, show_default=True, type=click.IntRange(1),
+              help="UART baud rate of the board top.")
 @_user_errors
-def synth(build_dir, target, as_json, output):
+def synth(build_dir, target, as_json, output, bitstream, baud):
     """Synthesize and place-and-route the Verilog with yosys and nextpnr (YoWASP); report LUTs,
     flip-flops, block RAM, DSPs and Fmax, or say which resource overflows and what to fold.
     """
@@ -381,7 +379,8 @@ def synth(build_dir, target, as_json, output):
     from nsm.flow import synthesize
     from nsm_export.atomic import atomic_write
 
-    report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json))
+    report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json),
+                        bitstream=bitstream, baud=baud)
     if output is not None:
         with atomic_write(output, "w") as f:
             f.write(json.dumps(report, indent=1) + "\n")
@@ -389,6 +388,91 @@ def synth(build_dir, target, as_json, output):
         click.echo(json.dumps(report))
     else:
         click.echo("\n".join(format_summary(report)))
+
+
+@main.command(epilog=_example("nsm board build/ --port /dev/ttyUSB1 --count 20"))
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--port", required=True, help="The board's serial port (iCEBreaker: the FTDI's "
+                                            "second channel, usually /dev/ttyUSB1).")
+@click.option("--baud", default=115200, show_default=True, type=click.IntRange(1))
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--count", "-n", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--split-seed", default=0, show_default=True, type=int)
+@click.option("--weights/--no-weights", default=True, show_default=True,
+              help="Send the weight image first where the core keeps weights in RAM (once after "
+                   "programming the board; the reset button keeps them).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
+@_user_errors
+def board(build_dir, port, baud, dataset, data_dir, count, offset, split_seed, weights,
+          as_json):
+    """Send test images to the board top (`nsm synth --bitstream`) over its UART and compare
+    every class it returns with the golden model. Reset the board (its button) first: the
+    comparison assumes LFSRs fresh from their seeds.
+    """
+    from nsm.flow import run_on_board
+
+    s = run_on_board(build_dir, port, dataset=dataset, count=count, offset=offset,
+                     split_seed=split_seed, baud=baud, data_dir=data_dir, progress=not as_json,
+                     weights=weights)
+    if as_json:
+        click.echo(json.dumps(s))
+    else:
+        click.echo("summary")
+        for k in ("images", "mismatches", "golden_accuracy", "board_accuracy", "images_per_s"):
+            v = s[k]
+            click.echo(f"  {k:<18} {v:.4f}" if k.endswith("accuracy") else f"  {k:<18} {v}")
+    if s["mismatches"]:
+        click.echo(f"nsm board: {s['mismatches']} of {s['images']} classes differ from the golden "
+                   f"model (first: {json.dumps(s['first_mismatch'])}); if the board ran images "
+                   f"since its last reset, press its button and run again", err=True)
+        sys.exit(2)
+
+
+@main.command(epilog=_example("nsm report build/ --samples 1,4,16,64"))
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for report.html, report.md, report.json and the plots "
+                   "[default: BUILD_DIR].")
+@click.option("--samples", "-T", default=",".join(map(str, (1, 4, 16, 64))), show_default=True,
+              help="Monte Carlo samples for the accuracy curve (the IR's own T is added).")
+@click.option("--dataset", default=None,
+              help="[default: the one the last `nsm sim` used, else digits]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--split-seed", default=None, type=int,
+              help="Seed of the train/test split [default: the last `nsm sim`'s, else 0].")
+@click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(1),
+              help="Test images for the golden and float models (fewer if the split is smaller).")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+              help="First test image.")
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Float model, .onnx or .pt [default: the ONNX file the IR was compiled from, "
+                   "in BUILD_DIR or its parent, else BUILD_DIR/model.pt].")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of the float model's sampling.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_user_errors
+def report(build_dir, output, samples, dataset, data_dir, split_seed, count, offset, model, seed,
+           no_progress):
+    """Write report.html (self-contained) and report.md: accuracy against T (float, golden
+    model, RTL), resources per layer and after synthesis, cycles against the dense bound, LFSR
+    statistics and the verification summary.
+    """
+    from nsm.report import write_report
+
+    ts = _int_list(samples)
+    if not ts or min(ts) < 1:
+        raise click.BadParameter(f"{samples!r} is not a list of positive integers",
+                                 param_hint="--samples")
+    import shlex
+    command = shlex.join(["nsm", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else \
+        f"nsm report {build_dir}"
+    written = write_report(build_dir, output, command=command, samples=ts, dataset=dataset,
+                           split_seed=split_seed, count=count, offset=offset,
+                           data_dir=data_dir, model=model, seed=seed, progress=not no_progress)
+    click.echo(f"wrote {written['report.html']} and {written['report.md']} "
+               f"({len(written) - 3} plots)")
 
 
 @main.command(epilog=_example("nsm demo --out out/demo"))

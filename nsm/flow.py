@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
 
-__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_demo"]
+__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_on_board", "run_demo",
+           "SIM_SUMMARY"]
+
+#: Where ``nsm sim`` leaves its summary, relative to the build directory.
+SIM_SUMMARY = Path("sim") / "summary.json"
 
 
 def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
@@ -85,20 +90,84 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
                     log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet,
                     debug=debug, waves=waves)
     summary["sim_seconds"] = round(time.perf_counter() - t0, 2)
-    summary["dataset"] = dataset
+    summary.update(dataset=dataset, offset=offset, split_seed=split_seed,
+                   data_dir=str(data_dir) if data_dir else None)
+    # Kept beside the build so that `nsm report` can show it later (written even when there
+    # are mismatches: that is what the report must show).
+    with atomic_write(Path(build_dir) / SIM_SUMMARY, "w") as f:
+        f.write(json.dumps(summary, indent=1) + "\n")
     return summary
 
 
-def synthesize(build_dir: Path, target: str, log=print) -> dict:
-    """Synthesize, place and route a build directory's Verilog; work files in ``synth/TARGET``."""
+def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
+               baud: int = 115200) -> dict:
+    """Synthesize, place and route a build directory's Verilog; work files in ``synth/TARGET``.
+
+    ``bitstream``: build the target's example board top instead (:mod:`hw.board`: the core
+    behind a UART at ``baud``) with its pin file, and write its bitstream; work files in
+    ``synth/BOARD``.
+    """
     from hw import synth
 
     if target not in synth.TARGETS:
         raise synth.SynthError(f"unknown target {target!r} (choose from "
                                f"{', '.join(synth.TARGETS)})")
+    if not bitstream:
+        ir = load_build(build_dir)
+        return synth.synthesize(Path(build_dir) / f"{ir.name}.v", ir.name, target,
+                                Path(build_dir) / "synth" / target, ir=ir, log=log)
+    from hw.board import BOARDS, board_verilog
+    if target not in BOARDS:
+        raise synth.SynthError(f"--bitstream builds an example board top, and only "
+                               f"{', '.join(BOARDS)} has one ({BOARDS['ice40-up5k'].name}); "
+                               f"for {target}, instantiate the core in your own top (see "
+                               f"NAME_inst.v in the build directory)")
+    board = BOARDS[target]
     ir = load_build(build_dir)
-    return synth.synthesize(Path(build_dir) / f"{ir.name}.v", ir.name, target,
-                            Path(build_dir) / "synth" / target, ir=ir, log=log)
+    work = Path(build_dir) / "synth" / board.name
+    try:
+        text = board_verilog(ir, board, baud=baud)
+    except ValueError as e:
+        raise synth.SynthError(str(e)) from None
+    with atomic_write(work / f"{board.top}.v", "w") as f:
+        f.write(text)
+    return synth.synthesize(work / f"{board.top}.v", board.top, target, work, ir=ir, log=log,
+                            board=board)
+
+
+def run_on_board(build_dir: Path, port: str, dataset: str = "digits", count: int = 20,
+                 offset: int = 0, split_seed: int = 0, baud: int = 115200,
+                 data_dir: Path | None = None, progress: bool = True,
+                 weights: bool = True) -> dict:
+    """Test images through the board top on real hardware (``nsm synth --bitstream``), each
+    returned class compared with the golden model of a freshly reset core. ``weights``: send
+    the weight image first where the core keeps weights in RAM (once after programming)."""
+    from tqdm import tqdm
+
+    from hw.board import classify_over_uart, open_uart, send_over_uart, weight_bytes
+
+    ir = load_build(build_dir)
+    x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
+    expected = golden.run(ir, x).classes
+    fd = open_uart(port, baud)
+    image = weight_bytes(ir) if weights else b""
+    try:
+        send_over_uart(fd, image)
+        with tqdm(total=len(x), desc=f"board on {port}", unit="img", disable=not progress) as bar:
+            t0 = time.perf_counter()
+            got = np.asarray(classify_over_uart(fd, x, baud, progress=lambda: bar.update(1)))
+            seconds = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+    bad = np.flatnonzero(got != expected)
+    return {"port": port, "baud": baud, "dataset": dataset, "images": int(len(x)),
+            "mismatches": int(len(bad)),
+            "first_mismatch": ({"image": int(bad[0]), "golden_class": int(expected[bad[0]]),
+                                "board_class": int(got[bad[0]])} if len(bad) else None),
+            "golden_accuracy": float((expected == y).mean()),
+            "board_accuracy": float((got == y).mean()),
+            "images_per_s": round(len(x) / seconds, 2) if seconds else None,
+            "weight_bytes_sent": len(image)}
 
 
 def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 16,
@@ -113,7 +182,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
     out_dir.mkdir(parents=True, exist_ok=True)
     times = {}
 
-    log(f"[1/5] training an NSM MLP on digits ({epochs} epochs)")
+    log(f"[1/6] training an NSM MLP on digits ({epochs} epochs)")
     t = time.perf_counter()
     cfg = TrainConfig(dataset="digits", epochs=epochs, samples=samples)
     model, history = train(cfg, progress=True)
@@ -122,24 +191,24 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
     times["train"] = time.perf_counter() - t
     log(f"      float (PyTorch) accuracy at T={samples}: {float_acc:.4f}")
 
-    log("[2/5] exporting ONNX")
+    log("[2/6] exporting ONNX")
     t = time.perf_counter()
     export_onnx(model, out_dir / "model.onnx", samples=samples, sampling=True)
     onnx.checker.check_model(onnx.load(str(out_dir / "model.onnx")), full_check=True)
     times["export"] = time.perf_counter() - t
 
-    log("[3/5] compiling ONNX → integer IR → Verilog")
+    log("[3/6] compiling ONNX → integer IR → Verilog")
     t = time.perf_counter()
     ir = compile_to_dir(out_dir / "model.onnx", out_dir, samples=samples, pe=pe)
     times["compile"] = time.perf_counter() - t
 
-    log("[4/5] golden model on the test split")
+    log("[4/6] golden model on the test split")
     x_all, y_all = _test_images("digits", cfg.seed, ir, None)
     gold = golden.run(ir, x_all)
     golden_acc = float((gold.classes == y_all).mean())
     log(f"      golden-model accuracy: {golden_acc:.4f} ({len(y_all)} images)")
 
-    log(f"[5/5] co-simulating {min(count, len(y_all))} images on {simulator}")
+    log(f"[5/6] co-simulating {min(count, len(y_all))} images on {simulator}")
     t = time.perf_counter()
     sim = simulate(out_dir, dataset="digits", count=count, split_seed=cfg.seed,
                    simulator=simulator)
@@ -158,8 +227,15 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
         "dense_bound_cycles": schedule.dense_bound(ir),
         "latency_cycles": sim["latency_cycles"], "simulator": simulator,
         "seconds": {k: round(v, 2) for k, v in times.items()},
-        "files": sorted(p.name for p in out_dir.iterdir() if p.is_file()) + ["summary.json"],
+        "files": sorted({p.name for p in out_dir.iterdir() if p.is_file()}
+                        | {"summary.json", "report.html", "report.md", "report.json"}),
     }
     with atomic_write(out_dir / "summary.json", "w") as f:
         f.write(json.dumps(summary, indent=1) + "\n")
+
+    from nsm.report import write_report
+    log("[6/6] report: accuracy against T, resources, cycles, LFSR statistics, verification")
+    written = write_report(out_dir, command=f"nsm report {out_dir}", dataset="digits",
+                           split_seed=cfg.seed, count=len(y_all))
+    log(f"      wrote {written['report.html']} and {written['report.md']}")
     return summary

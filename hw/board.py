@@ -1,0 +1,305 @@
+"""An example board design: the generated core behind a UART, for the iCEBreaker (iCE40UP5K-SG48).
+
+Protocol (8N1, 115,200 baud by default, on the board's FTDI serial port): the host sends one byte
+per pixel, ``size`` bytes per image, in input order; after each image the board sends one byte
+back, the class index. The host may send the next image before that reply: a FIFO holds one
+whole image while the core works on the previous one, which is enough while an image computes
+faster than the next one arrives (at 115,200 baud and 12 MHz the UART brings one pixel every
+1,042 cycles; ``nsm report`` shows both times). A core whose weights live in RAM
+(``weight_store = "ram"``, for iCE40 SPRAM, which the bitstream cannot initialize) first takes
+its weight image, once after the bitstream is loaded: :func:`weight_bytes`, two bytes per 16-bit
+beat, low byte first; the weights survive the reset button, and a reset in the middle of the
+image means sending it again. A byte that finds the FIFO full, or a frame with
+a bad stop bit, is dropped and lights the red LED until reset; the user button resets the board
+(and every LFSR, as the core's ``rst`` does) and so realigns the image boundaries.
+
+Pins come from ``icebreaker.pcf`` beside this file (checked against the iCEBreaker schematic's
+pinout: 12 MHz oscillator on pin 35, FTDI RX on 6 and TX on 9, user button 10, red and green LEDs
+11 and 37, the break-off PMOD's five LEDs 27, 25, 21, 23, 26). The green LED lights for about
+90 ms after each result; the five PMOD LEDs show the last class index in binary (LED1 = bit 0).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Module, ResetSignal, Shape, Signal
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from nsm_export.ir import IR
+from .top import NsmCore, convert, weight_image
+from .uart import UartRx, UartTx, divisor_for
+
+__all__ = ["Board", "ICEBREAKER", "BOARDS", "UartClassifier", "IcebreakerTop", "board_verilog",
+           "pcf_pins", "port_bits", "weight_bytes", "BoardError", "open_uart",
+           "send_over_uart", "classify_over_uart"]
+
+
+@dataclass(frozen=True)
+class Board:
+    """A board the example top is written for.
+
+    ``constraints`` is the pin file beside this module, ``packer`` the YoWASP tool that turns
+    nextpnr's output into a bitstream.
+    """
+    name: str
+    target: str            # the hw.synth target whose device is on the board
+    clock_mhz: float
+    top: str               # Verilog module name of the board top
+    constraints: Path
+    packer: str
+
+
+ICEBREAKER = Board("icebreaker", "ice40-up5k", 12.0, "icebreaker_top",
+                   Path(__file__).with_name("icebreaker.pcf"), "yowasp-icepack")
+#: The board for each synthesis target that has one.
+BOARDS = {ICEBREAKER.target: ICEBREAKER}
+
+LED_HOLD_BITS = 20                 # green LED: 2^20 cycles, 87 ms at 12 MHz
+POR_BITS = 8                       # reset held 256 cycles after configuration
+
+
+def pcf_pins(path: Path) -> dict[str, int]:
+    """``{port bit: package pin}`` from a pin file's ``set_io`` lines."""
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        line = line.split("#", 1)[0].split()
+        if line and line[0] == "set_io":
+            args = [a for a in line[1:] if not a.startswith("-") and a not in ("yes", "no")]
+            pins[args[0]] = int(args[1])
+    return pins
+
+
+class UartClassifier(wiring.Component):
+    """The core for ``ir`` fed from a UART receiver, its class index sent back by a transmitter.
+
+    Parameters
+    ----------
+    ir : IR
+        The network; pixels must fit one byte (``pixel_bits <= 8``) and class indices too.
+    divisor : int
+        Clock cycles per UART bit.
+
+    Members
+    -------
+    rx : In(1)
+        Serial line from the host, idle high.
+    tx : Out(1)
+        Serial line to the host, idle high.
+    result : Out(1)
+        High for one cycle when a class index is handed to the transmitter.
+    class_index : Out(class_bits)
+        The last class index sent.
+    error : Out(1)
+        Sticky until reset: a byte was dropped (framing error, or the pixel FIFO was full).
+    """
+
+    def __init__(self, ir: IR, divisor: int):
+        if not isinstance(ir, IR):
+            raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
+        if ir.input.pixel_bits > 8:
+            raise ValueError(f"the UART example sends one byte per pixel; this IR has "
+                             f"{ir.input.pixel_bits}-bit pixels")
+        if ir.n_classes > 256:
+            raise ValueError(f"the UART example sends the class as one byte; this IR has "
+                             f"{ir.n_classes} classes")
+        self._ir = ir
+        self._divisor = divisor
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "result": Out(1),
+                          "class_index": Out(ir.class_bits), "error": Out(1)})
+
+    @property
+    def ir(self) -> IR:
+        return self._ir
+
+    def elaborate(self, platform):
+        m = Module()
+        ir = self._ir
+        m.submodules.rx = rx = UartRx(self._divisor)
+        m.submodules.tx = tx = UartTx(self._divisor)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=max(2, ir.input.size))
+        m.submodules.core = core = NsmCore(ir)
+        m.d.comb += [
+            rx.rx.eq(self.rx), self.tx.eq(tx.tx),
+            fifo.w_data.eq(rx.data), fifo.w_en.eq(rx.valid),
+            core.s_axis_tdata.eq(fifo.r_data[:ir.input.pixel_bits]),
+            core.s_axis_tlast.eq(0),           # informational; the IR fixes the image length
+            core.seed_valid.eq(0),             # runs start from the reset seeds
+            tx.data.eq(core.m_axis_tdata), tx.valid.eq(core.m_axis_tvalid),
+            core.m_axis_tready.eq(tx.ready),
+            self.result.eq(core.m_axis_tvalid & tx.ready),
+        ]
+        pixels = fifo.r_en.eq(core.s_axis_tready), core.s_axis_tvalid.eq(fifo.r_rdy)
+        if any(layer.weight_store == "ram" for layer in ir.layers):
+            # The core takes its weight image on w_axis, once after configuration, and holds
+            # w_axis_tready high exactly until it is complete: until then the bytes from the
+            # FIFO are paired into 16-bit beats, low byte first.
+            low = Signal(8)
+            have_low = Signal()
+            m.d.comb += [core.w_axis_tdata.eq(Cat(low, fifo.r_data)),
+                         core.w_axis_tlast.eq(0)]     # informational; the IR fixes the length
+            with m.If(core.w_axis_tready):
+                m.d.comb += fifo.r_en.eq(1)
+                with m.If(~have_low):
+                    with m.If(fifo.r_rdy):
+                        m.d.sync += [low.eq(fifo.r_data), have_low.eq(1)]
+                with m.Else():
+                    m.d.comb += core.w_axis_tvalid.eq(fifo.r_rdy)
+                    with m.If(fifo.r_rdy):
+                        m.d.sync += have_low.eq(0)
+            with m.Else():
+                m.d.comb += pixels
+        else:
+            m.d.comb += pixels
+        with m.If(core.m_axis_tvalid & tx.ready):
+            m.d.sync += self.class_index.eq(core.m_axis_tdata)
+        with m.If(rx.error | (rx.valid & ~fifo.w_rdy)):
+            m.d.sync += self.error.eq(1)
+        return m
+
+
+class IcebreakerTop(wiring.Component):
+    """:class:`UartClassifier` on the iCEBreaker: clock, reset and LEDs. Port names are the pin
+    names of ``icebreaker.pcf``.
+
+    Members
+    -------
+    clk : In(1)
+        12 MHz oscillator.
+    btn_n : In(1)
+        User button, low when pressed: resets the design.
+    rx : In(1)
+        FTDI serial data to the FPGA.
+    tx : Out(1)
+        Serial data to the FTDI.
+    ledr_n, ledg_n : Out(1)
+        Red (a byte was dropped) and green (a result was sent) LEDs, on when low.
+    led : Out(5)
+        Break-off PMOD LEDs: the last class index, LED1 = bit 0.
+    """
+
+    def __init__(self, ir: IR, baud: int = 115200, board: Board = ICEBREAKER):
+        self._board = board
+        self._classifier = UartClassifier(ir, divisor_for(board.clock_mhz * 1e6, baud))
+        super().__init__({"clk": In(1), "btn_n": In(1, init=1), "rx": In(1, init=1),
+                          "tx": Out(1, init=1), "ledr_n": Out(1, init=1),
+                          "ledg_n": Out(1, init=1), "led": Out(5)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        m.domains.sync = ClockDomain("sync", local=True)
+        m.d.comb += [ClockSignal("por").eq(self.clk), ClockSignal("sync").eq(self.clk)]
+        # Reset for the first 256 cycles after configuration (iCE40 block RAM needs a few
+        # microseconds) and while the button is pressed (synchronized).
+        por = Signal(POR_BITS + 1)
+        btn = Signal(2, init=0b11)
+        m.d.por += btn.eq(btn << 1 | self.btn_n)
+        with m.If(~por[POR_BITS]):
+            m.d.por += por.eq(por + 1)
+        m.d.comb += ResetSignal("sync").eq(~por[POR_BITS] | ~btn[1])
+
+        m.submodules.classifier = cls = self._classifier
+        hold = Signal(LED_HOLD_BITS)
+        with m.If(cls.result):
+            m.d.sync += hold.eq(~0)
+        with m.Elif(hold != 0):
+            m.d.sync += hold.eq(hold - 1)
+        m.d.comb += [cls.rx.eq(self.rx), self.tx.eq(cls.tx),
+                     self.ledg_n.eq(hold == 0), self.ledr_n.eq(~cls.error),
+                     self.led.eq(cls.class_index)]
+        return m
+
+
+def board_verilog(ir: IR, board: Board = ICEBREAKER, baud: int = 115200) -> str:
+    """Verilog of the board top for ``ir`` (module ``board.top``), ports named as in the pin
+    file."""
+    if board is not ICEBREAKER:
+        raise ValueError(f"no example top for board {board.name!r}")
+    top = IcebreakerTop(ir, baud, board)
+    bits = set(port_bits(top))
+    pinned = set(pcf_pins(board.constraints))
+    if bits != pinned:
+        raise ValueError(f"{board.constraints.name} pins {sorted(pinned)} do not match the "
+                         f"top's port bits {sorted(bits)}")
+    return convert(top, ir, board.top)
+
+
+def port_bits(component: wiring.Component) -> list[str]:
+    """Every port bit by the name yosys and nextpnr give it: ``name``, or ``name[k]``."""
+    out = []
+    for name, member in component.signature.members.items():
+        width = Shape.cast(member.shape).width
+        out += [name] if width == 1 else [f"{name}[{k}]" for k in range(width)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Host side: talk to the board top over its serial port (Linux termios, no extra package)
+
+def weight_bytes(ir: IR) -> bytes:
+    """What the host sends before the first image when some layer keeps its weights in RAM:
+    the core's weight image (:func:`hw.top.weight_image`), each 16-bit beat low byte first.
+    Empty for a core with all weights in ROM."""
+    return b"".join(beat.to_bytes(2, "little") for beat in weight_image(ir))
+
+
+class BoardError(RuntimeError):
+    """The board cannot be reached or does not answer; the message is one line."""
+
+
+def open_uart(path: str | Path, baud: int = 115200) -> int:
+    """Open a serial port raw (8N1, no echo, no flow control) at ``baud``; returns the fd."""
+    import termios
+    import tty
+
+    speed = getattr(termios, f"B{baud}", None)
+    if speed is None:
+        raise BoardError(f"{baud} baud is not a standard serial speed on this host")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    except OSError as e:
+        raise BoardError(f"{path}: cannot open the serial port ({e.strerror})") from None
+    try:
+        tty.setraw(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[4] = attrs[5] = speed
+        attrs[2] = (attrs[2] & ~(termios.CSTOPB | termios.PARENB | termios.CRTSCTS)) \
+            | termios.CLOCAL | termios.CREAD
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        termios.tcflush(fd, termios.TCIOFLUSH)
+    except termios.error as e:
+        os.close(fd)
+        raise BoardError(f"{path}: not a serial port ({e.args[-1]})") from None
+    return fd
+
+
+def send_over_uart(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def classify_over_uart(fd: int, pixels, baud: int = 115200, slack_s: float = 1.0,
+                       progress=None) -> list[int]:
+    """Send each image (one byte per pixel) and read back its class byte, image by image.
+
+    Waits for each reply as long as the image takes on the wire plus ``slack_s``; raises
+    :class:`BoardError` naming the image when none comes. ``progress`` is called after each.
+    """
+    out = []
+    for k, img in enumerate(pixels):
+        send_over_uart(fd, bytes(int(p) for p in img))
+        wait = len(img) * 10 / baud + slack_s
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            raise BoardError(f"no reply from the board within {wait:.1f} s after image {k} "
+                             f"(bitstream loaded? right port and baud rate?)")
+        out.append(os.read(fd, 1)[0])
+        if progress is not None:
+            progress()
+    return out

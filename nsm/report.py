@@ -1,0 +1,823 @@
+"""``nsm report``: one page to decide from, built from what the other stages left in a build
+directory.
+
+Sources, each optional except the IR (a section whose source is missing says "not run" and names
+the command that makes it):
+
+``ir.json``, ``weights.npz``   the network (``nsm compile``); the golden model runs it here
+``NAME.onnx`` / ``model.pt``   the float model: the ONNX file named in the IR's provenance, in the
+                               build directory or beside it, else the demo's ``model.pt``
+``sim/summary.json``           the last co-simulation (``nsm sim``, ``nsm demo``)
+``synth/TARGET/report.json``   synthesis reports (``nsm synth``)
+
+What the report computes itself, exactly: golden-model accuracy at every ``T`` of a list (one IR
+per ``T``, run from reset over the same test images), the per-image cycle counts of the IR's own
+``T`` from the golden model's recorded draws (:mod:`nsm_export.schedule`), and statistics of the
+keep bits each layer's LFSR produced in that run. Outputs, written only once everything is
+computed, each file all at once (:func:`nsm_export.atomic.atomic_write`): ``report.html``
+(plots embedded as data URIs, no other file or network needed), ``report.md`` with its plots as
+``report-*.png`` beside it, and ``report.json`` with every number.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from nsm_export import golden, schedule
+from nsm_export import ir as irmod
+from nsm_export.atomic import atomic_write
+
+__all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",
+           "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
+           "Section", "Table", "Figure", "NotRun"]
+
+DEFAULT_SAMPLES = (1, 4, 16, 64)
+MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
+AUTOCORR_DRAWS = 1 << 20     # draws per stream used for the autocorrelation (all for frequency)
+UART_BAUD = 115200           # the board top's default (hw/board.py)
+
+
+class ReportError(RuntimeError):
+    """The report cannot be made; the message is one line naming the input."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting the numbers
+
+def _load_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: not valid JSON ({e})")
+
+
+def _encoding_text(inp) -> str:
+    """How the IR turns pixels into spikes, in words."""
+    if inp.encoding == "thermometer":
+        return (f"thermometer code, {inp.levels} spikes per pixel (+1 iff pixel ≥ "
+                f"{', '.join(map(str, inp.thresholds))})")
+    if inp.encoding == "bernoulli":
+        return (f"stochastic code, a fresh spike per sample with P(+1) = probs[pixel] / "
+                f"2^{inp.prob_bits} from the encoder's own {inp.rng.width}-bit LFSR")
+    return f"spike +1 iff pixel ≥ {inp.threshold}"
+
+
+def _stale(path: Path, than: Path) -> bool:
+    """``path`` was written before ``than`` changed: it describes an older build."""
+    return than.is_file() and path.stat().st_mtime < than.stat().st_mtime
+
+
+def find_model(build_dir: Path, ir: irmod.IR, explicit: Path | None = None) -> Path | None:
+    """The float model: ``explicit``; else the ONNX file the IR was compiled from (in the build
+    directory or its parent); else ``model.pt`` in the build directory (``nsm demo``)."""
+    if explicit is not None:
+        if not Path(explicit).is_file():
+            raise ReportError(f"{explicit}: no such model file")
+        return Path(explicit)
+    onnx_name = ir.source.get("onnx") if isinstance(ir.source, dict) else None
+    candidates = [build_dir / onnx_name, build_dir.parent / onnx_name] if onnx_name else []
+    candidates.append(build_dir / "model.pt")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _float_accuracy(path: Path, x: np.ndarray, y: np.ndarray, ts: list[int], seed: int,
+                    bar) -> dict[int, float]:
+    """Monte Carlo accuracy of the float model at each ``T`` (first ``T`` of ``max(ts)``
+    passes; scores summed, first maximum)."""
+    if path.suffix == ".pt":
+        import torch
+
+        from nsm_train.train import evaluate_many, load_checkpoint
+        model, _ = load_checkpoint(path)
+        if model.n_in != x.shape[1]:
+            raise ReportError(f"{path}: the model has {model.n_in} inputs, the IR "
+                              f"{x.shape[1]}")
+        torch.manual_seed(seed)
+        rows = evaluate_many(model, x, y, ts)
+        bar.update(len(x) * max(ts))
+        return {r["samples"]: float(r["accuracy"]) for r in rows}
+    import onnxruntime as ort
+    try:
+        ort.set_seed(seed)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:        # onnxruntime raises its own types for unreadable files
+        raise ReportError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})")
+    inp = sess.get_inputs()[0]
+    if inp.shape[-1] != x.shape[1]:
+        raise ReportError(f"{path}: the model has {inp.shape[-1]} inputs, the IR {x.shape[1]}")
+    xs = x.astype(np.float32)
+    total, out = None, {}
+    for t in range(1, max(ts) + 1):
+        s = sess.run(None, {inp.name: xs})[0].astype(np.float64)
+        total = s if total is None else total + s
+        bar.update(len(x))
+        if t in ts:
+            out[t] = float((np.argmax(total, axis=1) == y).mean())
+    return out
+
+
+def ir_at_samples(ir: irmod.IR, samples: int) -> irmod.IR:
+    """The same network compiled for ``samples`` Monte Carlo samples (score width resized)."""
+    out = replace(ir, samples=int(samples))
+    out.score_bits = out.required_score_bits()
+    out.validate()
+    return out
+
+
+def run_golden(ir: irmod.IR, x: np.ndarray, record: bool = False, bar=None,
+               chunk: int | None = None) -> golden.GoldenResult:
+    """The golden model from reset over ``x``, in chunks of images so that the progress bar
+    ``bar`` moves; the LFSRs run on between chunks, so the result equals one call."""
+    model = golden.GoldenModel(ir)
+    if chunk is None:
+        per_image = ir.samples * min(layer.n_in for layer in ir.layers)
+        chunk = max(1, (1 << 18) // max(1, per_image))     # >= 2^18 draws: numpy's fast path
+    parts = []
+    for i in range(0, len(x), chunk):
+        parts.append(model.run(x[i:i + chunk], record=record))
+        if bar is not None:
+            bar.update(len(x[i:i + chunk]) * ir.samples)
+    cat = np.concatenate
+    res = golden.GoldenResult(scores=cat([p.scores for p in parts]),
+                              classes=cat([p.classes for p in parts]))
+    if record:
+        res.masks = [cat([p.masks[k] for p in parts]) for k in range(len(ir.layers))]
+        res.spikes = [cat([p.spikes[k] for p in parts]) for k in range(len(ir.layers) - 1)]
+    return res
+
+
+def _autocorr(bits: np.ndarray, lags: int) -> list[float]:
+    c = bits[:AUTOCORR_DRAWS].astype(np.float64)
+    c -= c.mean()
+    den = float(c @ c)
+    if den == 0:
+        return [0.0] * lags
+    return [float(c[:-k] @ c[k:]) / den for k in range(1, lags + 1)]
+
+
+def lfsr_statistics(ir: irmod.IR, masks: list[np.ndarray]) -> list[dict]:
+    """Per layer: keep-bit frequency against the quantized ``p``, its distance in binomial
+    standard deviations, and the autocorrelation of the stream in draw order (lags 1..16)."""
+    rows = []
+    streams = {}
+    for i, (layer, m) in enumerate(zip(ir.layers, masks)):
+        row = {"layer": i, "p": layer.p, "p_num": layer.p_num, "p_bits": layer.p_bits,
+               "sampling": layer.sampling}
+        if layer.sampling:
+            bits = np.asarray(m).reshape(-1)          # (N, T, n_in): exactly the draw order
+            n = int(bits.size)
+            freq = float(bits.mean())
+            sd = float(np.sqrt(layer.p * (1 - layer.p) / n))
+            ac = _autocorr(bits, MAX_LAG)
+            streams[i] = bits
+            row.update(draws=n, frequency=freq, sigma=sd, z=(freq - layer.p) / sd,
+                       lag1=ac[0], autocorr=ac, autocorr_draws=min(n, AUTOCORR_DRAWS),
+                       lfsr_width=layer.rng.width, leap=layer.rng.leap)
+        rows.append(row)
+    keys = sorted(streams)
+    for a in keys:
+        worst = 0.0
+        for b in keys:
+            if b == a:
+                continue
+            n = min(len(streams[a]), len(streams[b]), AUTOCORR_DRAWS)
+            sa, sb = streams[a][:n].astype(float), streams[b][:n].astype(float)
+            if sa.std() and sb.std():
+                worst = max(worst, abs(float(np.corrcoef(sa, sb)[0, 1])))
+        rows[a]["max_cross_corr"] = worst
+    return rows
+
+
+def resource_rows(ir: irmod.IR) -> list[dict]:
+    """Per layer, from the IR: sizes, widths, folding and the two memories that grow with the
+    network (weights: one ``pe``-lane word per neuron group and input; thresholds or biases: one
+    word per group; at least two words deep, padding lanes included, as ``hw.dense`` builds
+    them). The small per-layer buffers (kept-input index, input spikes) are not counted."""
+    rows = []
+    for i, layer in enumerate(ir.layers):
+        weights = (layer.pe * layer.weight_bits, max(2, layer.groups * layer.n_in))
+        offsets = (layer.pe * layer.offset_bits, max(2, layer.groups))
+        rows.append({
+            "layer": i, "kind": "output" if layer.output else "hidden",
+            "n_in": layer.n_in, "n_out": layer.n_out, "weight_bits": layer.weight_bits,
+            "weights": layer.n_in * layer.n_out,
+            "weight_bits_total": layer.n_in * layer.n_out * layer.weight_bits,
+            "p": layer.p, "p_num": layer.p_num, "p_bits": layer.p_bits,
+            "pe": layer.pe, "groups": layer.groups, "draw_lanes": layer.lanes,
+            "weight_store": layer.weight_store,
+            "acc_bits": layer.acc_bits, "offset_bits": layer.offset_bits,
+            "lane_acc_bits": layer.pe * layer.acc_bits,
+            "lfsr_width": layer.rng.width if layer.rng else None,
+            "memories": {"weights": {"width": weights[0], "depth": weights[1],
+                                     "bits": weights[0] * weights[1]},
+                         "thresholds": {"width": offsets[0], "depth": offsets[1],
+                                        "bits": offsets[0] * offsets[1]}},
+            "memory_bits": weights[0] * weights[1] + offsets[0] * offsets[1],
+        })
+    return rows
+
+
+def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
+    """Exact per-image cycles from the recorded draws, against the model's mean and the bound."""
+    per_image = schedule.cycles_per_inference(ir, masks)
+    latency = schedule.latency_cycles(ir, masks)
+    layers = []
+    for i, (layer, m) in enumerate(zip(ir.layers, masks)):
+        kept = np.asarray(m).sum(axis=2)
+        layers.append({
+            "layer": i, "kept_mean": float(kept.mean()), "n_in": layer.n_in,
+            "cycles_per_sample": float(schedule.layer_cycles(layer, kept).mean()),
+            "cycles_per_sample_model": float(schedule.layer_cycles(layer, layer.p * layer.n_in)),
+            "dense_cycles_per_sample": layer.groups * layer.n_in,
+        })
+    return {
+        "samples": ir.samples, "images": int(len(per_image)),
+        "cycles_per_inference": per_image.tolist(),
+        "mean": float(per_image.mean()), "min": int(per_image.min()), "max": int(per_image.max()),
+        "latency_mean": float(latency.mean()),
+        "model_mean": float(schedule.expected_cycles_per_inference(ir)),
+        "dense_bound": float(schedule.dense_bound(ir)),
+        "load_cycles": ir.input.size, "argmax_cycles": schedule.argmax_cycles(ir),
+        "layers": layers,
+    }
+
+
+def _synth_reports(build_dir: Path, verilog: Path) -> dict:
+    out = {}
+    for path in sorted((build_dir / "synth").glob("*/report.json")):
+        r = _load_json(path)
+        if not isinstance(r, dict) or "luts" not in r:
+            continue
+        r["stale"] = _stale(path, verilog)
+        r["path"] = str(path)
+        out[path.parent.name] = r
+    return out
+
+
+def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None,
+            split_seed: int | None = None, count: int = 1000, offset: int = 0,
+            data_dir: Path | None = None, model: Path | None = None, seed: int = 0,
+            progress: bool = True) -> dict:
+    """Every number of the report, as plain JSON-ready data."""
+    from nsm.flow import SIM_SUMMARY, _test_images, load_build
+
+    build_dir = Path(build_dir)
+    if build_dir.exists() and not build_dir.is_dir():
+        raise ReportError(f"{build_dir}: not a directory")
+    if not build_dir.is_dir():
+        raise ReportError(f"{build_dir}: no such build directory (run `nsm compile MODEL.onnx "
+                          f"-o {build_dir}` first)")
+    ir = load_build(build_dir)
+    verilog = build_dir / f"{ir.name}.v"
+    sim_path = build_dir / SIM_SUMMARY
+    sim = _load_json(sim_path)
+    if sim is not None:
+        sim["stale"] = _stale(sim_path, verilog)
+        sim["path"] = str(sim_path)
+    dataset = dataset or (sim or {}).get("dataset") or "digits"
+    if split_seed is None:
+        split_seed = int((sim or {}).get("split_seed") or 0)
+    if data_dir is None and (sim or {}).get("data_dir"):
+        data_dir = Path(sim["data_dir"])
+    ts = sorted({int(t) for t in samples} | {ir.samples})
+    if ts[0] < 1 or ts[-1] > irmod.MAX_SAMPLES:
+        raise ReportError(f"samples {ts} must lie in [1, {irmod.MAX_SAMPLES}]")
+    x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
+    model_path = find_model(build_dir, ir, model)
+
+    from tqdm import tqdm
+    work = len(x) * (sum(ts) + (max(ts) if model_path else 0))
+    t0 = time.perf_counter()
+    with tqdm(total=work, desc="report: golden model and float model", unit="img·T",
+              disable=not progress, unit_scale=True) as bar:
+        gold, recorded = {}, None
+        for t in ts:
+            res = run_golden(ir_at_samples(ir, t), x, record=t == ir.samples, bar=bar)
+            gold[t] = float((res.classes == y).mean())
+            if t == ir.samples:
+                recorded = res
+        floats = _float_accuracy(model_path, x, y, ts, seed, bar) if model_path else None
+    seconds = time.perf_counter() - t0
+
+    demo = _load_json(build_dir / "summary.json")
+    data = {
+        "build_dir": str(build_dir), "made": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": round(seconds, 2),
+        "network": {"name": ir.name, "sizes": [ir.input.size] + [la.n_out for la in ir.layers],
+                    "samples": ir.samples, "score_bits": ir.score_bits,
+                    "input_encoding": _encoding_text(ir.input), "pixel_bits": ir.input.pixel_bits,
+                    "source": ir.source},
+        "dataset": {"name": dataset, "split_seed": split_seed, "offset": offset,
+                    "images": int(len(y)), "data_dir": str(data_dir) if data_dir else None},
+        "accuracy": {
+            "samples": ts, "golden": {str(t): gold[t] for t in ts},
+            "float": {str(t): floats[t] for t in ts} if floats else None,
+            "float_model": str(model_path) if model_path else None,
+            "rtl": ({"samples": sim.get("samples"), "accuracy": sim.get("rtl_accuracy"),
+                     "golden_accuracy": sim.get("golden_accuracy"), "images": sim.get("images"),
+                     "dataset": sim.get("dataset")}
+                    if sim and sim.get("rtl_accuracy") is not None else None),
+            "demo_float": (demo or {}).get("float_accuracy"),
+        },
+        "resources": resource_rows(ir),
+        "synth": _synth_reports(build_dir, verilog),
+        "cycles": cycle_summary(ir, recorded.masks),
+        "lfsr": lfsr_statistics(ir, recorded.masks),
+        "sim": sim,
+    }
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# The document: sections of text, tables, figures and "not run" notes, rendered twice
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    name: str          # file stem: report-NAME.png
+    png: bytes
+    caption: str
+
+
+@dataclass
+class NotRun:
+    what: str
+    command: str
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    blocks: list = field(default_factory=list)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _axes(width: float = 5.2, height: float = 3.4):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def accuracy_figure(series: dict, title: str = "", marks: dict | None = None,
+                    compiled_t: int | None = None) -> bytes:
+    """Accuracy (%) against Monte Carlo samples ``T`` as PNG bytes.
+
+    ``series``: label -> (list of T, list of accuracy in [0, 1]), drawn as lines;
+    ``marks``: label -> (T, accuracy), single points (the RTL); ``compiled_t``: a dotted line.
+    """
+    fig, ax = _axes()
+    for (label, (ts, acc)), style in zip(series.items(), ("o-", "s--", "^-.", "d:")):
+        ax.plot(ts, [100 * a for a in acc], style, label=label)
+    for label, (t, a) in (marks or {}).items():
+        ax.plot([t], [100 * a], "*", markersize=14, label=label)
+    if compiled_t is not None:
+        ax.axvline(compiled_t, color="gray", linestyle=":", label=f"compiled T = {compiled_t}")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({t for ts, _ in series.values() for t in ts}
+                   | {t for t, _ in (marks or {}).values()})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("Monte Carlo samples T")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _cycles_figure(c: dict, measured: float | None) -> bytes:
+    fig, ax = _axes()
+    ax.hist(c["cycles_per_inference"], bins=min(40, max(5, c["images"] // 5)), color="#4c72b0",
+            alpha=0.8, label=f"exact, per image ({c['images']} images)")
+    ax.axvline(c["model_mean"], color="k", linestyle="--",
+               label=f"cycle model mean {c['model_mean']:,.0f}")
+    ax.axvline(c["dense_bound"], color="#c44e52", linestyle="-",
+               label=f"dense bound {c['dense_bound']:,.0f}")
+    if measured is not None:
+        ax.axvline(measured, color="#55a868", linestyle=":", linewidth=2,
+                   label=f"RTL measured mean {measured:,.0f}")
+    ax.set_xlabel("cycles per inference (back to back)")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _lfsr_figures(rows: list[dict]) -> tuple[bytes, bytes]:
+    samp = [r for r in rows if r["sampling"]]
+    fig, ax = _axes()
+    xs = np.arange(len(samp))
+    ax.bar(xs - 0.2, [r["p"] for r in samp], 0.4, label="quantized p = p_num / 2^p_bits",
+           color="#999999")
+    ax.bar(xs + 0.2, [r["frequency"] for r in samp], 0.4,
+           yerr=[3 * r["sigma"] for r in samp], capsize=4, label="keep frequency (±3σ)",
+           color="#4c72b0")
+    ax.set_xticks(xs, [f"layer {r['layer']}" for r in samp])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("probability")
+    ax.legend(fontsize=8)
+    freq_png = _png(fig)
+    fig, ax = _axes()
+    lags = np.arange(1, MAX_LAG + 1)
+    for r in samp:
+        ax.plot(lags, r["autocorr"], "o-", markersize=3, label=f"layer {r['layer']}")
+    band = 3 / np.sqrt(min(r["autocorr_draws"] for r in samp))
+    ax.axhspan(-band, band, color="gray", alpha=0.2, label="±3/√n")
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.set_xlabel("lag (draws)")
+    ax.set_ylabel("autocorrelation of keep bits")
+    ax.legend(fontsize=8)
+    return freq_png, _png(fig)
+
+
+def _utilization_figure(synth: dict) -> bytes:
+    keys = [("luts", "LUT4"), ("ffs", "FF"), ("bram", "EBR"), ("spram", "SPRAM"),
+            ("dsps", "DSP"), ("io", "IO")]
+    fig, ax = _axes(5.6, 3.2)
+    width = 0.8 / max(1, len(synth))
+    xs = np.arange(len(keys))
+    for k, (target, r) in enumerate(synth.items()):
+        vals = [100 * r[key]["used"] / r[key]["available"] if r[key]["available"] else 0
+                for key, _ in keys]
+        ax.bar(xs + (k - (len(synth) - 1) / 2) * width, vals, width, label=target)
+    ax.axhline(100, color="#c44e52", linewidth=1)
+    ax.set_xticks(xs, [name for _, name in keys])
+    ax.set_ylabel("% of the device")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100 * v:.2f} %"
+
+
+def _n(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float) and v != int(v):
+        return f"{v:,.1f}"
+    return f"{int(v):,}"
+
+
+def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
+    """The report's sections from :func:`collect`'s data; ``command`` reproduces it."""
+    b = d["build_dir"]
+    net = d["network"]
+    ds = d["dataset"]
+    acc = d["accuracy"]
+    T = net["samples"]
+    title = f"NSM report: {net['name']} ({'-'.join(map(str, net['sizes']))}, T = {T})"
+    sim = d["sim"]
+    sim_cmd = f"nsm sim {b} --dataset {ds['name']} --count 100"
+    sections = []
+
+    # -- overview
+    src = net["source"] or {}
+    sec = Section("overview", "Overview")
+    sec.blocks.append(Table(["", ""], [
+        ["network", f"`{'-'.join(map(str, net['sizes']))}` ({len(net['sizes']) - 1} layers)"],
+        ["compiled from", f"`{src.get('onnx', 'unknown')}`"],
+        ["Monte Carlo samples T", str(T)],
+        ["input", f"{net['sizes'][0]} pixels of {net['pixel_bits']} bits; "
+                  f"{net['input_encoding']}"],
+        ["class scores", f"{net['sizes'][-1]} × {net['score_bits']}-bit signed"],
+        ["test images", f"{ds['images']:,} of `{ds['name']}` (split seed {ds['split_seed']}, "
+                        f"from image {ds['offset']})"],
+        ["made", f"{d['made']} by `{command}` ({d['seconds']:.1f} s of model runs)"],
+    ]))
+    sections.append(sec)
+
+    # -- accuracy
+    sec = Section("accuracy", "Accuracy against samples T")
+    ts = acc["samples"]
+    series = {"golden model (integer IR)": (ts, [acc["golden"][str(t)] for t in ts])}
+    if acc["float"]:
+        series[f"float ({Path(acc['float_model']).name})"] = (
+            ts, [acc["float"][str(t)] for t in ts])
+    marks = {}
+    rtl = acc["rtl"]
+    if rtl:
+        marks[f"RTL ({rtl['images']} images; golden on the same: "
+              f"{_pct(rtl['golden_accuracy'])})"] = (rtl["samples"], rtl["accuracy"])
+    sec.blocks.append(Figure("accuracy", accuracy_figure(
+        series, f"{ds['name']}: {ds['images']} test images", marks, compiled_t=T),
+        "Test accuracy against the number of Monte Carlo samples T. Golden model: the IR "
+        "recompiled for each T and run from reset; float: the model's own sampling; RTL: the "
+        "co-simulated core at its compiled T."))
+    header = ["T", "golden model", "float model", "RTL"]
+    rows = []
+    for t in ts:
+        r_rtl = (f"{_pct(rtl['accuracy'])} ({rtl['images']} images; golden on the same: "
+                 f"{_pct(rtl['golden_accuracy'])})" if rtl and rtl["samples"] == t else "")
+        rows.append([f"**{t}**" if t == T else str(t), _pct(acc["golden"][str(t)]),
+                     _pct(acc["float"][str(t)]) if acc["float"] else "not run", r_rtl])
+    sec.blocks.append(Table(header, rows))
+    if not acc["float"]:
+        sec.blocks.append(NotRun("float model: no ONNX file or checkpoint found beside the "
+                                 "build", f"nsm report {b} --model model.onnx"))
+    if not rtl:
+        sec.blocks.append(NotRun("RTL accuracy: no co-simulation in this build", sim_cmd))
+    sections.append(sec)
+
+    # -- resources
+    sec = Section("resources", "Resources")
+    rows = []
+    for r in d["resources"]:
+        w, o = r["memories"]["weights"], r["memories"]["thresholds"]
+        mem = (f"weights {w['width']}×{w['depth']} "
+               f"{'RAM, loaded at start-up' if r['weight_store'] == 'ram' else 'ROM'}, "
+               f"thresholds {o['width']}×{o['depth']}")
+        rows.append([str(r["layer"]), r["kind"], f"{r['n_in']:,} → {r['n_out']:,}",
+                     str(r["weight_bits"]), f"{r['p_num']}/2^{r['p_bits']} = {r['p']:.4g}",
+                     f"{r['pe']} × {r['groups']}",
+                     str(r["draw_lanes"]) if r["lfsr_width"] else "—", f"{r['weight_bits_total']:,}",
+                     f"{r['memory_bits']:,} ({mem})", f"{r['acc_bits']} / {r['offset_bits']}",
+                     str(r["lfsr_width"] or "—")])
+    tot = d["resources"]
+    rows.append(["all", "", f"{sum(r['weights'] for r in tot):,} weights", "", "",
+                 f"{sum(r['pe'] for r in tot)} lanes", "", f"{sum(r['weight_bits_total'] for r in tot):,}",
+                 f"{sum(r['memory_bits'] for r in tot):,}", "", ""])
+    sec.blocks.append(Table(["layer", "kind", "inputs → neurons", "weight bits", "keep p",
+                             "pe × groups", "draws / clock", "weight bits (net)",
+                             "memory bits (width×depth)", "acc / threshold bits", "LFSR bits"],
+                            rows))
+    sec.blocks.append("pe × groups is the folding: `pe` adder lanes work on one group of "
+                      "neurons at a time; draws / clock is how many blank-out bits a sampling "
+                      "layer draws per cycle. Memory bits count the weight memory (one "
+                      "`pe`-lane word per group and input: in the bitstream as ROM, or RAM "
+                      "loaded through `w_axis` at start-up) and the threshold ROM, padding lanes "
+                      "included; the small kept-input and spike buffers are not counted.")
+    synth = d["synth"]
+    if synth:
+        rows = []
+        for target, r in synth.items():
+            def frac(k):
+                v = r.get(k) or {}
+                return f"{v.get('used', 0):,} / {v.get('available', 0):,}" if v else "—"
+            fmax = "—" if r.get("fmax_mhz") is None else (
+                f"{r['fmax_mhz']:.1f} MHz ({'meets' if r['meets_timing'] else 'misses'} "
+                f"{r['constraint_mhz']:g})")
+            note = " (stale: older than the Verilog)" if r["stale"] else ""
+            if r.get("board"):
+                note = " (board top: the core behind a UART)" + note
+            rows.append([f"`{target}`{note}", r.get("device", ""), frac("luts"), frac("ffs"),
+                         frac("logic_cells"), frac("bram"), frac("spram"), frac("dsps"),
+                         frac("io"), fmax, "yes" if r.get("fits") else "no",
+                         f"`{Path(r['bitstream']).name}`" if r.get("bitstream") else "—"])
+        sec.blocks.append(Table(["target", "device", "LUT4", "FF", "logic cells", "EBR",
+                                 "SPRAM", "DSP", "IO", "Fmax", "fits", "bitstream"], rows))
+        sec.blocks.append(Figure("utilization", _utilization_figure(synth),
+                                 "Share of each device resource the core uses, per target "
+                                 "(the red line is the whole device)."))
+    else:
+        sec.blocks.append(NotRun("synthesis: no report in this build",
+                                 f"nsm synth {b} --target ice40-up5k"))
+    sections.append(sec)
+
+    # -- cycles
+    c = d["cycles"]
+    sec = Section("cycles", "Cycles and throughput")
+    measured = sim.get("cycles_per_inference") if sim else None
+    sec.blocks.append(Figure("cycles", _cycles_figure(c, measured),
+                             f"Cycles per inference of every test image at T = {T}, exact "
+                             "from the golden model's draws (blanked-out inputs cost no "
+                             "cycles), against the cycle model's mean and the dense bound."))
+    rows = [["exact from the golden model's draws",
+             f"{_n(c['mean'])} (min {c['min']:,}, max {c['max']:,})"],
+            ["cycle model, mean over the draws", _n(c["model_mean"])],
+            ["RTL measured (co-simulation)", _n(measured) if measured is not None
+             else "not run"],
+            ["dense bound (T × synaptic operations / adder lanes)", _n(c["dense_bound"])],
+            ["exact mean / dense bound", f"{c['mean'] / c['dense_bound']:.3f}"],
+            ["of which: pixel load, argmax", f"{c['load_cycles']:,}, {c['argmax_cycles']:,}"]]
+    sec.blocks.append(Table(["cycles per inference", "value"], rows))
+    rows = []
+    for r in c["layers"]:
+        rows.append([str(r["layer"]), f"{r['kept_mean']:.1f} of {r['n_in']:,}",
+                     _n(r["cycles_per_sample"]), _n(r["cycles_per_sample_model"]),
+                     f"{r['dense_cycles_per_sample']:,}"])
+    sec.blocks.append(Table(["layer", "inputs kept (mean)", "cycles / sample (exact mean)",
+                             "cycles / sample (model)", "dense walk (groups × inputs)"],
+                            rows))
+    clocks = [("iCEBreaker board clock", 12.0)]
+    for target, r in synth.items():
+        if r.get("fmax_mhz"):
+            clocks.append((f"`{target}` Fmax", r["fmax_mhz"]))
+    rows = [[name, f"{f:g} MHz", f"{f * 1e6 / c['mean']:,.0f}",
+             f"{c['latency_mean'] / f:,.1f} µs"] for name, f in clocks]
+    sec.blocks.append(Table(["clock", "frequency", "inferences / s (back to back)",
+                             "latency after the last pixel"], rows))
+    wire = c["load_cycles"] * 10 / UART_BAUD          # one 8N1 byte per pixel
+    compute = (c["mean"] - c["load_cycles"]) / 12e6
+    sec.blocks.append(f"On the iCEBreaker board top (`nsm synth --bitstream`) the pixels "
+                      f"arrive over a {UART_BAUD:,}-baud UART: {1e3 * wire:,.2f} ms per image "
+                      f"on the wire against {1e3 * compute:,.2f} ms of compute at 12 MHz, so "
+                      f"it classifies about {1 / max(wire, compute):,.0f} images per second "
+                      f"(the pixel FIFO overlaps the next image's transfer with this one's "
+                      f"compute).")
+    sections.append(sec)
+
+    # -- LFSR statistics
+    sec = Section("lfsr", "LFSR statistics")
+    samp = [r for r in d["lfsr"] if r["sampling"]]
+    if samp:
+        freq_png, ac_png = _lfsr_figures(d["lfsr"])
+        rows = []
+        for r in d["lfsr"]:
+            if not r["sampling"]:
+                rows.append([str(r["layer"]), "p = 1: no LFSR", "", "", "", "", ""])
+                continue
+            rows.append([str(r["layer"]), f"{r['lfsr_width']} bits, leap {r['leap']}",
+                         f"{r['draws']:,}", f"{r['p']:.6f}", f"{r['frequency']:.6f}",
+                         f"{r['z']:+.2f}", f"{r['lag1']:+.5f}",
+                         f"{max(abs(a) for a in r['autocorr']):.5f}",
+                         f"{r.get('max_cross_corr', 0):.5f}"])
+        sec.blocks.append(Table(["layer", "LFSR", "draws", "quantized p", "keep frequency",
+                                 "z (binomial σ)", "lag-1 autocorr.",
+                                 f"max |autocorr.| lags 1–{MAX_LAG}",
+                                 "max |corr.| with other layers"],
+                                [r + [""] * (9 - len(r)) for r in rows]))
+        sec.blocks.append(f"Every keep bit the golden model drew for the test images at "
+                          f"T = {T}, in the order the hardware draws them (image, sample, "
+                          f"input). A fair stream keeps |z| below about 3 and its "
+                          f"autocorrelations within ±3/√n (n = draws used, at most "
+                          f"{AUTOCORR_DRAWS:,} per stream).")
+        sec.blocks.append(Figure("lfsr-frequency", freq_png,
+                                 "Keep-bit frequency of each sampling layer against its "
+                                 "quantized keep probability."))
+        sec.blocks.append(Figure("lfsr-autocorr", ac_png,
+                                 "Autocorrelation of each layer's keep-bit stream by lag."))
+    else:
+        sec.blocks.append("No layer samples (p = 1 everywhere): the core draws no random bits.")
+    sections.append(sec)
+
+    # -- verification
+    sec = Section("verification", "Verification")
+    if sim:
+        ok = sim.get("mismatches") == 0
+        rows = [["verdict", "**bit-exact**: every score and class equal" if ok
+                 else f"**{sim.get('mismatches')} mismatching images**"],
+                ["simulator", str(sim.get("simulator"))],
+                ["images compared", f"{sim.get('images', 0):,} of `{sim.get('dataset')}` "
+                                    f"(from image {sim.get('offset', 0)})"],
+                ["hidden spike vectors compared", "yes" if sim.get("spikes_compared") else "no"],
+                ["cycle model exact (every image)", "yes" if sim.get("cycle_model_exact")
+                 else "no"],
+                ["latency: measured / model", f"{_n(sim.get('latency_cycles'))} / "
+                                              f"{_n(sim.get('latency_cycles_model'))}"],
+                ["cycles per inference: measured / model",
+                 f"{_n(sim.get('cycles_per_inference'))} / "
+                 f"{_n(sim.get('cycles_per_inference_model'))}"],
+                ["golden / RTL accuracy", f"{_pct(sim.get('golden_accuracy'))} / "
+                                          f"{_pct(sim.get('rtl_accuracy'))}"],
+                ["simulation time", f"{sim.get('sim_seconds', 0):.1f} s"]]
+        if sim.get("first_mismatch"):
+            rows.append(["first mismatch", f"`{json.dumps(sim['first_mismatch'])}`"])
+        if sim.get("stale"):
+            rows.append(["note", "stale: the co-simulation is older than the Verilog"])
+        sec.blocks.append(Table(["", ""], rows))
+    else:
+        sec.blocks.append(NotRun("co-simulation: no `sim/summary.json` in this build", sim_cmd))
+    sections.append(sec)
+    return title, sections
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def _inline_html(text: str) -> str:
+    out = html.escape(text, quote=False)
+    out = _CODE.sub(lambda m: f"<code>{m.group(1)}</code>", out)
+    return _BOLD.sub(lambda m: f"<strong>{m.group(1)}</strong>", out)
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    out = [f"# {title}", ""]
+    out.append(" · ".join(f"[{s.title}](#{s.id})" for s in sections))
+    out.append("")
+    for s in sections:
+        out += [f"<a id=\"{s.id}\"></a>", f"## {s.title}", ""]
+        for blk in s.blocks:
+            if isinstance(blk, str):
+                out += [blk, ""]
+            elif isinstance(blk, Table):
+                out.append("| " + " | ".join(_md_cell(h) for h in blk.header) + " |")
+                out.append("|" + "---|" * len(blk.header))
+                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in blk.rows]
+                out.append("")
+            elif isinstance(blk, Figure):
+                out += [f"![{blk.caption}](report-{blk.name}.png)", "", f"*{blk.caption}*", ""]
+            elif isinstance(blk, NotRun):
+                out += [f"**Not run**: {blk.what}. Make it with:", "", "```sh", blk.command,
+                        "```", ""]
+    return "\n".join(out)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+h1 { font-size: 1.5rem; } h2 { border-bottom: 1px solid #ccc; margin-top: 2rem; }
+table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } code { background: #f3f3f3; padding: 0 0.2rem; }
+figure { margin: 1rem 0; } figcaption { font-size: 0.85rem; color: #555; max-width: 40rem; }
+.notrun { border-left: 4px solid #c44e52; background: #fbeeee; padding: 0.4rem 0.8rem; }
+nav a { margin-right: 1rem; }
+"""
+
+
+def render_html(title: str, sections: list[Section]) -> str:
+    out = ["<!DOCTYPE html>", "<html lang=\"en\">", "<head>", "<meta charset=\"utf-8\">",
+           f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style>", "</head>",
+           "<body>", f"<h1>{html.escape(title)}</h1>", "<nav>"]
+    out += [f"<a href=\"#{s.id}\">{html.escape(s.title)}</a>" for s in sections]
+    out.append("</nav>")
+    for s in sections:
+        out.append(f"<section id=\"{s.id}\"><h2>{html.escape(s.title)}</h2>")
+        for blk in s.blocks:
+            if isinstance(blk, str):
+                out.append(f"<p>{_inline_html(blk)}</p>")
+            elif isinstance(blk, Table):
+                out.append("<table>")
+                if any(blk.header):
+                    out.append("<tr>" + "".join(f"<th>{_inline_html(h)}</th>"
+                                                for h in blk.header) + "</tr>")
+                out += ["<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in row) + "</tr>"
+                        for row in blk.rows]
+                out.append("</table>")
+            elif isinstance(blk, Figure):
+                uri = "data:image/png;base64," + base64.b64encode(blk.png).decode("ascii")
+                out.append(f"<figure id=\"fig-{blk.name}\"><img src=\"{uri}\" "
+                           f"alt=\"{html.escape(blk.caption)}\"><figcaption>"
+                           f"{_inline_html(blk.caption)}</figcaption></figure>")
+            elif isinstance(blk, NotRun):
+                out.append(f"<p class=\"notrun\"><strong>Not run</strong>: "
+                           f"{_inline_html(blk.what)}. Make it with: "
+                           f"<code>{html.escape(blk.command)}</code></p>")
+        out.append("</section>")
+    out += ["</body>", "</html>", ""]
+    return "\n".join(out)
+
+
+def write_report(build_dir: Path, out_dir: Path | None = None, command: str = "nsm report",
+                 **kw) -> dict[str, Path]:
+    """Collect, render and write the report; returns the files written by kind."""
+    build_dir = Path(build_dir)
+    out_dir = Path(out_dir) if out_dir is not None else build_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"{out_dir}: exists and is not a directory")
+    data = collect(build_dir, **kw)
+    title, sections = build_document(data, command)
+    figures = [blk for s in sections for blk in s.blocks if isinstance(blk, Figure)]
+    markdown = render_markdown(title, sections)
+    page = render_html(title, sections)
+    written = {}
+    for fig in figures:
+        path = out_dir / f"report-{fig.name}.png"
+        with atomic_write(path) as f:
+            f.write(fig.png)
+        written[fig.name] = path
+    keep = {p.name for p in written.values()}
+    for old in out_dir.glob("report-*.png"):       # plots of an earlier report, now absent
+        if old.name not in keep:
+            old.unlink()
+    for name, text in (("report.json", json.dumps(data, indent=1) + "\n"),
+                       ("report.md", markdown), ("report.html", page)):
+        with atomic_write(out_dir / name, "w") as f:
+            f.write(text)
+        written[name] = out_dir / name
+    return written

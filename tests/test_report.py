@@ -1,0 +1,215 @@
+"""`nsm report`: the page renders in a browser, the markdown twin matches it, the numbers are the
+golden model's, and bad input is one line with nothing written."""
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nsm.cli import main
+from nsm.flow import compile_to_dir
+from nsm.report import ir_at_samples, lfsr_statistics, run_golden
+from nsm_export import golden
+from nsm_export import ir as irmod
+
+SECTIONS = ["overview", "accuracy", "resources", "cycles", "lfsr", "verification"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A tiny NSM trained on digits, exported to ONNX beside its build directory, compiled."""
+    from nsm_export.onnx_export import export_onnx
+    from nsm_train.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("report")
+    model, _ = train(TrainConfig(dataset="digits", hidden=[16], epochs=2, samples=4),
+                     progress=False)
+    export_onnx(model, root / "model.onnx", samples=4)
+    compile_to_dir(root / "model.onnx", root / "build", samples=4, pe=4)
+    return root
+
+
+def _report(build, *args):
+    res = CliRunner().invoke(main, ["report", str(build), "--count", "60", "--no-progress",
+                                    *args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+# A probe the test adds to a copy of the page: after load, it records for every image whether
+# the browser decoded it (complete, with a non-zero natural width) and which sections exist.
+PROBE = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.map.call(document.images, function (i) {
+    return {figure: i.parentNode.id, ok: i.complete && i.naturalWidth > 0,
+            width: i.naturalWidth, height: i.naturalHeight};
+  });
+  var secs = Array.prototype.map.call(document.querySelectorAll('section'),
+                                      function (s) { return s.id; });
+  var p = document.createElement('pre');
+  p.id = 'probe';
+  p.textContent = JSON.stringify({images: imgs, sections: secs});
+  document.body.appendChild(p);
+});
+</script>"""
+
+
+def _render_in_chromium(page: str, tmp_path) -> dict:
+    path = tmp_path / "probe.html"
+    path.write_text(page.replace("</body>", PROBE + "</body>"))
+    res = subprocess.run([shutil.which("chromium"), "--headless", "--no-sandbox", "--disable-gpu",
+                          "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"chromium produced no probe output (exit {res.returncode}): {res.stderr[-500:]}"
+    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="chromium not installed (apt-get install chromium; CI installs it)")
+def test_every_plot_renders_in_headless_chromium(built, tmp_path):
+    _report(built / "build", "-o", str(tmp_path / "out"))
+    page = (tmp_path / "out" / "report.html").read_text()
+    # Self-contained: every image is an embedded PNG, nothing points at a file or the network.
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert not re.search(r'(src|href)="(?!data:|#)', page)
+    seen = _render_in_chromium(page, tmp_path)
+    assert seen["sections"] == SECTIONS
+    figures = [i["figure"] for i in seen["images"]]
+    assert figures == ["fig-accuracy", "fig-cycles", "fig-lfsr-frequency", "fig-lfsr-autocorr"]
+    for img in seen["images"]:
+        assert img["ok"] and img["width"] > 100 and img["height"] > 100, img
+    # The probe can fail: the same page with one image's data damaged is seen as broken.
+    broken = page.replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1)
+    seen = _render_in_chromium(broken, tmp_path)
+    assert [i["ok"] for i in seen["images"]] == [False, True, True, True]
+
+
+def test_markdown_twin_and_json_agree_with_the_golden_model(built, tmp_path):
+    out = tmp_path / "out"
+    _report(built / "build", "-o", str(out), "--samples", "1,2,8")
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    data = json.loads((out / "report.json").read_text())
+    # The same sections, in the same order, in both.
+    assert re.findall(r'<a id="([a-z]+)"></a>', md) == SECTIONS
+    assert re.findall(r'<section id="([a-z]+)">', page) == SECTIONS
+    # Every plot of the page is a PNG file beside the markdown, byte for byte the same.
+    linked = re.findall(r"\]\((report-[a-z-]+\.png)\)", md)
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(linked) == len(embedded) == 4
+    assert sorted(p.name for p in out.glob("report-*.png")) == sorted(linked)
+    for name, b64 in zip(linked, embedded):
+        png = (out / name).read_bytes()
+        assert png.startswith(PNG_MAGIC) and png == base64.b64decode(b64)
+
+    # Golden accuracy at every T: the IR recompiled for T, from reset, on the first 60 images.
+    from nsm.flow import _test_images
+    ir = irmod.load(built / "build")
+    assert data["accuracy"]["samples"] == [1, 2, 4, 8]          # the IR's own T is added
+    x, y = _test_images("digits", 0, ir, 60)
+    for t in (1, 2, 4, 8):
+        right = int((golden.run(ir_at_samples(ir, t), x).classes == y).sum())
+        assert round(data["accuracy"]["golden"][str(t)] * 60) == right
+        assert f"| {100 * right / 60:.2f} % |" in md
+    # The float model is the ONNX file beside the build, run by onnxruntime.
+    assert data["accuracy"]["float_model"].endswith("model.onnx")
+    assert set(data["accuracy"]["float"]) == {"1", "2", "4", "8"}
+    # Cycles: exact per image from the recorded draws.
+    res = golden.run(ir, x, record=True)
+    from nsm_export import schedule
+    assert data["cycles"]["cycles_per_inference"] == \
+        schedule.cycles_per_inference(ir, res.masks).tolist()
+    # Missing sources are named with the command that makes them.
+    assert "**Not run**: co-simulation" in md and f"nsm sim {built / 'build'}" in md
+    assert "**Not run**: synthesis" in md and "--target ice40-up5k" in md
+
+
+def test_chunked_golden_run_equals_one_call(rng):
+    from nsm_export.random_ir import random_ir, random_pixels
+    ir = random_ir(rng, sizes=[12, 9, 4], p=[0.5, 0.75], samples=3)
+    px = random_pixels(rng, ir, 25)
+    one = golden.run(ir, px, record=True)
+    chunked = run_golden(ir, px, record=True, chunk=4)
+    assert np.array_equal(one.scores, chunked.scores)
+    for a, b in zip(one.masks, chunked.masks):
+        assert np.array_equal(a, b)
+
+
+def test_lfsr_statistics_see_frequency_and_correlation(rng):
+    from nsm_export.random_ir import random_ir
+    ir = random_ir(rng, sizes=[8, 6, 3], p=[0.5, 0.25], samples=2)
+    fair = [rng.random((400, 2, layer.n_in)) < layer.p for layer in ir.layers]
+    rows = lfsr_statistics(ir, fair)
+    for r, m in zip(rows, fair):
+        assert r["draws"] == m.size and r["frequency"] == m.mean()
+        assert abs(r["z"]) < 5 and abs(r["lag1"]) < 0.05
+    # A stream 1,1,0,0,... has the right frequency but lag-1 0 and lag-2 -1: it must show.
+    pattern = np.resize([True, True, False, False], 400 * 2 * 8).reshape(400, 2, 8)
+    rows = lfsr_statistics(ir, [pattern, fair[1]])
+    assert rows[0]["frequency"] == 0.5 and abs(rows[0]["autocorr"][1] + 1) < 1e-3
+
+
+def _one_error_line(res, *needles):
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("nsm report: error: ")
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(built, tmp_path):
+    r = CliRunner()
+    _one_error_line(r.invoke(main, ["report", str(tmp_path / "nope")]),
+                    "nope", "no such build directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_error_line(r.invoke(main, ["report", str(empty)]), "ir.json", "not an IR directory")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    res = r.invoke(main, ["report", str(built / "build"), "-o", str(a_file)])   # click's check
+    assert res.exit_code == 2 and "is a file" in res.stderr and "Traceback" not in res.output
+    # A dataset whose images do not fit the IR, and a corrupt co-simulation summary: nothing
+    # is written, not even the plots.
+    out = tmp_path / "out"
+    _one_error_line(r.invoke(main, ["report", str(built / "build"), "-o", str(out),
+                                    "--dataset", "fashion-mnist", "--data-dir", str(empty)]))
+    build = tmp_path / "build"
+    shutil.copytree(built / "build", build)
+    (build / "sim").mkdir()
+    (build / "sim" / "summary.json").write_text("{not json")
+    _one_error_line(r.invoke(main, ["report", str(build), "-o", str(out)]),
+                    "summary.json", "not valid JSON")
+    assert not out.exists() or not any(out.iterdir())
+    res = r.invoke(main, ["report", str(built / "build"), "--samples", "0,4"])
+    assert res.exit_code == 2 and "--samples" in res.output
+
+
+@pytest.mark.icarus
+def test_report_shows_the_cosimulation(built, tmp_path):
+    build = tmp_path / "build"
+    shutil.copytree(built / "build", build)
+    r = CliRunner()
+    res = r.invoke(main, ["sim", str(build), "--count", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    sim = json.loads(res.stdout)
+    res = r.invoke(main, ["report", str(build), "--count", "6", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((build / "report.json").read_text())
+    md = (build / "report.md").read_text()
+    T = data["network"]["samples"]
+    # The report's golden model and the co-simulation's saw the same six images from reset.
+    assert data["accuracy"]["golden"][str(T)] == sim["golden_accuracy"]
+    assert data["accuracy"]["rtl"]["accuracy"] == sim["rtl_accuracy"]
+    assert round(data["cycles"]["latency_mean"], 1) == sim["latency_cycles_model"]
+    assert "**bit-exact**" in md and "| simulator | icarus |" in md
+    assert "**Not run**: co-simulation" not in md
+    assert f"| cycle model exact (every image) | yes |" in md
