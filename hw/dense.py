@@ -314,10 +314,7 @@ class DenseEngine(wiring.Component):
                 entry = Array(rp.data for _, rp in banks)[csel]
             else:
                 entry = banks[0][1].data
-            mixed = Signal(L.rng.width)
-            m.d.comb += [mixed.eq(self.seed[:L.rng.width] ^ L.rng.seed),
-                         rng.load.eq(self.reseed),
-                         rng.load_value.eq(Mux(mixed == 0, L.rng.seed, mixed))]
+            m.d.comb += [rng.reseed.eq(self.reseed), rng.run_seed.eq(self.seed)]
             idx = entry[:ibits]
             z1 = entry[ibits]
         else:

@@ -6,7 +6,7 @@ running it on basis vectors (:func:`nsm_export.lfsr.leap_matrix`), never typed i
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -38,10 +38,12 @@ class Lfsr(wiring.Component):
         Advance ``lanes`` draws at the next clock edge.
     en_tail : In(1)
         Advance ``tail`` draws instead.
-    load : In(1)
-        Load ``load_value`` at the next clock edge instead (it must not be zero).
-    load_value : In(width)
-        The state to load.
+    reseed : In(1)
+        Restart from the run seed at the next clock edge instead: the state becomes
+        ``(run_seed XOR seed)`` on ``width`` bits, or ``seed`` where that would be the lock-up
+        state 0 (exactly :meth:`nsm_export.ir.LfsrSpec.reseeded`).
+    run_seed : In(32)
+        The run seed.
     state : Out(width)
         The current state.
     next : Out(width)
@@ -69,7 +71,7 @@ class Lfsr(wiring.Component):
         self._leap = leap
         self._lanes = lanes
         self._tail = tail
-        super().__init__({"en": In(1), "en_tail": In(1), "load": In(1), "load_value": In(width),
+        super().__init__({"en": In(1), "en_tail": In(1), "reseed": In(1), "run_seed": In(32),
                           "state": Out(width), "next": Out(width),
                           "ahead": Out(width * lanes)})
 
@@ -108,8 +110,10 @@ class Lfsr(wiring.Component):
                 m.d.comb += lane[i].eq(bit)
             lanes.append(lane)
         m.d.comb += [self.state.eq(reg), self.next.eq(lanes[0]), self.ahead.eq(Cat(*lanes))]
-        with m.If(self.load):
-            m.d.sync += reg.eq(self.load_value)
+        mixed = Signal(w)
+        m.d.comb += mixed.eq(self.run_seed[:w] ^ self._seed)
+        with m.If(self.reseed):
+            m.d.sync += reg.eq(Mux(mixed == 0, self._seed, mixed))
         with m.Elif(self.en):
             m.d.sync += reg.eq(lanes[-1])
         with m.Elif(self.en_tail):

@@ -50,6 +50,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import signed_bits, unsigned_bits
+from .argmax import ArgmaxScan
 from .dense import LOAD_BEAT_BITS, RAM16_MODULE, RAM16_NAME, pack_lanes
 
 __all__ = ["MacLayer", "MacNet", "MacCore", "MacError", "random_mac_net", "mac_reference",
@@ -370,13 +371,8 @@ class MacCore(wiring.Component):
 
         scores = [Signal(signed(SB), name=f"score{c}") for c in range(C)]
         m.d.comb += self.m_axis_tuser.eq(Cat(*scores))
-        best = Signal(signed(SB))
-        best_idx = Signal(net.class_bits)
-        cand = Signal(signed(SB))
-        cand_idx = Signal(range(C + 1))
-        cand_valid = Signal()
-        c = Signal(range(C + 1))
-        m.d.comb += self.m_axis_tdata.eq(best_idx)
+        m.submodules.argmax = scan = ArgmaxScan(C, SB)
+        m.d.comb += [scan.scores.eq(Cat(*scores)), self.m_axis_tdata.eq(scan.index)]
         px = Signal(range(n0 + 1))
         drain = Signal(range(DRAIN))
 
@@ -442,16 +438,13 @@ class MacCore(wiring.Component):
                         if i < L - 1:
                             start_layer(i + 1)
                         else:
-                            m.d.sync += [c.eq(0), cand_valid.eq(0)]
+                            m.d.comb += scan.clear.eq(1)
                             m.next = "ARGMAX"
                     with m.Else():
                         m.next = f"ACC_{i}"
             with m.State("ARGMAX"):
-                m.d.sync += [cand.eq(Array(scores)[c] if C > 1 else scores[0]),
-                             cand_idx.eq(c), cand_valid.eq(c < C), c.eq(c + 1)]
-                with m.If(cand_valid & ((cand_idx == 0) | (cand > best))):
-                    m.d.sync += [best.eq(cand), best_idx.eq(cand_idx)]
-                with m.If(c == C):
+                m.d.comb += scan.en.eq(1)
+                with m.If(scan.last):
                     m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += self.m_axis_tvalid.eq(1)

@@ -28,11 +28,12 @@ The LFSRs are reset only by ``rst``, never between images.
 from __future__ import annotations
 
 from amaranth.back import verilog
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR, unsigned_bits
+from .argmax import ArgmaxScan
 from .dense import RAM16_MODULE, DenseEngine, load_beats, n_load_beats
 from .lfsr import Lfsr
 
@@ -164,28 +165,19 @@ class NsmCore(wiring.Component):
                                                      init=list(spec.probs))
             pw, pr, qr = pmem.write_port(), pmem.read_port(), qmem.read_port()
             m.submodules.enc_rng = enc_rng = Lfsr(spec.rng.width, spec.rng.seed, spec.rng.leap)
-            mixed = Signal(spec.rng.width)
-            m.d.comb += [mixed.eq(self.seed[:spec.rng.width] ^ spec.rng.seed),
-                         enc_rng.load.eq(self.seed_valid & self.seed_ready),
-                         enc_rng.load_value.eq(Mux(mixed == 0, spec.rng.seed, mixed)),
-                         qr.addr.eq(pr.data)]
+            m.d.comb += [enc_rng.reseed.eq(self.seed_valid & self.seed_ready),
+                         enc_rng.run_seed.eq(self.seed), qr.addr.eq(pr.data)]
             ej = Signal(range(n0 + 2))
             ev1, ev2 = Signal(), Signal()
         for prev, eng in zip(engines, engines[1:]):
             m.d.comb += eng.spikes_in.eq(prev.spikes_out[:eng.layer.n_in])
         out_eng = engines[-1]
-        scores = Array(out_eng.scores[c * ir.score_bits:(c + 1) * ir.score_bits].as_signed()
-                       for c in range(C))
 
         px = Signal(range(n0 + 1))
         fresh = Signal(init=1)      # no pixel of the next image taken yet (a register: px == 0)
-        c = Signal(range(C + 1))
-        best = Signal(signed(ir.score_bits))
-        best_idx = Signal(ir.class_bits)
-        cand = Signal(signed(ir.score_bits))
-        cand_idx = Signal(range(C + 1))
-        cand_valid = Signal()
-        m.d.comb += [self.m_axis_tdata.eq(best_idx), self.m_axis_tuser.eq(out_eng.scores)]
+        m.submodules.argmax = scan = ArgmaxScan(C, ir.score_bits)
+        m.d.comb += [scan.scores.eq(out_eng.scores), self.m_axis_tdata.eq(scan.index),
+                     self.m_axis_tuser.eq(out_eng.scores)]
 
         if self._debug:
             m.d.sync += self.dbg_valid.eq(Cat(*[eng.done for eng in engines[:-1]]))
@@ -293,16 +285,12 @@ class NsmCore(wiring.Component):
                         m.next = "RUN"
             with m.State("RUN"):
                 with m.If(engines[-1].done & ~more[-1]):
-                    m.d.sync += [c.eq(0), cand_valid.eq(0), in_run.eq(0)]
+                    m.d.comb += scan.clear.eq(1)
+                    m.d.sync += in_run.eq(0)
                     m.next = "ARGMAX"
             with m.State("ARGMAX"):
-                # Two stages, so the score multiplexer and the comparator sit in different
-                # clock cycles: fetch score c, then compare the one fetched a cycle earlier.
-                m.d.sync += [cand.eq(scores[c]), cand_idx.eq(c), cand_valid.eq(c < C),
-                             c.eq(c + 1)]
-                with m.If(cand_valid & ((cand_idx == 0) | (cand > best))):
-                    m.d.sync += [best.eq(cand), best_idx.eq(cand_idx)]
-                with m.If(c == C):
+                m.d.comb += scan.en.eq(1)
+                with m.If(scan.last):
                     m.next = "OUT"
             with m.State("OUT"):
                 m.d.comb += self.m_axis_tvalid.eq(1)

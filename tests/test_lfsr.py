@@ -158,3 +158,23 @@ def test_single_steps_would_be_correlated():
     u, _ = lfsr.draws(32, mask, 1, 0xC0FFEE, STAT_DRAWS, 2)
     keep = (u < 1).astype(np.float64)                            # p = 0.25
     assert np.corrcoef(keep[:-1], keep[1:])[0, 1] > 0.2
+
+
+@pytest.mark.parametrize("run_seed", [0, 0x1234, 0xACE1, 0xFFFF_ACE1])
+def test_hardware_reseed_is_the_specs_rule(run_seed):
+    """``reseed`` loads ``LfsrSpec.reseeded(run_seed)``; a run seed that would give the lock-up
+    state (here 0xACE1 on 16 bits) falls back to the reset seed."""
+    from nsm_export.ir import LfsrSpec
+    spec = LfsrSpec(width=16, mask=lfsr.galois_mask(16), seed=0xACE1, leap=8)
+    dut = Lfsr(16, spec.seed, 8)
+
+    async def bench(ctx):
+        ctx.set(dut.run_seed, run_seed)
+        ctx.set(dut.reseed, 1)
+        await ctx.tick()
+        assert ctx.get(dut.state) == spec.reseeded(run_seed)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
