@@ -130,7 +130,8 @@ class DenseEngine(wiring.Component):
         Absent with ``spike_memory=True``: then the spikes live in a memory of 16-bit words
         (bit ``i`` of word ``w`` is input ``16*w + i``), written through ``spk_we``,
         ``spk_addr``, ``spk_data`` while idle (the first layer: no wide register, no wide
-        multiplexer).
+        multiplexer). ``spk_we`` enables each bit of the word on its own (a conv layer
+        before writes one spike at a time).
     spikes_out : Out(groups * pe)
         Hidden layers: output spikes, bit ``i`` is neuron ``i`` (bits past ``n_out`` are padding).
     reseed : In(1)
@@ -161,7 +162,8 @@ class DenseEngine(wiring.Component):
         sig = {"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32)}
         if spike_memory:
             words = -(-layer.n_in // SPIKE_WORD)
-            sig.update(spk_we=In(1), spk_addr=In(range(max(2, words))), spk_data=In(SPIKE_WORD))
+            sig.update(spk_we=In(SPIKE_WORD), spk_addr=In(range(max(2, words))),
+                       spk_data=In(SPIKE_WORD))
         else:
             sig["spikes_in"] = In(layer.n_in)
         if layer.output:
@@ -220,7 +222,7 @@ class DenseEngine(wiring.Component):
         if self._spike_memory:
             m.submodules.spkmem = spkmem = memory.Memory(shape=SPIKE_WORD, depth=max(2, words),
                                                          init=[])
-            spk_wr, spk_rd = spkmem.write_port(), spkmem.read_port()
+            spk_wr, spk_rd = spkmem.write_port(granularity=1), spkmem.read_port()
             m.d.comb += [spk_wr.en.eq(self.spk_we), spk_wr.addr.eq(self.spk_addr),
                          spk_wr.data.eq(self.spk_data)]
         else:

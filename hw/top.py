@@ -28,12 +28,14 @@ The LFSRs are reset only by ``rst``, never between images.
 from __future__ import annotations
 
 from amaranth.back import verilog
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR, unsigned_bits
+from nsm_export.schedule import hw_stages
 from .argmax import ArgmaxScan
+from .conv import ConvEngine
 from .dense import RAM16_MODULE, DenseEngine, load_beats, n_load_beats
 from .lfsr import Lfsr
 
@@ -93,6 +95,9 @@ class NsmCore(wiring.Component):
         why = hardware_unsupported(ir)
         if why:
             raise HardwareError(why)
+        if debug and any(layer.kind != "dense" for layer in ir.layers):
+            raise HardwareError("debug ports (every hidden spike vector) exist for dense-only "
+                                "cores; a conv core is checked on its scores and cycles")
         self._ir = ir
         self._debug = bool(debug)
         hidden = ir.layers[:-1]
@@ -122,11 +127,21 @@ class NsmCore(wiring.Component):
         m = Module()
         ir = self._ir
         n0, C, T = ir.input.size, ir.n_classes, ir.samples
+        # One engine per stage: a conv layer takes the pooling layer after it along.
         engines = []
-        for i, layer in enumerate(ir.layers):
-            eng = DenseEngine(layer, ir.score_bits, spike_memory=(i == 0))
-            m.submodules[f"layer{i}"] = eng
+        for n, st in enumerate(hw_stages(ir)):
+            if st.layer.kind == "conv2d":
+                eng = ConvEngine(st.layer, st.pool, st.consumer)
+            else:
+                eng = DenseEngine(st.layer, ir.score_bits,
+                                  spike_memory=n == 0 or isinstance(engines[-1], ConvEngine))
+            m.submodules[f"layer{st.index}"] = eng
             engines.append(eng)
+        conv0 = isinstance(engines[0], ConvEngine)
+        if conv0:
+            n_map = engines[0].layer.h_in * engines[0].layer.w_in
+            lpix = Signal(range(max(2, n_map)))
+            lc = Signal(range(max(2, engines[0].layer.c_in)))
 
         for eng in engines:
             m.d.comb += [eng.seed.eq(self.seed),
@@ -137,7 +152,7 @@ class NsmCore(wiring.Component):
         per = ir.input.levels
         sword = Signal(16)
         wpos = Signal(range(16 // per))
-        waddr = Signal(len(engines[0].spk_addr))
+        waddr = Signal(len(engines[0].map_addr if conv0 else engines[0].spk_addr))
         tail = n0 * per % 16
         spk = engines[0]
 
@@ -146,7 +161,8 @@ class NsmCore(wiring.Component):
             word = Cat(sword[per:], bits) if per < 16 else bits   # input 16*w + i in bit i
             full = wpos == 16 // per - 1
             m.d.sync += [sword.eq(word), wpos.eq(wpos + 1)]
-            m.d.comb += [spk.spk_we.eq(full | last), spk.spk_addr.eq(waddr),
+            m.d.comb += [spk.spk_we.eq(Mux(full | last, (1 << 16) - 1, 0)),
+                         spk.spk_addr.eq(waddr),
                          spk.spk_data.eq(Mux(last, word[16 - tail:], word) if tail else word)]
             with m.If(full):
                 m.d.sync += [waddr.eq(waddr + 1), wpos.eq(0)]
@@ -170,7 +186,15 @@ class NsmCore(wiring.Component):
             ej = Signal(range(n0 + 2))
             ev1, ev2 = Signal(), Signal()
         for prev, eng in zip(engines, engines[1:]):
-            m.d.comb += eng.spikes_in.eq(prev.spikes_out[:eng.layer.n_in])
+            if isinstance(prev, ConvEngine) and isinstance(eng, ConvEngine):
+                m.d.comb += [eng.map_we.eq(Mux(prev.out_we, (1 << eng.layer.c_in) - 1, 0)),
+                             eng.map_addr.eq(prev.out_addr),
+                             eng.map_data.eq(prev.out_data)]
+            elif isinstance(prev, ConvEngine):        # into the dense engine's spike memory
+                m.d.comb += [eng.spk_we.eq(Mux(prev.out_we, prev.out_mask, 0)),
+                             eng.spk_addr.eq(prev.out_addr), eng.spk_data.eq(prev.out_data)]
+            else:
+                m.d.comb += eng.spikes_in.eq(prev.spikes_out[:eng.layer.n_in])
         out_eng = engines[-1]
 
         px = Signal(range(n0 + 1))
@@ -186,8 +210,9 @@ class NsmCore(wiring.Component):
 
         # The layers overlap (a dataflow pipeline): engine i runs its next sample as soon as its
         # input is there (the first engine: the spike memory; the others: the previous engine's
-        # finished output) and its own output has been taken over (the next engine latches its
-        # input when it starts). Every decision reads registered flags only.
+        # finished output) and its own output has been taken over (a dense engine latches its
+        # input when it starts; a conv engine writes into the next engine's memory, so it waits
+        # until that engine has finished with it). Every decision reads registered flags only.
         L = len(engines)
         in_run = Signal()                                        # a register: the state is RUN
         busy = [Signal(name=f"busy{i}") for i in range(L)]       # engine i is running
@@ -200,6 +225,8 @@ class NsmCore(wiring.Component):
         for i, eng in enumerate(engines):
             source = (enc_full if stoch else 1) if i == 0 else full[i - 1]
             free = ~full[i] if i < L - 1 else 1
+            if isinstance(eng, ConvEngine):
+                free = free & ~busy[i + 1]
             go = Signal(name=f"go{i}")
             m.d.comb += [go.eq(in_run & ~busy[i] & more[i] & source & free),
                          eng.start.eq(go)]
@@ -271,6 +298,22 @@ class NsmCore(wiring.Component):
                     m.d.sync += [px.eq(px + 1), fresh.eq(0)]
                     if stoch:
                         m.d.comb += [pw.en.eq(1), pw.addr.eq(px), pw.data.eq(self.s_axis_tdata)]
+                    elif conv0 and ir.input.encoding == "thermometer":
+                        # one pixel word: channel c = level c
+                        m.d.comb += [spk.map_we.eq((1 << spk.layer.c_in) - 1),
+                                     spk.map_addr.eq(px),
+                                     spk.map_data.eq(Cat(*[self.s_axis_tdata >= t
+                                                           for t in ir.input.thresholds]))]
+                    elif conv0:           # channel-major pixels: channel lc, pixel lpix
+                        m.d.comb += [spk.map_we.eq(Const(1, spk.layer.c_in) << lc),
+                                     spk.map_addr.eq(lpix),
+                                     spk.map_data.eq(Mux(self.s_axis_tdata >= ir.input.threshold,
+                                                         (1 << spk.layer.c_in) - 1, 0))]
+                        m.d.sync += lpix.eq(lpix + 1)
+                        with m.If(lpix == n_map - 1):
+                            m.d.sync += [lpix.eq(0), lc.eq(lc + 1)]
+                        with m.If(last):
+                            m.d.sync += [lpix.eq(0), lc.eq(0)]
                     elif ir.input.encoding == "thermometer":
                         put_spikes(Cat(*[self.s_axis_tdata >= t for t in ir.input.thresholds]),
                                    last)
@@ -305,23 +348,36 @@ class HardwareError(ValueError):
 
 
 def hardware_unsupported(ir: IR) -> str | None:
-    """Why :class:`NsmCore` cannot build ``ir`` (one line naming the first such layer), or None.
+    """Why :class:`NsmCore` cannot build ``ir`` (one line naming the first such part), or None.
 
-    Conv and pool layers (IR version 2) run in the golden model but have no engine here yet.
+    Conv layers get a :class:`hw.conv.ConvEngine`, which also computes an OR pooling layer
+    right after them; a conv net's input code must lay its levels out as channels.
     """
     spec = ir.input
-    if spec.encoding == "thermometer":
+    conv0 = ir.layers[0].kind == "conv2d"
+    if conv0 and spec.encoding == "bernoulli":
+        return ("input: the stochastic (bernoulli) code has a hardware encoder for dense "
+                "first layers only; retrain the conv net with --encoding thermometer or threshold")
+    if spec.encoding == "thermometer" and not conv0:
         if spec.levels not in (1, 2, 4, 8, 16):
             return (f"input: a thermometer code with {spec.levels} levels; the hardware encoder "
                     f"takes 1, 2, 4, 8 or 16 levels (retrain with --levels 4, say)")
         if spec.layout != "pixel-major":
-            return "input: a level-major thermometer code (conv input) has no hardware encoder yet"
+            return "input: a level-major thermometer code before a dense layer has no encoder"
+    if spec.encoding == "thermometer" and conv0 and spec.levels > 1 \
+            and spec.layout != "level-major":
+        return "input: a conv net's thermometer levels must be its channels (level-major)"
     for i, layer in enumerate(ir.layers):
-        if layer.kind != "dense":
-            shape = "x".join(map(str, layer.in_shape))
-            return (f"layers[{i}] ({layer.kind} on a {shape} map) has no hardware engine yet; "
-                    f"the IR and the golden model run it, Verilog is generated for dense "
-                    f"layers only")
+        prev = ir.layers[i - 1].kind if i else None
+        if layer.kind == "pool":
+            if prev != "conv2d":
+                return (f"layers[{i}] (pool) follows a {prev or 'input'} layer; the hardware "
+                        f"pools only right after a conv layer")
+            if layer.mode != "or":
+                return (f"layers[{i}] ({layer.mode} pooling) has no hardware engine; OR "
+                        f"pooling has (spec token pK)")
+        if layer.kind == "conv2d" and prev not in (None, "conv2d", "pool"):
+            return f"layers[{i}] (conv2d) follows a dense layer; the hardware cannot"
     return None
 
 

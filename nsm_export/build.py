@@ -143,8 +143,11 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
             if w.ndim != 4 or w.shape[2] != w.shape[3]:
                 _bad(f"layers[{i}].weights: a conv layer needs (c_out, c_in, k, k) weights, "
                      f"got shape {w.shape}")
+            if not isinstance(lane, int) or lane < 1:
+                _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
             layer = ConvLayer(c_in=w.shape[1], h_in=il.h_in, w_in=il.w_in, c_out=n_out,
-                              kernel=w.shape[2], stride=il.stride, padding=il.padding, **common)
+                              kernel=w.shape[2], stride=il.stride, padding=il.padding,
+                              pe=min(lane, n_out), lanes=dl, **common)
         else:
             if not isinstance(lane, int) or lane < 1:
                 _bad(f"layers[{i}].pe {lane!r} must be a positive integer")

@@ -320,8 +320,11 @@ class ConvLayer:
     rng: LfsrSpec | None
     acc_bits: int
     offset_bits: int
+    pe: int = 1                    # filters working in parallel (schedule only)
+    lanes: int = 1                 # window channels tested per clock (schedule only)
     output = False                 # a conv layer is never the output layer
     kind = "conv2d"
+    weight_store = "rom"
 
     @property
     def h_out(self) -> int:
@@ -369,6 +372,9 @@ class ConvLayer:
         _check_array(f"{where}.weights", self.weights,
                      (self.c_out, self.c_in, self.kernel, self.kernel))
         _check_array(f"{where}.threshold", self.offsets, (self.c_out,))
+        _check_int(f"{where}.pe", self.pe, 1, self.c_out)
+        if self.lanes not in LANES:
+            raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
         _check_weighted(self, where)
 
     def meta(self) -> dict:
@@ -379,7 +385,8 @@ class ConvLayer:
             "n_in": self.n_in, "n_out": self.n_out, "output": False,
             "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
             "p": self.p, "rng": asdict(self.rng) if self.rng else None,
-            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits,
+            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "pe": self.pe,
+            "lanes": self.lanes,
         }
 
 
@@ -395,6 +402,7 @@ class PoolLayer:
     kind = "pool"
     sampling = False
     rng = None
+    weight_store = "rom"           # nothing to store
 
     @property
     def h_out(self) -> int:
@@ -622,6 +630,7 @@ def _layer_from_json(i: int, m: dict, arrays: dict):
         if m["output"]:
             raise IRError(f"layers[{i}]: a conv2d layer cannot be the output layer")
         return ConvLayer(c_in=m["c_in"], h_in=m["h_in"], w_in=m["w_in"], c_out=m["c_out"],
-                         kernel=m["kernel"], stride=m["stride"], padding=m["padding"], **common)
+                         kernel=m["kernel"], stride=m["stride"], padding=m["padding"],
+                         pe=m.get("pe", 1), lanes=m.get("lanes", 1), **common)
     return DenseLayer(n_in=m["n_in"], n_out=m["n_out"], output=m["output"], pe=m["pe"],
                       lanes=m.get("lanes", 1), weight_store=m.get("weight_store", "rom"), **common)
