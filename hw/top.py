@@ -32,7 +32,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from nsm_export.ir import IR, unsigned_bits
+from nsm_export.ir import IR
 from nsm_export.schedule import hw_stages
 from .argmax import ArgmaxScan
 from .conv import ConvEngine

@@ -253,37 +253,6 @@ def test_batchnorm_irrational_sqrt_is_exact():
     assert (Surd(Fraction(-141421357, 10**8), 1, Fraction(2))).sign() == -1
 
 
-# --- hardware refusal ------------------------------------------------------------------------------
-
-def test_hardware_refuses_conv_with_one_line_and_compile_writes_the_ir(tmp_path):
-    from click.testing import CliRunner
-
-    from hw.top import HardwareError, generate_verilog
-    from nsm.cli import main
-
-    torch.manual_seed(1)
-    net = NSMConvNet([1, 8, 8], "3c3-p2-7", 10, p=0.5, weight_bits=2, pixel_max=16,
-                     input_threshold=8)
-    onnx_path = tmp_path / "conv.onnx"
-    onnx_path.write_bytes(build_onnx(net, samples=4).SerializeToString())
-    ir = compile_model(onnx.load(str(onnx_path)))
-    with pytest.raises(HardwareError, match=r"^layers\[0\] \(conv2d on a 1x8x8 map\) has no "
-                                            r"hardware engine yet"):
-        generate_verilog(ir)
-    out = tmp_path / "build"
-    out.mkdir()
-    (out / "nsm.v").write_text("// stale\n")
-    r = CliRunner().invoke(main, ["compile", str(onnx_path), "-o", str(out)])
-    assert r.exit_code == 0, r.output
-    assert r.stderr.count("\n") == 1 and "layers[0] (conv2d" in r.stderr
-    assert (out / "ir.json").is_file() and not (out / "nsm.v").exists()
-    back = irmod.load(out)
-    x = np.random.default_rng(0).integers(0, 17, size=(9, 64))
-    assert np.array_equal(golden.run(back, x).scores, golden.run(ir, x).scores)
-    r = CliRunner().invoke(main, ["sim", str(out)])
-    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "no hardware engine" in r.stderr
-
-
 # --- one-line errors -------------------------------------------------------------------------------
 
 def _canonical_conv():

@@ -40,6 +40,20 @@ def test_every_waiver_has_a_reason():
             assert lines[above].startswith("//"), f"waiver without a reason: {line}"
 
 
+def _conv_cores():
+    from tests.test_conv_hw import _strided_ir, _two_conv_ir
+    return [_two_conv_ir(np.random.default_rng(1)), _strided_ir(np.random.default_rng(2))]
+
+
+@pytest.mark.verilator
+@pytest.mark.parametrize("which", [0, 1], ids=["conv-pool-conv-dense", "strided-thermometer"])
+def test_conv_cores_lint_clean(tmp_path, which):
+    ir = _conv_cores()[which]
+    path = tmp_path / f"{ir.name}.v"
+    path.write_text(generate_verilog(ir))
+    lint.lint_verilog(path)
+
+
 @pytest.mark.verilator
 def test_lint_fails_on_a_real_problem(tmp_path):
     bad = tmp_path / "bad.v"
