@@ -15,8 +15,9 @@ One record per (network, target, design) in ``benchmarks/results/hardware.json``
 ``luts``, ``ffs``, ``dsps``, ``ebr``, ``spram`` are yosys's mapped counts, ``fmax_mhz`` nextpnr's
 post-route estimate, ``inferences_per_s`` = Fmax / cycles. Weights are random: resources and
 cycle counts depend on widths and folding only. A design that does not fit gets ``fits: false``
-and the fit check's one-line ``error``. The conv net has no hardware engine yet: its records
-carry ``fits: null`` and a ``note``.
+and the fit check's one-line ``error``. The conv net (``CONV_SPEC``) runs on the conv engine
+(``hw.conv``); the MAC reference has no conv layers, so its conv records carry ``fits: null``
+and a ``note``.
 
     python benchmarks/hardware.py                     # everything (about 15 min on 2 cores)
     python benchmarks/hardware.py --network fmnist-mlp-784-128-10-binary --target ice40-up5k
@@ -60,8 +61,20 @@ NETWORKS = {
     },
 }
 CONV = "fmnist-conv-32c5-p2-64c5-p2-512-10"
-CONV_NOTE = ("no conv engine in hw/ yet (conv and pool layers compile to the IR and run in the "
-             "golden model only), so neither design is built for this network")
+# The conv net: a 4-level thermometer input (the levels are the 4 input channels, as training
+# makes it), binary weights (2-bit ones would need 1 Mbit for the 1024 x 512 layer alone: more
+# than the UP5K's four SPRAMs or the ECP5-25F's 56 EBR hold), keep p = 0.75 everywhere.
+# Per layer (conv, pool, conv, pool, dense, dense): pe, lanes (conv: window channels tested a
+# clock), weight store.
+CONV_SPEC = {
+    "levels": [48, 96, 144, 192], "p": 0.75, "weight_bits": 1,
+    "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 16, 10], lanes=[4, 1, 16, 1, 4, 4],
+                                weight_store=["rom", "rom", "rom", "rom", "ram", "rom"]),
+             "ecp5-25k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 16, 1, 4, 4],
+                              weight_store=["rom"] * 6)},
+}
+CONV_MAC_NOTE = ("the int8 MAC reference (hw/mac.py) has dense layers only, so no MAC design "
+                 "is built for the conv net")
 
 
 def nsm_ir(spec: dict, target: str, T: int, seed: int = 0):
@@ -74,6 +87,28 @@ def nsm_ir(spec: dict, target: str, T: int, seed: int = 0):
         layers.append(IntLayer(w, rng.integers(-8, 9, n_out), p, wb))
     return build_ir(layers, input_size=sizes[0], input_threshold=128, samples=T, pe=spec["pe"],
                     lanes=spec["lanes"], weight_store=spec["weight_store"][target])
+
+
+def conv_ir(target: str, T: int, seed: int = 0):
+    """The Fashion-MNIST conv net 32c5-p2-64c5-p2-512-10 with random binary weights."""
+    from nsm_export.build import IntConv, IntPool
+    rng = np.random.default_rng(seed)
+    spec, levels = CONV_SPEC, len(CONV_SPEC["levels"])
+    p = spec["p"]
+
+    def sign(*shape):
+        return rng.choice([-1, 1], shape)
+
+    layers = [IntConv(sign(32, levels, 5, 5), rng.integers(-6, 7, 32), p, 1, h_in=28, w_in=28,
+                      stride=1, padding=0),
+              IntPool(32, 24, 24, 2, "or"),
+              IntConv(sign(64, 32, 5, 5), rng.integers(-20, 21, 64), p, 1, h_in=12, w_in=12,
+                      stride=1, padding=0),
+              IntPool(64, 8, 8, 2, "or"),
+              IntLayer(sign(512, 1024), rng.integers(-20, 21, 512), p, 1),
+              IntLayer(sign(10, 512), rng.integers(-8, 9, 10), p, 1)]
+    return build_ir(layers, input_size=28 * 28, input_threshold=0, samples=T,
+                    thresholds=spec["levels"], layout="level-major", **spec["fold"][target])
 
 
 def _synth(rec: dict, vfile: Path, top: str, target: str, work: Path, ir=None) -> None:
@@ -111,9 +146,24 @@ def main(argv=None) -> int:
         for target in targets:
             for design in designs:
                 rec = {"network": name, "target": target, "design": design}
-                if name == CONV:
-                    rec.update(samples=a.samples if design == "nsm" else 1,
-                               layers="32c5-p2-64c5-p2-512-10", fits=None, note=CONV_NOTE)
+                if name == CONV and design == "mac":
+                    rec.update(samples=1, layers="32c5-p2-64c5-p2-512-10", fits=None,
+                               note=CONV_MAC_NOTE)
+                elif name == CONV:
+                    work = a.work / name / design
+                    work.mkdir(parents=True, exist_ok=True)
+                    ir = conv_ir(target, a.samples)
+                    vfile = work / f"nsm-{target}.v"
+                    vfile.write_text(generate_verilog(ir))
+                    cycles = schedule.expected_cycles_per_inference(ir)
+                    fold = CONV_SPEC["fold"][target]
+                    rec.update(samples=ir.samples, layers="32c5-p2-64c5-p2-512-10",
+                               input="thermometer, 4 levels as channels", weight_bits=1,
+                               pe=fold["pe"], lanes=fold["lanes"],
+                               weight_store=fold["weight_store"],
+                               cycles_per_inference=round(cycles, 1),
+                               dense_bound_ratio=round(cycles / schedule.dense_bound(ir), 3))
+                    _synth(rec, vfile, ir.name, target, work / target, ir=ir)
                 else:
                     spec = NETWORKS[name]
                     work = a.work / name / design

@@ -84,11 +84,16 @@ class ConvEngine(wiring.Component):
         The pooled output. ``consumer="map"``: pixel word ``out_addr`` (``c_out`` bits);
         ``consumer="bits"``: 16-bit word ``out_addr`` of a spike memory, the bits set in
         ``out_mask`` (one) taking ``out_data``.
+    in_done : In(1)
+        ``double=True`` only: the producer has written a whole sample's map. The input map is
+        then double-buffered: the producer fills one half while this engine reads the other,
+        so the layers before and after work on consecutive samples at once.
     reseed, seed : In
         As in :class:`hw.dense.DenseEngine`.
     """
 
-    def __init__(self, layer: ConvLayer, pool: PoolLayer | None = None, consumer: str = "map"):
+    def __init__(self, layer: ConvLayer, pool: PoolLayer | None = None, consumer: str = "map",
+                 double: bool = False):
         if not isinstance(layer, ConvLayer):
             raise TypeError(f"layer must be a ConvLayer, not {type(layer).__name__}")
         layer.validate("layer")
@@ -100,6 +105,7 @@ class ConvEngine(wiring.Component):
         if consumer not in CONSUMERS:
             raise ValueError(f"consumer must be one of {CONSUMERS}, got {consumer!r}")
         self._layer, self._pool, self._consumer = layer, pool, consumer
+        self._double = bool(double)
         P = pool.size if pool else 1
         self._hp, self._wp = layer.h_out // P, layer.w_out // P
         n_pix = layer.h_in * layer.w_in
@@ -113,7 +119,7 @@ class ConvEngine(wiring.Component):
                        out_data=Out(SPIKE_WORD), out_mask=Out(SPIKE_WORD))
         super().__init__({"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32),
                           "map_we": In(layer.c_in), "map_addr": In(range(max(2, n_pix))),
-                          "map_data": In(layer.c_in), **out})
+                          "map_data": In(layer.c_in), "in_done": In(1), **out})
 
     @property
     def layer(self) -> ConvLayer:
@@ -149,10 +155,18 @@ class ConvEngine(wiring.Component):
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         wport, oport = wmem.read_port(), omem.read_port()
-        m.submodules.smem = smem = memory.Memory(shape=c_in, depth=max(2, n_pix), init=[])
+        abits = len(self.map_addr)
+        m.submodules.smem = smem = memory.Memory(
+            shape=c_in, depth=(2 << abits) if self._double else max(2, n_pix), init=[])
         s_wr, s_rd = smem.write_port(granularity=1), smem.read_port()
-        m.d.comb += [s_wr.en.eq(self.map_we), s_wr.addr.eq(self.map_addr),
-                     s_wr.data.eq(self.map_data)]
+        wsel, rsel = Signal(), Signal()        # the halves written and read (double buffer)
+        m.d.comb += [s_wr.en.eq(self.map_we), s_wr.data.eq(self.map_data),
+                     s_wr.addr.eq(Cat(self.map_addr, wsel) if self._double else self.map_addr)]
+        if self._double:
+            with m.If(self.in_done):
+                m.d.sync += wsel.eq(~wsel)
+            with m.If(self.done):
+                m.d.sync += rsel.eq(~rsel)
         if L.sampling:
             m.submodules.mmem = mmem = memory.Memory(shape=c_in, depth=max(2, n_pix), init=[])
             m_wr, m_rd = mmem.write_port(granularity=1), mmem.read_port()
@@ -201,7 +215,7 @@ class ConvEngine(wiring.Component):
         # Stage 0 (registered): the window pixel's address and where it sits in the window.
         m.d.sync += [rv.eq(building & inside), rq.eq(bq), rch.eq(bch),
                      raddr.eq((y_in * W + x_in)[:len(raddr)])]
-        m.d.comb += s_rd.addr.eq(raddr)
+        m.d.comb += s_rd.addr.eq(Cat(raddr, rsel) if self._double else raddr)
         if L.sampling:
             m.d.comb += m_rd.addr.eq(raddr)
         # Stage A: the pixel's spike and mask words arrive (read ports); carry the metadata.

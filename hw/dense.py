@@ -131,7 +131,9 @@ class DenseEngine(wiring.Component):
         (bit ``i`` of word ``w`` is input ``16*w + i``), written through ``spk_we``,
         ``spk_addr``, ``spk_data`` while idle (the first layer: no wide register, no wide
         multiplexer). ``spk_we`` enables each bit of the word on its own (a conv layer
-        before writes one spike at a time).
+        before writes one spike at a time). With ``double=True`` the memory is double-buffered:
+        the writer fills one half (switching when ``in_done`` is high) while the engine reads
+        the other (switching after each sample).
     spikes_out : Out(groups * pe)
         Hidden layers: output spikes, bit ``i`` is neuron ``i`` (bits past ``n_out`` are padding).
     reseed : In(1)
@@ -152,18 +154,20 @@ class DenseEngine(wiring.Component):
         The beat.
     """
 
-    def __init__(self, layer: DenseLayer, score_bits: int = 1, spike_memory: bool = False):
+    def __init__(self, layer: DenseLayer, score_bits: int = 1, spike_memory: bool = False,
+                 double: bool = False):
         if not isinstance(layer, DenseLayer):
             raise TypeError(f"layer must be a DenseLayer, not {type(layer).__name__}")
         layer.validate("layer")
         self._layer = layer
         self._score_bits = score_bits
         self._spike_memory = bool(spike_memory)
+        self._double = bool(double) and self._spike_memory
         sig = {"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32)}
         if spike_memory:
             words = -(-layer.n_in // SPIKE_WORD)
             sig.update(spk_we=In(SPIKE_WORD), spk_addr=In(range(max(2, words))),
-                       spk_data=In(SPIKE_WORD))
+                       spk_data=In(SPIKE_WORD), in_done=In(1))
         else:
             sig["spikes_in"] = In(layer.n_in)
         if layer.output:
@@ -220,11 +224,22 @@ class DenseEngine(wiring.Component):
 
         words = -(-n_in // SPIKE_WORD)
         if self._spike_memory:
-            m.submodules.spkmem = spkmem = memory.Memory(shape=SPIKE_WORD, depth=max(2, words),
-                                                         init=[])
+            abits = len(self.spk_addr)
+            m.submodules.spkmem = spkmem = memory.Memory(
+                shape=SPIKE_WORD, depth=(2 << abits) if self._double else max(2, words), init=[])
             spk_wr, spk_rd = spkmem.write_port(granularity=1), spkmem.read_port()
-            m.d.comb += [spk_wr.en.eq(self.spk_we), spk_wr.addr.eq(self.spk_addr),
-                         spk_wr.data.eq(self.spk_data)]
+            wsel, rsel = Signal(), Signal()    # the halves written and read (double buffer)
+            m.d.comb += [spk_wr.en.eq(self.spk_we), spk_wr.data.eq(self.spk_data),
+                         spk_wr.addr.eq(Cat(self.spk_addr, wsel) if self._double
+                                        else self.spk_addr)]
+            if self._double:
+                with m.If(self.in_done):
+                    m.d.sync += wsel.eq(~wsel)
+                with m.If(self.done):
+                    m.d.sync += rsel.eq(~rsel)
+
+            def spk_read(word):
+                return spk_rd.addr.eq(Cat(word, rsel) if self._double else word)
         else:
             spkmem = None
             # The input spikes are latched when the sample starts, so that the layer before may
@@ -275,7 +290,7 @@ class DenseEngine(wiring.Component):
                 m.d.sync += wordA.eq(padded.word_select(j >> SPIKE_WORD_BITS, SPIKE_WORD)
                                      if words > 1 else padded)
             else:                                  # the read port's register is stage A
-                m.d.comb += spk_rd.addr.eq(j >> SPIKE_WORD_BITS)
+                m.d.comb += spk_read((j >> SPIKE_WORD_BITS)[:len(self.spk_addr)])
                 wordA = spk_rd.data
             vB, jB = Signal(), Signal(range(n_in + lanes))
             keepB, sB = Signal(lanes), Signal(lanes)
@@ -327,7 +342,7 @@ class DenseEngine(wiring.Component):
                 m.d.sync += z1.eq(spk_in.bit_select(c, 1))
             else:
                 bit = Signal(SPIKE_WORD_BITS)
-                m.d.comb += [spk_rd.addr.eq(c >> SPIKE_WORD_BITS),
+                m.d.comb += [spk_read((c >> SPIKE_WORD_BITS)[:len(self.spk_addr)]),
                              z1.eq(spk_rd.data.bit_select(bit, 1))]
                 m.d.sync += bit.eq(c[:SPIKE_WORD_BITS])
             m.d.comb += [kept.eq(n_in), klast.eq(n_in - 1)]

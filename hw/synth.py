@@ -288,7 +288,17 @@ def _search(ir: IR, target: Target, used: dict):
     from nsm_export import schedule
 
     tables = []
-    for layer in ir.layers:
+    stages = {st.index: st for st in schedule.hw_stages(ir)}
+    for i, layer in enumerate(ir.layers):
+        if layer.kind != "dense":
+            # Conv engines (and the pooling they compute) keep their folding here.
+            cyc = 0.0
+            if i in stages:
+                cyc = ir.samples * float(schedule.stage_cycles(
+                    stages[i], np.full(layer.n_in, layer.p)))
+            opt = (layer.pe, layer.lanes, "rom") if i in stages else (1, 1, "rom")
+            tables.append(([opt], np.array([[0.0] * len(_KEYS) + [cyc, 0]])))
+            continue
         base = _layer_cost(layer, target, layer.pe, layer.lanes, layer.weight_store)
         rows = []
         for opt in _options(layer, target):

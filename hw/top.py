@@ -130,11 +130,13 @@ class NsmCore(wiring.Component):
         # One engine per stage: a conv layer takes the pooling layer after it along.
         engines = []
         for n, st in enumerate(hw_stages(ir)):
+            # A map written by a conv engine is double-buffered (the engines overlap).
+            fed = n > 0 and isinstance(engines[-1], ConvEngine)
             if st.layer.kind == "conv2d":
-                eng = ConvEngine(st.layer, st.pool, st.consumer)
+                eng = ConvEngine(st.layer, st.pool, st.consumer, double=fed)
             else:
-                eng = DenseEngine(st.layer, ir.score_bits,
-                                  spike_memory=n == 0 or isinstance(engines[-1], ConvEngine))
+                eng = DenseEngine(st.layer, ir.score_bits, spike_memory=n == 0 or fed,
+                                  double=fed)
             m.submodules[f"layer{st.index}"] = eng
             engines.append(eng)
         conv0 = isinstance(engines[0], ConvEngine)
@@ -186,6 +188,8 @@ class NsmCore(wiring.Component):
             ej = Signal(range(n0 + 2))
             ev1, ev2 = Signal(), Signal()
         for prev, eng in zip(engines, engines[1:]):
+            if isinstance(prev, ConvEngine):
+                m.d.comb += eng.in_done.eq(prev.done)
             if isinstance(prev, ConvEngine) and isinstance(eng, ConvEngine):
                 m.d.comb += [eng.map_we.eq(Mux(prev.out_we, (1 << eng.layer.c_in) - 1, 0)),
                              eng.map_addr.eq(prev.out_addr),
@@ -211,8 +215,8 @@ class NsmCore(wiring.Component):
         # The layers overlap (a dataflow pipeline): engine i runs its next sample as soon as its
         # input is there (the first engine: the spike memory; the others: the previous engine's
         # finished output) and its own output has been taken over (a dense engine latches its
-        # input when it starts; a conv engine writes into the next engine's memory, so it waits
-        # until that engine has finished with it). Every decision reads registered flags only.
+        # input when it starts; a conv engine writes into one half of the next engine's double
+        # buffer while that engine reads the other). Every decision reads registered flags only.
         L = len(engines)
         in_run = Signal()                                        # a register: the state is RUN
         busy = [Signal(name=f"busy{i}") for i in range(L)]       # engine i is running
@@ -225,8 +229,6 @@ class NsmCore(wiring.Component):
         for i, eng in enumerate(engines):
             source = (enc_full if stoch else 1) if i == 0 else full[i - 1]
             free = ~full[i] if i < L - 1 else 1
-            if isinstance(eng, ConvEngine):
-                free = free & ~busy[i + 1]
             go = Signal(name=f"go{i}")
             m.d.comb += [go.eq(in_run & ~busy[i] & more[i] & source & free),
                          eng.start.eq(go)]

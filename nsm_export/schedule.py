@@ -117,8 +117,8 @@ def pipeline_end(ir: IR, durations) -> float:
     ``t - 1`` ended), its input is ready (engine 0: the spike memory, or, for the stochastic
     code, the encoder's code for ``t``; engine ``i > 0``: engine ``i - 1`` ended sample ``t``)
     and its previous output has been taken (engine ``i + 1`` started sample ``t - 1`` at least
-    a cycle earlier; a conv engine writes into engine ``i + 1``'s memory, so it waits until
-    engine ``i + 1`` has ended sample ``t - 1``). The stochastic encoder runs ``size + 3`` cycles per sample and waits for
+    a cycle earlier; a conv engine writes into one half of engine ``i + 1``'s double-buffered
+    map, which has then moved on to the other). The stochastic encoder runs ``size + 3`` cycles per sample and waits for
     engine 0 to end the previous sample (they share the spike memory)."""
     stages = hw_stages(ir)
     T, L = ir.samples, len(stages)
@@ -135,8 +135,6 @@ def pipeline_end(ir: IR, durations) -> float:
                 s = max(s, end[i][t - 1])
                 if i < L - 1:
                     s = max(s, start[i + 1][t - 1] + 1)
-                if isinstance(stages[i].layer, ConvLayer):
-                    s = max(s, end[i + 1][t - 1])
             start[i][t] = s
             end[i][t] = s + float(durations[i][t])
     return end[L - 1][T - 1]
