@@ -68,9 +68,9 @@ CONV = "fmnist-conv-32c5-p2-64c5-p2-512-10"
 # clock), weight store.
 CONV_SPEC = {
     "levels": [48, 96, 144, 192], "p": 0.75, "weight_bits": 1,
-    "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 16, 10], lanes=[4, 1, 16, 1, 4, 4],
+    "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 16, 10], lanes=[4, 1, 4, 1, 4, 4],
                                 weight_store=["rom", "rom", "rom", "rom", "ram", "rom"]),
-             "ecp5-25k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 16, 1, 4, 4],
+             "ecp5-25k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 8, 1, 4, 4],
                               weight_store=["rom"] * 6)},
 }
 CONV_MAC_NOTE = ("the int8 MAC reference (hw/mac.py) has dense layers only, so no MAC design "

@@ -294,8 +294,8 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 def compile_cmd(onnx_file, output, samples, pe, lanes, weight_store, seed, lfsr_width, p_bits,
                 name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
-    Reads the canonical and the QONNX form (docs/onnx.md). Conv nets compile to the IR only
-    (one line on stderr says which layer has no hardware engine yet; exit status 0).
+    Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
+    (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
     """
     from nsm.flow import compile_to_dir
 

@@ -31,8 +31,7 @@ def bernoulli_probs(pixel_max: int, pixel_bits: int, prob_bits: int) -> list[int
 
 @dataclass
 class IntLayer:
-    """An integer dense layer before hardware sizing (``pe`` applies to dense layers only; conv
-    and pool layers have no hardware engine yet)."""
+    """An integer dense layer before hardware sizing."""
     weights: np.ndarray       # (n_out, n_in) integers
     offsets: np.ndarray       # thresholds (hidden) or biases (output)
     p: float                  # keep probability of the per-input blank-out, in (0, 1]

@@ -40,7 +40,8 @@ index ``(c*H + y)*W + x``, the order PyTorch's ``reshape`` and ONNX ``Flatten`` 
   in the flattened order above, ``leap`` LFSR steps per bit. Then
   ``acc[o, y, x] = sum_{c,i,j} w[o,c,i,j] * xi * z[c, y*stride+i-padding, x*stride+j-padding]``
   and ``z[o, y, x] = +1 iff acc[o, y, x] >= threshold[o]``; output ``H' = (H + 2 padding - k) //
-  stride + 1`` (same for ``W``). A conv layer is never the output layer.
+  stride + 1`` (same for ``W``). A conv layer is never the output layer. Its ``pe`` (filters in
+  parallel) and ``lanes`` (window channels the hardware tests a clock) change the schedule only.
 * ``pool`` (:class:`PoolLayer`): non-overlapping ``size × size`` windows (stride ``size``, the
   rows and columns past the last whole window are dropped), no noise, no random bits.
   ``or``: ``+1`` iff any spike in the window is ``+1``; ``majority``: ``+1`` iff at least half of
