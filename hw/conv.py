@@ -32,12 +32,13 @@ spike memory). ``FIN``: 1 cycle, ``done`` high.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import ConvLayer, PoolLayer
-from .dense import SPIKE_WORD, SPIKE_WORD_BITS, pack_lanes
+from .dense import (LOAD_BEAT_BITS, RAM16_NAME, SPIKE_WORD, SPIKE_WORD_BITS, pack_lanes,
+                    word_beats)
 from .lfsr import Lfsr
 
 __all__ = ["ConvEngine", "conv_memory_words", "CONSUMERS"]
@@ -88,8 +89,9 @@ class ConvEngine(wiring.Component):
         ``double=True`` only: the producer has written a whole sample's map. The input map is
         then double-buffered: the producer fills one half while this engine reads the other,
         so the layers before and after work on consecutive samples at once.
-    reseed, seed : In
-        As in :class:`hw.dense.DenseEngine`.
+    reseed, seed, loading, load_en, load_data : In
+        As in :class:`hw.dense.DenseEngine` (the last three only for ``weight_store: ram``:
+        the weight words of :func:`conv_memory_words` in 16-bit beats, low slice first).
     """
 
     def __init__(self, layer: ConvLayer, pool: PoolLayer | None = None, consumer: str = "map",
@@ -117,6 +119,8 @@ class ConvEngine(wiring.Component):
             words = -(-layer.c_out * n_pool // SPIKE_WORD)
             out = dict(out_we=Out(1), out_addr=Out(range(max(2, words))),
                        out_data=Out(SPIKE_WORD), out_mask=Out(SPIKE_WORD))
+        if layer.weight_store == "ram":
+            out.update(loading=In(1), load_en=In(1), load_data=In(LOAD_BEAT_BITS))
         super().__init__({"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32),
                           "map_we": In(layer.c_in), "map_addr": In(range(max(2, n_pix))),
                           "map_data": In(layer.c_in), "in_done": In(1), **out})
@@ -150,11 +154,35 @@ class ConvEngine(wiring.Component):
 
         # --- memories ----------------------------------------------------------------------
         w_init, o_init = conv_memory_words(L)
-        m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=max(2, len(w_init)),
-                                                 init=w_init)
+        depth = max(2, len(w_init))
+        waddr = Signal(range(depth))
+        if L.weight_store == "ram":
+            # Uninitialized single-port 16-bit RAMs, one per slice of the word, written once
+            # while loading (SPRAM on iCE40), as in the dense engine.
+            beats = word_beats(L)
+            beat, laddr = Signal(range(beats)), Signal(range(depth))
+            slices = []
+            for n in range(beats):
+                rdata = Signal(LOAD_BEAT_BITS, name=f"wram{n}_rdata")
+                m.submodules[f"wram{n}"] = Instance(
+                    RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddr), i_clk=ClockSignal(),
+                    i_addr=Mux(self.loading, laddr, waddr),
+                    i_we=self.load_en & self.loading & (beat == n),
+                    i_wdata=self.load_data, o_rdata=rdata)
+                slices.append(rdata)
+            wdata = Cat(*slices)
+            with m.If(self.load_en & self.loading):
+                m.d.sync += beat.eq(beat + 1)
+                with m.If(beat == beats - 1):
+                    m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
+        else:
+            m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=depth, init=w_init)
+            wport = wmem.read_port()
+            m.d.comb += wport.addr.eq(waddr)
+            wdata = wport.data
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
-        wport, oport = wmem.read_port(), omem.read_port()
+        oport = omem.read_port()
         abits = len(self.map_addr)
         m.submodules.smem = smem = memory.Memory(
             shape=c_in, depth=(2 << abits) if self._double else max(2, n_pix), init=[])
@@ -268,17 +296,17 @@ class ConvEngine(wiring.Component):
         else:
             entry = banks[0][1].data
         v1, va, za, v2, z2 = Signal(), Signal(), Signal(), Signal(), Signal()
-        addr = Signal(range(max(2, G * Q)))
+        addr = Signal(range(depth))
         m.d.sync += [v1.eq(0), va.eq(v1), za.eq(entry[qbits]), addr.eq(base + entry[:qbits]),
                      v2.eq(va), z2.eq(za)]
-        m.d.comb += [wport.addr.eq(addr), oport.addr.eq(g)]
+        m.d.comb += [waddr.eq(addr), oport.addr.eq(g)]
         accs = [Signal(signed(L.acc_bits), name=f"acc{n}") for n in range(pe)]
         with m.If(v2):
             for n in range(pe):
                 if wb == 1:
-                    w = Mux(wport.data[n], Const(1, signed(2)), Const(-1, signed(2)))
+                    w = Mux(wdata[n], Const(1, signed(2)), Const(-1, signed(2)))
                 else:
-                    w = wport.data[n * wb:(n + 1) * wb].as_signed()
+                    w = wdata[n * wb:(n + 1) * wb].as_signed()
                 m.d.sync += accs[n].eq(accs[n] + Mux(z2, w, -w))
         lane_off = [oport.data[n * L.offset_bits:(n + 1) * L.offset_bits].as_signed()
                     for n in range(pe)]

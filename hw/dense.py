@@ -91,21 +91,33 @@ def memory_words(layer: DenseLayer) -> tuple[list[int], list[int]]:
     return weights, offsets
 
 
-def word_beats(layer: DenseLayer) -> int:
-    """16-bit load beats per weight word."""
+def word_beats(layer) -> int:
+    """16-bit load beats per weight word (dense or conv layer)."""
     return -(-layer.pe * layer.weight_bits // LOAD_BEAT_BITS)
 
 
-def n_load_beats(layer: DenseLayer) -> int:
-    return layer.groups * layer.n_in * word_beats(layer)
+def n_weight_words(layer) -> int:
+    """Words in a layer's weight memory: one per (neuron group, input), where a conv layer's
+    inputs are its window's ``c_in * k * k``."""
+    if layer.kind == "conv2d":
+        return -(-layer.c_out // layer.pe) * layer.c_in * layer.kernel ** 2
+    return layer.groups * layer.n_in
 
 
-def load_beats(layer: DenseLayer) -> list[int]:
+def n_load_beats(layer) -> int:
+    return n_weight_words(layer) * word_beats(layer)
+
+
+def load_beats(layer) -> list[int]:
     """The 16-bit beats that fill a ``ram`` weight memory, in the order they are sent: word by
     word, the low 16 bits first."""
+    if layer.kind == "conv2d":
+        from .conv import conv_memory_words
+        words = conv_memory_words(layer)[0]
+    else:
+        words = memory_words(layer)[0]
     mask, n = (1 << LOAD_BEAT_BITS) - 1, word_beats(layer)
-    return [(word >> (LOAD_BEAT_BITS * b)) & mask
-            for word in memory_words(layer)[0] for b in range(n)]
+    return [(word >> (LOAD_BEAT_BITS * b)) & mask for word in words for b in range(n)]
 
 
 class DenseEngine(wiring.Component):

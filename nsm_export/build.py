@@ -146,7 +146,7 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
                 _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
             layer = ConvLayer(c_in=w.shape[1], h_in=il.h_in, w_in=il.w_in, c_out=n_out,
                               kernel=w.shape[2], stride=il.stride, padding=il.padding,
-                              pe=min(lane, n_out), lanes=dl, **common)
+                              pe=min(lane, n_out), lanes=dl, weight_store=ws, **common)
         else:
             if not isinstance(lane, int) or lane < 1:
                 _bad(f"layers[{i}].pe {lane!r} must be a positive integer")

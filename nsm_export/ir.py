@@ -323,9 +323,9 @@ class ConvLayer:
     offset_bits: int
     pe: int = 1                    # filters working in parallel (schedule only)
     lanes: int = 1                 # window channels tested per clock (schedule only)
+    weight_store: str = "rom"      # as DenseLayer.weight_store
     output = False                 # a conv layer is never the output layer
     kind = "conv2d"
-    weight_store = "rom"
 
     @property
     def h_out(self) -> int:
@@ -374,6 +374,9 @@ class ConvLayer:
                      (self.c_out, self.c_in, self.kernel, self.kernel))
         _check_array(f"{where}.threshold", self.offsets, (self.c_out,))
         _check_int(f"{where}.pe", self.pe, 1, self.c_out)
+        if self.weight_store not in WEIGHT_STORES:
+            raise IRError(f"{where}.weight_store {self.weight_store!r} must be one of "
+                          f"{', '.join(WEIGHT_STORES)}")
         if self.lanes not in LANES:
             raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
         _check_weighted(self, where)
@@ -387,7 +390,7 @@ class ConvLayer:
             "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
             "p": self.p, "rng": asdict(self.rng) if self.rng else None,
             "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "pe": self.pe,
-            "lanes": self.lanes,
+            "lanes": self.lanes, "weight_store": self.weight_store,
         }
 
 
@@ -632,6 +635,7 @@ def _layer_from_json(i: int, m: dict, arrays: dict):
             raise IRError(f"layers[{i}]: a conv2d layer cannot be the output layer")
         return ConvLayer(c_in=m["c_in"], h_in=m["h_in"], w_in=m["w_in"], c_out=m["c_out"],
                          kernel=m["kernel"], stride=m["stride"], padding=m["padding"],
-                         pe=m.get("pe", 1), lanes=m.get("lanes", 1), **common)
+                         pe=m.get("pe", 1), lanes=m.get("lanes", 1),
+                         weight_store=m.get("weight_store", "rom"), **common)
     return DenseLayer(n_in=m["n_in"], n_out=m["n_out"], output=m["output"], pe=m["pe"],
                       lanes=m.get("lanes", 1), weight_store=m.get("weight_store", "rom"), **common)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hw.top import HardwareError, generate_verilog, hardware_unsupported
+from hw.top import HardwareError, generate_verilog, hardware_unsupported, weight_image
 from nsm.cli import main
 from nsm_export import golden, ir as irmod, schedule
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
@@ -22,7 +22,7 @@ SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
               pytest.param("verilator", marks=pytest.mark.verilator)]
 
 
-def _two_conv_ir(rng, samples=3):
+def _two_conv_ir(rng, samples=3, weight_store="rom"):
     """2-channel 7x6 image (channel-major pixels, threshold code) -> conv 3x3 pad 1 (pe 3 of 4
     filters: a padded group) -> OR pool 2 -> conv 2x2 with 16 filters, 4 channels tested a
     clock -> dense (pe 2) -> output: a conv feeding a conv (pixel words) and a dense layer
@@ -35,7 +35,8 @@ def _two_conv_ir(rng, samples=3):
     hid = IntLayer(rng.integers(-3, 4, (6, 64)), rng.integers(-2, 3, 6), p=0.5, weight_bits=3)
     out = IntLayer(rng.integers(-3, 4, (3, 6)), rng.integers(-2, 3, 3), p=1.0, weight_bits=3)
     return build_ir([c0, pool, c1, hid, out], input_size=2 * 7 * 6, input_threshold=100,
-                    samples=samples, pe=[3, 1, 5, 2, 3], lanes=[1, 1, 4, 2, 1], seed=7)
+                    samples=samples, pe=[3, 1, 5, 2, 3], lanes=[1, 1, 4, 2, 1], seed=7,
+                    weight_store=weight_store)
 
 
 def _strided_ir(rng):
@@ -76,6 +77,21 @@ def test_two_conv_layers_pool_and_dense_equal_golden(tmp_path, simulator):
     rtl = run_rtl(tmp_path / "nsm.v", ir, px, simulator=simulator, work_dir=tmp_path)
     _check(ir, px, rtl)
     assert len(set(rtl.latency.tolist())) > 1              # blanked inputs cost no cycles
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_conv_weights_loaded_into_ram_survive_resets(tmp_path, simulator):
+    """Both conv layers keep their filters in RAM written once through w_axis (SPRAM on
+    iCE40); resets in mid-inference do not ask for them again."""
+    rng = np.random.default_rng(1)
+    ir = _two_conv_ir(rng, weight_store=["ram", "rom", "ram", "rom", "rom"])
+    assert len(weight_image(ir)) == 2 * 18 + 4 * 16   # groups x window inputs, 1 beat a word
+    px = rng.integers(0, 256, size=(7, ir.input.size))
+    resets = [(2, 30), (5, 400)]
+    (tmp_path / "nsm.v").write_text(generate_verilog(ir))
+    rtl = run_rtl(tmp_path / "nsm.v", ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.2, resets=resets, seed=1)
+    _check(ir, px, rtl, resets)
 
 
 @pytest.mark.parametrize("simulator", SIMULATORS)
