@@ -36,6 +36,9 @@ __all__ = ["DenseEngine", "pack_lanes", "memory_words", "load_beats", "n_load_be
 
 SPIKE_WORD_BITS = 4
 SPIKE_WORD = 1 << SPIKE_WORD_BITS
+#: Neuron lanes for which a hidden layer writes its spikes straight into the next engine's
+#: spike memory (each group's spikes fall inside one 16-bit word).
+MEMORY_LINK_PE = (1, 2, 4, 8, 16)
 LOAD_BEAT_BITS = 16      # w_axis beat: one 16-bit slice of a weight word (an SPRAM's width)
 
 # The single-port RAM that ``ram`` weight memories are built from: written only while loading,
@@ -148,6 +151,11 @@ class DenseEngine(wiring.Component):
         the other (switching after each sample).
     spikes_out : Out(groups * pe)
         Hidden layers: output spikes, bit ``i`` is neuron ``i`` (bits past ``n_out`` are padding).
+    out_we, out_addr, out_data, out_mask : Out
+        Instead of ``spikes_out`` with ``out_memory=True`` (``pe`` 1, 2, 4, 8 or 16): each group's
+        ``pe`` spikes are written, as they are decided, into word ``out_addr`` of the next
+        engine's (double-buffered) spike memory, the bits set in ``out_mask`` taking
+        ``out_data``: no wide output register and no wide latch behind it.
     reseed : In(1)
         Load the LFSR from ``seed`` (see :meth:`nsm_export.ir.LfsrSpec.reseeded`); only while idle.
     seed : In(32)
@@ -167,7 +175,7 @@ class DenseEngine(wiring.Component):
     """
 
     def __init__(self, layer: DenseLayer, score_bits: int = 1, spike_memory: bool = False,
-                 double: bool = False):
+                 double: bool = False, out_memory: bool = False):
         if not isinstance(layer, DenseLayer):
             raise TypeError(f"layer must be a DenseLayer, not {type(layer).__name__}")
         layer.validate("layer")
@@ -175,6 +183,9 @@ class DenseEngine(wiring.Component):
         self._score_bits = score_bits
         self._spike_memory = bool(spike_memory)
         self._double = bool(double) and self._spike_memory
+        if out_memory and (layer.output or layer.pe not in MEMORY_LINK_PE):
+            raise ValueError(f"out_memory needs a hidden layer with pe in {MEMORY_LINK_PE}")
+        self._out_memory = bool(out_memory)
         sig = {"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32)}
         if spike_memory:
             words = -(-layer.n_in // SPIKE_WORD)
@@ -186,7 +197,12 @@ class DenseEngine(wiring.Component):
             sig["clear"] = In(1)
             sig["scores"] = Out(layer.n_out * score_bits)
         else:
-            sig["spikes_out"] = Out(layer.groups * layer.pe)
+            if out_memory:
+                words = -(-layer.n_out // SPIKE_WORD)
+                sig.update(out_we=Out(1), out_addr=Out(range(max(2, words))),
+                           out_data=Out(SPIKE_WORD), out_mask=Out(SPIKE_WORD))
+            else:
+                sig["spikes_out"] = Out(layer.groups * layer.pe)
         if layer.weight_store == "ram":
             sig.update(loading=In(1), load_en=In(1), load_data=In(LOAD_BEAT_BITS))
         super().__init__(sig)
@@ -381,8 +397,18 @@ class DenseEngine(wiring.Component):
             with m.If(self.clear):
                 m.d.sync += [s.eq(0) for s in scores]
         else:
-            out = Signal(G * pe)
-            m.d.comb += self.spikes_out.eq(out)
+            if self._out_memory:
+                obase = Signal(range(G * pe + 1))        # g * pe
+                fired_now = Signal(pe)
+                sh_o = obase[:SPIKE_WORD_BITS]
+                valid = Signal(pe)
+                m.d.comb += [valid.eq(Cat(*[obase + k < L.n_out for k in range(pe)])),
+                             self.out_addr.eq(obase >> SPIKE_WORD_BITS),
+                             self.out_mask.eq((valid << sh_o)[:SPIKE_WORD]),
+                             self.out_data.eq((fired_now << sh_o)[:SPIKE_WORD])]
+            else:
+                out = Signal(G * pe)
+                m.d.comb += self.spikes_out.eq(out)
 
         m.d.sync += v1.eq(0)
         last = Signal()
@@ -437,7 +463,11 @@ class DenseEngine(wiring.Component):
                             m.d.sync += scores[cls].eq(scores[cls] + accs[k] + lane_off[k])
                 else:
                     fired = Cat(*[accs[k] >= lane_off[k] for k in range(pe)])
-                    m.d.sync += out.eq(Cat(out[pe:], fired) if G > 1 else fired)
+                    if self._out_memory:
+                        m.d.comb += [fired_now.eq(fired), self.out_we.eq(1)]
+                        m.d.sync += obase.eq(Mux(last, 0, obase + pe))
+                    else:
+                        m.d.sync += out.eq(Cat(out[pe:], fired) if G > 1 else fired)
                 m.d.sync += last.eq(0)
                 with m.If(last):
                     m.next = "IDLE"

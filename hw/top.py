@@ -36,7 +36,7 @@ from nsm_export.ir import IR
 from nsm_export.schedule import hw_stages
 from .argmax import ArgmaxScan
 from .conv import ConvEngine
-from .dense import RAM16_MODULE, DenseEngine, load_beats, n_load_beats
+from .dense import MEMORY_LINK_PE, RAM16_MODULE, DenseEngine, load_beats, n_load_beats
 from .lfsr import Lfsr
 
 __all__ = ["NsmCore", "generate_verilog", "convert", "weight_image"]
@@ -127,16 +127,22 @@ class NsmCore(wiring.Component):
         m = Module()
         ir = self._ir
         n0, C, T = ir.input.size, ir.n_classes, ir.samples
-        # One engine per stage: a conv layer takes the pooling layer after it along.
+        # One engine per stage: a conv layer takes the pooling layer after it along. An engine
+        # writes into the next one's double-buffered memory (the engines overlap) where it is a
+        # conv engine, or a dense one whose groups fit in a spike word (no debug ports); other
+        # dense engines hand a register over, which the next one latches.
+        stages = hw_stages(ir)
+        linked = [st.layer.kind == "conv2d" or (
+            not self._debug and not st.layer.output and st.layer.pe in MEMORY_LINK_PE)
+            for st in stages]
         engines = []
-        for n, st in enumerate(hw_stages(ir)):
-            # A map written by a conv engine is double-buffered (the engines overlap).
-            fed = n > 0 and isinstance(engines[-1], ConvEngine)
+        for n, st in enumerate(stages):
+            fed = n > 0 and linked[n - 1]
             if st.layer.kind == "conv2d":
                 eng = ConvEngine(st.layer, st.pool, st.consumer, double=fed)
             else:
                 eng = DenseEngine(st.layer, ir.score_bits, spike_memory=n == 0 or fed,
-                                  double=fed)
+                                  double=fed, out_memory=linked[n] and not st.layer.output)
             m.submodules[f"layer{st.index}"] = eng
             engines.append(eng)
         conv0 = isinstance(engines[0], ConvEngine)
@@ -187,14 +193,14 @@ class NsmCore(wiring.Component):
                          enc_rng.run_seed.eq(self.seed), qr.addr.eq(pr.data)]
             ej = Signal(range(n0 + 2))
             ev1, ev2 = Signal(), Signal()
-        for prev, eng in zip(engines, engines[1:]):
-            if isinstance(prev, ConvEngine):
+        for prev, eng, link in zip(engines, engines[1:], linked):
+            if link:
                 m.d.comb += eng.in_done.eq(prev.done)
             if isinstance(prev, ConvEngine) and isinstance(eng, ConvEngine):
                 m.d.comb += [eng.map_we.eq(Mux(prev.out_we, (1 << eng.layer.c_in) - 1, 0)),
                              eng.map_addr.eq(prev.out_addr),
                              eng.map_data.eq(prev.out_data)]
-            elif isinstance(prev, ConvEngine):        # into the dense engine's spike memory
+            elif link:                                # into the dense engine's spike memory
                 m.d.comb += [eng.spk_we.eq(Mux(prev.out_we, prev.out_mask, 0)),
                              eng.spk_addr.eq(prev.out_addr), eng.spk_data.eq(prev.out_data)]
             else:
