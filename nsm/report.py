@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import re
 import time
@@ -38,7 +39,8 @@ from nsm_export.atomic import atomic_write
 
 __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
-           "Section", "Table", "Figure", "NotRun"]
+           "network_shapes", "resource_rows", "cycle_summary", "Section", "Table", "Figure",
+           "NotRun"]
 
 DEFAULT_SAMPLES = (1, 4, 16, 64)
 MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
@@ -230,7 +232,7 @@ def resource_rows(ir: irmod.IR) -> list[dict]:
     from hw.conv import conv_memory_words, map_memory_depth
 
     stages = schedule.hw_stages(ir)
-    fed_by_conv = {st.index for prev, st in zip(stages, stages[1:])
+    fed_by_conv = {st.index for prev, st in itertools.pairwise(stages)
                    if prev.layer.kind == "conv2d"}
     pooled_by = {st.index + 1: st.index for st in stages if st.pool is not None}
     rows = []
@@ -295,7 +297,7 @@ def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
             "cycles_per_sample": float(schedule.stage_cycles(st, m).mean()),
             "cycles_per_sample_model": float(schedule.stage_cycles(
                 st, np.full(layer.n_in, layer.p))),
-            "dense_cycles_per_sample": int(walk),
+            "dense_cycles_per_sample": walk,
         })
     return {
         "samples": ir.samples, "images": int(len(per_image)),
@@ -546,12 +548,12 @@ def _resource_cells(r: dict) -> list[str]:
     """One row of the resource table (dense, conv or pooling layer)."""
     if r["kind"] == "pool":
         return [str(r["layer"]), f"{r['mode'].upper()} pool {r['size']}×{r['size']}",
-                f"{_shape(r['in_shape'])} → {_shape(r['out_shape'])}", "—", "—", "—", "—", "0",
+                f"{_shape(r['in_shape'])} → {_shape(r['out_shape'])}", *["—"] * 4, "0",
                 f"0 (computed by the conv engine before it, layer {r['engine']})", "—", "—"]
     mems = r["memories"]
     w, o = mems["weights"], mems["thresholds"]
-    parts = [f"weights {w['width']}×{w['depth']} "
-             f"{'RAM, loaded at start-up' if r['weight_store'] == 'ram' else 'ROM'}",
+    store = "RAM, loaded at start-up" if r["weight_store"] == "ram" else "ROM"
+    parts = [f"weights {w['width']}×{w['depth']} {store}",
              f"thresholds {o['width']}×{o['depth']}"]
     if r["kind"] == "conv2d":
         m = mems["map"]
