@@ -41,7 +41,7 @@ from .dense import (LOAD_BEAT_BITS, RAM16_NAME, SPIKE_WORD, SPIKE_WORD_BITS, pac
                     word_beats)
 from .lfsr import Lfsr
 
-__all__ = ["ConvEngine", "conv_memory_words", "CONSUMERS"]
+__all__ = ["ConvEngine", "conv_memory_words", "map_memory_depth", "CONSUMERS"]
 
 #: How the engine hands its output on: ``map`` = pixel words to a conv engine; ``bits`` = one
 #: spike a cycle into a dense engine's 16-bit spike memory (channel-major index).
@@ -66,6 +66,14 @@ def conv_memory_words(layer: ConvLayer) -> tuple[list[int], list[int]]:
         offsets.append(pack_lanes([layer.offsets[o] if o < layer.c_out else 0 for o in rows],
                                   layer.offset_bits))
     return weights, offsets
+
+
+def map_memory_depth(layer: ConvLayer, double: bool) -> int:
+    """Pixel words (``c_in`` bits each) of the input map memory: one per pixel, or, when
+    ``double`` (a conv engine writes the map), two halves selected by the top address bit,
+    each as deep as the pixel address reaches (a power of two)."""
+    n_pix = layer.h_in * layer.w_in
+    return 2 << (max(2, n_pix) - 1).bit_length() if double else max(2, n_pix)
 
 
 class ConvEngine(wiring.Component):
@@ -183,9 +191,8 @@ class ConvEngine(wiring.Component):
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()
-        abits = len(self.map_addr)
         m.submodules.smem = smem = memory.Memory(
-            shape=c_in, depth=(2 << abits) if self._double else max(2, n_pix), init=[])
+            shape=c_in, depth=map_memory_depth(L, self._double), init=[])
         s_wr, s_rd = smem.write_port(granularity=1), smem.read_port()
         wsel, rsel = Signal(), Signal()        # the halves written and read (double buffer)
         m.d.comb += [s_wr.en.eq(self.map_we), s_wr.data.eq(self.map_data),

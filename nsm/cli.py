@@ -305,10 +305,11 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, weight_store, seed, lfsr_
                         lanes=draws[0] if len(draws) == 1 else draws,
                         weight_store=stores[0] if len(stores) == 1 else stores, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
     from hw.top import hardware_unsupported
+    from nsm.report import network_shapes
     from nsm_export import schedule
-    first = (f"{ir.input.size}x{ir.input.levels}" if ir.input.encoding == "thermometer"
-             else str(ir.input.size))
-    sizes = [first] + [layer.n_out for layer in ir.layers]
+    sizes = network_shapes(ir)                     # maps as CxHxW, vectors as counts
+    if ir.layers[0].kind == "dense" and ir.input.encoding == "thermometer":
+        sizes[0] = f"{ir.input.size}x{ir.input.levels}"
     if (why := hardware_unsupported(ir)):
         click.echo(f"nsm compile: no Verilog: {why}", err=True)
         click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}) into {output}/ "

@@ -15,23 +15,28 @@ from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
 
-__all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_on_board", "run_demo",
-           "SIM_SUMMARY"]
+__all__ = ["compile_to_dir", "write_build", "load_build", "simulate", "synthesize", "run_on_board",
+           "run_demo", "SIM_SUMMARY"]
 
 #: Where ``nsm sim`` leaves its summary, relative to the build directory.
 SIM_SUMMARY = Path("sim") / "summary.json"
 
 
 def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
-    """ONNX → IR + Verilog in ``out_dir``; nothing is written unless every step succeeds.
+    """ONNX → IR + Verilog in ``out_dir`` (:func:`write_build`)."""
+    return write_build(compile_file(onnx_file, **kw), out_dir)
 
-    An IR the hardware generator cannot build yet (conv or pool layers:
+
+def write_build(ir: irmod.IR, out_dir: Path) -> irmod.IR:
+    """A build directory for ``ir``: the IR, ``NAME.v``, ``NAME.core`` and ``NAME_inst.v``;
+    nothing is written unless every step succeeds.
+
+    An IR the hardware generator cannot build (majority pooling, say:
     :func:`hw.top.hardware_unsupported` says why) is written without Verilog.
     """
     from hw.integration import fusesoc_core, instantiation_template
     from hw.top import generate_verilog, hardware_unsupported
 
-    ir = compile_file(onnx_file, **kw)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise irmod.IRError(f"{out_dir}: exists and is not a directory")

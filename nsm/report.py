@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import re
 import time
@@ -38,7 +39,8 @@ from nsm_export.atomic import atomic_write
 
 __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
-           "Section", "Table", "Figure", "NotRun"]
+           "network_shapes", "resource_rows", "cycle_summary", "Section", "Table", "Figure",
+           "NotRun"]
 
 DEFAULT_SAMPLES = (1, 4, 16, 64)
 MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
@@ -167,11 +169,15 @@ def _autocorr(bits: np.ndarray, lags: int) -> list[float]:
 
 
 def lfsr_statistics(ir: irmod.IR, masks: list[np.ndarray]) -> list[dict]:
-    """Per layer: keep-bit frequency against the quantized ``p``, its distance in binomial
-    standard deviations, and the autocorrelation of the stream in draw order (lags 1..16)."""
-    rows = []
+    """Per dense or conv layer (pooling draws nothing and has no row): keep-bit frequency
+    against the quantized ``p``, its distance in binomial standard deviations, and the
+    autocorrelation of the stream in draw order (lags 1..16; a conv layer draws per input
+    element in the IR's channel-major order)."""
+    rows = {}
     streams = {}
     for i, (layer, m) in enumerate(zip(ir.layers, masks)):
+        if layer.kind == "pool":
+            continue
         row = {"layer": i, "p": layer.p, "p_num": layer.p_num, "p_bits": layer.p_bits,
                "sampling": layer.sampling}
         if layer.sampling:
@@ -184,7 +190,7 @@ def lfsr_statistics(ir: irmod.IR, masks: list[np.ndarray]) -> list[dict]:
             row.update(draws=n, frequency=freq, sigma=sd, z=(freq - layer.p) / sd,
                        lag1=ac[0], autocorr=ac, autocorr_draws=min(n, AUTOCORR_DRAWS),
                        lfsr_width=layer.rng.width, leap=layer.rng.leap)
-        rows.append(row)
+        rows[i] = row
     keys = sorted(streams)
     for a in keys:
         worst = 0.0
@@ -196,50 +202,102 @@ def lfsr_statistics(ir: irmod.IR, masks: list[np.ndarray]) -> list[dict]:
             if sa.std() and sb.std():
                 worst = max(worst, abs(float(np.corrcoef(sa, sb)[0, 1])))
         rows[a]["max_cross_corr"] = worst
-    return rows
+    return list(rows.values())
+
+
+def _memory(width: int, depth: int) -> dict:
+    return {"width": width, "depth": depth, "bits": width * depth}
+
+
+def _shape(shape) -> str:
+    return "×".join(map(str, shape))
+
+
+def network_shapes(ir: irmod.IR) -> list[str]:
+    """The input and every layer's output: ``C×H×W`` for maps, a count for vectors."""
+    first = ir.layers[0]
+    return [_shape(first.in_shape) if first.kind != "dense" else str(ir.input.size)] + \
+        [_shape(la.out_shape) if la.kind != "dense" else str(la.n_out) for la in ir.layers]
 
 
 def resource_rows(ir: irmod.IR) -> list[dict]:
-    """Per layer, from the IR: sizes, widths, folding and the two memories that grow with the
-    network (weights: one ``pe``-lane word per neuron group and input; thresholds or biases: one
-    word per group; at least two words deep, padding lanes included, as ``hw.dense`` builds
-    them). The small per-layer buffers (kept-input index, input spikes) are not counted."""
+    """Per layer, from the IR: sizes, widths, folding and the memories that grow with the
+    network, at the shapes the engines build them (at least two words deep, padding lanes
+    included). Dense (``hw.dense``): weights, one ``pe``-lane word per neuron group and input;
+    thresholds or biases, one word per group; the small kept-input index and spike buffers are
+    not counted. Conv (``hw.conv``): weights, one ``pe``-lane word per filter group and window
+    input (:func:`hw.conv.conv_memory_words`); thresholds, one word per group; the input map
+    (one ``c_in``-bit word per pixel, double-buffered when a conv engine writes it); the mask
+    (same shape, sampling layers). Pooling: nothing; the conv engine before it computes it."""
+    from hw.conv import conv_memory_words, map_memory_depth
+
+    stages = schedule.hw_stages(ir)
+    fed_by_conv = {st.index for prev, st in itertools.pairwise(stages)
+                   if prev.layer.kind == "conv2d"}
+    pooled_by = {st.index + 1: st.index for st in stages if st.pool is not None}
     rows = []
     for i, layer in enumerate(ir.layers):
-        weights = (layer.pe * layer.weight_bits, max(2, layer.groups * layer.n_in))
-        offsets = (layer.pe * layer.offset_bits, max(2, layer.groups))
-        rows.append({
-            "layer": i, "kind": "output" if layer.output else "hidden",
-            "n_in": layer.n_in, "n_out": layer.n_out, "weight_bits": layer.weight_bits,
-            "weights": layer.n_in * layer.n_out,
-            "weight_bits_total": layer.n_in * layer.n_out * layer.weight_bits,
+        row = {"layer": i, "n_in": layer.n_in, "n_out": layer.n_out}
+        if layer.kind == "pool":
+            row.update(kind="pool", mode=layer.mode, size=layer.size,
+                       in_shape=list(layer.in_shape), out_shape=list(layer.out_shape),
+                       engine=pooled_by.get(i), weights=0, weight_bits_total=0, memories={},
+                       memory_bits=0, pe=0, lfsr_width=None)
+            rows.append(row)
+            continue
+        if layer.kind == "conv2d":
+            w_words, o_words = conv_memory_words(layer)
+            mems = {"weights": _memory(layer.pe * layer.weight_bits, max(2, len(w_words))),
+                    "thresholds": _memory(layer.pe * layer.offset_bits, max(2, len(o_words))),
+                    "map": _memory(layer.c_in, map_memory_depth(layer, i in fed_by_conv))}
+            if layer.sampling:
+                mems["mask"] = _memory(layer.c_in, max(2, layer.h_in * layer.w_in))
+            row.update(kind="conv2d", in_shape=list(layer.in_shape),
+                       out_shape=list(layer.out_shape), kernel=layer.kernel,
+                       stride=layer.stride, padding=layer.padding,
+                       double_buffered=i in fed_by_conv, draw_lanes=1,
+                       channel_lanes=layer.lanes)
+        else:
+            mems = {"weights": _memory(layer.pe * layer.weight_bits,
+                                       max(2, layer.groups * layer.n_in)),
+                    "thresholds": _memory(layer.pe * layer.offset_bits, max(2, layer.groups))}
+            row.update(kind="output" if layer.output else "hidden", draw_lanes=layer.lanes)
+        weights = int(layer.weights.size)
+        row.update({
+            "weight_bits": layer.weight_bits, "weights": weights,
+            "weight_bits_total": weights * layer.weight_bits,
             "p": layer.p, "p_num": layer.p_num, "p_bits": layer.p_bits,
-            "pe": layer.pe, "groups": layer.groups, "draw_lanes": layer.lanes,
-            "weight_store": layer.weight_store,
+            "pe": layer.pe, "groups": layer.groups, "weight_store": layer.weight_store,
             "acc_bits": layer.acc_bits, "offset_bits": layer.offset_bits,
             "lane_acc_bits": layer.pe * layer.acc_bits,
             "lfsr_width": layer.rng.width if layer.rng else None,
-            "memories": {"weights": {"width": weights[0], "depth": weights[1],
-                                     "bits": weights[0] * weights[1]},
-                         "thresholds": {"width": offsets[0], "depth": offsets[1],
-                                        "bits": offsets[0] * offsets[1]}},
-            "memory_bits": weights[0] * weights[1] + offsets[0] * offsets[1],
+            "memories": mems, "memory_bits": sum(m["bits"] for m in mems.values()),
         })
+        rows.append(row)
     return rows
 
 
 def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
-    """Exact per-image cycles from the recorded draws, against the model's mean and the bound."""
+    """Exact per-image cycles from the recorded draws, against the model's mean and the bound;
+    per engine (:func:`nsm_export.schedule.hw_stages`), cycles per sample from the draws of
+    its IR layer, with every input kept with probability ``p``, and for a dense walk of every
+    input (dense: groups × inputs; conv: positions × groups × window inputs)."""
     per_image = schedule.cycles_per_inference(ir, masks)
     latency = schedule.latency_cycles(ir, masks)
-    layers = []
-    for i, (layer, m) in enumerate(zip(ir.layers, masks)):
-        kept = np.asarray(m).sum(axis=2)
-        layers.append({
-            "layer": i, "kept_mean": float(kept.mean()), "n_in": layer.n_in,
-            "cycles_per_sample": float(schedule.layer_cycles(layer, kept).mean()),
-            "cycles_per_sample_model": float(schedule.layer_cycles(layer, layer.p * layer.n_in)),
-            "dense_cycles_per_sample": layer.groups * layer.n_in,
+    stages = []
+    for st in schedule.hw_stages(ir):
+        layer, m = st.layer, np.asarray(masks[st.index])
+        walk = layer.groups * (schedule.conv_positions(st) * layer.c_in * layer.kernel ** 2
+                               if layer.kind == "conv2d" else layer.n_in)
+        stages.append({
+            "layer": st.index, "label": f"{st.index} {layer.kind}{'+pool' if st.pool else ''}",
+            "kind": layer.kind,
+            "pool": st.pool is not None, "kept_mean": float(m.sum(axis=-1).mean()),
+            "n_in": layer.n_in,
+            "cycles_per_sample": float(schedule.stage_cycles(st, m).mean()),
+            "cycles_per_sample_model": float(schedule.stage_cycles(
+                st, np.full(layer.n_in, layer.p))),
+            "dense_cycles_per_sample": walk,
         })
     return {
         "samples": ir.samples, "images": int(len(per_image)),
@@ -249,7 +307,7 @@ def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
         "model_mean": float(schedule.expected_cycles_per_inference(ir)),
         "dense_bound": float(schedule.dense_bound(ir)),
         "load_cycles": ir.input.size, "argmax_cycles": schedule.argmax_cycles(ir),
-        "layers": layers,
+        "stages": stages,
     }
 
 
@@ -315,6 +373,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         "build_dir": str(build_dir), "made": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": round(seconds, 2),
         "network": {"name": ir.name, "sizes": [ir.input.size] + [la.n_out for la in ir.layers],
+                    "shapes": network_shapes(ir), "kinds": [la.kind for la in ir.layers],
                     "samples": ir.samples, "score_bits": ir.score_bits,
                     "input_encoding": _encoding_text(ir.input), "pixel_bits": ir.input.pixel_bits,
                     "source": ir.source},
@@ -485,6 +544,37 @@ def _n(v) -> str:
     return f"{int(v):,}"
 
 
+def _resource_cells(r: dict) -> list[str]:
+    """One row of the resource table (dense, conv or pooling layer)."""
+    if r["kind"] == "pool":
+        return [str(r["layer"]), f"{r['mode'].upper()} pool {r['size']}×{r['size']}",
+                f"{_shape(r['in_shape'])} → {_shape(r['out_shape'])}", *["—"] * 4, "0",
+                f"0 (computed by the conv engine before it, layer {r['engine']})", "—", "—"]
+    mems = r["memories"]
+    w, o = mems["weights"], mems["thresholds"]
+    store = "RAM, loaded at start-up" if r["weight_store"] == "ram" else "ROM"
+    parts = [f"weights {w['width']}×{w['depth']} {store}",
+             f"thresholds {o['width']}×{o['depth']}"]
+    if r["kind"] == "conv2d":
+        m = mems["map"]
+        parts.append(f"input map {m['width']}×{m['depth']}"
+                     + (" (double-buffered)" if r["double_buffered"] else ""))
+        if "mask" in mems:
+            parts.append(f"mask {mems['mask']['width']}×{mems['mask']['depth']}")
+        kind = f"conv2d {r['kernel']}×{r['kernel']}, stride {r['stride']}, pad {r['padding']}"
+        sizes = f"{_shape(r['in_shape'])} → {_shape(r['out_shape'])}"
+        n = r["channel_lanes"]
+        fold = f"{r['pe']} × {r['groups']}, {n} channel{'s' if n > 1 else ''} / clock"
+    else:
+        kind, sizes = r["kind"], f"{r['n_in']:,} → {r['n_out']:,}"
+        fold = f"{r['pe']} × {r['groups']}"
+    return [str(r["layer"]), kind, sizes, str(r["weight_bits"]),
+            f"{r['p_num']}/2^{r['p_bits']} = {r['p']:.4g}", fold,
+            str(r["draw_lanes"]) if r["lfsr_width"] else "—", f"{r['weight_bits_total']:,}",
+            f"{r['memory_bits']:,} ({', '.join(parts)})", f"{r['acc_bits']} / {r['offset_bits']}",
+            str(r["lfsr_width"] or "—")]
+
+
 def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     """The report's sections from :func:`collect`'s data; ``command`` reproduces it."""
     b = d["build_dir"]
@@ -492,7 +582,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     ds = d["dataset"]
     acc = d["accuracy"]
     T = net["samples"]
-    title = f"NSM report: {net['name']} ({'-'.join(map(str, net['sizes']))}, T = {T})"
+    shapes = net["shapes"]
+    title = f"NSM report: {net['name']} ({'-'.join(shapes)}, T = {T})"
     sim = d["sim"]
     sim_cmd = f"nsm sim {b} --dataset {ds['name']} --count 100"
     sections = []
@@ -501,7 +592,9 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     src = net["source"] or {}
     sec = Section("overview", "Overview")
     sec.blocks.append(Table(["", ""], [
-        ["network", f"`{'-'.join(map(str, net['sizes']))}` ({len(net['sizes']) - 1} layers)"],
+        ["network", f"`{'-'.join(shapes)}` ({len(net['kinds'])} layers"
+                    + (f": {', '.join(net['kinds'])})" if set(net["kinds"]) != {"dense"}
+                       else ")")],
         ["compiled from", f"`{src.get('onnx', 'unknown')}`"],
         ["Monte Carlo samples T", str(T)],
         ["input", f"{net['sizes'][0]} pixels of {net['pixel_bits']} bits; "
@@ -549,30 +642,26 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     sec = Section("resources", "Resources")
     rows = []
     for r in d["resources"]:
-        w, o = r["memories"]["weights"], r["memories"]["thresholds"]
-        mem = (f"weights {w['width']}×{w['depth']} "
-               f"{'RAM, loaded at start-up' if r['weight_store'] == 'ram' else 'ROM'}, "
-               f"thresholds {o['width']}×{o['depth']}")
-        rows.append([str(r["layer"]), r["kind"], f"{r['n_in']:,} → {r['n_out']:,}",
-                     str(r["weight_bits"]), f"{r['p_num']}/2^{r['p_bits']} = {r['p']:.4g}",
-                     f"{r['pe']} × {r['groups']}",
-                     str(r["draw_lanes"]) if r["lfsr_width"] else "—", f"{r['weight_bits_total']:,}",
-                     f"{r['memory_bits']:,} ({mem})", f"{r['acc_bits']} / {r['offset_bits']}",
-                     str(r["lfsr_width"] or "—")])
+        rows.append(_resource_cells(r))
     tot = d["resources"]
     rows.append(["all", "", f"{sum(r['weights'] for r in tot):,} weights", "", "",
                  f"{sum(r['pe'] for r in tot)} lanes", "", f"{sum(r['weight_bits_total'] for r in tot):,}",
                  f"{sum(r['memory_bits'] for r in tot):,}", "", ""])
-    sec.blocks.append(Table(["layer", "kind", "inputs → neurons", "weight bits", "keep p",
+    sec.blocks.append(Table(["layer", "kind", "inputs → outputs", "weight bits", "keep p",
                              "pe × groups", "draws / clock", "weight bits (net)",
                              "memory bits (width×depth)", "acc / threshold bits", "LFSR bits"],
                             rows))
     sec.blocks.append("pe × groups is the folding: `pe` adder lanes work on one group of "
-                      "neurons at a time; draws / clock is how many blank-out bits a sampling "
-                      "layer draws per cycle. Memory bits count the weight memory (one "
-                      "`pe`-lane word per group and input: in the bitstream as ROM, or RAM "
-                      "loaded through `w_axis` at start-up) and the threshold ROM, padding lanes "
-                      "included; the small kept-input and spike buffers are not counted.")
+                      "neurons (conv: filters) at a time; draws / clock is how many blank-out "
+                      "bits a sampling layer draws per cycle. Memory bits count the weight "
+                      "memory (one `pe`-lane word per group and input, for a conv layer per "
+                      "group and window input `c_in·k²`: in the bitstream as ROM, or RAM loaded "
+                      "through `w_axis` at start-up) and the threshold ROM, padding lanes "
+                      "included; for a conv layer also its input map (one `c_in`-bit word per "
+                      "pixel, two halves when a conv engine writes it) and its mask memory of "
+                      "the same shape; a dense layer's small kept-input and spike buffers are "
+                      "not counted. A pooling layer has no memory: the conv engine before it "
+                      "computes it.")
     synth = d["synth"]
     if synth:
         rows = []
@@ -618,13 +707,19 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
             ["of which: pixel load, argmax", f"{c['load_cycles']:,}, {c['argmax_cycles']:,}"]]
     sec.blocks.append(Table(["cycles per inference", "value"], rows))
     rows = []
-    for r in c["layers"]:
-        rows.append([str(r["layer"]), f"{r['kept_mean']:.1f} of {r['n_in']:,}",
+    for r in c["stages"]:
+        rows.append([r["label"], f"{r['kept_mean']:.1f} of {r['n_in']:,}",
                      _n(r["cycles_per_sample"]), _n(r["cycles_per_sample_model"]),
                      f"{r['dense_cycles_per_sample']:,}"])
-    sec.blocks.append(Table(["layer", "inputs kept (mean)", "cycles / sample (exact mean)",
-                             "cycles / sample (model)", "dense walk (groups × inputs)"],
-                            rows))
+    sec.blocks.append(Table(["engine (IR layer)", "inputs kept (mean)",
+                             "cycles / sample (exact mean)", "cycles / sample (model)",
+                             "dense walk (groups × inputs)"], rows))
+    if any(r["kind"] == "conv2d" for r in c["stages"]):
+        sec.blocks.append("One row per hardware engine; a conv engine also computes the "
+                          "pooling layer after it (`+pool`). The model keeps every input with "
+                          "probability p; a conv engine's dense walk is positions × groups × "
+                          "window inputs (`c_in·k²`), over the positions some pooling window "
+                          "covers.")
     clocks = [("iCEBreaker board clock", 12.0)]
     for target, r in synth.items():
         if r.get("fmax_mhz"):

@@ -351,6 +351,11 @@ class ConvLayer:
     def out_shape(self) -> tuple[int, int, int]:
         return (self.c_out, self.h_out, self.w_out)
 
+    @property
+    def groups(self) -> int:
+        """Filter groups of ``pe`` filters the engine works through at each position."""
+        return -(-self.c_out // self.pe)
+
     p = DenseLayer.p
     sampling = DenseLayer.sampling
 

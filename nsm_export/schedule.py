@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .ir import IR, ConvLayer, DenseLayer, PoolLayer
 
-__all__ = ["Stage", "hw_stages", "conv_cycles", "stage_cycles", "synaptic_ops", "layer_cycles", "encode_cycles", "pipeline_end", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
+__all__ = ["Stage", "hw_stages", "conv_positions", "conv_cycles", "stage_cycles", "synaptic_ops", "layer_cycles", "encode_cycles", "pipeline_end", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
            "expected_cycles_per_inference", "dense_bound"]
 
 GROUP_OVERHEAD = 4      # three drain cycles and one write cycle per neuron group
@@ -54,6 +54,13 @@ def hw_stages(ir: IR) -> list[Stage]:
     return stages
 
 
+def conv_positions(stage: Stage) -> int:
+    """Conv output positions the engine visits per sample: those some pooling window covers."""
+    layer = stage.layer
+    P = stage.pool.size if stage.pool else 1
+    return (layer.h_out // P * P) * (layer.w_out // P * P)
+
+
 def conv_cycles(stage: Stage, kept) -> np.ndarray:
     """Cycles of a conv engine for one sample, per sample: ``kept`` is the layer's keep bits
     ``(..., n_in)`` in the IR's channel-major order (bool, or the keep probability as a float
@@ -74,7 +81,7 @@ def conv_cycles(stage: Stage, kept) -> np.ndarray:
     total_kept = window.sum(axis=(1, 2))
     groups = -(-layer.c_out // layer.pe)
     chunks = -(-layer.c_in // layer.lanes)
-    positions = rows * cols
+    positions = conv_positions(stage)
     out = 1 if stage.consumer == "map" else layer.c_out
     fixed = 1 + (layer.n_in + 1 if layer.sampling else 0) + 1 \
         + positions * (k * k * chunks + BUILD_FLUSH + groups * GROUP_OVERHEAD) + hp * wp * out

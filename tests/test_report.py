@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from nsm.cli import main
-from nsm.flow import compile_to_dir
-from nsm.report import ir_at_samples, lfsr_statistics, run_golden
-from nsm_export import golden
+from nsm.flow import compile_to_dir, write_build
+from nsm.report import cycle_summary, ir_at_samples, lfsr_statistics, resource_rows, run_golden
+from nsm_export import golden, schedule
 from nsm_export import ir as irmod
+from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 
 SECTIONS = ["overview", "accuracy", "resources", "cycles", "lfsr", "verification"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -124,7 +125,6 @@ def test_markdown_twin_and_json_agree_with_the_golden_model(built, tmp_path):
     assert set(data["accuracy"]["float"]) == {"1", "2", "4", "8"}
     # Cycles: exact per image from the recorded draws.
     res = golden.run(ir, x, record=True)
-    from nsm_export import schedule
     assert data["cycles"]["cycles_per_inference"] == \
         schedule.cycles_per_inference(ir, res.masks).tolist()
     # Missing sources are named with the command that makes them.
@@ -213,3 +213,99 @@ def test_report_shows_the_cosimulation(built, tmp_path):
     assert "**bit-exact**" in md and "| simulator | icarus |" in md
     assert "**Not run**: co-simulation" not in md
     assert f"| cycle model exact (every image) | yes |" in md
+
+
+def _conv_ir(samples=3):
+    """Digits-shaped (1x8x8) like test_conv_hw's two-conv IR: conv 3x3 pad 1 (pe 3 of 4
+    filters) -> OR pool 2 -> conv 2x2 (pe 5 of 8, 4 channels a clock, its map written by the
+    first conv engine) -> dense (pe 2) -> output."""
+    rng = np.random.default_rng(5)
+    c0 = IntConv(rng.integers(-3, 4, (4, 1, 3, 3)), rng.integers(-4, 5, 4), p=0.5,
+                 weight_bits=3, h_in=8, w_in=8, stride=1, padding=1)
+    c1 = IntConv(rng.integers(-1, 2, (8, 4, 2, 2)), rng.integers(-4, 5, 8), p=0.75,
+                 weight_bits=2, h_in=4, w_in=4, stride=1, padding=0)
+    hid = IntLayer(rng.integers(-3, 4, (6, 72)), rng.integers(-2, 3, 6), p=0.5, weight_bits=3)
+    out = IntLayer(rng.integers(-3, 4, (10, 6)), rng.integers(-2, 3, 10), p=1.0, weight_bits=3)
+    return build_ir([c0, IntPool(4, 8, 8, 2, "or"), c1, hid, out], input_size=64,
+                    input_threshold=8, samples=samples, pe=[3, 1, 5, 2, 3],
+                    lanes=[1, 1, 4, 2, 1], seed=7)
+
+
+def test_conv_resources_cycles_and_lfsr_rows():
+    """The numbers by hand: memory shapes as hw.conv builds them, a dense walk per engine, no
+    LFSR row for the pooling layer."""
+    from hw.conv import conv_memory_words
+    ir = _conv_ir()
+    rows = resource_rows(ir)
+    assert [r["kind"] for r in rows] == ["conv2d", "pool", "conv2d", "hidden", "output"]
+    mem = [{k: (m["width"], m["depth"]) for k, m in r["memories"].items()} for r in rows]
+    # conv 0: 3 lanes x 3 bits, 2 groups x 1·3² window inputs; the encoder writes its map.
+    assert mem[0] == {"weights": (9, 18), "thresholds": (9, 2), "map": (1, 64), "mask": (1, 64)}
+    assert len(conv_memory_words(ir.layers[0])[0]) == 18
+    # conv 2: 5 lanes x 2 bits, 2 groups x 4·2² inputs; its 4x4 map is written by conv 0: two
+    # halves of 16 pixel words.
+    assert mem[2] == {"weights": (10, 32), "thresholds": (20, 2), "map": (4, 32),
+                      "mask": (4, 16)}
+    assert rows[2]["double_buffered"] and not rows[0]["double_buffered"]
+    assert rows[0]["memory_bits"] == 9 * 18 + 9 * 2 + 64 + 64
+    assert rows[0]["weights"] == 4 * 9 and rows[2]["weights"] == 8 * 16
+    assert rows[1]["memories"] == {} and rows[1]["memory_bits"] == 0 and rows[1]["engine"] == 0
+    assert mem[3] == {"weights": (6, 3 * 72), "thresholds": (4, 3)}
+
+    x = np.random.default_rng(0).integers(0, 17, size=(7, 64))
+    res = golden.run(ir, x, record=True)
+    c = cycle_summary(ir, res.masks)
+    assert [s["label"] for s in c["stages"]] == ["0 conv2d+pool", "2 conv2d", "3 dense",
+                                                 "4 dense"]
+    # Dense walks: 8x8 positions x 2 groups x 9; 3x3 x 2 x 16; 3 groups x 72; 4 x 6.
+    assert [s["dense_cycles_per_sample"] for s in c["stages"]] == [1152, 288, 216, 24]
+    for s, st in zip(c["stages"], schedule.hw_stages(ir)):
+        m = res.masks[st.index]
+        assert s["cycles_per_sample"] == schedule.stage_cycles(st, m).mean()
+        assert s["cycles_per_sample_model"] == \
+            schedule.stage_cycles(st, np.full(st.layer.n_in, st.layer.p))
+        assert s["kept_mean"] == m.sum(axis=-1).mean()
+    assert c["cycles_per_inference"] == schedule.cycles_per_inference(ir, res.masks).tolist()
+    assert c["model_mean"] == schedule.expected_cycles_per_inference(ir)
+    assert c["dense_bound"] == 3 * (4 * 64 * 9 + 8 * 9 * 16 + 72 * 6 + 6 * 10) / (3 + 5 + 2 + 3)
+
+    lf = lfsr_statistics(ir, res.masks)
+    assert [r["layer"] for r in lf] == [0, 2, 3, 4]
+    assert lf[0]["draws"] == 7 * 3 * 64 and lf[0]["frequency"] == res.masks[0].mean()
+    assert not lf[3]["sampling"] and "max_cross_corr" in lf[2]
+
+
+@pytest.mark.icarus
+def test_conv_report_with_cosimulation(tmp_path):
+    ir = write_build(_conv_ir(), tmp_path / "build")
+    build = tmp_path / "build"
+    r = CliRunner()
+    res = r.invoke(main, ["sim", str(build), "--count", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    sim = json.loads(res.stdout)
+    assert sim["mismatches"] == 0 and sim["cycle_model_exact"]
+    _report(build, "--count", "4", "--samples", "1,3")
+    md = (build / "report.md").read_text()
+    page = (build / "report.html").read_text()
+    data = json.loads((build / "report.json").read_text())
+    assert re.findall(r'<a id="([a-z]+)"></a>', md) == SECTIONS
+    assert re.findall(r'<section id="([a-z]+)">', page) == SECTIONS
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
+    # The report's cycles are the schedule's on the co-simulated images, and the RTL's.
+    from nsm.flow import _test_images
+    x, _ = _test_images("digits", 0, ir, 4)
+    masks = golden.run(ir, x, record=True).masks
+    c = data["cycles"]
+    assert c["cycles_per_inference"] == schedule.cycles_per_inference(ir, masks).tolist()
+    # The RTL measured latencies and back-to-back intervals (from image 1 on).
+    assert round(c["latency_mean"], 1) == sim["latency_cycles"]
+    assert round(float(np.mean(c["cycles_per_inference"][1:])), 1) == sim["cycles_per_inference"]
+    assert c["model_mean"] == schedule.expected_cycles_per_inference(ir)
+    assert data["accuracy"]["rtl"]["accuracy"] == sim["rtl_accuracy"]
+    # The page shows the conv rows' memory shapes, the pooling row and the engines.
+    assert "(1×8×8-4×8×8-4×4×4-8×3×3-6-10, T = 3)" in md
+    assert "(weights 9×18 ROM, thresholds 9×2, input map 1×64, mask 1×64)" in md
+    assert "input map 4×32 (double-buffered), mask 4×16" in md
+    assert "| 1 | OR pool 2×2 | 4×8×8 → 4×4×4 |" in md and "computed by the conv engine" in md
+    assert "| 0 conv2d+pool |" in md and "| 2 conv2d |" in md and "| 3 dense |" in md
+    assert "**bit-exact**" in md and "| cycle model exact (every image) | yes |" in md
