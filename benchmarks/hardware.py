@@ -69,7 +69,7 @@ CONV = "fmnist-conv-32c5-p2-64c5-p2-512-10"
 # and the second conv layer's 51 kbit of filters and the dense layer's 512 kbit go to SPRAM.
 CONV_SPEC = {
     "levels": [48, 96, 144, 192], "p": 0.75, "weight_bits": 1,
-    "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 16, 10], lanes=[2, 1, 2, 1, 2, 1],
+    "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 8, 10], lanes=[2, 1, 2, 1, 1, 1],
                                 weight_store=["rom", "rom", "ram", "rom", "ram", "rom"]),
              "ecp5-25k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 8, 1, 4, 4],
                               weight_store=["rom"] * 6)},

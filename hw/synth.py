@@ -17,6 +17,7 @@ with a one-line message naming the resource and a folding to try when the design
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -148,6 +149,22 @@ def _run(argv: list[str], cwd: Path, log_file: Path, stage: str, commands: list)
     if rc != 0:
         raise SynthError(f"{stage} failed (exit status {rc}); see {log_file}")
     return time.perf_counter() - t
+
+
+_UTIL_LINE = re.compile(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%")
+
+
+def packing_overflow(log: Path) -> str | None:
+    """``"5,418 ICESTORM_LC of 5,280"`` when nextpnr's log shows a resource over 100 % after
+    packing (LUTs and flip-flops that do not pair up into logic cells), else None."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    for name, used, total, _ in _UTIL_LINE.findall(text):
+        if int(used) > int(total):
+            return f"{int(used):,} {name} of {int(total):,}"
+    return None
 
 
 def _read_json(path: Path, stage: str) -> dict:
@@ -507,10 +524,20 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
         shutil.copyfile(board.constraints, work / board.constraints.name)
         device_args = [a for a in device_args if not a.endswith("allow-unconstrained")]
         device_args += ["--pcf", board.constraints.name, "--asc", f"{top}.asc"]
-    seconds["nextpnr"] = _run([nextpnr, *device_args, "--json", "netlist.json",
-                               "--freq", f"{freq:g}", "--seed", "1", "--timing-allow-fail",
-                               "--report", "nextpnr.json", "--log", "nextpnr.log", "-q"],
-                              work, work / "nextpnr.out", tg.nextpnr[0], commands)
+    try:
+        seconds["nextpnr"] = _run([nextpnr, *device_args, "--json", "netlist.json",
+                                   "--freq", f"{freq:g}", "--seed", "1", "--timing-allow-fail",
+                                   "--report", "nextpnr.json", "--log", "nextpnr.log", "-q"],
+                                  work, work / "nextpnr.out", tg.nextpnr[0], commands)
+    except SynthError:
+        over = packing_overflow(work / "nextpnr.log")
+        if over is None:
+            raise
+        hint = suggest_folding(ir, tg, used) if ir is not None else \
+            "use a smaller design or a larger target"
+        raise FitError(f"does not fit {tg.name} ({tg.device}): {over} after packing "
+                       f"(yosys counted {used.get('luts', 0):,} LUT4s and "
+                       f"{used.get('ffs', 0):,} flip-flops); {hint}")
     bitstream = None
     if board is not None:
         log(f"[4/{stages}] {target}: {board.packer} writes the bitstream {top}.bin")

@@ -151,3 +151,17 @@ def test_icebreaker_bitstream(tmp_path):
     assert r["bitstream"] == str(work / "icebreaker_top.bin")
     assert bits.find(b"\x7e\xaa\x99\x7e") in range(0, 16) and len(bits) == 104_090
     assert not list(work.glob("*.tmp"))
+
+
+def test_packing_overflow_reads_nextpnr_utilisation(tmp_path):
+    """A design whose LUTs and flip-flops do not pair up into logic cells fails in nextpnr's
+    placer; the utilisation lines name the resource that is over."""
+    from hw.synth import packing_overflow
+    log = tmp_path / "nextpnr.log"
+    log.write_text("Info: Device utilisation:\nInfo: \t         ICESTORM_LC:    5418/   5280   102%\n"
+                   "Info: \t        ICESTORM_RAM:      25/     30    83%\n"
+                   "ERROR: Failed to expand region (0, 0) |_> (25, 31) of 5418 ICESTORM_LCs\n")
+    assert packing_overflow(log) == "5,418 ICESTORM_LC of 5,280"
+    log.write_text("Info: \t         ICESTORM_LC:    4418/   5280    83%\n")
+    assert packing_overflow(log) is None
+    assert packing_overflow(tmp_path / "missing.log") is None
