@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -281,6 +281,39 @@ def _layer_cost(layer, target: Target, pe: int, lanes: int, store: str) -> dict:
     return cost
 
 
+_LUTS_PER_GATHER_BIT = 1.5   # a conv window's kept-input compaction, per lane x entry bit
+
+
+def _conv_cost(layer, target: Target, pe: int, lanes: int, store: str) -> dict:
+    """What one conv engine costs at ``pe`` filter lanes, ``lanes`` window channels a clock and
+    weight store ``store`` (the parts that change with them; :func:`_layer_cost` for dense)."""
+    q = layer.c_in * layer.kernel ** 2
+    width, depth = pe * layer.weight_bits, -(-layer.c_out // pe) * q
+    wb, acc = layer.weight_bits, layer.acc_bits
+    cost = {"luts": pe * acc * (_LUTS_PER_ACC_BIT + _LUTS_PER_ACC_BIT_WB * (wb - 1)),
+            "ffs": pe * (_FFS_PER_ACC_BIT * acc + wb), "bram": 0, "spram": 0}
+    if store == "rom":
+        cost["bram"] = _blocks(width, depth, target)
+    elif target.capacity["spram"]:
+        sw, sd = _SPRAM_SHAPE
+        cost["spram"] = -(-width // sw) * -(-depth // sd)
+    else:
+        cost["bram"] = -(-width // 16) * _blocks(16, depth, target)
+    qbits = (max(2, q) - 1).bit_length() + 1
+    cost["luts"] += _LUTS_PER_GATHER_BIT * lanes * lanes * qbits
+    cost["bram"] += lanes * _blocks(qbits, -(-q // lanes), target)
+    return cost
+
+
+def _conv_options(layer, target: Target) -> list[tuple]:
+    """(pe, lanes, store) for a conv layer: its own, halved, and the other store."""
+    pes = sorted({max(1, layer.pe >> k) for k in range(layer.pe.bit_length())}, reverse=True)
+    draws = [lanes for lanes in (16, 8, 4, 2, 1) if lanes <= layer.lanes]
+    stores = ["rom", "ram"] if target.capacity["spram"] or layer.weight_store == "ram" \
+        else ["rom"]
+    return [(p, d, s) for p in pes for d in draws for s in stores]
+
+
 def _options(layer, target: Target) -> list[tuple]:
     """(pe, lanes, store) a suggestion may choose for a layer: the IR's values, halved, and
     weights in RAM where the target has SPRAM."""
@@ -307,14 +340,25 @@ def _search(ir: IR, target: Target, used: dict):
     tables = []
     stages = {st.index: st for st in schedule.hw_stages(ir)}
     for i, layer in enumerate(ir.layers):
-        if layer.kind != "dense":
-            # Conv engines (and the pooling they compute) keep their folding here.
-            cyc = 0.0
-            if i in stages:
-                cyc = ir.samples * float(schedule.stage_cycles(
-                    stages[i], np.full(layer.n_in, layer.p)))
-            opt = (layer.pe, layer.lanes, "rom") if i in stages else (1, 1, "rom")
-            tables.append(([opt], np.array([[0.0] * len(_KEYS) + [cyc, 0]])))
+        if layer.kind == "pool":                  # computed by the conv engine before it
+            tables.append(([(1, 1, "rom")], np.zeros((1, len(_KEYS) + 2))))
+            continue
+        if layer.kind == "conv2d":
+            own = (layer.pe, layer.lanes, layer.weight_store)
+            base = _conv_cost(layer, target, *own)
+            rows = []
+            for opt in _conv_options(layer, target):
+                cost = _conv_cost(layer, target, *opt)
+                st = replace(stages[i], layer=replace(layer, pe=opt[0], lanes=opt[1],
+                                                      weight_store=opt[2]))
+                cyc = ir.samples * float(schedule.stage_cycles(st, np.full(layer.n_in, layer.p)))
+                changes = sum(a != b for a, b in zip(opt, own))
+                rows.append((opt, [cost[k] - base[k] for k in _KEYS] + [cyc, changes]))
+            vec = np.array([r[1] for r in rows], dtype=float)
+            keep = [n for n in range(len(rows))
+                    if not any((vec[j] <= vec[n]).all() and (vec[j] < vec[n]).any()
+                               for j in range(len(rows)))]
+            tables.append(([rows[n][0] for n in keep], vec[keep]))
             continue
         base = _layer_cost(layer, target, layer.pe, layer.lanes, layer.weight_store)
         rows = []
