@@ -281,6 +281,10 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.option("--lanes", default="1", show_default=True,
               help="Blank-out draws per clock per layer (1, 2, 4, 8 or 16): one value, or one "
                    "per layer. Changes the schedule, never the random stream.")
+@click.option("--simd", default="1", show_default=True,
+              help="Kept inputs each neuron group adds per clock (1, 2 or 4): one value, or one "
+                   "per layer. Needs as many weight-memory copies; a sampling layer's --lanes "
+                   "is raised to it. Changes the schedule, never a result.")
 @click.option("--weight-store", default="rom", show_default=True,
               help="Where each layer's weights live: rom (in the bitstream) or ram (loaded on "
                    "w_axis at start-up; SPRAM on iCE40). One value, or one per layer.")
@@ -291,19 +295,20 @@ def export(checkpoint, output, samples, no_sampling, fmt):
               help="Bits of the quantized keep probability.")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
-def compile_cmd(onnx_file, output, samples, pe, lanes, weight_store, seed, lfsr_width, p_bits,
-                name):
+def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, seed, lfsr_width,
+                p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). Conv nets compile to the IR only
     (one line on stderr says which layer has no hardware engine yet; exit status 0).
     """
     from nsm.flow import compile_to_dir
 
-    pes, draws = _int_list(pe), _int_list(lanes)
+    pes, draws, simds = _int_list(pe), _int_list(lanes), _int_list(simd)
     stores = [v.strip() for v in weight_store.split(",") if v.strip()]
-    ir = compile_to_dir(onnx_file, output, samples=samples, pe=pes[0] if len(pes) == 1 else pes,
-                        lanes=draws[0] if len(draws) == 1 else draws,
-                        weight_store=stores[0] if len(stores) == 1 else stores, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
+    one = lambda v: v[0] if len(v) == 1 else v      # noqa: E731
+    ir = compile_to_dir(onnx_file, output, samples=samples, pe=one(pes), lanes=one(draws),
+                        simd=one(simds), weight_store=one(stores), seed=seed,
+                        lfsr_width=lfsr_width, p_bits=p_bits, name=name)
     from hw.top import hardware_unsupported
     from nsm_export import schedule
     first = (f"{ir.input.size}x{ir.input.levels}" if ir.input.encoding == "thermometer"

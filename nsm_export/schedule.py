@@ -11,19 +11,27 @@ import numpy as np
 
 from .ir import IR, DenseLayer
 
-__all__ = ["layer_cycles", "encode_cycles", "pipeline_end", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
+__all__ = ["layer_cycles", "group_overhead", "encode_cycles", "pipeline_end", "latency_cycles",
+           "cycles_per_inference", "expected_latency_cycles",
            "expected_cycles_per_inference", "dense_bound"]
 
 GROUP_OVERHEAD = 4      # three drain cycles and one write cycle per neuron group
+TREE_STAGE = 1          # simd > 1: the registered adder tree adds one drain cycle
 MASK_FLUSH = 3          # the draw-lookup-write pipeline of a sampling layer empties
+
+
+def group_overhead(simd: int) -> int:
+    """Drain and write cycles per neuron group."""
+    return GROUP_OVERHEAD + (TREE_STAGE if simd > 1 else 0)
 
 
 def layer_cycles(layer: DenseLayer, kept):
     """Cycles for one sample with ``kept`` inputs kept (array-friendly):
-    IDLE + MASK (sampling layers: ``lanes`` draws per cycle) + per group (kept + drain + write)."""
+    IDLE + MASK (sampling layers: ``lanes`` draws per cycle) + per group (``ceil(kept / simd)``
+    beats of ``simd`` kept inputs + drain + write)."""
     mask = -(-layer.n_in // layer.lanes) + MASK_FLUSH if layer.sampling else 0
     return 1 + mask \
-        + layer.groups * (kept + GROUP_OVERHEAD)
+        + layer.groups * (-(-kept // layer.simd) + group_overhead(layer.simd))
 
 
 def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
@@ -99,7 +107,8 @@ def expected_cycles_per_inference(ir: IR) -> float:
 
 
 def dense_bound(ir: IR) -> float:
-    """Cycles a dense schedule needs at best: T x synaptic operations / adder lanes."""
+    """Cycles a dense schedule needs at best: T x synaptic operations / adder lanes
+    (``pe x simd`` per layer)."""
     ops = sum(layer.n_in * layer.n_out for layer in ir.layers)
-    lanes = sum(layer.pe for layer in ir.layers)
+    lanes = sum(layer.pe * layer.simd for layer in ir.layers)
     return ir.samples * ops / lanes
