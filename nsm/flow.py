@@ -22,16 +22,42 @@ __all__ = ["compile_to_dir", "load_build", "simulate", "synthesize", "run_on_boa
 SIM_SUMMARY = Path("sim") / "summary.json"
 
 
-def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
+FOLD_KEYS = ("pe", "lanes", "simd", "weight_store")
+
+
+def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
+                   throughput: float | None = None, clock_mhz: float | None = None,
+                   **kw) -> irmod.IR:
     """ONNX → IR + Verilog in ``out_dir``; nothing is written unless every step succeeds.
+
+    With ``target``, the folding (``pe``, ``lanes``, ``simd``, ``weight_store`` per layer) is
+    chosen by :func:`hw.synth.choose_folding` for ``throughput`` inferences/s at ``clock_mhz``
+    (or the fastest that fits); of these only the ones given in ``kw`` are kept as given. The
+    choice and its one-line summary go into ``ir.source["folding"]``.
 
     An IR the hardware generator cannot build yet (conv or pool layers:
     :func:`hw.top.hardware_unsupported` says why) is written without Verilog.
     """
     from hw.integration import fusesoc_core, instantiation_template
+    from hw.synth import SynthError, choose_folding
     from hw.top import generate_verilog, hardware_unsupported
 
-    ir = compile_file(onnx_file, **kw)
+    if target is None and (throughput is not None or clock_mhz is not None):
+        raise SynthError("--throughput and --clock-mhz need --target (the device to fold for)")
+    given = [k for k in FOLD_KEYS if kw.get(k) is not None]
+    ir = compile_file(onnx_file, **{k: v for k, v in kw.items() if v is not None})
+    if target is not None:
+        fixed = [{k: getattr(layer, k) for k in given} for layer in ir.layers]
+        fold = choose_folding(ir, target, throughput, clock_mhz, fixed)
+        for layer, choice in zip(ir.layers, fold.layers):
+            for k, v in zip(FOLD_KEYS, choice):
+                setattr(layer, k, v)
+        ir.validate()
+        ir.source["folding"] = {"target": target, "throughput": throughput,
+                                "clock_mhz": fold.clock_mhz, "given": given,
+                                "estimate": fold.estimate,
+                                "cycles_per_inference": fold.cycles_per_inference,
+                                "summary": fold.summary}
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise irmod.IRError(f"{out_dir}: exists and is not a directory")

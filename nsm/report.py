@@ -203,10 +203,12 @@ def resource_rows(ir: irmod.IR) -> list[dict]:
     """Per layer, from the IR: sizes, widths, folding and the two memories that grow with the
     network (weights: one ``pe``-lane word per neuron group and input; thresholds or biases: one
     word per group; at least two words deep, padding lanes included, as ``hw.dense`` builds
-    them). The small per-layer buffers (kept-input index, input spikes) are not counted."""
+    them; ``simd`` copies of the weights). The small per-layer buffers (kept-input index, input
+    spikes) are not counted."""
     rows = []
     for i, layer in enumerate(ir.layers):
         weights = (layer.pe * layer.weight_bits, max(2, layer.groups * layer.n_in))
+        copies = layer.simd
         offsets = (layer.pe * layer.offset_bits, max(2, layer.groups))
         rows.append({
             "layer": i, "kind": "output" if layer.output else "hidden",
@@ -215,15 +217,17 @@ def resource_rows(ir: irmod.IR) -> list[dict]:
             "weight_bits_total": layer.n_in * layer.n_out * layer.weight_bits,
             "p": layer.p, "p_num": layer.p_num, "p_bits": layer.p_bits,
             "pe": layer.pe, "groups": layer.groups, "draw_lanes": layer.lanes,
+            "simd": layer.simd,
             "weight_store": layer.weight_store,
             "acc_bits": layer.acc_bits, "offset_bits": layer.offset_bits,
             "lane_acc_bits": layer.pe * layer.acc_bits,
             "lfsr_width": layer.rng.width if layer.rng else None,
             "memories": {"weights": {"width": weights[0], "depth": weights[1],
-                                     "bits": weights[0] * weights[1]},
+                                     "copies": copies,
+                                     "bits": copies * weights[0] * weights[1]},
                          "thresholds": {"width": offsets[0], "depth": offsets[1],
                                         "bits": offsets[0] * offsets[1]}},
-            "memory_bits": weights[0] * weights[1] + offsets[0] * offsets[1],
+            "memory_bits": copies * weights[0] * weights[1] + offsets[0] * offsets[1],
         })
     return rows
 
@@ -550,12 +554,14 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     rows = []
     for r in d["resources"]:
         w, o = r["memories"]["weights"], r["memories"]["thresholds"]
-        mem = (f"weights {w['width']}×{w['depth']} "
+        copies = w.get("copies", 1)
+        mem = (f"weights {f'{copies} × ' if copies > 1 else ''}{w['width']}×{w['depth']} "
                f"{'RAM, loaded at start-up' if r['weight_store'] == 'ram' else 'ROM'}, "
                f"thresholds {o['width']}×{o['depth']}")
         rows.append([str(r["layer"]), r["kind"], f"{r['n_in']:,} → {r['n_out']:,}",
                      str(r["weight_bits"]), f"{r['p_num']}/2^{r['p_bits']} = {r['p']:.4g}",
-                     f"{r['pe']} × {r['groups']}",
+                     f"{r['pe']} × {r['groups']}"
+                     + (f", simd {r['simd']}" if r.get("simd", 1) > 1 else ""),
                      str(r["draw_lanes"]) if r["lfsr_width"] else "—", f"{r['weight_bits_total']:,}",
                      f"{r['memory_bits']:,} ({mem})", f"{r['acc_bits']} / {r['offset_bits']}",
                      str(r["lfsr_width"] or "—")])
@@ -568,11 +574,13 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
                              "memory bits (width×depth)", "acc / threshold bits", "LFSR bits"],
                             rows))
     sec.blocks.append("pe × groups is the folding: `pe` adder lanes work on one group of "
-                      "neurons at a time; draws / clock is how many blank-out bits a sampling "
+                      "neurons at a time, `simd` kept inputs a cycle (1 where not shown); "
+                      "draws / clock is how many blank-out bits a sampling "
                       "layer draws per cycle. Memory bits count the weight memory (one "
-                      "`pe`-lane word per group and input: in the bitstream as ROM, or RAM "
-                      "loaded through `w_axis` at start-up) and the threshold ROM, padding lanes "
-                      "included; the small kept-input and spike buffers are not counted.")
+                      "`pe`-lane word per group and input, `simd` copies: in the bitstream as "
+                      "ROM, or RAM loaded through `w_axis` at start-up) and the threshold ROM, "
+                      "padding lanes included; the small kept-input and spike buffers are not "
+                      "counted.")
     synth = d["synth"]
     if synth:
         rows = []

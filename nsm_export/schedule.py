@@ -55,7 +55,8 @@ def pipeline_end(ir: IR, durations) -> float:
     code, the encoder's code for ``t``; engine ``i > 0``: engine ``i - 1`` ended sample ``t``)
     and its previous output has been taken (engine ``i + 1`` started sample ``t - 1`` at least
     a cycle earlier). The stochastic encoder runs ``size + 3`` cycles per sample and waits for
-    engine 0 to end the previous sample (they share the spike memory)."""
+    engine 0 to end the previous sample (they share the spike memory). Durations may be numpy
+    arrays (one schedule per element, as the folding search uses)."""
     T, L = ir.samples, len(ir.layers)
     start = [[0.0] * T for _ in range(L)]
     end = [[0.0] * T for _ in range(L)]
@@ -63,15 +64,15 @@ def pipeline_end(ir: IR, durations) -> float:
     enc_end = 0.0
     for t in range(T):
         if enc:
-            enc_end = max(enc_end, end[0][t - 1] if t else 0.0) + enc
+            enc_end = np.maximum(enc_end, end[0][t - 1] if t else 0.0) + enc
         for i in range(L):
             s = enc_end if i == 0 else end[i - 1][t]
             if t:
-                s = max(s, end[i][t - 1])
+                s = np.maximum(s, end[i][t - 1])
                 if i < L - 1:
-                    s = max(s, start[i + 1][t - 1] + 1)
+                    s = np.maximum(s, start[i + 1][t - 1] + 1)
             start[i][t] = s
-            end[i][t] = s + float(durations[i][t])
+            end[i][t] = s + np.asarray(durations[i][t], dtype=float)
     return end[L - 1][T - 1]
 
 
@@ -95,15 +96,17 @@ def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     return ir.input.size + latency_cycles(ir, masks) + 1
 
 
-def expected_latency_cycles(ir: IR) -> float:
+def expected_latency_cycles(ir: IR, durations=None) -> float:
     """Latency with every layer keeping its mean ``p * n_in`` inputs each sample, through the
-    same pipeline schedule (an estimate: the mean of a maximum is not the maximum of means)."""
-    durations = [[layer_cycles(layer, layer.p * layer.n_in)] * ir.samples for layer in ir.layers]
-    return pipeline_end(ir, durations) + argmax_cycles(ir)
+    same pipeline schedule (an estimate: the mean of a maximum is not the maximum of means).
+    ``durations``: per layer, the cycles of one such sample (default: the IR's folding)."""
+    if durations is None:
+        durations = [layer_cycles(layer, layer.p * layer.n_in) for layer in ir.layers]
+    return pipeline_end(ir, [[d] * ir.samples for d in durations]) + argmax_cycles(ir)
 
 
-def expected_cycles_per_inference(ir: IR) -> float:
-    return ir.input.size + expected_latency_cycles(ir) + 1
+def expected_cycles_per_inference(ir: IR, durations=None) -> float:
+    return ir.input.size + expected_latency_cycles(ir, durations) + 1
 
 
 def dense_bound(ir: IR) -> float:
