@@ -201,7 +201,7 @@ class DenseEngine(wiring.Component):
             # SB_SPRAM256KA (Amaranth memories always carry an initial value, which SPRAM lacks).
             # Every copy takes the same beats while loading.
             beats = word_beats(L)
-            beat = Signal(range(beats))
+            beat = Signal(range(max(2, beats)))     # no 0-bit signal: yosys writes [-1:0]
             wdatas = []
             for k in range(S):
                 slices = []
