@@ -7,6 +7,9 @@ One record per (network, target, design) in ``benchmarks/results/hardware.json``
   the cycle model's mean over the blank-out draws (``schedule.expected_cycles_per_inference``,
   which tests check against simulation image by image); ``dense_bound_ratio`` is that over the
   dense bound ``T x synaptic operations / adder lanes`` (``schedule.dense_bound``).
+* ``design: nsm-simd``: the same NSM core with parallel inputs (``simd``) at the folding in
+  ``NETWORKS[...]["nsm-simd"]``: as many adds per clock as ``nsm`` with fewer neuron lanes
+  (iCE40, where the SPRAM's width caps ``pe x simd``), or twice as many (ECP5).
 * ``design: mac``: the int8 MAC reference (``hw.mac``): same layer sizes, int8 weights, 8-bit
   pixels and 8-bit ReLU activations, one deterministic pass (``samples: 1``), ``pe`` multipliers
   shared by the layers; ``cycles_per_inference`` is exact (``mac_cycles_per_inference``) and
@@ -58,6 +61,9 @@ NETWORKS = {
         "sizes": [784, 128, 10], "weight_bits": 1, "p": [0.75, 0.75], "pe": [64, 10],
         "lanes": [4, 4], "weight_store": {"ice40-up5k": ["ram", "rom"], "ecp5-25k": ["ram", "rom"]},
         "mac": {"ice40-up5k": (8, ["ram", "rom"]), "ecp5-25k": (8, ["rom", "rom"])},
+        # Layer 0's weights take all 4 SPRAM at pe 64 (64-bit words): simd 2 halves pe there.
+        "nsm-simd": {"ice40-up5k": {"pe": [32, 10], "simd": [2, 1]},
+                     "ecp5-25k": {"pe": [64, 10], "simd": [2, 1]}},
     },
 }
 CONV = "fmnist-conv-32c5-p2-64c5-p2-512-10"
@@ -78,7 +84,7 @@ CONV_MAC_NOTE = ("the int8 MAC reference (hw/mac.py) has dense layers only, so n
                  "is built for the conv net")
 
 
-def nsm_ir(spec: dict, target: str, T: int, seed: int = 0):
+def nsm_ir(spec: dict, target: str, T: int, seed: int = 0, variant: str = "nsm"):
     rng = np.random.default_rng(seed)
     sizes, wb = spec["sizes"], spec["weight_bits"]
     layers = []
@@ -86,8 +92,10 @@ def nsm_ir(spec: dict, target: str, T: int, seed: int = 0):
         q = 1 if wb == 1 else (1 << (wb - 1)) - 1
         w = rng.choice([-1, 1], (n_out, n_in)) if wb == 1 else rng.integers(-q, q + 1, (n_out, n_in))
         layers.append(IntLayer(w, rng.integers(-8, 9, n_out), p, wb))
-    return build_ir(layers, input_size=sizes[0], input_threshold=128, samples=T, pe=spec["pe"],
-                    lanes=spec["lanes"], weight_store=spec["weight_store"][target])
+    fold = spec[variant][target] if variant != "nsm" else {}
+    return build_ir(layers, input_size=sizes[0], input_threshold=128, samples=T,
+                    pe=fold.get("pe", spec["pe"]), lanes=spec["lanes"],
+                    simd=fold.get("simd", 1), weight_store=spec["weight_store"][target])
 
 
 def conv_ir(target: str, T: int, seed: int = 0):
@@ -135,18 +143,20 @@ def main(argv=None) -> int:
                     help="Only this network (repeatable); default: all.")
     ap.add_argument("--target", action="append", choices=TARGETS,
                     help="Only this target (repeatable); default: all.")
-    ap.add_argument("--design", action="append", choices=["nsm", "mac"],
-                    help="Only this design (repeatable); default: both.")
+    ap.add_argument("--design", action="append", choices=["nsm", "nsm-simd", "mac"],
+                    help="Only this design (repeatable); default: all.")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-hardware")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "hardware.json")
     a = ap.parse_args(argv)
     nets = a.network or [*NETWORKS, CONV]
-    targets, designs = a.target or TARGETS, a.design or ["nsm", "mac"]
+    targets, designs = a.target or TARGETS, a.design or ["nsm", "nsm-simd", "mac"]
     records = []
     for name in nets:
         for target in targets:
             for design in designs:
                 rec = {"network": name, "target": target, "design": design}
+                if design == "nsm-simd" and design not in NETWORKS.get(name, {}):
+                    continue
                 if name == CONV and design == "mac":
                     rec.update(samples=1, layers="32c5-p2-64c5-p2-512-10", fits=None,
                                note=CONV_MAC_NOTE)
@@ -169,15 +179,16 @@ def main(argv=None) -> int:
                     spec = NETWORKS[name]
                     work = a.work / name / design
                     work.mkdir(parents=True, exist_ok=True)
-                    if design == "nsm":
-                        ir = nsm_ir(spec, target, a.samples)
-                        vfile = work / f"nsm-{target}.v"
+                    if design.startswith("nsm"):
+                        ir = nsm_ir(spec, target, a.samples, variant=design)
+                        vfile = work / f"{design}-{target}.v"
                         vfile.write_text(generate_verilog(ir))
                         cycles = schedule.expected_cycles_per_inference(ir)
                         rec.update(samples=ir.samples, layers=spec["sizes"],
                                    weight_bits=spec["weight_bits"],
                                    pe=[lay.pe for lay in ir.layers],
                                    lanes=[lay.lanes for lay in ir.layers],
+                                   simd=[lay.simd for lay in ir.layers],
                                    weight_store=[lay.weight_store for lay in ir.layers],
                                    cycles_per_inference=round(cycles, 1),
                                    dense_bound_ratio=round(cycles / schedule.dense_bound(ir), 3))

@@ -13,10 +13,14 @@ only. Schedule for one sample (mirrored by :mod:`nsm_export.schedule`, checked i
             cycles flush the draw-lookup-write pipeline.
             Without sampling every input is kept and no index memory exists.
 then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs:
-``ACC``     ``K`` cycles, a four-stage pipeline: read the index (and spike) of the ``k``-th
-            kept input; register its weight address (group base + index); read its weight
-            word (``pe`` lanes); add ``+w`` or ``-w`` per lane.
-``DRAIN``   3 cycles: the last three kept inputs leave the pipeline.
+``ACC``     ``ceil(K / simd)`` cycles, a four-stage pipeline: read the indices (and spikes) of
+            ``simd`` consecutive kept inputs (one from each of ``simd`` index banks; the
+            missing ones of a partial last beat are masked); register their weight addresses
+            (group base + index); read their weight words (``pe`` lanes each, from ``simd``
+            copies of the weight memory); add ``+w`` or ``-w`` per lane. With ``simd > 1``
+            the ``simd`` signed words of a lane are first summed by an adder tree into a
+            register, one more stage.
+``DRAIN``   3 cycles (4 with ``simd > 1``): the last beats leave the pipeline.
 ``WRITE``   1 cycle: hidden layers compare ``acc >= threshold`` and shift ``pe`` spikes into the
             output register; the output layer adds ``acc + bias`` to its class scores.
             ``done`` is high in the last group's ``WRITE``.
@@ -124,7 +128,7 @@ def load_beats(layer) -> list[int]:
 
 
 class DenseEngine(wiring.Component):
-    """One dense NSM layer, folded over ``layer.pe`` neuron lanes.
+    """One dense NSM layer, folded over ``layer.pe`` neuron lanes and ``layer.simd`` inputs.
 
     Parameters
     ----------
@@ -218,34 +222,45 @@ class DenseEngine(wiring.Component):
         w_init, o_init = memory_words(L)
 
         # Depth at least 2: a one-word memory has a 0-bit address, which yosys writes as [-1:0].
+        # ``simd`` kept inputs a cycle: ``simd`` copies of the weight memory (block RAMs have
+        # one read port), copy ``k`` read at the address of the beat's ``k``-th entry.
+        S = L.simd
+        ss = S.bit_length() - 1                            # simd is a power of two
         ram = L.weight_store == "ram"
         depth = max(2, len(w_init))
-        waddr = Signal(range(depth))
+        waddrs = [Signal(range(depth), name=f"waddr{k}") for k in range(S)]
         if ram:
             # One uninitialized single-port RAM per 16-bit slice of the word (RAM16_MODULE),
             # written only while loading and read otherwise: what synth_ice40 -spram maps to
             # SB_SPRAM256KA (Amaranth memories always carry an initial value, which SPRAM lacks).
+            # Every copy takes the same beats while loading.
             beats = word_beats(L)
-            beat = Signal(range(beats))
-            slices = []
-            for b in range(beats):
-                rdata = Signal(LOAD_BEAT_BITS, name=f"wram{b}_rdata")
-                m.submodules[f"wram{b}"] = Instance(
-                    RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddr), i_clk=ClockSignal(),
-                    i_addr=waddr, i_we=self.load_en & self.loading & (beat == b),
-                    i_wdata=self.load_data, o_rdata=rdata)
-                slices.append(rdata)
-            wdata = Cat(*slices)
+            beat = Signal(range(max(2, beats)))     # no 0-bit signal: yosys writes [-1:0]
+            wdatas = []
+            for k in range(S):
+                slices = []
+                for b in range(beats):
+                    name = f"wram{b}" if S == 1 else f"wram{k}_{b}"
+                    rdata = Signal(LOAD_BEAT_BITS, name=f"{name}_rdata")
+                    m.submodules[name] = Instance(
+                        RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddrs[k]), i_clk=ClockSignal(),
+                        i_addr=waddrs[k], i_we=self.load_en & self.loading & (beat == b),
+                        i_wdata=self.load_data, o_rdata=rdata)
+                    slices.append(rdata)
+                wdatas.append(Cat(*slices))
             laddr = Signal(range(depth))
             with m.If(self.load_en & self.loading):
                 m.d.sync += beat.eq(beat + 1)
                 with m.If(beat == beats - 1):
                     m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
         else:
-            m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=depth, init=w_init)
-            wport = wmem.read_port()
-            m.d.comb += wport.addr.eq(waddr)
-            wdata = wport.data
+            wdatas = []
+            for k in range(S):
+                wmem = memory.Memory(shape=pe * wb, depth=depth, init=w_init)
+                m.submodules["wmem" if S == 1 else f"wmem{k}"] = wmem
+                wport = wmem.read_port()
+                m.d.comb += wport.addr.eq(waddrs[k])
+                wdatas.append(wport.data)
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()
@@ -283,12 +298,12 @@ class DenseEngine(wiring.Component):
         c = Signal(range(n_in + 1))            # ACC: position in the kept list
         g = Signal(range(G + 1))
         base = Signal(range(G * n_in + 1))     # g * n_in, the group's first weight address
-        v1 = Signal()                          # stage 1 (index known) valid
-        va = Signal()                          # stage 1b (weight address registered) valid
-        za = Signal()
-        addr = Signal(range(depth))
-        v2 = Signal()                          # stage 2 (weight word known) valid
-        z2 = Signal()                          # the spike that goes with the stage-2 word
+        # Per entry k of a beat: stage 1 (index known) valid; stage 1b (weight address
+        # registered) valid and spike; stage 2 (weight word known) valid and spike.
+        v1 = Signal(S)
+        va, za = Signal(S), Signal(S)
+        addrs = [Signal(range(depth), name=f"addr{k}") for k in range(S)]
+        v2, z2 = Signal(S), Signal(S)
         accs = [Signal(signed(L.acc_bits), name=f"acc{k}") for k in range(pe)]
 
         if L.sampling:
@@ -351,43 +366,76 @@ class DenseEngine(wiring.Component):
                 row_c = Signal(len(wp.addr), name=f"wrow{b}")
                 m.d.sync += [en_c.eq(Cat(*sel).any()), data_c.eq(data), row_c.eq(row)]
                 m.d.comb += [wp.en.eq(en_c), wp.data.eq(data_c), wp.addr.eq(row_c)]
-            csel = Signal(max(1, sh))
+            # A beat's entries c .. c+S-1 (c a multiple of S <= lanes) sit in one row of banks
+            # (c % lanes) .. (c % lanes) + S - 1: entry k comes from a bank b with b % S == k.
+            csel = Signal(max(1, sh - ss))
             for _, rp in banks:
                 m.d.comb += rp.addr.eq(c >> sh)
-            if sh:
-                m.d.sync += csel.eq(c[:sh])
-                entry = Array(rp.data for _, rp in banks)[csel]
+            if sh > ss:
+                m.d.sync += csel.eq(c[ss:sh])
+                entries = [Array(rp.data for _, rp in banks[k::S])[csel] for k in range(S)]
             else:
-                entry = banks[0][1].data
+                entries = [banks[k][1].data for k in range(S)]
             m.d.comb += [rng.reseed.eq(self.reseed), rng.run_seed.eq(self.seed)]
-            idx = entry[:ibits]
-            z1 = entry[ibits]
+            idxs = [e[:ibits] for e in entries]
+            z1 = Cat(*[e[ibits] for e in entries])
         else:
-            idx = Signal(range(max(2, n_in)))
-            z1 = Signal()
-            m.d.sync += idx.eq(c)
+            # Every input is kept: entry c + k is input c + k (c a multiple of S, so the low
+            # bits are k and no adder is needed).
+            cbeat = Signal(range(max(2, -(-n_in // S))))
+            m.d.sync += cbeat.eq(c >> ss)
+            idxs = [Cat(Const(k, ss), cbeat) if ss else cbeat for k in range(S)]
+            z1 = Signal(S)
             if spkmem is None:
-                m.d.sync += z1.eq(spk_in.bit_select(c, 1))
+                beats_in = -(-n_in // S)
+                spk_pad = Cat(spk_in, Const(0, beats_in * S - n_in)) if beats_in * S > n_in \
+                    else spk_in
+                m.d.sync += z1.eq(spk_pad.word_select(c >> ss, S) if beats_in > 1 else spk_pad)
             else:
                 bit = Signal(SPIKE_WORD_BITS)
                 m.d.comb += [spk_read((c >> SPIKE_WORD_BITS)[:len(self.spk_addr)]),
-                             z1.eq(spk_rd.data.bit_select(bit, 1))]
+                             z1.eq(spk_rd.data.word_select(bit[ss:], S))]
                 m.d.sync += bit.eq(c[:SPIKE_WORD_BITS])
             m.d.comb += [kept.eq(n_in), klast.eq(n_in - 1)]
 
-        # Stage 1: the index is known; register the weight address (no adder in front of the
-        # memory) and the spike. Stage 1b: fetch the weight word.
-        m.d.sync += [va.eq(v1), za.eq(z1), addr.eq(base + idx), v2.eq(va), z2.eq(za)]
-        m.d.comb += [waddr.eq(Mux(self.loading, laddr, addr) if ram else addr),
-                     oport.addr.eq(g)]
-        # Stage 2: the weight word is here; add it with the spike's sign.
-        with m.If(v2):
-            for k in range(pe):
-                if wb == 1:
-                    w = Mux(wdata[k], Const(1, signed(2)), Const(-1, signed(2)))
-                else:
-                    w = wdata[k * wb:(k + 1) * wb].as_signed()
-                m.d.sync += accs[k].eq(accs[k] + Mux(z2, w, -w))
+        # Stage 1: the indices are known; register the weight addresses (no adder in front of
+        # the memory) and the spikes. Stage 1b: fetch the weight words.
+        m.d.sync += [va.eq(v1), za.eq(z1), v2.eq(va), z2.eq(za)]
+        for k in range(S):
+            m.d.sync += addrs[k].eq(base + idxs[k])
+            m.d.comb += waddrs[k].eq(Mux(self.loading, laddr, addrs[k]) if ram else addrs[k])
+        m.d.comb += oport.addr.eq(g)
+
+        def term(k, lane):
+            """Entry k's signed weight for ``lane``, with its spike's sign (stage 2)."""
+            data = wdatas[k]
+            if wb == 1:
+                w = Mux(data[lane], Const(1, signed(2)), Const(-1, signed(2)))
+            else:
+                w = data[lane * wb:(lane + 1) * wb].as_signed()
+            return Mux(z2[k], w, -w)
+
+        if S == 1:
+            # Stage 2: the weight word is here; add it with the spike's sign.
+            with m.If(v2[0]):
+                for lane in range(pe):
+                    m.d.sync += accs[lane].eq(accs[lane] + term(0, lane))
+        else:
+            # Stage 2: sum the beat's words per lane (masked entries add 0) into a register;
+            # stage 3: add the sum.
+            wmax = 1 if wb == 1 else (1 << (wb - 1)) - 1
+            tree = [Signal(range(-S * wmax, S * wmax + 1), name=f"tree{lane}")
+                    for lane in range(pe)]
+            v3 = Signal()
+            m.d.sync += v3.eq(v2.any())
+            for lane in range(pe):
+                terms = [Mux(v2[k], term(k, lane), 0) for k in range(S)]
+                while len(terms) > 1:
+                    terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
+                m.d.sync += tree[lane].eq(terms[0])
+            with m.If(v3):
+                for lane in range(pe):
+                    m.d.sync += accs[lane].eq(accs[lane] + tree[lane])
 
         lane_off = [oport.data[k * L.offset_bits:(k + 1) * L.offset_bits].as_signed()
                     for k in range(pe)]
@@ -441,15 +489,19 @@ class DenseEngine(wiring.Component):
                     with m.Else():
                         m.next = "ACC"
             with m.State("ACC"):
-                m.d.sync += [v1.eq(1), c.eq(c + 1)]
-                with m.If(c == klast):
+                # The beat holding entry K - 1 is the last; its entries past K - 1 are masked.
+                final = c[ss:] == klast[ss:]
+                m.d.sync += [v1.eq(Cat(*[~final | (Const(k, ss) <= klast[:ss]) if k else 1
+                                         for k in range(S)])),
+                             c.eq(c + S)]
+                with m.If(final):
                     m.d.sync += c.eq(0)
                     m.next = "DRAIN1"
-            with m.State("DRAIN1"):
-                m.next = "DRAIN2"
-            with m.State("DRAIN2"):
-                m.next = "DRAIN3"
-            with m.State("DRAIN3"):
+            drains = 3 if S == 1 else 4
+            for d in range(1, drains):
+                with m.State(f"DRAIN{d}"):
+                    m.next = f"DRAIN{d + 1}"
+            with m.State(f"DRAIN{drains}"):
                 # ``done`` is a register (high in the last group's WRITE), so the top's state
                 # logic does not wait for this engine's group comparison.
                 m.d.sync += last.eq(g == G - 1)

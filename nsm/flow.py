@@ -22,9 +22,42 @@ __all__ = ["compile_to_dir", "write_build", "load_build", "simulate", "synthesiz
 SIM_SUMMARY = Path("sim") / "summary.json"
 
 
-def compile_to_dir(onnx_file: Path, out_dir: Path, **kw) -> irmod.IR:
-    """ONNX → IR + Verilog in ``out_dir`` (:func:`write_build`)."""
-    return write_build(compile_file(onnx_file, **kw), out_dir)
+FOLD_KEYS = ("pe", "lanes", "simd", "weight_store")
+
+
+def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
+                   throughput: float | None = None, clock_mhz: float | None = None,
+                   **kw) -> irmod.IR:
+    """ONNX → IR + Verilog in ``out_dir`` (:func:`write_build`).
+
+    With ``target``, the folding (``pe``, ``lanes``, ``simd``, ``weight_store`` per layer) is
+    chosen by :func:`hw.synth.choose_folding` for ``throughput`` inferences/s at ``clock_mhz``
+    (or the fastest that fits); of these only the ones given in ``kw`` are kept as given. The
+    choice and its one-line summary go into ``ir.source["folding"]``.
+    """
+    from hw.synth import SynthError, choose_folding
+
+    if target is None and (throughput is not None or clock_mhz is not None):
+        raise SynthError("--throughput and --clock-mhz need --target (the device to fold for)")
+    given = [k for k in FOLD_KEYS if kw.get(k) is not None]
+    ir = compile_file(onnx_file, **{k: v for k, v in kw.items() if v is not None})
+    if target is not None:
+        fixed = [{k: getattr(layer, k) for k in given if hasattr(layer, k)}
+                 for layer in ir.layers]
+        fold = choose_folding(ir, target, throughput, clock_mhz, fixed)
+        for layer, choice in zip(ir.layers, fold.layers):
+            if layer.kind == "pool":
+                continue
+            for k, v in zip(FOLD_KEYS, choice):
+                if hasattr(layer, k) and not (k == "simd" and layer.kind == "conv2d"):
+                    setattr(layer, k, v)
+        ir.validate()
+        ir.source["folding"] = {"target": target, "throughput": throughput,
+                                "clock_mhz": fold.clock_mhz, "given": given,
+                                "estimate": fold.estimate,
+                                "cycles_per_inference": fold.cycles_per_inference,
+                                "summary": fold.summary}
+    return write_build(ir, out_dir)
 
 
 def write_build(ir: irmod.IR, out_dir: Path) -> irmod.IR:

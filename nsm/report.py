@@ -205,8 +205,8 @@ def lfsr_statistics(ir: irmod.IR, masks: list[np.ndarray]) -> list[dict]:
     return list(rows.values())
 
 
-def _memory(width: int, depth: int) -> dict:
-    return {"width": width, "depth": depth, "bits": width * depth}
+def _memory(width: int, depth: int, copies: int = 1) -> dict:
+    return {"width": width, "depth": depth, "copies": copies, "bits": copies * width * depth}
 
 
 def _shape(shape) -> str:
@@ -258,10 +258,12 @@ def resource_rows(ir: irmod.IR) -> list[dict]:
                        double_buffered=i in fed_by_conv, draw_lanes=1,
                        channel_lanes=layer.lanes)
         else:
+            # simd copies of the weight memory, one read port each
             mems = {"weights": _memory(layer.pe * layer.weight_bits,
-                                       max(2, layer.groups * layer.n_in)),
+                                       max(2, layer.groups * layer.n_in), layer.simd),
                     "thresholds": _memory(layer.pe * layer.offset_bits, max(2, layer.groups))}
-            row.update(kind="output" if layer.output else "hidden", draw_lanes=layer.lanes)
+            row.update(kind="output" if layer.output else "hidden", draw_lanes=layer.lanes,
+                       simd=layer.simd)
         weights = int(layer.weights.size)
         row.update({
             "weight_bits": layer.weight_bits, "weights": weights,
@@ -553,7 +555,8 @@ def _resource_cells(r: dict) -> list[str]:
     mems = r["memories"]
     w, o = mems["weights"], mems["thresholds"]
     store = "RAM, loaded at start-up" if r["weight_store"] == "ram" else "ROM"
-    parts = [f"weights {w['width']}×{w['depth']} {store}",
+    copies = f"{w['copies']} × " if w.get("copies", 1) > 1 else ""
+    parts = [f"weights {copies}{w['width']}×{w['depth']} {store}",
              f"thresholds {o['width']}×{o['depth']}"]
     if r["kind"] == "conv2d":
         m = mems["map"]
@@ -567,7 +570,8 @@ def _resource_cells(r: dict) -> list[str]:
         fold = f"{r['pe']} × {r['groups']}, {n} channel{'s' if n > 1 else ''} / clock"
     else:
         kind, sizes = r["kind"], f"{r['n_in']:,} → {r['n_out']:,}"
-        fold = f"{r['pe']} × {r['groups']}"
+        fold = f"{r['pe']} × {r['groups']}" + (f", simd {r['simd']}" if r.get("simd", 1) > 1
+                                               else "")
     return [str(r["layer"]), kind, sizes, str(r["weight_bits"]),
             f"{r['p_num']}/2^{r['p_bits']} = {r['p']:.4g}", fold,
             str(r["draw_lanes"]) if r["lfsr_width"] else "—", f"{r['weight_bits_total']:,}",
@@ -652,9 +656,11 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
                              "memory bits (width×depth)", "acc / threshold bits", "LFSR bits"],
                             rows))
     sec.blocks.append("pe × groups is the folding: `pe` adder lanes work on one group of "
-                      "neurons (conv: filters) at a time; draws / clock is how many blank-out "
+                      "neurons (conv: filters) at a time, `simd` kept inputs a cycle (1 where "
+                      "not shown); draws / clock is how many blank-out "
                       "bits a sampling layer draws per cycle. Memory bits count the weight "
-                      "memory (one `pe`-lane word per group and input, for a conv layer per "
+                      "memory (one `pe`-lane word per group and input, `simd` copies; for a "
+                      "conv layer per "
                       "group and window input `c_in·k²`: in the bitstream as ROM, or RAM loaded "
                       "through `w_axis` at start-up) and the threshold ROM, padding lanes "
                       "included; for a conv layer also its input map (one `c_in`-bit word per "

@@ -89,10 +89,12 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
              lfsr_width: int = DEFAULT_LFSR_WIDTH, pixel_bits: int = 8, name: str = "nsm",
              source: dict | None = None, lanes: int | list[int] = 1,
              weight_store: str | list[str] = "rom", thresholds=None,
-             layout: str = "pixel-major", probs=None, prob_bits: int = 8) -> IR:
+             layout: str = "pixel-major", probs=None, prob_bits: int = 8,
+             simd: int | list[int] = 1) -> IR:
     """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1);
-    ``weight_store``: ``rom`` or ``ram`` (see :mod:`nsm_export.ir`). Each is one value for every
-    layer or one per layer. ``thresholds``: a list makes the input a thermometer code (``layout``
+    ``weight_store``: ``rom`` or ``ram``; ``simd``: kept inputs added per clock (a sampling
+    layer's ``lanes`` is raised to its ``simd``; see :mod:`nsm_export.ir`). Each is one value for
+    every layer or one per layer. ``thresholds``: a list makes the input a thermometer code (``layout``
     says how its spikes are numbered; the first layer's inputs must already follow it).
     ``probs``: a list (one per pixel value) makes it a stochastic (``bernoulli``) code with
     ``P(+1 | x) = probs[x] / 2**prob_bits``."""
@@ -116,8 +118,11 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
         else [weight_store] * len(layers)
     if len(stores) != len(layers):
         _bad(f"weight_store lists {len(stores)} values for {len(layers)} layers")
+    simds = list(simd) if isinstance(simd, (list, tuple)) else [simd] * len(layers)
+    if len(simds) != len(layers):
+        _bad(f"simd lists {len(simds)} values for {len(layers)} layers")
     out = []
-    for i, (il, lane, dl, ws) in enumerate(zip(layers, pes, draws, stores)):
+    for i, (il, lane, dl, ws, sd) in enumerate(zip(layers, pes, draws, stores, simds)):
         if isinstance(il, IntPool):
             out.append(PoolLayer(channels=il.channels, h_in=il.h_in, w_in=il.w_in, size=il.size,
                                  mode=il.mode))
@@ -151,8 +156,10 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
             if not isinstance(lane, int) or lane < 1:
                 _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
             layer = DenseLayer(n_in=w.shape[1], n_out=n_out, output=is_out,
-                               pe=min(lane, n_out), lanes=dl if sampling else 1,
-                               weight_store=ws, **common)
+                               pe=min(lane, n_out),
+                               lanes=max(dl, sd) if sampling and isinstance(sd, int) else
+                               dl if sampling else 1,
+                               weight_store=ws, simd=sd, **common)
         layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
         out.append(layer)
     thermo, stoch = thresholds is not None, probs is not None

@@ -22,6 +22,8 @@ Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
   image after image; the LFSR is never reset between images. With ``p = 1`` no bits are drawn.
   ``lanes`` (1, 2, 4, 8 or 16) is how many of these draws the hardware makes per clock, by
   jumping ahead ``leap``, ``2*leap``, ... steps at once; it changes the schedule, never the stream.
+  ``simd`` (1, 2 or 4) is how many kept inputs a neuron group adds per clock (schedule only;
+  a sampling layer needs ``simd <= lanes``, the kept list's banks give one entry each a clock).
 * ``weight_store``: ``rom`` weights are part of the bitstream; ``ram`` weights (for memories the
   bitstream cannot initialize, such as iCE40 SPRAM) are written once after configuration through
   the core's ``w_axis`` port, in the order :func:`hw.top.weight_image` gives. Semantics are the
@@ -84,6 +86,7 @@ MAX_WEIGHT_BITS = 8
 MAX_P_BITS = 16
 MAX_SAMPLES = 1 << 16
 LANES = (1, 2, 4, 8, 16)
+SIMD = (1, 2, 4)
 WEIGHT_STORES = ("rom", "ram")
 
 
@@ -218,6 +221,7 @@ class DenseLayer:
     offset_bits: int               # signed width of thresholds/biases
     lanes: int = 1                 # blank-out draws per clock (schedule only, not semantics)
     weight_store: str = "rom"      # "rom": initialized memory; "ram": loaded through w_axis
+    simd: int = 1                  # kept inputs added per clock (schedule only, not semantics)
     kind = "dense"
 
     @property
@@ -257,6 +261,11 @@ class DenseLayer:
             raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
         if not self.sampling and self.lanes != 1:
             raise IRError(f"{where}.lanes {self.lanes} needs sampling: p = 1 draws no random bits")
+        if self.simd not in SIMD:
+            raise IRError(f"{where}.simd {self.simd!r} must be one of {', '.join(map(str, SIMD))}")
+        if self.sampling and self.simd > self.lanes:
+            raise IRError(f"{where}.simd {self.simd} exceeds lanes {self.lanes}: the kept list "
+                          f"gives one entry per bank and clock (raise lanes to {self.simd})")
 
     def meta(self) -> dict:
         return {
@@ -264,7 +273,7 @@ class DenseLayer:
             "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
             "p": self.p, "rng": asdict(self.rng) if self.rng else None, "pe": self.pe,
             "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "lanes": self.lanes,
-            "weight_store": self.weight_store,
+            "weight_store": self.weight_store, "simd": self.simd,
         }
 
 
@@ -643,4 +652,5 @@ def _layer_from_json(i: int, m: dict, arrays: dict):
                          pe=m.get("pe", 1), lanes=m.get("lanes", 1),
                          weight_store=m.get("weight_store", "rom"), **common)
     return DenseLayer(n_in=m["n_in"], n_out=m["n_out"], output=m["output"], pe=m["pe"],
-                      lanes=m.get("lanes", 1), weight_store=m.get("weight_store", "rom"), **common)
+                      lanes=m.get("lanes", 1), weight_store=m.get("weight_store", "rom"),
+                      simd=m.get("simd", 1), **common)

@@ -14,8 +14,10 @@ def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples:
               pe: list[int] | None = None, weight_bits: int | None = None,
               p: list[float] | None = None, seed: int | None = None,
               lfsr_width: int | None = None, name: str = "nsm",
-              lanes: list[int] | None = None) -> IR:
-    """A random network; anything not given is drawn from ``rng``."""
+              lanes: list[int] | None = None, simd: list[int] | None = None) -> IR:
+    """A random network; anything not given is drawn from ``rng``, except ``simd``: drawn only
+    when ``lanes`` is drawn too (so that networks given their lanes keep their random stream),
+    else 1. A sampling layer's lanes are raised to its simd."""
     if sizes is None:
         depth = int(rng.integers(2, 4))
         sizes = [int(rng.integers(3, 24))] + [int(rng.integers(2, 20)) for _ in range(depth)]
@@ -38,11 +40,14 @@ def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples:
         pe = [int(rng.integers(1, sizes[i + 1] + 1)) for i in range(n_layers)]
     if lanes is None:
         lanes = [int(rng.choice([1, 1, 2, 4, 8, 16])) for _ in range(n_layers)]
+        if simd is None:
+            simd = [int(rng.choice([1, 1, 2, 4])) for _ in range(n_layers)]
     return build_ir(layers, input_size=sizes[0], input_threshold=int(rng.integers(1, 256)),
                     samples=samples if samples is not None else int(rng.integers(1, 6)),
                     pe=pe, seed=seed if seed is not None else int(rng.integers(1, 2**31)),
                     lfsr_width=lfsr_width if lfsr_width is not None
-                    else int(rng.choice([16, 24, 32])), name=name, lanes=lanes)
+                    else int(rng.choice([16, 24, 32])), name=name, lanes=lanes,
+                    simd=simd if simd is not None else 1)
 
 
 def random_pixels(rng: np.random.Generator, ir: IR, count: int) -> np.ndarray:

@@ -13,11 +13,18 @@ from dataclasses import dataclass
 
 from .ir import IR, ConvLayer, DenseLayer, PoolLayer
 
-__all__ = ["Stage", "hw_stages", "conv_positions", "conv_cycles", "stage_cycles", "synaptic_ops", "layer_cycles", "encode_cycles", "pipeline_end", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
+__all__ = ["Stage", "hw_stages", "conv_cycles", "stage_cycles", "synaptic_ops", "layer_cycles",
+           "group_overhead", "encode_cycles", "conv_positions", "pipeline_end", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
            "expected_cycles_per_inference", "dense_bound"]
 
 GROUP_OVERHEAD = 4      # three drain cycles and one write cycle per neuron group
+TREE_STAGE = 1          # simd > 1: the registered adder tree adds one drain cycle
 MASK_FLUSH = 3          # the draw-lookup-write pipeline of a sampling layer empties
+
+
+def group_overhead(simd: int) -> int:
+    """Drain and write cycles per neuron group."""
+    return GROUP_OVERHEAD + (TREE_STAGE if simd > 1 else 0)
 
 
 BUILD_FLUSH = 4        # a conv position's address-read-select-write pipeline empties
@@ -97,10 +104,11 @@ def stage_cycles(stage: Stage, mask) -> np.ndarray:
 
 def layer_cycles(layer: DenseLayer, kept):
     """Cycles for one sample with ``kept`` inputs kept (array-friendly):
-    IDLE + MASK (sampling layers: ``lanes`` draws per cycle) + per group (kept + drain + write)."""
+    IDLE + MASK (sampling layers: ``lanes`` draws per cycle) + per group (``ceil(kept / simd)``
+    beats of ``simd`` kept inputs + drain + write)."""
     mask = -(-layer.n_in // layer.lanes) + MASK_FLUSH if layer.sampling else 0
     return 1 + mask \
-        + layer.groups * (kept + GROUP_OVERHEAD)
+        + layer.groups * (-(-kept // layer.simd) + group_overhead(layer.simd))
 
 
 def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
@@ -126,7 +134,8 @@ def pipeline_end(ir: IR, durations) -> float:
     and its previous output has been taken (engine ``i + 1`` started sample ``t - 1`` at least
     a cycle earlier; a conv engine writes into one half of engine ``i + 1``'s double-buffered
     map, which has then moved on to the other). The stochastic encoder runs ``size + 3`` cycles per sample and waits for
-    engine 0 to end the previous sample (they share the spike memory)."""
+    engine 0 to end the previous sample (they share the spike memory). Durations may be numpy
+    arrays (one schedule per element, as the folding search uses)."""
     stages = hw_stages(ir)
     T, L = ir.samples, len(stages)
     start = [[0.0] * T for _ in range(L)]
@@ -135,15 +144,15 @@ def pipeline_end(ir: IR, durations) -> float:
     enc_end = 0.0
     for t in range(T):
         if enc:
-            enc_end = max(enc_end, end[0][t - 1] if t else 0.0) + enc
+            enc_end = np.maximum(enc_end, end[0][t - 1] if t else 0.0) + enc
         for i in range(L):
             s = enc_end if i == 0 else end[i - 1][t]
             if t:
-                s = max(s, end[i][t - 1])
+                s = np.maximum(s, end[i][t - 1])
                 if i < L - 1:
-                    s = max(s, start[i + 1][t - 1] + 1)
+                    s = np.maximum(s, start[i + 1][t - 1] + 1)
             start[i][t] = s
-            end[i][t] = s + float(durations[i][t])
+            end[i][t] = s + np.asarray(durations[i][t], dtype=float)
     return end[L - 1][T - 1]
 
 
@@ -167,22 +176,28 @@ def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     return ir.input.size + latency_cycles(ir, masks) + 1
 
 
-def expected_latency_cycles(ir: IR) -> float:
+def expected_latency_cycles(ir: IR, durations=None) -> float:
     """Latency with every layer keeping its mean ``p * n_in`` inputs each sample, through the
-    same pipeline schedule (an estimate: the mean of a maximum is not the maximum of means)."""
-    durations = [[float(stage_cycles(st, np.full(st.layer.n_in, st.layer.p)))] * ir.samples
-                 for st in hw_stages(ir)]
-    return pipeline_end(ir, durations) + argmax_cycles(ir)
+    same pipeline schedule (an estimate: the mean of a maximum is not the maximum of means).
+    ``durations``: per IR layer, the cycles of one such sample (default: the IR's folding;
+    a pooling layer's entry is ignored, its conv engine computes it)."""
+    stages = hw_stages(ir)
+    if durations is None:
+        per = [float(stage_cycles(st, np.full(st.layer.n_in, st.layer.p))) for st in stages]
+    else:
+        per = [durations[st.index] for st in stages]
+    return pipeline_end(ir, [[d] * ir.samples for d in per]) + argmax_cycles(ir)
 
 
-def expected_cycles_per_inference(ir: IR) -> float:
-    return ir.input.size + expected_latency_cycles(ir) + 1
+def expected_cycles_per_inference(ir: IR, durations=None) -> float:
+    return ir.input.size + expected_latency_cycles(ir, durations) + 1
 
 
 def dense_bound(ir: IR) -> float:
-    """Cycles a dense schedule needs at best: T x synaptic operations / adder lanes."""
+    """Cycles a dense schedule needs at best: T x synaptic operations / adder lanes
+    (``pe x simd`` per engine)."""
     ops = sum(synaptic_ops(layer) for layer in ir.layers)
-    lanes = sum(st.layer.pe for st in hw_stages(ir))
+    lanes = sum(st.layer.pe * getattr(st.layer, "simd", 1) for st in hw_stages(ir))
     return ir.samples * ops / lanes
 
 

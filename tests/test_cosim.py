@@ -26,14 +26,33 @@ CASES = [
     pytest.param([2, 1, 2], [1, 2], [2, 1], 2, [0.25, 0.25], 6, 15, id="2-1-2-often-nothing-kept"),
     pytest.param([37, 19, 6], [19, 3], [16, 4], 2, [0.75, 0.5], 2, 16, id="37-19-6-lanes16x4"),
 ]
-# Weight memories loaded through w_axis (SPRAM-style) for some layers.
+# Parallel inputs (simd): beats of 2 or 4 kept inputs, partial last beats (K mod simd != 0 in
+# most samples; n_in 13 / 23 / 30 are not multiples of 4), p = 1 layers (every input kept, from
+# the spike memory and from the latched spikes), and nothing kept at all.
+SIMD_CASES = [
+    # sizes, pe, lanes, simd, weight bits, p, T, seed
+    pytest.param([13, 7, 5], [3, 2], [2, 4], [2, 4], 3, [0.5, 0.75], 3, 31,
+                 id="13-7-5-simd2x4"),
+    pytest.param([23, 11, 4], [4, 4], [4, 2], [4, 2], 1, [1.0, 1.0], 2, 32,
+                 id="23-11-4-simd4x2-no-sampling-binary"),
+    pytest.param([30, 9, 6], [9, 6], [16, 1], [4, 4], 8, [0.75, 1.0], 2, 33,
+                 id="30-9-6-simd4-lanes16-8bit"),
+    pytest.param([3, 5, 2], [5, 1], [2, 2], [2, 2], 2, [0.25, 0.25], 5, 34,
+                 id="3-5-2-simd2-often-nothing-kept"),
+]
+# Weight memories loaded through w_axis (SPRAM-style) for some layers; the last two with simd
+# copies of each RAM, all written by the one weight image.
 RAM_CASES = [
-    pytest.param([21, 24, 7], [8, 7], [4, 1], ["ram", "ram"], 2, [0.75, 1.0], 3, 21,
+    pytest.param([21, 24, 7], [8, 7], [4, 1], ["ram", "ram"], 2, [0.75, 1.0], 3, 21, 1,
                  id="21-24-7-ram-ram-16bit-words"),
-    pytest.param([30, 9, 5], [9, 2], [2, 2], ["ram", "rom"], 3, [0.5, 0.5], 2, 22,
+    pytest.param([30, 9, 5], [9, 2], [2, 2], ["ram", "rom"], 3, [0.5, 0.5], 2, 22, 1,
                  id="30-9-5-ram-rom-27bit-words"),
-    pytest.param([12, 40, 3], [40, 3], [1, 1], ["rom", "ram"], 1, [1.0, 0.25], 2, 23,
+    pytest.param([12, 40, 3], [40, 3], [1, 1], ["rom", "ram"], 1, [1.0, 0.25], 2, 23, 1,
                  id="12-40-3-rom-ram-40bit-words"),
+    pytest.param([21, 24, 7], [8, 7], [4, 2], ["ram", "ram"], 2, [0.75, 1.0], 3, 24, [4, 2],
+                 id="21-24-7-ram-ram-simd4x2"),
+    pytest.param([30, 9, 5], [9, 2], [2, 2], ["ram", "rom"], 3, [0.5, 0.5], 2, 25, 2,
+                 id="30-9-5-ram-rom-simd2"),
 ]
 
 
@@ -66,9 +85,32 @@ def test_rtl_equals_golden(tmp_path, simulator, sizes, pe, lanes, wb, p, T, seed
 
 
 @pytest.mark.parametrize("simulator", SIMULATORS)
-@pytest.mark.parametrize("sizes,pe,lanes,store,wb,p,T,seed", RAM_CASES)
+@pytest.mark.parametrize("sizes,pe,lanes,simd,wb,p,T,seed", SIMD_CASES)
+def test_simd_equals_golden_and_the_cycle_model(tmp_path, simulator, sizes, pe, lanes, simd, wb,
+                                                p, T, seed):
+    """simd changes the schedule, never a result: the same scores as the golden model (which
+    knows nothing of simd), and the cycle model exact image by image."""
+    rng = np.random.default_rng(seed)
+    ir = random_ir(rng, sizes=sizes, pe=pe, weight_bits=wb, p=p, samples=T, seed=seed,
+                   lfsr_width=16, lanes=lanes, simd=simd)
+    assert [layer.simd for layer in ir.layers] == simd
+    px = random_pixels(rng, ir, 16)
+    px[0] = 0
+    px[1] = (1 << ir.input.pixel_bits) - 1
+    rtl = run_rtl(_build(tmp_path, ir, debug=True), ir, px, simulator=simulator,
+                  work_dir=tmp_path, in_idle_prob=0.2, out_stall_prob=0.3, debug=True, seed=seed)
+    expected = golden.run(ir, px, record=True)
+    cmp = compare(expected, rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+    assert np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks))
+    kept = [np.asarray(mk).sum(axis=2) for mk in expected.masks]
+    assert any((k % s != 0).any() for k, s in zip(kept, simd))       # partial last beats
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("sizes,pe,lanes,store,wb,p,T,seed,simd", RAM_CASES)
 def test_loaded_weights_equal_golden_and_survive_resets(tmp_path, simulator, sizes, pe, lanes,
-                                                        store, wb, p, T, seed):
+                                                        store, wb, p, T, seed, simd):
     """Weights written once through w_axis (with gaps) give the golden model's results, also
     after resets in mid-inference, which must not make the core ask for them again."""
     rng = np.random.default_rng(seed)
@@ -76,7 +118,7 @@ def test_loaded_weights_equal_golden_and_survive_resets(tmp_path, simulator, siz
     ir = build_ir([IntLayer(layer.weights, layer.offsets, pv, wb)
                    for layer, pv in zip(base.layers, p)],
                   input_size=sizes[0], input_threshold=100, samples=T, pe=pe, seed=seed,
-                  lanes=lanes, weight_store=store)
+                  lanes=lanes, weight_store=store, simd=simd)
     assert weight_image(ir)
     px = random_pixels(rng, ir, 10)
     rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,

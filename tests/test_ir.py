@@ -35,6 +35,8 @@ def test_round_trip(tmp_path, rng):
     (lambda m: m["layers"][0].pop("pe"), "malformed"),
     (lambda m: m["layers"][0].update(lanes=3), "lanes 3 must be one of"),
     (lambda m: m["layers"][1].update(lanes=2), "lanes 2 needs sampling"),
+    (lambda m: m["layers"][0].update(simd=3), r"^layers\[0\]\.simd 3 must be one of 1, 2, 4$"),
+    (lambda m: m["layers"][0].update(lanes=1, simd=2), r"^layers\[0\]\.simd 2 exceeds lanes 1"),
 ])
 def test_load_rejects_bad_fields(tmp_path, rng, edit, match):
     ir = random_ir(rng, sizes=[9, 8, 3], p=[0.5, 1.0], weight_bits=4)
@@ -44,6 +46,19 @@ def test_load_rejects_bad_fields(tmp_path, rng, edit, match):
     (tmp_path / "ir.json").write_text(json.dumps(meta))
     with pytest.raises(irmod.IRError, match=match):
         irmod.load(tmp_path)
+
+
+def test_simd_defaults_to_one_and_changes_no_semantics(tmp_path, rng):
+    """IR files written before simd existed load with simd 1; p = 1 layers take any simd (they
+    have no kept list), and build_ir raises a sampling layer's lanes to its simd."""
+    ir = random_ir(rng, sizes=[9, 8, 3], p=[0.5, 1.0], lanes=[1, 1], simd=[4, 2])
+    assert [(layer.lanes, layer.simd) for layer in ir.layers] == [(4, 4), (1, 2)]
+    irmod.save(ir, tmp_path)
+    meta = json.loads((tmp_path / "ir.json").read_text())
+    for m in meta["layers"]:
+        del m["simd"]
+    (tmp_path / "ir.json").write_text(json.dumps(meta))
+    assert [layer.simd for layer in irmod.load(tmp_path).layers] == [1, 1]
 
 
 def test_load_rejects_out_of_range_weights(tmp_path, rng):

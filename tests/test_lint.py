@@ -29,6 +29,22 @@ def test_verilator_lint_passes(tmp_path, seed, debug):
     lint.lint_verilog(path)
 
 
+@pytest.mark.verilator
+@pytest.mark.parametrize("store", ["rom", "ram"])
+def test_verilator_lint_passes_with_parallel_inputs(tmp_path, store):
+    """simd 4 and 2 (copies of the weight memory, adder trees), sampling and p = 1 layers."""
+    from nsm_export.build import IntLayer, build_ir
+    rng = np.random.default_rng(4)
+    ir = build_ir([IntLayer(rng.integers(-3, 4, (7, 13)), rng.integers(-4, 5, 7), 0.5, 3),
+                   IntLayer(rng.integers(-3, 4, (6, 7)), rng.integers(-4, 5, 6), 1.0, 3),
+                   IntLayer(rng.integers(-3, 4, (5, 6)), rng.integers(-4, 5, 5), 0.75, 3)],
+                  input_size=13, input_threshold=100, samples=2, pe=[3, 6, 2], simd=[4, 2, 2],
+                  weight_store=store)
+    path = tmp_path / "nsm.v"
+    path.write_text(generate_verilog(ir))
+    lint.lint_verilog(path)
+
+
 def test_every_waiver_has_a_reason():
     lines = lint.WAIVERS.read_text().splitlines()
     assert lines[0] == "`verilator_config"

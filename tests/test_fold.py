@@ -1,0 +1,156 @@
+"""Folding chosen for a target and a throughput goal (``nsm compile --target --throughput``):
+the choice meets the goal by the cycle model and fits by the estimate, an impossible goal is one
+line and writes nothing, a looser goal gets a smaller design, explicit settings win."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from hw import synth
+from nsm.cli import main
+from nsm_export import ir as irmod
+from nsm_export import schedule
+from nsm_export.random_ir import random_ir
+
+TARGET = "ice40-up5k"
+
+
+@pytest.fixture(scope="module")
+def model_onnx(tmp_path_factory):
+    """An untrained 64-48-10 NSM (4-bit weights, p = 0.75) exported to ONNX, T = 8."""
+    from nsm_export.onnx_export import export_onnx
+    from nsm_train.model import NSMMLP
+
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("fold") / "model.onnx"
+    export_onnx(NSMMLP(64, [48], 10, p=0.75, weight_bits=4), path, samples=8)
+    return path
+
+
+def _compile(model_onnx, out, *args):
+    return CliRunner().invoke(main, ["compile", str(model_onnx), "-o", str(out), *args])
+
+
+def _fits_and_meets(ir, goal, clock_mhz):
+    est = synth.estimate(ir, synth.TARGETS[TARGET])
+    cycles = schedule.expected_cycles_per_inference(ir)
+    assert clock_mhz * 1e6 / cycles >= goal
+    assert synth._fits({k: np.array([v]) for k, v in est.items()},
+                       synth.TARGETS[TARGET].capacity, synth._LC_PER_FF["ice40"])[0]
+    return est
+
+
+def test_throughput_goal_met_by_the_cycle_model_and_fits_by_the_estimate(model_onnx, tmp_path):
+    res = _compile(model_onnx, tmp_path / "b", "--target", TARGET, "--throughput", "3000")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    summary = next(ln for ln in lines if ln.startswith("folding for"))
+    assert "3,000 inferences/s" in summary and "calibrated Fmax estimate" in summary
+    ir = irmod.load(tmp_path / "b")
+    clock = synth.TARGETS[TARGET].fmax_estimate_mhz
+    est = _fits_and_meets(ir, 3000, clock)
+    # The summary names exactly what was built.
+    flags = re.search(r"`--pe (\S+) --lanes (\S+) --simd (\S+) --weight-store (\S+)`", summary)
+    assert flags, summary
+    assert flags[1] == ",".join(str(ly.pe) for ly in ir.layers)
+    assert flags[3] == ",".join(str(ly.simd) for ly in ir.layers)
+    assert flags[4] == ",".join(ly.weight_store for ly in ir.layers)
+    assert f"{est['luts']:,.0f} LUTs" in summary
+    assert ir.source["folding"]["summary"] == summary
+    assert (tmp_path / "b" / "nsm.v").is_file()
+
+
+def test_an_impossible_goal_is_one_line_and_writes_nothing(model_onnx, tmp_path):
+    out = tmp_path / "b"
+    res = _compile(model_onnx, out, "--target", TARGET, "--throughput", "10000000")
+    assert res.exit_code == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    m = re.search(r"meets 10,000,000 inferences/s on ice40-up5k at 40 MHz.*the best that fits "
+                  r"is ([\d,]+) inferences/s with `nsm compile --pe (\S+) --lanes (\S+) "
+                  r"--simd (\S+) --weight-store (\S+)`", lines[0])
+    assert m, lines[0]
+    assert not out.exists()
+    # The best named is what the search gives without a goal (the fastest that fits).
+    res = _compile(model_onnx, out, "--target", TARGET)
+    assert res.exit_code == 0, res.output
+    ir = irmod.load(out)
+    assert m[2] == ",".join(str(ly.pe) for ly in ir.layers)
+    best = 40e6 / schedule.expected_cycles_per_inference(ir)
+    assert f"{best:,.0f}" == m[1]
+
+
+def test_a_looser_goal_gets_a_smaller_design_and_a_faster_clock_too(model_onnx, tmp_path):
+    est = {}
+    for tag, args in [("tight", ["--throughput", "6000"]), ("loose", ["--throughput", "600"]),
+                      ("fast-clock", ["--throughput", "6000", "--clock-mhz", "80"])]:
+        res = _compile(model_onnx, tmp_path / tag, "--target", TARGET, *args)
+        assert res.exit_code == 0, res.output
+        ir = irmod.load(tmp_path / tag)
+        clock = 80 if tag == "fast-clock" else 40
+        est[tag] = _fits_and_meets(ir, 600 if tag == "loose" else 6000, clock)
+        if tag == "fast-clock":
+            assert "at 80 MHz:" in res.stdout
+    assert est["loose"]["luts"] < est["tight"]["luts"]
+    assert est["fast-clock"]["luts"] <= est["tight"]["luts"]
+
+
+def test_explicit_settings_win(model_onnx, tmp_path):
+    res = _compile(model_onnx, tmp_path / "b", "--target", TARGET, "--throughput", "1000",
+                   "--pe", "6,5", "--weight-store", "rom")
+    assert res.exit_code == 0, res.output
+    ir = irmod.load(tmp_path / "b")
+    assert [ly.pe for ly in ir.layers] == [6, 5]
+    assert [ly.weight_store for ly in ir.layers] == ["rom", "rom"]
+    assert ir.source["folding"]["given"] == ["pe", "weight_store"]
+    _fits_and_meets(ir, 1000, 40)
+
+
+def test_simd_on_the_command_line_raises_lanes(model_onnx, tmp_path):
+    res = _compile(model_onnx, tmp_path / "b", "--pe", "8", "--simd", "4,2")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "b" / "ir.json").read_text())
+    assert [(m["simd"], m["lanes"]) for m in meta["layers"]] == [(4, 4), (2, 2)]
+    assert "folding" not in meta["source"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--throughput", "100"], "--throughput and --clock-mhz need --target"),
+    (["--target", "ice40-up5k", "--throughput", "-5"], "must be positive"),
+    (["--target", "nope"], "unknown target 'nope'"),
+])
+def test_bad_goals_are_one_line(model_onnx, tmp_path, args, needle):
+    res = _compile(model_onnx, tmp_path / "b", *args)
+    assert res.exit_code == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_networks_meet_their_goal(seed):
+    """On random IRs: whatever goal is reachable is met by the cycle model of the folding
+    chosen, within the estimate, and the folding is a valid IR."""
+    rng = np.random.default_rng(seed)
+    ir = random_ir(rng, sizes=[int(rng.integers(20, 300)), int(rng.integers(8, 100)), 10],
+                   samples=int(rng.integers(2, 20)))
+    target = ["ice40-up5k", "ecp5-25k"][seed % 2]
+    tg = synth.TARGETS[target]
+    best = synth.choose_folding(ir, target)
+    goal = best.inferences_per_s * float(rng.uniform(0.05, 1.0))
+    fold = synth.choose_folding(ir, target, goal)
+    assert fold.inferences_per_s >= goal
+    for layer, (pe, lanes, simd, store) in zip(ir.layers, fold.layers):
+        layer.pe, layer.lanes, layer.simd, layer.weight_store = pe, lanes, simd, store
+    ir.validate()
+    assert tg.fmax_estimate_mhz * 1e6 / schedule.expected_cycles_per_inference(ir) \
+        == pytest.approx(fold.inferences_per_s)
+    assert synth.estimate(ir, tg) == pytest.approx(fold.estimate)
+    assert fold.estimate["luts"] <= best.estimate["luts"] + 1e-9 or \
+        fold.inferences_per_s >= best.inferences_per_s
+    with pytest.raises(synth.FitError, match="the best that fits is"):
+        synth.choose_folding(ir, target, best.inferences_per_s * 1.01)
