@@ -66,19 +66,25 @@ NETWORKS = {
                      "ecp5-25k": {"pe": [64, 10], "simd": [2, 1]}},
     },
 }
-CONV = "fmnist-conv-32c5-p2-64c5-p2-512-10"
-# The conv net: a 4-level thermometer input (the levels are the 4 input channels, as training
+# The conv nets: a 4-level thermometer input (the levels are the 4 input channels, as training
 # makes it), binary weights (2-bit ones would need 1 Mbit for the 1024 x 512 layer alone: more
 # than the UP5K's four SPRAMs or the ECP5-25F's 56 EBR hold), keep p = 0.75 everywhere.
 # Per layer (conv, pool, conv, pool, dense, dense): pe, lanes (conv: window channels tested a
 # clock), weight store. On the UP5K every kept-input list bank costs an EBR, so lanes stay low,
 # and the second conv layer's 51 kbit of filters and the dense layer's 512 kbit go to SPRAM.
-CONV_SPEC = {
-    "levels": [48, 96, 144, 192], "p": 0.75, "weight_bits": 1,
-    "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 8, 10], lanes=[2, 1, 2, 1, 1, 1],
-                                weight_store=["rom", "rom", "ram", "rom", "ram", "rom"]),
-             "ecp5-25k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 8, 1, 4, 4],
-                              weight_store=["rom"] * 6)},
+# The smaller net is folded by `choose_folding` (what `nsm compile --target` does): the
+# fastest design its estimate fits.
+CONV_SPEC = {"levels": [48, 96, 144, 192], "p": 0.75, "weight_bits": 1}
+CONVS = {
+    "fmnist-conv-32c5-p2-64c5-p2-512-10": {
+        "channels": (32, 64), "hidden": 512,
+        "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 8, 10], lanes=[2, 1, 2, 1, 1, 1],
+                                    weight_store=["rom", "rom", "ram", "rom", "ram", "rom"]),
+                 "ecp5-25k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 8, 1, 4, 4],
+                                  weight_store=["rom"] * 6)}},
+    "fmnist-conv-16c5-p2-32c5-p2-128-10": {
+        "channels": (16, 32), "hidden": 128,
+        "fold": {"ice40-up5k": "auto", "ecp5-25k": "auto"}},
 }
 CONV_MAC_NOTE = ("the int8 MAC reference (hw/mac.py) has dense layers only, so no MAC design "
                  "is built for the conv net")
@@ -98,26 +104,39 @@ def nsm_ir(spec: dict, target: str, T: int, seed: int = 0, variant: str = "nsm")
                     simd=fold.get("simd", 1), weight_store=spec["weight_store"][target])
 
 
-def conv_ir(target: str, T: int, seed: int = 0):
-    """The Fashion-MNIST conv net 32c5-p2-64c5-p2-512-10 with random binary weights."""
+def conv_ir(name: str, target: str, T: int, seed: int = 0):
+    """A Fashion-MNIST conv net of ``CONVS`` with random binary weights, folded for ``target``
+    (by :func:`hw.synth.choose_folding` where the table says ``auto``)."""
     from nsm_export.build import IntConv, IntPool
     rng = np.random.default_rng(seed)
-    spec, levels = CONV_SPEC, len(CONV_SPEC["levels"])
-    p = spec["p"]
+    net, levels, p = CONVS[name], len(CONV_SPEC["levels"]), CONV_SPEC["p"]
+    c1, c2 = net["channels"]
+    hidden = net["hidden"]
 
     def sign(*shape):
         return rng.choice([-1, 1], shape)
 
-    layers = [IntConv(sign(32, levels, 5, 5), rng.integers(-6, 7, 32), p, 1, h_in=28, w_in=28,
+    layers = [IntConv(sign(c1, levels, 5, 5), rng.integers(-6, 7, c1), p, 1, h_in=28, w_in=28,
                       stride=1, padding=0),
-              IntPool(32, 24, 24, 2, "or"),
-              IntConv(sign(64, 32, 5, 5), rng.integers(-20, 21, 64), p, 1, h_in=12, w_in=12,
+              IntPool(c1, 24, 24, 2, "or"),
+              IntConv(sign(c2, c1, 5, 5), rng.integers(-20, 21, c2), p, 1, h_in=12, w_in=12,
                       stride=1, padding=0),
-              IntPool(64, 8, 8, 2, "or"),
-              IntLayer(sign(512, 1024), rng.integers(-20, 21, 512), p, 1),
-              IntLayer(sign(10, 512), rng.integers(-8, 9, 10), p, 1)]
-    return build_ir(layers, input_size=28 * 28, input_threshold=0, samples=T,
-                    thresholds=spec["levels"], layout="level-major", **spec["fold"][target])
+              IntPool(c2, 8, 8, 2, "or"),
+              IntLayer(sign(hidden, c2 * 16), rng.integers(-20, 21, hidden), p, 1),
+              IntLayer(sign(10, hidden), rng.integers(-8, 9, 10), p, 1)]
+    fold = net["fold"][target]
+    ir = build_ir(layers, input_size=28 * 28, input_threshold=0, samples=T,
+                  thresholds=CONV_SPEC["levels"], layout="level-major",
+                  **({} if fold == "auto" else fold))
+    if fold == "auto":
+        chosen = synth.choose_folding(ir, target).layers
+        for layer, (pe, lanes, simd, store) in zip(ir.layers, chosen):
+            if layer.kind == "conv2d":
+                layer.pe, layer.lanes, layer.weight_store = pe, lanes, store
+            elif layer.kind == "dense":
+                layer.pe, layer.lanes, layer.simd, layer.weight_store = pe, lanes, simd, store
+        ir.validate()
+    return ir
 
 
 def _synth(rec: dict, vfile: Path, top: str, target: str, work: Path, ir=None) -> None:
@@ -139,7 +158,7 @@ def _synth(rec: dict, vfile: Path, top: str, target: str, work: Path, ir=None) -
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", "-T", type=int, default=16)
-    ap.add_argument("--network", action="append", choices=[*NETWORKS, CONV],
+    ap.add_argument("--network", action="append", choices=[*NETWORKS, *CONVS],
                     help="Only this network (repeatable); default: all.")
     ap.add_argument("--target", action="append", choices=TARGETS,
                     help="Only this target (repeatable); default: all.")
@@ -148,7 +167,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-hardware")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "hardware.json")
     a = ap.parse_args(argv)
-    nets = a.network or [*NETWORKS, CONV]
+    nets = a.network or [*NETWORKS, *CONVS]
     targets, designs = a.target or TARGETS, a.design or ["nsm", "nsm-simd", "mac"]
     records = []
     for name in nets:
@@ -157,21 +176,23 @@ def main(argv=None) -> int:
                 rec = {"network": name, "target": target, "design": design}
                 if design == "nsm-simd" and design not in NETWORKS.get(name, {}):
                     continue
-                if name == CONV and design == "mac":
-                    rec.update(samples=1, layers="32c5-p2-64c5-p2-512-10", fits=None,
-                               note=CONV_MAC_NOTE)
-                elif name == CONV:
+                arch = name.split("-", 2)[2] if name in CONVS else None
+                if name in CONVS and design == "mac":
+                    rec.update(samples=1, layers=arch, fits=None, note=CONV_MAC_NOTE)
+                elif name in CONVS:
                     work = a.work / name / design
                     work.mkdir(parents=True, exist_ok=True)
-                    ir = conv_ir(target, a.samples)
+                    ir = conv_ir(name, target, a.samples)
                     vfile = work / f"nsm-{target}.v"
                     vfile.write_text(generate_verilog(ir))
                     cycles = schedule.expected_cycles_per_inference(ir)
-                    fold = CONV_SPEC["fold"][target]
-                    rec.update(samples=ir.samples, layers="32c5-p2-64c5-p2-512-10",
+                    rec.update(samples=ir.samples, layers=arch,
                                input="thermometer, 4 levels as channels", weight_bits=1,
-                               pe=fold["pe"], lanes=fold["lanes"],
-                               weight_store=fold["weight_store"],
+                               folding=("choose_folding" if CONVS[name]["fold"][target] == "auto"
+                                        else "by hand"),
+                               pe=[getattr(la, "pe", None) for la in ir.layers],
+                               lanes=[getattr(la, "lanes", None) for la in ir.layers],
+                               weight_store=[la.weight_store for la in ir.layers],
                                cycles_per_inference=round(cycles, 1),
                                dense_bound_ratio=round(cycles / schedule.dense_bound(ir), 3))
                     _synth(rec, vfile, ir.name, target, work / target, ir=ir)
@@ -214,7 +235,9 @@ def main(argv=None) -> int:
     done = {key(r) for r in records}
     if a.output.exists() and (a.network or a.target or a.design):
         kept = [r for r in json.loads(a.output.read_text()) if key(r) not in done]
-        records = sorted(kept + records, key=lambda r: [*NETWORKS, CONV].index(r["network"]))
+        order = [*NETWORKS, *CONVS]
+        records = sorted(kept + records, key=lambda r: order.index(r["network"])
+                         if r["network"] in order else len(order))
     write_results(a.output, records)
     return 0
 

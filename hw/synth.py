@@ -491,6 +491,8 @@ def _search(ir: IR, target: Target, options: list[list[tuple]], start: dict,
         keep = [i for i in range(len(rows))
                 if not any((vec[j] <= vec[i]).all() and (vec[j] < vec[i]).any()
                            for j in range(len(rows)))]
+        # fastest first, so that a spread (below) always holds each layer's fastest option
+        keep.sort(key=lambda n: (vec[n, len(_KEYS)], vec[n, 0]))
         tables.append(([rows[i][0] for i in keep], vec[keep]))
     total = int(np.prod([len(t[0]) for t in tables]))
     if total > _MAX_CANDIDATES:          # deep networks: a spread of each layer's options

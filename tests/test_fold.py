@@ -154,3 +154,30 @@ def test_random_networks_meet_their_goal(seed):
         fold.inferences_per_s >= best.inferences_per_s
     with pytest.raises(synth.FitError, match="the best that fits is"):
         synth.choose_folding(ir, target, best.inferences_per_s * 1.01)
+
+
+@pytest.mark.parametrize("target", ["ice40-up5k", "ecp5-25k"])
+def test_conv_nets_are_folded_too(target):
+    """Conv layers get a pe, lanes and weight store of their own (simd stays 1), pooling layers
+    nothing; the goal is met by the conv cycle model and the estimate counts every layer."""
+    from tests.test_conv_hw import _two_conv_ir
+    ir = _two_conv_ir(np.random.default_rng(3))
+    tg = synth.TARGETS[target]
+    best = synth.choose_folding(ir, target)
+    fold = synth.choose_folding(ir, target, best.inferences_per_s / 3)
+    assert fold.inferences_per_s >= best.inferences_per_s / 3
+    for layer, (pe, lanes, simd, store) in zip(ir.layers, fold.layers):
+        if layer.kind == "pool":
+            assert (pe, lanes, simd, store) == (1, 1, 1, "rom")
+            continue
+        if layer.kind == "conv2d":
+            assert simd == 1 and 1 <= pe <= layer.c_out
+        else:
+            layer.simd = simd
+        layer.pe, layer.lanes, layer.weight_store = pe, lanes, store
+    ir.validate()
+    assert tg.fmax_estimate_mhz * 1e6 / schedule.expected_cycles_per_inference(ir) \
+        == pytest.approx(fold.inferences_per_s)
+    assert synth.estimate(ir, tg) == pytest.approx(fold.estimate)
+    # a slower conv folding costs fewer LUTs than the fastest one
+    assert fold.estimate["luts"] <= best.estimate["luts"]
