@@ -1,5 +1,8 @@
 """Random-network co-simulation fuzz: many random IRs through the RTL, all must be bit-exact.
 
+``--kind conv`` draws random conv nets instead (``random_conv_ir``: channels, kernels, strides,
+padding, OR pooling, folding, weight stores, input codes), written to ``fuzz-conv.json``.
+
 Each case draws a network (depth, sizes, weight bits, keep probabilities, folding, LFSR widths
 and seeds, T) and a few random images, simulates the generated Verilog and compares every score
 and every per-image latency with the golden model and the cycle model. Writes
@@ -25,14 +28,14 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import provenance, write_results   # noqa: E402
 
 
-def one_case(seed: int, simulator: str, images: int) -> dict:
+def one_case(seed: int, simulator: str, images: int, kind: str = "dense") -> dict:
     from hw.top import generate_verilog
     from nsm_export import golden, schedule
-    from nsm_export.random_ir import random_ir, random_pixels
+    from nsm_export.random_ir import random_conv_ir, random_ir, random_pixels
     from sim.runner import compare, run_rtl
 
     rng = np.random.default_rng(seed)
-    ir = random_ir(rng)
+    ir = random_conv_ir(rng) if kind == "conv" else random_ir(rng)
     px = random_pixels(rng, ir, images)
     with tempfile.TemporaryDirectory() as tmp:
         vfile = Path(tmp) / "nsm.v"
@@ -45,6 +48,7 @@ def one_case(seed: int, simulator: str, images: int) -> dict:
             "first_mismatch": cmp.first_mismatch,
             "ir": ir.to_json() if cmp.mismatches or not cycles_ok else None,
             "shape": [ir.input.size] + [layer.n_out for layer in ir.layers],
+            "kinds": [layer.kind for layer in ir.layers],
             "samples": ir.samples}
 
 
@@ -55,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--simulator", choices=["icarus", "verilator"], default="icarus")
+    ap.add_argument("--kind", choices=["dense", "conv"], default="dense",
+                    help="random MLPs (random_ir) or random conv nets (random_conv_ir)")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
     a = ap.parse_args(argv)
     from tqdm import tqdm
@@ -63,19 +69,22 @@ def main(argv=None) -> int:
     results = []
     seeds = range(a.first_seed, a.first_seed + a.cases)
     with ProcessPoolExecutor(a.jobs) as pool:
-        futures = [pool.submit(one_case, s, a.simulator, a.images) for s in seeds]
+        futures = [pool.submit(one_case, s, a.simulator, a.images, a.kind) for s in seeds]
         for f in tqdm(as_completed(futures), total=len(futures), desc="fuzz", unit="net"):
             results.append(f.result())
     bad = [r for r in results if r["mismatches"] or not r["cycle_model_exact"]]
     summary = {
-        "simulator": a.simulator, "cases": len(results), "images_per_case": a.images,
+        "simulator": a.simulator, "kind": a.kind, "cases": len(results), "images_per_case": a.images,
         "failing_cases": len(bad), "mismatching_cases": sum(1 for r in bad if r["mismatches"]),
         "cycle_model_failures": sum(1 for r in bad if not r["cycle_model_exact"]),
         "largest_network": max((r["shape"] for r in results), key=lambda s: sum(s)),
         "seconds": round(time.perf_counter() - t0, 1),
         **provenance("fuzz.py", argv), "failures": bad,
     }
-    write_results(a.output, summary)
+    out = a.output
+    if a.kind == "conv" and out == ROOT / "benchmarks" / "results" / "fuzz.json":
+        out = out.with_name("fuzz-conv.json")
+    write_results(out, summary)
     print(f"{summary['cases']} random networks, {summary['failing_cases']} failing")
     return 1 if bad else 0
 

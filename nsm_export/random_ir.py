@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .build import IntLayer, build_ir
+from .build import IntConv, IntLayer, IntPool, build_ir
 from .ir import IR
 
-__all__ = ["random_ir", "random_pixels"]
+__all__ = ["random_ir", "random_conv_ir", "random_pixels"]
 
 
 def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples: int | None = None,
@@ -48,6 +48,72 @@ def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples:
                     lfsr_width=lfsr_width if lfsr_width is not None
                     else int(rng.choice([16, 24, 32])), name=name, lanes=lanes,
                     simd=simd if simd is not None else 1)
+
+
+def _weights(rng, wb: int, shape) -> np.ndarray:
+    if wb == 1:
+        return rng.choice([-1, 1], size=shape)
+    q = (1 << (wb - 1)) - 1
+    return rng.integers(-q, q + 1, size=shape)
+
+
+def random_conv_ir(rng: np.random.Generator, name: str = "nsm") -> IR:
+    """A random conv net the hardware builds: an image of 1 to 3 channel-major channels
+    (threshold code) or a thermometer with its levels as channels, one or two conv layers
+    (kernel, stride, padding, filters, blank-out, ``pe``, ``lanes``, ROM or RAM weights), each
+    followed or not by an OR pooling, then one or two dense layers."""
+    thermo = bool(rng.integers(0, 2))
+    c = int(rng.integers(2, 5)) if thermo else int(rng.integers(1, 4))
+    h, w = int(rng.integers(4, 10)), int(rng.integers(4, 10))
+    wb = int(rng.choice([1, 2, 3, 4]))
+    layers, pes, lanes, stores = [], [], [], []
+    for n in range(int(rng.integers(1, 3))):
+        k = int(rng.integers(1, min(4, h, w) + 1))
+        stride = int(rng.integers(1, 3))
+        pad = int(rng.integers(0, k))
+        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        if ho < 1 or wo < 1:
+            break
+        f = int(rng.integers(1, 9))
+        wt = _weights(rng, wb, (f, c, k, k))
+        span = max(1, int(np.abs(wt).reshape(f, -1).sum(axis=1).max()) // 3)
+        layers.append(IntConv(wt, rng.integers(-span, span + 1, f),
+                              p=float(rng.choice([1.0, 0.5, 0.75, 0.25])), weight_bits=wb,
+                              h_in=h, w_in=w, stride=stride, padding=pad))
+        pes.append(int(rng.integers(1, f + 1)))
+        lanes.append(int(rng.choice([1, 2, 4, 8])))
+        stores.append(str(rng.choice(["rom", "rom", "ram"])))
+        c, h, w = f, ho, wo
+        if min(h, w) >= 2 and rng.integers(0, 2):
+            layers.append(IntPool(c, h, w, 2, "or"))
+            pes.append(1)
+            lanes.append(1)
+            stores.append("rom")
+            h, w = h // 2, w // 2
+        if min(h, w) < 2:
+            break
+    n_in = c * h * w
+    for n_out in [int(rng.integers(2, 12)) for _ in range(int(rng.integers(0, 2)))] + \
+            [int(rng.integers(2, 6))]:
+        wt = _weights(rng, wb, (n_out, n_in))
+        span = max(1, int(np.abs(wt).sum(axis=1).max()) // 3)
+        layers.append(IntLayer(wt, rng.integers(-span, span + 1, n_out),
+                               p=float(rng.choice([1.0, 0.5, 0.75])), weight_bits=wb))
+        pes.append(int(rng.choice([1, 2, 4, 8, 16, 3, 5])))
+        lanes.append(int(rng.choice([1, 2, 4])))
+        stores.append(str(rng.choice(["rom", "rom", "ram"])))
+        n_in = n_out
+    c0 = layers[0]
+    levels = c0.weights.shape[1]
+    size = c0.h_in * c0.w_in
+    extra = dict(thresholds=sorted(int(t) for t in rng.choice(np.arange(1, 256), levels,
+                                                                replace=False)),
+                 layout="level-major") if thermo else {}
+    return build_ir(layers, input_size=size if thermo else size * levels,
+                    input_threshold=int(rng.integers(1, 256)),
+                    samples=int(rng.integers(1, 5)), pe=pes, lanes=lanes, weight_store=stores,
+                    seed=int(rng.integers(1, 2**31)), lfsr_width=int(rng.choice([16, 24, 32])),
+                    name=name, **extra)
 
 
 def random_pixels(rng: np.random.Generator, ir: IR, count: int) -> np.ndarray:

@@ -170,3 +170,17 @@ def test_unsupported_conv_cores_get_one_line(tmp_path):
     ir = compile_model(onnx.load(str(onnx_path)))
     x = np.random.default_rng(0).integers(0, 17, size=(5, 64))
     assert np.array_equal(golden.run(irmod.load(out_dir), x).scores, golden.run(ir, x).scores)
+
+
+@pytest.mark.icarus
+@pytest.mark.parametrize("seed", range(2000, 2012))
+def test_fuzz_random_conv_nets(tmp_path, seed):
+    """12 random conv nets (channels, kernel, stride, padding, pooling, depth, weight bits, p,
+    pe, lanes, ROM/RAM, thermometer or threshold input, T): bit-exact, cycle model exact."""
+    from nsm_export.random_ir import random_conv_ir, random_pixels
+    rng = np.random.default_rng(seed)
+    ir = random_conv_ir(rng)
+    px = random_pixels(rng, ir, 4)
+    (tmp_path / "nsm.v").write_text(generate_verilog(ir))
+    rtl = run_rtl(tmp_path / "nsm.v", ir, px, work_dir=tmp_path)
+    _check(ir, px, rtl)
