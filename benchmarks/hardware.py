@@ -72,7 +72,8 @@ NETWORKS = {
 # Per layer (conv, pool, conv, pool, dense, dense): pe, lanes (conv: window channels tested a
 # clock), weight store. On the UP5K every kept-input list bank costs an EBR, so lanes stay low,
 # and the second conv layer's 51 kbit of filters and the dense layer's 512 kbit go to SPRAM.
-# The smaller net is folded by `choose_folding` (what `nsm compile --target` does): the
+# Its 512 kbit dense layer and the rest need 63 of the ECP5-25F's 56 EBR, so it is also built
+# for the ECP5-85F. The smaller net is folded by `choose_folding` (what `nsm compile --target` does): the
 # fastest design its estimate fits.
 CONV_SPEC = {"levels": [48, 96, 144, 192], "p": 0.75, "weight_bits": 1}
 CONVS = {
@@ -81,6 +82,8 @@ CONVS = {
         "fold": {"ice40-up5k": dict(pe=[16, 1, 16, 1, 8, 10], lanes=[2, 1, 2, 1, 1, 1],
                                     weight_store=["rom", "rom", "ram", "rom", "ram", "rom"]),
                  "ecp5-25k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 8, 1, 4, 4],
+                                  weight_store=["rom"] * 6),
+                 "ecp5-85k": dict(pe=[32, 1, 64, 1, 32, 10], lanes=[4, 1, 8, 1, 4, 4],
                                   weight_store=["rom"] * 6)}},
     "fmnist-conv-16c5-p2-32c5-p2-128-10": {
         "channels": (16, 32), "hidden": 128,
@@ -160,7 +163,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", "-T", type=int, default=16)
     ap.add_argument("--network", action="append", choices=[*NETWORKS, *CONVS],
                     help="Only this network (repeatable); default: all.")
-    ap.add_argument("--target", action="append", choices=TARGETS,
+    ap.add_argument("--target", action="append", choices=[*TARGETS, "ecp5-85k"],
                     help="Only this target (repeatable); default: all.")
     ap.add_argument("--design", action="append", choices=["nsm", "nsm-simd", "mac"],
                     help="Only this design (repeatable); default: all.")
@@ -168,10 +171,12 @@ def main(argv=None) -> int:
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "hardware.json")
     a = ap.parse_args(argv)
     nets = a.network or [*NETWORKS, *CONVS]
-    targets, designs = a.target or TARGETS, a.design or ["nsm", "nsm-simd", "mac"]
+    targets, designs = a.target or [*TARGETS, "ecp5-85k"], a.design or ["nsm", "nsm-simd", "mac"]
     records = []
     for name in nets:
         for target in targets:
+            if target not in (CONVS[name]["fold"] if name in CONVS else TARGETS):
+                continue                  # the ECP5-85F only for the conv net that needs it
             for design in designs:
                 rec = {"network": name, "target": target, "design": design}
                 if design == "nsm-simd" and design not in NETWORKS.get(name, {}):

@@ -177,6 +177,18 @@ class NsmCore(wiring.Component):
             with m.If(last):
                 m.d.sync += [wpos.eq(0), waddr.eq(0)]
 
+        def put_map(bit, last):
+            """A conv first layer: spike ``bit`` of the next channel-major input (channel
+            ``lc``, pixel ``lpix``) into its map memory."""
+            c_in = spk.layer.c_in
+            m.d.comb += [spk.map_we.eq(Const(1, c_in) << lc), spk.map_addr.eq(lpix),
+                         spk.map_data.eq(Mux(bit, (1 << c_in) - 1, 0))]
+            m.d.sync += lpix.eq(lpix + 1)
+            with m.If(lpix == n_map - 1):
+                m.d.sync += [lpix.eq(0), lc.eq(lc + 1)]
+            with m.If(last):
+                m.d.sync += [lpix.eq(0), lc.eq(0)]
+
         stoch = ir.input.encoding == "bernoulli"
         if stoch:
             # Stochastic code: the pixels are kept; every sample re-encodes them (state ENC):
@@ -263,7 +275,8 @@ class NsmCore(wiring.Component):
                 m.d.sync += [ej.eq(ej + 1), ev1.eq(ej < n0), ev2.eq(ev1)]
                 with m.If(ev2):
                     m.d.comb += enc_rng.en.eq(1)
-                    put_spikes(enc_rng.next[:spec.prob_bits] < qr.data, ej == n0 + 1)
+                    (put_map if conv0 else put_spikes)(enc_rng.next[:spec.prob_bits] < qr.data,
+                                                       ej == n0 + 1)
                 with m.If(ej == n0 + 1):
                     m.d.sync += [enc_busy.eq(0), enc_full.eq(1)]
 
@@ -313,15 +326,7 @@ class NsmCore(wiring.Component):
                                      spk.map_data.eq(Cat(*[self.s_axis_tdata >= t
                                                            for t in ir.input.thresholds]))]
                     elif conv0:           # channel-major pixels: channel lc, pixel lpix
-                        m.d.comb += [spk.map_we.eq(Const(1, spk.layer.c_in) << lc),
-                                     spk.map_addr.eq(lpix),
-                                     spk.map_data.eq(Mux(self.s_axis_tdata >= ir.input.threshold,
-                                                         (1 << spk.layer.c_in) - 1, 0))]
-                        m.d.sync += lpix.eq(lpix + 1)
-                        with m.If(lpix == n_map - 1):
-                            m.d.sync += [lpix.eq(0), lc.eq(lc + 1)]
-                        with m.If(last):
-                            m.d.sync += [lpix.eq(0), lc.eq(0)]
+                        put_map(self.s_axis_tdata >= ir.input.threshold, last)
                     elif ir.input.encoding == "thermometer":
                         put_spikes(Cat(*[self.s_axis_tdata >= t for t in ir.input.thresholds]),
                                    last)
@@ -363,9 +368,6 @@ def hardware_unsupported(ir: IR) -> str | None:
     """
     spec = ir.input
     conv0 = ir.layers[0].kind == "conv2d"
-    if conv0 and spec.encoding == "bernoulli":
-        return ("input: the stochastic (bernoulli) code has a hardware encoder for dense "
-                "first layers only; retrain the conv net with --encoding thermometer or threshold")
     if spec.encoding == "thermometer" and not conv0:
         if spec.levels not in (1, 2, 4, 8, 16):
             return (f"input: a thermometer code with {spec.levels} levels; the hardware encoder "

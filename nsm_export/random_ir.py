@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .build import IntConv, IntLayer, IntPool, build_ir
+from .build import IntConv, IntLayer, IntPool, bernoulli_probs, build_ir
 from .ir import IR
 
 __all__ = ["random_ir", "random_conv_ir", "random_pixels"]
@@ -59,10 +59,12 @@ def _weights(rng, wb: int, shape) -> np.ndarray:
 
 def random_conv_ir(rng: np.random.Generator, name: str = "nsm") -> IR:
     """A random conv net the hardware builds: an image of 1 to 3 channel-major channels
-    (threshold code) or a thermometer with its levels as channels, one or two conv layers
+    (threshold or stochastic Bernoulli code) or a thermometer with its levels as channels, one
+    or two conv layers
     (kernel, stride, padding, filters, blank-out, ``pe``, ``lanes``, ROM or RAM weights), each
     followed or not by an OR pooling, then one or two dense layers."""
-    thermo = bool(rng.integers(0, 2))
+    code = str(rng.choice(["threshold", "thermometer", "bernoulli"]))
+    thermo = code == "thermometer"
     c = int(rng.integers(2, 5)) if thermo else int(rng.integers(1, 4))
     h, w = int(rng.integers(4, 10)), int(rng.integers(4, 10))
     wb = int(rng.choice([1, 2, 3, 4]))
@@ -109,6 +111,8 @@ def random_conv_ir(rng: np.random.Generator, name: str = "nsm") -> IR:
     extra = dict(thresholds=sorted(int(t) for t in rng.choice(np.arange(1, 256), levels,
                                                                 replace=False)),
                  layout="level-major") if thermo else {}
+    if code == "bernoulli":
+        extra = dict(probs=bernoulli_probs(255, 8, 8), prob_bits=8)
     return build_ir(layers, input_size=size if thermo else size * levels,
                     input_threshold=int(rng.integers(1, 256)),
                     samples=int(rng.integers(1, 5)), pe=pes, lanes=lanes, weight_store=stores,

@@ -184,3 +184,25 @@ def test_fuzz_random_conv_nets(tmp_path, seed):
     (tmp_path / "nsm.v").write_text(generate_verilog(ir))
     rtl = run_rtl(tmp_path / "nsm.v", ir, px, work_dir=tmp_path)
     _check(ir, px, rtl)
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_stochastic_input_before_a_conv_layer(tmp_path, simulator):
+    """Bernoulli(x) input spikes drawn anew every sample straight into a conv layer's map
+    (2 channel-major channels), with a reset and a run seed: bit-exact, cycle model exact."""
+    from nsm_export.build import bernoulli_probs
+    rng = np.random.default_rng(6)
+    c0 = IntConv(rng.integers(-3, 4, (3, 2, 3, 3)), rng.integers(-3, 4, 3), p=0.75,
+                 weight_bits=3, h_in=6, w_in=5, stride=1, padding=1)
+    out = IntLayer(rng.integers(-3, 4, (4, 3 * 3 * 2)), rng.integers(-2, 3, 4), p=0.5,
+                   weight_bits=3)
+    ir = build_ir([c0, IntPool(3, 6, 5, 2, "or"), out], input_size=2 * 6 * 5,
+                  input_threshold=0, samples=3, pe=[2, 1, 4], lanes=[2, 1, 1], seed=9,
+                  probs=bernoulli_probs(255, 8, 8), prob_bits=8)
+    assert hardware_unsupported(ir) is None
+    px = rng.integers(0, 256, size=(8, ir.input.size))
+    resets, seeds = [(3, 40)], [(5, 0xABCDE)]
+    (tmp_path / "nsm.v").write_text(generate_verilog(ir))
+    rtl = run_rtl(tmp_path / "nsm.v", ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.2, resets=resets, seeds=seeds, seed=6)
+    _check(ir, px, rtl, resets, seeds)
