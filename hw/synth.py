@@ -28,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from hw.dense import RAM16_NAME
+from hw.top import hardware_unsupported
 from nsm_export.atomic import atomic_write
 from nsm_export.ir import IR, LANES, SIMD
 
@@ -607,7 +608,6 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
     if target not in TARGETS:
         raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     tg = TARGETS[target]
-    from hw.top import hardware_unsupported
     if (why := hardware_unsupported(ir)):
         raise SynthError(f"no folding search: {why}")
     if throughput is not None and not throughput > 0:
