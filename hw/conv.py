@@ -235,27 +235,34 @@ class ConvEngine(wiring.Component):
         ppix = Signal(range(max(2, hp * wp)))  # py * wp + px
         ybase = Signal(signed(16))             # (py*P + a) * s - pad
         xbase = Signal(signed(16))
+        # ybase * W, kept beside ybase so that no multiplier forms the window's addresses
+        ybw = Signal(signed(24))
         first = Signal()                       # the first conv position of the pool window
 
         # --- BUILD: window pixel (i, j), channel chunk ch -----------------------------------
         bi, bj, bch = Signal(range(k + 1)), Signal(range(k + 1)), Signal(range(chunks + 1))
         bq = Signal(range(k * k + 1))          # i*k + j
-        rv, rq, rch = Signal(), Signal(range(k * k + 1)), Signal(range(max(2, chunks)))
+        biw = Signal(range(k * W + 1))          # bi * W
+        bchq = Signal(range(chunks * lanes * k * k + 1))   # bch * lanes * k * k
+        rv, rq = Signal(), Signal(range(k * k + 1))
+        rch, rchq = Signal(range(max(2, chunks))), Signal(len(bchq))
         raddr = Signal(range(max(2, n_pix)))
         y_in = Signal(signed(17))
         x_in = Signal(signed(17))
         m.d.comb += [y_in.eq(ybase + bi), x_in.eq(xbase + bj)]
         inside = (y_in >= 0) & (y_in < H) & (x_in >= 0) & (x_in < W)
         building = Signal()
-        # Stage 0 (registered): the window pixel's address and where it sits in the window.
-        m.d.sync += [rv.eq(building & inside), rq.eq(bq), rch.eq(bch),
-                     raddr.eq((y_in * W + x_in)[:len(raddr)])]
+        # Stage 0 (registered): the window pixel's address (adders only) and where it sits in
+        # the window.
+        m.d.sync += [rv.eq(building & inside), rq.eq(bq), rch.eq(bch), rchq.eq(bchq),
+                     raddr.eq((ybw + biw + x_in)[:len(raddr)])]
         m.d.comb += s_rd.addr.eq(Cat(raddr, rsel) if self._double else raddr)
         if L.sampling:
             m.d.comb += m_rd.addr.eq(raddr)
         # Stage A: the pixel's spike and mask words arrive (read ports); carry the metadata.
         vA, qA, chA = Signal(), Signal(range(k * k + 1)), Signal(range(max(2, chunks)))
-        m.d.sync += [vA.eq(rv), qA.eq(rq), chA.eq(rch)]
+        chqA = Signal(len(bchq))
+        m.d.sync += [vA.eq(rv), qA.eq(rq), chA.eq(rch), chqA.eq(rchq)]
         spk_pad = Cat(s_rd.data, Const(0, chunks * lanes - c_in))
         msk_pad = Cat(m_rd.data if L.sampling else Const((1 << c_in) - 1, c_in),
                       Const(0, chunks * lanes - c_in))
@@ -268,7 +275,7 @@ class ConvEngine(wiring.Component):
                      keepB.eq(Mux(vA, msk_pad.word_select(chA, lanes) if chunks > 1
                                   else msk_pad, 0)),
                      sB.eq(spk_pad.word_select(chA, lanes) if chunks > 1 else spk_pad),
-                     qB.eq(chA * (lanes * kk) + qA)]
+                     qB.eq(chqA + qA)]
         kept = Signal(range(Q + 1))
         klast = Signal(len(kept), init=(1 << len(kept)) - 1)
         before = [Const(0, range(lanes + 1))]
@@ -332,14 +339,15 @@ class ConvEngine(wiring.Component):
                          self.out_data.eq(Mux(out[0], (1 << SPIKE_WORD) - 1, 0))]
 
         def start_position(m):
-            m.d.sync += [bi.eq(0), bj.eq(0), bch.eq(0), bq.eq(0), kept.eq(0),
-                         klast.eq(klast.init)]
+            m.d.sync += [bi.eq(0), bj.eq(0), bch.eq(0), bq.eq(0), biw.eq(0), bchq.eq(0),
+                         kept.eq(0), klast.eq(klast.init)]
             m.next = "BUILD"
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [py.eq(0), px.eq(0), a.eq(0), b_.eq(0), ppix.eq(0), first.eq(1),
-                             ybase.eq(-pad), xbase.eq(-pad), c.eq(0), g.eq(0), base.eq(0)]
+                             ybase.eq(-pad), xbase.eq(-pad), ybw.eq(-pad * W), c.eq(0), g.eq(0),
+                             base.eq(0)]
                 if L.sampling:
                     m.d.sync += [mc.eq(0), mpix.eq(0), mn.eq(0), mlast.eq(int(L.n_in == 1))]
                 with m.If(self.start):
@@ -361,11 +369,11 @@ class ConvEngine(wiring.Component):
                     start_position(m)
             with m.State("BUILD"):
                 m.d.comb += building.eq(1)
-                m.d.sync += bch.eq(bch + 1)
+                m.d.sync += [bch.eq(bch + 1), bchq.eq(bchq + lanes * kk)]
                 with m.If(bch == chunks - 1):
-                    m.d.sync += [bch.eq(0), bj.eq(bj + 1), bq.eq(bq + 1)]
+                    m.d.sync += [bch.eq(0), bchq.eq(0), bj.eq(bj + 1), bq.eq(bq + 1)]
                     with m.If(bj == k - 1):
-                        m.d.sync += [bj.eq(0), bi.eq(bi + 1)]
+                        m.d.sync += [bj.eq(0), bi.eq(bi + 1), biw.eq(biw + W)]
                         with m.If(bi == k - 1):
                             m.next = "BFLUSH1"
             for n in range(1, 4):
@@ -396,11 +404,12 @@ class ConvEngine(wiring.Component):
                     with m.If(b_ == P - 1):
                         m.d.sync += [b_.eq(0), xbase.eq(xbase - (P - 1) * s)]
                         with m.If(a == P - 1):
-                            m.d.sync += [a.eq(0), ybase.eq(ybase - (P - 1) * s), oc.eq(0),
+                            m.d.sync += [a.eq(0), ybase.eq(ybase - (P - 1) * s),
+                                         ybw.eq(ybw - (P - 1) * s * W), oc.eq(0),
                                          oidx.eq(ppix)]
                             m.next = "OUT"
                         with m.Else():
-                            m.d.sync += [a.eq(a + 1), ybase.eq(ybase + s)]
+                            m.d.sync += [a.eq(a + 1), ybase.eq(ybase + s), ybw.eq(ybw + s * W)]
                             start_position(m)
                     with m.Else():
                         m.d.sync += [b_.eq(b_ + 1), xbase.eq(xbase + s)]
@@ -420,7 +429,8 @@ class ConvEngine(wiring.Component):
                 with m.If(~more_out):
                     m.d.sync += [first.eq(1), ppix.eq(ppix + 1)]
                     with m.If(px == wp - 1):
-                        m.d.sync += [px.eq(0), xbase.eq(-pad), ybase.eq(ybase + P * s)]
+                        m.d.sync += [px.eq(0), xbase.eq(-pad), ybase.eq(ybase + P * s),
+                                     ybw.eq(ybw + P * s * W)]
                         with m.If(py == hp - 1):
                             m.next = "FIN"
                         with m.Else():
