@@ -6,8 +6,8 @@ Weights are random (compile time does not depend on their values); the networks 
 shapes the training benchmarks use. Target (issue 4): under 10 s each on 2 cores.
 
 The 3136-512-512-10 MLP is the 4-level thermometer network (784 pixels x 4 levels, the IR's
-thermometer input, pixel-major). The conv net 32c5-p2-64c5-p2-512-10 compiles to the IR only: the hardware generator has no
-conv engine yet (``nsm compile`` says so and writes no Verilog).
+thermometer input, pixel-major). The conv net 32c5-p2-64c5-p2-512-10 compiles to the IR and Verilog (the conv engine,
+``hw/conv.py``).
 
     python benchmarks/compile.py
 """
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                **provenance("compile.py", argv)}
         if ir.input.encoding == "thermometer":
             rec["input"] = f"thermometer, {ir.input.levels} levels, {ir.input.size} pixels"
-        what = "IR + Verilog" if vsize else "IR only: no conv engine in hw/ yet"
+        what = "IR + Verilog" if vsize else "IR only: the hardware cannot build it"
         print(f"{name}: {total:.2f} s wall, {cpu:.2f} s CPU ({what}; ONNX → IR {ir_only:.2f} s)"
               + (f", {vsize / 1e6:.1f} MB of Verilog" if vsize else ""))
         records.append(rec)
