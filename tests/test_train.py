@@ -408,3 +408,34 @@ def test_resume_with_another_network_is_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="different network"):
         train(TrainConfig(hidden=[12], epochs=2, checkpoint=str(ck), resume=True,
                           train_limit=200), progress=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(per_row=st.booleans(), seed=st.integers(0, 2**31 - 1), log_scale=st.integers(-20, 8),
+       grid=st.booleans(), zero_row=st.booleans())
+def test_ternary_mse_histogram_matches_the_search(per_row, seed, log_scale, grid, zero_row):
+    """The histogram shortcut for ternary weights picks an exponent of least squared error."""
+    from nsm_train import layers as L
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 50, generator=g)
+    if grid:        # many weights exactly at s/2 and s: the rounding ties
+        w = torch.round(w * 4) / 4
+    w = w * 2.0 ** log_scale
+    if zero_row:
+        w[2] = 0.0
+    r = w.abs().amax(1, keepdim=True) if per_row else w.abs().amax().reshape(1, 1)
+    mant, e = torch.frexp(r)
+    exp_max = torch.where(mant == 0.5, e - 1, e).float()
+    fast = L._mse_exponent_ternary(w, exp_max, per_row)
+    slow = L._mse_exponent_search(w, exp_max, 1.0, per_row)
+    assert fast.shape == slow.shape and torch.equal(fast, torch.round(fast))
+    assert torch.all(fast <= exp_max) and torch.all(fast >= exp_max - L.MSE_SEARCH)
+
+    def err(exp):
+        s = torch.pow(2.0, exp.double())
+        d = (torch.clamp(torch.round(w.double() / s), -1, 1) * s - w.double()) ** 2
+        return d.sum(1) if per_row else d.sum().reshape(1)
+    assert torch.all(err(fast) <= err(slow) * (1 + 1e-9) + 1e-300)
+    if not per_row:
+        assert torch.all(fast == fast[0])
