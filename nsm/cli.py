@@ -110,9 +110,19 @@ def _default(name):
               help="Thermometer levels.")
 @click.option("--weight-bits", default=_default("weight_bits"), show_default="4",
               type=click.IntRange(1, 32), help="1 binary, 2 ternary, up to 8; 32 = float.")
+@click.option("--output-weight-bits", default=None, type=click.IntRange(1, 32),
+              help="Weight width of the output layer (1..8 or 32) [default: --weight-bits].")
 @click.option("--quantizer", default="native", show_default=True,
               type=click.Choice(["native", "mse", "brevitas"]),
               help="Weight quantizer (mse: power-of-two scale of least squared error).")
+@click.option("--score-scale/--no-score-scale", default=False, show_default=True,
+              help="Learn a softmax temperature for the loss only (the network is unchanged).")
+@click.option("--loss-samples", default=1, show_default=True, type=click.IntRange(1),
+              help="Loss on the mean scores of this many noise samples per image.")
+@click.option("--label-smoothing", default=0.0, show_default=True,
+              type=click.FloatRange(0.0, 1.0, max_open=True), help="Cross-entropy smoothing.")
+@click.option("--shift", default=0, show_default=True, type=click.IntRange(0, 8),
+              help="Augmentation: move each training image by up to this many pixels.")
 @click.option("--epochs", default=_default("epochs"), show_default="40", type=click.IntRange(1))
 @click.option("--lr", default=_default("lr"), show_default="0.01", type=float)
 @click.option("--batch-size", default=_default("batch_size"), show_default="32",
@@ -129,8 +139,9 @@ def _default(name):
               default=Path("model.pt"), show_default=True, help="Checkpoint to write.")
 @_user_errors
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
-          levels, weight_bits, quantizer, epochs, lr, batch_size, samples, seed, device,
-          checkpoint, resume, no_progress, output):
+          levels, weight_bits, output_weight_bits, quantizer, score_scale, loss_samples,
+          label_smoothing, shift, epochs, lr, batch_size, samples, seed, device, checkpoint,
+          resume, no_progress, output):
     """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
     """
@@ -139,6 +150,10 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
 
     if not (1 <= weight_bits <= 8 or weight_bits == 32):
         raise click.BadParameter(f"{weight_bits} is not 1..8 or 32", param_hint="--weight-bits")
+    if output_weight_bits is not None and not (1 <= output_weight_bits <= 8
+                                               or output_weight_bits == 32):
+        raise click.BadParameter(f"{output_weight_bits} is not 1..8 or 32",
+                                 param_hint="--output-weight-bits")
     try:
         ps = [float(v) for v in str(p).split(",") if v.strip()]
     except ValueError:
@@ -147,6 +162,8 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
         raise click.BadParameter("--resume needs --checkpoint", param_hint="--resume")
     cfg = TrainConfig(dataset=dataset, hidden=_int_list(str(hidden)),
                       p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
+                      output_weight_bits=output_weight_bits, score_scale=score_scale,
+                      loss_samples=loss_samples, label_smoothing=label_smoothing, shift=shift,
                       epochs=epochs, lr=lr, batch_size=batch_size, samples=samples, seed=seed,
                       model=model_name, conv=conv, encoding=encoding, levels=levels, noise=noise,
                       sigma=sigma, gain=gain, norm=None if norm == "none" else norm,

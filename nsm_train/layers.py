@@ -135,8 +135,16 @@ def _mse_exponent(w, exp_max, qmax, per_row):
     """The exponent in ``exp_max - MSE_SEARCH .. exp_max`` with the least squared error.
 
     All candidates are evaluated in one batched pass (few kernel launches per training step);
-    ties go to the larger exponent (``argmin`` takes the first).
+    ties go to the larger exponent (``argmin`` takes the first). Ternary weights take
+    :func:`_mse_exponent_ternary` (same choice, about ten times faster on a CPU).
     """
+    if qmax == 1.0 and bool((exp_max - MSE_SEARCH >= -MAX_EXP).all()):
+        return _mse_exponent_ternary(w, exp_max, per_row)
+    return _mse_exponent_search(w, exp_max, qmax, per_row)
+
+
+def _mse_exponent_search(w, exp_max, qmax, per_row):
+    """:func:`_mse_exponent` by quantizing ``w`` at every candidate exponent."""
     steps = torch.arange(MSE_SEARCH + 1, device=w.device, dtype=exp_max.dtype).reshape(-1, 1, 1)
     cand = (exp_max.unsqueeze(0) - steps).clamp(-MAX_EXP, MAX_EXP)     # (K, rows or 1, 1)
     s = torch.ldexp(torch.ones_like(cand), cand.to(torch.int32))
@@ -146,6 +154,36 @@ def _mse_exponent(w, exp_max, qmax, per_row):
         err = err.sum(dim=1, keepdim=True)
     k = torch.argmin(err, dim=0)                                      # (rows or 1,)
     return cand[:, :, 0].gather(0, k.unsqueeze(0)).reshape(-1, 1)
+
+
+def _mse_exponent_ternary(w, exp_max, per_row):
+    """:func:`_mse_exponent` for ``qmax = 1`` from per-row histograms of the weights' exponents.
+
+    With scale ``s = 2**e`` a weight of magnitude ``a`` quantizes to ``±1`` (error ``(s − a)²``)
+    when ``a >= s/2`` and to 0 (error ``a²``) below (at ``a = s/2`` both errors are ``a²``), so
+    ``err(e) = Σa² − 2**(e+1)·S(e) + 4**e·N(e)`` with ``S``, ``N`` the sum and count of the
+    weights with ``a >= 2**(e−1)``, i.e. whose ``frexp`` exponent is ``>= e``. One pass over
+    ``w`` buckets every weight by the highest candidate it reaches; suffix sums give ``S`` and
+    ``N`` for all candidates. Sums in float64.
+    """
+    k_cand = MSE_SEARCH + 1
+    a32 = w.abs().contiguous()
+    # frexp exponent from the float32 bits (zero and subnormals: -126, below every candidate)
+    k = torch.bitwise_right_shift(a32.view(torch.int32), 23) - 126
+    base = (exp_max - MSE_SEARCH).to(torch.int32)                     # (rows or 1, 1)
+    idx = (k - base + 1).clamp_(0, k_cand).to(torch.int64)           # 0: reaches no candidate
+    a = a32.double()
+    base = base.to(torch.int64)
+    hist_a = a.new_zeros(a.shape[0], k_cand + 1).scatter_add_(1, idx, a)
+    hist_n = a.new_zeros(a.shape[0], k_cand + 1).scatter_add_(1, idx, torch.ones_like(a))
+    s1 = hist_a.flip(1).cumsum(1).flip(1)[:, 1:]                      # (rows, K): e = base + c
+    n1 = hist_n.flip(1).cumsum(1).flip(1)[:, 1:]
+    cand = (base + torch.arange(k_cand, device=w.device)).double()    # (rows or 1, K)
+    err = (a * a).sum(dim=1, keepdim=True) - torch.exp2(cand + 1) * s1 + torch.exp2(2 * cand) * n1
+    if not per_row:
+        err = err.sum(dim=0, keepdim=True)
+    k = torch.argmin(err.flip(1), dim=1, keepdim=True)                # first = larger exponent
+    return cand.flip(1).gather(1, k).to(exp_max.dtype).expand_as(exp_max).contiguous()
 
 
 def quantize_bias(b: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,12 @@
 
 Loss: cross-entropy on the class scores of one sampled forward pass (the noise is part of the
 model, as in training an NSM; stochastic binary synapses use their mean-field logits instead);
-optimizer Adam with a cosine schedule. Evaluation: scores summed over ``samples`` (T) passes,
+optimizer Adam with a cosine schedule. Loss-only options (the trained network, its export and
+its argmax are unchanged): ``score_scale`` learns one temperature ``s = exp(log_s)`` and takes
+the cross-entropy of ``s · scores`` (summed ±w scores are not scaled for a softmax);
+``loss_samples`` takes it on the mean scores of that many samples (the Monte Carlo decision
+rule); ``label_smoothing``; ``shift`` moves each training image by up to that many pixels
+(zero fill) as data augmentation. Evaluation: scores summed over ``samples`` (T) passes,
 argmax. Models (``TrainConfig.model``):
 
 * ``nsm-mlp``, ``nsm-conv``: NSMs (:class:`~nsm_train.model.NSMMLP`, ``NSMConvNet``);
@@ -45,7 +50,7 @@ from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertaint
 
 __all__ = ["DeviceError", "resolve_device", "TrainConfig", "train", "evaluate", "evaluate_many",
            "build_model", "save_checkpoint", "load_checkpoint", "CheckpointError", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
-           "MODELS"]
+           "MODELS", "shift_images"]
 
 CHECKPOINT_FORMAT = "nsm-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -91,6 +96,10 @@ class TrainConfig:
     resume: bool = False                 # continue from ``checkpoint`` if it exists
     stop_after: int | None = None        # leave after this many epochs of this call
     time_limit: float | None = None      # seconds: stop at the first epoch end past it
+    score_scale: bool = False            # learn a softmax temperature for the loss only
+    loss_samples: int = 1                # loss on the mean scores of this many samples
+    label_smoothing: float = 0.0
+    shift: int = 0                       # random image shifts of up to this many pixels
 
 
 def _set_seed(seed: int) -> None:
@@ -130,12 +139,44 @@ def _dist():
     return dist.get_rank(), dist.get_world_size()
 
 
-def _loss(model, xb, yb, loss_fn):
+def _loss(model, xb, yb, loss_fn, log_scale=None, samples=1):
     if isinstance(model, SBSMLP):
         logits = model.mean_field_logits(xb)
         return loss_fn(logits, yb), logits
-    scores = model(xb)
-    return loss_fn(scores, yb), scores
+    if samples > 1:
+        scores = model(xb.repeat(samples, 1)).reshape(samples, xb.shape[0], -1).mean(dim=0)
+    else:
+        scores = model(xb)
+    logits = scores if log_scale is None else scores * torch.exp(log_scale)
+    return loss_fn(logits, yb), scores
+
+
+def shift_images(x, shape, k: int, generator=None):
+    """Each image of ``x`` (batch, C·H·W) moved by its own random ``(dy, dx)`` in
+    ``-k..k`` pixels, zero fill (``k = 0``: ``x`` itself)."""
+    if k == 0:
+        return x
+    c, h, w = shape
+    b = x.shape[0]
+    img = torch.nn.functional.pad(x.reshape(b, c, h, w), (k, k, k, k))
+    d = torch.randint(0, 2 * k + 1, (2, b), generator=generator).to(x.device)
+    out = torch.empty_like(x).reshape(b, c, h, w)
+    for dy in range(2 * k + 1):
+        for dx in range(2 * k + 1):
+            sel = torch.nonzero((d[0] == dy) & (d[1] == dx)).flatten()
+            if len(sel):
+                out[sel] = img[sel, :, 2 * k - dy:2 * k - dy + h, 2 * k - dx:2 * k - dx + w]
+    return out.reshape(b, -1)
+
+
+def _check_loss_options(cfg: TrainConfig) -> None:
+    if isinstance(cfg.loss_samples, bool) or not isinstance(cfg.loss_samples, int) \
+            or cfg.loss_samples < 1:
+        raise ValueError(f"loss_samples must be a positive integer, got {cfg.loss_samples!r}")
+    if isinstance(cfg.shift, bool) or not isinstance(cfg.shift, int) or not 0 <= cfg.shift <= 8:
+        raise ValueError(f"shift must be an integer in 0..8 pixels, got {cfg.shift!r}")
+    if not 0.0 <= float(cfg.label_smoothing) < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing!r}")
 
 
 def train(cfg: TrainConfig, progress: bool = True):
@@ -150,6 +191,7 @@ def train(cfg: TrainConfig, progress: bool = True):
     """
     from tqdm.auto import tqdm
 
+    _check_loss_options(cfg)
     rank, world = _dist()
     info = dataset_info(cfg.dataset)
     x_tr, y_tr, x_te, y_te = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
@@ -158,9 +200,11 @@ def train(cfg: TrainConfig, progress: bool = True):
     dev = resolve_device(cfg.device)
     _set_seed(cfg.seed)
     model = build_model(cfg, info).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    log_scale = nn.Parameter(torch.zeros((), device=dev)) if cfg.score_scale else None
+    opt = torch.optim.Adam(list(model.parameters()) + ([log_scale] if cfg.score_scale else []),
+                           lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=float(cfg.label_smoothing))
     x = as_pixels(x_tr).to(dev)
     y = torch.from_numpy(y_tr).to(dev)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -170,7 +214,7 @@ def train(cfg: TrainConfig, progress: bool = True):
     history = {"loss": [], "train_acc": []}
     start = 0
     if cfg.resume and cfg.checkpoint and Path(cfg.checkpoint).is_file():
-        start, history = _restore(cfg.checkpoint, model, opt, sched, gen, rank)
+        start, history = _restore(cfg.checkpoint, model, opt, sched, gen, rank, log_scale)
     t0 = time.perf_counter()
     stop = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start + cfg.stop_after)
     bar = tqdm(range(start, stop), desc=f"train {cfg.model} {cfg.dataset}", unit="epoch",
@@ -185,7 +229,8 @@ def train(cfg: TrainConfig, progress: bool = True):
             idx = perm[i:i + cfg.batch_size][rank * per_rank:(rank + 1) * per_rank]
             if len(idx) == 0:
                 idx = perm[i:i + 1]            # keep the collective calls in step
-            loss, scores = _loss(model, x[idx], y[idx], loss_fn)
+            xb = shift_images(x[idx], info["shape"], cfg.shift)
+            loss, scores = _loss(model, xb, y[idx], loss_fn, log_scale, cfg.loss_samples)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if world > 1:
@@ -205,6 +250,8 @@ def train(cfg: TrainConfig, progress: bool = True):
             save_checkpoint(model, cfg.checkpoint, extra={
                 "train_config": asdict(cfg),
                 "resume": {"epoch": epoch + 1, "optimizer": opt.state_dict(),
+                           "log_scale": (log_scale.detach().cpu().clone() if cfg.score_scale
+                                         else None),
                            "scheduler": sched.state_dict(), "generator": gen.get_state(),
                            "torch_rng": torch.get_rng_state(),
                            "cuda_rng": (torch.cuda.get_rng_state(dev) if dev.type == "cuda"
@@ -217,6 +264,8 @@ def train(cfg: TrainConfig, progress: bool = True):
     history["samples"] = cfg.samples
     history["world_size"] = world
     history["epochs_done"] = stop
+    if cfg.score_scale:
+        history["score_scale"] = float(torch.exp(log_scale.detach()))
     history["test_acc"] = evaluate(model, x_te, y_te, cfg.samples)
     return model, history
 
@@ -250,7 +299,7 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _restore(path, model, opt, sched, gen, rank):
+def _restore(path, model, opt, sched, gen, rank, log_scale=None):
     _, ckpt = load_checkpoint(path)
     state = ckpt.get("resume")
     if not isinstance(state, dict):
@@ -262,6 +311,12 @@ def _restore(path, model, opt, sched, gen, rank):
         raise CheckpointError(f"{path}: was written by a different network "
                               f"({ckpt.get('config')}); resume with the same options or start "
                               f"a new checkpoint") from None
+    if log_scale is not None:
+        if state.get("log_scale") is None:
+            raise CheckpointError(f"{path}: was trained without score_scale; resume with the "
+                                  f"same options")
+        with torch.no_grad():
+            log_scale.copy_(state["log_scale"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])

@@ -408,3 +408,168 @@ def test_resume_with_another_network_is_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="different network"):
         train(TrainConfig(hidden=[12], epochs=2, checkpoint=str(ck), resume=True,
                           train_limit=200), progress=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(per_row=st.booleans(), seed=st.integers(0, 2**31 - 1), log_scale=st.integers(-20, 8),
+       grid=st.booleans(), zero_row=st.booleans())
+def test_ternary_mse_histogram_matches_the_search(per_row, seed, log_scale, grid, zero_row):
+    """The histogram shortcut for ternary weights picks an exponent of least squared error."""
+    from nsm_train import layers as L
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 50, generator=g)
+    if grid:        # many weights exactly at s/2 and s: the rounding ties
+        w = torch.round(w * 4) / 4
+    w = w * 2.0 ** log_scale
+    if zero_row:
+        w[2] = 0.0
+    r = w.abs().amax(1, keepdim=True) if per_row else w.abs().amax().reshape(1, 1)
+    mant, e = torch.frexp(r)
+    exp_max = torch.where(mant == 0.5, e - 1, e).float()
+    fast = L._mse_exponent_ternary(w, exp_max, per_row)
+    slow = L._mse_exponent_search(w, exp_max, 1.0, per_row)
+    assert fast.shape == slow.shape and torch.equal(fast, torch.round(fast))
+    assert torch.all(fast <= exp_max) and torch.all(fast >= exp_max - L.MSE_SEARCH)
+
+    def err(exp):
+        s = torch.pow(2.0, exp.double())
+        d = (torch.clamp(torch.round(w.double() / s), -1, 1) * s - w.double()) ** 2
+        return d.sum(1) if per_row else d.sum().reshape(1)
+    assert torch.all(err(fast) <= err(slow) * (1 + 1e-9) + 1e-300)
+    if not per_row:
+        assert torch.all(fast == fast[0])
+
+
+# --- loss-only training options ------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_shift_images_moves_each_image_within_k_pixels(k):
+    from nsm_train.train import shift_images
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.zeros(200, 2, 9, 8)
+    x[:, :, 2:7, 2:6] = torch.rand(200, 2, 5, 4, generator=g) + 0.5    # zero border of 2
+    out = shift_images(x.reshape(200, -1), [2, 9, 8], k, generator=g).reshape(200, 2, 9, 8)
+    seen = set()
+    for i in range(200):
+        hits = [(dy, dx) for dy in range(-k, k + 1) for dx in range(-k, k + 1)
+                if torch.equal(out[i], torch.roll(x[i], (dy, dx), dims=(1, 2)))]
+        assert hits, f"image {i} is not a shift of its input by at most {k} pixels"
+        seen.update(hits)
+    assert len(seen) == (2 * k + 1) ** 2          # every offset occurs in 200 draws
+
+
+def test_shift_images_fills_with_zeros():
+    from nsm_train.train import shift_images
+
+    x = torch.ones(30, 1, 4, 4)
+    out = shift_images(x.reshape(30, -1), [1, 4, 4], 1).reshape(30, 4, 4)
+    moved = out.sum(dim=(1, 2)) < 16
+    assert moved.any() and torch.all(out[moved].sum(dim=(1, 2)) >= 9)
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_score_scale_multiplies_the_logits_only():
+    from nsm_train.train import _loss
+
+    model = NSMMLP(8, [6], 3, p=1.0, weight_bits=2)
+    x = torch.randint(0, 256, (5, 8)).float()
+    y = torch.tensor([0, 1, 2, 0, 1])
+    log_s = torch.tensor(0.7, requires_grad=True)
+    loss, scores = _loss(model, x, y, torch.nn.CrossEntropyLoss(), log_s)
+    assert torch.equal(scores, model(x))
+    want = torch.nn.functional.cross_entropy(model(x) * np.exp(0.7), y)
+    assert torch.allclose(loss, want, rtol=1e-6)
+    loss.backward()
+    assert log_s.grad is not None and log_s.grad != 0
+    loss2, scores2 = _loss(model, x, y, torch.nn.CrossEntropyLoss(), None, samples=3)
+    assert torch.equal(scores2, model(x))         # p = 1: every sample is the same
+
+
+def test_loss_options_train_an_exportable_network(digits):
+    from nsm_export.compiler import compile_model
+    from nsm_export.onnx_export import build_onnx
+    from nsm_train.data import dataset_info
+    from nsm_train.train import build_model
+
+    cfg = TrainConfig(hidden=[32], epochs=3, seed=5, weight_bits=2, score_scale=True,
+                      loss_samples=2, label_smoothing=0.1, shift=1, lr=0.02)
+    model, hist = train(cfg, progress=False)
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert hist["score_scale"] != 1.0 and hist["test_acc"] > 0.25      # chance: 0.1
+    assert model.config == build_model(TrainConfig(hidden=[32], weight_bits=2),
+                                       dataset_info("digits")).config
+    ir = compile_model(build_onnx(model, samples=4), samples=4)   # nothing the IR cannot hold
+    assert ir is not None
+
+
+def test_resume_keeps_the_score_scale(tmp_path):
+    ck = tmp_path / "run.pt"
+    base = dict(hidden=[16], epochs=3, seed=11, samples=2, train_limit=300, score_scale=True)
+    full, hf = train(TrainConfig(**base), progress=False)
+    train(TrainConfig(**base, checkpoint=str(ck), stop_after=2), progress=False)
+    resumed, hr = train(TrainConfig(**base, checkpoint=str(ck), resume=True), progress=False)
+    assert hr["loss"] == hf["loss"] and hr["score_scale"] == hf["score_scale"]
+    plain = tmp_path / "plain.pt"
+    train(TrainConfig(**dict(base, score_scale=False), checkpoint=str(plain), stop_after=1),
+          progress=False)
+    with pytest.raises(CheckpointError, match="score_scale"):
+        train(TrainConfig(**base, checkpoint=str(plain), resume=True), progress=False)
+
+
+@pytest.mark.parametrize("bad", [dict(loss_samples=0), dict(shift=-1), dict(shift=9),
+                                 dict(label_smoothing=1.0), dict(loss_samples=True)])
+def test_bad_loss_options_are_one_clear_error(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        train(TrainConfig(hidden=[8], epochs=1, train_limit=50, **bad), progress=False)
+
+
+def test_accuracy_benchmark_passes_loss_options_and_merges(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "acc.json"
+    old = [dict(dataset="digits", model="det-mlp", weight_bits=2, samples=1, accuracy=0.5,
+                command="old"),
+           dict(dataset="digits", model="nsm-mlp", weight_bits=2, samples=1, accuracy=0.1,
+                command="old")]
+    out.write_text(json.dumps(old))
+    recs = bench.main(["--short", "--models", "nsm-mlp", "--bits", "2", "--epochs", "1",
+                       "--train-limit", "100", "--score-scale", "--shift", "1",
+                       "--label-smoothing", "0.05", "--output-bits", "8", "--out", str(out),
+                       "--merge", "--save-dir", str(tmp_path / "models")])
+    saved = json.loads(out.read_text())
+    assert saved[0] == old[0] and len(saved) == 1 + len(bench.SAMPLES)     # nsm-mlp replaced
+    new = [r for r in saved if r["model"] == "nsm-mlp"]
+    assert new == json.loads(json.dumps([r for r in recs if r["model"] == "nsm-mlp"]))
+    cfg = new[0]["config"]
+    assert (cfg["score_scale"], cfg["shift"], cfg["label_smoothing"]) == (True, 1, 0.05)
+    assert cfg["output_weight_bits"] == 8 and "--score-scale" in new[0]["command"]
+    model, ckpt = load_checkpoint(tmp_path / "models" / "digits-nsm-mlp-w2.pt")
+    assert model.layers[-1].weight_bits == 8 and ckpt["train_config"]["shift"] == 1
+
+
+def test_nsm_train_cli_loss_options(tmp_path):
+    from click.testing import CliRunner
+
+    from nsm.cli import main
+
+    ck = tmp_path / "m.pt"
+    r = CliRunner().invoke(main, ["train", "--hidden", "16", "--epochs", "1", "--no-progress",
+                                  "--weight-bits", "2", "--output-weight-bits", "8",
+                                  "--score-scale", "--loss-samples", "2", "--shift", "1",
+                                  "--label-smoothing", "0.1", "--norm", "l1", "-o", str(ck)])
+    assert r.exit_code == 0, r.output
+    model, ckpt = load_checkpoint(ck)
+    assert model.layers[0].weight_bits == 2 and model.layers[-1].weight_bits == 8
+    tc = ckpt["train_config"]
+    assert (tc["score_scale"], tc["loss_samples"], tc["shift"], tc["label_smoothing"]) == \
+        (True, 2, 1, 0.1)
+    r = CliRunner().invoke(main, ["train", "--output-weight-bits", "12", "-o", str(ck)])
+    assert r.exit_code != 0 and "12" in r.output
