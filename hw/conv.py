@@ -37,35 +37,15 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import ConvLayer, PoolLayer
-from .dense import (LOAD_BEAT_BITS, RAM16_NAME, SPIKE_WORD, SPIKE_WORD_BITS, pack_lanes,
+from .dense import (LOAD_BEAT_BITS, RAM16_NAME, SPIKE_WORD, SPIKE_WORD_BITS, memory_words,
                     word_beats)
 from .lfsr import Lfsr
 
-__all__ = ["ConvEngine", "conv_memory_words", "map_memory_depth", "CONSUMERS"]
+__all__ = ["ConvEngine", "map_memory_depth", "CONSUMERS"]
 
 #: How the engine hands its output on: ``map`` = pixel words to a conv engine; ``bits`` = one
 #: spike a cycle into a dense engine's 16-bit spike memory (channel-major index).
 CONSUMERS = ("map", "bits")
-
-
-def conv_memory_words(layer: ConvLayer) -> tuple[list[int], list[int]]:
-    """Weight words (group by group, window input by window input: ``pe`` lanes each) and
-    threshold words (one per group). Window input ``q = (c*k + i)*k + j`` is the filter's
-    weight ``[c, i, j]`` (the IR's flattening of a filter)."""
-    pe, wb = layer.pe, layer.weight_bits
-    w2 = layer.weights.reshape(layer.c_out, -1)
-    groups = -(-layer.c_out // pe)
-    weights, offsets = [], []
-    for g in range(groups):
-        rows = range(g * pe, (g + 1) * pe)
-        for q in range(w2.shape[1]):
-            lane_w = [w2[o, q] if o < layer.c_out else 0 for o in rows]
-            if wb == 1:
-                lane_w = [1 if w > 0 else 0 for w in lane_w]
-            weights.append(pack_lanes(lane_w, wb))
-        offsets.append(pack_lanes([layer.offsets[o] if o < layer.c_out else 0 for o in rows],
-                                  layer.offset_bits))
-    return weights, offsets
 
 
 def map_memory_depth(layer: ConvLayer, double: bool) -> int:
@@ -99,7 +79,7 @@ class ConvEngine(wiring.Component):
         so the layers before and after work on consecutive samples at once.
     reseed, seed, loading, load_en, load_data : In
         As in :class:`hw.dense.DenseEngine` (the last three only for ``weight_store: ram``:
-        the weight words of :func:`conv_memory_words` in 16-bit beats, low slice first).
+        the weight words of :func:`hw.dense.memory_words` in 16-bit beats, low slice first).
     """
 
     def __init__(self, layer: ConvLayer, pool: PoolLayer | None = None, consumer: str = "map",
@@ -161,7 +141,7 @@ class ConvEngine(wiring.Component):
         n_pix = H * W
 
         # --- memories ----------------------------------------------------------------------
-        w_init, o_init = conv_memory_words(L)
+        w_init, o_init = memory_words(L)
         depth = max(2, len(w_init))
         waddr = Signal(range(depth))
         if L.weight_store == "ram":

@@ -81,19 +81,22 @@ def pack_lanes(values, bits: int) -> int:
     return word
 
 
-def memory_words(layer: DenseLayer) -> tuple[list[int], list[int]]:
+def memory_words(layer) -> tuple[list[int], list[int]]:
     """Weight words (group by group, input by input: ``pe`` lanes each) and threshold/bias
-    words (one per group), as the engine's memories hold them."""
-    pe, wb, G = layer.pe, layer.weight_bits, layer.groups
+    words (one per group), as the engines' memories hold them. A conv layer's inputs are its
+    window's ``q = (c*k + i)*k + j`` (the IR's flattening of a filter, ``hw.conv``)."""
+    w2 = layer.weights.reshape(layer.weights.shape[0], -1)
+    n_rows, n_cols = w2.shape
+    pe, wb = layer.pe, layer.weight_bits
     weights, offsets = [], []
-    for g in range(G):
+    for g in range(-(-n_rows // pe)):
         rows = range(g * pe, (g + 1) * pe)
-        for j in range(layer.n_in):
-            lane_w = [layer.weights[i, j] if i < layer.n_out else 0 for i in rows]
+        for j in range(n_cols):
+            lane_w = [w2[i, j] if i < n_rows else 0 for i in rows]
             if wb == 1:
                 lane_w = [1 if w > 0 else 0 for w in lane_w]
             weights.append(pack_lanes(lane_w, wb))
-        offsets.append(pack_lanes([layer.offsets[i] if i < layer.n_out else 0 for i in rows],
+        offsets.append(pack_lanes([layer.offsets[i] if i < n_rows else 0 for i in rows],
                                   layer.offset_bits))
     return weights, offsets
 
@@ -118,13 +121,9 @@ def n_load_beats(layer) -> int:
 def load_beats(layer) -> list[int]:
     """The 16-bit beats that fill a ``ram`` weight memory, in the order they are sent: word by
     word, the low 16 bits first."""
-    if layer.kind == "conv2d":
-        from .conv import conv_memory_words
-        words = conv_memory_words(layer)[0]
-    else:
-        words = memory_words(layer)[0]
     mask, n = (1 << LOAD_BEAT_BITS) - 1, word_beats(layer)
-    return [(word >> (LOAD_BEAT_BITS * b)) & mask for word in words for b in range(n)]
+    return [(word >> (LOAD_BEAT_BITS * b)) & mask
+            for word in memory_words(layer)[0] for b in range(n)]
 
 
 class DenseEngine(wiring.Component):

@@ -226,10 +226,11 @@ def resource_rows(ir: irmod.IR) -> list[dict]:
     included). Dense (``hw.dense``): weights, one ``pe``-lane word per neuron group and input;
     thresholds or biases, one word per group; the small kept-input index and spike buffers are
     not counted. Conv (``hw.conv``): weights, one ``pe``-lane word per filter group and window
-    input (:func:`hw.conv.conv_memory_words`); thresholds, one word per group; the input map
+    input (:func:`hw.dense.memory_words`); thresholds, one word per group; the input map
     (one ``c_in``-bit word per pixel, double-buffered when a conv engine writes it); the mask
     (same shape, sampling layers). Pooling: nothing; the conv engine before it computes it."""
-    from hw.conv import conv_memory_words, map_memory_depth
+    from hw.conv import map_memory_depth
+    from hw.dense import memory_words
 
     stages = schedule.hw_stages(ir)
     fed_by_conv = {st.index for prev, st in itertools.pairwise(stages)
@@ -246,7 +247,7 @@ def resource_rows(ir: irmod.IR) -> list[dict]:
             rows.append(row)
             continue
         if layer.kind == "conv2d":
-            w_words, o_words = conv_memory_words(layer)
+            w_words, o_words = memory_words(layer)
             mems = {"weights": _memory(layer.pe * layer.weight_bits, max(2, len(w_words))),
                     "thresholds": _memory(layer.pe * layer.offset_bits, max(2, len(o_words))),
                     "map": _memory(layer.c_in, map_memory_depth(layer, i in fed_by_conv))}

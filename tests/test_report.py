@@ -234,14 +234,14 @@ def _conv_ir(samples=3):
 def test_conv_resources_cycles_and_lfsr_rows():
     """The numbers by hand: memory shapes as hw.conv builds them, a dense walk per engine, no
     LFSR row for the pooling layer."""
-    from hw.conv import conv_memory_words
+    from hw.dense import memory_words
     ir = _conv_ir()
     rows = resource_rows(ir)
     assert [r["kind"] for r in rows] == ["conv2d", "pool", "conv2d", "hidden", "output"]
     mem = [{k: (m["width"], m["depth"]) for k, m in r["memories"].items()} for r in rows]
     # conv 0: 3 lanes x 3 bits, 2 groups x 1·3² window inputs; the encoder writes its map.
     assert mem[0] == {"weights": (9, 18), "thresholds": (9, 2), "map": (1, 64), "mask": (1, 64)}
-    assert len(conv_memory_words(ir.layers[0])[0]) == 18
+    assert len(memory_words(ir.layers[0])[0]) == 18
     # conv 2: 5 lanes x 2 bits, 2 groups x 4·2² inputs; its 4x4 map is written by conv 0: two
     # halves of 16 pixel words.
     assert mem[2] == {"weights": (10, 32), "thresholds": (20, 2), "map": (4, 32),
