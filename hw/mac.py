@@ -1,4 +1,5 @@
-"""Reference design for the benchmarks: the same MLP as a conventional int8 multiply-accumulate core.
+"""Reference design for the benchmarks: the same network on a conventional int8 multiply-accumulate
+core.
 
 The NSM core (:mod:`hw.top`) claims that a sampling network needs only adders, comparators and
 LFSRs. This module builds what it is measured against (``benchmarks/hardware.py``): a
@@ -12,6 +13,11 @@ Semantics (:func:`mac_reference` is the model; the hardware equals it exactly):
   8, sign-extended to 8 bits at the multiplier) and unsigned 8-bit activations ``a_j``;
 * hidden layers: 8-bit ReLU, ``a_i = clamp(v_i >> shift_l, 0, 255)`` (arithmetic shift, i.e. the
   floor of ``v_i / 2**shift_l``): the power-of-two requantization of integer-only inference;
+* conv layer ``l`` (:class:`MacConv`, before the dense layers; input ``(C, H, W)`` in CHW
+  order, the pixels' order for the first layer): ``v = conv2d(a, w, stride, padding) + b`` with
+  zero padding, then the 8-bit ReLU above, then max pooling over ``pool x pool`` windows (stride
+  ``pool``, rows and columns no window covers are dropped); a dense layer after it reads its
+  outputs flattened in CHW order;
 * output layer: the scores are ``v_c``; the class is the first maximum (ties: lowest index).
 
 Why 8-bit ReLU and not ±1 activations: a fair baseline is the network a deterministic
@@ -35,6 +41,16 @@ memory, each hidden layer's activations to a memory of ``pe``-lane words. Schedu
                scores.
 ``ARGMAX``     ``C + 1`` cycles, as in the NSM core; then ``OUT`` until the result is taken.
 
+A conv layer runs on the same lanes: lane ``k`` of group ``g`` is output channel ``g * pe + k``.
+Group by group, pooled pixel by pooled pixel (rows, then columns), each conv position of the
+pooling window is one window walk of ``K = c_in * k * k`` cycles (channel, kernel row, kernel
+column; a tap in the zero padding multiplies 0), then ``DRAIN`` (3 cycles) and ``POOL`` (1
+cycle: the lanes' running maximum); after the window's last position ``WRITE`` (1 cycle) stores
+the ReLU of the maximum (``max`` commutes with the ReLU, which never decreases). Only conv
+positions some pooling window covers are computed. Activations are kept as ``pe``-lane words,
+word ``(c // pe) * H * W + y * W + x``; window addresses are running sums (no multiplier
+outside the lanes). Per conv layer: ``G * PH * PW * (pool**2 * (K + 4) + 1)`` cycles.
+
 The multipliers (``w_k * a``: signed 8 x unsigned 8 bits) are what ``synth_ice40 -dsp`` maps to
 SB_MAC16 and ``synth_ecp5`` to MULT18X18D.
 """
@@ -45,7 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from amaranth.back import verilog
-from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, ClockSignal, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -53,8 +69,9 @@ from nsm_export.ir import signed_bits, unsigned_bits
 from .argmax import ArgmaxScan
 from .dense import LOAD_BEAT_BITS, RAM16_MODULE, RAM16_NAME, pack_lanes
 
-__all__ = ["MacLayer", "MacNet", "MacCore", "MacError", "random_mac_net", "mac_reference",
-           "mac_latency_cycles", "mac_cycles_per_inference", "mac_dense_bound",
+__all__ = ["MacLayer", "MacConv", "MacNet", "MacCore", "MacError", "random_mac_net",
+           "random_mac_conv_net", "mac_reference",
+           "mac_latency_cycles", "mac_cycles_per_inference", "mac_dense_bound", "mac_multiplies",
            "mac_weight_image", "generate_mac_verilog"]
 
 ACT_BITS = 8
@@ -85,12 +102,65 @@ class MacLayer:
 
 
 @dataclass(frozen=True)
+class MacConv:
+    """One conv layer: ``weights`` ``(c_out, c_in, k, k)``, ``bias`` ``(c_out,)``, stride, zero
+    padding, the max-pooling window after the ReLU (1: none), the requantization ``shift`` and
+    the weight store. Its weight matrix (one row per output channel, taps in ``(c, i, j)``
+    order) is what the lanes walk."""
+    weights: np.ndarray
+    bias: np.ndarray
+    stride: int = 1
+    padding: int = 0
+    pool: int = 1
+    shift: int = 0
+    weight_store: str = "rom"
+
+    @property
+    def kernel(self) -> int:
+        return self.weights.shape[-1]
+
+    @property
+    def c_in(self) -> int:
+        return self.weights.shape[1]
+
+    @property
+    def n_in(self) -> int:
+        """Taps per output: the window walk's length ``K``."""
+        return self.c_in * self.kernel * self.kernel
+
+    @property
+    def n_out(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.weights).reshape(self.n_out, -1)
+
+    def conv_shape(self, shape: tuple) -> tuple:
+        """Conv output ``(c_out, OH, OW)`` for input ``(C, H, W)``."""
+        _, h, w = shape
+        k, s, pad = self.kernel, self.stride, self.padding
+        return self.n_out, (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+
+    def out_shape(self, shape: tuple) -> tuple:
+        c, oh, ow = self.conv_shape(shape)
+        return c, oh // self.pool, ow // self.pool
+
+
+def _matrix(layer) -> np.ndarray:
+    return layer.matrix if isinstance(layer, MacConv) else np.asarray(layer.weights)
+
+
+@dataclass(frozen=True)
 class MacNet:
-    """An integer MLP for :class:`MacCore`: layers, ``pe`` lanes, weight width, top name."""
+    """An integer network for :class:`MacCore`: layers (conv layers first, then dense ones),
+    ``pe`` lanes, weight width, top name, and the pixels' ``input_shape`` ``(C, H, W)`` (needed
+    when the first layer is a conv layer; a dense first layer takes ``n_in`` pixels)."""
     layers: tuple
     pe: int
     weight_bits: int = 8
     name: str = "mac"
+    input_shape: tuple | None = None
 
     def validate(self) -> None:
         if not self.layers:
@@ -100,13 +170,25 @@ class MacNet:
         if self.weight_bits not in range(2, 9):
             raise MacError(f"weight_bits {self.weight_bits!r} must be in [2, 8]")
         q = 1 << (self.weight_bits - 1)
+        if isinstance(self.layers[-1], MacConv):
+            raise MacError("the last layer must be a dense layer (it gives the scores)")
+        if self.input_shape is not None and (
+                len(self.input_shape) != 3 or min(self.input_shape) < 1):
+            raise MacError(f"input_shape {self.input_shape!r} must be (C, H, W), all positive")
+        shape = self.input_shape
         for i, layer in enumerate(self.layers):
             w, b = np.asarray(layer.weights), np.asarray(layer.bias)
-            if w.ndim != 2 or b.shape != (w.shape[0],):
-                raise MacError(f"layers[{i}]: weights {w.shape} and bias {b.shape} do not match")
-            if i and w.shape[1] != self.layers[i - 1].n_out:
-                raise MacError(f"layers[{i}] takes {w.shape[1]} inputs, layer {i - 1} gives "
-                               f"{self.layers[i - 1].n_out}")
+            if isinstance(layer, MacConv):
+                shape = self._check_conv(i, layer, shape)
+            else:
+                if w.ndim != 2 or b.shape != (w.shape[0],):
+                    raise MacError(f"layers[{i}]: weights {w.shape} and bias {b.shape} do not "
+                                   f"match")
+                if shape is not None and w.shape[1] != int(np.prod(shape)):
+                    given = f"layer {i - 1} gives" if i else f"input_shape {tuple(shape)} gives"
+                    raise MacError(f"layers[{i}] takes {w.shape[1]} inputs, {given} "
+                                   f"{int(np.prod(shape))}")
+                shape = (w.shape[0], 1, 1)
             if w.min() < -q or w.max() >= q:
                 raise MacError(f"layers[{i}]: weights outside [{-q}, {q - 1}] "
                                f"({self.weight_bits} bits)")
@@ -116,24 +198,56 @@ class MacNet:
                 raise MacError(f"layers[{i}].weight_store {layer.weight_store!r} must be rom "
                                f"or ram")
 
+    def _check_conv(self, i: int, layer: MacConv, shape) -> tuple:
+        w, b = np.asarray(layer.weights), np.asarray(layer.bias)
+        if w.ndim != 4 or w.shape[2] != w.shape[3] or b.shape != (w.shape[0],):
+            raise MacError(f"layers[{i}]: conv weights {w.shape} (want (c_out, c_in, k, k)) and "
+                           f"bias {b.shape} do not match")
+        if i and not isinstance(self.layers[i - 1], MacConv):
+            raise MacError(f"layers[{i}]: a conv layer after a dense layer is not supported")
+        if shape is None:
+            raise MacError("a conv first layer needs the network's input_shape (C, H, W)")
+        if shape[0] != layer.c_in:
+            raise MacError(f"layers[{i}] takes {layer.c_in} channels, its input has {shape[0]}")
+        if layer.stride < 1 or not 0 <= layer.padding < layer.kernel or layer.pool < 1:
+            raise MacError(f"layers[{i}]: stride {layer.stride}, padding {layer.padding}, pool "
+                           f"{layer.pool} (want stride >= 1, 0 <= padding < kernel, pool >= 1)")
+        out = layer.out_shape(shape)
+        if min(out[1:]) < 1:
+            raise MacError(f"layers[{i}]: a {layer.kernel}x{layer.kernel} kernel, stride "
+                           f"{layer.stride}, pool {layer.pool} leave no output of {tuple(shape)}")
+        return out
+
+    def shapes(self) -> list[tuple]:
+        """Each layer's input shape ``(C, H, W)``; a dense layer's output is ``(n_out, 1, 1)``."""
+        shape = tuple(self.input_shape) if self.input_shape is not None \
+            else (1, 1, self.layers[0].n_in)
+        out = []
+        for layer in self.layers:
+            out.append(shape)
+            shape = layer.out_shape(shape) if isinstance(layer, MacConv) else (layer.n_out, 1, 1)
+        return out
+
     @property
     def n_in(self) -> int:
+        if self.input_shape is not None:
+            return int(np.prod(self.input_shape))
         return self.layers[0].n_in
 
     @property
     def n_classes(self) -> int:
         return self.layers[-1].n_out
 
-    def groups(self, layer: MacLayer) -> int:
+    def groups(self, layer) -> int:
         return -(-layer.n_out // self.pe)
 
     def acc_bits(self) -> int:
         """Signed width that holds ``sum w a + b`` of every neuron of every layer."""
-        worst = max(int((np.abs(np.asarray(lay.weights)).sum(axis=1) * ACT_MAX
+        worst = max(int((np.abs(_matrix(lay)).sum(axis=1) * ACT_MAX
                          + np.abs(np.asarray(lay.bias))).max()) for lay in self.layers)
         return signed_bits(-worst - 1, worst)
 
-    def bias_bits(self, layer: MacLayer) -> int:
+    def bias_bits(self, layer) -> int:
         m = int(np.abs(np.asarray(layer.bias)).max(initial=0))
         return signed_bits(-m - 1, m)
 
@@ -162,21 +276,77 @@ def random_mac_net(rng: np.random.Generator, sizes: list[int], pe: int, weight_b
     return net
 
 
+def random_mac_conv_net(rng: np.random.Generator, input_shape: tuple, convs: list[tuple],
+                        sizes: list[int], pe: int, weight_bits: int = 8,
+                        weight_store: str | list[str] = "rom", name: str = "mac") -> MacNet:
+    """Random conv layers ``convs`` (``(c_out, kernel, stride, padding, pool)`` each) on
+    ``input_shape``, then dense layers of ``sizes`` (the classes last), shifts as in
+    :func:`random_mac_net`."""
+    q = 1 << (weight_bits - 1)
+    n_layers = len(convs) + len(sizes)
+    stores = list(weight_store) if isinstance(weight_store, (list, tuple)) \
+        else [weight_store] * n_layers
+    layers, shape = [], tuple(input_shape)
+
+    def shift_for(n_in):
+        return max(0, int(np.ceil(np.log2(q * 128 * np.sqrt(n_in) / 2 / 128))))
+
+    for c_out, k, stride, pad, pool in convs:
+        conv = MacConv(rng.integers(-q, q, (c_out, shape[0], k, k)),
+                       rng.integers(-q * 64, q * 64 + 1, c_out), stride, pad, pool,
+                       shift_for(shape[0] * k * k), stores[len(layers)])
+        layers.append(conv)
+        shape = conv.out_shape(shape)
+    n_in = int(np.prod(shape))
+    for i, n_out in enumerate(sizes):
+        layers.append(MacLayer(rng.integers(-q, q, (n_out, n_in)),
+                               rng.integers(-q * 64, q * 64 + 1, n_out),
+                               shift_for(n_in) if i < len(sizes) - 1 else 0, stores[len(layers)]))
+        n_in = n_out
+    net = MacNet(tuple(layers), pe, weight_bits, name, tuple(input_shape))
+    net.validate()
+    return net
+
+
+def _conv_relu_pool(layer: MacConv, a: np.ndarray) -> np.ndarray:
+    """``a`` ``(N, C, H, W)`` -> the layer's 8-bit outputs ``(N, c_out, PH, PW)``."""
+    k, s, pad, P = layer.kernel, layer.stride, layer.padding, layer.pool
+    a = np.pad(a, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(a, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    v = np.einsum("nchwij,ocij->nohw", win, np.asarray(layer.weights, np.int64),
+                  optimize=True) + np.asarray(layer.bias, np.int64)[None, :, None, None]
+    a = np.clip(v >> layer.shift, 0, ACT_MAX)
+    n, c, oh, ow = a.shape
+    ph, pw = oh // P, ow // P
+    return a[:, :, :ph * P, :pw * P].reshape(n, c, ph, P, pw, P).max(axis=(3, 5))
+
+
 def mac_reference(net: MacNet, pixels) -> tuple[np.ndarray, np.ndarray]:
-    """The integer network on ``pixels`` ``(N, n_in)``: classes ``(N,)`` and scores ``(N, C)``."""
+    """The integer network on ``pixels`` ``(N, n_in)`` (CHW order for a conv first layer):
+    classes ``(N,)`` and scores ``(N, C)``."""
     a = np.asarray(pixels, dtype=np.int64)
     if a.ndim != 2 or a.shape[1] != net.n_in or a.min(initial=0) < 0 or a.max(initial=0) > ACT_MAX:
         raise MacError(f"pixels must be (N, {net.n_in}) integers in [0, {ACT_MAX}], "
                        f"not {a.shape}")
-    for i, layer in enumerate(net.layers):
+    for i, (layer, shape) in enumerate(zip(net.layers, net.shapes())):
+        if isinstance(layer, MacConv):
+            a = _conv_relu_pool(layer, a.reshape(len(a), *shape)).reshape(len(a), -1)
+            continue
         v = a @ np.asarray(layer.weights, dtype=np.int64).T + np.asarray(layer.bias, np.int64)
         a = np.clip(v >> layer.shift, 0, ACT_MAX) if i < len(net.layers) - 1 else v
     return np.argmax(a, axis=1), a
 
 
+def _layer_cycles(net: MacNet, layer, shape) -> int:
+    if isinstance(layer, MacConv):
+        _, ph, pw = layer.out_shape(shape)
+        return net.groups(layer) * ph * pw * (layer.pool ** 2 * (layer.n_in + DRAIN + 1) + 1)
+    return net.groups(layer) * (layer.n_in + DRAIN + 1)
+
+
 def mac_latency_cycles(net: MacNet) -> int:
     """Clock edges from the last pixel's handshake to ``m_axis_tvalid`` going high."""
-    return sum(net.groups(lay) * (lay.n_in + DRAIN + 1) for lay in net.layers) \
+    return sum(_layer_cycles(net, lay, shape) for lay, shape in zip(net.layers, net.shapes())) \
         + net.n_classes + 1
 
 
@@ -185,14 +355,27 @@ def mac_cycles_per_inference(net: MacNet) -> int:
     return net.n_in + mac_latency_cycles(net) + 1
 
 
+def mac_multiplies(net: MacNet) -> int:
+    """Multiplies of one inference: every tap of every computed conv position (those the
+    pooling covers), every weight of every dense layer."""
+    total = 0
+    for lay, shape in zip(net.layers, net.shapes()):
+        positions = 1
+        if isinstance(lay, MacConv):
+            _, ph, pw = lay.out_shape(shape)
+            positions = ph * pw * lay.pool ** 2
+        total += positions * lay.n_in * lay.n_out
+    return total
+
+
 def mac_dense_bound(net: MacNet) -> float:
     """Multiplies over lanes: what a dense schedule of this core needs at best."""
-    return sum(lay.n_in * lay.n_out for lay in net.layers) / net.pe
+    return mac_multiplies(net) / net.pe
 
 
-def _weight_words(net: MacNet, layer: MacLayer) -> list[int]:
+def _weight_words(net: MacNet, layer) -> list[int]:
     pe, out = net.pe, []
-    w = np.asarray(layer.weights)
+    w = _matrix(layer)
     for g in range(net.groups(layer)):
         rows = [g * pe + k for k in range(pe)]
         for j in range(layer.n_in):
@@ -301,6 +484,8 @@ class MacCore(wiring.Component):
         pe, wb, L, C = net.pe, net.weight_bits, len(net.layers), net.n_classes
         A, SB = net.acc_bits(), self._score_bits
         n0 = net.n_in
+        shapes = net.shapes()
+        convs = [i for i, lay in enumerate(net.layers) if isinstance(lay, MacConv)]
 
         # Weight loading (ram layers only): beat ``s`` of word ``a`` of ram layer ``wl``.
         rams = [i for i, lay in enumerate(net.layers) if lay.weight_store == "ram"]
@@ -318,19 +503,61 @@ class MacCore(wiring.Component):
         jw = Signal(range(max(2, max(net.groups(lay) for lay in net.layers))))   # j // pe
         jl = Signal(range(max(2, pe)))                                            # j % pe
         g = Signal.like(jw)
+        ok = Signal(init=1)                    # the tap is inside the input (not padding)
 
-        # Activation memories: the pixels (8 bits, n0 deep), then each hidden layer's outputs
-        # as pe-lane words, one per group.
+        # Activation memories: the pixels (8 bits, n0 deep, CHW order), then each hidden
+        # layer's outputs as pe-lane words: word (c // pe) * H * W + y * W + x.
+        def out_words(i):
+            lay = net.layers[i]
+            pix = int(np.prod(lay.out_shape(shapes[i])[1:])) if i in convs else 1
+            return net.groups(lay) * pix
+
         m.submodules.act0 = act0 = memory.Memory(shape=ACT_BITS, depth=max(2, n0), init=[])
         px_wr, a0_rd = act0.write_port(), act0.read_port()
-        m.d.comb += a0_rd.addr.eq(j)
         acts = [None]
         for i, lay in enumerate(net.layers[:-1]):
-            mem = memory.Memory(shape=pe * ACT_BITS, depth=max(2, net.groups(lay)), init=[])
+            mem = memory.Memory(shape=pe * ACT_BITS, depth=max(2, out_words(i)), init=[])
             m.submodules[f"act{i + 1}"] = mem
-            wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [rp.addr.eq(jw), wp.addr.eq(g)]
-            acts.append((wp, rp))
+            acts.append((mem.write_port(), mem.read_port()))
+
+        # Walk state of conv layers and of a dense layer after one (only built when needed).
+        conv_in = [i for i in range(L) if i in convs or (i and i - 1 in convs)]
+        if conv_in:
+            # |cb + ya + x| stays below the input's words plus a padded window's span.
+            span = [(shapes[i][1] + 2 * net.layers[i].padding + net.layers[i].kernel
+                     + net.layers[i].pool * net.layers[i].stride) * (shapes[i][2] + 1)
+                    for i in convs]
+            bound = 4 + max(out_words(i - 1) if i else n0 for i in conv_in) + max(span or [0])
+            sw = signed(signed_bits(-bound, bound))
+            cb = Signal(sw)                    # the input channel's first word
+            pix = Signal(range(max(2, max(shapes[i][1] * shapes[i][2] for i in conv_in))))
+        if convs:
+            kmax = max(net.layers[i].kernel for i in convs)
+            pmax = max(net.layers[i].pool for i in convs)
+            ki, kj = Signal(range(max(2, kmax))), Signal(range(max(2, kmax)))
+            di, dj = Signal(range(max(2, pmax))), Signal(range(max(2, pmax)))
+            ppy = Signal(range(max(2, max(net.layers[i].out_shape(shapes[i])[1] for i in convs))))
+            ppx = Signal(range(max(2, max(net.layers[i].out_shape(shapes[i])[2] for i in convs))))
+            y, ya, x, y0, ya0, x0 = (Signal(sw, name=n) for n in ("y", "ya", "x", "y0", "ya0",
+                                                                   "x0"))
+            wbase = Signal.like(waddr)
+            wa = Signal(range(max(2, max(out_words(i) for i in convs))))
+            fin_first, fin_last, fin_group, fin_done = Signal(), Signal(), Signal(), Signal()
+            best = [Signal(signed(A), name=f"best{k}") for k in range(pe)]
+
+        # Read addresses: each memory is read by one layer only.
+        def read_addr(i):
+            if i in convs:
+                return cb + ya + x
+            if i and i - 1 in convs:
+                return cb + pix
+            return j if i == 0 else jw
+
+        m.d.comb += a0_rd.addr.eq(read_addr(0))
+        for i in range(1, L):
+            m.d.comb += acts[i][1].addr.eq(read_addr(i))
+        for i in range(L - 1):
+            m.d.comb += acts[i + 1][0].addr.eq(wa if i in convs else g)
 
         wdatas, biases = [], []
         for i, lay in enumerate(net.layers):
@@ -362,7 +589,12 @@ class MacCore(wiring.Component):
         biases_now = [Array(b[k] for b in biases)[cur] if L > 1 else biases[0][k]
                       for k in range(pe)]
         asel = [a0_rd.data] + [rp.data.word_select(jl1, ACT_BITS) for _, rp in acts[1:]]
-        m.d.sync += aop.eq(Array(asel)[cur] if L > 1 else asel[0])
+        a_now = Array(asel)[cur] if L > 1 else asel[0]
+        if convs:
+            ok1 = Signal()
+            m.d.sync += [ok1.eq(ok), aop.eq(Mux(ok1, a_now, 0))]
+        else:
+            m.d.sync += aop.eq(a_now)
         for k in range(pe):
             m.d.sync += [wop[k].eq(wsel[k * wb:(k + 1) * wb].as_signed()),
                          prod[k].eq(wop[k] * aop)]
@@ -376,9 +608,97 @@ class MacCore(wiring.Component):
         px = Signal(range(n0 + 1))
         drain = Signal(range(DRAIN))
 
+        def relu(i, values):
+            out = []
+            for k, v in enumerate(values):
+                sh = Signal(signed(A + 1), name=f"sh{i}_{k}")
+                m.d.comb += sh.eq(v >> net.layers[i].shift)
+                out.append(Mux(sh < 0, 0, Mux(sh > ACT_MAX, ACT_MAX, sh[:ACT_BITS])))
+            return Cat(*out)
+
+        def window_origin(i):
+            """Registers of the first window of conv layer ``i`` (its top-left corner)."""
+            lay, W_ = net.layers[i], shapes[i][2]
+            pad = lay.padding
+            return [y0.eq(-pad), ya0.eq(-pad * W_), x0.eq(-pad), y.eq(-pad), ya.eq(-pad * W_),
+                    x.eq(-pad)]
+
         def start_layer(i):
             m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), waddr.eq(0), cur.eq(i)]
+            if i in conv_in:
+                m.d.sync += [cb.eq(0), pix.eq(0)]
+            if i in convs:
+                m.d.sync += [ki.eq(0), kj.eq(0), di.eq(0), dj.eq(0), ppx.eq(0), ppy.eq(0),
+                             wbase.eq(0), wa.eq(0), *window_origin(i)]
             m.next = f"ACC_{i}"
+
+        def next_channel(i):
+            """Advance the input channel: a pixel word per channel (layer 0) or a lane."""
+            hw_ = shapes[i][1] * shapes[i][2]
+            if i == 0:
+                m.d.sync += cb.eq(cb + hw_)
+            else:
+                m.d.sync += jl.eq(jl + 1)
+                with m.If(jl == pe - 1):
+                    m.d.sync += [jl.eq(0), cb.eq(cb + hw_)]
+
+        def conv_acc(i):
+            lay, (_, H, W_) = net.layers[i], shapes[i]
+            k, s, P, K = lay.kernel, lay.stride, lay.pool, lay.n_in
+            _, PH, PW = lay.out_shape(shapes[i])
+            m.d.comb += [issue.eq(1), first.eq(j == 0),
+                         ok.eq((y >= 0) & (y < H) & (x >= 0) & (x < W_))]
+            m.d.sync += [waddr.eq(waddr + 1), j.eq(j + 1), kj.eq(kj + 1), x.eq(x + 1)]
+            with m.If(kj == k - 1):
+                m.d.sync += [kj.eq(0), x.eq(x0), ki.eq(ki + 1), y.eq(y + 1), ya.eq(ya + W_)]
+                with m.If(ki == k - 1):
+                    m.d.sync += [ki.eq(0), y.eq(y0), ya.eq(ya0)]
+                    next_channel(i)
+            with m.If(j == K - 1):
+                # The window is walked: move its origin to the next pool offset, pooled pixel
+                # or group (DRAIN loads it into the walk registers).
+                last_off = (di == P - 1) & (dj == P - 1)
+                group_done = last_off & (ppx == PW - 1) & (ppy == PH - 1)
+                m.d.sync += [j.eq(0), cb.eq(0), jl.eq(0), drain.eq(0), waddr.eq(wbase),
+                             fin_first.eq((di == 0) & (dj == 0)), fin_last.eq(last_off),
+                             fin_group.eq(group_done),
+                             fin_done.eq(group_done & (g == net.groups(lay) - 1))]
+                m.next = f"DRAIN_{i}"
+                with m.If(dj != P - 1):
+                    m.d.sync += [dj.eq(dj + 1), x0.eq(x0 + s)]
+                with m.Elif(di != P - 1):
+                    m.d.sync += [dj.eq(0), di.eq(di + 1), y0.eq(y0 + s), ya0.eq(ya0 + s * W_),
+                                 x0.eq(x0 - (P - 1) * s)]
+                with m.Else():
+                    m.d.sync += [di.eq(0), dj.eq(0)]
+                    with m.If(ppx != PW - 1):
+                        m.d.sync += [ppx.eq(ppx + 1), y0.eq(y0 - (P - 1) * s),
+                                     ya0.eq(ya0 - (P - 1) * s * W_), x0.eq(x0 + s)]
+                    with m.Elif(ppy != PH - 1):
+                        m.d.sync += [ppx.eq(0), ppy.eq(ppy + 1), y0.eq(y0 + s),
+                                     ya0.eq(ya0 + s * W_), x0.eq(-lay.padding)]
+                    with m.Else():
+                        m.d.sync += [ppx.eq(0), ppy.eq(0), waddr.eq(wbase + K),
+                                     wbase.eq(wbase + K), *window_origin(i)[:3]]
+
+        def dense_acc(i, lay):
+            m.d.comb += [issue.eq(1), first.eq(j == 0)]
+            m.d.sync += [waddr.eq(waddr + 1), j.eq(j + 1)]
+            if i and i - 1 in convs:
+                hw_ = shapes[i][1] * shapes[i][2]
+                m.d.sync += pix.eq(pix + 1)
+                with m.If(pix == hw_ - 1):
+                    m.d.sync += pix.eq(0)
+                    next_channel(i)
+            else:
+                m.d.sync += jl.eq(jl + 1)
+                with m.If(jl == pe - 1):
+                    m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+            with m.If(j == lay.n_in - 1):
+                m.d.sync += [j.eq(0), jl.eq(0), jw.eq(0), drain.eq(0)]
+                if i and i - 1 in convs:
+                    m.d.sync += [pix.eq(0), cb.eq(0)]
+                m.next = f"DRAIN_{i}"
 
         with m.FSM(init="WLOAD" if rams else "LOAD"):
             if rams:
@@ -407,32 +727,44 @@ class MacCore(wiring.Component):
                         m.d.sync += px.eq(0)
                         start_layer(0)
             for i, lay in enumerate(net.layers):
+                conv = i in convs
                 with m.State(f"ACC_{i}"):
-                    m.d.comb += [issue.eq(1), first.eq(j == 0)]
-                    m.d.sync += [waddr.eq(waddr + 1), j.eq(j + 1), jl.eq(jl + 1)]
-                    with m.If(jl == pe - 1):
-                        m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
-                    with m.If(j == lay.n_in - 1):
-                        m.d.sync += [j.eq(0), jl.eq(0), jw.eq(0), drain.eq(0)]
-                        m.next = f"DRAIN_{i}"
+                    if conv:
+                        conv_acc(i)
+                    else:
+                        dense_acc(i, lay)
                 with m.State(f"DRAIN_{i}"):
                     m.d.sync += drain.eq(drain + 1)
+                    if conv:
+                        m.d.sync += [y.eq(y0), ya.eq(ya0), x.eq(x0)]
                     with m.If(drain == DRAIN - 1):
-                        m.next = f"WRITE_{i}"
-                with m.State(f"WRITE_{i}"):
-                    v = accs
-                    if i < L - 1:
-                        wp = acts[i + 1][0]
-                        relu = []
+                        m.next = f"POOL_{i}" if conv else f"WRITE_{i}"
+                if conv:
+                    with m.State(f"POOL_{i}"):
                         for k in range(pe):
-                            sh = Signal(signed(A + 1), name=f"sh{i}_{k}")
-                            m.d.comb += sh.eq(v[k] >> lay.shift)
-                            relu.append(Mux(sh < 0, 0, Mux(sh > ACT_MAX, ACT_MAX, sh[:ACT_BITS])))
-                        m.d.comb += [wp.en.eq(1), wp.data.eq(Cat(*relu))]
+                            m.d.sync += best[k].eq(Mux(fin_first | (accs[k] > best[k]), accs[k],
+                                                       best[k]))
+                        with m.If(fin_last):
+                            m.next = f"WRITE_{i}"
+                        with m.Else():
+                            m.next = f"ACC_{i}"
+                    with m.State(f"WRITE_{i}"):
+                        m.d.comb += [acts[i + 1][0].en.eq(1), acts[i + 1][0].data.eq(relu(i, best))]
+                        m.d.sync += wa.eq(wa + 1)
+                        with m.If(fin_group):
+                            m.d.sync += g.eq(g + 1)
+                        with m.If(fin_done):
+                            start_layer(i + 1)
+                        with m.Else():
+                            m.next = f"ACC_{i}"
+                    continue
+                with m.State(f"WRITE_{i}"):
+                    if i < L - 1:
+                        m.d.comb += [acts[i + 1][0].en.eq(1), acts[i + 1][0].data.eq(relu(i, accs))]
                     else:
                         for cls in range(C):
                             with m.If(g == cls // pe):
-                                m.d.sync += scores[cls].eq(v[cls % pe])
+                                m.d.sync += scores[cls].eq(accs[cls % pe])
                     m.d.sync += g.eq(g + 1)
                     with m.If(g == net.groups(lay) - 1):
                         if i < L - 1:

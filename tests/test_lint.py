@@ -71,6 +71,20 @@ def test_conv_cores_lint_clean(tmp_path, which):
 
 
 @pytest.mark.verilator
+@pytest.mark.parametrize("conv", [False, True], ids=["mac-mlp", "mac-conv"])
+def test_mac_reference_lints_clean(tmp_path, conv):
+    """The int8 MAC reference the benchmarks compare with is generated Verilog too."""
+    from hw import mac
+    rng = np.random.default_rng(1)
+    net = mac.random_mac_conv_net(rng, (2, 9, 8), [(5, 3, 1, 1, 2), (6, 2, 2, 0, 1)], [7, 4], 3,
+                                  weight_bits=4, weight_store=["ram", "rom", "ram", "rom"]) \
+        if conv else mac.random_mac_net(rng, [20, 12, 5], 4, weight_store=["ram", "rom"])
+    path = tmp_path / f"{net.name}.v"
+    path.write_text(mac.generate_mac_verilog(net))
+    lint.lint_verilog(path, net.name)
+
+
+@pytest.mark.verilator
 def test_lint_fails_on_a_real_problem(tmp_path):
     bad = tmp_path / "bad.v"
     bad.write_text("module bad(input clk, output [3:0] q);\n  reg [3:0] r;\n"

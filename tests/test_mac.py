@@ -1,14 +1,12 @@
 """The int8 multiply-accumulate reference core (hw/mac.py) equals its numpy model exactly: every
 class, every score, and the cycle count of the schedule, image by image."""
 
-import shutil
-
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 from hw import mac
-from hw.mac import MacCore, MacError, MacLayer, MacNet, random_mac_net
+from hw.mac import MacConv, MacCore, MacError, MacLayer, MacNet, random_mac_conv_net, random_mac_net
 
 
 def _simulate(net, pixels, ram_model=True, stall_every=0):
@@ -80,6 +78,59 @@ def test_core_equals_the_integer_model(sizes, pe, wb, store):
     assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
 
 
+# (input shape, convs as (c_out, kernel, stride, padding, pool), dense sizes, pe, bits, stores)
+CONV_CASES = [
+    ((1, 8, 8), [(4, 3, 1, 1, 2), (6, 2, 1, 0, 1)], [5], 4, 8, "rom"),
+    ((2, 9, 8), [(5, 3, 1, 1, 2), (6, 2, 2, 0, 1)], [7, 4], 3, 4, ["ram", "rom", "ram", "rom"]),
+    ((3, 7, 7), [(2, 3, 2, 2, 3)], [3], 1, 8, "ram"),
+    ((1, 6, 5), [(3, 1, 1, 0, 1), (7, 3, 1, 0, 1)], [2], 8, 2, ["rom", "ram", "rom"]),
+]
+
+
+@pytest.mark.parametrize("shape,convs,sizes,pe,wb,store", CONV_CASES)
+def test_conv_core_equals_the_integer_model(shape, convs, sizes, pe, wb, store):
+    """Conv layers (padding, stride, max pooling, several input channels, pe not dividing the
+    channels, pe above them) then dense ones: every score and the cycle count, exactly."""
+    rng = np.random.default_rng(11)
+    net = random_mac_conv_net(rng, shape, convs, sizes, pe, weight_bits=wb, weight_store=store)
+    pixels = rng.integers(0, 256, (3, net.n_in))
+    pixels[0] = 255
+    cls, scores, latency = _simulate(net, pixels, stall_every=4 if pe == 3 else 0)
+    want_cls, want_scores = mac.mac_reference(net, pixels)
+    assert scores.tolist() == want_scores.tolist()
+    assert cls.tolist() == want_cls.tolist()
+    assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
+
+
+def test_conv_model_is_conv_relu_maxpool():
+    """mac_reference's conv layer against torch's conv2d, floor shift, clamp and max pooling."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    net = random_mac_conv_net(rng, (2, 11, 10), [(4, 3, 2, 1, 2)], [3], 2)
+    conv = net.layers[0]
+    x = rng.integers(0, 256, (5, net.n_in))
+    net.layers[0].weights[1] = abs(net.layers[0].weights[1])    # a channel that saturates
+    t = torch.nn.functional.conv2d(torch.tensor(x, dtype=torch.float64).reshape(5, 2, 11, 10),
+                                   torch.tensor(conv.weights, dtype=torch.float64),
+                                   torch.tensor(conv.bias, dtype=torch.float64), stride=2,
+                                   padding=1)
+    t = torch.nn.functional.max_pool2d(torch.clamp(torch.floor(t / 2 ** conv.shift), 0, 255), 2)
+    a = t.reshape(5, -1).numpy().astype(np.int64)
+    want = a @ net.layers[1].weights.T + net.layers[1].bias
+    assert mac.mac_reference(net, x)[1].tolist() == want.tolist()
+    assert (a == 0).any() and (a == 255).any()
+
+
+def test_conv_cycle_model():
+    net = random_mac_conv_net(np.random.default_rng(0), (1, 28, 28),
+                              [(16, 5, 1, 0, 2), (32, 5, 1, 0, 2)], [128, 10], 8)
+    # conv1: 2 groups x 12 x 12 pooled pixels x (4 positions x (25 taps + 4) + 1);
+    # conv2: 4 groups x 4 x 4 x (4 x (400 + 4) + 1); dense 512 -> 128 -> 10
+    want = 2 * 144 * (4 * 29 + 1) + 4 * 16 * (4 * 404 + 1) + 16 * 516 + 2 * 132 + 11
+    assert mac.mac_latency_cycles(net) == want
+    assert mac.mac_multiplies(net) == 24 * 24 * 25 * 16 + 8 * 8 * 400 * 32 + 512 * 128 + 1280
+
+
 def test_hidden_activations_clip_at_both_ends():
     rng = np.random.default_rng(1)
     net = random_mac_net(rng, [20, 12, 5], 4)
@@ -106,6 +157,20 @@ def test_bad_networks_fail_with_one_line():
         MacNet((MacLayer(w, np.zeros(3)),), pe=0).validate()
     with pytest.raises(MacError, match="weight_store 'flash'"):
         MacNet((MacLayer(w, np.zeros(3), weight_store="flash"),), pe=2).validate()
+    conv = MacConv(np.ones((2, 1, 3, 3), dtype=np.int64), np.zeros(2))
+    with pytest.raises(MacError, match="needs the network's input_shape"):
+        MacNet((conv, MacLayer(np.ones((3, 8)), np.zeros(3))), 2).validate()
+    with pytest.raises(MacError, match="last layer must be a dense"):
+        MacNet((conv,), 2, input_shape=(1, 4, 4)).validate()
+    with pytest.raises(MacError, match="takes 1 channels, its input has 3"):
+        MacNet((conv, MacLayer(np.ones((3, 8)), np.zeros(3))), 2, input_shape=(3, 4, 4)).validate()
+    with pytest.raises(MacError, match="leave no output"):
+        MacNet((conv, MacLayer(np.ones((3, 8)), np.zeros(3))), 2, input_shape=(1, 2, 2)).validate()
+    with pytest.raises(MacError, match="layers\\[1\\] takes 9 inputs, layer 0 gives 8"):
+        MacNet((conv, MacLayer(np.ones((3, 9)), np.zeros(3))), 2, input_shape=(1, 4, 4)).validate()
+    with pytest.raises(MacError, match="after a dense layer"):
+        MacNet((MacLayer(np.ones((16, 4)), np.zeros(16)), conv, MacLayer(w, np.zeros(3))), 2,
+               input_shape=(1, 2, 2)).validate()
     with pytest.raises(MacError, match=r"\(N, 4\)"):
         mac.mac_reference(MacNet((MacLayer(w, np.zeros(3)),), pe=2), np.full((1, 4), 300))
 
@@ -128,9 +193,13 @@ def test_verilog_uses_the_ram_module_only_for_ram_layers():
 
 
 @pytest.mark.synth
-def test_multipliers_map_to_dsps(tmp_path):
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
+def test_multipliers_map_to_dsps(tmp_path, conv):
+    """The lanes' multipliers and nothing else: the conv walk's addresses are running sums."""
     from hw import synth
-    net = random_mac_net(np.random.default_rng(3), [16, 8, 4], 4)
+    rng = np.random.default_rng(3)
+    net = random_mac_conv_net(rng, (2, 10, 9), [(5, 3, 2, 1, 2)], [8, 4], 4) if conv \
+        else random_mac_net(rng, [16, 8, 4], 4)
     v = tmp_path / "mac.v"
     v.write_text(mac.generate_mac_verilog(net))
     for target, dsp in (("ice40-up5k", "SB_MAC16"), ("ecp5-25k", "MULT18X18D")):
