@@ -102,6 +102,38 @@ def test_conv_core_equals_the_integer_model(shape, convs, sizes, pe, wb, store):
     assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
 
 
+def _random_conv_case(rng):
+    """A random conv MAC net: 1-2 conv layers (kernel, stride, padding, pooling drawn), 1-2
+    dense layers, pe 1-5, weights 2-8 bits, each layer in ROM or RAM."""
+    shape = (int(rng.integers(1, 4)), int(rng.integers(4, 11)), int(rng.integers(4, 11)))
+    convs, c, h, w = [], *shape
+    for _ in range(int(rng.integers(1, 3))):
+        k = int(rng.integers(1, min(4, h, w) + 1))
+        s, pad = int(rng.integers(1, 3)), int(rng.integers(0, k))
+        oh, ow = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+        pool = int(rng.integers(1, 3)) if min(oh, ow) >= 2 else 1
+        c, h, w = int(rng.integers(1, 7)), oh // pool, ow // pool
+        convs.append((c, k, s, pad, pool))
+        if min(h, w) < 2:
+            break
+    sizes = [int(rng.integers(2, 9)) for _ in range(int(rng.integers(0, 2)))] \
+        + [int(rng.integers(2, 6))]
+    stores = [str(x) for x in rng.choice(["rom", "ram"], len(convs) + len(sizes))]
+    return random_mac_conv_net(rng, shape, convs, sizes, int(rng.integers(1, 6)),
+                               weight_bits=int(rng.integers(2, 9)), weight_store=stores)
+
+
+@pytest.mark.parametrize("seed", range(1000, 1008))
+def test_random_conv_nets_equal_the_integer_model(seed):
+    rng = np.random.default_rng(seed)
+    net = _random_conv_case(rng)
+    pixels = rng.integers(0, 256, (2, net.n_in))
+    cls, scores, latency = _simulate(net, pixels)
+    want_cls, want_scores = mac.mac_reference(net, pixels)
+    assert scores.tolist() == want_scores.tolist() and cls.tolist() == want_cls.tolist()
+    assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
+
+
 def test_conv_model_is_conv_relu_maxpool():
     """mac_reference's conv layer against torch's conv2d, floor shift, clamp and max pooling."""
     torch = pytest.importorskip("torch")
