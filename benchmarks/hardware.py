@@ -162,6 +162,20 @@ def conv_ir(name: str, target: str, T: int, seed: int = 0):
     return ir
 
 
+def _rom_exceeds_ebr(net: mac.MacNet, target: str) -> str | None:
+    """One line when the ROM weights alone exceed the device's EBR bits (checked before
+    synthesis: yosys spends the better part of an hour on a ROM of 65,536 init words only to
+    report that it does not fit), else None."""
+    tg = synth.TARGETS[target]
+    rom = sum(np.asarray(lay.weights).size * 8 for lay in net.layers if lay.weight_store == "rom")
+    ebr = tg.capacity["bram"] * max(w * d for w, d in tg.bram_shapes)
+    if rom <= ebr:
+        return None
+    return (f"{target}: does not fit: the int8 ROM weights alone are {rom / 1024:,.0f} kbit, the "
+            f"device's {tg.capacity['bram']} EBR hold {ebr / 1024:,.0f} kbit (checked before "
+            f"synthesis)")
+
+
 def _synth(rec: dict, vfile: Path, top: str, target: str, work: Path, ir=None) -> None:
     try:
         r = synth.synthesize(vfile, top, target, work, ir=ir,
@@ -216,7 +230,11 @@ def main(argv=None) -> int:
                                                      for lay in net.layers) * 8 / 1024, 1),
                                cycles_per_inference=cycles,
                                dense_bound_ratio=round(cycles / mac.mac_dense_bound(net), 3))
-                    _synth(rec, vfile, net.name, target, work / target)
+                    too_big = _rom_exceeds_ebr(net, target)
+                    if too_big:
+                        rec.update(fits=False, error=too_big)
+                    else:
+                        _synth(rec, vfile, net.name, target, work / target)
                 elif name in CONVS:
                     work = a.work / name / design
                     work.mkdir(parents=True, exist_ok=True)

@@ -680,8 +680,12 @@ def _check_fit(ir: IR | None, target: Target, used: dict) -> None:
         return
     k = over[0]
     what = "; ".join(f"{used[r]:,} {_NAMES[r]} of {target.capacity[r]:,}" for r in over)
-    hint = suggest_folding(ir, target, used) if ir is not None and k != "io" else \
-        "serialize more ports in the pin wrapper or choose a larger package"
+    if k == "io":
+        hint = "serialize more ports in the pin wrapper or choose a larger package"
+    elif ir is not None:
+        hint = suggest_folding(ir, target, used)
+    else:                                  # a design not made from an IR (the MAC reference)
+        hint = "fold it further (fewer lanes, narrower weights) or choose a larger device"
     raise FitError(f"does not fit {target.name} ({target.device}): {what}; {hint}")
 
 

@@ -165,3 +165,13 @@ def test_packing_overflow_reads_nextpnr_utilisation(tmp_path):
     log.write_text("Info: \t         ICESTORM_LC:    4418/   5280    83%\n")
     assert packing_overflow(log) is None
     assert packing_overflow(tmp_path / "missing.log") is None
+
+
+def test_a_design_without_an_ir_gets_a_memory_hint_not_a_pin_hint():
+    """The MAC reference has no IR: an overfull memory must not be blamed on the pins."""
+    from hw.synth import FitError, TARGETS, _check_fit
+    with pytest.raises(FitError, match=r"34 EBR blocks of 30; 18 SPRAM blocks of 4; fold it "
+                                       r"further \(fewer lanes"):
+        _check_fit(None, TARGETS["ice40-up5k"], {"bram": 34, "spram": 18})
+    with pytest.raises(FitError, match="60 IO pins of 39; serialize more ports"):
+        _check_fit(None, TARGETS["ice40-up5k"], {"io": 60})
