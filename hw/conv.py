@@ -32,13 +32,13 @@ spike memory). ``FIN``: 1 cycle, ``done`` high.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import ConvLayer, PoolLayer
-from .dense import (LOAD_BEAT_BITS, RAM16_NAME, SPIKE_WORD, SPIKE_WORD_BITS, memory_words,
-                    word_beats)
+from .dense import (LOAD_BEAT_BITS, SPIKE_WORD, SPIKE_WORD_BITS, accumulate, memory_words,
+                    read_kept_list, weight_memory)
 from .lfsr import Lfsr
 
 __all__ = ["ConvEngine", "map_memory_depth", "CONSUMERS"]
@@ -144,30 +144,9 @@ class ConvEngine(wiring.Component):
         w_init, o_init = memory_words(L)
         depth = max(2, len(w_init))
         waddr = Signal(range(depth))
-        if L.weight_store == "ram":
-            # Uninitialized single-port 16-bit RAMs, one per slice of the word, written once
-            # while loading (SPRAM on iCE40), as in the dense engine.
-            beats = word_beats(L)
-            beat, laddr = Signal(range(beats)), Signal(range(depth))
-            slices = []
-            for n in range(beats):
-                rdata = Signal(LOAD_BEAT_BITS, name=f"wram{n}_rdata")
-                m.submodules[f"wram{n}"] = Instance(
-                    RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddr), i_clk=ClockSignal(),
-                    i_addr=Mux(self.loading, laddr, waddr),
-                    i_we=self.load_en & self.loading & (beat == n),
-                    i_wdata=self.load_data, o_rdata=rdata)
-                slices.append(rdata)
-            wdata = Cat(*slices)
-            with m.If(self.load_en & self.loading):
-                m.d.sync += beat.eq(beat + 1)
-                with m.If(beat == beats - 1):
-                    m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
-        else:
-            m.submodules.wmem = wmem = memory.Memory(shape=pe * wb, depth=depth, init=w_init)
-            wport = wmem.read_port()
-            m.d.comb += wport.addr.eq(waddr)
-            wdata = wport.data
+        # ``ram``: uninitialized single-port 16-bit RAMs, one per slice of the word, written once
+        # while loading (SPRAM on iCE40), as in the dense engine.
+        (wdata,), _ = weight_memory(m, L, w_init, [waddr], self, conv_beat=True)
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()
@@ -281,27 +260,14 @@ class ConvEngine(wiring.Component):
         c = Signal(range(Q + 1))
         g = Signal(range(G + 1))
         base = Signal(range(G * Q + 1))
-        csel = Signal(max(1, sh))
-        for _, rp in banks:
-            m.d.comb += rp.addr.eq(c >> sh)
-        if sh:
-            m.d.sync += csel.eq(c[:sh])
-            entry = Array(rp.data for _, rp in banks)[csel]
-        else:
-            entry = banks[0][1].data
+        (entry,) = read_kept_list(m, banks, c)
         v1, va, za, v2, z2 = Signal(), Signal(), Signal(), Signal(), Signal()
         addr = Signal(range(depth))
         m.d.sync += [v1.eq(0), va.eq(v1), za.eq(entry[qbits]), addr.eq(base + entry[:qbits]),
                      v2.eq(va), z2.eq(za)]
         m.d.comb += [waddr.eq(addr), oport.addr.eq(g)]
         accs = [Signal(signed(L.acc_bits), name=f"acc{n}") for n in range(pe)]
-        with m.If(v2):
-            for n in range(pe):
-                if wb == 1:
-                    w = Mux(wdata[n], Const(1, signed(2)), Const(-1, signed(2)))
-                else:
-                    w = wdata[n * wb:(n + 1) * wb].as_signed()
-                m.d.sync += accs[n].eq(accs[n] + Mux(z2, w, -w))
+        accumulate(m, accs, v2, wdata, z2, wb)
         lane_off = [oport.data[n * L.offset_bits:(n + 1) * L.offset_bits].as_signed()
                     for n in range(pe)]
         out = Signal(G * pe)                   # the pooled pixel, group g in bits [g*pe, ...)

@@ -126,6 +126,94 @@ def load_beats(layer) -> list[int]:
             for word in memory_words(layer)[0] for b in range(n)]
 
 
+def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal], engine, *,
+                  load_mux: bool = True, conv_beat: bool = False) -> tuple[list, Signal | None]:
+    """A dense or conv layer's weight memory (words ``w_init``, :func:`memory_words`), one
+    copy per address in ``waddrs`` (block RAMs have one read port): copy ``k`` is read at
+    ``waddrs[k]``. Returns the copies' read data and, for ``weight_store == "ram"``, the load
+    address (else ``None``).
+
+    ``rom``: an initialized memory ``wmem`` (``wmem{k}`` with several copies).
+    ``ram``: one uninitialized single-port RAM per 16-bit slice of the word (RAM16_MODULE),
+    written only while ``loading`` and read otherwise: what synth_ice40 -spram maps to
+    SB_SPRAM256KA (Amaranth memories always carry an initial value, which SPRAM lacks), fed
+    by the ``loading``, ``load_en`` and ``load_data`` members of ``engine``. Every copy takes
+    the same beats while loading: beat ``b`` of word ``laddr`` when ``load_en``.
+    ``load_mux=True`` puts ``Mux(loading, laddr, waddrs[k])`` in front of each RAM's address;
+    with ``load_mux=False`` the caller drives ``waddrs`` from the returned ``laddr`` while
+    loading (the dense engine). ``conv_beat=True`` gives the conv engine's beat counter:
+    unnamed (``$signal``) and 0-bit when a word is one beat, where the dense engine's is named
+    ``beat`` and at least 1 bit; each engine keeps its own so that its Verilog is unchanged.
+    """
+    S = len(waddrs)
+    depth = max(2, len(w_init))
+    rdatas = []
+    if layer.weight_store == "ram":
+        loading, load_en, load_data = engine.loading, engine.load_en, engine.load_data
+        beats = word_beats(layer)
+        if conv_beat:
+            beat = Signal(range(beats), name="$signal")
+        else:
+            beat = Signal(range(max(2, beats)))    # no 0-bit signal: yosys writes [-1:0]
+        laddr = Signal(range(depth))
+        for k in range(S):
+            slices = []
+            for b in range(beats):
+                name = f"wram{b}" if S == 1 else f"wram{k}_{b}"
+                rdata = Signal(LOAD_BEAT_BITS, name=f"{name}_rdata")
+                m.submodules[name] = Instance(
+                    RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddrs[k]), i_clk=ClockSignal(),
+                    i_addr=Mux(loading, laddr, waddrs[k]) if load_mux else waddrs[k],
+                    i_we=load_en & loading & (beat == b), i_wdata=load_data, o_rdata=rdata)
+                slices.append(rdata)
+            rdatas.append(Cat(*slices))
+        with m.If(load_en & loading):
+            m.d.sync += beat.eq(beat + 1)
+            with m.If(beat == beats - 1):
+                m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
+        return rdatas, laddr
+    for k in range(S):
+        wmem = memory.Memory(shape=layer.pe * layer.weight_bits, depth=depth, init=w_init)
+        m.submodules["wmem" if S == 1 else f"wmem{k}"] = wmem
+        wport = wmem.read_port()
+        m.d.comb += wport.addr.eq(waddrs[k])
+        rdatas.append(wport.data)
+    return rdatas, None
+
+
+def read_kept_list(m: Module, banks, c: Signal, simd: int = 1) -> list:
+    """Stage 1 of the accumulate pipeline: the kept-list entries ``c .. c+simd-1`` (``c`` a
+    multiple of ``simd``), entry ``q`` being word ``q >> sh`` of bank ``q % lanes``
+    (``lanes = len(banks)``, both powers of two, ``simd <= lanes``): entry ``k`` comes from
+    a bank ``b`` with ``b % simd == k``. ``banks`` holds (write port, read port) pairs."""
+    sh = len(banks).bit_length() - 1
+    ss = simd.bit_length() - 1
+    csel = Signal(max(1, sh - ss))
+    for _, rp in banks:
+        m.d.comb += rp.addr.eq(c >> sh)
+    if sh > ss:
+        m.d.sync += csel.eq(c[ss:sh])
+        return [Array(rp.data for _, rp in banks[k::simd])[csel] for k in range(simd)]
+    return [banks[k][1].data for k in range(simd)]
+
+
+def lane_weight(word, lane: int, weight_bits: int, spike):
+    """Stage 2: ``lane``'s signed weight in a weight word (binary weights: bit 1 is +1, bit 0
+    is -1), negated where the input's ``spike`` is 0."""
+    if weight_bits == 1:
+        w = Mux(word[lane], Const(1, signed(2)), Const(-1, signed(2)))
+    else:
+        w = word[lane * weight_bits:(lane + 1) * weight_bits].as_signed()
+    return Mux(spike, w, -w)
+
+
+def accumulate(m: Module, accs: list[Signal], valid, word, spike, weight_bits: int):
+    """Stage 2 with one input a cycle: ``acc += ±w`` per lane while ``valid``."""
+    with m.If(valid):
+        for lane, acc in enumerate(accs):
+            m.d.sync += acc.eq(acc + lane_weight(word, lane, weight_bits, spike))
+
+
 class DenseEngine(wiring.Component):
     """One dense NSM layer, folded over ``layer.pe`` neuron lanes and ``layer.simd`` inputs.
 
@@ -228,38 +316,8 @@ class DenseEngine(wiring.Component):
         ram = L.weight_store == "ram"
         depth = max(2, len(w_init))
         waddrs = [Signal(range(depth), name=f"waddr{k}") for k in range(S)]
-        if ram:
-            # One uninitialized single-port RAM per 16-bit slice of the word (RAM16_MODULE),
-            # written only while loading and read otherwise: what synth_ice40 -spram maps to
-            # SB_SPRAM256KA (Amaranth memories always carry an initial value, which SPRAM lacks).
-            # Every copy takes the same beats while loading.
-            beats = word_beats(L)
-            beat = Signal(range(max(2, beats)))     # no 0-bit signal: yosys writes [-1:0]
-            wdatas = []
-            for k in range(S):
-                slices = []
-                for b in range(beats):
-                    name = f"wram{b}" if S == 1 else f"wram{k}_{b}"
-                    rdata = Signal(LOAD_BEAT_BITS, name=f"{name}_rdata")
-                    m.submodules[name] = Instance(
-                        RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddrs[k]), i_clk=ClockSignal(),
-                        i_addr=waddrs[k], i_we=self.load_en & self.loading & (beat == b),
-                        i_wdata=self.load_data, o_rdata=rdata)
-                    slices.append(rdata)
-                wdatas.append(Cat(*slices))
-            laddr = Signal(range(depth))
-            with m.If(self.load_en & self.loading):
-                m.d.sync += beat.eq(beat + 1)
-                with m.If(beat == beats - 1):
-                    m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
-        else:
-            wdatas = []
-            for k in range(S):
-                wmem = memory.Memory(shape=pe * wb, depth=depth, init=w_init)
-                m.submodules["wmem" if S == 1 else f"wmem{k}"] = wmem
-                wport = wmem.read_port()
-                m.d.comb += wport.addr.eq(waddrs[k])
-                wdatas.append(wport.data)
+        # ``ram``: every copy takes the same beats while loading, at ``laddr`` (see below).
+        wdatas, laddr = weight_memory(m, L, w_init, waddrs, self, load_mux=False)
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()
@@ -367,14 +425,7 @@ class DenseEngine(wiring.Component):
                 m.d.comb += [wp.en.eq(en_c), wp.data.eq(data_c), wp.addr.eq(row_c)]
             # A beat's entries c .. c+S-1 (c a multiple of S <= lanes) sit in one row of banks
             # (c % lanes) .. (c % lanes) + S - 1: entry k comes from a bank b with b % S == k.
-            csel = Signal(max(1, sh - ss))
-            for _, rp in banks:
-                m.d.comb += rp.addr.eq(c >> sh)
-            if sh > ss:
-                m.d.sync += csel.eq(c[ss:sh])
-                entries = [Array(rp.data for _, rp in banks[k::S])[csel] for k in range(S)]
-            else:
-                entries = [banks[k][1].data for k in range(S)]
+            entries = read_kept_list(m, banks, c, S)
             m.d.comb += [rng.reseed.eq(self.reseed), rng.run_seed.eq(self.seed)]
             idxs = [e[:ibits] for e in entries]
             z1 = Cat(*[e[ibits] for e in entries])
@@ -405,20 +456,9 @@ class DenseEngine(wiring.Component):
             m.d.comb += waddrs[k].eq(Mux(self.loading, laddr, addrs[k]) if ram else addrs[k])
         m.d.comb += oport.addr.eq(g)
 
-        def term(k, lane):
-            """Entry k's signed weight for ``lane``, with its spike's sign (stage 2)."""
-            data = wdatas[k]
-            if wb == 1:
-                w = Mux(data[lane], Const(1, signed(2)), Const(-1, signed(2)))
-            else:
-                w = data[lane * wb:(lane + 1) * wb].as_signed()
-            return Mux(z2[k], w, -w)
-
         if S == 1:
             # Stage 2: the weight word is here; add it with the spike's sign.
-            with m.If(v2[0]):
-                for lane in range(pe):
-                    m.d.sync += accs[lane].eq(accs[lane] + term(0, lane))
+            accumulate(m, accs, v2[0], wdatas[0], z2[0], wb)
         else:
             # Stage 2: sum the beat's words per lane (masked entries add 0) into a register;
             # stage 3: add the sum.
@@ -428,7 +468,8 @@ class DenseEngine(wiring.Component):
             v3 = Signal()
             m.d.sync += v3.eq(v2.any())
             for lane in range(pe):
-                terms = [Mux(v2[k], term(k, lane), 0) for k in range(S)]
+                terms = [Mux(v2[k], lane_weight(wdatas[k], lane, wb, z2[k]), 0)
+                         for k in range(S)]
                 while len(terms) > 1:
                     terms = [terms[i] + terms[i + 1] for i in range(0, len(terms), 2)]
                 m.d.sync += tree[lane].eq(terms[0])
