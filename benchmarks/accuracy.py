@@ -6,7 +6,7 @@ Carlo test accuracy and vote uncertainty at every T. Writes a JSON list of recor
 
     {"dataset", "model", "weight_bits", "samples", "accuracy", "mean_margin", "mean_entropy",
      "uncertain_fraction", "epochs", "epochs_done", "train_seconds", "config", "command",
-     "device", "torch"}
+     "device", "torch", "run"}
 
 to ``benchmarks/results/accuracy-<datasets>[-short].json`` (or ``--out``). ``--short`` is the CI
 version (digits, few epochs); ``--jobs N`` trains N runs in parallel processes.
@@ -158,7 +158,10 @@ def main(argv=None):
     ap.add_argument("--loss-samples", type=int, default=None,
                     help="override the preset samples per loss")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the records of --out for (dataset, model, bits) not rerun")
+                    help="keep the records of --out for (dataset, model, bits, run) not rerun")
+    ap.add_argument("--run", default="preset",
+                    help="tag of these records (field 'run'): a longer or varied run tagged "
+                         "apart keeps the preset's records under --merge")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -194,14 +197,15 @@ def main(argv=None):
             records += _run(j)
     for r in records:
         r["command"] = command
+        r["run"] = args.run
     out = args.out or (ROOT / "benchmarks" / "results" /
                        f"accuracy-{'-'.join(datasets)}{'-short' if args.short else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge and out.is_file():
-        rerun = {(r["dataset"], r["model"], r["weight_bits"]) for r in records}
-        kept = [r for r in json.loads(out.read_text())
-                if (r["dataset"], r["model"], r["weight_bits"]) not in rerun]
-        records = kept + records
+        def key(r):
+            return r["dataset"], r["model"], r["weight_bits"], r.get("run", "preset")
+        rerun = {key(r) for r in records}
+        records = [r for r in json.loads(out.read_text()) if key(r) not in rerun] + records
     out.write_text(json.dumps(records, indent=1) + "\n")
     print(f"wrote {len(records)} records to {out}")
     return records

@@ -553,6 +553,11 @@ def test_accuracy_benchmark_passes_loss_options_and_merges(tmp_path):
     assert cfg["output_weight_bits"] == 8 and "--score-scale" in new[0]["command"]
     model, ckpt = load_checkpoint(tmp_path / "models" / "digits-nsm-mlp-w2.pt")
     assert model.layers[-1].weight_bits == 8 and ckpt["train_config"]["shift"] == 1
+    # A run tagged apart (--run) is added beside the preset's records, not over them.
+    bench.main(["--short", "--models", "nsm-mlp", "--bits", "2", "--epochs", "1",
+                "--train-limit", "100", "--out", str(out), "--merge", "--run", "long"])
+    runs = [r.get("run") for r in json.loads(out.read_text())]
+    assert runs == [None] + ["preset"] * len(bench.SAMPLES) + ["long"] * len(bench.SAMPLES)
 
 
 def test_nsm_train_cli_loss_options(tmp_path):
