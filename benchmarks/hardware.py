@@ -176,6 +176,27 @@ def _rom_exceeds_ebr(net: mac.MacNet, target: str) -> str | None:
             f"synthesis)")
 
 
+def _mac_record(rec: dict, net: mac.MacNet, folding: tuple, target: str, work: Path,
+                **fields) -> None:
+    """Write the MAC core ``net`` (``folding`` = (pe, weight stores)) to ``work``, fill ``rec``
+    with its figures and synthesize it, unless its ROM weights alone exceed the EBR."""
+    work.mkdir(parents=True, exist_ok=True)
+    vfile = work / f"mac-{target}.v"
+    vfile.write_text(mac.generate_mac_verilog(net))
+    cycles = mac.mac_cycles_per_inference(net)
+    pe, stores = folding
+    rec.update(samples=1, **fields, weight_bits=8, pe=pe, weight_store=stores,
+               weight_kbit=round(sum(np.asarray(lay.weights).size
+                                     for lay in net.layers) * 8 / 1024, 1),
+               cycles_per_inference=cycles,
+               dense_bound_ratio=round(cycles / mac.mac_dense_bound(net), 3))
+    too_big = _rom_exceeds_ebr(net, target)
+    if too_big:
+        rec.update(fits=False, error=too_big)
+    else:
+        _synth(rec, vfile, net.name, target, work / target)
+
+
 def _synth(rec: dict, vfile: Path, top: str, target: str, work: Path, ir=None) -> None:
     try:
         r = synth.synthesize(vfile, top, target, work, ir=ir,
@@ -217,24 +238,9 @@ def main(argv=None) -> int:
                     continue
                 arch = name.split("-", 2)[2] if name in CONVS else None
                 if name in CONVS and design == "mac":
-                    work = a.work / name / design
-                    work.mkdir(parents=True, exist_ok=True)
-                    net = mac_conv_net(name, target)
-                    vfile = work / f"mac-{target}.v"
-                    vfile.write_text(mac.generate_mac_verilog(net))
-                    cycles = mac.mac_cycles_per_inference(net)
-                    pe, stores = CONVS[name]["mac"][target]
-                    rec.update(samples=1, layers=arch, input="8-bit pixels, 1 channel",
-                               weight_bits=8, pe=pe, weight_store=stores,
-                               weight_kbit=round(sum(np.asarray(lay.weights).size
-                                                     for lay in net.layers) * 8 / 1024, 1),
-                               cycles_per_inference=cycles,
-                               dense_bound_ratio=round(cycles / mac.mac_dense_bound(net), 3))
-                    too_big = _rom_exceeds_ebr(net, target)
-                    if too_big:
-                        rec.update(fits=False, error=too_big)
-                    else:
-                        _synth(rec, vfile, net.name, target, work / target)
+                    _mac_record(rec, mac_conv_net(name, target), CONVS[name]["mac"][target],
+                                target, a.work / name / design, layers=arch,
+                                input="8-bit pixels, 1 channel")
                 elif name in CONVS:
                     work = a.work / name / design
                     work.mkdir(parents=True, exist_ok=True)
@@ -274,13 +280,8 @@ def main(argv=None) -> int:
                         pe, stores = spec["mac"][target]
                         net = mac.random_mac_net(np.random.default_rng(0), spec["sizes"], pe,
                                                  weight_bits=8, weight_store=stores)
-                        vfile = work / f"mac-{target}.v"
-                        vfile.write_text(mac.generate_mac_verilog(net))
-                        cycles = mac.mac_cycles_per_inference(net)
-                        rec.update(samples=1, layers=spec["sizes"], weight_bits=8, pe=pe,
-                                   weight_store=stores, cycles_per_inference=cycles,
-                                   dense_bound_ratio=round(cycles / mac.mac_dense_bound(net), 3))
-                        _synth(rec, vfile, net.name, target, work / target)
+                        _mac_record(rec, net, spec["mac"][target], target, work,
+                                    layers=spec["sizes"])
                 rec.update(provenance("hardware.py", argv))
                 print(json.dumps({k: rec.get(k) for k in (
                     "network", "target", "design", "fits", "luts", "ffs", "dsps", "ebr", "spram",

@@ -146,6 +146,11 @@ class MacConv:
         c, oh, ow = self.conv_shape(shape)
         return c, oh // self.pool, ow // self.pool
 
+    def positions(self, shape: tuple) -> int:
+        """Conv positions computed for input ``shape``: those some pooling window covers."""
+        _, ph, pw = self.out_shape(shape)
+        return ph * pw * self.pool ** 2
+
 
 def _matrix(layer) -> np.ndarray:
     return layer.matrix if isinstance(layer, MacConv) else np.asarray(layer.weights)
@@ -256,6 +261,12 @@ class MacNet:
         return unsigned_bits(max(1, self.n_classes - 1))
 
 
+def _random_shift(q: int, n_in: int) -> int:
+    """The shift that puts a typical neuron (``sqrt(n_in)`` random terms of weight ``~q`` and
+    mean activation 128) in the middle of the 8-bit range."""
+    return max(0, int(np.ceil(np.log2(q * 128 * np.sqrt(n_in) / 2 / 128))))
+
+
 def random_mac_net(rng: np.random.Generator, sizes: list[int], pe: int, weight_bits: int = 8,
                    weight_store: str | list[str] = "rom", name: str = "mac") -> MacNet:
     """Random weights and biases; each hidden shift puts a typical neuron (``sqrt(n_in)``
@@ -268,8 +279,7 @@ def random_mac_net(rng: np.random.Generator, sizes: list[int], pe: int, weight_b
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
         w = rng.integers(-q, q, (n_out, n_in))
         b = rng.integers(-q * 64, q * 64 + 1, n_out)
-        typical = q * 128 * np.sqrt(n_in) / 2
-        shift = max(0, int(np.ceil(np.log2(typical / 128)))) if i < len(sizes) - 2 else 0
+        shift = _random_shift(q, n_in) if i < len(sizes) - 2 else 0
         layers.append(MacLayer(w, b, shift, stores[i]))
     net = MacNet(tuple(layers), pe, weight_bits, name)
     net.validate()
@@ -287,21 +297,18 @@ def random_mac_conv_net(rng: np.random.Generator, input_shape: tuple, convs: lis
     stores = list(weight_store) if isinstance(weight_store, (list, tuple)) \
         else [weight_store] * n_layers
     layers, shape = [], tuple(input_shape)
-
-    def shift_for(n_in):
-        return max(0, int(np.ceil(np.log2(q * 128 * np.sqrt(n_in) / 2 / 128))))
-
     for c_out, k, stride, pad, pool in convs:
         conv = MacConv(rng.integers(-q, q, (c_out, shape[0], k, k)),
                        rng.integers(-q * 64, q * 64 + 1, c_out), stride, pad, pool,
-                       shift_for(shape[0] * k * k), stores[len(layers)])
+                       _random_shift(q, shape[0] * k * k), stores[len(layers)])
         layers.append(conv)
         shape = conv.out_shape(shape)
     n_in = int(np.prod(shape))
     for i, n_out in enumerate(sizes):
         layers.append(MacLayer(rng.integers(-q, q, (n_out, n_in)),
                                rng.integers(-q * 64, q * 64 + 1, n_out),
-                               shift_for(n_in) if i < len(sizes) - 1 else 0, stores[len(layers)]))
+                               _random_shift(q, n_in) if i < len(sizes) - 1 else 0,
+                               stores[len(layers)]))
         n_in = n_out
     net = MacNet(tuple(layers), pe, weight_bits, name, tuple(input_shape))
     net.validate()
@@ -339,8 +346,9 @@ def mac_reference(net: MacNet, pixels) -> tuple[np.ndarray, np.ndarray]:
 
 def _layer_cycles(net: MacNet, layer, shape) -> int:
     if isinstance(layer, MacConv):
-        _, ph, pw = layer.out_shape(shape)
-        return net.groups(layer) * ph * pw * (layer.pool ** 2 * (layer.n_in + DRAIN + 1) + 1)
+        # per pooled pixel: pool**2 window walks (+ DRAIN + POOL), then one WRITE
+        pooled = layer.positions(shape) // layer.pool ** 2
+        return net.groups(layer) * (layer.positions(shape) * (layer.n_in + DRAIN + 1) + pooled)
     return net.groups(layer) * (layer.n_in + DRAIN + 1)
 
 
@@ -358,14 +366,8 @@ def mac_cycles_per_inference(net: MacNet) -> int:
 def mac_multiplies(net: MacNet) -> int:
     """Multiplies of one inference: every tap of every computed conv position (those the
     pooling covers), every weight of every dense layer."""
-    total = 0
-    for lay, shape in zip(net.layers, net.shapes()):
-        positions = 1
-        if isinstance(lay, MacConv):
-            _, ph, pw = lay.out_shape(shape)
-            positions = ph * pw * lay.pool ** 2
-        total += positions * lay.n_in * lay.n_out
-    return total
+    return sum((lay.positions(shape) if isinstance(lay, MacConv) else 1) * lay.n_in * lay.n_out
+               for lay, shape in zip(net.layers, net.shapes()))
 
 
 def mac_dense_bound(net: MacNet) -> float:
@@ -616,12 +618,10 @@ class MacCore(wiring.Component):
                 out.append(Mux(sh < 0, 0, Mux(sh > ACT_MAX, ACT_MAX, sh[:ACT_BITS])))
             return Cat(*out)
 
-        def window_origin(i):
-            """Registers of the first window of conv layer ``i`` (its top-left corner)."""
-            lay, W_ = net.layers[i], shapes[i][2]
-            pad = lay.padding
-            return [y0.eq(-pad), ya0.eq(-pad * W_), x0.eq(-pad), y.eq(-pad), ya.eq(-pad * W_),
-                    x.eq(-pad)]
+        def first_origin(i, row, row_w, col):
+            """``row``, ``row_w``, ``col`` := conv layer ``i``'s first window corner."""
+            pad = net.layers[i].padding
+            return [row.eq(-pad), row_w.eq(-pad * shapes[i][2]), col.eq(-pad)]
 
         def start_layer(i):
             m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), waddr.eq(0), cur.eq(i)]
@@ -629,7 +629,8 @@ class MacCore(wiring.Component):
                 m.d.sync += [cb.eq(0), pix.eq(0)]
             if i in convs:
                 m.d.sync += [ki.eq(0), kj.eq(0), di.eq(0), dj.eq(0), ppx.eq(0), ppy.eq(0),
-                             wbase.eq(0), wa.eq(0), *window_origin(i)]
+                             wbase.eq(0), wa.eq(0), *first_origin(i, y0, ya0, x0),
+                             *first_origin(i, y, ya, x)]
             m.next = f"ACC_{i}"
 
         def next_channel(i):
@@ -679,7 +680,7 @@ class MacCore(wiring.Component):
                                      ya0.eq(ya0 + s * W_), x0.eq(-lay.padding)]
                     with m.Else():
                         m.d.sync += [ppx.eq(0), ppy.eq(0), waddr.eq(wbase + K),
-                                     wbase.eq(wbase + K), *window_origin(i)[:3]]
+                                     wbase.eq(wbase + K), *first_origin(i, y0, ya0, x0)]
 
         def dense_acc(i, lay):
             m.d.comb += [issue.eq(1), first.eq(j == 0)]

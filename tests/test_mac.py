@@ -59,6 +59,15 @@ def _simulate(net, pixels, ram_model=True, stall_every=0):
     return np.array(out["cls"]), np.array(out["scores"]), np.array(out["latency"])
 
 
+def _assert_core_equals_model(net, pixels, stall_every=0):
+    """Every score, every class and every image's latency of the core equal the model's."""
+    cls, scores, latency = _simulate(net, pixels, stall_every=stall_every)
+    want_cls, want_scores = mac.mac_reference(net, pixels)
+    assert scores.tolist() == want_scores.tolist()
+    assert cls.tolist() == want_cls.tolist()
+    assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
+
+
 @pytest.mark.parametrize("sizes,pe,wb,store", [
     ([20, 12, 5], 4, 8, ["rom", "rom"]),
     ([20, 12, 5], 4, 8, ["ram", "rom"]),
@@ -71,11 +80,7 @@ def test_core_equals_the_integer_model(sizes, pe, wb, store):
     pixels = rng.integers(0, 256, (4, sizes[0]))
     pixels[0] = 255                                       # saturates the ReLU
     pixels[1] = 0
-    cls, scores, latency = _simulate(net, pixels, stall_every=5 if pe == 3 else 0)
-    want_cls, want_scores = mac.mac_reference(net, pixels)
-    assert scores.tolist() == want_scores.tolist()
-    assert cls.tolist() == want_cls.tolist()
-    assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
+    _assert_core_equals_model(net, pixels, stall_every=5 if pe == 3 else 0)
 
 
 # (input shape, convs as (c_out, kernel, stride, padding, pool), dense sizes, pe, bits, stores)
@@ -95,11 +100,7 @@ def test_conv_core_equals_the_integer_model(shape, convs, sizes, pe, wb, store):
     net = random_mac_conv_net(rng, shape, convs, sizes, pe, weight_bits=wb, weight_store=store)
     pixels = rng.integers(0, 256, (3, net.n_in))
     pixels[0] = 255
-    cls, scores, latency = _simulate(net, pixels, stall_every=4 if pe == 3 else 0)
-    want_cls, want_scores = mac.mac_reference(net, pixels)
-    assert scores.tolist() == want_scores.tolist()
-    assert cls.tolist() == want_cls.tolist()
-    assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
+    _assert_core_equals_model(net, pixels, stall_every=4 if pe == 3 else 0)
 
 
 def _random_conv_case(rng):
@@ -128,10 +129,7 @@ def test_random_conv_nets_equal_the_integer_model(seed):
     rng = np.random.default_rng(seed)
     net = _random_conv_case(rng)
     pixels = rng.integers(0, 256, (2, net.n_in))
-    cls, scores, latency = _simulate(net, pixels)
-    want_cls, want_scores = mac.mac_reference(net, pixels)
-    assert scores.tolist() == want_scores.tolist() and cls.tolist() == want_cls.tolist()
-    assert latency.tolist() == [mac.mac_latency_cycles(net)] * len(pixels)
+    _assert_core_equals_model(net, pixels)
 
 
 def test_conv_model_is_conv_relu_maxpool():
