@@ -146,7 +146,7 @@ class ConvEngine(wiring.Component):
         waddr = Signal(range(depth))
         # ``ram``: uninitialized single-port 16-bit RAMs, one per slice of the word, written once
         # while loading (SPRAM on iCE40), as in the dense engine.
-        (wdata,), _ = weight_memory(m, L, w_init, [waddr], self, conv_beat=True)
+        (wdata,), laddr = weight_memory(m, L, w_init, [waddr], self)
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()
@@ -265,7 +265,8 @@ class ConvEngine(wiring.Component):
         addr = Signal(range(depth))
         m.d.sync += [v1.eq(0), va.eq(v1), za.eq(entry[qbits]), addr.eq(base + entry[:qbits]),
                      v2.eq(va), z2.eq(za)]
-        m.d.comb += [waddr.eq(addr), oport.addr.eq(g)]
+        m.d.comb += [waddr.eq(Mux(self.loading, laddr, addr) if laddr is not None else addr),
+                     oport.addr.eq(g)]
         accs = [Signal(signed(L.acc_bits), name=f"acc{n}") for n in range(pe)]
         accumulate(m, accs, v2, wdata, z2, wb)
         lane_off = [oport.data[n * L.offset_bits:(n + 1) * L.offset_bits].as_signed()

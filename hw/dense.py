@@ -126,8 +126,8 @@ def load_beats(layer) -> list[int]:
             for word in memory_words(layer)[0] for b in range(n)]
 
 
-def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal], engine, *,
-                  load_mux: bool = True, conv_beat: bool = False) -> tuple[list, Signal | None]:
+def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal],
+                  engine) -> tuple[list, Signal | None]:
     """A dense or conv layer's weight memory (words ``w_init``, :func:`memory_words`), one
     copy per address in ``waddrs`` (block RAMs have one read port): copy ``k`` is read at
     ``waddrs[k]``. Returns the copies' read data and, for ``weight_store == "ram"``, the load
@@ -138,12 +138,8 @@ def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal], eng
     written only while ``loading`` and read otherwise: what synth_ice40 -spram maps to
     SB_SPRAM256KA (Amaranth memories always carry an initial value, which SPRAM lacks), fed
     by the ``loading``, ``load_en`` and ``load_data`` members of ``engine``. Every copy takes
-    the same beats while loading: beat ``b`` of word ``laddr`` when ``load_en``.
-    ``load_mux=True`` puts ``Mux(loading, laddr, waddrs[k])`` in front of each RAM's address;
-    with ``load_mux=False`` the caller drives ``waddrs`` from the returned ``laddr`` while
-    loading (the dense engine). ``conv_beat=True`` gives the conv engine's beat counter:
-    unnamed (``$signal``) and 0-bit when a word is one beat, where the dense engine's is named
-    ``beat`` and at least 1 bit; each engine keeps its own so that its Verilog is unchanged.
+    the same beats while loading: beat ``b`` of word ``laddr`` when ``load_en``; the caller
+    drives ``waddrs`` from the returned ``laddr`` while ``loading``.
     """
     S = len(waddrs)
     depth = max(2, len(w_init))
@@ -151,10 +147,7 @@ def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal], eng
     if layer.weight_store == "ram":
         loading, load_en, load_data = engine.loading, engine.load_en, engine.load_data
         beats = word_beats(layer)
-        if conv_beat:
-            beat = Signal(range(beats), name="$signal")
-        else:
-            beat = Signal(range(max(2, beats)))    # no 0-bit signal: yosys writes [-1:0]
+        beat = Signal(range(max(2, beats)))        # no 0-bit signal: yosys writes [-1:0]
         laddr = Signal(range(depth))
         for k in range(S):
             slices = []
@@ -163,7 +156,7 @@ def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal], eng
                 rdata = Signal(LOAD_BEAT_BITS, name=f"{name}_rdata")
                 m.submodules[name] = Instance(
                     RAM16_NAME, p_DEPTH=depth, p_ABITS=len(waddrs[k]), i_clk=ClockSignal(),
-                    i_addr=Mux(loading, laddr, waddrs[k]) if load_mux else waddrs[k],
+                    i_addr=waddrs[k],
                     i_we=load_en & loading & (beat == b), i_wdata=load_data, o_rdata=rdata)
                 slices.append(rdata)
             rdatas.append(Cat(*slices))
@@ -317,7 +310,7 @@ class DenseEngine(wiring.Component):
         depth = max(2, len(w_init))
         waddrs = [Signal(range(depth), name=f"waddr{k}") for k in range(S)]
         # ``ram``: every copy takes the same beats while loading, at ``laddr`` (see below).
-        wdatas, laddr = weight_memory(m, L, w_init, waddrs, self, load_mux=False)
+        wdatas, laddr = weight_memory(m, L, w_init, waddrs, self)
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()
