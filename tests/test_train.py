@@ -560,6 +560,45 @@ def test_accuracy_benchmark_passes_loss_options_and_merges(tmp_path):
     assert runs == [None] + ["preset"] * len(bench.SAMPLES) + ["long"] * len(bench.SAMPLES)
 
 
+
+def _accuracy_bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_accuracy_benchmark_architecture_overrides_and_validation(tmp_path):
+    import argparse
+
+    bench = _accuracy_bench()
+    # The Fashion-MNIST preset codes MLP and conv inputs with their own thermometer levels.
+    base = dict(models="nsm-mlp,det-conv", bits="2", epochs=None, seed=0, device="cpu",
+                data_dir=None, train_limit=None, time_limit=None, threads=1, save_dir=None,
+                val=False)
+    jobs = bench.jobs_for("fashion-mnist", argparse.Namespace(**base))
+    pre = bench.PRESETS["fashion-mnist"]
+    assert [j["levels"] for j in jobs] == [pre["levels"], pre["levels_conv"]]
+    assert jobs[0]["hidden"] == pre["hidden"] and jobs[1]["conv"] == pre["conv"]
+    jobs = bench.jobs_for("fashion-mnist", argparse.Namespace(
+        **base, hidden=[64, 32], conv="8c3-p2-16", levels=2, batch_size=7))
+    assert [(j["hidden"], j["conv"], j["levels"], j["batch_size"]) for j in jobs] == \
+        [([64, 32], "8c3-p2-16", 2, 7)] * 2
+    # --val: held-out training images (past --train-limit) are scored beside the test set.
+    recs = bench.main(["--short", "--models", "nsm-mlp", "--bits", "2", "--epochs", "1",
+                       "--train-limit", "1200", "--val", "--hidden", "16",
+                       "--out", str(tmp_path / "a.json")])
+    assert {r["val_images"] for r in recs} == {1437 - 1200}
+    assert all(0 <= r["val_accuracy"] <= 1 for r in recs)
+    assert recs[0]["config"]["hidden"] == [16]
+    with pytest.raises(SystemExit):
+        bench.main(["--short", "--val", "--out", str(tmp_path / "b.json")])
+
+
 def test_nsm_train_cli_loss_options(tmp_path):
     from click.testing import CliRunner
 
