@@ -84,6 +84,8 @@ class UartClassifier(wiring.Component):
         The network; pixels must fit one byte (``pixel_bits <= 8``) and class indices too.
     divisor : int
         Clock cycles per UART bit.
+    rom_modules : bool
+        As :class:`hw.top.NsmCore`'s: ``False`` to run the design in Amaranth's simulator.
 
     Members
     -------
@@ -99,7 +101,7 @@ class UartClassifier(wiring.Component):
         Sticky until reset: a byte was dropped (framing error, or the pixel FIFO was full).
     """
 
-    def __init__(self, ir: IR, divisor: int):
+    def __init__(self, ir: IR, divisor: int, rom_modules: bool = True):
         if not isinstance(ir, IR):
             raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
         if ir.input.pixel_bits > 8:
@@ -110,6 +112,7 @@ class UartClassifier(wiring.Component):
                              f"{ir.n_classes} classes")
         self._ir = ir
         self._divisor = divisor
+        self._rom_modules = rom_modules
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "result": Out(1),
                           "class_index": Out(ir.class_bits), "error": Out(1)})
 
@@ -123,7 +126,7 @@ class UartClassifier(wiring.Component):
         m.submodules.rx = rx = UartRx(self._divisor)
         m.submodules.tx = tx = UartTx(self._divisor)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=max(2, ir.input.size))
-        m.submodules.core = core = NsmCore(ir)
+        m.submodules.core = core = NsmCore(ir, rom_modules=self._rom_modules)
         m.d.comb += [
             rx.rx.eq(self.rx), self.tx.eq(tx.tx),
             fifo.w_data.eq(rx.data), fifo.w_en.eq(rx.valid),

@@ -83,7 +83,7 @@ class ConvEngine(wiring.Component):
     """
 
     def __init__(self, layer: ConvLayer, pool: PoolLayer | None = None, consumer: str = "map",
-                 double: bool = False):
+                 double: bool = False, rom_name: str | None = None):
         if not isinstance(layer, ConvLayer):
             raise TypeError(f"layer must be a ConvLayer, not {type(layer).__name__}")
         layer.validate("layer")
@@ -96,6 +96,7 @@ class ConvEngine(wiring.Component):
             raise ValueError(f"consumer must be one of {CONSUMERS}, got {consumer!r}")
         self._layer, self._pool, self._consumer = layer, pool, consumer
         self._double = bool(double)
+        self._rom_name = rom_name
         P = pool.size if pool else 1
         self._hp, self._wp = layer.h_out // P, layer.w_out // P
         n_pix = layer.h_in * layer.w_in
@@ -146,7 +147,7 @@ class ConvEngine(wiring.Component):
         waddr = Signal(range(depth))
         # ``ram``: uninitialized single-port 16-bit RAMs, one per slice of the word, written once
         # while loading (SPRAM on iCE40), as in the dense engine.
-        (wdata,), laddr = weight_memory(m, L, w_init, [waddr], self)
+        (wdata,), laddr = weight_memory(m, L, w_init, [waddr], self, self._rom_name)
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()

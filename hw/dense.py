@@ -28,6 +28,7 @@ then, for each of the ``ceil(n_out / pe)`` neuron groups, with ``K`` kept inputs
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth.hdl import Array, Cat, ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
@@ -36,7 +37,7 @@ from nsm_export.ir import DenseLayer
 from .lfsr import Lfsr
 
 __all__ = ["DenseEngine", "pack_lanes", "memory_words", "load_beats", "n_load_beats",
-           "RAM16_MODULE", "RAM16_NAME", "LOAD_BEAT_BITS"]
+           "RAM16_MODULE", "RAM16_NAME", "LOAD_BEAT_BITS", "rom_module", "rom_module_name"]
 
 SPIKE_WORD_BITS = 4
 SPIKE_WORD = 1 << SPIKE_WORD_BITS
@@ -73,6 +74,31 @@ endmodule
 """
 
 
+def rom_module_name(core: str, index: int) -> str:
+    """The Verilog module that holds the ROM weights of layer ``index`` of the core ``core``."""
+    return f"{core}_wrom{index}"
+
+
+def rom_module(name: str, width: int, words: list[int]) -> str:
+    """Plain Verilog for a weight ROM ``name``: ``words`` (at least two, padded with zeros),
+    ``width`` bits each, read synchronously (``data`` is ``mem[addr]`` of the last clock edge).
+
+    It is what Amaranth writes for an initialized memory with one synchronous read port, but
+    written here in one pass: Amaranth's backend builds its initial value bit by bit, which
+    took most of ``nsm compile``'s time on large MLPs (``benchmarks/compile.py``).
+    """
+    depth = max(2, len(words))
+    digits = -(-width // 4)
+    mask = (1 << width) - 1
+    init = "".join(f"    mem[{a}] = {width}'h{v & mask:0{digits}x};\n"
+                   for a, v in enumerate(list(words) + [0] * (depth - len(words))))
+    return (f"// Weight ROM: {depth} words of {width} bits, read one clock after the address.\n"
+            f"module {name} #(parameter ABITS = {max(1, (depth - 1).bit_length())}) (\n"
+            f"  input clk,\n  input [ABITS-1:0] addr,\n  output reg [{width - 1}:0] data\n);\n"
+            f"  reg [{width - 1}:0] mem [{depth - 1}:0];\n  initial begin\n{init}  end\n"
+            f"  always @(posedge clk)\n    data <= mem[addr];\nendmodule\n")
+
+
 def pack_lanes(values, bits: int) -> int:
     """Pack integers (two's complement, ``bits`` wide) into one word, lane 0 lowest."""
     word = 0
@@ -84,20 +110,32 @@ def pack_lanes(values, bits: int) -> int:
 def memory_words(layer) -> tuple[list[int], list[int]]:
     """Weight words (group by group, input by input: ``pe`` lanes each) and threshold/bias
     words (one per group), as the engines' memories hold them. A conv layer's inputs are its
-    window's ``q = (c*k + i)*k + j`` (the IR's flattening of a filter, ``hw.conv``)."""
-    w2 = layer.weights.reshape(layer.weights.shape[0], -1)
+    window's ``q = (c*k + i)*k + j`` (the IR's flattening of a filter, ``hw.conv``).
+
+    Lane ``k`` of a word holds its weight in two's complement in bits ``[k*wb, (k+1)*wb)``
+    (binary weights: 1 for +1, 0 for -1), as :func:`pack_lanes` packs them; lanes past the
+    last neuron hold 0."""
+    w2 = np.asarray(layer.weights, dtype=np.int64).reshape(layer.weights.shape[0], -1)
     n_rows, n_cols = w2.shape
     pe, wb = layer.pe, layer.weight_bits
-    weights, offsets = [], []
-    for g in range(-(-n_rows // pe)):
-        rows = range(g * pe, (g + 1) * pe)
-        for j in range(n_cols):
-            lane_w = [w2[i, j] if i < n_rows else 0 for i in rows]
-            if wb == 1:
-                lane_w = [1 if w > 0 else 0 for w in lane_w]
-            weights.append(pack_lanes(lane_w, wb))
-        offsets.append(pack_lanes([layer.offsets[i] if i < n_rows else 0 for i in rows],
-                                  layer.offset_bits))
+    G = -(-n_rows // pe)
+    w = np.zeros((G * pe, n_cols), dtype=np.int64)
+    w[:n_rows] = (w2 > 0) if wb == 1 else w2
+    lanes = (w & ((1 << wb) - 1)).astype(np.uint64).reshape(G, pe, n_cols)
+    # Pack up to 64 bits of lanes at a time in numpy, then join the 64-bit chunks.
+    per = 64 // wb
+    chunks = []
+    for c0 in range(0, pe, per):
+        part = lanes[:, c0:c0 + per, :]
+        shifts = (np.arange(part.shape[1], dtype=np.uint64) * np.uint64(wb))[None, :, None]
+        chunks.append((c0 * wb,
+                       np.bitwise_or.reduce(part << shifts, axis=1).reshape(-1).tolist()))
+    weights = chunks[0][1]
+    for shift, chunk in chunks[1:]:
+        weights = [a | (b << shift) for a, b in zip(weights, chunk)]
+    offsets = [pack_lanes([layer.offsets[i] if i < n_rows else 0
+                           for i in range(g * pe, (g + 1) * pe)], layer.offset_bits)
+               for g in range(G)]
     return weights, offsets
 
 
@@ -127,13 +165,15 @@ def load_beats(layer) -> list[int]:
 
 
 def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal],
-                  engine) -> tuple[list, Signal | None]:
+                  engine, rom_name: str | None = None) -> tuple[list, Signal | None]:
     """A dense or conv layer's weight memory (words ``w_init``, :func:`memory_words`), one
     copy per address in ``waddrs`` (block RAMs have one read port): copy ``k`` is read at
     ``waddrs[k]``. Returns the copies' read data and, for ``weight_store == "ram"``, the load
     address (else ``None``).
 
-    ``rom``: an initialized memory ``wmem`` (``wmem{k}`` with several copies).
+    ``rom``: an initialized memory ``wmem`` (``wmem{k}`` with several copies); with
+    ``rom_name``, instances of that Verilog module instead (:func:`rom_module`, which the
+    caller appends to the Verilog: :func:`hw.top.convert` does).
     ``ram``: one uninitialized single-port RAM per 16-bit slice of the word (RAM16_MODULE),
     written only while ``loading`` and read otherwise: what synth_ice40 -spram maps to
     SB_SPRAM256KA (Amaranth memories always carry an initial value, which SPRAM lacks), fed
@@ -165,8 +205,16 @@ def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal],
             with m.If(beat == beats - 1):
                 m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
         return rdatas, laddr
+    width = layer.pe * layer.weight_bits
     for k in range(S):
-        wmem = memory.Memory(shape=layer.pe * layer.weight_bits, depth=depth, init=w_init)
+        if rom_name is not None:
+            rdata = Signal(width, name="wmem_data" if S == 1 else f"wmem{k}_data")
+            m.submodules["wmem" if S == 1 else f"wmem{k}"] = Instance(
+                rom_name, p_ABITS=len(waddrs[k]), i_clk=ClockSignal(), i_addr=waddrs[k],
+                o_data=rdata)
+            rdatas.append(rdata)
+            continue
+        wmem = memory.Memory(shape=width, depth=depth, init=w_init)
         m.submodules["wmem" if S == 1 else f"wmem{k}"] = wmem
         wport = wmem.read_port()
         m.d.comb += wport.addr.eq(waddrs[k])
@@ -259,11 +307,12 @@ class DenseEngine(wiring.Component):
     """
 
     def __init__(self, layer: DenseLayer, score_bits: int = 1, spike_memory: bool = False,
-                 double: bool = False, out_memory: bool = False):
+                 double: bool = False, out_memory: bool = False, rom_name: str | None = None):
         if not isinstance(layer, DenseLayer):
             raise TypeError(f"layer must be a DenseLayer, not {type(layer).__name__}")
         layer.validate("layer")
         self._layer = layer
+        self._rom_name = rom_name
         self._score_bits = score_bits
         self._spike_memory = bool(spike_memory)
         self._double = bool(double) and self._spike_memory
@@ -310,7 +359,7 @@ class DenseEngine(wiring.Component):
         depth = max(2, len(w_init))
         waddrs = [Signal(range(depth), name=f"waddr{k}") for k in range(S)]
         # ``ram``: every copy takes the same beats while loading, at ``laddr`` (see below).
-        wdatas, laddr = weight_memory(m, L, w_init, waddrs, self)
+        wdatas, laddr = weight_memory(m, L, w_init, waddrs, self, self._rom_name)
         m.submodules.omem = omem = memory.Memory(shape=pe * L.offset_bits, depth=max(2, G),
                                                  init=o_init)
         oport = omem.read_port()

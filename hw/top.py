@@ -36,7 +36,8 @@ from nsm_export.ir import IR
 from nsm_export.schedule import hw_stages
 from .argmax import ArgmaxScan
 from .conv import ConvEngine
-from .dense import MEMORY_LINK_PE, RAM16_MODULE, DenseEngine, load_beats, n_load_beats
+from .dense import (MEMORY_LINK_PE, RAM16_MODULE, DenseEngine, load_beats, memory_words,
+                    n_load_beats, rom_module, rom_module_name)
 from .lfsr import Lfsr
 
 __all__ = ["NsmCore", "generate_verilog", "convert", "weight_image"]
@@ -51,6 +52,10 @@ def weight_image(ir: IR) -> list[int]:
 
 class NsmCore(wiring.Component):
     """A whole NSM classifier built from an IR.
+
+    ``rom_modules`` (default): weight ROMs are instances of Verilog modules that :func:`convert`
+    appends (``hw.dense.rom_module``); ``False``: Amaranth memories, which Amaranth's own
+    simulator runs (the board tests do) but whose contents its Verilog backend writes slowly.
 
     Members
     -------
@@ -88,7 +93,7 @@ class NsmCore(wiring.Component):
         ``h`` valid while ``dbg_valid[h]`` is high), bit ``i`` of a layer = neuron ``i``.
     """
 
-    def __init__(self, ir: IR, debug: bool = False):
+    def __init__(self, ir: IR, debug: bool = False, rom_modules: bool = True):
         if not isinstance(ir, IR):
             raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
         ir.validate()
@@ -100,6 +105,7 @@ class NsmCore(wiring.Component):
                                 "cores; a conv core is checked on its scores and cycles")
         self._ir = ir
         self._debug = bool(debug)
+        self._rom_modules = bool(rom_modules)
         hidden = ir.layers[:-1]
         wload = {"w_axis_tvalid": In(1), "w_axis_tready": Out(1), "w_axis_tdata": In(16),
                  "w_axis_tlast": In(1)} if any(layer.weight_store == "ram"
@@ -138,11 +144,13 @@ class NsmCore(wiring.Component):
         engines = []
         for n, st in enumerate(stages):
             fed = n > 0 and linked[n - 1]
+            rom = rom_module_name(ir.name, st.index) if self._rom_modules else None
             if st.layer.kind == "conv2d":
-                eng = ConvEngine(st.layer, st.pool, st.consumer, double=fed)
+                eng = ConvEngine(st.layer, st.pool, st.consumer, double=fed, rom_name=rom)
             else:
                 eng = DenseEngine(st.layer, ir.score_bits, spike_memory=n == 0 or fed,
-                                  double=fed, out_memory=linked[n] and not st.layer.output)
+                                  double=fed, out_memory=linked[n] and not st.layer.output,
+                                  rom_name=rom)
             m.submodules[f"layer{st.index}"] = eng
             engines.append(eng)
         conv0 = isinstance(engines[0], ConvEngine)
@@ -401,8 +409,14 @@ def generate_verilog(ir: IR, debug: bool = False) -> str:
 
 def convert(component, ir: IR, name: str) -> str:
     """Verilog for ``component`` (the core, or a design around it), top module ``name``, with
-    the RAM module the core instantiates when some layer of ``ir`` keeps its weights in RAM."""
+    the modules the core instantiates: one weight ROM per layer of ``ir`` that keeps its
+    weights in ROM, and the RAM module when some layer keeps them in RAM."""
     text = verilog.convert(component, name=name, emit_src=False)
+    for st in hw_stages(ir):
+        if st.layer.weight_store == "rom":
+            w_init, _ = memory_words(st.layer)
+            text += "\n" + rom_module(rom_module_name(ir.name, st.index),
+                                      st.layer.pe * st.layer.weight_bits, w_init)
     if any(layer.weight_store == "ram" for layer in ir.layers):
         text += "\n" + RAM16_MODULE
     return text

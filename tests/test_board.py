@@ -105,7 +105,7 @@ def _uart_classify(ir, pixels, divisor, wait_for_reply=False):
     it sends back. Returns the replies (fewer if some never came) and the error flag at the
     end."""
     from nsm_export import schedule
-    dut = UartClassifier(ir, divisor)
+    dut = UartClassifier(ir, divisor, rom_modules=False)     # Amaranth's simulator
     replies, error = [], []
     # Enough cycles for one image on the wire and its compute with every input kept.
     max_wait = (ir.input.size * 10 * divisor + 4 * int(schedule.expected_cycles_per_inference(ir))
