@@ -28,6 +28,14 @@ then for every pooled pixel, for each of its ``P × P`` conv positions:
 then ``OUT``: the pooled pixel goes to the next layer: 1 cycle as one pixel word (a conv
 consumer), or ``c_out`` cycles, one spike each at its channel-major index (a dense consumer's
 spike memory). ``FIN``: 1 cycle, ``done`` high.
+
+With a line buffer on either side (``ConvLayer.line_rows``: the input map is a ring of R rows
+that the conv engine before writes while this one runs the same sample; or this engine writes
+such a ring), each pooled output row starts in ``ROW``, one cycle or until the top's row
+handshake lets it go, and with a line buffer in, ``TAIL`` waits (one cycle at least) before
+``FIN`` for the producer to end the sample (:func:`nsm_export.schedule.pipeline_end` models the
+waits). The blank-out mask memory stays a whole map: ``MASK`` draws in the IR's channel-major
+order.
 """
 
 from __future__ import annotations
@@ -88,6 +96,11 @@ class ConvEngine(wiring.Component):
         (at least one cycle) until ``row_go`` is high (the top's row handshake: the input rows
         the row reads are written, the ring slots the row overwrites are free);
         ``row_done`` is high in the last ``OUT`` cycle of each pooled row.
+    in_end : In(1)
+        Only with a line buffer in (``layer.line_rows`` > 0): the producer has ended this
+        sample. After its last pooled row the engine waits in ``TAIL`` (at least one cycle)
+        for it, so that no engine before it is still busy (writing rows no pooled row reads)
+        when this one is done.
     reseed, seed, loading, load_en, load_data : In
         As in :class:`hw.dense.DenseEngine` (the last three only for ``weight_store: ram``:
         the weight words of :func:`hw.dense.memory_words` in 16-bit beats, low slice first).
@@ -125,6 +138,8 @@ class ConvEngine(wiring.Component):
             out.update(loading=In(1), load_en=In(1), load_data=In(LOAD_BEAT_BITS))
         if self._gated:
             out.update(row_go=In(1), row_done=Out(1))
+        if self._ring_in:
+            out.update(in_end=In(1))
         super().__init__({"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32),
                           "map_we": In(layer.c_in), "map_addr": In(range(max(2, n_pix))),
                           "map_data": In(layer.c_in), "in_done": In(1), **out})
@@ -311,11 +326,12 @@ class ConvEngine(wiring.Component):
                          self.out_mask.eq(Const(1, SPIKE_WORD) << oidx[:SPIKE_WORD_BITS]),
                          self.out_data.eq(Mux(out[0], (1 << SPIKE_WORD) - 1, 0))]
 
-        def start_position(m):
+        def start_position(m, step=0):
+            """``step``: ybase moves by that many rows in this cycle too (ring_step)."""
             m.d.sync += [bi.eq(0), bj.eq(0), bch.eq(0), bq.eq(0), biw.eq(0), bchq.eq(0),
                          kept.eq(0), klast.eq(klast.init)]
             if self._ring_in:
-                m.d.sync += [byr.eq(yr), byrw.eq(yrw)]
+                m.d.sync += [byr.eq(ring_next(step)[0]), byrw.eq(ring_next(step)[1])]
             m.next = "BUILD"
 
         def start_row(m):
@@ -325,16 +341,20 @@ class ConvEngine(wiring.Component):
             else:
                 start_position(m)
 
-        def ring_step(step):
-            """ybase moves by ``step`` rows: yr and yrw follow, modulo R."""
-            if not self._ring_in:
-                return []
+        def ring_next(step):
+            """yr and yrw once ybase has moved by ``step`` rows (modulo R)."""
             c = step % R
             if not c:
-                return []
+                return yr, yrw
             wrap = yr + c >= R
-            return [yr.eq(Mux(wrap, yr + c - R, yr + c)),
-                    yrw.eq(Mux(wrap, yrw + (c - R) * W, yrw + c * W))]
+            return Mux(wrap, yr + c - R, yr + c), Mux(wrap, yrw + (c - R) * W, yrw + c * W)
+
+        def ring_step(step):
+            """ybase moves by ``step`` rows: yr and yrw follow."""
+            if not self._ring_in or not step % R:
+                return []
+            yn, ywn = ring_next(step)
+            return [yr.eq(yn), yrw.eq(ywn)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -415,7 +435,7 @@ class ConvEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += [a.eq(a + 1), ybase.eq(ybase + s), ybw.eq(ybw + s * W),
                                          *ring_step(s)]
-                            start_position(m)
+                            start_position(m, s)
                     with m.Else():
                         m.d.sync += [b_.eq(b_ + 1), xbase.eq(xbase + s)]
                         start_position(m)
@@ -442,13 +462,17 @@ class ConvEngine(wiring.Component):
                         m.d.sync += [px.eq(0), xbase.eq(-pad), ybase.eq(ybase + P * s),
                                      ybw.eq(ybw + P * s * W), *ring_step(P * s)]
                         with m.If(py == hp - 1):
-                            m.next = "FIN"
+                            m.next = "TAIL" if self._ring_in else "FIN"
                         with m.Else():
                             m.d.sync += py.eq(py + 1)
                             start_row(m)
                     with m.Else():
                         m.d.sync += [px.eq(px + 1), xbase.eq(xbase + P * s)]
                         start_position(m)
+            if self._ring_in:
+                with m.State("TAIL"):               # wait for the producer to end the sample
+                    with m.If(self.in_end):
+                        m.next = "FIN"
             with m.State("FIN"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"

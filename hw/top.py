@@ -277,7 +277,8 @@ class NsmCore(wiring.Component):
         # i+1 has still to do reads. Engine i+1 may start a pooled row once its rows are
         # written (or engine i is on a later sample); engine i may start pooled row ``rows``
         # unless engine i+1 is still busy with the previous sample, and then only into a free
-        # ring slot: rows < R (the slot holds the previous sample) or rows < lim.
+        # ring slot: rows < R (the slot holds the previous sample) or rows < lim. Engine i+1
+        # ends its sample only once engine i has (in_end), so the output layer is the last.
         row_ok = [[] for _ in range(L)]
         for i in range(L - 1):
             if not stream[i]:
@@ -300,6 +301,7 @@ class NsmCore(wiring.Component):
             with m.If(engines[i + 1].row_done):
                 m.d.sync += [need.eq(need + step), lim.eq(lim + step)]
             row_ok[i + 1].append(full[i] | (rows >= need) | (rows == H))
+            m.d.comb += engines[i + 1].in_end.eq(full[i] | ~busy[i])
             row_ok[i].append(Mux(full[i], ~busy[i + 1] & (rows < R),
                                  ~busy[i + 1] | (rows < R) | (rows < lim)))
         for eng, oks in zip(engines, row_ok):

@@ -82,10 +82,11 @@ def conv_cycles(stage: Stage, kept) -> np.ndarray:
     """Cycles of a conv engine for one sample, per sample: ``kept`` is the layer's keep bits
     ``(..., n_in)`` in the IR's channel-major order (bool, or the keep probability as a float
     for the mean). Positions that no pooling window covers are not computed. A gated engine
-    (line buffers) spends one ``ROW`` cycle more per pooled row, when it need not wait."""
+    (line buffers) spends one ``ROW`` cycle more per pooled row, and one ``TAIL`` cycle with
+    a line buffer in, when it need not wait."""
     if stage.gated:
         pre, rows = conv_row_cycles(stage, kept)
-        return pre + rows.sum(axis=-1) + rows.shape[-1] + 1
+        return pre + rows.sum(axis=-1) + rows.shape[-1] + 1 + _tail(stage)
     layer = stage.layer
     k, s, pad = layer.kernel, layer.stride, layer.padding
     P = stage.pool.size if stage.pool else 1
@@ -107,6 +108,12 @@ def conv_cycles(stage: Stage, kept) -> np.ndarray:
     fixed = 1 + (layer.n_in + 1 if layer.sampling else 0) + 1 \
         + positions * (k * k * chunks + BUILD_FLUSH + groups * GROUP_OVERHEAD) + hp * wp * out
     return (fixed + groups * total_kept).reshape(lead)
+
+
+def _tail(stage: Stage) -> int:
+    """``TAIL``: a conv engine with a line buffer in waits (one cycle at least) after its last
+    row for the producer to end the sample."""
+    return 1 if isinstance(stage.layer, ConvLayer) and stage.layer.line_rows else 0
 
 
 def conv_pre_cycles(layer: ConvLayer) -> int:
@@ -219,8 +226,9 @@ def _row_pipeline_end(ir: IR, stages: list[Stage], durations, rows) -> float:
     ended it); p starts sample t a cycle after c started t - 1 (as before). A gated engine
     enters ``ROW`` for row 0 in cycle ``S + pre``, leaves it in the first cycle ``g`` its row
     handshake allows, ends the row (last ``OUT``) in ``D = g + row cycles``, enters ``ROW`` for
-    the next row in ``D + 1``, and is idle in ``D + 2`` after its last row (``FIN``). The
-    handshake, as the top's registers see it in cycle ``g``:
+    the next row in ``D + 1``, and is idle in ``D + 2`` after its last row (``FIN``); with a
+    line buffer in, ``TAIL`` first waits from ``D + 1`` for the producer to be idle (its ``E``),
+    and ``FIN`` follows. The handshake, as the top's registers see it in cycle ``g``:
 
     * c's pooled row r reads input rows up to ``need = min(r*P*s - pad + (P-1)*s + k, H)``:
       ``g > D`` of p's row ``need - 1`` of sample t;
@@ -255,8 +263,9 @@ def _row_pipeline_end(ir: IR, stages: list[Stage], durations, rows) -> float:
         if rows is not None and rows[i] is not None:
             per_rows.append([(pre, [rows[i][t][r] for r in range(hp)]) for t in range(T)])
         else:
-            per_rows.append([(pre, [(np.asarray(durations[i][t], dtype=float) - pre - hp - 1)
-                                    / hp] * hp) for t in range(T)])
+            rest = pre + hp + 1 + _tail(st)
+            per_rows.append([(pre, [(np.asarray(durations[i][t], dtype=float) - rest) / hp]
+                                    * hp) for t in range(T)])
 
     def mx(values):
         return reduce(np.maximum, values)
@@ -294,6 +303,16 @@ def _row_pipeline_end(ir: IR, stages: list[Stage], durations, rows) -> float:
             ready[i] = S[i][t] + per_rows[i][t][0]
             return True
         r = row_of[i]
+        if r == len(per_rows[i][t][1]):              # TAIL (line buffer in), FIN
+            if i and stream[i - 1]:
+                if E[i - 1][t] is None:
+                    return False
+                E[i][t] = np.maximum(ready[i], E[i - 1][t]) + 2
+            else:
+                E[i][t] = ready[i] + 1
+            t_of[i] += 1
+            row_of[i] = None
+            return True
         need = [ready[i]]
         if i and stream[i - 1]:                       # input rows from engine i - 1
             step, pad, span, H, R, hp = geo(st)
@@ -324,10 +343,6 @@ def _row_pipeline_end(ir: IR, stages: list[Stage], durations, rows) -> float:
         D[i][t].append(end)
         ready[i] = end + 1
         row_of[i] = r + 1
-        if r + 1 == len(per_rows[i][t][1]):
-            E[i][t] = end + 2
-            t_of[i] += 1
-            row_of[i] = None
         return True
 
     moved = True
