@@ -15,8 +15,10 @@ States (cycle counts mirrored by :mod:`nsm_export.schedule`):
             sample for the stochastic code; engine ``l > 0``: engine ``l-1``'s finished
             output) and the next engine has taken over its previous output (it latches its
             input when it starts). So while layer ``l+1`` works on sample ``t``, layer ``l``
-            already works on sample ``t+1``. ``RUN`` ends when the output layer finishes its
-            ``T``-th sample.
+            already works on sample ``t+1``. Where a conv layer has a line buffer
+            (``line_rows``), it and the conv engine before it work on the same sample instead,
+            handing rows over (a row-level handshake, see ``hw.conv``). ``RUN`` ends when the
+            output layer finishes its ``T``-th sample.
 ``ARGMAX``  ``C + 1`` cycles: scan the scores through a two-stage pipeline (fetch, compare),
             keeping the first maximum (ties: lowest index).
 ``OUT``     ``m_axis_tvalid`` high with the class and all scores until accepted; then scores

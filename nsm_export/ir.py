@@ -43,7 +43,11 @@ index ``(c*H + y)*W + x``, the order PyTorch's ``reshape`` and ONNX ``Flatten`` 
   ``acc[o, y, x] = sum_{c,i,j} w[o,c,i,j] * xi * z[c, y*stride+i-padding, x*stride+j-padding]``
   and ``z[o, y, x] = +1 iff acc[o, y, x] >= threshold[o]``; output ``H' = (H + 2 padding - k) //
   stride + 1`` (same for ``W``). A conv layer is never the output layer. Its ``pe`` (filters in
-  parallel) and ``lanes`` (window channels the hardware tests a clock) change the schedule only.
+  parallel) and ``lanes`` (window channels the hardware tests a clock) change the schedule only,
+  as does ``line_rows`` (0, the default and what files without it get: the input map is kept
+  whole, double-buffered; ``R > 0``: a ring of ``R`` input rows that the conv layer before
+  writes row by row; allowed only after a conv layer (or its pooling), with ``R`` at least
+  :func:`min_line_rows`; written to ``ir.json`` only when set).
 * ``pool`` (:class:`PoolLayer`): non-overlapping ``size × size`` windows (stride ``size``, the
   rows and columns past the last whole window are dropped), no noise, no random bits.
   ``or``: ``+1`` iff any spike in the window is ``+1``; ``majority``: ``+1`` iff at least half of

@@ -380,7 +380,9 @@ def expected_latency_cycles(ir: IR, durations=None) -> float:
     """Latency with every layer keeping its mean ``p * n_in`` inputs each sample, through the
     same pipeline schedule (an estimate: the mean of a maximum is not the maximum of means).
     ``durations``: per IR layer, the cycles of one such sample (default: the IR's folding;
-    a pooling layer's entry is ignored, its conv engine computes it)."""
+    a pooling layer's entry is ignored, its conv engine computes it). Engines linked by a line
+    buffer are scheduled row by row: on their mean per-row cycles by default, or, with
+    ``durations``, on the sample's cycles split evenly over its rows."""
     stages = hw_stages(ir)
     rows = None
     if durations is None:
