@@ -28,6 +28,14 @@ then for every pooled pixel, for each of its ``P × P`` conv positions:
 then ``OUT``: the pooled pixel goes to the next layer: 1 cycle as one pixel word (a conv
 consumer), or ``c_out`` cycles, one spike each at its channel-major index (a dense consumer's
 spike memory). ``FIN``: 1 cycle, ``done`` high.
+
+With a line buffer on either side (``ConvLayer.line_rows``: the input map is a ring of R rows
+that the conv engine before writes while this one runs the same sample; or this engine writes
+such a ring), each pooled output row starts in ``ROW``, one cycle or until the top's row
+handshake lets it go, and with a line buffer in, ``TAIL`` waits (one cycle at least) before
+``FIN`` for the producer to end the sample (:func:`nsm_export.schedule.pipeline_end` models the
+waits). The blank-out mask memory stays a whole map: ``MASK`` draws in the IR's channel-major
+order.
 """
 
 from __future__ import annotations
@@ -51,8 +59,11 @@ CONSUMERS = ("map", "bits")
 def map_memory_depth(layer: ConvLayer, double: bool) -> int:
     """Pixel words (``c_in`` bits each) of the input map memory: one per pixel, or, when
     ``double`` (a conv engine writes the map), two halves selected by the top address bit,
-    each as deep as the pixel address reaches (a power of two)."""
+    each as deep as the pixel address reaches (a power of two), or, with a line buffer
+    (``layer.line_rows`` R > 0), a ring of R rows (``R * W`` words, whatever ``double``)."""
     n_pix = layer.h_in * layer.w_in
+    if layer.line_rows:
+        return max(2, layer.line_rows * layer.w_in)
     return 2 << (max(2, n_pix) - 1).bit_length() if double else max(2, n_pix)
 
 
@@ -77,13 +88,26 @@ class ConvEngine(wiring.Component):
         ``double=True`` only: the producer has written a whole sample's map. The input map is
         then double-buffered: the producer fills one half while this engine reads the other,
         so the layers before and after work on consecutive samples at once.
+    row_go, row_done : In(1), Out(1)
+        Only with a line buffer on either side (``layer.line_rows`` > 0: the input map is a
+        ring of that many rows, pixel word ``(y mod R) * W + x``, written by a conv engine
+        while this one runs; ``ring_out`` R' > 0: this engine writes such a ring, pooled pixel
+        ``(y mod R') * W' + x``). Before each pooled output row the engine waits in ``ROW``
+        (at least one cycle) until ``row_go`` is high (the top's row handshake: the input rows
+        the row reads are written, the ring slots the row overwrites are free);
+        ``row_done`` is high in the last ``OUT`` cycle of each pooled row.
+    in_end : In(1)
+        Only with a line buffer in (``layer.line_rows`` > 0): the producer has ended this
+        sample. After its last pooled row the engine waits in ``TAIL`` (at least one cycle)
+        for it, so that no engine before it is still busy (writing rows no pooled row reads)
+        when this one is done.
     reseed, seed, loading, load_en, load_data : In
         As in :class:`hw.dense.DenseEngine` (the last three only for ``weight_store: ram``:
         the weight words of :func:`hw.dense.memory_words` in 16-bit beats, low slice first).
     """
 
     def __init__(self, layer: ConvLayer, pool: PoolLayer | None = None, consumer: str = "map",
-                 double: bool = False, rom_name: str | None = None):
+                 double: bool = False, ring_out: int = 0, rom_name: str | None = None):
         if not isinstance(layer, ConvLayer):
             raise TypeError(f"layer must be a ConvLayer, not {type(layer).__name__}")
         layer.validate("layer")
@@ -95,7 +119,10 @@ class ConvEngine(wiring.Component):
         if consumer not in CONSUMERS:
             raise ValueError(f"consumer must be one of {CONSUMERS}, got {consumer!r}")
         self._layer, self._pool, self._consumer = layer, pool, consumer
-        self._double = bool(double)
+        self._ring_in = layer.line_rows
+        self._double = bool(double) and not self._ring_in
+        self._ring_out = int(ring_out)
+        self._gated = bool(self._ring_in or self._ring_out)
         self._rom_name = rom_name
         P = pool.size if pool else 1
         self._hp, self._wp = layer.h_out // P, layer.w_out // P
@@ -110,6 +137,10 @@ class ConvEngine(wiring.Component):
                        out_data=Out(SPIKE_WORD), out_mask=Out(SPIKE_WORD))
         if layer.weight_store == "ram":
             out.update(loading=In(1), load_en=In(1), load_data=In(LOAD_BEAT_BITS))
+        if self._gated:
+            out.update(row_go=In(1), row_done=Out(1))
+        if self._ring_in:
+            out.update(in_end=In(1))
         super().__init__({"start": In(1), "done": Out(1), "reseed": In(1), "seed": In(32),
                           "map_we": In(layer.c_in), "map_addr": In(range(max(2, n_pix))),
                           "map_data": In(layer.c_in), "in_done": In(1), **out})
@@ -216,7 +247,17 @@ class ConvEngine(wiring.Component):
         # the window.
         m.d.sync += [rv.eq(building & inside), rq.eq(bq), rch.eq(bch), rchq.eq(bchq),
                      raddr.eq((ybw + biw + x_in)[:len(raddr)])]
-        m.d.comb += s_rd.addr.eq(Cat(raddr, rsel) if self._double else raddr)
+        if self._ring_in:
+            # Ring row of window row bi: (ybase + bi) mod R, kept as yr (of ybase) and byr,
+            # with yrw = yr * W and byrw = byr * W beside them (adders and compares only).
+            R = self._ring_in
+            yr, byr = Signal(range(max(2, R))), Signal(range(max(2, R)))
+            yrw, byrw = Signal(range(max(2, R * W))), Signal(range(max(2, R * W)))
+            rraddr = Signal(range(max(2, R * W)))
+            m.d.sync += rraddr.eq((byrw + x_in)[:len(rraddr)])
+            m.d.comb += s_rd.addr.eq(rraddr)
+        else:
+            m.d.comb += s_rd.addr.eq(Cat(raddr, rsel) if self._double else raddr)
         if L.sampling:
             m.d.comb += m_rd.addr.eq(raddr)
         # Stage A: the pixel's spike and mask words arrive (read ports); carry the metadata.
@@ -286,23 +327,50 @@ class ConvEngine(wiring.Component):
                          self.out_mask.eq(Const(1, SPIKE_WORD) << oidx[:SPIKE_WORD_BITS]),
                          self.out_data.eq(Mux(out[0], (1 << SPIKE_WORD) - 1, 0))]
 
-        def start_position(m):
+        def start_position(m, step=0):
+            """``step``: ybase moves by that many rows in this cycle too (ring_step)."""
             m.d.sync += [bi.eq(0), bj.eq(0), bch.eq(0), bq.eq(0), biw.eq(0), bchq.eq(0),
                          kept.eq(0), klast.eq(klast.init)]
+            if self._ring_in:
+                m.d.sync += [byr.eq(ring_next(step)[0]), byrw.eq(ring_next(step)[1])]
             m.next = "BUILD"
+
+        def start_row(m):
+            """The first position of a pooled row: through ROW when rows are handed over."""
+            if self._gated:
+                m.next = "ROW"
+            else:
+                start_position(m)
+
+        def ring_next(step):
+            """yr and yrw once ybase has moved by ``step`` rows (modulo R)."""
+            c = step % R
+            if not c:
+                return yr, yrw
+            wrap = yr + c >= R
+            return Mux(wrap, yr + c - R, yr + c), Mux(wrap, yrw + (c - R) * W, yrw + c * W)
+
+        def ring_step(step):
+            """ybase moves by ``step`` rows: yr and yrw follow."""
+            if not self._ring_in or not step % R:
+                return []
+            yn, ywn = ring_next(step)
+            return [yr.eq(yn), yrw.eq(ywn)]
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [py.eq(0), px.eq(0), a.eq(0), b_.eq(0), ppix.eq(0), first.eq(1),
                              ybase.eq(-pad), xbase.eq(-pad), ybw.eq(-pad * W), c.eq(0), g.eq(0),
                              base.eq(0)]
+                if self._ring_in:
+                    m.d.sync += [yr.eq(-pad % R), yrw.eq(-pad % R * W)]
                 if L.sampling:
                     m.d.sync += [mc.eq(0), mpix.eq(0), mn.eq(0), mlast.eq(int(L.n_in == 1))]
                 with m.If(self.start):
                     if L.sampling:
                         m.next = "MASK"
                     else:
-                        start_position(m)
+                        start_row(m)
             if L.sampling:
                 with m.State("MASK"):
                     m.d.comb += rng.en.eq(1)
@@ -314,7 +382,11 @@ class ConvEngine(wiring.Component):
                     with m.If(mlast):
                         m.next = "MFLUSH"
                 with m.State("MFLUSH"):             # the last draw is written now
-                    start_position(m)
+                    start_row(m)
+            if self._gated:
+                with m.State("ROW"):                # wait for the row handshake
+                    with m.If(self.row_go):
+                        start_position(m)
             with m.State("BUILD"):
                 m.d.comb += building.eq(1)
                 m.d.sync += [bch.eq(bch + 1), bchq.eq(bchq + lanes * kk)]
@@ -322,6 +394,11 @@ class ConvEngine(wiring.Component):
                     m.d.sync += [bch.eq(0), bchq.eq(0), bj.eq(bj + 1), bq.eq(bq + 1)]
                     with m.If(bj == k - 1):
                         m.d.sync += [bj.eq(0), bi.eq(bi + 1), biw.eq(biw + W)]
+                        if self._ring_in:
+                            with m.If(byr == R - 1):
+                                m.d.sync += [byr.eq(0), byrw.eq(0)]
+                            with m.Else():
+                                m.d.sync += [byr.eq(byr + 1), byrw.eq(byrw + W)]
                         with m.If(bi == k - 1):
                             m.next = "BFLUSH1"
             for n in range(1, 4):
@@ -354,11 +431,12 @@ class ConvEngine(wiring.Component):
                         with m.If(a == P - 1):
                             m.d.sync += [a.eq(0), ybase.eq(ybase - (P - 1) * s),
                                          ybw.eq(ybw - (P - 1) * s * W), oc.eq(0),
-                                         oidx.eq(ppix)]
+                                         oidx.eq(ppix), *ring_step(-(P - 1) * s)]
                             m.next = "OUT"
                         with m.Else():
-                            m.d.sync += [a.eq(a + 1), ybase.eq(ybase + s), ybw.eq(ybw + s * W)]
-                            start_position(m)
+                            m.d.sync += [a.eq(a + 1), ybase.eq(ybase + s), ybw.eq(ybw + s * W),
+                                         *ring_step(s)]
+                            start_position(m, s)
                     with m.Else():
                         m.d.sync += [b_.eq(b_ + 1), xbase.eq(xbase + s)]
                         start_position(m)
@@ -376,17 +454,26 @@ class ConvEngine(wiring.Component):
                     more_out = oc != L.c_out - 1
                 with m.If(~more_out):
                     m.d.sync += [first.eq(1), ppix.eq(ppix + 1)]
+                    if self._ring_out:              # pooled pixel (y mod R') * W' + x
+                        with m.If(ppix == self._ring_out * wp - 1):
+                            m.d.sync += ppix.eq(0)
                     with m.If(px == wp - 1):
+                        if self._gated:
+                            m.d.comb += self.row_done.eq(1)
                         m.d.sync += [px.eq(0), xbase.eq(-pad), ybase.eq(ybase + P * s),
-                                     ybw.eq(ybw + P * s * W)]
+                                     ybw.eq(ybw + P * s * W), *ring_step(P * s)]
                         with m.If(py == hp - 1):
-                            m.next = "FIN"
+                            m.next = "TAIL" if self._ring_in else "FIN"
                         with m.Else():
                             m.d.sync += py.eq(py + 1)
-                            start_position(m)
+                            start_row(m)
                     with m.Else():
                         m.d.sync += [px.eq(px + 1), xbase.eq(xbase + P * s)]
                         start_position(m)
+            if self._ring_in:
+                with m.State("TAIL"):               # wait for the producer to end the sample
+                    with m.If(self.in_end):
+                        m.next = "FIN"
             with m.State("FIN"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"

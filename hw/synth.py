@@ -356,7 +356,10 @@ def _conv_cost(layer, target: Target, pe: int, lanes: int, simd: int, store: str
     cost["luts"] += scale * _LUTS_PER_GATHER_BIT * lanes * lanes * qbits
     cost["bram"] += lanes * _blocks(qbits, -(-q // lanes), target)
     pixels = layer.h_in * layer.w_in
-    cost["bram"] += (2 if layer.sampling else 1) * _blocks(layer.c_in, pixels, target)
+    # the spike map (a ring of line_rows rows with a line buffer) and the whole-map mask
+    spikes = layer.line_rows * layer.w_in if layer.line_rows else pixels
+    cost["bram"] += _blocks(layer.c_in, spikes, target) \
+        + (_blocks(layer.c_in, pixels, target) if layer.sampling else 0)
     return cost
 
 

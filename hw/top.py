@@ -15,8 +15,10 @@ States (cycle counts mirrored by :mod:`nsm_export.schedule`):
             sample for the stochastic code; engine ``l > 0``: engine ``l-1``'s finished
             output) and the next engine has taken over its previous output (it latches its
             input when it starts). So while layer ``l+1`` works on sample ``t``, layer ``l``
-            already works on sample ``t+1``. ``RUN`` ends when the output layer finishes its
-            ``T``-th sample.
+            already works on sample ``t+1``. Where a conv layer has a line buffer
+            (``line_rows``), it and the conv engine before it work on the same sample instead,
+            handing rows over (a row-level handshake, see ``hw.conv``). ``RUN`` ends when the
+            output layer finishes its ``T``-th sample.
 ``ARGMAX``  ``C + 1`` cycles: scan the scores through a two-stage pipeline (fetch, compare),
             keeping the first maximum (ties: lowest index).
 ``OUT``     ``m_axis_tvalid`` high with the class and all scores until accepted; then scores
@@ -28,7 +30,7 @@ The LFSRs are reset only by ``rst``, never between images.
 from __future__ import annotations
 
 from amaranth.back import verilog
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -141,12 +143,18 @@ class NsmCore(wiring.Component):
         linked = [st.layer.kind == "conv2d" or (
             not self._debug and not st.layer.output and st.layer.pe in MEMORY_LINK_PE)
             for st in stages]
+        # A conv engine whose layer has a line buffer (line_rows > 0) takes its input from the
+        # conv engine before it row by row, into a ring of rows, on the same sample.
+        stream = [n + 1 < len(stages) and stages[n + 1].layer.kind == "conv2d"
+                  and stages[n + 1].layer.line_rows > 0 for n in range(len(stages))]
         engines = []
         for n, st in enumerate(stages):
             fed = n > 0 and linked[n - 1]
             rom = rom_module_name(ir.name, st.index) if self._rom_modules else None
             if st.layer.kind == "conv2d":
-                eng = ConvEngine(st.layer, st.pool, st.consumer, double=fed, rom_name=rom)
+                eng = ConvEngine(st.layer, st.pool, st.consumer, double=fed,
+                                 ring_out=stages[n + 1].layer.line_rows if stream[n] else 0,
+                                 rom_name=rom)
             else:
                 eng = DenseEngine(st.layer, ir.score_bits, spike_memory=n == 0 or fed,
                                   double=fed, out_memory=linked[n] and not st.layer.output,
@@ -213,8 +221,8 @@ class NsmCore(wiring.Component):
                          enc_rng.run_seed.eq(self.seed), qr.addr.eq(pr.data)]
             ej = Signal(range(n0 + 2))
             ev1, ev2 = Signal(), Signal()
-        for prev, eng, link in zip(engines, engines[1:], linked):
-            if link:
+        for prev, eng, link, ring in zip(engines, engines[1:], linked, stream):
+            if link and not ring:
                 m.d.comb += eng.in_done.eq(prev.done)
             if isinstance(prev, ConvEngine) and isinstance(eng, ConvEngine):
                 m.d.comb += [eng.map_we.eq(Mux(prev.out_we, (1 << eng.layer.c_in) - 1, 0)),
@@ -248,7 +256,10 @@ class NsmCore(wiring.Component):
         busy = [Signal(name=f"busy{i}") for i in range(L)]       # engine i is running
         cnt = [Signal(range(T + 1), name=f"started{i}") for i in range(L)]
         more = [Signal(name=f"more{i}") for i in range(L)]       # a register: cnt[i] != T
-        full = [Signal(name=f"full{i}") for i in range(L - 1)]   # output waits for engine i+1
+        # full[i]: engine i's output waits for engine i+1; where engine i+1 streams engine i's
+        # rows (a line buffer), ahead: engine i has started a sample that engine i+1 has not.
+        full = [Signal(name=f"ahead{i}" if stream[i] else f"full{i}") for i in range(L - 1)]
+        gos = []
         if stoch:
             enc_busy, enc_full = Signal(), Signal()              # encoder running / code ready
             enc_cnt = Signal(range(T + 1))
@@ -258,16 +269,55 @@ class NsmCore(wiring.Component):
             go = Signal(name=f"go{i}")
             m.d.comb += [go.eq(in_run & ~busy[i] & more[i] & source & free),
                          eng.start.eq(go)]
+            gos.append(go)
             with m.If(go):
                 m.d.sync += [busy[i].eq(1), cnt[i].eq(cnt[i] + 1), more[i].eq(cnt[i] != T - 1)]
                 if i > 0:
                     m.d.sync += full[i - 1].eq(0)
                 elif stoch:
                     m.d.sync += enc_full.eq(0)
+                if i < L - 1 and stream[i]:
+                    m.d.sync += full[i].eq(1)
             with m.If(eng.done):
                 m.d.sync += busy[i].eq(0)
-                if i < L - 1:
+                if i < L - 1 and not stream[i]:
                     m.d.sync += full[i].eq(1)
+        # The row handshake of a line buffer between conv engines i (producer) and i+1: rows
+        # = the rows of the current sample engine i has written; need = the rows engine i+1's
+        # next pooled row reads (min(need, H)); lim - R = the first row that a pooled row engine
+        # i+1 has still to do reads. Engine i+1 may start a pooled row once its rows are
+        # written (or engine i is on a later sample); engine i may start pooled row ``rows``
+        # unless engine i+1 is still busy with the previous sample, and then only into a free
+        # ring slot: rows < R (the slot holds the previous sample) or rows < lim. Engine i+1
+        # ends its sample only once engine i has (in_end), so the output layer is the last.
+        row_ok = [[] for _ in range(L)]
+        for i in range(L - 1):
+            if not stream[i]:
+                continue
+            st = stages[i + 1]
+            cl = st.layer
+            step = (st.pool.size if st.pool else 1) * cl.stride
+            H, R, pad = cl.h_in, cl.line_rows, cl.padding
+            span = step - cl.stride + cl.kernel
+            bits = (cl.h_in * step + span + R + H).bit_length() + 2
+            rows = Signal(range(H + 1), name=f"rows{i}")
+            need = Signal(signed(bits), name=f"need{i + 1}")
+            lim = Signal(signed(bits), name=f"lim{i + 1}")
+            with m.If(gos[i]):
+                m.d.sync += rows.eq(0)
+            with m.If(engines[i].row_done):
+                m.d.sync += rows.eq(rows + 1)
+            with m.If(gos[i + 1]):
+                m.d.sync += [need.eq(span - pad), lim.eq(R - pad)]
+            with m.If(engines[i + 1].row_done):
+                m.d.sync += [need.eq(need + step), lim.eq(lim + step)]
+            row_ok[i + 1].append(full[i] | (rows >= need) | (rows == H))
+            m.d.comb += engines[i + 1].in_end.eq(full[i] | ~busy[i])
+            row_ok[i].append(Mux(full[i], ~busy[i + 1] & (rows < R),
+                                 ~busy[i + 1] | (rows < R) | (rows < lim)))
+        for eng, oks in zip(engines, row_ok):
+            if oks:
+                m.d.comb += eng.row_go.eq(oks[0] & oks[1] if len(oks) == 2 else oks[0])
         if stoch:
             # The encoder rewrites the spike memory, so it waits until engine 0 has finished
             # reading the previous code. Three stages (pixel address; pixel -> probability

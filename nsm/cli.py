@@ -316,6 +316,10 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.option("--clock-mhz", default=None, type=click.FloatRange(min=0, min_open=True),
               help="With --target: the clock the throughput is reckoned at [default: the "
                    "target's calibrated Fmax estimate].")
+@click.option("--line-buffer", is_flag=True,
+              help="A conv layer fed by a conv layer keeps a ring of the fewest input rows it "
+                   "needs instead of its whole input map twice; the two engines then stream "
+                   "rows of the same sample (less memory, more cycles; docs/architecture.md).")
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(1),
               help="Base seed the per-layer LFSR seeds derive from.")
 @click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
@@ -324,7 +328,7 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, target, throughput,
-                clock_mhz, seed, lfsr_width, p_bits, name):
+                clock_mhz, line_buffer, seed, lfsr_width, p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
     (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
@@ -340,7 +344,7 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, targe
             for k, v in (("pe", pe), ("lanes", lanes), ("simd", simd))}
     ir = compile_to_dir(onnx_file, output, target=target, throughput=throughput,
                         clock_mhz=clock_mhz, samples=samples, weight_store=one(stores),
-                        seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name,
+                        line_buffer=line_buffer, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name,
                         **{k: one(v) for k, v in ints.items()})
     if "folding" in ir.source:
         click.echo(ir.source["folding"]["summary"])

@@ -33,14 +33,20 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     With ``target``, the folding (``pe``, ``lanes``, ``simd``, ``weight_store`` per layer) is
     chosen by :func:`hw.synth.choose_folding` for ``throughput`` inferences/s at ``clock_mhz``
     (or the fastest that fits); of these only the ones given in ``kw`` are kept as given. The
-    choice and its one-line summary go into ``ir.source["folding"]``.
+    choice and its one-line summary go into ``ir.source["folding"]``. ``line_buffer=True``
+    gives every conv layer that a conv layer writes a line buffer of its fewest rows
+    (:func:`nsm_export.ir.use_line_buffers`) before the folding is chosen.
     """
     from hw.synth import SynthError, choose_folding
 
     if target is None and (throughput is not None or clock_mhz is not None):
         raise SynthError("--throughput and --clock-mhz need --target (the device to fold for)")
+    line_buffer = kw.pop("line_buffer", False)
     given = [k for k in FOLD_KEYS if kw.get(k) is not None]
     ir = compile_file(onnx_file, **{k: v for k, v in kw.items() if v is not None})
+    if line_buffer:
+        irmod.use_line_buffers(ir)
+        ir.validate()
     if target is not None:
         fixed = [{k: getattr(layer, k) for k in given if hasattr(layer, k)}
                  for layer in ir.layers]

@@ -43,7 +43,11 @@ index ``(c*H + y)*W + x``, the order PyTorch's ``reshape`` and ONNX ``Flatten`` 
   ``acc[o, y, x] = sum_{c,i,j} w[o,c,i,j] * xi * z[c, y*stride+i-padding, x*stride+j-padding]``
   and ``z[o, y, x] = +1 iff acc[o, y, x] >= threshold[o]``; output ``H' = (H + 2 padding - k) //
   stride + 1`` (same for ``W``). A conv layer is never the output layer. Its ``pe`` (filters in
-  parallel) and ``lanes`` (window channels the hardware tests a clock) change the schedule only.
+  parallel) and ``lanes`` (window channels the hardware tests a clock) change the schedule only,
+  as does ``line_rows`` (0, the default and what files without it get: the input map is kept
+  whole, double-buffered; ``R > 0``: a ring of ``R`` input rows that the conv layer before
+  writes row by row; allowed only after a conv layer (or its pooling), with ``R`` at least
+  :func:`min_line_rows`; written to ``ir.json`` only when set).
 * ``pool`` (:class:`PoolLayer`): non-overlapping ``size × size`` windows (stride ``size``, the
   rows and columns past the last whole window are dropped), no noise, no random bits.
   ``or``: ``+1`` iff any spike in the window is ``+1``; ``majority``: ``+1`` iff at least half of
@@ -72,7 +76,7 @@ from .atomic import atomic_write
 
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
-    "PoolLayer", "IR", "signed_bits", "unsigned_bits", "load", "save",
+    "PoolLayer", "IR", "min_line_rows", "use_line_buffers", "signed_bits", "unsigned_bits", "load", "save",
 ]
 
 IR_VERSION = 2
@@ -333,6 +337,7 @@ class ConvLayer:
     pe: int = 1                    # filters working in parallel (schedule only)
     lanes: int = 1                 # window channels tested per clock (schedule only)
     weight_store: str = "rom"      # as DenseLayer.weight_store
+    line_rows: int = 0             # 0: whole double-buffered input map; R: ring of R rows
     output = False                 # a conv layer is never the output layer
     kind = "conv2d"
 
@@ -393,9 +398,14 @@ class ConvLayer:
                           f"{', '.join(WEIGHT_STORES)}")
         if self.lanes not in LANES:
             raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
+        _check_int(f"{where}.line_rows", self.line_rows, 0, self.h_in)
         _check_weighted(self, where)
 
     def meta(self) -> dict:
+        line = {"line_rows": self.line_rows} if self.line_rows else {}
+        return {**self._meta(), **line}
+
+    def _meta(self) -> dict:
         return {
             "kind": self.kind, "c_in": self.c_in, "h_in": self.h_in, "w_in": self.w_in,
             "c_out": self.c_out, "kernel": self.kernel, "stride": self.stride,
@@ -406,6 +416,36 @@ class ConvLayer:
             "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "pe": self.pe,
             "lanes": self.lanes, "weight_store": self.weight_store,
         }
+
+
+def min_line_rows(layer: ConvLayer, pool: "PoolLayer | None" = None) -> int:
+    """The fewest ring rows (``ConvLayer.line_rows``) that ``layer`` with ``pool`` after it can
+    run on: the input rows one pooled output row reads, ``(P - 1) * stride + kernel``, all held
+    at once (at most the map's height). With exactly this many the producer writes a row only
+    once the consumer has finished the pooled row that read the row it overwrites, so the two
+    engines alternate; ``P * stride`` more rows let the producer write the next pooled row's new
+    rows while the consumer works. No ring of this size deadlocks: the rows the consumer's next
+    pooled row waits for overwrite only rows that no unfinished pooled row reads."""
+    P = pool.size if pool is not None else 1
+    return min((P - 1) * layer.stride + layer.kernel, layer.h_in)
+
+
+def use_line_buffers(ir: "IR", extra_rows: int = 0) -> list[int]:
+    """Give every conv layer that a conv layer writes (directly or through an OR/majority
+    pooling) a line buffer of :func:`min_line_rows` + ``extra_rows`` rows (at most its map's
+    height); returns the indices of those layers."""
+    done = []
+    for i, layer in enumerate(ir.layers):
+        if not isinstance(layer, ConvLayer) or i == 0:
+            continue
+        back = i - 1 - isinstance(ir.layers[i - 1], PoolLayer)
+        if back < 0 or not isinstance(ir.layers[back], ConvLayer):
+            continue
+        nxt = ir.layers[i + 1] if i + 1 < len(ir.layers) else None
+        need = min_line_rows(layer, nxt if isinstance(nxt, PoolLayer) else None)
+        layer.line_rows = min(need + extra_rows, layer.h_in)
+        done.append(i)
+    return done
 
 
 @dataclass
@@ -521,6 +561,8 @@ class IR:
                 raise IRError(f"{where}.output must be true for the last layer only"
                               + ("" if isinstance(layer, DenseLayer) else
                                  f" (the last layer must be dense, not {layer.kind})"))
+            if isinstance(layer, ConvLayer) and layer.line_rows:
+                self._check_line_rows(i, where, layer)
             if isinstance(layer, DenseLayer):
                 flat = True
             else:
@@ -533,6 +575,22 @@ class IR:
             raise IRError(f"score_bits {self.score_bits} cannot hold {self.samples} worst-case "
                           f"samples (needs {need})")
         _check_int("score_bits", self.score_bits, need, 64)
+
+    def _check_line_rows(self, i: int, where: str, layer: ConvLayer) -> None:
+        """A line buffer (``line_rows`` R > 0) replaces the double-buffered input map of a conv
+        layer that a conv engine writes: the layer before it is a conv layer, or an OR pooling
+        right after one; R covers the input rows of one pooled output row."""
+        back = i - 1 - isinstance(self.layers[i - 1], PoolLayer) if i else -1
+        if back < 0 or not isinstance(self.layers[back], ConvLayer):
+            what = "the input image" if back < 0 else f"layers[{back}] ({self.layers[back].kind})"
+            raise IRError(f"{where}.line_rows {layer.line_rows}: a line buffer needs a conv "
+                          f"layer writing this layer's input, not {what} (use 0)")
+        nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+        need = min_line_rows(layer, nxt if isinstance(nxt, PoolLayer) else None)
+        if layer.line_rows < need:
+            raise IRError(f"{where}.line_rows {layer.line_rows} is below {need}: one pooled "
+                          f"output row reads (pool - 1) * stride + kernel input rows "
+                          f"(at most the map's {layer.h_in})")
 
     @staticmethod
     def _check_chain(where: str, layer, n_prev: int) -> None:
@@ -650,7 +708,8 @@ def _layer_from_json(i: int, m: dict, arrays: dict):
         return ConvLayer(c_in=m["c_in"], h_in=m["h_in"], w_in=m["w_in"], c_out=m["c_out"],
                          kernel=m["kernel"], stride=m["stride"], padding=m["padding"],
                          pe=m.get("pe", 1), lanes=m.get("lanes", 1),
-                         weight_store=m.get("weight_store", "rom"), **common)
+                         weight_store=m.get("weight_store", "rom"),
+                         line_rows=m.get("line_rows", 0), **common)
     return DenseLayer(n_in=m["n_in"], n_out=m["n_out"], output=m["output"], pe=m["pe"],
                       lanes=m.get("lanes", 1), weight_store=m.get("weight_store", "rom"),
                       simd=m.get("simd", 1), **common)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .build import IntConv, IntLayer, IntPool, bernoulli_probs, build_ir
-from .ir import IR
+from .ir import IR, use_line_buffers
 
 __all__ = ["random_ir", "random_conv_ir", "random_pixels"]
 
@@ -57,19 +57,22 @@ def _weights(rng, wb: int, shape) -> np.ndarray:
     return rng.integers(-q, q + 1, size=shape)
 
 
-def random_conv_ir(rng: np.random.Generator, name: str = "nsm") -> IR:
+def random_conv_ir(rng: np.random.Generator, name: str = "nsm", max_conv: int = 2,
+                   line_buffer: bool = False) -> IR:
     """A random conv net the hardware builds: an image of 1 to 3 channel-major channels
     (threshold or stochastic Bernoulli code) or a thermometer with its levels as channels, one
-    or two conv layers
+    to ``max_conv`` conv layers
     (kernel, stride, padding, filters, blank-out, ``pe``, ``lanes``, ROM or RAM weights), each
-    followed or not by an OR pooling, then one or two dense layers."""
+    followed or not by an OR pooling, then one or two dense layers. ``line_buffer``: every conv
+    layer that a conv layer writes gets a line buffer of its fewest rows plus 0 to 2 (drawn
+    after the net, so that the nets themselves do not change)."""
     code = str(rng.choice(["threshold", "thermometer", "bernoulli"]))
     thermo = code == "thermometer"
     c = int(rng.integers(2, 5)) if thermo else int(rng.integers(1, 4))
     h, w = int(rng.integers(4, 10)), int(rng.integers(4, 10))
     wb = int(rng.choice([1, 2, 3, 4]))
     layers, pes, lanes, stores = [], [], [], []
-    for n in range(int(rng.integers(1, 3))):
+    for n in range(int(rng.integers(1, max_conv + 1))):
         k = int(rng.integers(1, min(4, h, w) + 1))
         stride = int(rng.integers(1, 3))
         pad = int(rng.integers(0, k))
@@ -113,11 +116,17 @@ def random_conv_ir(rng: np.random.Generator, name: str = "nsm") -> IR:
                  layout="level-major") if thermo else {}
     if code == "bernoulli":
         extra = dict(probs=bernoulli_probs(255, 8, 8), prob_bits=8)
-    return build_ir(layers, input_size=size if thermo else size * levels,
-                    input_threshold=int(rng.integers(1, 256)),
-                    samples=int(rng.integers(1, 5)), pe=pes, lanes=lanes, weight_store=stores,
-                    seed=int(rng.integers(1, 2**31)), lfsr_width=int(rng.choice([16, 24, 32])),
-                    name=name, **extra)
+    ir = build_ir(layers, input_size=size if thermo else size * levels,
+                  input_threshold=int(rng.integers(1, 256)),
+                  samples=int(rng.integers(1, 5)), pe=pes, lanes=lanes, weight_store=stores,
+                  seed=int(rng.integers(1, 2**31)), lfsr_width=int(rng.choice([16, 24, 32])),
+                  name=name, **extra)
+    if line_buffer:
+        for i in use_line_buffers(ir):
+            layer = ir.layers[i]
+            layer.line_rows = min(layer.line_rows + int(rng.integers(0, 3)), layer.h_in)
+        ir.validate()
+    return ir
 
 
 def random_pixels(rng: np.random.Generator, ir: IR, count: int) -> np.ndarray:

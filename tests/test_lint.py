@@ -58,11 +58,14 @@ def test_every_waiver_has_a_reason():
 
 def _conv_cores():
     from tests.test_conv_hw import _strided_ir, _two_conv_ir
-    return [_two_conv_ir(np.random.default_rng(1)), _strided_ir(np.random.default_rng(2))]
+    from tests.test_linebuf import _three_conv_ir
+    return [_two_conv_ir(np.random.default_rng(1)), _strided_ir(np.random.default_rng(2)),
+            _three_conv_ir(np.random.default_rng(8), extra=1)]
 
 
 @pytest.mark.verilator
-@pytest.mark.parametrize("which", [0, 1], ids=["conv-pool-conv-dense", "strided-thermometer"])
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["conv-pool-conv-dense", "strided-thermometer",
+                                                  "line-buffers"])
 def test_conv_cores_lint_clean(tmp_path, which):
     ir = _conv_cores()[which]
     path = tmp_path / f"{ir.name}.v"
