@@ -84,30 +84,9 @@ def conv_cycles(stage: Stage, kept) -> np.ndarray:
     for the mean). Positions that no pooling window covers are not computed. A gated engine
     (line buffers) spends one ``ROW`` cycle more per pooled row, and one ``TAIL`` cycle with
     a line buffer in, when it need not wait."""
-    if stage.gated:
-        pre, rows = conv_row_cycles(stage, kept)
-        return pre + rows.sum(axis=-1) + rows.shape[-1] + 1 + _tail(stage)
-    layer = stage.layer
-    k, s, pad = layer.kernel, layer.stride, layer.padding
-    P = stage.pool.size if stage.pool else 1
-    hp, wp = layer.h_out // P, layer.w_out // P
-    kept = np.asarray(kept, dtype=np.float64)
-    lead = kept.shape[:-1]
-    per_pixel = kept.reshape(-1, layer.c_in, layer.h_in, layer.w_in).sum(axis=1)
-    padded = np.pad(per_pixel, ((0, 0), (pad, pad), (pad, pad)))
-    rows, cols = hp * P, wp * P
-    window = np.zeros((per_pixel.shape[0], rows, cols))
-    for i in range(k):
-        for j in range(k):
-            window += padded[:, i:i + s * (rows - 1) + 1:s, j:j + s * (cols - 1) + 1:s]
-    total_kept = window.sum(axis=(1, 2))
-    groups = -(-layer.c_out // layer.pe)
-    chunks = -(-layer.c_in // layer.lanes)
-    positions = conv_positions(stage)
-    out = 1 if stage.consumer == "map" else layer.c_out
-    fixed = 1 + (layer.n_in + 1 if layer.sampling else 0) + 1 \
-        + positions * (k * k * chunks + BUILD_FLUSH + groups * GROUP_OVERHEAD) + hp * wp * out
-    return (fixed + groups * total_kept).reshape(lead)
+    pre, rows = conv_row_cycles(stage, kept)
+    gated = rows.shape[-1] + _tail(stage) if stage.gated else 0
+    return pre + rows.sum(axis=-1) + 1 + gated
 
 
 def _tail(stage: Stage) -> int:
