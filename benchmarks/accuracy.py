@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 SAMPLES = (1, 4, 16, 64)
 #: Loss-only training options (``TrainConfig``), the same for an NSM and its baseline.
-LOSS_DEFAULTS = dict(score_scale=False, label_smoothing=0.0, shift=0, loss_samples=1)
+LOSS_DEFAULTS = dict(score_scale=False, label_smoothing=0.0, shift=0, flip=False,
+                     loss_samples=1)
 
 #: Per-dataset settings: architectures, encodings and budgets.
 PRESETS = {
@@ -74,6 +75,7 @@ def _run(job):
     samples = job.pop("samples")
     save_dir = job.pop("save_dir")
     val = job.pop("val")
+    val_images = job.pop("val_images")
     cfg = TrainConfig(**job)
     t0 = time.perf_counter()
     model, hist = train(cfg, progress=False)
@@ -84,9 +86,10 @@ def _run(job):
         # model selection on held-out training images, never on the test set
         x_tr, y_tr, _, _ = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
         torch.manual_seed(cfg.seed + 2)
-        vals = evaluate_many(model, x_tr[cfg.train_limit:], y_tr[cfg.train_limit:], samples)
+        end = len(y_tr) if val_images is None else cfg.train_limit + val_images
+        vals = evaluate_many(model, x_tr[cfg.train_limit:end], y_tr[cfg.train_limit:end], samples)
         for r, v in zip(results, vals):
-            r["val_accuracy"], r["val_images"] = v["accuracy"], len(y_tr) - cfg.train_limit
+            r["val_accuracy"], r["val_images"] = v["accuracy"], len(y_tr[cfg.train_limit:end])
     base = dict(dataset=cfg.dataset, model=cfg.model, weight_bits=cfg.weight_bits,
                 epochs=cfg.epochs, epochs_done=hist["epochs_done"],
                 train_seconds=round(hist["seconds"], 1), total_seconds=0.0,
@@ -136,8 +139,9 @@ def jobs_for(dataset, args):
                             **{k: pre[k] for k in LOSS_DEFAULTS},
                             seed=args.seed, device=args.device, data_dir=args.data_dir,
                             train_limit=args.train_limit, time_limit=args.time_limit,
-                            samples=list(SAMPLES), threads=args.threads,
-                            save_dir=args.save_dir, val=args.val))
+                            samples=list(args.samples), threads=args.threads,
+                            save_dir=args.save_dir, val=args.val,
+                            val_images=args.val_images))
     return out
 
 
@@ -168,6 +172,10 @@ def main(argv=None):
     ap.add_argument("--val", action="store_true",
                     help="also report accuracy on the training images past --train-limit "
                          "(val_accuracy), for choosing a recipe without the test set")
+    ap.add_argument("--val-images", type=int, default=None,
+                    help="with --val: only the first N images past --train-limit")
+    ap.add_argument("--samples", type=lambda t: [int(v) for v in t.split(",")],
+                    default=list(SAMPLES), help="the T values to evaluate (default 1,4,16,64)")
     ap.add_argument("--lr", type=float, default=None, help="override the preset learning rate")
     ap.add_argument("--quantizer", default=None, choices=("native", "mse", "brevitas"),
                     help="override the preset weight quantizer")
@@ -181,6 +189,8 @@ def main(argv=None):
                     help="override the preset label smoothing")
     ap.add_argument("--shift", type=int, default=None,
                     help="override the preset augmentation shift (pixels)")
+    ap.add_argument("--flip", default=None, action=argparse.BooleanOptionalAction,
+                    help="override the preset: mirror training images left-right (p = 1/2)")
     ap.add_argument("--loss-samples", type=int, default=None,
                     help="override the preset samples per loss")
     ap.add_argument("--merge", action="store_true",

@@ -10,6 +10,10 @@ One record per (network, target, design) in ``benchmarks/results/hardware.json``
 * ``design: nsm-simd``: the same NSM core with parallel inputs (``simd``) at the folding in
   ``NETWORKS[...]["nsm-simd"]``: as many adds per clock as ``nsm`` with fewer neuron lanes
   (iCE40, where the SPRAM's width caps ``pe x simd``), or twice as many (ECP5).
+* ``design: nsm-linebuf`` (conv nets): the ``nsm`` core with a line buffer of the fewest rows
+  (``nsm compile --line-buffer``, ``ir.use_line_buffers``) between the two conv engines: a ring of
+  ``line_rows`` rows replaces the second engine's double-buffered input map, at the cost of
+  less overlap between samples (``cycles_per_inference`` is still the exact model's mean).
 * ``design: mac``: the int8 MAC reference (``hw.mac``): same layer sizes, int8 weights, 8-bit
   pixels and 8-bit ReLU activations, one deterministic pass (``samples: 1``), ``pe`` multipliers
   shared by the layers; ``cycles_per_inference`` is exact (``mac_cycles_per_inference``) and
@@ -43,6 +47,7 @@ from hw import mac, synth                                  # noqa: E402
 from hw.top import generate_verilog                        # noqa: E402
 from nsm_export import schedule                            # noqa: E402
 from nsm_export.build import IntLayer, build_ir            # noqa: E402
+from nsm_export.ir import use_line_buffers                 # noqa: E402
 
 TARGETS = ["ice40-up5k", "ecp5-25k"]
 
@@ -162,6 +167,20 @@ def conv_ir(name: str, target: str, T: int, seed: int = 0):
     return ir
 
 
+def _map_bits(ir) -> int:
+    """Bits of the conv engines' spike maps (input maps, rings or double buffers; the blank-out
+    masks not counted), as ``hw.conv.map_memory_depth`` sizes them."""
+    from hw.conv import map_memory_depth
+    bits, fed = 0, False               # fed: the previous engine is a conv engine
+    for layer in ir.layers:
+        if layer.kind == "conv2d":
+            bits += layer.c_in * map_memory_depth(layer, double=fed)
+            fed = True
+        elif layer.kind != "pool":
+            fed = False
+    return bits
+
+
 def _rom_exceeds_ebr(net: mac.MacNet, target: str) -> str | None:
     """One line when the ROM weights alone exceed the device's EBR bits (checked before
     synthesis: yosys spends the better part of an hour on a ROM of 65,536 init words only to
@@ -220,13 +239,15 @@ def main(argv=None) -> int:
                     help="Only this network (repeatable); default: all.")
     ap.add_argument("--target", action="append", choices=[*TARGETS, "ecp5-85k"],
                     help="Only this target (repeatable); default: all.")
-    ap.add_argument("--design", action="append", choices=["nsm", "nsm-simd", "mac"],
+    ap.add_argument("--design", action="append",
+                    choices=["nsm", "nsm-simd", "nsm-linebuf", "mac"],
                     help="Only this design (repeatable); default: all.")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-hardware")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "hardware.json")
     a = ap.parse_args(argv)
     nets = a.network or [*NETWORKS, *CONVS]
-    targets, designs = a.target or [*TARGETS, "ecp5-85k"], a.design or ["nsm", "nsm-simd", "mac"]
+    targets = a.target or [*TARGETS, "ecp5-85k"]
+    designs = a.design or ["nsm", "nsm-simd", "nsm-linebuf", "mac"]
     records = []
     for name in nets:
         for target in targets:
@@ -235,6 +256,8 @@ def main(argv=None) -> int:
             for design in designs:
                 rec = {"network": name, "target": target, "design": design}
                 if design == "nsm-simd" and design not in NETWORKS.get(name, {}):
+                    continue
+                if design == "nsm-linebuf" and name not in CONVS:
                     continue
                 arch = name.split("-", 2)[2] if name in CONVS else None
                 if name in CONVS and design == "mac":
@@ -245,6 +268,9 @@ def main(argv=None) -> int:
                     work = a.work / name / design
                     work.mkdir(parents=True, exist_ok=True)
                     ir = conv_ir(name, target, a.samples)
+                    if design == "nsm-linebuf":
+                        use_line_buffers(ir)
+                        ir.validate()
                     vfile = work / f"nsm-{target}.v"
                     vfile.write_text(generate_verilog(ir))
                     cycles = schedule.expected_cycles_per_inference(ir)
@@ -255,6 +281,8 @@ def main(argv=None) -> int:
                                pe=[getattr(la, "pe", None) for la in ir.layers],
                                lanes=[getattr(la, "lanes", None) for la in ir.layers],
                                weight_store=[la.weight_store for la in ir.layers],
+                               line_rows=[getattr(la, "line_rows", None) for la in ir.layers],
+                               map_kbit=round(_map_bits(ir) / 1024, 1),
                                cycles_per_inference=round(cycles, 1),
                                dense_bound_ratio=round(cycles / schedule.dense_bound(ir), 3))
                     _synth(rec, vfile, ir.name, target, work / target, ir=ir)

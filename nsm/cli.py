@@ -123,6 +123,8 @@ def _default(name):
               type=click.FloatRange(0.0, 1.0, max_open=True), help="Cross-entropy smoothing.")
 @click.option("--shift", default=0, show_default=True, type=click.IntRange(0, 8),
               help="Augmentation: move each training image by up to this many pixels.")
+@click.option("--flip/--no-flip", default=False, show_default=True,
+              help="Augmentation: mirror each training image left-right with probability 1/2.")
 @click.option("--epochs", default=_default("epochs"), show_default="40", type=click.IntRange(1))
 @click.option("--lr", default=_default("lr"), show_default="0.01", type=float)
 @click.option("--batch-size", default=_default("batch_size"), show_default="32",
@@ -140,7 +142,7 @@ def _default(name):
 @_user_errors
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
           levels, weight_bits, output_weight_bits, quantizer, score_scale, loss_samples,
-          label_smoothing, shift, epochs, lr, batch_size, samples, seed, device, checkpoint,
+          label_smoothing, shift, flip, epochs, lr, batch_size, samples, seed, device, checkpoint,
           resume, no_progress, output):
     """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
@@ -164,7 +166,8 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                       p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
                       output_weight_bits=output_weight_bits, score_scale=score_scale,
                       loss_samples=loss_samples, label_smoothing=label_smoothing, shift=shift,
-                      epochs=epochs, lr=lr, batch_size=batch_size, samples=samples, seed=seed,
+                      flip=flip, epochs=epochs, lr=lr, batch_size=batch_size, samples=samples,
+                      seed=seed,
                       model=model_name, conv=conv, encoding=encoding, levels=levels, noise=noise,
                       sigma=sigma, gain=gain, norm=None if norm == "none" else norm,
                       quantizer=quantizer, data_dir=data_dir, device=device,

@@ -435,7 +435,6 @@ class _Layers:
 
     # --- linear ops ----------------------------------------------------------------------------
     def _dense(self, node, n_in, zscale):
-        g = self.g
         if node.op_type == "MatMul":
             if len(node.input) != 2:
                 raise CompileError(f"node {_n(node)}: MatMul needs two inputs")
@@ -561,7 +560,6 @@ class _Layers:
         raise CompileError(f"tensor {u!r}: more than 64 affine ops after one layer")
 
     def _batchnorm(self, node, u, A, C):
-        g = self.g
         n = len(A)
         if len(node.input) != 5 or node.input[0] != u or len(node.output) != 1 \
                 or _attr(node, "training_mode", 0):

@@ -218,8 +218,7 @@ def export_qonnx_file(model, path, samples: int = 16, sampling: bool = False,
     return proto
 
 
-
-def execute_qonnx(proto: onnx.ModelProto, pixels) -> "np.ndarray":
+def execute_qonnx(proto: onnx.ModelProto, pixels):
     """Scores of ``pixels`` by qonnx's own executor (``qonnx.core.onnx_exec.execute_onnx``).
 
     qonnx 1.0.0 runs each standard node as a one-node model made at onnx's newest IR version

@@ -133,6 +133,12 @@ class _NSMNet(nn.Module):
                 return f"layer {i}: trainable gain"
         return None
 
+    @property
+    def activation_width(self) -> int:
+        """The most values one image holds at any layer (input spikes included): what an
+        evaluation batch's memory scales with."""
+        return max(self._widths)
+
     def mc_scores(self, pixels, samples: int) -> torch.Tensor:
         """Scores summed over ``samples`` independent samples, (batch, n_classes)."""
         return self.mc_sample_scores(pixels, samples).sum(dim=0)
@@ -207,16 +213,20 @@ class NSMMLP(_NSMNet):
         layers.append(NSMLinear(sizes[-1], n_classes, p=ps[-1], weight_bits=output_weight_bits,
                                 output=True, **kw))
         self.layers = nn.ModuleList(layers)
+        self._widths = sizes + [n_classes]
 
 
-_CONV_TOKEN = re.compile(r"^(?:(\d+)c(\d+)|p(\d+)|m(\d+)|(\d+))$")
+_CONV_TOKEN = re.compile(r"^(?:(\d+)c(\d+)(s?)|p(\d+)|m(\d+)|(\d+))$")
 
 
 def parse_conv_spec(spec: str):
-    """``"32c5-p2-64c5-p2-512"`` → ``[("conv", 32, 5), ("pool", 2, "or"), ..., ("dense", 512)]``.
+    """``"32c5-p2-64c5s-p2-512"`` → ``[("conv", 32, 5, 0), ("pool", 2, "or"), ("conv", 64, 5, 2),
+    ..., ("dense", 512)]``.
 
-    ``NcK``: N filters of K×K; ``pK``: OR pooling (max on ±1); ``mK``: majority pooling;
-    ``N``: dense layer of N neurons (after every conv and pool token).
+    ``NcK``: N filters of K×K, no padding ("valid"); ``NcKs``: the same with zero padding
+    ``K // 2`` ("same" size for odd K; padded taps add 0, as in the IR); ``pK``: OR pooling (max
+    on ±1); ``mK``: majority pooling; ``N``: dense layer of N neurons (after every conv and pool
+    token).
     """
     out = []
     for tok in str(spec).split("-"):
@@ -226,11 +236,12 @@ def parse_conv_spec(spec: str):
         if m.group(1):
             if out and out[-1][0] == "dense":
                 raise ValueError(f"conv after a dense layer in {spec!r}")
-            out.append(("conv", int(m.group(1)), int(m.group(2))))
-        elif m.group(3) or m.group(4):
-            out.append(("pool", int(m.group(3) or m.group(4)), "or" if m.group(3) else "majority"))
+            k = int(m.group(2))
+            out.append(("conv", int(m.group(1)), k, k // 2 if m.group(3) else 0))
+        elif m.group(4) or m.group(5):
+            out.append(("pool", int(m.group(4) or m.group(5)), "or" if m.group(4) else "majority"))
         else:
-            out.append(("dense", int(m.group(5))))
+            out.append(("dense", int(m.group(6))))
     return out
 
 
@@ -273,13 +284,16 @@ class NSMConvNet(_NSMNet):
                             gain=bool(gain), norm=norm, quantizer=quantizer)
         kw = dict(noise=noise, sigma=sigma, gain=gain, quantizer=quantizer)
         c, h, w = shape[0] * self.levels, shape[1], shape[2]
+        self._widths = [c * h * w, n_classes]
         feats, dense = [], []
         n = None
         for item in parse_conv_spec(spec):
             if item[0] == "conv":
-                feats.append(NSMConv2d(c, item[1], item[2], p=p_conv, weight_bits=weight_bits,
-                                       norm=norm, **kw))
-                c, h, w = item[1], h - item[2] + 1, w - item[2] + 1
+                _, n_out, k, pad = item
+                feats.append(NSMConv2d(c, n_out, k, p=p_conv, weight_bits=weight_bits,
+                                       padding=pad, norm=norm, **kw))
+                c, h, w = n_out, h + 2 * pad - k + 1, w + 2 * pad - k + 1
+                self._widths.append(c * h * w)
             elif item[0] == "pool":
                 if n is not None:
                     raise ValueError(f"pooling after a dense layer in {spec!r}")
@@ -290,6 +304,7 @@ class NSMConvNet(_NSMNet):
                 dense.append(NSMLinear(n, item[1], p=p_dense, weight_bits=weight_bits, norm=norm,
                                        **kw))
                 n = item[1]
+                self._widths.append(n)
             if h < 1 or w < 1:
                 raise ValueError(f"conv spec {spec!r} shrinks a {shape} image to nothing")
         n = c * h * w if n is None else n
@@ -329,6 +344,7 @@ class SBSMLP(_NSMNet):
                             input_threshold=input_threshold, encoding=encoding, levels=levels,
                             pixel_max=pixel_max)
         sizes = [self.n_in * self.levels] + hidden + [n_classes]
+        self._widths = sizes
         self.layers = nn.ModuleList(
             SBSLinear(sizes[i], sizes[i + 1], p=ps[i], output=i == len(hidden))
             for i in range(len(hidden) + 1))

@@ -124,7 +124,8 @@ def _random_conv_net(seed, spec, wb, norm):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31 - 1),
-       spec=st.sampled_from(["3c3-p2-7", "4c3-m2-2c2-5", "2c5-9", "3c2-p3-6-5", "5c3-m3"]),
+       spec=st.sampled_from(["3c3-p2-7", "4c3-m2-2c2-5", "2c5-9", "3c2-p3-6-5", "5c3-m3",
+                             "3c3s-p2-7", "2c5s-m2-3c3s-5"]),
        wb=st.sampled_from([1, 2, 4, 8]), norm=st.sampled_from([None, "l1", "linf", "l2"]))
 def test_random_conv_nets_decide_like_onnxruntime(seed, spec, wb, norm):
     """Hypothesis: random conv nets, sampling off: golden == onnxruntime == PyTorch, exactly."""

@@ -2,7 +2,6 @@
 
 import subprocess
 
-import numpy as np
 import pytest
 
 from hw.integration import fusesoc_core, instantiation_template, ports

@@ -168,8 +168,13 @@ def test_conv_layer_is_an_integer_convolution_and_trains(digits):
     w = torch.from_numpy(q["weights"]).float().reshape(3, 2, 3, 3)
     acc = torch.nn.functional.conv2d(z, w) + torch.from_numpy(q["bias"]).float().reshape(1, 3, 1, 1)
     assert torch.equal(out, torch.where(acc >= 0, 1.0, -1.0))
-    assert parse_conv_spec("8c3-p2-m2-20") == [("conv", 8, 3), ("pool", 2, "or"),
+    assert parse_conv_spec("8c3-p2-m2-20") == [("conv", 8, 3, 0), ("pool", 2, "or"),
                                                ("pool", 2, "majority"), ("dense", 20)]
+    assert parse_conv_spec("8c5s-4c3s-p2") == [("conv", 8, 5, 2), ("conv", 4, 3, 1),
+                                               ("pool", 2, "or")]
+    same = NSMConvNet([1, 8, 8], "3c5s-p2-4c3s-6", 10)
+    assert [m.padding for m in same.features if hasattr(m, "padding")] == [2, 1]
+    assert same.layers[0].fan_in == 4 * 4 * 4 and same.activation_width == 3 * 8 * 8
     for noise in ("input", "synapse", "gaussian"):
         net = NSMConvNet([1, 8, 8], "6c3-p2-16", 10, p=[0.5, 0.75], noise=noise,
                          pixel_max=16, input_threshold=8)

@@ -470,6 +470,17 @@ def test_shift_images_fills_with_zeros():
     assert set(out.unique().tolist()) <= {0.0, 1.0}
 
 
+def test_flip_images_mirrors_about_half():
+    from nsm_train.train import flip_images
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(400, 2, 3, 5, generator=g)
+    out = flip_images(x.reshape(400, -1), [2, 3, 5], generator=g).reshape(400, 2, 3, 5)
+    same = torch.tensor([torch.equal(out[i], x[i]) for i in range(400)])
+    mirrored = torch.tensor([torch.equal(out[i], x[i].flip(2)) for i in range(400)])
+    assert torch.all(same ^ mirrored) and 150 < int(mirrored.sum()) < 250
+
+
 def test_score_scale_multiplies_the_logits_only():
     from nsm_train.train import _loss
 
@@ -608,12 +619,13 @@ def test_nsm_train_cli_loss_options(tmp_path):
     r = CliRunner().invoke(main, ["train", "--hidden", "16", "--epochs", "1", "--no-progress",
                                   "--weight-bits", "2", "--output-weight-bits", "8",
                                   "--score-scale", "--loss-samples", "2", "--shift", "1",
-                                  "--label-smoothing", "0.1", "--norm", "l1", "-o", str(ck)])
+                                  "--flip", "--label-smoothing", "0.1", "--norm", "l1",
+                                  "-o", str(ck)])
     assert r.exit_code == 0, r.output
     model, ckpt = load_checkpoint(ck)
     assert model.layers[0].weight_bits == 2 and model.layers[-1].weight_bits == 8
     tc = ckpt["train_config"]
-    assert (tc["score_scale"], tc["loss_samples"], tc["shift"], tc["label_smoothing"]) == \
-        (True, 2, 1, 0.1)
+    assert (tc["score_scale"], tc["loss_samples"], tc["shift"], tc["label_smoothing"],
+            tc["flip"]) == (True, 2, 1, 0.1, True)
     r = CliRunner().invoke(main, ["train", "--output-weight-bits", "12", "-o", str(ck)])
     assert r.exit_code != 0 and "12" in r.output
