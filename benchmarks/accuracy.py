@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 SAMPLES = (1, 4, 16, 64)
 #: Loss-only training options (``TrainConfig``), the same for an NSM and its baseline.
 LOSS_DEFAULTS = dict(score_scale=False, label_smoothing=0.0, shift=0, flip=False,
-                     loss_samples=1)
+                     loss_samples=1, expected_output=False)
 
 #: Per-dataset settings: architectures, encodings and budgets.
 PRESETS = {
@@ -191,6 +191,8 @@ def main(argv=None):
                     help="override the preset augmentation shift (pixels)")
     ap.add_argument("--flip", default=None, action=argparse.BooleanOptionalAction,
                     help="override the preset: mirror training images left-right (p = 1/2)")
+    ap.add_argument("--expected-output", default=None, action=argparse.BooleanOptionalAction,
+                    help="override the preset: loss on the output layer's expected scores")
     ap.add_argument("--loss-samples", type=int, default=None,
                     help="override the preset samples per loss")
     ap.add_argument("--merge", action="store_true",

@@ -123,6 +123,9 @@ def _default(name):
               type=click.FloatRange(0.0, 1.0, max_open=True), help="Cross-entropy smoothing.")
 @click.option("--shift", default=0, show_default=True, type=click.IntRange(0, 8),
               help="Augmentation: move each training image by up to this many pixels.")
+@click.option("--expected-output/--no-expected-output", default=False, show_default=True,
+              help="Loss on the output layer's expected scores over its own blank-out (the "
+                   "sum of T samples tends to T times it); the network is unchanged.")
 @click.option("--flip/--no-flip", default=False, show_default=True,
               help="Augmentation: mirror each training image left-right with probability 1/2.")
 @click.option("--epochs", default=_default("epochs"), show_default="40", type=click.IntRange(1))
@@ -142,7 +145,7 @@ def _default(name):
 @_user_errors
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
           levels, weight_bits, output_weight_bits, quantizer, score_scale, loss_samples,
-          label_smoothing, shift, flip, epochs, lr, batch_size, samples, seed, device, checkpoint,
+          label_smoothing, shift, flip, expected_output, epochs, lr, batch_size, samples, seed, device, checkpoint,
           resume, no_progress, output):
     """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
@@ -166,7 +169,7 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                       p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
                       output_weight_bits=output_weight_bits, score_scale=score_scale,
                       loss_samples=loss_samples, label_smoothing=label_smoothing, shift=shift,
-                      flip=flip, epochs=epochs, lr=lr, batch_size=batch_size, samples=samples,
+                      flip=flip, expected_output=expected_output, epochs=epochs, lr=lr, batch_size=batch_size, samples=samples,
                       seed=seed,
                       model=model_name, conv=conv, encoding=encoding, levels=levels, noise=noise,
                       sigma=sigma, gain=gain, norm=None if norm == "none" else norm,

@@ -247,6 +247,9 @@ class _NSMLayer(nn.Module):
         self.norm = norm
         self.quantizer = quantizer
         self.sampling = True
+        # output layer, training only: the loss sees E[score] over this layer's own noise (the
+        # sum over T samples tends to T·E[score]); a loss option, the network is unchanged
+        self.expected_output = False
         bound = 1.0 / math.sqrt(fan_in)
         self.weight = nn.Parameter(torch.empty(*weight_shape).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.zeros(n_out))
@@ -364,6 +367,8 @@ class _NSMLayer(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         self._check_input(z)
         wq, bq = self.quantized()
+        if self.output and self.expected_output and self.training:
+            return self._moments(z, wq, bq)[0]
         u = self._sample(z, wq)
         if self.gain is not None:
             u = u + self._view(self.gain) * self._lin(z, wq)

@@ -101,6 +101,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     shift: int = 0                       # random image shifts of up to this many pixels
     flip: bool = False                   # mirror each training image left-right, p = 1/2
+    expected_output: bool = False        # loss on the output layer's expected scores
 
 
 def _set_seed(seed: int) -> None:
@@ -210,6 +211,9 @@ def train(cfg: TrainConfig, progress: bool = True):
     dev = resolve_device(cfg.device)
     _set_seed(cfg.seed)
     model = build_model(cfg, info).to(dev)
+    for m in model.modules():
+        if getattr(m, "output", False) and hasattr(m, "expected_output"):
+            m.expected_output = bool(cfg.expected_output)
     log_scale = nn.Parameter(torch.zeros((), device=dev)) if cfg.score_scale else None
     opt = torch.optim.Adam(list(model.parameters()) + ([log_scale] if cfg.score_scale else []),
                            lr=cfg.lr)

@@ -481,6 +481,27 @@ def test_flip_images_mirrors_about_half():
     assert torch.all(same ^ mirrored) and 150 < int(mirrored.sum()) < 250
 
 
+def test_expected_output_is_the_mean_score_in_training_only():
+    from nsm_train.model import NSMMLP
+
+    torch.manual_seed(0)
+    net = NSMMLP(12, [6], 3, p=0.5, weight_bits=3)
+    out = net.layers[-1]
+    out.expected_output = True
+    z = torch.where(torch.rand(40, 6) < 0.5, 1.0, -1.0)
+    wq, bq = out.quantized()
+    mean = 0.5 * (z @ wq.T) + bq
+    assert torch.allclose(out(z), mean) and torch.equal(out(z), out(z))
+    net.eval()
+    with torch.no_grad():
+        draws = torch.stack([out(z) for _ in range(200)])
+    assert not torch.equal(draws[0], draws[1])             # eval still samples
+    assert torch.allclose(draws.mean(dim=0), mean, atol=0.5)
+    cfg = TrainConfig(hidden=[16], epochs=1, expected_output=True, train_limit=64)
+    model, _ = train(cfg, progress=False)
+    assert model.layers[-1].expected_output and not model.layers[0].expected_output
+
+
 def test_score_scale_multiplies_the_logits_only():
     from nsm_train.train import _loss
 
