@@ -76,10 +76,12 @@ def _run(job):
     save_dir = job.pop("save_dir")
     val = job.pop("val")
     val_images = job.pop("val_images")
+    test_limit = job.pop("test_limit")
     cfg = TrainConfig(**job)
     t0 = time.perf_counter()
     model, hist = train(cfg, progress=False)
     _, _, x_te, y_te = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
+    x_te, y_te = x_te[:test_limit], y_te[:test_limit]
     torch.manual_seed(cfg.seed + 1)
     results = evaluate_many(model, x_te, y_te, samples)
     if val:
@@ -91,6 +93,7 @@ def _run(job):
         for r, v in zip(results, vals):
             r["val_accuracy"], r["val_images"] = v["accuracy"], len(y_tr[cfg.train_limit:end])
     base = dict(dataset=cfg.dataset, model=cfg.model, weight_bits=cfg.weight_bits,
+                test_images=len(y_te),
                 epochs=cfg.epochs, epochs_done=hist["epochs_done"],
                 train_seconds=round(hist["seconds"], 1), total_seconds=0.0,
                 config=asdict(cfg), device=cfg.device, torch=torch.__version__)
@@ -139,9 +142,10 @@ def jobs_for(dataset, args):
                             **{k: pre[k] for k in LOSS_DEFAULTS},
                             seed=args.seed, device=args.device, data_dir=args.data_dir,
                             train_limit=args.train_limit, time_limit=args.time_limit,
-                            samples=list(args.samples), threads=args.threads,
-                            save_dir=args.save_dir, val=args.val,
-                            val_images=args.val_images))
+                            samples=list(getattr(args, "samples", None) or SAMPLES),
+                            threads=args.threads, save_dir=args.save_dir, val=args.val,
+                            val_images=getattr(args, "val_images", None),
+                            test_limit=getattr(args, "test_limit", None)))
     return out
 
 
@@ -174,6 +178,8 @@ def main(argv=None):
                          "(val_accuracy), for choosing a recipe without the test set")
     ap.add_argument("--val-images", type=int, default=None,
                     help="with --val: only the first N images past --train-limit")
+    ap.add_argument("--test-limit", type=int, default=None,
+                    help="score only the first N test images (quick recipe comparisons)")
     ap.add_argument("--samples", type=lambda t: [int(v) for v in t.split(",")],
                     default=list(SAMPLES), help="the T values to evaluate (default 1,4,16,64)")
     ap.add_argument("--lr", type=float, default=None, help="override the preset learning rate")

@@ -107,12 +107,15 @@ def test_strided_thermometer_conv_with_gaps_resets_and_seeds(tmp_path, simulator
 
 
 @pytest.mark.icarus
-def test_exported_conv_net_runs_bit_exact(tmp_path):
-    """The whole flow: an NSMConvNet (4-level thermometer input, as the benchmarks train it)
-    -> ONNX -> nsm compile -> Verilog -> Icarus, on digits-sized images."""
+@pytest.mark.parametrize("spec,levels", [("6c3-p2-5c2-12", 4), ("6c3s-p2-5c3s-12", 8)],
+                         ids=["valid-4-levels", "same-8-levels"])
+def test_exported_conv_net_runs_bit_exact(tmp_path, spec, levels):
+    """The whole flow: an NSMConvNet (thermometer input, as the benchmarks train it; valid or
+    zero-padded "same" convolutions) -> ONNX -> nsm compile -> Verilog -> Icarus, on
+    digits-sized images."""
     torch.manual_seed(3)
-    net = NSMConvNet([1, 8, 8], "6c3-p2-5c2-12", 10, p=0.75, weight_bits=2, pixel_max=16,
-                     encoding="thermometer", levels=4)
+    net = NSMConvNet([1, 8, 8], spec, 10, p=0.75, weight_bits=2, pixel_max=16,
+                     encoding="thermometer", levels=levels)
     onnx_path = tmp_path / "conv.onnx"
     onnx_path.write_bytes(build_onnx(net, samples=4).SerializeToString())
     build = tmp_path / "build"
