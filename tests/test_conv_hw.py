@@ -107,12 +107,14 @@ def test_strided_thermometer_conv_with_gaps_resets_and_seeds(tmp_path, simulator
 
 
 @pytest.mark.icarus
-@pytest.mark.parametrize("spec,levels", [("6c3-p2-5c2-12", 4), ("6c3s-p2-5c3s-12", 8)],
-                         ids=["valid-4-levels", "same-8-levels"])
-def test_exported_conv_net_runs_bit_exact(tmp_path, spec, levels):
+@pytest.mark.parametrize("spec,levels,line_buffer", [("6c3-p2-5c2-12", 4, False),
+                                                     ("6c3s-p2-5c3s-12", 8, False),
+                                                     ("6c3-p2-5c2-12", 4, True)],
+                         ids=["valid-4-levels", "same-8-levels", "line-buffer"])
+def test_exported_conv_net_runs_bit_exact(tmp_path, spec, levels, line_buffer):
     """The whole flow: an NSMConvNet (thermometer input, as the benchmarks train it; valid or
-    zero-padded "same" convolutions) -> ONNX -> nsm compile -> Verilog -> Icarus, on
-    digits-sized images."""
+    zero-padded "same" convolutions) -> ONNX -> nsm compile (``--line-buffer``: the fewest
+    rows on the conv layer after the first) -> Verilog -> Icarus, on digits-sized images."""
     torch.manual_seed(3)
     net = NSMConvNet([1, 8, 8], spec, 10, p=0.75, weight_bits=2, pixel_max=16,
                      encoding="thermometer", levels=levels)
@@ -120,10 +122,12 @@ def test_exported_conv_net_runs_bit_exact(tmp_path, spec, levels):
     onnx_path.write_bytes(build_onnx(net, samples=4).SerializeToString())
     build = tmp_path / "build"
     r = CliRunner().invoke(main, ["compile", str(onnx_path), "-o", str(build), "--pe", "3",
-                                  "--lanes", "2"])
+                                  "--lanes", "2", *(["--line-buffer"] if line_buffer else [])])
     assert r.exit_code == 0, r.output
     ir = irmod.load(build)
     assert [layer.kind for layer in ir.layers] == ["conv2d", "pool", "conv2d", "dense", "dense"]
+    assert [getattr(layer, "line_rows", None) for layer in ir.layers] == \
+        [0, None, 2 if line_buffer else 0, None, None]
     from sklearn.datasets import load_digits
     px = load_digits().data[:10].astype(np.int64)
     rtl = run_rtl(build / "nsm.v", ir, px, work_dir=tmp_path)

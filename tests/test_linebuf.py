@@ -9,18 +9,13 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
 from hw.conv import map_memory_depth
 from hw.top import generate_verilog
-from nsm.cli import main
 from nsm_export import ir as irmod, schedule
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 from nsm_export.ir import IRError, min_line_rows, use_line_buffers
-from nsm_export.onnx_export import build_onnx
 from nsm_export.random_ir import random_conv_ir, random_pixels
-from nsm_train.model import NSMConvNet
 from sim.runner import run_rtl
 from tests.test_conv_hw import SIMULATORS, _check, _two_conv_ir
 
@@ -177,24 +172,3 @@ def test_row_model_cost_and_folding_estimates():
     wide = _with_lines(_two_conv_ir(np.random.default_rng(1)), extra=1)
     assert schedule.expected_cycles_per_inference(wide) <= \
         schedule.expected_cycles_per_inference(ring)
-
-
-@pytest.mark.icarus
-def test_compile_line_buffer_option(tmp_path):
-    """nsm compile --line-buffer: the fewest rows on the conv layer after the first, and the
-    core is bit-exact with an exact cycle model on digits-sized images."""
-    torch.manual_seed(3)
-    net = NSMConvNet([1, 8, 8], "6c3-p2-5c2-12", 10, p=0.75, weight_bits=2, pixel_max=16,
-                     encoding="thermometer", levels=4)
-    onnx_path = tmp_path / "conv.onnx"
-    onnx_path.write_bytes(build_onnx(net, samples=3).SerializeToString())
-    build = tmp_path / "build"
-    r = CliRunner().invoke(main, ["compile", str(onnx_path), "-o", str(build), "--pe", "3",
-                                  "--lanes", "2", "--line-buffer"])
-    assert r.exit_code == 0, r.output
-    ir = irmod.load(build)
-    assert [getattr(layer, "line_rows", None) for layer in ir.layers] == [0, None, 2, None, None]
-    from sklearn.datasets import load_digits
-    px = load_digits().data[:5].astype(np.int64)
-    rtl = run_rtl(build / "nsm.v", ir, px, work_dir=tmp_path)
-    _check(ir, px, rtl)
