@@ -52,8 +52,12 @@ PRESETS = {
     # MLP 2048-2048 on an 8-level thermometer, 35 epochs: chosen on validation (the last 5,000
     # training images) among 8 MLP recipes on a GPU; 512-512 on 4 levels reached 88.0 % (test,
     # T = 16, 2-bit) and 70 epochs did not help it (docs/training.md).
-    "fashion-mnist": dict(hidden=[2048, 2048], conv="32c5-p2-64c5-p2-512", encoding="thermometer",
-                          levels=8, levels_conv=4, epochs_mlp=35, epochs_conv=20, batch_size=100,
+    # Conv: zero-padded ("same") 5x5 convolutions on an 8-level thermometer, chosen on validation
+    # in a CPU proxy (15,000 images, 8 epochs): 83.7 % for the old valid-conv, 4-level net,
+    # 86.1 % with padding, 85.5 % with 8 levels, 87.5 % with both (the baseline: 85.2 -> 88.4 %).
+    "fashion-mnist": dict(hidden=[2048, 2048], conv="32c5s-p2-64c5s-p2-512",
+                          encoding="thermometer", levels=8, levels_conv=8, epochs_mlp=35,
+                          epochs_conv=20, batch_size=100,
                           lr=0.002, p=0.75, p_conv=[0.75, 0.75], quantizer="mse", nsm_norm="l1"),
 }
 for _pre in PRESETS.values():
