@@ -169,16 +169,13 @@ def conv_ir(name: str, target: str, T: int, seed: int = 0):
 
 def _map_bits(ir) -> int:
     """Bits of the conv engines' spike maps (input maps, rings or double buffers; the blank-out
-    masks not counted), as ``hw.conv.map_memory_depth`` sizes them."""
+    masks not counted), as ``hw.conv.map_memory_depth`` sizes them. Conv layers come before
+    every dense layer, so each conv layer but the first is written by a conv engine (double
+    buffered, or a ring)."""
     from hw.conv import map_memory_depth
-    bits, fed = 0, False               # fed: the previous engine is a conv engine
-    for layer in ir.layers:
-        if layer.kind == "conv2d":
-            bits += layer.c_in * map_memory_depth(layer, double=fed)
-            fed = True
-        elif layer.kind != "pool":
-            fed = False
-    return bits
+    convs = [layer for layer in ir.layers if layer.kind == "conv2d"]
+    return sum(layer.c_in * map_memory_depth(layer, double=i > 0)
+               for i, layer in enumerate(convs))
 
 
 def _rom_exceeds_ebr(net: mac.MacNet, target: str) -> str | None:

@@ -145,8 +145,8 @@ def _default(name):
 @_user_errors
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
           levels, weight_bits, output_weight_bits, quantizer, score_scale, loss_samples,
-          label_smoothing, shift, flip, expected_output, epochs, lr, batch_size, samples, seed, device, checkpoint,
-          resume, no_progress, output):
+          label_smoothing, shift, flip, expected_output, epochs, lr, batch_size, samples, seed,
+          device, checkpoint, resume, no_progress, output):
     """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
     """
@@ -169,8 +169,8 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                       p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
                       output_weight_bits=output_weight_bits, score_scale=score_scale,
                       loss_samples=loss_samples, label_smoothing=label_smoothing, shift=shift,
-                      flip=flip, expected_output=expected_output, epochs=epochs, lr=lr, batch_size=batch_size, samples=samples,
-                      seed=seed,
+                      flip=flip, expected_output=expected_output, epochs=epochs, lr=lr,
+                      batch_size=batch_size, samples=samples, seed=seed,
                       model=model_name, conv=conv, encoding=encoding, levels=levels, noise=noise,
                       sigma=sigma, gain=gain, norm=None if norm == "none" else norm,
                       quantizer=quantizer, data_dir=data_dir, device=device,

@@ -344,14 +344,13 @@ def _restore(path, model, opt, sched, gen, rank, log_scale=None):
 
 
 #: Values one evaluation tensor may hold (64 MiB of float32): rows (images x samples) times the
-#: widest layer. Larger batches of conv maps page-faulted: 9 min -> about 5 min for a 10,000-image
-#: T <= 64 evaluation of the Fashion-MNIST conv net on 2 CPU threads.
+#: widest layer. Batches sized by the pixel count page-faulted on conv maps: 1,000 images of the
+#: Fashion-MNIST conv net at T <= 64 on 2 CPU threads took 50 s at 128 images a batch, 30 s so.
 _EVAL_VALUES = 1 << 24
 
 
 def _eval_batch(samples: int, model) -> int:
-    width = getattr(model, "activation_width", None) or model.n_in
-    return max(1, min(512, _EVAL_VALUES // max(1, samples * width)))
+    return max(1, min(512, _EVAL_VALUES // max(1, samples * model.activation_width)))
 
 
 @torch.no_grad()
