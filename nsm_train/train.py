@@ -345,7 +345,8 @@ def _restore(path, model, opt, sched, gen, rank, log_scale=None):
 
 #: Values one evaluation tensor may hold (64 MiB of float32): rows (images x samples) times the
 #: widest layer. Batches sized by the pixel count page-faulted on conv maps: 1,000 images of the
-#: Fashion-MNIST conv net at T <= 64 on 2 CPU threads took 50 s at 128 images a batch, 30 s so.
+#: Fashion-MNIST conv net at T <= 64 on 2 CPU threads took 48 s at that rule's 341 images a
+#: batch, 30 s so (benchmarks/eval_speed.py).
 _EVAL_VALUES = 1 << 24
 
 
