@@ -6,8 +6,8 @@ Weights are random (compile time does not depend on their values); the networks 
 shapes the training benchmarks use. Target (issue 4): under 10 s each on 2 cores.
 
 The 3136-512-512-10 MLP is the 4-level thermometer network (784 pixels x 4 levels, the IR's
-thermometer input, pixel-major). The conv net 32c5-p2-64c5-p2-512-10 compiles to the IR and Verilog (the conv engine,
-``hw/conv.py``).
+thermometer input, pixel-major). The conv net 32c5-p2-64c5-p2-512-10 compiles to the IR and Verilog
+(the conv engine, ``hw/conv.py``).
 
     python benchmarks/compile.py
 """

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
             results.append(f.result())
     bad = [r for r in results if r["mismatches"] or not r["cycle_model_exact"]]
     summary = {
-        "simulator": a.simulator, "kind": a.kind, "cases": len(results), "images_per_case": a.images,
+        "simulator": a.simulator, "kind": a.kind, "cases": len(results),
+        "images_per_case": a.images,
         "failing_cases": len(bad), "mismatching_cases": sum(1 for r in bad if r["mismatches"]),
         "cycle_model_failures": sum(1 for r in bad if not r["cycle_model_exact"]),
         "largest_network": max((r["shape"] for r in results), key=lambda s: sum(s)),

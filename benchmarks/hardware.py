@@ -78,8 +78,8 @@ NETWORKS = {
 # clock), weight store. On the UP5K every kept-input list bank costs an EBR, so lanes stay low,
 # and the second conv layer's 51 kbit of filters and the dense layer's 512 kbit go to SPRAM.
 # Its 512 kbit dense layer and the rest need 63 of the ECP5-25F's 56 EBR, so it is also built
-# for the ECP5-85F. The smaller net is folded by `choose_folding` (what `nsm compile --target` does): the
-# fastest design its estimate fits.
+# for the ECP5-85F. The smaller net is folded by `choose_folding` (what `nsm compile --target`
+# does): the fastest design its estimate fits.
 CONV_SPEC = {"levels": [48, 96, 144, 192], "p": 0.75, "weight_bits": 1}
 CONVS = {
     "fmnist-conv-32c5-p2-64c5-p2-512-10": {
@@ -124,7 +124,8 @@ def nsm_ir(spec: dict, target: str, T: int, seed: int = 0, variant: str = "nsm")
     layers = []
     for n_in, n_out, p in zip(sizes, sizes[1:], spec["p"]):
         q = 1 if wb == 1 else (1 << (wb - 1)) - 1
-        w = rng.choice([-1, 1], (n_out, n_in)) if wb == 1 else rng.integers(-q, q + 1, (n_out, n_in))
+        w = (rng.choice([-1, 1], (n_out, n_in)) if wb == 1
+             else rng.integers(-q, q + 1, (n_out, n_in)))
         layers.append(IntLayer(w, rng.integers(-8, 9, n_out), p, wb))
     fold = spec[variant][target] if variant != "nsm" else {}
     return build_ir(layers, input_size=sizes[0], input_threshold=128, samples=T,
@@ -240,7 +241,8 @@ def main(argv=None) -> int:
                     choices=["nsm", "nsm-simd", "nsm-linebuf", "mac"],
                     help="Only this design (repeatable); default: all.")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-hardware")
-    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "hardware.json")
+    ap.add_argument("--output", type=Path,
+                    default=ROOT / "benchmarks" / "results" / "hardware.json")
     a = ap.parse_args(argv)
     nets = a.network or [*NETWORKS, *CONVS]
     targets = a.target or [*TARGETS, "ecp5-85k"]

@@ -458,7 +458,7 @@ class DenseEngine(wiring.Component):
                 for k in range(lanes):
                     data = data | Mux(sel[k], Cat((jB + k)[:ibits], sB[k]), 0)
                 row = kept >> sh
-                if b < lanes - 1:                      # (b < kept % lanes is never true for the last)
+                if b < lanes - 1:                  # (b < kept % lanes is never true for the last)
                     row = row + (Const(b, sh) < kept[:sh])
                 # Stage C: the bank writes are registered, then made.
                 en_c, data_c = Signal(name=f"wen{b}"), Signal(ibits + 1, name=f"wdata{b}")

@@ -48,7 +48,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def _example(command: str) -> str:
-    """An epilog that ends ``--help`` with a runnable example (``\\b`` keeps click from rewrapping)."""
+    """An epilog that ends ``--help`` with a runnable example (``\\b`` keeps click from
+    rewrapping)."""
     return f"\b\nExample:\n  {command}"
 
 
@@ -162,7 +163,8 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
     try:
         ps = [float(v) for v in str(p).split(",") if v.strip()]
     except ValueError:
-        raise click.BadParameter(f"{p!r} is not a number or a comma-separated list", param_hint="--p")
+        raise click.BadParameter(f"{p!r} is not a number or a comma-separated list",
+                                 param_hint="--p")
     if resume and not checkpoint:
         raise click.BadParameter("--resume needs --checkpoint", param_hint="--resume")
     cfg = TrainConfig(dataset=dataset, hidden=_int_list(str(hidden)),
@@ -350,7 +352,8 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, targe
             for k, v in (("pe", pe), ("lanes", lanes), ("simd", simd))}
     ir = compile_to_dir(onnx_file, output, target=target, throughput=throughput,
                         clock_mhz=clock_mhz, samples=samples, weight_store=one(stores),
-                        line_buffer=line_buffer, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits, name=name,
+                        line_buffer=line_buffer, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits,
+                        name=name,
                         **{k: one(v) for k, v in ints.items()})
     if "folding" in ir.source:
         click.echo(ir.source["folding"]["summary"])
@@ -366,7 +369,8 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, targe
                    f"(IR only)")
         return
     click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}, "
-               f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference) into {output}/")
+               f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference) "
+               f"into {output}/")
 
 
 @main.command(epilog=_example("nsm sim build/ --dataset digits --count 100 --json"))

@@ -650,7 +650,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
         rows.append(_resource_cells(r))
     tot = d["resources"]
     rows.append(["all", "", f"{sum(r['weights'] for r in tot):,} weights", "", "",
-                 f"{sum(r['pe'] for r in tot)} lanes", "", f"{sum(r['weight_bits_total'] for r in tot):,}",
+                 f"{sum(r['pe'] for r in tot)} lanes", "",
+                 f"{sum(r['weight_bits_total'] for r in tot):,}",
                  f"{sum(r['memory_bits'] for r in tot):,}", "", ""])
     sec.blocks.append(Table(["layer", "kind", "inputs → outputs", "weight bits", "keep p",
                              "pe × groups", "draws / clock", "weight bits (net)",

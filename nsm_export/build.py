@@ -13,8 +13,8 @@ import numpy as np
 from . import lfsr
 from .ir import IR, ConvLayer, DenseLayer, InputSpec, IRError, LfsrSpec, PoolLayer, signed_bits
 
-__all__ = ["IntLayer", "IntConv", "IntPool", "build_ir", "quantize_p", "derive_seed", "DEFAULT_P_BITS",
-           "DEFAULT_LFSR_WIDTH", "DEFAULT_PE", "bernoulli_probs"]
+__all__ = ["IntLayer", "IntConv", "IntPool", "build_ir", "quantize_p", "derive_seed",
+           "DEFAULT_P_BITS", "DEFAULT_LFSR_WIDTH", "DEFAULT_PE", "bernoulli_probs"]
 
 DEFAULT_P_BITS = 8
 DEFAULT_LFSR_WIDTH = 32
@@ -94,8 +94,8 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
     """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1);
     ``weight_store``: ``rom`` or ``ram``; ``simd``: kept inputs added per clock (a sampling
     layer's ``lanes`` is raised to its ``simd``; see :mod:`nsm_export.ir`). Each is one value for
-    every layer or one per layer. ``thresholds``: a list makes the input a thermometer code (``layout``
-    says how its spikes are numbered; the first layer's inputs must already follow it).
+    every layer or one per layer. ``thresholds``: a list makes the input a thermometer code
+    (``layout`` says how its spikes are numbered; the first layer's inputs must already follow it).
     ``probs``: a list (one per pixel value) makes it a stochastic (``bernoulli``) code with
     ``P(+1 | x) = probs[x] / 2**prob_bits``."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:

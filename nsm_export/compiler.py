@@ -199,7 +199,8 @@ def _input_size(g: _Graph) -> tuple[str, int]:
         raise CompileError(f"input {inp.name!r}: must be a FLOAT tensor")
     dims = tt.shape.dim
     if len(dims) != 2:
-        raise CompileError(f"input {inp.name!r}: must have shape [batch, n_in], has rank {len(dims)}")
+        raise CompileError(f"input {inp.name!r}: must have shape [batch, n_in], "
+                           f"has rank {len(dims)}")
     if not dims[1].HasField("dim_value") or dims[1].dim_value <= 0:
         raise CompileError(f"input {inp.name!r}: dimension 1 (n_in) is dynamic; the hardware "
                            f"needs a fixed input size")
@@ -411,7 +412,8 @@ class _Layers:
             users = g.consumers.get(out, [])
             if len(users) != 1 or users[0].op_type not in ("GreaterOrEqual", "BipolarQuant"):
                 raise CompileError(f"node {_n(node)}: an AveragePool of spikes must be followed "
-                                   f"by a step (GreaterOrEqual 0 or BipolarQuant): majority pooling")
+                                   f"by a step (GreaterOrEqual 0 or BipolarQuant): "
+                                   f"majority pooling")
             step = users[0]
             if step.input[0] != out or (step.op_type == "GreaterOrEqual" and g.scalar(
                     step, step.input[1], "the majority threshold") != 0.0):
@@ -744,7 +746,8 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
     try:
         pixel_bits = int(meta.get("nsm.pixel_bits", "8"))
     except ValueError:
-        raise CompileError(f"metadata nsm.pixel_bits = {meta['nsm.pixel_bits']!r} is not an integer")
+        raise CompileError(f"metadata nsm.pixel_bits = {meta['nsm.pixel_bits']!r} "
+                           f"is not an integer")
     if not 1 <= pixel_bits <= 16:
         raise CompileError(f"metadata nsm.pixel_bits = {pixel_bits} is outside [1, 16]")
 

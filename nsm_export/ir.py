@@ -76,7 +76,8 @@ from .atomic import atomic_write
 
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
-    "PoolLayer", "IR", "min_line_rows", "use_line_buffers", "signed_bits", "unsigned_bits", "load", "save",
+    "PoolLayer", "IR", "min_line_rows", "use_line_buffers", "signed_bits", "unsigned_bits", "load",
+    "save",
 ]
 
 IR_VERSION = 2
@@ -156,7 +157,8 @@ class InputSpec:
                           f"({', '.join(ENCODINGS)})")
         _check_int("input.threshold", self.threshold, 0, 1 << self.pixel_bits)
         if self.encoding == "thermometer":
-            if not isinstance(self.thresholds, (list, tuple)) or not 1 <= len(self.thresholds) <= 64:
+            if (not isinstance(self.thresholds, (list, tuple))
+                    or not 1 <= len(self.thresholds) <= 64):
                 raise IRError("input.thresholds: thermometer encoding needs 1 to 64 thresholds")
             for k, t in enumerate(self.thresholds):
                 _check_int(f"input.thresholds[{k}]", t, 0, 1 << self.pixel_bits)
@@ -195,7 +197,8 @@ class LfsrSpec:
             raise IRError(f"{where}.mask {self.mask:#x} is not the maximal-length mask for "
                           f"{self.width} bits ({lfsr.galois_mask(self.width):#x})")
         if not isinstance(self.seed, int) or self.seed == 0:
-            raise IRError(f"{where}.seed must be a non-zero integer (zero is the LFSR lock-up state)")
+            raise IRError(f"{where}.seed must be a non-zero integer "
+                          f"(zero is the LFSR lock-up state)")
         _check_int(f"{where}.seed", self.seed, 1, (1 << self.width) - 1)
         if self.width < p_bits:
             raise IRError(f"{where}.width {self.width} is narrower than p_bits {p_bits}")
@@ -262,7 +265,8 @@ class DenseLayer:
             raise IRError(f"{where}.weight_store {self.weight_store!r} must be one of "
                           f"{', '.join(WEIGHT_STORES)}")
         if self.lanes not in LANES:
-            raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
+            raise IRError(f"{where}.lanes {self.lanes!r} must be one of "
+                          f"{', '.join(map(str, LANES))}")
         if not self.sampling and self.lanes != 1:
             raise IRError(f"{where}.lanes {self.lanes} needs sampling: p = 1 draws no random bits")
         if self.simd not in SIMD:
@@ -397,7 +401,8 @@ class ConvLayer:
             raise IRError(f"{where}.weight_store {self.weight_store!r} must be one of "
                           f"{', '.join(WEIGHT_STORES)}")
         if self.lanes not in LANES:
-            raise IRError(f"{where}.lanes {self.lanes!r} must be one of {', '.join(map(str, LANES))}")
+            raise IRError(f"{where}.lanes {self.lanes!r} must be one of "
+                          f"{', '.join(map(str, LANES))}")
         _check_int(f"{where}.line_rows", self.line_rows, 0, self.h_in)
         _check_weighted(self, where)
 
@@ -631,7 +636,8 @@ def save(ir: IR, directory: str | Path) -> Path:
         if isinstance(layer, PoolLayer):
             continue
         arrays[f"layer{i}_weights"] = layer.weights.astype(np.int64)
-        arrays[f"layer{i}_{'bias' if layer.output else 'threshold'}"] = layer.offsets.astype(np.int64)
+        arrays[f"layer{i}_{'bias' if layer.output else 'threshold'}"] = (
+            layer.offsets.astype(np.int64))
     with atomic_write(d / WEIGHTS_FILE) as f:
         np.savez(f, **arrays)
     with atomic_write(d / IR_FILE, "w") as f:

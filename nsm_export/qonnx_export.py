@@ -16,8 +16,8 @@ and PyTorch's, so the compiler matches structure, never names):
   ``RandomUniformLike → Less(·, p) → Cast → Mul``; the latent float weights behind the layer's
   own brevitas quantizer, exported as ``Quant`` (``k >= 2`` bits: fixed point, narrow range,
   power-of-two scale per output channel in hidden layers and one for the output layer) or
-  ``BipolarQuant`` (binary weights); ``Gemm`` (dense) or ``Conv`` with the float bias; a hidden layer's
-  batch norm (any of l1, linf, l2: in eval they are all ``u' = A u + C``) as ``Mul(A)`` then
+  ``BipolarQuant`` (binary weights); ``Gemm`` (dense) or ``Conv`` with the float bias; a hidden
+  layer's batch norm (any of l1, linf, l2: in eval they are all ``u' = A u + C``) as ``Mul(A)`` then
   ``Add(C)``; with ``sampling=True`` and Gaussian noise, the noise term
   ``sigma * sqrt((z*z) · W²) * RandomNormalLike`` (so that ``nsm compile`` can refuse it by
   name); the step as ``BipolarQuant(u, 1)`` (``u >= 0`` → +1, else -1: brevitas' binary

@@ -15,7 +15,8 @@ import numpy as np
 from .ir import IR, ConvLayer, DenseLayer, PoolLayer
 
 __all__ = ["Stage", "hw_stages", "conv_cycles", "stage_cycles", "synaptic_ops", "layer_cycles",
-           "group_overhead", "encode_cycles", "conv_positions", "conv_row_cycles", "pipeline_end", "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
+           "group_overhead", "encode_cycles", "conv_positions", "conv_row_cycles", "pipeline_end",
+           "latency_cycles", "cycles_per_inference", "expected_latency_cycles",
            "expected_cycles_per_inference", "dense_bound"]
 
 GROUP_OVERHEAD = 4      # three drain cycles and one write cycle per neuron group
@@ -167,9 +168,9 @@ def pipeline_end(ir: IR, durations, rows=None) -> float:
     code, the encoder's code for ``t``; engine ``i > 0``: engine ``i - 1`` ended sample ``t``)
     and its previous output has been taken (engine ``i + 1`` started sample ``t - 1`` at least
     a cycle earlier; a conv engine writes into one half of engine ``i + 1``'s double-buffered
-    map, which has then moved on to the other). The stochastic encoder runs ``size + 3`` cycles per sample and waits for
-    engine 0 to end the previous sample (they share the spike memory). Durations may be numpy
-    arrays (one schedule per element, as the folding search uses).
+    map, which has then moved on to the other). The stochastic encoder runs ``size + 3`` cycles
+    per sample and waits for engine 0 to end the previous sample (they share the spike memory).
+    Durations may be numpy arrays (one schedule per element, as the folding search uses).
 
     Conv engines linked by a line buffer are scheduled row by row (:func:`_row_pipeline_end`);
     ``rows[engine][t]`` then gives a gated engine's per-row cycles (:func:`conv_row_cycles`),

@@ -112,7 +112,8 @@ def read_idx(path) -> np.ndarray:
     if len(data) != head + count * dtype.itemsize:
         raise DatasetError(f"{path}: IDX header says {dims} ({count * dtype.itemsize} bytes) but "
                            f"the file holds {len(data) - head} bytes of data")
-    return np.frombuffer(data, dtype=dtype, offset=head).reshape(dims).astype(dtype.newbyteorder("="))
+    return (np.frombuffer(data, dtype=dtype, offset=head).reshape(dims)
+            .astype(dtype.newbyteorder("=")))
 
 
 def write_idx(path, array: np.ndarray) -> Path:
@@ -258,7 +259,8 @@ def load_dataset(name: str, seed: int = 0, test_fraction: float = 0.2, data_dir=
         split = name[len("emnist-"):]
         return _load_idx_set(name, d, f"emnist-{split}-",
                              "download EMNIST (gzip/ folder of the NIST release) into that "
-                             "directory", transpose=True, label_offset=1 if split == "letters" else 0)
+                             "directory", transpose=True,
+                             label_offset=1 if split == "letters" else 0)
     return _load_nmnist(d)
 
 

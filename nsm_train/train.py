@@ -49,7 +49,8 @@ from .data import dataset_info, load_dataset
 from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertainty
 
 __all__ = ["DeviceError", "resolve_device", "TrainConfig", "train", "evaluate", "evaluate_many",
-           "build_model", "save_checkpoint", "load_checkpoint", "CheckpointError", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
+           "build_model", "save_checkpoint", "load_checkpoint", "CheckpointError",
+           "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
            "MODELS", "shift_images"]
 
 CHECKPOINT_FORMAT = "nsm-checkpoint"

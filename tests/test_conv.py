@@ -254,7 +254,7 @@ def test_batchnorm_irrational_sqrt_is_exact():
     assert (Surd(Fraction(-141421357, 10**8), 1, Fraction(2))).sign() == -1
 
 
-# --- one-line errors -------------------------------------------------------------------------------
+# --- one-line errors ------------------------------------------------------------------------------
 
 def _canonical_conv():
     torch.manual_seed(2)

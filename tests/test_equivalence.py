@@ -100,7 +100,8 @@ def test_sampling_on_golden_accuracy_matches_pytorch(digits):
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**31 - 1), hidden=st.lists(st.integers(1, 24), max_size=3),
        wb=st.sampled_from([1, 2, 3, 4, 8]), pe=st.integers(1, 9))
 def test_random_networks_decide_like_onnxruntime(digits, seed, hidden, wb, pe):

@@ -19,7 +19,8 @@ def test_ports_match_the_verilog_module(rng):
 def test_core_file_names_the_verilog(rng):
     ir = random_ir(rng, sizes=[9, 5, 3], name="digits_core")
     text = fusesoc_core(ir)
-    assert text.startswith("CAPI=2:") and "digits_core.v" in text and "toplevel: digits_core" in text
+    assert (text.startswith("CAPI=2:") and "digits_core.v" in text
+            and "toplevel: digits_core" in text)
 
 
 @pytest.mark.icarus

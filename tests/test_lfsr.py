@@ -39,7 +39,8 @@ def test_hardware_equals_model_over_full_period(leap):
     sim.run()
     assert np.array_equal(got, expected)
     assert 0 not in got                          # never the lock-up state
-    assert len(np.unique(got)) == period         # every non-zero state, once (gcd(leap, period) = 1)
+    # every non-zero state, once (gcd(leap, period) = 1)
+    assert len(np.unique(got)) == period
 
 
 def test_hardware_holds_without_enable():

@@ -158,7 +158,8 @@ def test_packing_overflow_reads_nextpnr_utilisation(tmp_path):
     placer; the utilisation lines name the resource that is over."""
     from hw.synth import packing_overflow
     log = tmp_path / "nextpnr.log"
-    log.write_text("Info: Device utilisation:\nInfo: \t         ICESTORM_LC:    5418/   5280   102%\n"
+    log.write_text("Info: Device utilisation:\n"
+                   "Info: \t         ICESTORM_LC:    5418/   5280   102%\n"
                    "Info: \t        ICESTORM_RAM:      25/     30    83%\n"
                    "ERROR: Failed to expand region (0, 0) |_> (25, 31) of 5418 ICESTORM_LCs\n")
     assert packing_overflow(log) == "5,418 ICESTORM_LC of 5,280"
