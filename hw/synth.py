@@ -532,6 +532,37 @@ def _fits(est: dict, cap: dict, lc_per_ff: float = 0.0):
             & (est["bram"] <= cap["bram"]) & (est["spram"] <= cap["spram"]))
 
 
+_NEED_KEYS = ("luts", "ffs", "bram", "spram")
+
+
+def _need_caps(cap: dict) -> tuple:
+    """What :func:`_fits` allows of each of ``_NEED_KEYS``."""
+    return (_FILL * cap["luts"], _FILL * cap["ffs"], cap["bram"], cap["spram"])
+
+
+def _need(est: dict, cap: dict, lc_per_ff: float = 0.0):
+    """Per resource of ``_NEED_KEYS`` (rows) and candidate (columns), what the candidate uses
+    and the share of what :func:`_fits` allows that this is: a candidate fits where no share is
+    above 1. As in :func:`_fits`, the first row counts logic cells (LUTs + ``lc_per_ff`` x FFs);
+    a resource the device lacks has a share of 0 where none is used, else infinite."""
+    import numpy as np
+
+    used = np.array([est["luts"] + lc_per_ff * est["ffs"], est["ffs"], est["bram"],
+                     est["spram"]], dtype=float)
+    caps = np.array(_need_caps(cap), dtype=float)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(caps > 0, used / np.where(caps > 0, caps, 1.0),
+                         np.where(used > 0, np.inf, 0.0))
+    return used, share
+
+
+def _fits_somehow(ir: IR, tg: Target) -> bool:
+    """Whether some folding of ``ir`` fits ``tg`` by the estimate."""
+    options = [_free_options(ly, tg, {}) for ly in ir.layers]
+    _, est, _, _ = _search(ir, tg, options, _fixed_cost(ir, tg))
+    return bool(_fits(est, tg.capacity, _LC_PER_FF[tg.family]).any())
+
+
 def _command(options: list[tuple], every: bool = False) -> str:
     """The ``nsm compile`` flags of a folding: ``--pe`` always, the others where they differ
     from the defaults (all of them with ``every``)."""
@@ -637,10 +668,19 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
     ebr_bits = max(w * d for w, d in tg.bram_shapes)
     memory = est["bram"] * ebr_bits + est["spram"] * _SPRAM_SHAPE[0] * _SPRAM_SHAPE[1]
     if not ok.any():
-        n = int(np.lexsort((memory, est["luts"]))[0])
-        raise FitError(f"no folding fits {tg.name} ({tg.device}): the smallest, "
+        used, need = _need(est, tg.capacity, _LC_PER_FF[tg.family])
+        n = int(np.lexsort((est["luts"], need.max(axis=0)))[0])
+        names = dict(_NAMES, luts="logic cells" if _LC_PER_FF[tg.family] else "LUT4s")
+        over = "; ".join(f"{u[n]:,.0f} {names[k]} of {cap:,.0f}"
+                         for k, u, cap, r in zip(_NEED_KEYS, used, _need_caps(tg.capacity),
+                                                 need[:, n]) if r > 1)
+        larger = [name for name, other in TARGETS.items()
+                  if name != target and _fits_somehow(ir, other)]
+        raise FitError(f"no folding fits {tg.name} ({tg.device}): the nearest, "
                        f"`{_command(folding(n), every=True)}`, needs about "
-                       f"{_resources(est, n, tg)}; use a smaller network or a larger target")
+                       f"{_resources(est, n, tg)} ({over}); use a smaller network or "
+                       + (f"a larger target ({', '.join(larger)} fits it by the estimate)"
+                          if larger else "a larger target"))
     meet = ok & (ips >= throughput) if throughput is not None else ok
     order = np.lexsort((memory, est["luts"], -np.where(ok, ips, -1)))
     best = int(order[0])                                # the fastest that fits, then smallest

@@ -181,3 +181,37 @@ def test_conv_nets_are_folded_too(target):
     assert synth.estimate(ir, tg) == pytest.approx(fold.estimate)
     # a slower conv folding costs fewer LUTs than the fastest one
     assert fold.estimate["luts"] <= best.estimate["luts"]
+
+
+def test_nothing_fits_names_the_nearest_folding_and_a_target_that_fits():
+    """A 2,048-1,024-10 MLP of binary weights (2 Mbit) exceeds the UP5K's block memory at any
+    folding: one line names the folding nearest to fitting, each resource it needs beyond the
+    device, and the larger target whose estimate fits it; that folding is the nearest indeed."""
+    ir = random_ir(np.random.default_rng(0), sizes=[2048, 1024, 10], samples=4, weight_bits=1,
+                   p=[0.75, 0.75])
+    with pytest.raises(synth.FitError) as err:
+        synth.choose_folding(ir, TARGET)
+    msg = str(err.value)
+    assert "\n" not in msg
+    m = re.search(r"the nearest, `nsm compile --pe (\S+) --lanes (\S+) --simd (\S+) "
+                  r"--weight-store (\S+)`, .* \((.*)\); use a smaller network or a larger target "
+                  r"\(ecp5-85k fits it by the estimate\)$", msg)
+    assert m, msg
+    assert re.search(r"\d+ SPRAM blocks of 4", m[5]), msg      # 2 Mbit > 4 x 256 kbit
+    pes, lanes, simds, stores = (v.split(",") for v in m.groups()[:4])
+    for layer, pe, ln, sd, st in zip(ir.layers, pes, lanes, simds, stores):
+        layer.pe, layer.lanes, layer.simd, layer.weight_store = int(pe), int(ln), int(sd), st
+    ir.validate()
+    tg = synth.TARGETS[TARGET]
+    used = synth.estimate(ir, tg)
+    assert used["spram"] > tg.capacity["spram"]
+    # no folding of the search needs a smaller largest share of the device
+    _, share = synth._need({k: np.array([v]) for k, v in used.items()}, tg.capacity,
+                           synth._LC_PER_FF[tg.family])
+    options = [synth._free_options(ly, tg, {}) for ly in ir.layers]
+    _, est, _, _ = synth._search(ir, tg, options, synth._fixed_cost(ir, tg))
+    _, shares = synth._need(est, tg.capacity, synth._LC_PER_FF[tg.family])
+    assert share.max() == pytest.approx(shares.max(axis=0).min())
+    with pytest.raises(synth.FitError, match="no folding fits ecp5-25k .*ecp5-85k fits it"):
+        synth.choose_folding(ir, "ecp5-25k")
+    assert synth.choose_folding(ir, "ecp5-85k").inferences_per_s > 0
