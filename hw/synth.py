@@ -78,7 +78,8 @@ _ECP5_EBR = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
 
 TARGETS = {
     # UP5K: 5,280 LUT4/FF, 30 EBR x 4 kbit, 4 SPRAM x 256 kbit, 8 SB_MAC16; SG48 has 39 user IO.
-    # -spram maps only memories whose write and read are exclusive (design.md section 4);
+    # -spram maps only memories whose write and read are exclusive, as hw/dense.py's
+    # RAM16_MODULE for ram weights is (docs/synthesis.md);
     # -dsp lets multipliers use SB_MAC16.
     "ice40-up5k": Target(
         "ice40-up5k", "ice40", "iCE40UP5K-SG48", "synth_ice40 -top {top} -spram -dsp",

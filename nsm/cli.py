@@ -90,7 +90,8 @@ def _default(name):
 @click.option("--hidden", default=_default("hidden"), show_default="256",
               help="Hidden layer sizes, comma-separated.")
 @click.option("--conv", default=_default("conv"), show_default="32c5-p2-64c5-p2-512",
-              help="Conv models: NcK conv, pK OR-pool, mK majority pool, N dense.")
+              help="Conv models: NcK conv (valid), NcKs conv zero-padded by K//2 (same), "
+                   "pK OR-pool, mK majority pool, N dense.")
 @click.option("--p", "p", default=_default("p"), show_default="0.75",
               help="Keep probability of the Bernoulli blank-out noise; one value, or one per "
                    "layer comma-separated (the hardware quantizes p to 8 bits by default).")

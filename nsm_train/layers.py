@@ -12,7 +12,7 @@ The noise ``ξ`` (``noise=``):
   ``u = w·z + sigma·sqrt((w²)·(z²))·ε`` (training only; no hardware form yet).
 
 Sampling is the model, so it stays on in ``eval()``; ``layer.sampling = False`` (or ``p == 1``)
-sets ``ξ = 1``. ``gain=True`` adds the trainable factor ``a_i`` of design.md §2:
+sets ``ξ = 1``. ``gain=True`` adds a trainable factor ``a_i`` per neuron:
 ``u_i = Σ_j (ξ_ij + a_i) w_ij z_j + b_i`` (β_i = (p + a_i)/sqrt(2p(1−p)) for Bernoulli noise).
 ``norm`` adds a batch norm of ``u`` (``"l1"``: Hoffer et al.'s ``(u−μ)/(sqrt(π/2)·mean|u−μ|)``,
 ``"linf"``: ``(u−μ)/(max|u−μ| / sqrt(2 ln n))``, ``"l2"``: the usual one) with affine γ, β and
