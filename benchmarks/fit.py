@@ -1,0 +1,107 @@
+"""Which FPGA each Fashion-MNIST network fits, by the folding search's estimate: the accuracy
+presets and smaller networks trained to fit the small parts (``benchmarks/runs/
+fashion-mnist-cpu-10-edge.sh``). No tool runs; weights are random, since resources and cycles
+depend only on shapes, widths and keep probabilities.
+
+One record per (network, target) in ``benchmarks/results/fit.json``: ``weight_kbit``,
+``fits`` and, where it fits, ``hw.synth.choose_folding``'s fastest folding (``folding``),
+``inferences_per_s`` at the target's calibrated clock (``clock_mhz``) and ``estimate``; else
+the search's one-line ``error`` (the folding nearest to fitting, what it needs beyond the
+device, the targets that fit). T = 16, keep p = 0.75 everywhere, as the presets train.
+
+    python benchmarks/fit.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import provenance, write_results   # noqa: E402
+from hw import synth                                       # noqa: E402
+from nsm_export.build import IntConv, IntLayer, IntPool, build_ir   # noqa: E402
+
+P, T = 0.75, 16
+
+# name: input levels (1: a threshold), hidden layers (conv: (filters, kernel, padding)), the
+# dense widths, weight bits (the output layer has at least 2, as training gives it).
+NETS = {
+    "mlp-preset-6272-2048-2048-10-w2": (8, [], [2048, 2048], 2),
+    "mlp-3136-512-512-10-w2": (4, [], [512, 512], 2),
+    "mlp-3136-256-10-w1": (4, [], [256], 1),
+    "mlp-784-128-10-w1": (1, [], [128], 1),
+    "conv-preset-32c5s-p2-64c5s-p2-512-10-w2": (8, [(32, 5, 2), (64, 5, 2)], [512], 2),
+    "conv-preset-32c5s-p2-64c5s-p2-512-10-w1": (8, [(32, 5, 2), (64, 5, 2)], [512], 1),
+    "conv-16c5-p2-32c5-p2-128-10-w1": (4, [(16, 5, 0), (32, 5, 0)], [128], 1),
+}
+
+
+def _weights(rng, bits: int, *shape):
+    if bits == 1:
+        return rng.choice([-1, 1], shape)
+    q = (1 << (bits - 1)) - 1
+    return rng.integers(-q, q + 1, shape)
+
+
+def net_ir(name: str, seed: int = 0):
+    """The IR of network ``name`` with random weights, unfolded (``pe`` 1)."""
+    rng = np.random.default_rng(seed)
+    levels, convs, dense, bits = NETS[name]
+    layers, c, h = [], levels, 28
+    for filters, k, pad in convs:
+        layers.append(IntConv(_weights(rng, bits, filters, c, k, k), rng.integers(-8, 9, filters),
+                              P, bits, h_in=h, w_in=h, stride=1, padding=pad))
+        h = h + 2 * pad - k + 1
+        layers.append(IntPool(filters, h, h, 2, "or"))
+        c, h = filters, h // 2
+    n_in = c * h * h if convs else 784 * levels
+    for i, n_out in enumerate([*dense, 10]):
+        wb = bits if i < len(dense) else max(bits, 2)
+        layers.append(IntLayer(_weights(rng, wb, n_out, n_in), rng.integers(-8, 9, n_out), P, wb))
+        n_in = n_out
+    thresholds = [int(256 * (i + 0.5) / levels) for i in range(levels)]
+    if convs:
+        return build_ir(layers, input_size=784, input_threshold=0, samples=T,
+                        thresholds=thresholds, layout="level-major")
+    if levels == 1:
+        return build_ir(layers, input_size=784, input_threshold=128, samples=T)
+    return build_ir(layers, input_size=784, input_threshold=0, samples=T, thresholds=thresholds)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--network", action="append", choices=list(NETS))
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/fit.json")
+    a = ap.parse_args(argv)
+    prov = provenance("fit.py", argv)
+    records = []
+    for name in a.network or NETS:
+        ir = net_ir(name)
+        kbit = sum(np.asarray(ly.weights).size * ly.weight_bits
+                   for ly in ir.layers if ly.kind != "pool") / 1024
+        for target in synth.TARGETS:
+            rec = dict(network=name, target=target, samples=T, weight_kbit=round(kbit, 1))
+            try:
+                f = synth.choose_folding(ir, target)
+            except synth.FitError as e:
+                rec.update(fits=False, error=str(e))
+            else:
+                rec.update(fits=True, folding=f.summary, clock_mhz=f.clock_mhz,
+                           inferences_per_s=round(f.inferences_per_s, 1),
+                           estimate={k: round(v) for k, v in f.estimate.items()})
+            print(f"{name:42s} {target:11s} {kbit:8,.0f} kbit  "
+                  + (f"{rec['inferences_per_s']:10,.1f} inferences/s" if rec["fits"]
+                     else "does not fit"), flush=True)
+            records.append({**rec, **prov})
+    write_results(a.out, records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
