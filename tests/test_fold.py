@@ -217,3 +217,34 @@ def test_nothing_fits_names_the_nearest_folding_and_a_target_that_fits():
     with pytest.raises(synth.FitError, match="no folding fits ecp5-25k .*ecp5-85k fits it"):
         synth.choose_folding(ir, "ecp5-25k")
     assert synth.choose_folding(ir, "ecp5-85k").inferences_per_s > 0
+
+
+def test_fit_benchmark_networks_and_records(tmp_path):
+    """``benchmarks/fit.py`` builds the networks it names (shapes as training makes them) and
+    writes one record per target: the small binary MLP fits everywhere, the 2-bit conv preset
+    only the ECP5-85F, with the search's one line where it does not fit."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fit.py"
+    spec = importlib.util.spec_from_file_location("fit_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    conv = bench.net_ir("conv-preset-32c5s-p2-64c5s-p2-512-10-w2")
+    dense = [ly for ly in conv.layers if ly.kind == "dense"]
+    assert [ly.weights.shape for ly in dense] == [(512, 64 * 7 * 7), (10, 512)]
+    assert [ly.c_in for ly in conv.layers if ly.kind == "conv2d"] == [8, 32]
+    assert bench.net_ir("mlp-3136-256-10-w1").layers[0].weights.shape == (256, 3136)
+    out = tmp_path / "fit.json"
+    bench.main(["--network", "mlp-784-128-10-w1", "--network",
+                "conv-preset-32c5s-p2-64c5s-p2-512-10-w2", "--out", str(out)])
+    recs = {(r["network"], r["target"]): r for r in json.loads(out.read_text())}
+    assert len(recs) == 2 * len(synth.TARGETS)
+    assert all(recs["mlp-784-128-10-w1", t]["fits"] for t in synth.TARGETS)
+    preset = "conv-preset-32c5s-p2-64c5s-p2-512-10-w2"
+    assert [t for t in synth.TARGETS if recs[preset, t]["fits"]] == ["ecp5-85k"]
+    bad = recs[preset, "ice40-up5k"]
+    assert "ecp5-85k fits it" in bad["error"] and "\n" not in bad["error"]
+    assert recs["mlp-784-128-10-w1", "ice40-up5k"]["weight_kbit"] == pytest.approx(
+        (784 * 128 + 2 * 128 * 10) / 1024, abs=0.05)
