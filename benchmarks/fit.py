@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import provenance, write_results   # noqa: E402
 from hw import synth                                       # noqa: E402
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir   # noqa: E402
+from nsm_export.random_ir import _weights as random_weights         # noqa: E402
 
 P, T = 0.75, 16
 
@@ -42,28 +43,23 @@ NETS = {
 }
 
 
-def _weights(rng, bits: int, *shape):
-    if bits == 1:
-        return rng.choice([-1, 1], shape)
-    q = (1 << (bits - 1)) - 1
-    return rng.integers(-q, q + 1, shape)
-
-
 def net_ir(name: str, seed: int = 0):
     """The IR of network ``name`` with random weights, unfolded (``pe`` 1)."""
     rng = np.random.default_rng(seed)
     levels, convs, dense, bits = NETS[name]
     layers, c, h = [], levels, 28
     for filters, k, pad in convs:
-        layers.append(IntConv(_weights(rng, bits, filters, c, k, k), rng.integers(-8, 9, filters),
-                              P, bits, h_in=h, w_in=h, stride=1, padding=pad))
+        layers.append(IntConv(random_weights(rng, bits, (filters, c, k, k)),
+                              rng.integers(-8, 9, filters), P, bits, h_in=h, w_in=h, stride=1,
+                              padding=pad))
         h = h + 2 * pad - k + 1
         layers.append(IntPool(filters, h, h, 2, "or"))
         c, h = filters, h // 2
     n_in = c * h * h if convs else 784 * levels
     for i, n_out in enumerate([*dense, 10]):
         wb = bits if i < len(dense) else max(bits, 2)
-        layers.append(IntLayer(_weights(rng, wb, n_out, n_in), rng.integers(-8, 9, n_out), P, wb))
+        layers.append(IntLayer(random_weights(rng, wb, (n_out, n_in)),
+                               rng.integers(-8, 9, n_out), P, wb))
         n_in = n_out
     thresholds = [int(256 * (i + 0.5) / levels) for i in range(levels)]
     if convs:

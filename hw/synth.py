@@ -69,8 +69,11 @@ class Target:
 
     def fmax_for(self, ir: IR) -> float:
         """The clock the folding search assumes for ``ir`` without ``--clock-mhz``."""
-        conv = any(layer.kind == "conv2d" for layer in ir.layers)
-        return self.fmax_conv_mhz if conv else self.fmax_estimate_mhz
+        return self.fmax_conv_mhz if _has_conv(ir) else self.fmax_estimate_mhz
+
+
+def _has_conv(ir: IR) -> bool:
+    return any(layer.kind == "conv2d" for layer in ir.layers)
 
 
 _ICE40_EBR = ((16, 256), (8, 512), (4, 1024), (2, 2048))
@@ -670,10 +673,9 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
     if throughput is not None and not throughput > 0:
         raise SynthError(f"--throughput {throughput:g} must be positive (inferences per second)")
     clock = float(clock_mhz) if clock_mhz else tg.fmax_for(ir)
-    conv = any(layer.kind == "conv2d" for layer in ir.layers)
     where = (f"{clock:g} MHz" if clock_mhz else
              f"{clock:g} MHz, {tg.name}'s calibrated Fmax estimate"
-             + (" for conv nets" if conv else ""))
+             + (" for conv nets" if _has_conv(ir) else ""))
     fixed = fixed or [{} for _ in ir.layers]
     options = [_free_options(ly, tg, fx) for ly, fx in zip(ir.layers, fixed)]
     folding, est, cycles, _ = _search(ir, tg, options, _fixed_cost(ir, tg))
