@@ -539,27 +539,20 @@ def _search(ir: IR, target: Target, options: list[list[tuple]], start: dict,
     return folding, est, cycles, changes
 
 
-def _fits(est: dict, cap: dict, lc_per_ff: float = 0.0):
-    """Within the device, 5 % of the logic to spare; ``lc_per_ff``: also the logic cells
-    (LUTs + ``lc_per_ff`` x FFs), where a synthesized design's counts are not at hand."""
-    return ((est["luts"] + lc_per_ff * est["ffs"] <= _FILL * cap["luts"])
-            & (est["ffs"] <= _FILL * cap["ffs"])
-            & (est["bram"] <= cap["bram"]) & (est["spram"] <= cap["spram"]))
-
-
 _NEED_KEYS = ("luts", "ffs", "bram", "spram")
 
 
 def _need_caps(cap: dict) -> tuple:
-    """What :func:`_fits` allows of each of ``_NEED_KEYS``."""
+    """What a design may use of each of ``_NEED_KEYS``: the device, 5 % of the logic to spare."""
     return (_FILL * cap["luts"], _FILL * cap["ffs"], cap["bram"], cap["spram"])
 
 
 def _need(est: dict, cap: dict, lc_per_ff: float = 0.0):
-    """Per resource of ``_NEED_KEYS`` (rows) and candidate (columns), what the candidate uses
-    and the share of what :func:`_fits` allows that this is: a candidate fits where no share is
-    above 1. As in :func:`_fits`, the first row counts logic cells (LUTs + ``lc_per_ff`` x FFs);
-    a resource the device lacks has a share of 0 where none is used, else infinite."""
+    """Per resource of ``_NEED_KEYS`` (rows) and candidate (columns of the estimate's arrays),
+    what the candidate uses and the share of :func:`_need_caps` that this is: a candidate fits
+    where no share is above 1. ``lc_per_ff``: the first row counts logic cells (LUTs +
+    ``lc_per_ff`` x FFs), where a synthesized design's counts are not at hand. A resource the
+    device lacks has a share of 0 where none is used, else infinite."""
     import numpy as np
 
     used = np.array([est["luts"] + lc_per_ff * est["ffs"], est["ffs"], est["bram"],
@@ -569,6 +562,12 @@ def _need(est: dict, cap: dict, lc_per_ff: float = 0.0):
         share = np.where(caps > 0, used / np.where(caps > 0, caps, 1.0),
                          np.where(used > 0, np.inf, 0.0))
     return used, share
+
+
+def _fits(est: dict, cap: dict, lc_per_ff: float = 0.0):
+    """Per candidate, whether it fits: no share of :func:`_need` above 1 (a correctly rounded
+    ``used / cap`` is at most 1 exactly where ``used <= cap``)."""
+    return (_need(est, cap, lc_per_ff)[1] <= 1).all(axis=0)
 
 
 def _fits_somehow(ir: IR, tg: Target) -> bool:
