@@ -634,9 +634,14 @@ class SBSLinear(nn.Module):
         b = torch.clamp(torch.round(self.bias.detach()), -float(BIAS_LIMIT), float(BIAS_LIMIT))
         return w, b
 
+    @property
+    def samples_noise(self) -> bool:
+        """True when the forward pass draws blank-out noise (``sampling`` on and ``p < 1``)."""
+        return self.sampling and self.p < 1.0
+
     def forward(self, z):
         w, b = self._integer()
-        if self.sampling and self.p < 1.0:
+        if self.samples_noise:
             z = z * torch.bernoulli(torch.full_like(z, self.p))
         u = z @ w.t() + b
         return u if self.output else torch.where(u >= 0, 1.0, -1.0)

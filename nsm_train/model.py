@@ -100,6 +100,15 @@ class _NSMNet(nn.Module):
             if m is not self and hasattr(m, "sampling"):
                 m.sampling = bool(on)
 
+    @property
+    def draws_noise(self) -> bool:
+        """True when two forward passes of one image may differ: a stochastic input encoding, or
+        a layer that samples (``p < 1`` or Gaussian noise, with ``sampling`` on). A deterministic
+        baseline (``p = 1``) or a network with ``sampling`` off draws nothing, so its Monte Carlo
+        samples are one pass repeated."""
+        return self.encoding == "bernoulli" or any(
+            getattr(m, "samples_noise", False) for m in self.modules() if m is not self)
+
     def encode(self, pixels) -> torch.Tensor:
         """±1 input spikes (batch, n_in·levels) from pixels (batch, n_in); see the module doc."""
         x = as_pixels(pixels)
@@ -149,6 +158,9 @@ class _NSMNet(nn.Module):
             raise ValueError(f"samples must be a positive integer, got {samples!r}")
         x = as_pixels(pixels)
         batch = x.shape[0]
+        if not self.draws_noise:                        # every sample would be this one
+            out = self.forward(x)
+            return out.unsqueeze(0).expand(samples, *out.shape)
         out = self.forward(x.repeat(samples, 1))        # each row draws its own noise
         return out.reshape(samples, batch, -1)
 

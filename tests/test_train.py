@@ -207,6 +207,36 @@ def test_mc_scores_and_predict(digits):
     assert torch.equal(model.predict(x, 4), torch.zeros(50, dtype=torch.int64))
 
 
+def test_a_model_that_draws_no_noise_is_evaluated_in_one_pass(digits):
+    """A deterministic baseline's T samples are one forward pass repeated (same scores, one
+    pass of work); anything that samples (blank-out, Gaussian, a Bernoulli input, stochastic
+    binary synapses) still draws T."""
+    from nsm_train.model import NSMConvNet, SBSMLP
+
+    x = digits[2][:40]
+    det = NSMMLP(64, [32], 10, p=1.0, weight_bits=2, encoding="thermometer", levels=4, norm="l1")
+    det.eval()
+    assert not det.draws_noise
+    calls = []
+    det.layers[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        s = det.mc_sample_scores(x, 16)
+        assert s.shape == (16, 40, 10) and calls == [40]
+        assert torch.equal(s, det.forward(x).expand(16, 40, 10))
+    conv = NSMConvNet((1, 8, 8), "4c3-p2-8", 10, p=1.0, weight_bits=2, norm="l1")
+    assert not conv.draws_noise
+    for noisy in (NSMMLP(64, [32], 10, p=0.75), NSMMLP(64, [32], 10, p=1.0, encoding="bernoulli"),
+                  NSMMLP(64, [32], 10, p=1.0, noise="gaussian"), SBSMLP(64, [32], 10, p=0.5),
+                  NSMConvNet((1, 8, 8), "4c3-p2-8", 10, p=[1.0, 0.5])):
+        assert noisy.draws_noise, noisy
+        torch.manual_seed(SEED)
+        with torch.no_grad():
+            s = noisy.mc_sample_scores(x, 8)
+        assert not all(torch.equal(s[0], s[k]) for k in range(1, 8)), noisy
+        noisy.sampling = False
+        assert noisy.draws_noise == (noisy.encoding == "bernoulli")
+
+
 def test_config_rebuilds_the_model():
     model = random_model(SEED, p=[0.75, 0.5, 0.5], weight_bits=2, output_weight_bits=8)
     cfg = model.config
