@@ -227,14 +227,19 @@ def test_fit_benchmark_networks_and_records(tmp_path):
     import json
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fit.py"
-    spec = importlib.util.spec_from_file_location("fit_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    def load(name):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    bench, preset = load("fit"), load("accuracy").PRESETS["fashion-mnist"]
     conv = bench.net_ir("conv-preset-32c5s-p2-64c5s-p2-512-10-w2")
     dense = [ly for ly in conv.layers if ly.kind == "dense"]
     assert [ly.weights.shape for ly in dense] == [(512, 64 * 7 * 7), (10, 512)]
-    assert [ly.c_in for ly in conv.layers if ly.kind == "conv2d"] == [8, 32]
+    # the input levels the accuracy preset trains with
+    assert [ly.c_in for ly in conv.layers if ly.kind == "conv2d"] == [preset["levels_conv"], 32]
     assert bench.net_ir("mlp-3136-256-10-w1").layers[0].weights.shape == (256, 3136)
     out = tmp_path / "fit.json"
     bench.main(["--network", "mlp-784-128-10-w1", "--network",
