@@ -38,3 +38,18 @@ def _missing_yowasp() -> str | None:
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261124)
+
+
+@pytest.fixture
+def load_benchmark():
+    """``load_benchmark("fit")``: the module ``benchmarks/fit.py`` (a script folder, not a
+    package the project installs)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

@@ -219,22 +219,14 @@ def test_nothing_fits_names_the_nearest_folding_and_a_target_that_fits():
     assert synth.choose_folding(ir, "ecp5-85k").inferences_per_s > 0
 
 
-def test_fit_benchmark_networks_and_records(tmp_path):
+def test_fit_benchmark_networks_and_records(tmp_path, load_benchmark):
     """``benchmarks/fit.py`` builds the networks it names (shapes as training makes them) and
     writes one record per target: the small binary MLP fits everywhere, the 2-bit conv preset
     only the ECP5-85F, with the search's one line where it does not fit."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    def load(name):
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    bench, preset = load("fit"), load("accuracy").PRESETS["fashion-mnist"]
+    bench = load_benchmark("fit")
+    preset = load_benchmark("accuracy").PRESETS["fashion-mnist"]
     conv = bench.net_ir("conv-preset-32c5s-p2-64c5s-p2-512-10-w2")
     dense = [ly for ly in conv.layers if ly.kind == "dense"]
     assert [ly.weights.shape for ly in dense] == [(512, 64 * 7 * 7), (10, 512)]

@@ -587,15 +587,10 @@ def test_bad_loss_options_are_one_clear_error(bad):
         train(TrainConfig(hidden=[8], epochs=1, train_limit=50, **bad), progress=False)
 
 
-def test_accuracy_benchmark_passes_loss_options_and_merges(tmp_path):
-    import importlib.util
+def test_accuracy_benchmark_passes_loss_options_and_merges(tmp_path, load_benchmark):
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
-    spec = importlib.util.spec_from_file_location("accuracy_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("accuracy")
     out = tmp_path / "acc.json"
     old = [dict(dataset="digits", model="det-mlp", weight_bits=2, samples=1, accuracy=0.5,
                 command="old"),
@@ -623,21 +618,10 @@ def test_accuracy_benchmark_passes_loss_options_and_merges(tmp_path):
 
 
 
-def _accuracy_bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
-    spec = importlib.util.spec_from_file_location("accuracy_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_accuracy_benchmark_architecture_overrides_and_validation(tmp_path):
+def test_accuracy_benchmark_architecture_overrides_and_validation(tmp_path, load_benchmark):
     import argparse
 
-    bench = _accuracy_bench()
+    bench = load_benchmark("accuracy")
     # The Fashion-MNIST preset codes MLP and conv inputs with their own thermometer levels.
     base = dict(models="nsm-mlp,det-conv", bits="2", epochs=None, seed=0, device="cpu",
                 data_dir=None, train_limit=None, time_limit=None, threads=1, save_dir=None,
