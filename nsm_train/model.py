@@ -160,7 +160,7 @@ class _NSMNet(nn.Module):
         batch = x.shape[0]
         if not self.draws_noise:                        # every sample would be this one
             out = self.forward(x)
-            return out.unsqueeze(0).expand(samples, *out.shape)
+            return out.unsqueeze(0).repeat(samples, 1, 1)   # a tensor of its own, as below
         out = self.forward(x.repeat(samples, 1))        # each row draws its own noise
         return out.reshape(samples, batch, -1)
 
