@@ -149,6 +149,8 @@ def jobs_for(dataset, args):
                             seed=args.seed, device=args.device, data_dir=args.data_dir,
                             train_limit=args.train_limit, time_limit=args.time_limit,
                             samples=list(getattr(args, "samples", None) or SAMPLES),
+                            init=(str(Path(args.init_dir) / f"{dataset}-{model}-w32.pt")
+                                  if getattr(args, "init_dir", None) else None),
                             threads=args.threads, save_dir=args.save_dir, val=args.val,
                             val_images=getattr(args, "val_images", None),
                             test_limit=getattr(args, "test_limit", None)))
@@ -220,6 +222,9 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--save-dir", type=Path, default=None,
                     help="write each trained model there as <dataset>-<model>-w<bits>.pt")
+    ap.add_argument("--init-dir", type=Path, default=None,
+                    help="start each run from the float model <dataset>-<model>-w32.pt that "
+                         "--save-dir wrote there (quantization-aware fine-tuning)")
     args = ap.parse_args(argv)
     if args.val and args.train_limit is None:
         ap.error("--val needs --train-limit N (validation = the training images past N)")

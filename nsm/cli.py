@@ -141,6 +141,9 @@ def _default(name):
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Training checkpoint written after every epoch (for --resume).")
 @click.option("--resume", is_flag=True, help="Continue from --checkpoint if it exists.")
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="Start from this checkpoint's weights (same layers; e.g. a float model "
+                   "fine-tuned with --weight-bits 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("model.pt"), show_default=True, help="Checkpoint to write.")
@@ -148,7 +151,7 @@ def _default(name):
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
           levels, weight_bits, output_weight_bits, quantizer, score_scale, loss_samples,
           label_smoothing, shift, flip, expected_output, epochs, lr, batch_size, samples, seed,
-          device, checkpoint, resume, no_progress, output):
+          device, checkpoint, resume, init, no_progress, output):
     """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
     """
@@ -177,7 +180,7 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                       model=model_name, conv=conv, encoding=encoding, levels=levels, noise=noise,
                       sigma=sigma, gain=gain, norm=None if norm == "none" else norm,
                       quantizer=quantizer, data_dir=data_dir, device=device,
-                      checkpoint=checkpoint, resume=resume)
+                      checkpoint=checkpoint, resume=resume, init=init)
     try:
         model, history = run_train(cfg, progress=not no_progress)
     except ValueError as e:

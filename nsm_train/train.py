@@ -7,8 +7,10 @@ its argmax are unchanged): ``score_scale`` learns one temperature ``s = exp(log_
 the cross-entropy of ``s · scores`` (summed ±w scores are not scaled for a softmax);
 ``loss_samples`` takes it on the mean scores of that many samples (the Monte Carlo decision
 rule); ``label_smoothing``; ``shift`` moves each training image by up to that many pixels
-(zero fill) as data augmentation. Evaluation: scores summed over ``samples`` (T) passes,
-argmax. Models (``TrainConfig.model``):
+(zero fill) as data augmentation. ``init`` starts from the weights of a checkpoint of the same
+layers, typically a float model fine-tuned with quantized weights (quantization-aware
+fine-tuning: the per-neuron scales are chosen afresh from the float weights). Evaluation:
+scores summed over ``samples`` (T) passes, argmax. Models (``TrainConfig.model``):
 
 * ``nsm-mlp``, ``nsm-conv``: NSMs (:class:`~nsm_train.model.NSMMLP`, ``NSMConvNet``);
 * ``det-mlp``, ``det-conv``: the same architecture, encoding and quantization with no noise
@@ -49,7 +51,7 @@ from .data import dataset_info, load_dataset
 from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertainty
 
 __all__ = ["DeviceError", "resolve_device", "TrainConfig", "train", "evaluate", "evaluate_many",
-           "build_model", "save_checkpoint", "load_checkpoint", "CheckpointError",
+           "build_model", "init_weights", "save_checkpoint", "load_checkpoint", "CheckpointError",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
            "MODELS", "shift_images"]
 
@@ -103,6 +105,7 @@ class TrainConfig:
     shift: int = 0                       # random image shifts of up to this many pixels
     flip: bool = False                   # mirror each training image left-right, p = 1/2
     expected_output: bool = False        # loss on the output layer's expected scores
+    init: str | None = None              # start from this checkpoint's weights (same layers)
 
 
 def _set_seed(seed: int) -> None:
@@ -212,6 +215,8 @@ def train(cfg: TrainConfig, progress: bool = True):
     dev = resolve_device(cfg.device)
     _set_seed(cfg.seed)
     model = build_model(cfg, info).to(dev)
+    if cfg.init:
+        init_weights(model, cfg.init)
     for m in model.modules():
         if getattr(m, "output", False) and hasattr(m, "expected_output"):
             m.expected_output = bool(cfg.expected_output)
@@ -285,6 +290,25 @@ def train(cfg: TrainConfig, progress: bool = True):
         history["score_scale"] = float(torch.exp(log_scale.detach()))
     history["test_acc"] = evaluate(model, x_te, y_te, cfg.samples)
     return model, history
+
+
+def init_weights(model, path) -> None:
+    """Load the weights, biases and batch-norm state of the checkpoint at ``path`` into
+    ``model``, which must have the same layers (names and shapes); the weight width, noise and
+    quantizer may differ. Raises :class:`CheckpointError` with one line naming the file and the
+    first difference."""
+    _, ckpt = load_checkpoint(path)
+    src, dst = ckpt["state_dict"], model.state_dict()
+    missing = [k for k in dst if k not in src]
+    extra = [k for k in src if k not in dst]
+    shapes = [k for k in dst if k in src and tuple(src[k].shape) != tuple(dst[k].shape)]
+    if missing or extra or shapes:
+        what = (f"{shapes[0]} is {tuple(src[shapes[0]].shape)} there and "
+                f"{tuple(dst[shapes[0]].shape)} here" if shapes else
+                f"it lacks {missing[0]}" if missing else
+                f"it has {extra[0]}, which this network lacks")
+        raise CheckpointError(f"{path}: --init needs a network with the same layers ({what})")
+    model.load_state_dict(src)
 
 
 def _average_gradients(model, world):
