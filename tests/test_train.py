@@ -712,3 +712,26 @@ def test_init_fine_tunes_a_float_model_with_quantized_weights(tmp_path, digits):
                                   "-o", str(tmp_path / "n.pt")])
     assert r.exit_code != 0 and "none.pt: no such checkpoint file" in r.output
     assert not (tmp_path / "n.pt").exists()
+
+
+def test_training_flushes_denormals_and_restores_the_default(monkeypatch):
+    """Denormals (which x86 CPUs handle in microcode, 3-4x slower training) are flushed to zero
+    while a run trains, and torch's default (kept) is back afterwards, also after an error."""
+    import nsm_train.train as T
+
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    seen, real = [], T.build_model
+
+    def build(cfg, info):
+        net = real(cfg, info)
+        net.layers[0].register_forward_hook(lambda *_: seen.append(float((tiny * 1.0)[0])))
+        return net
+
+    monkeypatch.setattr(T, "build_model", build)
+    assert float((tiny * 1.0)[0]) > 0
+    train(TrainConfig(hidden=[8], epochs=1, train_limit=64), progress=False)
+    assert seen and set(seen) == {0.0}
+    assert float((tiny * 1.0)[0]) > 0
+    with pytest.raises(CheckpointError):
+        train(TrainConfig(hidden=[8], epochs=1, init="/nonexistent.pt"), progress=False)
+    assert float((tiny * 1.0)[0]) > 0
