@@ -85,7 +85,13 @@ def _run(job):
     test_limit = job.pop("test_limit")
     cfg = TrainConfig(**job)
     t0 = time.perf_counter()
-    model, hist = train(cfg, progress=False)
+    name = f"{cfg.dataset} {cfg.model} w{cfg.weight_bits}"
+
+    def log(epoch, h):      # one line an epoch: parallel runs cannot share a progress bar
+        print(f"{name}: epoch {epoch}/{cfg.epochs} loss {h['loss'][-1]:.4f} train acc "
+              f"{h['train_acc'][-1]:.4f} ({(time.perf_counter() - t0) / 60:.1f} min)", flush=True)
+
+    model, hist = train(cfg, progress=False, on_epoch=log)
     _, _, x_te, y_te = load_dataset(cfg.dataset, seed=cfg.seed, data_dir=cfg.data_dir)
     x_te, y_te = x_te[:test_limit], y_te[:test_limit]
     torch.manual_seed(cfg.seed + 1)

@@ -195,8 +195,12 @@ def _check_loss_options(cfg: TrainConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing!r}")
 
 
-def train(cfg: TrainConfig, progress: bool = True):
+def train(cfg: TrainConfig, progress: bool = True, on_epoch=None):
     """Train the network ``cfg`` describes; returns ``(model, history)``.
+
+    ``progress``: a tqdm bar over the epochs (rank 0). ``on_epoch(epoch, history)``, if given, is
+    called on rank 0 after every epoch (``epoch`` counts from 1), e.g. to log parallel runs
+    that cannot share a terminal bar.
 
     ``history`` holds per-epoch lists ``loss`` and ``train_acc`` (single-sample accuracy on the
     training batches), ``test_acc`` (Monte Carlo accuracy at ``cfg.samples`` on the test split
@@ -206,7 +210,7 @@ def train(cfg: TrainConfig, progress: bool = True):
     saved, so the other ranks' noise after a resume differs from an uninterrupted run).
     """
     with _no_denormals():
-        return _train(cfg, progress)
+        return _train(cfg, progress, on_epoch)
 
 
 @contextmanager
@@ -224,7 +228,7 @@ def _no_denormals():
             torch.set_flush_denormal(False)
 
 
-def _train(cfg: TrainConfig, progress: bool):
+def _train(cfg: TrainConfig, progress: bool, on_epoch):
     from tqdm.auto import tqdm
 
     _check_loss_options(cfg)
@@ -286,6 +290,8 @@ def _train(cfg: TrainConfig, progress: bool):
         history["loss"].append(float(tot_loss) / seen)
         history["train_acc"].append(float(correct) / seen)
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['train_acc'][-1]:.3f}")
+        if on_epoch is not None and rank == 0:
+            on_epoch(epoch + 1, history)
         if world > 1:
             _sync_buffers(model)
         out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 > cfg.time_limit

@@ -735,3 +735,14 @@ def test_training_flushes_denormals_and_restores_the_default(monkeypatch):
     with pytest.raises(CheckpointError):
         train(TrainConfig(hidden=[8], epochs=1, init="/nonexistent.pt"), progress=False)
     assert float((tiny * 1.0)[0]) > 0
+
+
+def test_on_epoch_reports_every_epoch(capsys, tmp_path, load_benchmark):
+    calls = []
+    train(TrainConfig(hidden=[8], epochs=3, train_limit=64),
+          progress=False, on_epoch=lambda e, h: calls.append((e, len(h["loss"]))))
+    assert calls == [(1, 1), (2, 2), (3, 3)]
+    load_benchmark("accuracy").main(["--short", "--models", "nsm-mlp", "--bits", "2",
+                                     "--train-limit", "64", "--out", str(tmp_path / "a.json")])
+    out = capsys.readouterr().out
+    assert "digits nsm-mlp w2: epoch 1/2 loss" in out and "epoch 2/2" in out
