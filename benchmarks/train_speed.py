@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
 
     from nsm_train.data import load_dataset
     from nsm_train.model import NSMConvNet, NSMMLP, as_pixels
+    from nsm_train.train import _no_denormals
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warm", type=int, default=60, help="untimed steps first")
@@ -70,11 +72,8 @@ def main(argv=None) -> int:
             for flush in (False, True):
                 torch.manual_seed(0)
                 net = make(wb)
-                torch.set_flush_denormal(flush)
-                try:
+                with _no_denormals() if flush else nullcontext():     # as train() does
                     sec[flush] = _step_seconds(net, x, y, a.warm, a.steps, 100)
-                finally:
-                    torch.set_flush_denormal(False)
             rec = dict(network=name, weight_bits=wb, batch=100, threads=1, warm_steps=a.warm,
                        timed_steps=a.steps, seconds_per_step=round(sec[False], 3),
                        seconds_per_step_flushed=round(sec[True], 3),

@@ -240,7 +240,8 @@ def _train(cfg: TrainConfig, progress: bool, on_epoch):
     dev = resolve_device(cfg.device)
     _set_seed(cfg.seed)
     model = build_model(cfg, info).to(dev)
-    if cfg.init:
+    resuming = bool(cfg.resume and cfg.checkpoint and Path(cfg.checkpoint).is_file())
+    if cfg.init and not resuming:           # a resumed run's weights come from its checkpoint
         init_weights(model, cfg.init)
     for m in model.modules():
         if getattr(m, "output", False) and hasattr(m, "expected_output"):
@@ -258,7 +259,7 @@ def _train(cfg: TrainConfig, progress: bool, on_epoch):
     n = x.shape[0]
     history = {"loss": [], "train_acc": []}
     start = 0
-    if cfg.resume and cfg.checkpoint and Path(cfg.checkpoint).is_file():
+    if resuming:
         start, history = _restore(cfg.checkpoint, model, opt, sched, gen, rank, log_scale)
     t0 = time.perf_counter()
     stop = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start + cfg.stop_after)
