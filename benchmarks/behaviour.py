@@ -9,6 +9,7 @@ records, per IR:
   pixels, from reset and after a run seed;
 * ``latency`` / ``cycles``: the cycle model's exact per-image counts on those draws, and
   ``expected``: its mean-draw estimate;
+* ``report``: SHA-256 of the report's resource rows, cycle summary and network shapes;
 * ``estimate``: the resource estimate per target, and ``folding``: the folding search's choice
   for the UP5K (benchmark nets).
 
@@ -53,11 +54,11 @@ def _api():
     from hw.top import generate_verilog
     from nsm_export import golden, schedule
     try:
-        from hw.synth import estimate as est_mod
+        from nsm_export.devices import TARGETS
+        from nsm_export.estimate import estimate
+        from nsm_export.folding import choose_folding
+    except ImportError:                                 # the layout before nsm_export.plan
         from hw.synth import TARGETS, choose_folding, estimate
-    except ImportError:                                 # pragma: no cover - later layouts
-        raise
-    del est_mod
     return dict(verilog=generate_verilog, golden=golden, schedule=schedule, estimate=estimate,
                 targets=TARGETS, choose=choose_folding)
 
@@ -143,6 +144,10 @@ def fingerprint(ir, api, quick: bool) -> dict:
     rec["latency"] = schedule.latency_cycles(ir, first.masks).tolist()
     rec["cycles"] = schedule.cycles_per_inference(ir, second.masks).tolist()
     rec["expected"] = round(float(schedule.expected_cycles_per_inference(ir)), 6)
+    from nsm import report
+    rec["report"] = _sha(json.dumps(report.resource_rows(ir), sort_keys=True),
+                         json.dumps(report.cycle_summary(ir, first.masks), sort_keys=True),
+                         json.dumps(report.network_shapes(ir)))
     rec["estimate"] = {t: {k: round(float(v), 6) for k, v in api["estimate"](ir, tg).items()}
                        for t, tg in api["targets"].items()}
     return rec

@@ -4,7 +4,7 @@ fashion-mnist-cpu-10-edge.sh``). No tool runs; weights are random, since resourc
 depend only on shapes, widths and keep probabilities.
 
 One record per (network, target) in ``benchmarks/results/fit.json``: ``weight_kbit``,
-``fits`` and, where it fits, ``hw.synth.choose_folding``'s fastest folding (``folding``),
+``fits`` and, where it fits, ``nsm_export.folding.choose_folding``'s fastest folding (``folding``),
 ``inferences_per_s`` at the target's calibrated clock (``clock_mhz``) and ``estimate``; else
 the search's one-line ``error`` (the folding nearest to fitting, what it needs beyond the
 device, the targets that fit). T = 16, keep p = 0.75 everywhere, as the presets train.
@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import provenance, write_results   # noqa: E402
 from hw import synth                                       # noqa: E402
+from nsm_export.folding import choose_folding              # noqa: E402
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir   # noqa: E402
 from nsm_export.random_ir import _weights as random_weights         # noqa: E402
 
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         for target in synth.TARGETS:
             rec = dict(network=name, target=target, samples=T, weight_kbit=round(kbit, 1))
             try:
-                f = synth.choose_folding(ir, target)
+                f = choose_folding(ir, target)
             except synth.FitError as e:
                 rec.update(fits=False, error=str(e))
             else:

@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import provenance, write_results   # noqa: E402
 from hw import mac, synth                                  # noqa: E402
+from nsm_export.folding import choose_folding              # noqa: E402
 from hw.top import generate_verilog                        # noqa: E402
 from nsm_export import schedule                            # noqa: E402
 from nsm_export.build import IntLayer, build_ir            # noqa: E402
@@ -135,7 +136,7 @@ def nsm_ir(spec: dict, target: str, T: int, seed: int = 0, variant: str = "nsm")
 
 def conv_ir(name: str, target: str, T: int, seed: int = 0):
     """A Fashion-MNIST conv net of ``CONVS`` with random binary weights, folded for ``target``
-    (by :func:`hw.synth.choose_folding` where the table says ``auto``)."""
+    (by :func:`nsm_export.folding.choose_folding` where the table says ``auto``)."""
     from nsm_export.build import IntConv, IntPool
     rng = np.random.default_rng(seed)
     net, levels, p = CONVS[name], len(CONV_SPEC["levels"]), CONV_SPEC["p"]
@@ -158,7 +159,7 @@ def conv_ir(name: str, target: str, T: int, seed: int = 0):
                   thresholds=CONV_SPEC["levels"], layout="level-major",
                   **({} if fold == "auto" else fold))
     if fold == "auto":
-        chosen = synth.choose_folding(ir, target).layers
+        chosen = choose_folding(ir, target).layers
         for layer, (pe, lanes, simd, store) in zip(ir.layers, chosen):
             if layer.kind == "conv2d":
                 layer.pe, layer.lanes, layer.weight_store = pe, lanes, store
@@ -170,12 +171,11 @@ def conv_ir(name: str, target: str, T: int, seed: int = 0):
 
 def _map_bits(ir) -> int:
     """Bits of the conv engines' spike maps (input maps, rings or double buffers; the blank-out
-    masks not counted), as ``hw.conv.map_memory_depth`` sizes them. Conv layers come before
+    masks not counted), as ``ConvLayer.map_depth`` sizes them. Conv layers come before
     every dense layer, so each conv layer but the first is written by a conv engine (double
     buffered, or a ring)."""
-    from hw.conv import map_memory_depth
     convs = [layer for layer in ir.layers if layer.kind == "conv2d"]
-    return sum(layer.c_in * map_memory_depth(layer, double=i > 0)
+    return sum(layer.c_in * layer.map_depth(double=i > 0)
                for i, layer in enumerate(convs))
 
 

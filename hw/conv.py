@@ -45,26 +45,16 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import ConvLayer, PoolLayer
+from nsm_export.plan import BUILD_FLUSH, DRAIN
 from .dense import (LOAD_BEAT_BITS, SPIKE_WORD, SPIKE_WORD_BITS, accumulate, memory_words,
                     read_kept_list, weight_memory)
 from .lfsr import Lfsr
 
-__all__ = ["ConvEngine", "map_memory_depth", "CONSUMERS"]
+__all__ = ["ConvEngine", "CONSUMERS"]
 
 #: How the engine hands its output on: ``map`` = pixel words to a conv engine; ``bits`` = one
 #: spike a cycle into a dense engine's 16-bit spike memory (channel-major index).
 CONSUMERS = ("map", "bits")
-
-
-def map_memory_depth(layer: ConvLayer, double: bool) -> int:
-    """Pixel words (``c_in`` bits each) of the input map memory: one per pixel, or, when
-    ``double`` (a conv engine writes the map), two halves selected by the top address bit,
-    each as deep as the pixel address reaches (a power of two), or, with a line buffer
-    (``layer.line_rows`` R > 0), a ring of R rows (``R * W`` words, whatever ``double``)."""
-    n_pix = layer.h_in * layer.w_in
-    if layer.line_rows:
-        return max(2, layer.line_rows * layer.w_in)
-    return 2 << (max(2, n_pix) - 1).bit_length() if double else max(2, n_pix)
 
 
 class ConvEngine(wiring.Component):
@@ -183,7 +173,7 @@ class ConvEngine(wiring.Component):
                                                  init=o_init)
         oport = omem.read_port()
         m.submodules.smem = smem = memory.Memory(
-            shape=c_in, depth=map_memory_depth(L, self._double), init=[])
+            shape=c_in, depth=L.map_depth(self._double), init=[])
         s_wr, s_rd = smem.write_port(granularity=1), smem.read_port()
         wsel, rsel = Signal(), Signal()        # the halves written and read (double buffer)
         m.d.comb += [s_wr.en.eq(self.map_we), s_wr.data.eq(self.map_data),
@@ -401,10 +391,10 @@ class ConvEngine(wiring.Component):
                                 m.d.sync += [byr.eq(byr + 1), byrw.eq(byrw + W)]
                         with m.If(bi == k - 1):
                             m.next = "BFLUSH1"
-            for n in range(1, 4):
+            for n in range(1, BUILD_FLUSH):
                 with m.State(f"BFLUSH{n}"):
                     m.next = f"BFLUSH{n + 1}"
-            with m.State("BFLUSH4"):                # the last kept inputs are written now
+            with m.State(f"BFLUSH{BUILD_FLUSH}"):   # the last kept inputs are written now
                 with m.If(kept == 0):
                     m.next = "DRAIN1"
                 with m.Else():
@@ -414,11 +404,10 @@ class ConvEngine(wiring.Component):
                 with m.If(c == klast):
                     m.d.sync += c.eq(0)
                     m.next = "DRAIN1"
-            with m.State("DRAIN1"):
-                m.next = "DRAIN2"
-            with m.State("DRAIN2"):
-                m.next = "DRAIN3"
-            with m.State("DRAIN3"):
+            for n in range(1, DRAIN):
+                with m.State(f"DRAIN{n}"):
+                    m.next = f"DRAIN{n + 1}"
+            with m.State(f"DRAIN{DRAIN}"):
                 m.next = "WRITE"
             with m.State("WRITE"):
                 m.d.sync += [acc.eq(0) for acc in accs]

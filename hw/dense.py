@@ -34,16 +34,13 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import DenseLayer
+from nsm_export.plan import MASK_FLUSH, MEMORY_LINK_PE, SPIKE_WORD, group_overhead
 from .lfsr import Lfsr
 
 __all__ = ["DenseEngine", "pack_lanes", "memory_words", "load_beats", "n_load_beats",
            "RAM16_MODULE", "RAM16_NAME", "LOAD_BEAT_BITS", "rom_module", "rom_module_name"]
 
-SPIKE_WORD_BITS = 4
-SPIKE_WORD = 1 << SPIKE_WORD_BITS
-#: Neuron lanes for which a hidden layer writes its spikes straight into the next engine's
-#: spike memory (each group's spikes fall inside one 16-bit word).
-MEMORY_LINK_PE = (1, 2, 4, 8, 16)
+SPIKE_WORD_BITS = SPIKE_WORD.bit_length() - 1
 LOAD_BEAT_BITS = 16      # w_axis beat: one 16-bit slice of a weight word (an SPRAM's width)
 
 # The single-port RAM that ``ram`` weight memories are built from: written only while loading,
@@ -561,11 +558,10 @@ class DenseEngine(wiring.Component):
                         m.next = "FLUSH1"
                     with m.Else():
                         m.d.comb += rng.en.eq(1)
-                with m.State("FLUSH1"):
-                    m.next = "FLUSH2"
-                with m.State("FLUSH2"):
-                    m.next = "FLUSH3"
-                with m.State("FLUSH3"):                  # the last kept inputs are written now
+                for f in range(1, MASK_FLUSH):
+                    with m.State(f"FLUSH{f}"):
+                        m.next = f"FLUSH{f + 1}"
+                with m.State(f"FLUSH{MASK_FLUSH}"):      # the last kept inputs are written now
                     with m.If(kept == 0):
                         m.next = "DRAIN1"
                     with m.Else():
@@ -579,7 +575,7 @@ class DenseEngine(wiring.Component):
                 with m.If(final):
                     m.d.sync += c.eq(0)
                     m.next = "DRAIN1"
-            drains = 3 if S == 1 else 4
+            drains = group_overhead(S) - 1         # the plan's drain cycles, WRITE after
             for d in range(1, drains):
                 with m.State(f"DRAIN{d}"):
                     m.next = f"DRAIN{d + 1}"

@@ -35,14 +35,14 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR
-from nsm_export.schedule import hw_stages
+from nsm_export.plan import ENCODE_FLUSH, plan
+from nsm_export.plan import unsupported as hardware_unsupported
 from .argmax import ArgmaxScan
-from .conv import ConvEngine
-from .dense import (MEMORY_LINK_PE, RAM16_MODULE, DenseEngine, load_beats, memory_words,
-                    n_load_beats, rom_module, rom_module_name)
+from .dense import RAM16_MODULE, load_beats, memory_words, n_load_beats, rom_module, rom_module_name
 from .lfsr import Lfsr
 
-__all__ = ["NsmCore", "generate_verilog", "convert", "weight_image"]
+__all__ = ["NsmCore", "generate_verilog", "convert", "weight_image", "HardwareError",
+           "hardware_unsupported"]
 
 
 def weight_image(ir: IR) -> list[int]:
@@ -135,33 +135,21 @@ class NsmCore(wiring.Component):
         m = Module()
         ir = self._ir
         n0, C, T = ir.input.size, ir.n_classes, ir.samples
-        # One engine per stage: a conv layer takes the pooling layer after it along. An engine
-        # writes into the next one's double-buffered memory (the engines overlap) where it is a
-        # conv engine, or a dense one whose groups fit in a spike word (no debug ports); other
-        # dense engines hand a register over, which the next one latches.
-        stages = hw_stages(ir)
-        linked = [st.layer.kind == "conv2d" or (
-            not self._debug and not st.layer.output and st.layer.pe in MEMORY_LINK_PE)
-            for st in stages]
-        # A conv engine whose layer has a line buffer (line_rows > 0) takes its input from the
-        # conv engine before it row by row, into a ring of rows, on the same sample.
-        stream = [n + 1 < len(stages) and stages[n + 1].layer.kind == "conv2d"
-                  and stages[n + 1].layer.line_rows > 0 for n in range(len(stages))]
+        # The engines of the hardware plan (nsm_export.plan): a conv engine computes the pooling
+        # layer after it; an engine writes into the next one's memory (the engines overlap)
+        # where the plan links them, else it hands a register over, which the next one latches;
+        # a conv engine whose layer has a line buffer takes its input from the conv engine
+        # before it row by row, into a ring of rows, on the same sample.
+        stages = plan(ir, debug=self._debug)
+        linked = [st.linked for st in stages]
+        stream = [st.streams for st in stages]
         engines = []
-        for n, st in enumerate(stages):
-            fed = n > 0 and linked[n - 1]
+        for st in stages:
             rom = rom_module_name(ir.name, st.index) if self._rom_modules else None
-            if st.layer.kind == "conv2d":
-                eng = ConvEngine(st.layer, st.pool, st.consumer, double=fed,
-                                 ring_out=stages[n + 1].layer.line_rows if stream[n] else 0,
-                                 rom_name=rom)
-            else:
-                eng = DenseEngine(st.layer, ir.score_bits, spike_memory=n == 0 or fed,
-                                  double=fed, out_memory=linked[n] and not st.layer.output,
-                                  rom_name=rom)
+            eng = st.layer.engine(st, ir, rom)
             m.submodules[f"layer{st.index}"] = eng
             engines.append(eng)
-        conv0 = isinstance(engines[0], ConvEngine)
+        conv0 = stages[0].layer.kind == "conv2d"
         if conv0:
             n_map = engines[0].layer.h_in * engines[0].layer.w_in
             lpix = Signal(range(max(2, n_map)))
@@ -224,7 +212,7 @@ class NsmCore(wiring.Component):
         for prev, eng, link, ring in zip(engines, engines[1:], linked, stream):
             if link and not ring:
                 m.d.comb += eng.in_done.eq(prev.done)
-            if isinstance(prev, ConvEngine) and isinstance(eng, ConvEngine):
+            if prev.layer.kind == "conv2d" and eng.layer.kind == "conv2d":
                 m.d.comb += [eng.map_we.eq(Mux(prev.out_we, (1 << eng.layer.c_in) - 1, 0)),
                              eng.map_addr.eq(prev.out_addr),
                              eng.map_data.eq(prev.out_data)]
@@ -334,8 +322,8 @@ class NsmCore(wiring.Component):
                 with m.If(ev2):
                     m.d.comb += enc_rng.en.eq(1)
                     (put_map if conv0 else put_spikes)(enc_rng.next[:spec.prob_bits] < qr.data,
-                                                       ej == n0 + 1)
-                with m.If(ej == n0 + 1):
+                                                       ej == n0 + ENCODE_FLUSH - 2)
+                with m.If(ej == n0 + ENCODE_FLUSH - 2):    # the go cycle and ev1, ev2
                     m.d.sync += [enc_busy.eq(0), enc_full.eq(1)]
 
         ram = [(i, eng) for i, eng in enumerate(engines) if eng.layer.weight_store == "ram"]
@@ -418,37 +406,6 @@ class HardwareError(ValueError):
     """A valid IR that this hardware generator cannot build yet (one line naming the layer)."""
 
 
-def hardware_unsupported(ir: IR) -> str | None:
-    """Why :class:`NsmCore` cannot build ``ir`` (one line naming the first such part), or None.
-
-    Conv layers get a :class:`hw.conv.ConvEngine`, which also computes an OR pooling layer
-    right after them; a conv net's input code must lay its levels out as channels.
-    """
-    spec = ir.input
-    conv0 = ir.layers[0].kind == "conv2d"
-    if spec.encoding == "thermometer" and not conv0:
-        if spec.levels not in (1, 2, 4, 8, 16):
-            return (f"input: a thermometer code with {spec.levels} levels; the hardware encoder "
-                    f"takes 1, 2, 4, 8 or 16 levels (retrain with --levels 4, say)")
-        if spec.layout != "pixel-major":
-            return "input: a level-major thermometer code before a dense layer has no encoder"
-    if spec.encoding == "thermometer" and conv0 and spec.levels > 1 \
-            and spec.layout != "level-major":
-        return "input: a conv net's thermometer levels must be its channels (level-major)"
-    for i, layer in enumerate(ir.layers):
-        prev = ir.layers[i - 1].kind if i else None
-        if layer.kind == "pool":
-            if prev != "conv2d":
-                return (f"layers[{i}] (pool) follows a {prev or 'input'} layer; the hardware "
-                        f"pools only right after a conv layer")
-            if layer.mode != "or":
-                return (f"layers[{i}] ({layer.mode} pooling) has no hardware engine; OR "
-                        f"pooling has (spec token pK)")
-        if layer.kind == "conv2d" and prev not in (None, "conv2d", "pool"):
-            return f"layers[{i}] (conv2d) follows a dense layer; the hardware cannot"
-    return None
-
-
 def generate_verilog(ir: IR, debug: bool = False) -> str:
     """Plain Verilog for the core; the top module is named ``ir.name``.
 
@@ -462,7 +419,7 @@ def convert(component, ir: IR, name: str) -> str:
     the modules the core instantiates: one weight ROM per layer of ``ir`` that keeps its
     weights in ROM, and the RAM module when some layer keeps them in RAM."""
     text = verilog.convert(component, name=name, emit_src=False)
-    for st in hw_stages(ir):
+    for st in plan(ir):
         if st.layer.weight_store == "rom":
             w_init, _ = memory_words(st.layer)
             text += "\n" + rom_module(rom_module_name(ir.name, st.index),

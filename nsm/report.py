@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import itertools
 import json
 import re
 import time
@@ -36,6 +35,7 @@ import numpy as np
 from nsm_export import golden, schedule
 from nsm_export import ir as irmod
 from nsm_export.atomic import atomic_write
+from nsm_export.plan import plan
 
 __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
@@ -62,17 +62,6 @@ def _load_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ReportError(f"{path}: not valid JSON ({e})")
-
-
-def _encoding_text(inp) -> str:
-    """How the IR turns pixels into spikes, in words."""
-    if inp.encoding == "thermometer":
-        return (f"thermometer code, {inp.levels} spikes per pixel (+1 iff pixel ≥ "
-                f"{', '.join(map(str, inp.thresholds))})")
-    if inp.encoding == "bernoulli":
-        return (f"stochastic code, a fresh spike per sample with P(+1) = probs[pixel] / "
-                f"2^{inp.prob_bits} from the encoder's own {inp.rng.width}-bit LFSR")
-    return f"spike +1 iff pixel ≥ {inp.threshold}"
 
 
 def _stale(path: Path, than: Path) -> bool:
@@ -205,10 +194,6 @@ def lfsr_statistics(ir: irmod.IR, masks: list[np.ndarray]) -> list[dict]:
     return list(rows.values())
 
 
-def _memory(width: int, depth: int, copies: int = 1) -> dict:
-    return {"width": width, "depth": depth, "copies": copies, "bits": copies * width * depth}
-
-
 def _shape(shape) -> str:
     return "×".join(map(str, shape))
 
@@ -221,85 +206,35 @@ def network_shapes(ir: irmod.IR) -> list[str]:
 
 
 def resource_rows(ir: irmod.IR) -> list[dict]:
-    """Per layer, from the IR: sizes, widths, folding and the memories that grow with the
-    network, at the shapes the engines build them (at least two words deep, padding lanes
-    included). Dense (``hw.dense``): weights, one ``pe``-lane word per neuron group and input;
-    thresholds or biases, one word per group; the small kept-input index and spike buffers are
-    not counted. Conv (``hw.conv``): weights, one ``pe``-lane word per filter group and window
-    input (:func:`hw.dense.memory_words`); thresholds, one word per group; the input map
-    (one ``c_in``-bit word per pixel, double-buffered when a conv engine writes it); the mask
-    (same shape, sampling layers). Pooling: nothing; the conv engine before it computes it."""
-    from hw.conv import map_memory_depth
-    from hw.dense import memory_words
-
-    stages = schedule.hw_stages(ir)
-    fed_by_conv = {st.index for prev, st in itertools.pairwise(stages)
-                   if prev.layer.kind == "conv2d"}
-    pooled_by = {st.index + 1: st.index for st in stages if st.pool is not None}
-    rows = []
-    for i, layer in enumerate(ir.layers):
-        row = {"layer": i, "n_in": layer.n_in, "n_out": layer.n_out}
-        if layer.kind == "pool":
-            row.update(kind="pool", mode=layer.mode, size=layer.size,
-                       in_shape=list(layer.in_shape), out_shape=list(layer.out_shape),
-                       engine=pooled_by.get(i), weights=0, weight_bits_total=0, memories={},
-                       memory_bits=0, pe=0, lfsr_width=None)
-            rows.append(row)
-            continue
-        if layer.kind == "conv2d":
-            w_words, o_words = memory_words(layer)
-            mems = {"weights": _memory(layer.pe * layer.weight_bits, max(2, len(w_words))),
-                    "thresholds": _memory(layer.pe * layer.offset_bits, max(2, len(o_words))),
-                    "map": _memory(layer.c_in, map_memory_depth(layer, i in fed_by_conv))}
-            if layer.sampling:
-                mems["mask"] = _memory(layer.c_in, max(2, layer.h_in * layer.w_in))
-            row.update(kind="conv2d", in_shape=list(layer.in_shape),
-                       out_shape=list(layer.out_shape), kernel=layer.kernel,
-                       stride=layer.stride, padding=layer.padding,
-                       double_buffered=i in fed_by_conv, draw_lanes=1,
-                       channel_lanes=layer.lanes)
-        else:
-            # simd copies of the weight memory, one read port each
-            mems = {"weights": _memory(layer.pe * layer.weight_bits,
-                                       max(2, layer.groups * layer.n_in), layer.simd),
-                    "thresholds": _memory(layer.pe * layer.offset_bits, max(2, layer.groups))}
-            row.update(kind="output" if layer.output else "hidden", draw_lanes=layer.lanes,
-                       simd=layer.simd)
-        weights = int(layer.weights.size)
-        row.update({
-            "weight_bits": layer.weight_bits, "weights": weights,
-            "weight_bits_total": weights * layer.weight_bits,
-            "p": layer.p, "p_num": layer.p_num, "p_bits": layer.p_bits,
-            "pe": layer.pe, "groups": layer.groups, "weight_store": layer.weight_store,
-            "acc_bits": layer.acc_bits, "offset_bits": layer.offset_bits,
-            "lane_acc_bits": layer.pe * layer.acc_bits,
-            "lfsr_width": layer.rng.width if layer.rng else None,
-            "memories": mems, "memory_bits": sum(m["bits"] for m in mems.values()),
-        })
-        rows.append(row)
-    return rows
+    """Per layer, from the IR and its hardware plan: sizes, widths, folding and the memories
+    that grow with the network, at the shapes the engines build them (at least two words deep,
+    padding lanes included): each kind's ``report_row`` (a pooling layer's names the conv
+    engine that computes it)."""
+    engines = {st.index: st for st in plan(ir)}
+    pooled_by = {st.index + 1: st for st in engines.values() if st.pool is not None}
+    return [layer.report_row(i, pooled_by.get(i) if layer.kind == "pool" else engines[i])
+            for i, layer in enumerate(ir.layers)]
 
 
 def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
     """Exact per-image cycles from the recorded draws, against the model's mean and the bound;
-    per engine (:func:`nsm_export.schedule.hw_stages`), cycles per sample from the draws of
-    its IR layer, with every input kept with probability ``p``, and for a dense walk of every
-    input (dense: groups × inputs; conv: positions × groups × window inputs)."""
+    per engine of the hardware plan, cycles per sample from the draws of its IR layer, with
+    every input kept with probability ``p``, and for a dense walk of every input (dense:
+    groups × inputs; conv: positions × groups × window inputs)."""
     per_image = schedule.cycles_per_inference(ir, masks)
     latency = schedule.latency_cycles(ir, masks)
     stages = []
-    for st in schedule.hw_stages(ir):
+    for st in plan(ir):
         layer, m = st.layer, np.asarray(masks[st.index])
-        walk = layer.groups * (schedule.conv_positions(st) * layer.c_in * layer.kernel ** 2
+        walk = layer.groups * (layer.positions(st) * layer.c_in * layer.kernel ** 2
                                if layer.kind == "conv2d" else layer.n_in)
         stages.append({
             "layer": st.index, "label": f"{st.index} {layer.kind}{'+pool' if st.pool else ''}",
             "kind": layer.kind,
             "pool": st.pool is not None, "kept_mean": float(m.sum(axis=-1).mean()),
             "n_in": layer.n_in,
-            "cycles_per_sample": float(schedule.stage_cycles(st, m).mean()),
-            "cycles_per_sample_model": float(schedule.stage_cycles(
-                st, np.full(layer.n_in, layer.p))),
+            "cycles_per_sample": float(st.cycles(m).mean()),
+            "cycles_per_sample_model": float(st.cycles(np.full(layer.n_in, layer.p))),
             "dense_cycles_per_sample": walk,
         })
     return {
@@ -378,7 +313,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         "network": {"name": ir.name, "sizes": [ir.input.size] + [la.n_out for la in ir.layers],
                     "shapes": network_shapes(ir), "kinds": [la.kind for la in ir.layers],
                     "samples": ir.samples, "score_bits": ir.score_bits,
-                    "input_encoding": _encoding_text(ir.input), "pixel_bits": ir.input.pixel_bits,
+                    "input_encoding": ir.input.describe(), "pixel_bits": ir.input.pixel_bits,
                     "source": ir.source},
         "dataset": {"name": dataset, "split_seed": split_seed, "offset": offset,
                     "images": int(len(y)), "data_dir": str(data_dir) if data_dir else None},

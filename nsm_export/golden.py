@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import lfsr
-from .ir import IR, ConvLayer, PoolLayer
+from .ir import IR
 
 __all__ = ["GoldenResult", "GoldenModel", "run", "encode_input"]
 
@@ -30,28 +30,9 @@ class GoldenResult:
     # layer's mask is all True: it draws nothing)
 
 
-def _check_pixels(ir: IR, pixels: np.ndarray) -> np.ndarray:
-    px = np.asarray(pixels)
-    if px.ndim != 2 or px.shape[1] != ir.input.size:
-        raise ValueError(f"input has shape {px.shape}, the IR expects (N, {ir.input.size})")
-    if px.size and (px.min() < 0 or px.max() >= (1 << ir.input.pixel_bits)):
-        raise ValueError(f"input pixels fall outside [0, {(1 << ir.input.pixel_bits) - 1}]")
-    return px.astype(np.int64)
-
-
 def encode_input(ir: IR, pixels: np.ndarray) -> np.ndarray:
     """Pixels (N, size) unsigned → input spikes (N, n_spikes) as bool (True = +1, False = -1)."""
-    px = _check_pixels(ir, pixels)
-    spec = ir.input
-    if spec.encoding == "bernoulli":
-        raise ValueError("a bernoulli input code is random: GoldenModel.run draws it")
-    if spec.encoding == "thermometer":
-        t = np.asarray(spec.thresholds, dtype=np.int64)
-        ge = px.astype(np.int64)[:, :, None] >= t[None, None, :]       # (N, pixel, level)
-        if spec.layout == "level-major":
-            ge = ge.transpose(0, 2, 1)
-        return ge.reshape(px.shape[0], spec.n_spikes)
-    return px.astype(np.int64) >= spec.threshold
+    return ir.input.encode(pixels)
 
 
 class GoldenModel:
@@ -76,16 +57,14 @@ class GoldenModel:
 
     def _encode(self, pixels: np.ndarray) -> np.ndarray:
         """Input spikes (N, T, n_spikes): fixed codes repeat, the bernoulli code draws anew."""
-        ir, spec, t = self.ir, self.ir.input, self.ir.samples
+        spec, t = self.ir.input, self.ir.samples
         if spec.encoding != "bernoulli":
-            z0 = encode_input(ir, pixels)
+            z0 = spec.encode(pixels)
             return np.broadcast_to(z0[:, None, :], (z0.shape[0], t, z0.shape[1]))
-        px = _check_pixels(ir, pixels)
-        n = px.shape[0]
+        n = spec.check_pixels(pixels).shape[0]
         u, self.enc_state = lfsr.draws(spec.rng.width, spec.rng.mask, spec.rng.leap,
                                        self.enc_state, n * t * spec.size, spec.prob_bits)
-        q = np.asarray(spec.probs, dtype=np.int64)[px]                     # (N, size)
-        return u.reshape(n, t, spec.size) < q[:, None, :]
+        return spec.encode_drawn(pixels, u, t)
 
     def _masks(self, i: int, layer, n_images: int) -> np.ndarray:
         t = self.ir.samples
@@ -102,63 +81,13 @@ class GoldenModel:
         n = z.shape[0]
         masks = [self._masks(i, layer, n) for i, layer in enumerate(ir.layers)]
         spikes = []
-        scores = None
-        for layer, m in zip(ir.layers, masks):
-            if isinstance(layer, PoolLayer):
-                z = _pool(layer, z)
-                spikes.append(z)
-                continue
-            x = np.where(m, np.where(z, 1, -1), 0).astype(np.int64)    # (N, T, n_in)
-            if isinstance(layer, ConvLayer):
-                acc = _conv(layer, x)                                   # (N, T, n_out)
-                th = np.repeat(layer.offsets, layer.h_out * layer.w_out)
-                z = acc >= th[None, None, :]
-                spikes.append(z)
-                continue
-            acc = x @ layer.weights.T.astype(np.int64)                  # (N, T, n_out)
-            if layer.output:
-                scores = (acc + layer.offsets[None, None, :]).sum(axis=1)
-            else:
-                z = acc >= layer.offsets[None, None, :]
-                spikes.append(z)
+        for layer, m in zip(ir.layers[:-1], masks):
+            z = layer.execute(z, m)
+            spikes.append(z)
+        scores = ir.layers[-1].execute(z, masks[-1])
         classes = np.argmax(scores, axis=1)   # numpy returns the first maximum: lowest index
         return GoldenResult(scores=scores, classes=classes,
                             spikes=spikes if record else None, masks=masks if record else None)
-
-
-def _conv(layer: ConvLayer, x: np.ndarray) -> np.ndarray:
-    """``acc`` of a conv layer for ±1/0 inputs ``x`` (N, T, n_in), flattened (N, T, n_out).
-
-    Computed in float64 with BLAS: every product and partial sum is an integer far below 2**53,
-    so the result is exact; it is cast back to int64.
-    """
-    n, t = x.shape[:2]
-    k, s, pad = layer.kernel, layer.stride, layer.padding
-    ho, wo = layer.h_out, layer.w_out
-    xm = x.reshape(n * t, layer.c_in, layer.h_in, layer.w_in).astype(np.float64)
-    if pad:
-        xm = np.pad(xm, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    w = layer.weights.astype(np.float64)
-    acc = np.zeros((n * t, layer.c_out, ho, wo))
-    for i in range(k):
-        for j in range(k):
-            patch = xm[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-            acc += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j], optimize=True)
-    return acc.astype(np.int64).reshape(n, t, layer.n_out)
-
-
-def _pool(layer: PoolLayer, z: np.ndarray) -> np.ndarray:
-    """OR or majority over non-overlapping windows of spikes ``z`` (N, T, n_in) bool."""
-    n, t = z.shape[:2]
-    c, k = layer.channels, layer.size
-    ho, wo = layer.h_out, layer.w_out
-    zm = z.reshape(n, t, c, layer.h_in, layer.w_in)[:, :, :, :ho * k, :wo * k]
-    win = zm.reshape(n, t, c, ho, k, wo, k)
-    if layer.mode == "or":
-        out = win.any(axis=(4, 6))
-    else:                                  # at least half +1  <=>  sum of ±1 >= 0
-        out = 2 * win.sum(axis=(4, 6), dtype=np.int64) >= k * k
-    return out.reshape(n, t, layer.n_out)
 
 
 def run(ir: IR, pixels: np.ndarray, record: bool = False) -> GoldenResult:

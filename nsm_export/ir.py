@@ -71,356 +71,26 @@ from pathlib import Path
 
 import numpy as np
 
-from . import lfsr
 from .atomic import atomic_write
+from .layers import KINDS, ConvLayer, DenseLayer, InputSpec, PoolLayer
+from .layers.input import ENCODINGS, LAYOUTS, MAX_PROB_PIXEL_BITS
+from .layers.pool import POOL_MODES
+from .schema import (LANES, MAX_KERNEL, MAX_P_BITS, MAX_WEIGHT_BITS, SIMD, WEIGHT_STORES,
+                     IRError, LfsrSpec, check_int, signed_bits, unsigned_bits)
 
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
     "PoolLayer", "IR", "min_line_rows", "use_line_buffers", "signed_bits", "unsigned_bits", "load",
-    "save",
+    "save", "ENCODINGS", "LAYOUTS", "MAX_PROB_PIXEL_BITS", "POOL_MODES", "LANES", "SIMD",
+    "WEIGHT_STORES", "MAX_KERNEL", "MAX_P_BITS", "MAX_WEIGHT_BITS",
 ]
 
 IR_VERSION = 2
 #: Versions :func:`load` reads; version 1 (dense layers only) means the same as version 2.
 READ_VERSIONS = (1, 2)
-MAX_KERNEL = 15
-POOL_MODES = ("or", "majority")
 IR_FILE = "ir.json"
 WEIGHTS_FILE = "weights.npz"
-MAX_WEIGHT_BITS = 8
-MAX_P_BITS = 16
 MAX_SAMPLES = 1 << 16
-LANES = (1, 2, 4, 8, 16)
-SIMD = (1, 2, 4)
-WEIGHT_STORES = ("rom", "ram")
-
-
-class IRError(ValueError):
-    """An IR that is malformed or inconsistent; the message names the field."""
-
-
-def signed_bits(lo: int, hi: int) -> int:
-    """Smallest two's-complement width holding every integer in ``[lo, hi]``."""
-    n = 1
-    while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
-        n += 1
-    return n
-
-
-def unsigned_bits(hi: int) -> int:
-    return max(1, int(hi).bit_length())
-
-
-ENCODINGS = ("threshold", "thermometer", "bernoulli")
-MAX_PROB_PIXEL_BITS = 12
-LAYOUTS = ("pixel-major", "level-major")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """How ``size`` unsigned ``pixel_bits``-bit pixels become ±1 input spikes.
-
-    ``threshold``: one spike per pixel, ``+1 iff pixel >= threshold``.
-    ``thermometer``: one spike per pixel and level ``k``, ``+1 iff pixel >= thresholds[k]``;
-    ``layout`` ``pixel-major`` numbers them ``j * levels + k`` (pixel ``j``; what the hardware
-    builds), ``level-major`` ``k * size + j`` (channels of an image: conv networks).
-    ``bernoulli`` (stochastic): one spike per pixel, drawn anew for every sample: for pixels
-    ``j = 0 .. size-1`` in order, ``u_j`` = the low ``prob_bits`` bits of the encoder LFSR
-    ``rng`` after ``leap`` more steps, and ``z_j = +1 iff u_j < probs[x_j]`` (so
-    ``P(+1) = probs[x] / 2**prob_bits``), image after image, sample after sample. The encoder's
-    LFSR is its own; like the layers' it is reset only by reset and reseeded by a run seed.
-    """
-    size: int
-    threshold: int
-    pixel_bits: int = 8
-    encoding: str = "threshold"
-    thresholds: tuple = ()
-    layout: str = "pixel-major"
-    prob_bits: int = 0
-    probs: tuple = ()
-    rng: "LfsrSpec | None" = None
-
-    @property
-    def levels(self) -> int:
-        return len(self.thresholds) if self.encoding == "thermometer" else 1
-
-    @property
-    def n_spikes(self) -> int:
-        """Input spikes per image: what the first layer reads."""
-        return self.size * self.levels
-
-    def validate(self) -> None:
-        _check_int("input.size", self.size, 1, 1 << 20)
-        _check_int("input.pixel_bits", self.pixel_bits, 1, 16)
-        if self.encoding not in ENCODINGS:
-            raise IRError(f"input.encoding {self.encoding!r} is not supported "
-                          f"({', '.join(ENCODINGS)})")
-        _check_int("input.threshold", self.threshold, 0, 1 << self.pixel_bits)
-        if self.encoding == "thermometer":
-            if (not isinstance(self.thresholds, (list, tuple))
-                    or not 1 <= len(self.thresholds) <= 64):
-                raise IRError("input.thresholds: thermometer encoding needs 1 to 64 thresholds")
-            for k, t in enumerate(self.thresholds):
-                _check_int(f"input.thresholds[{k}]", t, 0, 1 << self.pixel_bits)
-            if self.layout not in LAYOUTS:
-                raise IRError(f"input.layout {self.layout!r} must be one of {', '.join(LAYOUTS)}")
-        elif self.thresholds:
-            raise IRError("input.thresholds are given but the encoding is not 'thermometer'")
-        if self.encoding == "bernoulli":
-            if self.pixel_bits > MAX_PROB_PIXEL_BITS:
-                raise IRError(f"input.pixel_bits {self.pixel_bits}: bernoulli encoding takes at "
-                              f"most {MAX_PROB_PIXEL_BITS}-bit pixels (one probability each)")
-            _check_int("input.prob_bits", self.prob_bits, 1, MAX_P_BITS)
-            if not isinstance(self.probs, (list, tuple)) or len(self.probs) != 1 << self.pixel_bits:
-                raise IRError(f"input.probs must list {1 << self.pixel_bits} values, one per "
-                              f"pixel value")
-            for k, q in enumerate(self.probs):
-                _check_int(f"input.probs[{k}]", q, 0, 1 << self.prob_bits)
-            if not isinstance(self.rng, LfsrSpec):
-                raise IRError("input.rng: bernoulli encoding needs an LFSR spec")
-            self.rng.validate("input.rng", self.prob_bits)
-        elif self.probs or self.rng is not None or self.prob_bits:
-            raise IRError("input.probs/prob_bits/rng are given but the encoding is not 'bernoulli'")
-
-
-@dataclass(frozen=True)
-class LfsrSpec:
-    """Galois LFSR: ``width`` bits, feedback ``mask``, reset ``seed``, ``leap`` steps per draw."""
-    width: int
-    mask: int
-    seed: int
-    leap: int
-
-    def validate(self, where: str, p_bits: int) -> None:
-        _check_int(f"{where}.width", self.width, lfsr.MIN_WIDTH, lfsr.MAX_WIDTH)
-        if self.mask != lfsr.galois_mask(self.width):
-            raise IRError(f"{where}.mask {self.mask:#x} is not the maximal-length mask for "
-                          f"{self.width} bits ({lfsr.galois_mask(self.width):#x})")
-        if not isinstance(self.seed, int) or self.seed == 0:
-            raise IRError(f"{where}.seed must be a non-zero integer "
-                          f"(zero is the LFSR lock-up state)")
-        _check_int(f"{where}.seed", self.seed, 1, (1 << self.width) - 1)
-        if self.width < p_bits:
-            raise IRError(f"{where}.width {self.width} is narrower than p_bits {p_bits}")
-        _check_int(f"{where}.leap", self.leap, p_bits, 4 * self.width)
-
-    def reseeded(self, seed: int) -> int:
-        """The state a run seed loads: ``(seed XOR reset seed)`` on ``width`` bits, or the reset
-        seed where that would be the lock-up state 0. The hardware computes exactly this."""
-        s = (int(seed) ^ self.seed) & ((1 << self.width) - 1)
-        return s if s else self.seed
-
-
-@dataclass
-class DenseLayer:
-    """One fully connected NSM layer (see the module docstring for its semantics)."""
-    n_in: int
-    n_out: int
-    weights: np.ndarray            # int64, (n_out, n_in)
-    offsets: np.ndarray            # int64, (n_out,): thresholds (hidden) or biases (output)
-    output: bool                   # True for the last layer (integer scores, no step)
-    weight_bits: int
-    p_num: int                     # blank-out keep probability is p_num / 2**p_bits
-    p_bits: int
-    rng: LfsrSpec | None           # None exactly when p_num == 2**p_bits (p = 1)
-    pe: int                        # neuron lanes working in parallel
-    acc_bits: int                  # signed accumulator width
-    offset_bits: int               # signed width of thresholds/biases
-    lanes: int = 1                 # blank-out draws per clock (schedule only, not semantics)
-    weight_store: str = "rom"      # "rom": initialized memory; "ram": loaded through w_axis
-    simd: int = 1                  # kept inputs added per clock (schedule only, not semantics)
-    kind = "dense"
-
-    @property
-    def p(self) -> float:
-        return self.p_num / (1 << self.p_bits)
-
-    @property
-    def sampling(self) -> bool:
-        return self.p_num < (1 << self.p_bits)
-
-    @property
-    def groups(self) -> int:
-        return -(-self.n_out // self.pe)
-
-    def required_acc_bits(self) -> int:
-        l1 = np.abs(self.weights).sum(axis=1)
-        if self.output:
-            lo = int((-l1 + self.offsets).min())
-            hi = int((l1 + self.offsets).max())
-        else:
-            lo = int(min((-l1).min(), self.offsets.min()))
-            hi = int(max(l1.max(), self.offsets.max()))
-        return signed_bits(lo, hi)
-
-    def validate(self, where: str) -> None:
-        _check_int(f"{where}.n_in", self.n_in, 1, 1 << 20)
-        _check_int(f"{where}.n_out", self.n_out, 1, 1 << 20)
-        _check_int(f"{where}.pe", self.pe, 1, self.n_out)
-        _check_array(f"{where}.weights", self.weights, (self.n_out, self.n_in))
-        _check_array(f"{where}.{'bias' if self.output else 'threshold'}", self.offsets,
-                     (self.n_out,))
-        _check_weighted(self, where)
-        if self.weight_store not in WEIGHT_STORES:
-            raise IRError(f"{where}.weight_store {self.weight_store!r} must be one of "
-                          f"{', '.join(WEIGHT_STORES)}")
-        if self.lanes not in LANES:
-            raise IRError(f"{where}.lanes {self.lanes!r} must be one of "
-                          f"{', '.join(map(str, LANES))}")
-        if not self.sampling and self.lanes != 1:
-            raise IRError(f"{where}.lanes {self.lanes} needs sampling: p = 1 draws no random bits")
-        if self.simd not in SIMD:
-            raise IRError(f"{where}.simd {self.simd!r} must be one of {', '.join(map(str, SIMD))}")
-        if self.sampling and self.simd > self.lanes:
-            raise IRError(f"{where}.simd {self.simd} exceeds lanes {self.lanes}: the kept list "
-                          f"gives one entry per bank and clock (raise lanes to {self.simd})")
-
-    def meta(self) -> dict:
-        return {
-            "kind": self.kind, "n_in": self.n_in, "n_out": self.n_out, "output": self.output,
-            "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
-            "p": self.p, "rng": asdict(self.rng) if self.rng else None, "pe": self.pe,
-            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "lanes": self.lanes,
-            "weight_store": self.weight_store, "simd": self.simd,
-        }
-
-
-
-def _check_weighted(layer, where: str) -> None:
-    """Checks a dense and a conv layer share: weight range, blank-out spec, register widths."""
-    _check_int(f"{where}.weight_bits", layer.weight_bits, 1, MAX_WEIGHT_BITS)
-    _check_int(f"{where}.p_bits", layer.p_bits, 1, MAX_P_BITS)
-    _check_int(f"{where}.p_num", layer.p_num, 1, 1 << layer.p_bits)
-    wmax = (1 << (layer.weight_bits - 1)) - 1 if layer.weight_bits > 1 else 1
-    if layer.weights.size and (layer.weights.min() < -wmax or layer.weights.max() > wmax):
-        raise IRError(f"{where}.weights hold values outside [{-wmax}, {wmax}] for "
-                      f"weight_bits {layer.weight_bits}")
-    if layer.weight_bits == 1 and np.any(layer.weights == 0):
-        raise IRError(f"{where}.weights: 1-bit weights must be -1 or +1")
-    if layer.sampling:
-        if layer.rng is None:
-            raise IRError(f"{where}.rng is missing but p = {layer.p} < 1 needs an LFSR")
-        if not isinstance(layer.rng, LfsrSpec):
-            raise IRError(f"{where}.rng must be an LFSR spec")
-        layer.rng.validate(f"{where}.rng", layer.p_bits)
-    elif layer.rng is not None:
-        raise IRError(f"{where}.rng is given but p = 1 draws no random bits")
-    need = layer.required_acc_bits()
-    if layer.acc_bits < need:
-        raise IRError(f"{where}.acc_bits {layer.acc_bits} cannot hold the worst case of its "
-                      f"weights (needs {need})")
-    _check_int(f"{where}.acc_bits", layer.acc_bits, need, 64)
-    need_off = signed_bits(int(layer.offsets.min()), int(layer.offsets.max()))
-    if layer.offset_bits < need_off:
-        raise IRError(f"{where}.offset_bits {layer.offset_bits} cannot hold its offsets "
-                      f"(needs {need_off})")
-    _check_int(f"{where}.offset_bits", layer.offset_bits, need_off, layer.acc_bits)
-
-
-@dataclass
-class ConvLayer:
-    """A hidden 2-d convolution on a spike map (IR version 2; semantics in the module docstring).
-
-    ``weights`` is ``(c_out, c_in, kernel, kernel)``, ``offsets`` the per-filter thresholds.
-    """
-    c_in: int
-    h_in: int
-    w_in: int
-    c_out: int
-    kernel: int
-    stride: int
-    padding: int
-    weights: np.ndarray            # int64, (c_out, c_in, kernel, kernel)
-    offsets: np.ndarray            # int64, (c_out,): thresholds
-    weight_bits: int
-    p_num: int
-    p_bits: int
-    rng: LfsrSpec | None
-    acc_bits: int
-    offset_bits: int
-    pe: int = 1                    # filters working in parallel (schedule only)
-    lanes: int = 1                 # window channels tested per clock (schedule only)
-    weight_store: str = "rom"      # as DenseLayer.weight_store
-    line_rows: int = 0             # 0: whole double-buffered input map; R: ring of R rows
-    output = False                 # a conv layer is never the output layer
-    kind = "conv2d"
-
-    @property
-    def h_out(self) -> int:
-        return (self.h_in + 2 * self.padding - self.kernel) // self.stride + 1
-
-    @property
-    def w_out(self) -> int:
-        return (self.w_in + 2 * self.padding - self.kernel) // self.stride + 1
-
-    @property
-    def n_in(self) -> int:
-        return self.c_in * self.h_in * self.w_in
-
-    @property
-    def n_out(self) -> int:
-        return self.c_out * self.h_out * self.w_out
-
-    @property
-    def in_shape(self) -> tuple[int, int, int]:
-        return (self.c_in, self.h_in, self.w_in)
-
-    @property
-    def out_shape(self) -> tuple[int, int, int]:
-        return (self.c_out, self.h_out, self.w_out)
-
-    @property
-    def groups(self) -> int:
-        """Filter groups of ``pe`` filters the engine works through at each position."""
-        return -(-self.c_out // self.pe)
-
-    p = DenseLayer.p
-    sampling = DenseLayer.sampling
-
-    def required_acc_bits(self) -> int:
-        l1 = np.abs(self.weights.reshape(self.c_out, -1)).sum(axis=1)
-        return signed_bits(int(min((-l1).min(), self.offsets.min())),
-                           int(max(l1.max(), self.offsets.max())))
-
-    def validate(self, where: str) -> None:
-        for f in ("c_in", "h_in", "w_in", "c_out"):
-            _check_int(f"{where}.{f}", getattr(self, f), 1, 1 << 16)
-        _check_int(f"{where}.kernel", self.kernel, 1, MAX_KERNEL)
-        _check_int(f"{where}.stride", self.stride, 1, MAX_KERNEL)
-        _check_int(f"{where}.padding", self.padding, 0, self.kernel - 1)
-        if self.h_out < 1 or self.w_out < 1:
-            raise IRError(f"{where}: a {self.kernel}x{self.kernel} kernel does not fit the "
-                          f"{self.h_in}x{self.w_in} map (padding {self.padding})")
-        _check_int(f"{where}.n_in", self.n_in, 1, 1 << 20)
-        _check_int(f"{where}.n_out", self.n_out, 1, 1 << 22)
-        _check_array(f"{where}.weights", self.weights,
-                     (self.c_out, self.c_in, self.kernel, self.kernel))
-        _check_array(f"{where}.threshold", self.offsets, (self.c_out,))
-        _check_int(f"{where}.pe", self.pe, 1, self.c_out)
-        if self.weight_store not in WEIGHT_STORES:
-            raise IRError(f"{where}.weight_store {self.weight_store!r} must be one of "
-                          f"{', '.join(WEIGHT_STORES)}")
-        if self.lanes not in LANES:
-            raise IRError(f"{where}.lanes {self.lanes!r} must be one of "
-                          f"{', '.join(map(str, LANES))}")
-        _check_int(f"{where}.line_rows", self.line_rows, 0, self.h_in)
-        _check_weighted(self, where)
-
-    def meta(self) -> dict:
-        line = {"line_rows": self.line_rows} if self.line_rows else {}
-        return {**self._meta(), **line}
-
-    def _meta(self) -> dict:
-        return {
-            "kind": self.kind, "c_in": self.c_in, "h_in": self.h_in, "w_in": self.w_in,
-            "c_out": self.c_out, "kernel": self.kernel, "stride": self.stride,
-            "padding": self.padding, "h_out": self.h_out, "w_out": self.w_out,
-            "n_in": self.n_in, "n_out": self.n_out, "output": False,
-            "weight_bits": self.weight_bits, "p_num": self.p_num, "p_bits": self.p_bits,
-            "p": self.p, "rng": asdict(self.rng) if self.rng else None,
-            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits, "pe": self.pe,
-            "lanes": self.lanes, "weight_store": self.weight_store,
-        }
 
 
 def min_line_rows(layer: ConvLayer, pool: "PoolLayer | None" = None) -> int:
@@ -441,76 +111,17 @@ def use_line_buffers(ir: "IR", extra_rows: int = 0) -> list[int]:
     height); returns the indices of those layers."""
     done = []
     for i, layer in enumerate(ir.layers):
-        if not isinstance(layer, ConvLayer) or i == 0:
+        if layer.kind != "conv2d" or ir.conv_producer(i) is None:
             continue
-        back = i - 1 - isinstance(ir.layers[i - 1], PoolLayer)
-        if back < 0 or not isinstance(ir.layers[back], ConvLayer):
-            continue
-        nxt = ir.layers[i + 1] if i + 1 < len(ir.layers) else None
-        need = min_line_rows(layer, nxt if isinstance(nxt, PoolLayer) else None)
-        layer.line_rows = min(need + extra_rows, layer.h_in)
+        layer.line_rows = min(ir.min_line_rows(i) + extra_rows, layer.h_in)
         done.append(i)
     return done
 
 
 @dataclass
-class PoolLayer:
-    """Binary-spike pooling on non-overlapping ``size × size`` windows (IR version 2)."""
-    channels: int
-    h_in: int
-    w_in: int
-    size: int
-    mode: str                      # "or" or "majority"
-    output = False
-    kind = "pool"
-    sampling = False
-    rng = None
-    weight_store = "rom"           # nothing to store
-
-    @property
-    def h_out(self) -> int:
-        return self.h_in // self.size
-
-    @property
-    def w_out(self) -> int:
-        return self.w_in // self.size
-
-    @property
-    def n_in(self) -> int:
-        return self.channels * self.h_in * self.w_in
-
-    @property
-    def n_out(self) -> int:
-        return self.channels * self.h_out * self.w_out
-
-    @property
-    def in_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.h_in, self.w_in)
-
-    @property
-    def out_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.h_out, self.w_out)
-
-    def validate(self, where: str) -> None:
-        for f in ("channels", "h_in", "w_in"):
-            _check_int(f"{where}.{f}", getattr(self, f), 1, 1 << 16)
-        _check_int(f"{where}.size", self.size, 1, MAX_KERNEL)
-        if self.mode not in POOL_MODES:
-            raise IRError(f"{where}.mode {self.mode!r} is not one of {', '.join(POOL_MODES)}")
-        if self.h_out < 1 or self.w_out < 1:
-            raise IRError(f"{where}: a {self.size}x{self.size} window does not fit the "
-                          f"{self.h_in}x{self.w_in} map")
-
-    def meta(self) -> dict:
-        return {"kind": self.kind, "mode": self.mode, "channels": self.channels,
-                "h_in": self.h_in, "w_in": self.w_in, "size": self.size, "h_out": self.h_out,
-                "w_out": self.w_out, "n_in": self.n_in, "n_out": self.n_out, "output": False}
-
-
-@dataclass
 class IR:
     input: InputSpec
-    layers: list[DenseLayer]
+    layers: list
     samples: int
     score_bits: int
     name: str = "nsm"
@@ -532,14 +143,28 @@ class IR:
         hi = int((l1 + out.offsets).max()) * self.samples
         return signed_bits(lo, hi)
 
+    def conv_producer(self, i: int) -> int | None:
+        """The conv layer that writes conv layer ``i``'s input (directly or through a pooling
+        layer), or None (the input image, or a layer of another kind)."""
+        if i == 0:
+            return None
+        back = i - 1 - (self.layers[i - 1].kind == "pool")
+        return back if back >= 0 and self.layers[back].kind == "conv2d" else None
+
+    def min_line_rows(self, i: int) -> int:
+        """:func:`min_line_rows` of conv layer ``i`` with the pooling after it, if any."""
+        nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+        return min_line_rows(self.layers[i], nxt if nxt is not None and nxt.kind == "pool"
+                             else None)
+
     def validate(self) -> None:
-        if self.version not in READ_VERSIONS:
+        if isinstance(self.version, bool) or self.version not in READ_VERSIONS:
             raise IRError(f"IR version {self.version} is not supported (this toolchain reads "
                           f"versions {', '.join(map(str, READ_VERSIONS))})")
         if not isinstance(self.name, str) or not self.name.isidentifier():
             raise IRError(f"name {self.name!r} is not a valid Verilog/Python identifier")
         self.input.validate()
-        _check_int("samples", self.samples, 1, MAX_SAMPLES)
+        check_int("samples", self.samples, 1, MAX_SAMPLES)
         if not self.layers:
             raise IRError("layers: the network has no layers")
         n_prev = self.input.n_spikes
@@ -547,28 +172,29 @@ class IR:
         flat = False                       # True after a dense layer
         for i, layer in enumerate(self.layers):
             where = f"layers[{i}]"
-            if not isinstance(layer, (DenseLayer, ConvLayer, PoolLayer)):
+            if KINDS.get(getattr(layer, "kind", None)) is not type(layer):
                 raise IRError(f"{where}: unsupported layer type {type(layer).__name__}")
-            if self.version < 2 and not isinstance(layer, DenseLayer):
+            dense = layer.kind == "dense"
+            if self.version < 2 and not dense:
                 raise IRError(f"{where}: a {layer.kind} layer needs IR version 2, the file "
                               f"says {self.version}")
-            if not isinstance(layer, DenseLayer):
+            if not dense:
                 if flat:
                     raise IRError(f"{where}: a {layer.kind} layer cannot follow a dense layer")
                 if shape is not None and layer.in_shape != shape:
                     raise IRError(f"{where}: input map {layer.in_shape} does not match the "
                                   f"{shape} map before it")
-            if isinstance(layer, DenseLayer):
+            else:
                 self._check_chain(where, layer, n_prev)
             layer.validate(where)
             self._check_chain(where, layer, n_prev)
             if layer.output != (i == len(self.layers) - 1):
                 raise IRError(f"{where}.output must be true for the last layer only"
-                              + ("" if isinstance(layer, DenseLayer) else
+                              + ("" if dense else
                                  f" (the last layer must be dense, not {layer.kind})"))
-            if isinstance(layer, ConvLayer) and layer.line_rows:
+            if layer.kind == "conv2d" and layer.line_rows:
                 self._check_line_rows(i, where, layer)
-            if isinstance(layer, DenseLayer):
+            if dense:
                 flat = True
             else:
                 shape = layer.out_shape
@@ -579,19 +205,18 @@ class IR:
         if self.score_bits < need:
             raise IRError(f"score_bits {self.score_bits} cannot hold {self.samples} worst-case "
                           f"samples (needs {need})")
-        _check_int("score_bits", self.score_bits, need, 64)
+        check_int("score_bits", self.score_bits, need, 64)
 
     def _check_line_rows(self, i: int, where: str, layer: ConvLayer) -> None:
         """A line buffer (``line_rows`` R > 0) replaces the double-buffered input map of a conv
         layer that a conv engine writes: the layer before it is a conv layer, or an OR pooling
         right after one; R covers the input rows of one pooled output row."""
-        back = i - 1 - isinstance(self.layers[i - 1], PoolLayer) if i else -1
-        if back < 0 or not isinstance(self.layers[back], ConvLayer):
+        if self.conv_producer(i) is None:
+            back = i - 1 - (self.layers[i - 1].kind == "pool") if i else -1
             what = "the input image" if back < 0 else f"layers[{back}] ({self.layers[back].kind})"
             raise IRError(f"{where}.line_rows {layer.line_rows}: a line buffer needs a conv "
                           f"layer writing this layer's input, not {what} (use 0)")
-        nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-        need = min_line_rows(layer, nxt if isinstance(nxt, PoolLayer) else None)
+        need = self.min_line_rows(i)
         if layer.line_rows < need:
             raise IRError(f"{where}.line_rows {layer.line_rows} is below {need}: one pooled "
                           f"output row reads (pool - 1) * stride + kernel input rows "
@@ -612,20 +237,6 @@ class IR:
         }
 
 
-def _check_int(where: str, value, lo: int, hi: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise IRError(f"{where} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise IRError(f"{where} = {value} is outside [{lo}, {hi}]")
-
-
-def _check_array(where: str, arr, shape: tuple) -> None:
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iu":
-        raise IRError(f"{where} must be an integer array")
-    if arr.shape != shape:
-        raise IRError(f"{where} has shape {arr.shape}, expected {shape}")
-
-
 def save(ir: IR, directory: str | Path) -> Path:
     """Validate and write ``ir.json`` and ``weights.npz`` into ``directory``."""
     ir.validate()
@@ -633,11 +244,7 @@ def save(ir: IR, directory: str | Path) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for i, layer in enumerate(ir.layers):
-        if isinstance(layer, PoolLayer):
-            continue
-        arrays[f"layer{i}_weights"] = layer.weights.astype(np.int64)
-        arrays[f"layer{i}_{'bias' if layer.output else 'threshold'}"] = (
-            layer.offsets.astype(np.int64))
+        arrays.update(layer.arrays(i))
     with atomic_write(d / WEIGHTS_FILE) as f:
         np.savez(f, **arrays)
     with atomic_write(d / IR_FILE, "w") as f:
@@ -670,18 +277,19 @@ def from_json(meta: dict, arrays: dict) -> IR:
     try:
         if meta.get("format") != "nsm-ir":
             raise IRError("ir.json: 'format' is not 'nsm-ir'")
-        m_in = dict(meta["input"])
-        m_in["thresholds"] = tuple(m_in.get("thresholds", ()))
-        m_in["probs"] = tuple(m_in.get("probs", ()))
-        if m_in.get("rng") is not None:
-            m_in["rng"] = LfsrSpec(**m_in["rng"])
-        inp = InputSpec(**m_in)
+        inp = InputSpec.record(meta["input"])
         version = meta["version"]
-        if version not in READ_VERSIONS:
+        if isinstance(version, bool) or version not in READ_VERSIONS:
             raise IRError(f"ir.json: IR version {version!r} is not supported (this toolchain "
                           f"reads versions {', '.join(map(str, READ_VERSIONS))}; re-run "
                           f"`nsm compile`)")
-        layers = [_layer_from_json(i, m, arrays) for i, m in enumerate(meta["layers"])]
+        layers = []
+        for i, m in enumerate(meta["layers"]):
+            cls = KINDS.get(m.get("kind"))
+            if cls is None:
+                raise IRError(f"layers[{i}].kind {m.get('kind')!r} is not supported "
+                              f"({', '.join(KINDS)})")
+            layers.append(cls.record(i, m, arrays))
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
                 name=meta.get("name", "nsm"), version=version,
                 source=meta.get("source", {}))
@@ -691,31 +299,3 @@ def from_json(meta: dict, arrays: dict) -> IR:
         raise IRError(f"ir.json: missing or malformed field ({type(e).__name__}: {e})")
     ir.validate()
     return ir
-
-
-def _layer_from_json(i: int, m: dict, arrays: dict):
-    kind = m.get("kind")
-    if kind == "pool":
-        return PoolLayer(channels=m["channels"], h_in=m["h_in"], w_in=m["w_in"], size=m["size"],
-                         mode=m["mode"])
-    if kind not in ("dense", "conv2d"):
-        raise IRError(f"layers[{i}].kind {kind!r} is not supported (dense, conv2d, pool)")
-    key = f"layer{i}_{'bias' if m['output'] else 'threshold'}"
-    for k in (f"layer{i}_weights", key):
-        if k not in arrays:
-            raise IRError(f"weights.npz: array {k} is missing")
-    common = dict(weights=arrays[f"layer{i}_weights"], offsets=arrays[key],
-                  weight_bits=m["weight_bits"], p_num=m["p_num"], p_bits=m["p_bits"],
-                  rng=LfsrSpec(**m["rng"]) if m["rng"] is not None else None,
-                  acc_bits=m["acc_bits"], offset_bits=m["offset_bits"])
-    if kind == "conv2d":
-        if m["output"]:
-            raise IRError(f"layers[{i}]: a conv2d layer cannot be the output layer")
-        return ConvLayer(c_in=m["c_in"], h_in=m["h_in"], w_in=m["w_in"], c_out=m["c_out"],
-                         kernel=m["kernel"], stride=m["stride"], padding=m["padding"],
-                         pe=m.get("pe", 1), lanes=m.get("lanes", 1),
-                         weight_store=m.get("weight_store", "rom"),
-                         line_rows=m.get("line_rows", 0), **common)
-    return DenseLayer(n_in=m["n_in"], n_out=m["n_out"], output=m["output"], pe=m["pe"],
-                      lanes=m.get("lanes", 1), weight_store=m.get("weight_store", "rom"),
-                      simd=m.get("simd", 1), **common)

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from hw.top import HardwareError, generate_verilog, hardware_unsupported, weight_image
 from nsm.cli import main
 from nsm_export import golden, ir as irmod, schedule
+from nsm_export.plan import plan
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 from nsm_export.compiler import compile_model
 from nsm_export.onnx_export import build_onnx
@@ -69,7 +70,7 @@ def _check(ir, px, rtl, resets=(), seeds=()):
 def test_two_conv_layers_pool_and_dense_equal_golden(tmp_path, simulator):
     rng = np.random.default_rng(1)
     ir = _two_conv_ir(rng)
-    assert [st.consumer for st in schedule.hw_stages(ir)] == ["map", "bits", None, None]
+    assert [st.consumer for st in plan(ir)] == ["map", "bits", None, None]
     px = rng.integers(0, 256, size=(8, ir.input.size))
     px[0] = 0
     px[1] = 255
@@ -143,10 +144,10 @@ def test_conv_cycle_model_counts_the_walk():
     out = IntLayer(rng.integers(-1, 2, (2, 4)), np.zeros(2, int), p=1.0, weight_bits=2)
     ir = build_ir([c0, out], input_size=12, input_threshold=1, samples=1, pe=[3, 2],
                   lanes=[2, 1])
-    st = schedule.hw_stages(ir)[0]
+    st = plan(ir)[0]
     kept = np.zeros(12, bool)
     kept[[0, 5, 7, 11]] = True
-    assert schedule.conv_cycles(st, kept) == 1 + 13 + 4 * 2 + 4 + 2 * (4 + 4) + 4 + 1
+    assert st.layer.cycles(st, kept) == 1 + 13 + 4 * 2 + 4 + 2 * (4 + 4) + 4 + 1
 
 
 def test_unsupported_conv_cores_get_one_line(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from hw import synth
+from nsm_export import estimate, folding
 from nsm.cli import main
 from nsm_export import ir as irmod
 from nsm_export import schedule
@@ -36,11 +37,11 @@ def _compile(model_onnx, out, *args):
 
 
 def _fits_and_meets(ir, goal, clock_mhz):
-    est = synth.estimate(ir, synth.TARGETS[TARGET])
+    est = estimate.estimate(ir, synth.TARGETS[TARGET])
     cycles = schedule.expected_cycles_per_inference(ir)
     assert clock_mhz * 1e6 / cycles >= goal
-    assert synth._fits({k: np.array([v]) for k, v in est.items()},
-                       synth.TARGETS[TARGET].capacity, synth._LC_PER_FF["ice40"])[0]
+    assert estimate.fits({k: np.array([v]) for k, v in est.items()},
+                       synth.TARGETS[TARGET].capacity, estimate.LC_PER_FF["ice40"])[0]
     return est
 
 
@@ -140,20 +141,20 @@ def test_random_networks_meet_their_goal(seed):
                    samples=int(rng.integers(2, 20)))
     target = ["ice40-up5k", "ecp5-25k"][seed % 2]
     tg = synth.TARGETS[target]
-    best = synth.choose_folding(ir, target)
+    best = folding.choose_folding(ir, target)
     goal = best.inferences_per_s * float(rng.uniform(0.05, 1.0))
-    fold = synth.choose_folding(ir, target, goal)
+    fold = folding.choose_folding(ir, target, goal)
     assert fold.inferences_per_s >= goal
     for layer, (pe, lanes, simd, store) in zip(ir.layers, fold.layers):
         layer.pe, layer.lanes, layer.simd, layer.weight_store = pe, lanes, simd, store
     ir.validate()
     assert tg.fmax_for(ir) * 1e6 / schedule.expected_cycles_per_inference(ir) \
         == pytest.approx(fold.inferences_per_s)
-    assert synth.estimate(ir, tg) == pytest.approx(fold.estimate)
+    assert estimate.estimate(ir, tg) == pytest.approx(fold.estimate)
     assert fold.estimate["luts"] <= best.estimate["luts"] + 1e-9 or \
         fold.inferences_per_s >= best.inferences_per_s
     with pytest.raises(synth.FitError, match="the best that fits is"):
-        synth.choose_folding(ir, target, best.inferences_per_s * 1.01)
+        folding.choose_folding(ir, target, best.inferences_per_s * 1.01)
 
 
 @pytest.mark.parametrize("target", ["ice40-up5k", "ecp5-25k"])
@@ -163,8 +164,8 @@ def test_conv_nets_are_folded_too(target):
     from tests.test_conv_hw import _two_conv_ir
     ir = _two_conv_ir(np.random.default_rng(3))
     tg = synth.TARGETS[target]
-    best = synth.choose_folding(ir, target)
-    fold = synth.choose_folding(ir, target, best.inferences_per_s / 3)
+    best = folding.choose_folding(ir, target)
+    fold = folding.choose_folding(ir, target, best.inferences_per_s / 3)
     assert fold.inferences_per_s >= best.inferences_per_s / 3
     # conv engines clock slower than dense ones: the search assumes the conv calibration
     assert fold.clock_mhz == tg.fmax_conv_mhz and "estimate for conv nets" in fold.summary
@@ -180,7 +181,7 @@ def test_conv_nets_are_folded_too(target):
     ir.validate()
     assert tg.fmax_for(ir) * 1e6 / schedule.expected_cycles_per_inference(ir) \
         == pytest.approx(fold.inferences_per_s)
-    assert synth.estimate(ir, tg) == pytest.approx(fold.estimate)
+    assert estimate.estimate(ir, tg) == pytest.approx(fold.estimate)
     # a slower conv folding costs fewer LUTs than the fastest one
     assert fold.estimate["luts"] <= best.estimate["luts"]
 
@@ -192,7 +193,7 @@ def test_nothing_fits_names_the_nearest_folding_and_a_target_that_fits():
     ir = random_ir(np.random.default_rng(0), sizes=[2048, 1024, 10], samples=4, weight_bits=1,
                    p=[0.75, 0.75])
     with pytest.raises(synth.FitError) as err:
-        synth.choose_folding(ir, TARGET)
+        folding.choose_folding(ir, TARGET)
     msg = str(err.value)
     assert "\n" not in msg
     m = re.search(r"the nearest, `nsm compile --pe (\S+) --lanes (\S+) --simd (\S+) "
@@ -205,18 +206,18 @@ def test_nothing_fits_names_the_nearest_folding_and_a_target_that_fits():
         layer.pe, layer.lanes, layer.simd, layer.weight_store = int(pe), int(ln), int(sd), st
     ir.validate()
     tg = synth.TARGETS[TARGET]
-    used = synth.estimate(ir, tg)
+    used = estimate.estimate(ir, tg)
     assert used["spram"] > tg.capacity["spram"]
     # no folding of the search needs a smaller largest share of the device
-    _, share = synth._need({k: np.array([v]) for k, v in used.items()}, tg.capacity,
-                           synth._LC_PER_FF[tg.family])
-    options = [synth._free_options(ly, tg, {}) for ly in ir.layers]
-    _, est, _, _ = synth._search(ir, tg, options, synth._fixed_cost(ir, tg))
-    _, shares = synth._need(est, tg.capacity, synth._LC_PER_FF[tg.family])
+    _, share = estimate.need({k: np.array([v]) for k, v in used.items()}, tg.capacity,
+                           estimate.LC_PER_FF[tg.family])
+    options = [ly.free_options(tg, {}) for ly in ir.layers]
+    _, est, _, _ = folding._search(ir, tg, options, estimate.fixed_cost(ir, tg))
+    _, shares = estimate.need(est, tg.capacity, estimate.LC_PER_FF[tg.family])
     assert share.max() == pytest.approx(shares.max(axis=0).min())
     with pytest.raises(synth.FitError, match="no folding fits ecp5-25k .*ecp5-85k fits it"):
-        synth.choose_folding(ir, "ecp5-25k")
-    assert synth.choose_folding(ir, "ecp5-85k").inferences_per_s > 0
+        folding.choose_folding(ir, "ecp5-25k")
+    assert folding.choose_folding(ir, "ecp5-85k").inferences_per_s > 0
 
 
 def test_fit_benchmark_networks_and_records(tmp_path, load_benchmark):

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from hw.conv import map_memory_depth
+from nsm_export.plan import plan
 from hw.top import generate_verilog
 from nsm_export import ir as irmod, schedule
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
@@ -59,7 +59,7 @@ def test_two_conv_layers_with_a_line_buffer_equal_golden(tmp_path, simulator):
     rng = np.random.default_rng(1)
     ir = _with_lines(_two_conv_ir(rng))
     assert ir.layers[2].line_rows == 2
-    assert [st.ring_out for st in schedule.hw_stages(ir)] == [2, 0, 0, 0]
+    assert [st.ring_out for st in plan(ir)] == [2, 0, 0, 0]
     px = rng.integers(0, 256, size=(6, ir.input.size))
     px[0] = 255
     (tmp_path / "nsm.v").write_text(generate_verilog(ir))
@@ -108,16 +108,16 @@ def test_line_buffer_uses_fewer_map_memory_bits():
     base = _two_conv_ir(np.random.default_rng(1))
     ring = _with_lines(_two_conv_ir(np.random.default_rng(1)))
     layer = base.layers[2]
-    assert layer.c_in * map_memory_depth(layer, True) == 4 * 32
-    assert ring.layers[2].c_in * map_memory_depth(ring.layers[2], True) == 4 * 6
+    assert layer.c_in * layer.map_depth(True) == 4 * 32
+    assert ring.layers[2].c_in * ring.layers[2].map_depth(True) == 4 * 6
     assert _smem_depth(generate_verilog(base), "nsm.layer2") == (4, 32)
     assert _smem_depth(generate_verilog(ring), "nsm.layer2") == (4, 6)
     # The three-conv net: 4 of 10 rows and 2 of 3 rows, against two 64- and 8-word halves.
     three = _three_conv_ir(np.random.default_rng(8))
-    assert [map_memory_depth(three.layers[i], True) for i in (2, 4)] == [24, 4]
+    assert [three.layers[i].map_depth(True) for i in (2, 4)] == [24, 4]
     for i in (2, 4):
         three.layers[i].line_rows = 0
-    assert [map_memory_depth(three.layers[i], True) for i in (2, 4)] == [128, 16]
+    assert [three.layers[i].map_depth(True) for i in (2, 4)] == [128, 16]
 
 
 def test_line_rows_ir_checks_are_one_line(tmp_path):

@@ -15,6 +15,7 @@ from nsm.cli import main
 from nsm.flow import compile_to_dir, write_build
 from nsm.report import cycle_summary, ir_at_samples, lfsr_statistics, resource_rows, run_golden
 from nsm_export import golden, schedule
+from nsm_export.plan import plan
 from nsm_export import ir as irmod
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 
@@ -259,7 +260,7 @@ def test_conv_resources_cycles_and_lfsr_rows():
                                                  "4 dense"]
     # Dense walks: 8x8 positions x 2 groups x 9; 3x3 x 2 x 16; 3 groups x 72; 4 x 6.
     assert [s["dense_cycles_per_sample"] for s in c["stages"]] == [1152, 288, 216, 24]
-    for s, st in zip(c["stages"], schedule.hw_stages(ir)):
+    for s, st in zip(c["stages"], plan(ir)):
         m = res.masks[st.index]
         assert s["cycles_per_sample"] == schedule.stage_cycles(st, m).mean()
         assert s["cycles_per_sample_model"] == \

@@ -1,0 +1,217 @@
+"""The folding search: per layer ``(pe, lanes, simd, weight_store)`` for a target, from the
+layer kinds' resource estimates (``cost``) and the cycle model, without running a tool.
+
+:func:`choose_folding` picks the folding ``nsm compile --target`` builds; :func:`suggest_folding`
+says what to compile instead when a synthesized design does not fit (``nsm synth``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import schedule
+from .devices import SPRAM_SHAPE, TARGETS, FitError, SynthError, Target, has_conv
+from .estimate import FILL, KEYS, LC_PER_FF, fits, fixed_cost, need, need_caps
+from .ir import IR
+from .plan import plan, unsupported
+
+__all__ = ["choose_folding", "suggest_folding", "Folding", "command"]
+
+_MAX_CANDIDATES = 200_000
+NAMES = {"luts": "LUT4s", "ffs": "flip-flops", "bram": "EBR blocks", "spram": "SPRAM blocks",
+         "dsps": "DSP blocks", "io": "IO pins"}
+
+
+def _search(ir: IR, target: Target, options: list[list[tuple]], start: dict,
+            anchor: list[dict] | None = None):
+    """Every combination of the layers' ``options``: estimated resources (``start`` plus each
+    layer's cost, less ``anchor``'s where the estimate is anchored at a measured design), cycles
+    per inference by the cycle model (the layers' mean durations through
+    :func:`nsm_export.schedule.pipeline_end`) and changes from the IR's folding.
+
+    Resources add up over layers and the cycle model never falls when a layer gets slower, so
+    each layer keeps only the options no other of its options beats; deep networks keep a
+    spread of those. Returns ``(folding(n), est, cycles, changes)``."""
+    engines = {st.index: st for st in plan(ir)}
+    tables = []
+    for i, layer in enumerate(ir.layers):
+        ref = anchor[i] if anchor else dict.fromkeys(KEYS, 0)
+        rows = []
+        for opt in options[i]:
+            cost = layer.cost(target, *opt)
+            dur = layer.mean_cycles(engines.get(i), opt)
+            changes = sum(a != b for a, b in zip(opt, layer.own())) if anchor else 0
+            rows.append((opt, [cost[k] - ref[k] for k in KEYS] + [dur, changes]))
+        vec = np.array([r[1] for r in rows], dtype=float)
+        keep = [i for i in range(len(rows))
+                if not any((vec[j] <= vec[i]).all() and (vec[j] < vec[i]).any()
+                           for j in range(len(rows)))]
+        # fastest first, so that a spread (below) always holds each layer's fastest option
+        keep.sort(key=lambda n: (vec[n, len(KEYS)], vec[n, 0]))
+        tables.append(([rows[i][0] for i in keep], vec[keep]))
+    total = int(np.prod([len(t[0]) for t in tables]))
+    if total > _MAX_CANDIDATES:          # deep networks: a spread of each layer's options
+        n = max(2, int(_MAX_CANDIDATES ** (1 / len(tables))))
+        picks = [np.unique(np.linspace(0, len(o) - 1, n).round().astype(int)) for o, _ in tables]
+        tables = [([o[i] for i in pick], v[pick]) for (o, v), pick in zip(tables, picks)]
+    idx = np.indices([len(t[0]) for t in tables]).reshape(len(tables), -1)
+    cols = [vec[ix] for (_, vec), ix in zip(tables, idx)]
+    est = {k: start.get(k, 0) + sum(c[:, j] for c in cols) for j, k in enumerate(KEYS)}
+    est["bram"] = np.maximum(est["bram"], 0)
+    est["spram"] = np.maximum(est["spram"], 0)
+    cycles = schedule.expected_cycles_per_inference(ir, [c[:, len(KEYS)] for c in cols])
+    changes = sum(c[:, len(KEYS) + 1] for c in cols)
+
+    def folding(n: int) -> list[tuple]:
+        return [tables[a][0][ix[n]] for a, ix in enumerate(idx)]
+    return folding, est, cycles, changes
+
+
+def _fits_somehow(ir: IR, tg: Target) -> bool:
+    """Whether some folding of ``ir`` fits ``tg`` by the estimate."""
+    options = [ly.free_options(tg, {}) for ly in ir.layers]
+    _, est, _, _ = _search(ir, tg, options, fixed_cost(ir, tg))
+    return bool(fits(est, tg.capacity, LC_PER_FF[tg.family]).any())
+
+
+def command(options: list[tuple], every: bool = False) -> str:
+    """The ``nsm compile`` flags of a folding: ``--pe`` always, the others where they differ
+    from the defaults (all of them with ``every``)."""
+    pes, draws, simds, stores = zip(*options)
+    cmd = f"nsm compile --pe {','.join(map(str, pes))}"
+    if every or any(d != 1 for d in draws):
+        cmd += f" --lanes {','.join(map(str, draws))}"
+    if every or any(s != 1 for s in simds):
+        cmd += f" --simd {','.join(map(str, simds))}"
+    if every or "ram" in stores:
+        cmd += f" --weight-store {','.join(stores)}"
+    return cmd
+
+
+def _resources(est: dict, n: int, target: Target) -> str:
+    spram = f", {est['spram'][n]:.0f} SPRAM" if target.capacity["spram"] else ""
+    return (f"{est['luts'][n]:,.0f} LUTs, {est['ffs'][n]:,.0f} FFs, {est['bram'][n]:.0f} "
+            f"EBR{spram}")
+
+
+def suggest_folding(ir: IR, target: Target, used: dict) -> str:
+    """What to compile instead so that the design fits ``target``: the folding (``--pe``),
+    draws per clock (``--lanes``), inputs per clock (``--simd``) and weight stores
+    (``--weight-store``) estimated to fit with 5 % of the logic to spare and the fewest cycles
+    per inference (then the fewest changes), or why none does.
+
+    The estimate is anchored at ``used``, measured at the IR's own settings; see
+    each layer kind's ``cost`` for what changes with each setting.
+    """
+    anchor = [ly.cost(target, *ly.own()) for ly in ir.layers]
+    folding, est, cycles, changes = _search(ir, target, [ly.options(target) for ly in ir.layers],
+                                            used, anchor)
+    ok = fits(est, target.capacity)
+    if ok.any():
+        cap = target.capacity
+        room = np.max([est[k] / (cap[k] * (FILL if k in ("luts", "ffs") else 1) or 1)
+                       for k in KEYS], axis=0)
+        n = min(np.flatnonzero(ok), key=lambda i: (cycles[i], changes[i], room[i]))
+        return (f"try `{command(folding(n))}` (estimated {_resources(est, n, target)}; about "
+                f"{cycles[n]:,.0f} cycles per inference)")
+    # Nothing fits: name the resource that no choice brings under the limit.
+    short = []
+    for k in KEYS:
+        cap = target.capacity[k] * (FILL if k in ("luts", "ffs") else 1)
+        if est[k].min() > cap:
+            short.append(f"{est[k].min():,.0f} {NAMES[k]}")
+    ram = est["bram"] + est["spram"]
+    n = int(np.argmin(ram)) if not short else int(np.argmin(est["luts"]))
+    bigger = [t.name for t in TARGETS.values()
+              if t.family != "ice40" and t.capacity["luts"] > target.capacity["luts"]
+              and all(used.get(k, 0) <= t.capacity[k] for k in ("luts", "ffs", "bram"))]
+    where = f"a larger target ({bigger[0]})" if bigger else "a larger device"
+    if short:
+        why = (f"at any --pe, --lanes, --simd and --weight-store it needs at least "
+               f"{' and '.join(short)}")
+    else:
+        why = (f"no single choice of --pe, --lanes, --simd and --weight-store meets every limit "
+               f"at once (e.g. `{command(folding(n))}` needs {est['luts'][n]:,.0f} LUTs, "
+               f"{est['bram'][n]:.0f} EBR, {est['spram'][n]:.0f} SPRAM)")
+    return f"no folding fits: {why}; use a smaller network, fewer weight bits or {where}"
+
+
+@dataclass(frozen=True)
+class Folding:
+    """What :func:`choose_folding` chose: per layer ``(pe, lanes, simd, weight_store)``, the
+    estimate and the cycle model's figures, and the one-line summary."""
+    layers: list
+    estimate: dict
+    cycles_per_inference: float
+    inferences_per_s: float
+    clock_mhz: float
+    summary: str
+
+
+def choose_folding(ir: IR, target: str, throughput: float | None = None,
+                   clock_mhz: float | None = None, fixed: list[dict] | None = None) -> Folding:
+    """The per-layer ``pe``, ``lanes``, ``simd`` and weight store for ``target``: the smallest
+    estimated design (LUTs, then bits of block memory taken) whose cycle model meets ``throughput``
+    (inferences per second at ``clock_mhz``, default the target's calibrated Fmax estimate);
+    without a goal, the fastest that fits. ``fixed``: per layer, settings the user gave
+    (``{"pe": 16}``), kept as they are. Raises :class:`FitError` (one line: the best throughput
+    that fits, and its folding) when nothing fits and meets the goal. No tool runs: resources
+    are :func:`estimate`'s."""
+    if target not in TARGETS:
+        raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    tg = TARGETS[target]
+    if (why := unsupported(ir)):
+        raise SynthError(f"no folding search: {why}")
+    if throughput is not None and not throughput > 0:
+        raise SynthError(f"--throughput {throughput:g} must be positive (inferences per second)")
+    clock = float(clock_mhz) if clock_mhz else tg.fmax_for(ir)
+    where = (f"{clock:g} MHz" if clock_mhz else
+             f"{clock:g} MHz, {tg.name}'s calibrated Fmax estimate"
+             + (" for conv nets" if has_conv(ir) else ""))
+    fixed = fixed or [{} for _ in ir.layers]
+    options = [ly.free_options(tg, fx) for ly, fx in zip(ir.layers, fixed)]
+    folding, est, cycles, _ = _search(ir, tg, options, fixed_cost(ir, tg))
+    ips = clock * 1e6 / cycles
+    ok = fits(est, tg.capacity, LC_PER_FF[tg.family])
+    ebr_bits = max(w * d for w, d in tg.bram_shapes)
+    memory = est["bram"] * ebr_bits + est["spram"] * SPRAM_SHAPE[0] * SPRAM_SHAPE[1]
+    if not ok.any():
+        used, share = need(est, tg.capacity, LC_PER_FF[tg.family])
+        n = int(np.lexsort((est["luts"], share.max(axis=0)))[0])
+        names = dict(NAMES, luts="logic cells" if LC_PER_FF[tg.family] else "LUT4s")
+        over = "; ".join(f"{u[n]:,.0f} {names[k]} of {cap:,.0f}"
+                         for k, u, cap, r in zip(KEYS, used, need_caps(tg.capacity),
+                                                 share[:, n]) if r > 1)
+        larger = [name for name, other in TARGETS.items()
+                  if name != target and _fits_somehow(ir, other)]
+        raise FitError(f"no folding fits {tg.name} ({tg.device}): the nearest, "
+                       f"`{command(folding(n), every=True)}`, needs about "
+                       f"{_resources(est, n, tg)} ({over}); use a smaller network or "
+                       + (f"a larger target ({', '.join(larger)} fits it by the estimate)"
+                          if larger else "a larger target"))
+    meet = ok & (ips >= throughput) if throughput is not None else ok
+    order = np.lexsort((memory, est["luts"], -np.where(ok, ips, -1)))
+    best = int(order[0])                                # the fastest that fits, then smallest
+    if not meet.any():
+        raise FitError(f"no folding of this network meets {throughput:,.0f} inferences/s on "
+                       f"{tg.name} at {where}: the best that fits is {ips[best]:,.0f} "
+                       f"inferences/s with `{command(folding(best), every=True)}` (about "
+                       f"{_resources(est, best, tg)}; {cycles[best]:,.0f} cycles per inference "
+                       f"at T = {ir.samples})")
+    if throughput is None:
+        n, why = best, "the fastest estimated design that fits"
+    else:
+        cand = np.flatnonzero(meet)
+        n = int(cand[np.lexsort((memory[cand], est["luts"][cand]))[0]])
+        why = (f"the smallest estimated design (LUTs, then block-memory bits) that meets "
+               f"{throughput:,.0f} inferences/s")
+    chosen = folding(n)
+    summary = (f"folding for {tg.name}: `{command(chosen, every=True)[len('nsm compile '):]}`, "
+               f"{why} at {where}: {ips[n]:,.0f} inferences/s ({cycles[n]:,.0f} cycles per "
+               f"inference at T = {ir.samples}), about {_resources(est, n, tg)}")
+    return Folding(chosen, {k: float(est[k][n]) for k in KEYS}, float(cycles[n]),
+                   float(ips[n]), clock, summary)
+
+

@@ -1,0 +1,127 @@
+"""What every layer kind provides, and what the two weighted kinds (dense, conv) share."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..schema import (MAX_P_BITS, MAX_WEIGHT_BITS, IRError, LfsrSpec, check_int, signed_bits)
+
+__all__ = ["Layer", "Weighted", "memory"]
+
+
+def memory(width: int, depth: int, copies: int = 1) -> dict:
+    """A memory's shape as the plan and the report give it."""
+    return {"width": width, "depth": depth, "copies": copies, "bits": copies * width * depth}
+
+
+class Layer:
+    """The interface of a layer kind. Each kind is a dataclass whose fields are declared once
+    (:func:`nsm_export.schema.spec`) and that implements, for itself:
+
+    * ``kind``, ``n_in``, ``n_out``, ``output``, ``sampling``, ``rng``, ``weight_store``;
+    * ``validate(where)`` (beyond the declared ranges), ``meta()`` (its ``ir.json`` record),
+      ``arrays(i)`` (its ``weights.npz`` members), ``record(i, m, arrays)`` (the inverse);
+    * ``execute(z, x)``: the golden model (``z``: input spikes ``(N, T, n_in)`` as bool;
+      ``x``: the same as ±1 with blanked inputs 0); returns its output spikes, or, for the
+      output layer, the class scores summed over the samples;
+    * ``cycles(engine, mask)``: the cycle model of its engine for one sample;
+    * ``own()``, ``options(target)``, ``free_options(target, fixed)``, ``folded(opt)``: its
+      folding ``(pe, lanes, simd, weight_store)`` and the choices the searches may make;
+    * ``cost(target, *opt)``: the resource estimate of its engine at a folding;
+    * ``memories(engine)``: the memory shapes of its engine; ``report_row(engine)``;
+    * ``engine(engine, ir, rom_name)``: the Amaranth engine (:mod:`hw`) that builds it;
+    * ``hw_unsupported(i, ir)``: why no engine builds it there, or None;
+    * ``synaptic_ops()``: synaptic operations of one sample with every input kept.
+    """
+    output = False
+    sampling = False
+    rng = None
+    weight_store = "rom"
+
+    def meta(self) -> dict:
+        from ..schema import to_json
+        return to_json(self, self.DERIVED)
+
+    def arrays(self, i: int) -> dict:
+        return {}
+
+    @classmethod
+    def record(cls, i: int, m: dict, arrays: dict):
+        from ..schema import from_json
+        return from_json(cls, m)
+
+    def hw_unsupported(self, i: int, ir) -> str | None:
+        return None
+
+
+class Weighted(Layer):
+    """Dense and conv layers: integer weights, thresholds or biases, a Bernoulli blank-out."""
+
+    @property
+    def p(self) -> float:
+        return self.p_num / (1 << self.p_bits)
+
+    @property
+    def sampling(self) -> bool:
+        return self.p_num < (1 << self.p_bits)
+
+    def arrays(self, i: int) -> dict:
+        return {f"layer{i}_weights": self.weights.astype(np.int64),
+                f"layer{i}_{'bias' if self.output else 'threshold'}":
+                    self.offsets.astype(np.int64)}
+
+    @classmethod
+    def record(cls, i: int, m: dict, arrays: dict):
+        from ..schema import from_json
+        key = f"layer{i}_{'bias' if m['output'] else 'threshold'}"
+        for k in (f"layer{i}_weights", key):
+            if k not in arrays:
+                raise IRError(f"weights.npz: array {k} is missing")
+        return from_json(cls, m, {"weights": arrays[f"layer{i}_weights"],
+                                  "offsets": arrays[key]})
+
+    def check_weighted(self, where: str) -> None:
+        """Weight range, blank-out spec, register widths."""
+        check_int(f"{where}.weight_bits", self.weight_bits, 1, MAX_WEIGHT_BITS)
+        check_int(f"{where}.p_bits", self.p_bits, 1, MAX_P_BITS)
+        check_int(f"{where}.p_num", self.p_num, 1, 1 << self.p_bits)
+        wmax = (1 << (self.weight_bits - 1)) - 1 if self.weight_bits > 1 else 1
+        if self.weights.size and (self.weights.min() < -wmax or self.weights.max() > wmax):
+            raise IRError(f"{where}.weights hold values outside [{-wmax}, {wmax}] for "
+                          f"weight_bits {self.weight_bits}")
+        if self.weight_bits == 1 and np.any(self.weights == 0):
+            raise IRError(f"{where}.weights: 1-bit weights must be -1 or +1")
+        if self.sampling:
+            if self.rng is None:
+                raise IRError(f"{where}.rng is missing but p = {self.p} < 1 needs an LFSR")
+            if not isinstance(self.rng, LfsrSpec):
+                raise IRError(f"{where}.rng must be an LFSR spec")
+            self.rng.validate(f"{where}.rng", self.p_bits)
+        elif self.rng is not None:
+            raise IRError(f"{where}.rng is given but p = 1 draws no random bits")
+        need = self.required_acc_bits()
+        if self.acc_bits < need:
+            raise IRError(f"{where}.acc_bits {self.acc_bits} cannot hold the worst case of its "
+                          f"weights (needs {need})")
+        check_int(f"{where}.acc_bits", self.acc_bits, need, 64)
+        need_off = signed_bits(int(self.offsets.min()), int(self.offsets.max()))
+        if self.offset_bits < need_off:
+            raise IRError(f"{where}.offset_bits {self.offset_bits} cannot hold its offsets "
+                          f"(needs {need_off})")
+        check_int(f"{where}.offset_bits", self.offset_bits, need_off, self.acc_bits)
+
+    def report_common(self) -> dict:
+        weights = int(self.weights.size)
+        return {
+            "weight_bits": self.weight_bits, "weights": weights,
+            "weight_bits_total": weights * self.weight_bits,
+            "p": self.p, "p_num": self.p_num, "p_bits": self.p_bits,
+            "pe": self.pe, "groups": self.groups, "weight_store": self.weight_store,
+            "acc_bits": self.acc_bits, "offset_bits": self.offset_bits,
+            "lane_acc_bits": self.pe * self.acc_bits,
+            "lfsr_width": self.rng.width if self.rng else None,
+        }
+
+    def own(self) -> tuple:
+        """The layer's own folding ``(pe, lanes, simd, weight_store)``."""
+        return (self.pe, self.lanes, getattr(self, "simd", 1), self.weight_store)

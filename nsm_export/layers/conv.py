@@ -1,0 +1,280 @@
+"""The conv layer kind: a 2-d convolution on a spike map and its event-driven engine
+(``hw.conv``), which also computes the OR pooling after it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import estimate as E
+from ..devices import blocks
+from ..plan import BUILD_FLUSH, GROUP_OVERHEAD
+from ..schema import LANES, MAX_KERNEL, WEIGHT_STORES, IRError, LfsrSpec, check_array, \
+    check_fields, check_int, signed_bits, spec
+from .base import Weighted, memory
+from .dense import SEARCH_MAX_LANES, _combine, _pe_choices
+
+__all__ = ["ConvLayer", "conv_out"]
+
+_LUTS_PER_GATHER_BIT = 1.5   # a conv window's kept-input compaction, per lane x entry bit
+# A conv engine's own control whatever its folding (position and window counters, address
+# sums, bounds checks, mask draws, pooling and hand-over): fitted on the Fashion-MNIST
+# 16c5-p2-32c5-p2-128-10 net on the UP5K (yosys 4,461 LUT4s and 2,989 FFs against 3,219 and
+# 2,538 estimated without it), so a rough figure.
+_CONV_FIXED_LUTS = 620
+_CONV_FIXED_FFS = 225
+
+
+def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+    """Output rows (or columns) of a convolution: ``(size + 2 padding - kernel) // stride + 1``."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@dataclass
+class ConvLayer(Weighted):
+    """A hidden 2-d convolution on a spike map (IR version 2; semantics in
+    :mod:`nsm_export.ir`). ``weights`` is ``(c_out, c_in, kernel, kernel)``, ``offsets`` the
+    per-filter thresholds."""
+    c_in: int = spec(1, 1 << 16)
+    h_in: int = spec(1, 1 << 16)
+    w_in: int = spec(1, 1 << 16)
+    c_out: int = spec(1, 1 << 16)
+    kernel: int = spec(1, MAX_KERNEL)
+    stride: int = spec(1, MAX_KERNEL)
+    padding: int = spec(0, lambda s: s.kernel - 1)
+    weights: np.ndarray = spec(write="npz")      # int64, (c_out, c_in, kernel, kernel)
+    offsets: np.ndarray = spec(write="npz")      # int64, (c_out,): thresholds
+    weight_bits: int = spec()
+    p_num: int = spec()
+    p_bits: int = spec()
+    rng: LfsrSpec | None = spec(parse=LfsrSpec.parse)
+    acc_bits: int = spec()
+    offset_bits: int = spec()
+    pe: int = spec(1, lambda s: s.c_out, default=1)      # filters in parallel (schedule only)
+    lanes: int = spec(choices=LANES, default=1)  # window channels tested a clock (schedule)
+    weight_store: str = spec(choices=WEIGHT_STORES, default="rom")
+    line_rows: int = spec(0, lambda s: s.h_in, default=0, write="if-set")
+    # 0: the whole input map, double-buffered; R: a ring of R rows (:func:`min_line_rows`)
+    output = False                 # a conv layer is never the output layer
+    kind = "conv2d"
+    DERIVED = ("h_out", "w_out", "n_in", "n_out", "output", "p")
+    JSON_ORDER = ("kind", "c_in", "h_in", "w_in", "c_out", "kernel", "stride", "padding",
+                  "h_out", "w_out", "n_in", "n_out", "output", "weight_bits", "p_num",
+                  "p_bits", "p", "rng", "acc_bits", "offset_bits", "pe", "lanes",
+                  "weight_store", "line_rows")
+
+    @property
+    def h_out(self) -> int:
+        return conv_out(self.h_in, self.kernel, self.stride, self.padding)
+
+    @property
+    def w_out(self) -> int:
+        return conv_out(self.w_in, self.kernel, self.stride, self.padding)
+
+    @property
+    def n_in(self) -> int:
+        return self.c_in * self.h_in * self.w_in
+
+    @property
+    def n_out(self) -> int:
+        return self.c_out * self.h_out * self.w_out
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return (self.c_in, self.h_in, self.w_in)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return (self.c_out, self.h_out, self.w_out)
+
+    @property
+    def groups(self) -> int:
+        """Filter groups of ``pe`` filters the engine works through at each position."""
+        return -(-self.c_out // self.pe)
+
+    @classmethod
+    def record(cls, i: int, m: dict, arrays: dict):
+        if m["output"]:
+            raise IRError(f"layers[{i}]: a conv2d layer cannot be the output layer")
+        return super().record(i, m, arrays)
+
+    def required_acc_bits(self) -> int:
+        l1 = np.abs(self.weights.reshape(self.c_out, -1)).sum(axis=1)
+        return signed_bits(int(min((-l1).min(), self.offsets.min())),
+                           int(max(l1.max(), self.offsets.max())))
+
+    def validate(self, where: str) -> None:
+        check_fields(self, where, ("c_in", "h_in", "w_in", "c_out", "kernel", "stride",
+                                   "padding"))
+        if self.h_out < 1 or self.w_out < 1:
+            raise IRError(f"{where}: a {self.kernel}x{self.kernel} kernel does not fit the "
+                          f"{self.h_in}x{self.w_in} map (padding {self.padding})")
+        check_int(f"{where}.n_in", self.n_in, 1, 1 << 20)
+        check_int(f"{where}.n_out", self.n_out, 1, 1 << 22)
+        check_array(f"{where}.weights", self.weights,
+                    (self.c_out, self.c_in, self.kernel, self.kernel))
+        check_array(f"{where}.threshold", self.offsets, (self.c_out,))
+        check_fields(self, where, ("pe", "weight_store", "lanes", "line_rows"))
+        self.check_weighted(where)
+
+    # --- golden model ----------------------------------------------------------------------
+    def execute(self, z: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Output spikes ``(N, T, n_out)``: ``acc[o, y, x] >= threshold[o]``.
+
+        ``acc`` is computed in float64 with BLAS: every product and partial sum is an integer
+        far below 2**53, so the result is exact; it is cast back to int64."""
+        x = np.where(mask, np.where(z, 1, -1), 0)
+        n, t = x.shape[:2]
+        k, s, pad = self.kernel, self.stride, self.padding
+        ho, wo = self.h_out, self.w_out
+        xm = x.reshape(n * t, self.c_in, self.h_in, self.w_in).astype(np.float64)
+        if pad:
+            xm = np.pad(xm, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        w = self.weights.astype(np.float64)
+        acc = np.zeros((n * t, self.c_out, ho, wo))
+        for i in range(k):
+            for j in range(k):
+                patch = xm[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                acc += np.einsum("bchw,oc->bohw", patch, w[:, :, i, j], optimize=True)
+        acc = acc.astype(np.int64).reshape(n, t, self.n_out)
+        return acc >= np.repeat(self.offsets, ho * wo)[None, None, :]
+
+    def synaptic_ops(self) -> int:
+        return self.n_out * self.c_in * self.kernel * self.kernel
+
+    # --- cycle model -----------------------------------------------------------------------
+    def positions(self, engine) -> int:
+        """Conv output positions the engine visits per sample: those some pooling window
+        covers."""
+        P = engine.pool.size if engine.pool else 1
+        return (self.h_out // P * P) * (self.w_out // P * P)
+
+    def pre_cycles(self) -> int:
+        """``IDLE`` and, for a sampling layer, ``MASK`` + ``MFLUSH``: before the first row."""
+        return 1 + (self.n_in + 1 if self.sampling else 0)
+
+    def tail_cycles(self) -> int:
+        """``TAIL``: with a line buffer in, the engine waits (one cycle at least) after its
+        last row for the producer to end the sample."""
+        return 1 if self.line_rows else 0
+
+    def row_cycles(self, engine, kept) -> tuple[int, np.ndarray]:
+        """A sample split into rows, for the line-buffer schedule: the cycles before the first
+        pooled row (:meth:`pre_cycles`), and per pooled output row ``(..., hp)`` the cycles
+        from its first ``BUILD`` to its last ``OUT`` (``ROW`` waits and ``FIN`` not counted).
+        ``kept``: the keep bits ``(..., n_in)`` in the IR's channel-major order (bool, or the
+        keep probability as a float for the mean)."""
+        k, s, pad = self.kernel, self.stride, self.padding
+        P = engine.pool.size if engine.pool else 1
+        hp, wp = self.h_out // P, self.w_out // P
+        kept = np.asarray(kept, dtype=np.float64)
+        lead = kept.shape[:-1]
+        per_pixel = kept.reshape(-1, self.c_in, self.h_in, self.w_in).sum(axis=1)
+        padded = np.pad(per_pixel, ((0, 0), (pad, pad), (pad, pad)))
+        rows, cols = hp * P, wp * P
+        window = np.zeros((per_pixel.shape[0], rows, cols))
+        for i in range(k):
+            for j in range(k):
+                window += padded[:, i:i + s * (rows - 1) + 1:s, j:j + s * (cols - 1) + 1:s]
+        row_kept = window.sum(axis=2).reshape(-1, hp, P).sum(axis=2)
+        groups = -(-self.c_out // self.pe)
+        chunks = -(-self.c_in // self.lanes)
+        out = 1 if engine.consumer == "map" else self.c_out
+        fixed = wp * P * P * (k * k * chunks + BUILD_FLUSH + groups * GROUP_OVERHEAD) + wp * out
+        return self.pre_cycles(), (fixed + groups * row_kept).reshape(*lead, hp)
+
+    def cycles(self, engine, mask):
+        """Cycles of one sample per sample. Positions that no pooling window covers are not
+        computed. A gated engine (line buffers) spends one ``ROW`` cycle more per pooled row,
+        and one ``TAIL`` cycle with a line buffer in, when it need not wait."""
+        pre, rows = self.row_cycles(engine, mask)
+        gated = rows.shape[-1] + self.tail_cycles() if engine.gated else 0
+        return pre + rows.sum(axis=-1) + 1 + gated
+
+    def mean_cycles(self, engine, opt: tuple) -> float:
+        return float(self.folded(opt).cycles(replace(engine, layer=self.folded(opt)),
+                                               np.full(self.n_in, self.p)))
+
+    # --- folding and resources -------------------------------------------------------------
+    def folded(self, opt: tuple) -> "ConvLayer":
+        pe, lanes, _, store = opt
+        return replace(self, pe=pe, lanes=lanes, weight_store=store)
+
+    def options(self, target) -> list[tuple]:
+        pes = sorted({max(1, self.pe >> k) for k in range(self.pe.bit_length())}, reverse=True)
+        stores = ["rom", "ram"] if target.capacity["spram"] or self.weight_store == "ram" \
+            else ["rom"]
+        return [(p, d, 1, st) for p in pes for d in LANES[::-1] if d <= self.lanes
+                for st in stores]
+
+    def free_options(self, target, fixed: dict) -> list[tuple]:
+        """``pe`` over the filters, ``lanes`` window channels a clock, simd 1."""
+        return _combine(dict(pe=_pe_choices(self.c_out),
+                             lanes=[d for d in LANES if d <= SEARCH_MAX_LANES], simd=[1],
+                             weight_store=["rom", "ram"] if target.capacity["spram"]
+                             else ["rom"]), fixed)
+
+    def cost(self, target, pe: int, lanes: int, simd: int, store: str) -> dict:
+        """What the engine costs at ``pe`` filter lanes, ``lanes`` window channels a clock and
+        weight store ``store`` (the parts that change with them; ``simd`` is always 1)."""
+        q = self.c_in * self.kernel ** 2
+        width, depth = pe * self.weight_bits, -(-self.c_out // pe) * q
+        scale = E.LANE_LUT_SCALE[target.family]
+        cost = E.lane_cost(self, target, pe)
+        cost["ffs"] += -(-self.c_out // pe) * pe
+        cost["luts"] += _CONV_FIXED_LUTS
+        cost["ffs"] += _CONV_FIXED_FFS
+        E.weight_store_cost(cost, target, width, depth, store)
+        qbits = (max(2, q) - 1).bit_length() + 1
+        cost["luts"] += scale * _LUTS_PER_GATHER_BIT * lanes * lanes * qbits
+        cost["bram"] += lanes * blocks(qbits, -(-q // lanes), target)
+        pixels = self.h_in * self.w_in
+        # the spike map (a ring of line_rows rows with a line buffer) and the whole-map mask
+        spikes = self.line_rows * self.w_in if self.line_rows else pixels
+        cost["bram"] += blocks(self.c_in, spikes, target) \
+            + (blocks(self.c_in, pixels, target) if self.sampling else 0)
+        return cost
+
+    # --- hardware and report ---------------------------------------------------------------
+    def map_depth(self, double: bool) -> int:
+        """Pixel words (``c_in`` bits each) of the input map memory: one per pixel, or, when
+        ``double`` (a conv engine writes the map), two halves selected by the top address bit,
+        each as deep as the pixel address reaches (a power of two), or, with a line buffer
+        (``line_rows`` R > 0), a ring of R rows (``R * W`` words, whatever ``double``)."""
+        n_pix = self.h_in * self.w_in
+        if self.line_rows:
+            return max(2, self.line_rows * self.w_in)
+        return 2 << (max(2, n_pix) - 1).bit_length() if double else max(2, n_pix)
+
+    def memories(self, engine) -> dict:
+        """Weights (one ``pe``-lane word per filter group and window input), thresholds (one
+        word per group), the input map (double-buffered when a conv engine writes it) and the
+        blank-out mask (same shape, sampling layers)."""
+        q = self.c_in * self.kernel ** 2
+        mems = {"weights": memory(self.pe * self.weight_bits, max(2, self.groups * q)),
+                "thresholds": memory(self.pe * self.offset_bits, max(2, self.groups)),
+                "map": memory(self.c_in, self.map_depth(engine.fed))}
+        if self.sampling:
+            mems["mask"] = memory(self.c_in, max(2, self.h_in * self.w_in))
+        return mems
+
+    def report_row(self, i: int, engine) -> dict:
+        mems = self.memories(engine)
+        return {"layer": i, "n_in": self.n_in, "n_out": self.n_out, "kind": "conv2d",
+                "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
+                "kernel": self.kernel, "stride": self.stride, "padding": self.padding,
+                "double_buffered": engine.fed, "draw_lanes": 1, "channel_lanes": self.lanes,
+                **self.report_common(), "memories": mems,
+                "memory_bits": sum(m["bits"] for m in mems.values())}
+
+    def engine(self, engine, ir, rom_name: str | None):
+        from hw.conv import ConvEngine
+        return ConvEngine(self, engine.pool, engine.consumer, double=engine.fed,
+                          ring_out=engine.ring_out, rom_name=rom_name)
+
+    def hw_unsupported(self, i: int, ir) -> str | None:
+        prev = ir.layers[i - 1].kind if i else None
+        if prev not in (None, "conv2d", "pool"):
+            return f"layers[{i}] (conv2d) follows a dense layer; the hardware cannot"
+        return None

@@ -1,0 +1,190 @@
+"""The dense layer kind: a fully connected NSM layer and its event-driven engine (``hw.dense``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import estimate as E
+from ..devices import blocks
+from ..plan import MASK_FLUSH, group_overhead
+from ..schema import LANES, SIMD, WEIGHT_STORES, IRError, LfsrSpec, check_array, check_fields, \
+    signed_bits, spec
+from .base import Weighted, memory
+
+__all__ = ["DenseLayer"]
+
+# The most draws per clock the folding search picks by itself: the Fmax estimates hold up to 4
+# (FMNIST on iCE40 at lanes 4: 44 to 48 MHz); at 8 the kept-list write logic of a 784-input
+# layer falls to 29 MHz. --lanes given explicitly is kept whatever it is.
+SEARCH_MAX_LANES = 4
+
+
+@dataclass
+class DenseLayer(Weighted):
+    """One fully connected NSM layer (semantics in :mod:`nsm_export.ir`)."""
+    n_in: int = spec(1, 1 << 20)
+    n_out: int = spec(1, 1 << 20)
+    weights: np.ndarray = spec(write="npz")      # int64, (n_out, n_in)
+    offsets: np.ndarray = spec(write="npz")      # int64, (n_out,): thresholds or biases
+    output: bool = spec()                        # the last layer: integer scores, no step
+    weight_bits: int = spec()
+    p_num: int = spec()                          # keep probability is p_num / 2**p_bits
+    p_bits: int = spec()
+    rng: LfsrSpec | None = spec(parse=LfsrSpec.parse)   # None exactly when p = 1
+    pe: int = spec(1, lambda s: s.n_out)         # neuron lanes working in parallel
+    acc_bits: int = spec()                       # signed accumulator width
+    offset_bits: int = spec()                    # signed width of thresholds/biases
+    lanes: int = spec(choices=LANES, default=1)  # blank-out draws per clock (schedule only)
+    weight_store: str = spec(choices=WEIGHT_STORES, default="rom")
+    simd: int = spec(choices=SIMD, default=1)    # kept inputs added per clock (schedule only)
+    kind = "dense"
+    DERIVED = ("p",)
+    JSON_ORDER = ("kind", "n_in", "n_out", "output", "weight_bits", "p_num", "p_bits", "p",
+                  "rng", "pe", "acc_bits", "offset_bits", "lanes", "weight_store", "simd")
+
+    @property
+    def groups(self) -> int:
+        return -(-self.n_out // self.pe)
+
+    def required_acc_bits(self) -> int:
+        l1 = np.abs(self.weights).sum(axis=1)
+        if self.output:
+            lo = int((-l1 + self.offsets).min())
+            hi = int((l1 + self.offsets).max())
+        else:
+            lo = int(min((-l1).min(), self.offsets.min()))
+            hi = int(max(l1.max(), self.offsets.max()))
+        return signed_bits(lo, hi)
+
+    def validate(self, where: str) -> None:
+        check_fields(self, where, ("n_in", "n_out", "pe"))
+        check_array(f"{where}.weights", self.weights, (self.n_out, self.n_in))
+        check_array(f"{where}.{'bias' if self.output else 'threshold'}", self.offsets,
+                    (self.n_out,))
+        self.check_weighted(where)
+        check_fields(self, where, ("weight_store", "lanes"))
+        if not self.sampling and self.lanes != 1:
+            raise IRError(f"{where}.lanes {self.lanes} needs sampling: p = 1 draws no random bits")
+        check_fields(self, where, ("simd",))
+        if self.sampling and self.simd > self.lanes:
+            raise IRError(f"{where}.simd {self.simd} exceeds lanes {self.lanes}: the kept list "
+                          f"gives one entry per bank and clock (raise lanes to {self.simd})")
+
+    # --- golden model ----------------------------------------------------------------------
+    def execute(self, z: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``acc_i = sum_j xi_j z_j w_ij``; hidden: ``acc >= threshold``; output: the scores
+        ``acc + bias`` summed over the samples ``(N, n_out)``."""
+        x = np.where(mask, np.where(z, 1, -1), 0).astype(np.int64)     # (N, T, n_in)
+        acc = x @ self.weights.T.astype(np.int64)                       # (N, T, n_out)
+        if self.output:
+            return (acc + self.offsets[None, None, :]).sum(axis=1)
+        return acc >= self.offsets[None, None, :]
+
+    def synaptic_ops(self) -> int:
+        return self.n_in * self.n_out
+
+    # --- cycle model -----------------------------------------------------------------------
+    def sample_cycles(self, kept):
+        """Cycles for one sample with ``kept`` inputs kept (array-friendly): IDLE + MASK
+        (sampling layers: ``lanes`` draws per cycle, then the flush) + per group
+        (``ceil(kept / simd)`` beats of ``simd`` kept inputs + drain + write)."""
+        mask = -(-self.n_in // self.lanes) + MASK_FLUSH if self.sampling else 0
+        return 1 + mask + self.groups * (-(-kept // self.simd) + group_overhead(self.simd))
+
+    def cycles(self, engine, mask):
+        return self.sample_cycles(np.asarray(mask).sum(axis=-1))
+
+    def mean_cycles(self, engine, opt: tuple) -> float:
+        """Mean cycles of one sample at folding ``opt``."""
+        return self.folded(opt).sample_cycles(self.p * self.n_in)
+
+    # --- folding and resources -------------------------------------------------------------
+    def folded(self, opt: tuple) -> "DenseLayer":
+        pe, lanes, simd, store = opt
+        return replace(self, pe=pe, lanes=lanes, simd=simd, weight_store=store)
+
+    def options(self, target) -> list[tuple]:
+        """The IR's values and their halvings, weights in RAM where the target has SPRAM."""
+        pes = sorted({max(1, self.pe >> k) for k in range(self.pe.bit_length())}, reverse=True)
+        draws = [d for d in LANES[::-1] if d <= self.lanes] if self.sampling else [1]
+        simds = [s for s in SIMD[::-1] if s <= self.simd]
+        stores = ["rom", "ram"] if target.capacity["spram"] or self.weight_store == "ram" \
+            else ["rom"]
+        return [(p, d, s, st) for p in pes for d in draws for s in simds for st in stores
+                if not self.sampling or s <= d]
+
+    def free_options(self, target, fixed: dict) -> list[tuple]:
+        """``pe`` for 1 to 8, then 2^k and 3 * 2^k neuron groups (the fewest lanes for each),
+        ``lanes`` up to :data:`SEARCH_MAX_LANES`, every ``simd``, both stores where the target
+        has SPRAM; a value in ``fixed`` (given by the user) is kept."""
+        pick = dict(pe=_pe_choices(self.n_out),
+                    lanes=[d for d in LANES if d <= SEARCH_MAX_LANES] if self.sampling else [1],
+                    simd=list(SIMD),
+                    weight_store=["rom", "ram"] if target.capacity["spram"] else ["rom"])
+        return [o for o in _combine(pick, fixed) if not self.sampling or o[2] <= o[1]]
+
+    def cost(self, target, pe: int, lanes: int, simd: int, store: str) -> dict:
+        """What the engine costs at this folding (the parts that change with it, and the
+        layer's output register; its threshold ROM is small and lands in logic)."""
+        groups = -(-self.n_out // pe)
+        width, depth = pe * self.weight_bits, groups * self.n_in
+        wb = self.weight_bits
+        scale = E.LANE_LUT_SCALE[target.family]
+        cost = E.lane_cost(self, target, pe)
+        if simd > 1:
+            # Per lane an adder tree over simd signed words and its register; per extra input
+            # a weight-address adder and its pipeline registers.
+            wmax = 1 if wb == 1 else (1 << (wb - 1)) - 1
+            tree = (simd * wmax).bit_length() + 1
+            abits = max(1, (depth - 1).bit_length())
+            cost["luts"] += scale * pe * (simd - 1) * tree * E.LUTS_PER_TREE_BIT \
+                + (simd - 1) * abits
+            cost["ffs"] += pe * tree + (simd - 1) * (abits + 3)
+        E.weight_store_cost(cost, target, width, depth, store, copies=simd)
+        if not self.output:
+            cost["ffs"] += groups * pe                      # the output spike register
+        if self.sampling:
+            bits = lanes * self.rng.width
+            cost["luts"] += E.LUTS_PER_DRAW_BIT * bits
+            cost["ffs"] += E.FFS_PER_DRAW_BIT * bits
+            ibits = (max(2, self.n_in) - 1).bit_length() + 1
+            cost["bram"] += lanes * blocks(ibits, -(-self.n_in // lanes), target)
+        return cost
+
+    # --- hardware and report ---------------------------------------------------------------
+    def memories(self, engine) -> dict:
+        """Weights (one ``pe``-lane word per neuron group and input, ``simd`` copies: one read
+        port each) and thresholds or biases (one word per group); the small kept-input index
+        and spike buffers are not counted."""
+        return {"weights": memory(self.pe * self.weight_bits, max(2, self.groups * self.n_in),
+                                  self.simd),
+                "thresholds": memory(self.pe * self.offset_bits, max(2, self.groups))}
+
+    def report_row(self, i: int, engine) -> dict:
+        mems = self.memories(engine)
+        return {"layer": i, "n_in": self.n_in, "n_out": self.n_out,
+                "kind": "output" if self.output else "hidden", "draw_lanes": self.lanes,
+                "simd": self.simd, **self.report_common(), "memories": mems,
+                "memory_bits": sum(m["bits"] for m in mems.values())}
+
+    def engine(self, engine, ir, rom_name: str | None):
+        from hw.dense import DenseEngine
+        return DenseEngine(self, ir.score_bits, spike_memory=engine.spike_memory,
+                           double=engine.fed, out_memory=engine.out_memory, rom_name=rom_name)
+
+
+def _pe_choices(n: int) -> list[int]:
+    """``pe`` for 1 to 8 groups, then 2^k and 3 * 2^k groups of ``n`` neurons or filters."""
+    counts = sorted({g for g in range(1, 9)} | {1 << k for k in range(n.bit_length())}
+                    | {3 << k for k in range(n.bit_length())} | {n})
+    return sorted({-(-n // g) for g in counts if g <= n}, reverse=True)
+
+
+def _combine(pick: dict, fixed: dict) -> list[tuple]:
+    """Every ``(pe, lanes, simd, weight_store)`` of the choices in ``pick``, where a value in
+    ``fixed`` replaces its key's choices."""
+    pick = {**pick, **{k: [v] for k, v in fixed.items()}}
+    return [(p, d, s, st) for p in pick["pe"] for d in pick["lanes"] for s in pick["simd"]
+            for st in pick["weight_store"]]

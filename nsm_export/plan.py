@@ -1,0 +1,158 @@
+"""The hardware plan: from an IR, the engines the core is built from and how they are linked.
+
+:func:`plan` is pure Python: which IR layers get an engine (a pooling layer is computed by the
+conv engine before it), how each engine hands its output on (into the next engine's memory, or
+a register the next one latches), which memories are double-buffered or line-buffer rings, the
+memory shapes, and the pipeline depths. :class:`hw.top.NsmCore` builds exactly this plan; the
+cycle model (:mod:`nsm_export.schedule`), the resource estimate (:mod:`nsm_export.estimate`)
+and the report (:mod:`nsm.report`) read it.
+
+The pipeline depths below are the one definition of the engines' fixed stages: the Amaranth
+engines build that many states, and the cycle model counts them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Engine", "Plan", "plan", "unsupported", "MASK_FLUSH", "DRAIN", "TREE_STAGE", "WRITE",
+           "GROUP_OVERHEAD", "BUILD_FLUSH", "ENCODE_FLUSH", "SPIKE_WORD", "MEMORY_LINK_PE",
+           "group_overhead"]
+
+#: A sampling dense layer's draw-lookup-write pipeline empties (``FLUSH1..3``).
+MASK_FLUSH = 3
+#: A neuron group's accumulate pipeline empties (``DRAIN1..3``), dense and conv engines.
+DRAIN = 3
+#: ``simd > 1``: the registered adder tree adds one drain cycle (``DRAIN4``).
+TREE_STAGE = 1
+#: A neuron group's compare-and-write cycle (``WRITE``).
+WRITE = 1
+GROUP_OVERHEAD = DRAIN + WRITE
+#: A conv position's address-read-select-write pipeline empties (``BFLUSH1..4``).
+BUILD_FLUSH = 4
+#: The stochastic encoder's three-stage pipeline (pixel address, probability address, draw).
+ENCODE_FLUSH = 3
+#: Spikes per word of a dense engine's spike memory.
+SPIKE_WORD = 16
+#: Neuron lanes for which a hidden dense layer writes its spikes straight into the next
+#: engine's spike memory (each group's spikes fall inside one spike word).
+MEMORY_LINK_PE = (1, 2, 4, 8, 16)
+
+
+def group_overhead(simd: int) -> int:
+    """Drain and write cycles per neuron group."""
+    return GROUP_OVERHEAD + (TREE_STAGE if simd > 1 else 0)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One hardware engine of the plan.
+
+    ``index``: its IR layer (dense or conv); ``pool``: the OR pooling layer after a conv layer,
+    computed by the same engine; ``consumer``: how a conv engine hands its output on (``map``:
+    pixel words to the next conv engine; ``bits``: one spike a cycle into the next dense
+    engine's spike memory); ``ring_out``: the rows of the next conv engine's line buffer that
+    this engine writes (0: none); ``linked``: the engine writes its output into the next
+    engine's memory (else the next one latches a register); ``fed``: the engine reads a
+    memory that the engine before it writes (double-buffered, or a ring of rows)."""
+    index: int
+    layer: object
+    pool: object = None
+    consumer: str | None = None
+    ring_out: int = 0
+    linked: bool = False
+    fed: bool = False
+
+    @property
+    def gated(self) -> bool:
+        """A conv engine that hands rows over through a line buffer (in or out): it waits in
+        ``ROW`` (one cycle at least) before every pooled output row."""
+        return self.layer.kind == "conv2d" and bool(self.layer.line_rows or self.ring_out)
+
+    @property
+    def streams(self) -> bool:
+        """The next engine reads this one's rows from a line buffer, on the same sample."""
+        return bool(self.ring_out)
+
+    @property
+    def spike_memory(self) -> bool:
+        """A dense engine reads its input from a spike memory (the first engine, or one fed by
+        a linked engine), not from a latched register."""
+        return self.index == 0 or self.fed
+
+    @property
+    def double(self) -> bool:
+        """The input memory has two halves: the engine before writes one while this one reads
+        the other (a line buffer replaces them)."""
+        return self.fed and not getattr(self.layer, "line_rows", 0)
+
+    @property
+    def out_memory(self) -> bool:
+        """A hidden dense engine writes its spikes into the next engine's spike memory."""
+        return self.linked and not self.layer.output
+
+    def memories(self) -> dict:
+        """The memories of this engine that grow with the network (:meth:`memories` of its
+        layer kind), as ``{name: {"width", "depth", "copies", "bits"}}``."""
+        return self.layer.memories(self)
+
+    def cycles(self, mask):
+        """Cycles of one sample per sample for the layer's keep bits ``mask`` (``(..., n_in)``)."""
+        return self.layer.cycles(self, mask)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The engines in pipeline order and whether the input code is drawn anew per sample."""
+    engines: tuple
+    stochastic: bool
+
+    def __iter__(self):
+        return iter(self.engines)
+
+    def __len__(self):
+        return len(self.engines)
+
+    def __getitem__(self, k):
+        return self.engines[k]
+
+    @property
+    def gated(self) -> bool:
+        return any(e.gated for e in self.engines)
+
+
+def plan(ir, debug: bool = False) -> Plan:
+    """The engines :class:`hw.top.NsmCore` builds for ``ir`` (``debug``: with the ports that
+    expose every hidden spike vector, where no dense engine writes into the next one's
+    memory)."""
+    layers = ir.layers
+    first = []
+    for i, layer in enumerate(layers):
+        if layer.kind == "pool":
+            continue
+        pool = consumer = None
+        ring = 0
+        if layer.kind == "conv2d":
+            nxt = i + 1
+            if layers[nxt].kind == "pool":
+                pool = layers[nxt]
+                nxt += 1
+            consumer = "map" if layers[nxt].kind == "conv2d" else "bits"
+            ring = layers[nxt].line_rows if consumer == "map" else 0
+        linked = layer.kind == "conv2d" or (
+            not debug and not layer.output and layer.pe in MEMORY_LINK_PE)
+        first.append(Engine(i, layer, pool, consumer, ring, linked))
+    engines = tuple(Engine(e.index, e.layer, e.pool, e.consumer, e.ring_out, e.linked,
+                           fed=n > 0 and first[n - 1].linked)
+                    for n, e in enumerate(first))
+    return Plan(engines, ir.input.encoding == "bernoulli")
+
+
+def unsupported(ir) -> str | None:
+    """Why no engine of this plan builds ``ir`` (one line naming the first such part), or None:
+    the input code (:meth:`InputSpec.hw_unsupported`), then each layer's
+    (``hw_unsupported`` of its kind)."""
+    why = ir.input.hw_unsupported(ir)
+    for i, layer in enumerate(ir.layers):
+        why = why or layer.hw_unsupported(i, ir)
+    return why
