@@ -1,7 +1,7 @@
 """Evaluation speed: ``evaluate_many`` (T = 1, 4, 16, 64 from one set of 64 samples) on random
-pixels through the untrained Fashion-MNIST conv net (old preset, valid convs, 4 levels) and the
-2048-2048 MLP, at the default batch (sized by ``activation_width``) and at forced batches.
-Batches sized by the pixel count alone used to page-fault on conv maps: that rule gave 341
+pixels through an untrained Fashion-MNIST conv net (32c5-p2-64c5-p2-512, valid convs, 4 levels)
+and the 2048-2048 MLP, at the default batch (sized by ``activation_width``) and at forced
+batches. Batches sized by the pixel count alone page-fault on conv maps: that rule gives 341
 images a batch for 784 pixels at T = 64, the last forced batch of the default run.
 
     python benchmarks/eval_speed.py                 # writes benchmarks/results/eval-speed.json

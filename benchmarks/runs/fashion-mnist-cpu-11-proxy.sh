@@ -1,9 +1,7 @@
 #!/bin/bash
-# Session 8, round 4 of the CPU proxy (15,000 training images, 8 epochs, 5,000 validation
-# images, T = 16, 2-bit weights): a finer input. 4 -> 8 thermometer levels gave about 2
-# validation points (round 1); here 16 levels, the NSM and its baseline. (A second pair, 12
-# levels and 16 levels with keep p 0.875 in the convolutions, was stopped to free the cores for
-# the 20-epoch runs of fashion-mnist-cpu-12-L16.sh.)
+# Reduced-budget conv sweep (runs proxy11-*; 15,000 training images, 8 epochs, 5,000 validation
+# images, T = 16, 2-bit weights): the padded conv net on a 16-level thermometer, the NSM and its
+# baseline (8 levels: fashion-mnist-cpu-7-proxy.sh).
 # OUT=/tmp/r11 bash benchmarks/runs/fashion-mnist-cpu-11-proxy.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-.venv/bin/python}

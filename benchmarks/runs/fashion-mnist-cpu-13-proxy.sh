@@ -1,7 +1,8 @@
 #!/bin/bash
-# Session 8, round 5 of the CPU proxy (as round 4, fashion-mnist-cpu-11-proxy.sh: 15,000
-# training images, 8 epochs, 5,000 validation images, T = 16, 2-bit weights) on the 16-level
-# preset: 32 levels, and keep p 0.875 in the convolutions (round 3's noise-level best at 8).
+# Reduced-budget conv sweep (runs proxy13-*; as fashion-mnist-cpu-11-proxy.sh: 15,000 training
+# images, 8 epochs, 5,000 validation images, T = 16, 2-bit weights) on the 16-level preset:
+# 32 levels, and keep p 0.875 in the convolutions (the best noise level on 8 levels, runs
+# proxy8-*).
 # OUT=/tmp/r13 bash benchmarks/runs/fashion-mnist-cpu-13-proxy.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-.venv/bin/python}

@@ -1,10 +1,9 @@
 #!/bin/bash
-# Session 9 (no GPU): the conv preset (32c5s-p2-64c5s-p2-512, 16-level thermometer) with float
-# weights, 20 epochs on all 60,000 images, NSM and baseline, one CPU thread each. The conv
-# target (>= 91.5 % at T = 16) names no weight width; in the 6-epoch run cpu-s6-6ep float weights
-# gave the NSM +0.8 points over 2 bits (89.64 against 88.86). The NSM keeps p = 0.875 in the
-# convolutions and 0.75 in the dense layer: +0.22 and +0.24 validation points over 0.75 in CPU
-# proxy rounds 3 and 5 (8 and 16 levels; runs proxy8-pc875, proxy13-L16pc875).
+# The conv preset (32c5s-p2-64c5s-p2-512, 16-level thermometer) with float weights (run
+# cpu-s9-float20), 20 epochs on all 60,000 images, NSM and baseline, one CPU thread each. The NSM
+# keeps p = 0.875 in the convolutions and 0.75 in the dense layer: +0.22 and +0.24 validation
+# points over 0.75 in the reduced-budget sweep (8 and 16 levels; runs proxy8-pc875,
+# proxy13-L16pc875).
 # SAVE=/tmp/models bash benchmarks/runs/fashion-mnist-cpu-14-float.sh   (trained models in $SAVE)
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-.venv/bin/python}

@@ -1,11 +1,11 @@
 #!/bin/bash
-# Session 9 (no GPU): quantization-aware fine-tuning of the float conv nets of
-# fashion-mnist-cpu-14-float.sh (run cpu-s9-float20, models in $SAVE) at 2 bits: EP epochs,
-# Adam from LR on a cosine schedule, the NSM and its baseline each from its own float model,
-# one CPU thread each. The per-neuron power-of-two scales of the mse quantizer are chosen afresh
-# from the float weights at every step, as in training from scratch. In session 9 the two ran
-# one after the other as each float model came out, the NSM with --threads 2 and its records
-# written to a file of their own, then merged (each record's command says how it ran).
+# Quantization-aware fine-tuning at 2 bits (run cpu-s9-tune$EP) of the float conv nets of
+# fashion-mnist-cpu-14-float.sh (run cpu-s9-float20, models in $SAVE): EP epochs, Adam from LR
+# on a cosine schedule, the NSM and its baseline each from its own float model, one CPU thread
+# each. The per-neuron power-of-two scales of the mse quantizer are chosen afresh from the float
+# weights at every step, as in training from scratch. In the cpu-s9-tune3 records the NSM ran
+# with --threads 2 and the baseline's records were written to a file of their own, then merged
+# (each record's command says how it ran).
 # SAVE=/tmp/models EP=3 bash benchmarks/runs/fashion-mnist-cpu-15-finetune.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-.venv/bin/python}

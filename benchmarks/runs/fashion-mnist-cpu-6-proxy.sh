@@ -1,7 +1,9 @@
 #!/bin/bash
-# Session 6 had no GPU: a conv-recipe proxy on this 2-core CPU. Train on the first 15,000
+# Reduced-budget conv recipe sweep on a 2-core CPU (runs proxy6-*): train on the first 15,000
 # images for 8 epochs, choose on the next 5,000 (val), T = 16 only; two runs at a time, one
-# thread each. Run from the repository root: OUT=/tmp/r6 bash benchmarks/runs/fashion-mnist-cpu-6-proxy.sh
+# thread each. Settings not given here come from PRESETS; the records' config has the net they
+# ran on (32c5-p2-64c5-p2-512, 4 levels). pc09 fails: p = 0.9 is not a multiple of 2^-16.
+# Run from the repository root: OUT=/tmp/r6 bash benchmarks/runs/fashion-mnist-cpu-6-proxy.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-.venv/bin/python}
 B="$PY benchmarks/accuracy.py --dataset fashion-mnist --train-limit 15000 --val --val-images 5000 --samples 16 --bits 2 --epochs 8 --threads 1"

@@ -1,7 +1,7 @@
 #!/bin/bash
-# Session 6, round 2 of the CPU proxy (see fashion-mnist-cpu-6-proxy.sh): round 1 found the
-# 8-level input and zero-padded ("same") convolutions each worth about 2 validation points;
-# here they are combined, for the NSM and its deterministic baseline. Test set cut to 2,000.
+# Reduced-budget conv sweep (runs proxy7-*; as fashion-mnist-cpu-6-proxy.sh): the 8-level input
+# and zero-padded ("same") convolutions, each worth about 2 validation points there, together,
+# for the NSM and its deterministic baseline. Test set cut to 2,000.
 # OUT=/tmp/r7 bash benchmarks/runs/fashion-mnist-cpu-7-proxy.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-.venv/bin/python}

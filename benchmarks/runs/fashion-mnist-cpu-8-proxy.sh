@@ -1,7 +1,7 @@
 #!/bin/bash
-# Session 7, round 3 of the CPU proxy (fashion-mnist-cpu-6-proxy.sh, -7-proxy.sh): the new conv
-# preset stays about 0.9 validation points below its baseline; here less blank-out noise in the
-# convolutions (keep p = 0.875 instead of 0.75; the dense layer keeps 0.75 or also 0.875).
+# Reduced-budget conv sweep (runs proxy8-*; as fashion-mnist-cpu-6-proxy.sh, -7-proxy.sh): less
+# blank-out noise in the convolutions of the padded net (keep p = 0.875 instead of 0.75; the
+# dense layer keeps 0.75 or also 0.875). The records have 8 levels (add --levels 8 to B).
 # OUT=/tmp/r8 bash benchmarks/runs/fashion-mnist-cpu-8-proxy.sh
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 PY=${PY:-.venv/bin/python}

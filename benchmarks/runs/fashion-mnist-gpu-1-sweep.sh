@@ -1,8 +1,9 @@
 #!/bin/bash
 # Run from the repository root with the Fashion-MNIST IDX files in .data/ and OUT set to a
-# results folder: OUT=/tmp/r bash benchmarks/runs/fashion-mnist-gpu-1-sweep.sh  (docs/training.md, session 5).
-# session 5, call 1: recipe sweep on validation (train on the first 55,000 images,
-# choose on the last 5,000; test accuracy is recorded but not used for the choice)
+# results folder: OUT=/tmp/r bash benchmarks/runs/fashion-mnist-gpu-1-sweep.sh  (docs/training.md).
+# Recipe sweep on validation (runs sweep-*): train on the first 55,000 images, choose on the
+# last 5,000; test accuracy is recorded but not used for the choice. Settings not given here
+# come from PRESETS; the records ran on 512-512 and 32c5-p2-64c5-p2-512, 4 levels (their config).
 export PYTHONUNBUFFERED=1
 B="python3 benchmarks/accuracy.py --dataset fashion-mnist --device cuda --data-dir .data --train-limit 55000 --val --time-limit ${TL:-420} --bits 2"
 mkdir -p $OUT/r

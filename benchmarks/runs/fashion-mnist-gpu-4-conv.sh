@@ -1,12 +1,13 @@
 #!/bin/bash
-# Written in session 6 (no GPU) for the next session that has one. Run from the repository root
-# with the Fashion-MNIST IDX files in .data/ (carried) and OUT set to a results folder:
+# Run from the repository root with the Fashion-MNIST IDX files in .data/ (carried) and OUT set
+# to a results folder:
 #   OUT=$OUT bash benchmarks/runs/fashion-mnist-gpu-4-conv.sh
-# The conv matrix on all 60,000 training images with the conv preset chosen in session 6's CPU
-# proxy (32c5s-p2-64c5s-p2-512 on an 8-level thermometer, docs/training.md): NSM and baseline,
-# float, 2-bit and binary, test accuracy at T = 1, 4, 16, 64. The padded 8-level net costs about
-# 3x the old one per epoch; EP epochs must finish inside one 10-minute call (session 5: the old
-# net took about 25 s an epoch with 12 runs sharing an H100), so start with EP=12, 6 runs.
+# The conv matrix on all 60,000 training images with the conv preset (32c5s-p2-64c5s-p2-512 on
+# a 16-level thermometer, docs/training.md): NSM and baseline, float, 2-bit and binary, test
+# accuracy at T = 1, 4, 16, 64 (runs gpu-conv-${EP}ep; benchmarks/results has none). EP epochs
+# must finish inside one 10-minute call: the valid-conv 4-level net takes about 25 s an epoch
+# with 12 runs sharing an H100 (fashion-mnist-gpu-2-matrix.sh), the padded net on 8 levels about
+# 3x that and on 16 levels a little more, so start with EP=12, 6 runs.
 export PYTHONUNBUFFERED=1
 EP=${EP:-12}
 B="python3 benchmarks/accuracy.py --dataset fashion-mnist --device cuda --data-dir .data --time-limit ${TL:-500} --run gpu-conv-${EP}ep --epochs-conv $EP"
