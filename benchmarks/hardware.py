@@ -160,11 +160,7 @@ def conv_ir(name: str, target: str, T: int, seed: int = 0):
                   **({} if fold == "auto" else fold))
     if fold == "auto":
         chosen = choose_folding(ir, target).layers
-        for layer, (pe, lanes, simd, store) in zip(ir.layers, chosen):
-            if layer.kind == "conv2d":
-                layer.pe, layer.lanes, layer.weight_store = pe, lanes, store
-            elif layer.kind == "dense":
-                layer.pe, layer.lanes, layer.simd, layer.weight_store = pe, lanes, simd, store
+        ir.layers = [layer.folded(choice) for layer, choice in zip(ir.layers, chosen)]
         ir.validate()
     return ir
 

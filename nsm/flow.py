@@ -52,12 +52,7 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
         fixed = [{k: getattr(layer, k) for k in given if hasattr(layer, k)}
                  for layer in ir.layers]
         fold = choose_folding(ir, target, throughput, clock_mhz, fixed)
-        for layer, choice in zip(ir.layers, fold.layers):
-            if layer.kind == "pool":
-                continue
-            for k, v in zip(FOLD_KEYS, choice):
-                if hasattr(layer, k) and not (k == "simd" and layer.kind == "conv2d"):
-                    setattr(layer, k, v)
+        ir.layers = [layer.folded(choice) for layer, choice in zip(ir.layers, fold.layers)]
         ir.validate()
         ir.source["folding"] = {"target": target, "throughput": throughput,
                                 "clock_mhz": fold.clock_mhz, "given": given,

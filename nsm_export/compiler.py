@@ -27,6 +27,7 @@ from .build import DEFAULT_LFSR_WIDTH, DEFAULT_P_BITS, DEFAULT_PE, IntConv, IntL
 from .fold import (FoldError, Surd, bipolar_ints, fold_hidden, fold_output, pow2_ints, quant_ints,
                    weight_bits)
 from .ir import IR, IRError
+from .layers import conv_out
 
 __all__ = ["CompileError", "SUPPORTED_OPS", "load_onnx", "compile_model", "compile_file"]
 
@@ -345,7 +346,7 @@ class _Layers:
                 self.layers.append(IntConv(weights=w, offsets=theta, p=p, weight_bits=bits,
                                            h_in=h, w_in=wd, stride=st, padding=pad))
                 k = w.shape[2]
-                shape = (w.shape[0], (h + 2 * pad - k) // st + 1, (wd + 2 * pad - k) // st + 1)
+                shape = (w.shape[0], conv_out(h, k, st, pad), conv_out(wd, k, st, pad))
                 flat = None
             else:
                 self.layers.append(IntLayer(weights=w, offsets=theta, p=p, weight_bits=bits))

@@ -122,6 +122,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .atomic import atomic_write
+from .layers import conv_out
 
 __all__ = ["export_onnx", "build_onnx", "ExportError", "OPSET", "IR_VERSION", "FORMAT_VERSION",
            "MASK_OPS"]
@@ -300,7 +301,7 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
                                  name=f"{pre}_conv", kernel_shape=[k, k], strides=[st, st],
                                  pads=[pad] * 4),
             ]
-            shape = (n_out, (shape[1] + 2 * pad - k) // st + 1, (shape[2] + 2 * pad - k) // st + 1)
+            shape = (n_out, conv_out(shape[1], k, st, pad), conv_out(shape[2], k, st, pad))
             if shape[1] < 1 or shape[2] < 1:
                 raise ExportError(f"layer {i}: a {k}x{k} kernel does not fit the map")
         else:
