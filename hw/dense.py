@@ -82,7 +82,7 @@ def rom_module(name: str, width: int, words: list[int]) -> str:
 
     It is what Amaranth writes for an initialized memory with one synchronous read port, but
     written here in one pass: Amaranth's backend builds its initial value bit by bit, which
-    took most of ``nsm compile``'s time on large MLPs (``benchmarks/compile.py``).
+    would take most of ``nsm compile``'s time on large MLPs (``benchmarks/compile.py``).
     """
     depth = max(2, len(words))
     digits = -(-width // 4)

@@ -9,8 +9,8 @@ a comparator and the index-bank write logic. Fitted with yosys 0.70 on iCE40 to 
 Fashion-MNIST MLP 784-128-10 (binary weights, acc 11 bits) at pe 64/32 and lanes 4/1 (a lane:
 1.12 LUT4s and 0.96 FFs per accumulator bit; a draw: 2.7 LUT4s and 1.4 FFs per LFSR bit) and to
 a 64-256-10 network with 4-bit weights at pe 4/16 (1.8 LUT4s and 1.4 FFs per accumulator bit,
-both families): wider weights cost more per lane (0.4 per weight bit past the first; 0.25 left
-the digits core at pe 64 on iCE40 8 % short, at 99.9 % of the logic cells).
+both families): wider weights cost more per lane, 0.4 per weight bit past the first (with 0.25
+the digits core at pe 64 on iCE40 is estimated 8 % short of its 99.9 % of the logic cells).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..devices import blocks
 from ..plan import ENCODE_FLUSH
-from ..schema import MAX_P_BITS, IRError, LfsrSpec, check_int
+from ..schema import MAX_P_BITS, IRError, LfsrSpec, check_fields, check_int, from_json, spec
 
 __all__ = ["InputSpec", "ENCODINGS", "LAYOUTS"]
 
@@ -32,15 +32,15 @@ class InputSpec:
     ``P(+1) = probs[x] / 2**prob_bits``), image after image, sample after sample. The encoder's
     LFSR is its own; like the layers' it is reset only by reset and reseeded by a run seed.
     """
-    size: int
-    threshold: int
-    pixel_bits: int = 8
-    encoding: str = "threshold"
-    thresholds: tuple = ()
-    layout: str = "pixel-major"
-    prob_bits: int = 0
-    probs: tuple = ()
-    rng: "LfsrSpec | None" = None
+    size: int = spec(1, 1 << 20)
+    threshold: int = spec(0, lambda s: 1 << s.pixel_bits)
+    pixel_bits: int = spec(1, 16, default=8)
+    encoding: str = spec(default="threshold")
+    thresholds: tuple = spec(default=(), parse=tuple)
+    layout: str = spec(choices=LAYOUTS, default="pixel-major")
+    prob_bits: int = spec(1, MAX_P_BITS, default=0)
+    probs: tuple = spec(default=(), parse=tuple)
+    rng: "LfsrSpec | None" = spec(default=None, parse=LfsrSpec.parse)
 
     @property
     def levels(self) -> int:
@@ -52,27 +52,25 @@ class InputSpec:
         return self.size * self.levels
 
     def validate(self) -> None:
-        check_int("input.size", self.size, 1, 1 << 20)
-        check_int("input.pixel_bits", self.pixel_bits, 1, 16)
+        check_fields(self, "input", ("size", "pixel_bits"))
         if self.encoding not in ENCODINGS:
             raise IRError(f"input.encoding {self.encoding!r} is not supported "
                           f"({', '.join(ENCODINGS)})")
-        check_int("input.threshold", self.threshold, 0, 1 << self.pixel_bits)
+        check_fields(self, "input", ("threshold",))
         if self.encoding == "thermometer":
             if (not isinstance(self.thresholds, (list, tuple))
                     or not 1 <= len(self.thresholds) <= 64):
                 raise IRError("input.thresholds: thermometer encoding needs 1 to 64 thresholds")
             for k, t in enumerate(self.thresholds):
                 check_int(f"input.thresholds[{k}]", t, 0, 1 << self.pixel_bits)
-            if self.layout not in LAYOUTS:
-                raise IRError(f"input.layout {self.layout!r} must be one of {', '.join(LAYOUTS)}")
+            check_fields(self, "input", ("layout",))
         elif self.thresholds:
             raise IRError("input.thresholds are given but the encoding is not 'thermometer'")
         if self.encoding == "bernoulli":
             if self.pixel_bits > MAX_PROB_PIXEL_BITS:
                 raise IRError(f"input.pixel_bits {self.pixel_bits}: bernoulli encoding takes at "
                               f"most {MAX_PROB_PIXEL_BITS}-bit pixels (one probability each)")
-            check_int("input.prob_bits", self.prob_bits, 1, MAX_P_BITS)
+            check_fields(self, "input", ("prob_bits",))
             if not isinstance(self.probs, (list, tuple)) or len(self.probs) != 1 << self.pixel_bits:
                 raise IRError(f"input.probs must list {1 << self.pixel_bits} values, one per "
                               f"pixel value")
@@ -86,12 +84,7 @@ class InputSpec:
 
     @classmethod
     def record(cls, m: dict) -> "InputSpec":
-        m = dict(m)
-        m["thresholds"] = tuple(m.get("thresholds", ()))
-        m["probs"] = tuple(m.get("probs", ()))
-        if m.get("rng") is not None:
-            m["rng"] = LfsrSpec(**m["rng"])
-        return cls(**m)
+        return from_json(cls, m)
 
     def check_pixels(self, pixels) -> np.ndarray:
         px = np.asarray(pixels)
