@@ -29,7 +29,7 @@ from pathlib import Path
 
 from hw.dense import RAM16_NAME
 from hw.top import hardware_unsupported
-from nsm_export.atomic import atomic_write
+from nsm_common.atomic import atomic_write
 from nsm_export.ir import IR, LANES, SIMD
 
 __all__ = ["Target", "TARGETS", "SynthError", "FitError", "synthesize", "pin_wrapper",

@@ -256,7 +256,7 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
 
 def _plot_accuracy(rows, path, title=""):
     from nsm.report import accuracy_figure
-    from nsm_export.atomic import atomic_write
+    from nsm_common.atomic import atomic_write
     png = accuracy_figure({"float (PyTorch)": ([r["samples"] for r in rows],
                                                [r["accuracy"] for r in rows])}, title)
     with atomic_write(path) as f:
@@ -436,7 +436,7 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
     """
     from hw.synth import format_summary
     from nsm.flow import synthesize
-    from nsm_export.atomic import atomic_write
+    from nsm_common.atomic import atomic_write
 
     report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json),
                         bitstream=bitstream, baud=baud)

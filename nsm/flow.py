@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nsm_export import golden, schedule
-from nsm_export.atomic import atomic_write
+from nsm_common.atomic import atomic_write
 from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim

@@ -72,7 +72,7 @@ from pathlib import Path
 import numpy as np
 
 from . import lfsr
-from .atomic import atomic_write
+from nsm_common.atomic import atomic_write
 
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",

@@ -121,7 +121,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .atomic import atomic_write
+from nsm_common.atomic import atomic_write
 
 __all__ = ["export_onnx", "build_onnx", "ExportError", "OPSET", "IR_VERSION", "FORMAT_VERSION",
            "MASK_OPS"]

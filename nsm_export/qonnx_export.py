@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from onnx import helper
 from torch import nn
 
-from .atomic import atomic_write
+from nsm_common.atomic import atomic_write
 from .onnx_export import ExportError
 
 __all__ = ["build_qonnx", "export_qonnx_file", "QONNX_OPSET"]
