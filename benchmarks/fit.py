@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._common import provenance, write_results   # noqa: E402
 from hw import synth                                       # noqa: E402
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir   # noqa: E402
-from nsm_export.random_ir import _weights as random_weights         # noqa: E402
+from nsm_export.testing import random_weights                       # noqa: E402
 
 P, T = 0.75, 16
 
