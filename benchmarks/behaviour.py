@@ -66,7 +66,7 @@ def _api():
 def random_irs(quick: bool = False) -> dict:
     """name -> IR: the random nets (always) and the benchmark nets (unless ``quick``)."""
     from nsm_export.build import IntLayer, build_ir
-    from nsm_export.random_ir import random_conv_ir, random_ir
+    from nsm_export.testing import random_conv_ir, random_ir
     irs = {}
     for s in range(N_DENSE):
         irs[f"dense-{s}"] = random_ir(np.random.default_rng(s))
@@ -111,7 +111,7 @@ def random_irs(quick: bool = False) -> dict:
 
 def mac_nets() -> dict:
     import benchmarks.hardware as hwb
-    from hw import mac
+    from hw import baseline_mac as mac
     nets = {}
     for name, spec in hwb.NETWORKS.items():
         for target, (pe, stores) in spec["mac"].items():
@@ -154,7 +154,7 @@ def fingerprint(ir, api, quick: bool) -> dict:
 
 
 def mac_fingerprint(net) -> dict:
-    from hw import mac
+    from hw import baseline_mac as mac
     return {"verilog": _sha(mac.generate_mac_verilog(net)),
             "cycles": int(mac.mac_cycles_per_inference(net))}
 

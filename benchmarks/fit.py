@@ -27,7 +27,7 @@ from benchmarks._common import provenance, write_results   # noqa: E402
 from hw import synth                                       # noqa: E402
 from nsm_export.folding import choose_folding              # noqa: E402
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir   # noqa: E402
-from nsm_export.random_ir import _weights as random_weights         # noqa: E402
+from nsm_export.testing import random_weights                       # noqa: E402
 
 P, T = 0.75, 16
 

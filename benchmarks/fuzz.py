@@ -31,7 +31,7 @@ from benchmarks._common import provenance, write_results   # noqa: E402
 def one_case(seed: int, simulator: str, images: int, kind: str = "dense") -> dict:
     from hw.top import generate_verilog
     from nsm_export import golden, schedule
-    from nsm_export.random_ir import random_conv_ir, random_ir, random_pixels
+    from nsm_export.testing import random_conv_ir, random_ir, random_pixels
     from sim.runner import compare, run_rtl
 
     rng = np.random.default_rng(seed)

@@ -14,10 +14,10 @@ One record per (network, target, design) in ``benchmarks/results/hardware.json``
   (``nsm compile --line-buffer``, ``ir.use_line_buffers``) between the two conv engines: a ring of
   ``line_rows`` rows replaces the second engine's double-buffered input map, at the cost of
   less overlap between samples (``cycles_per_inference`` is still the exact model's mean).
-* ``design: mac``: the int8 MAC reference (``hw.mac``): same layer sizes, int8 weights, 8-bit
-  pixels and 8-bit ReLU activations, one deterministic pass (``samples: 1``), ``pe`` multipliers
-  shared by the layers; ``cycles_per_inference`` is exact (``mac_cycles_per_inference``) and
-  ``dense_bound_ratio`` is it over ``multiplies / pe``.
+* ``design: mac``: the int8 MAC reference (``hw.baseline_mac``): same layer sizes, int8 weights,
+  8-bit pixels and 8-bit ReLU activations, one deterministic pass (``samples: 1``), ``pe``
+  multipliers shared by the layers; ``cycles_per_inference`` is exact
+  (``mac_cycles_per_inference``) and ``dense_bound_ratio`` is it over ``multiplies / pe``.
 
 ``luts``, ``ffs``, ``dsps``, ``ebr``, ``spram`` are yosys's mapped counts, ``fmax_mhz`` nextpnr's
 post-route estimate, ``inferences_per_s`` = Fmax / cycles. Weights are random: resources and
@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import provenance, write_results   # noqa: E402
-from hw import mac, synth                                  # noqa: E402
+from hw import baseline_mac as mac                         # noqa: E402
+from hw import synth                                       # noqa: E402
 from nsm_export.folding import choose_folding              # noqa: E402
 from hw.top import generate_verilog                        # noqa: E402
 from nsm_export import schedule                            # noqa: E402

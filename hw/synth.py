@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from hw.dense import RAM16_NAME
-from nsm_export.atomic import atomic_write
+from nsm_common.atomic import atomic_write
 from nsm_export.devices import TARGETS, FitError, SynthError, Target
 from nsm_export.folding import NAMES, suggest_folding
 from nsm_export.ir import IR

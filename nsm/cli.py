@@ -2,6 +2,8 @@
 
 Each subcommand is one stage; ``nsm demo`` runs them all on the embedded digits data. Errors in
 the user's input end with one line on stderr and exit status 1; nothing half-written is left.
+A stage whose extra is not installed (``nsm train`` without ``[train]``, say) says which one in
+one line. Nothing here imports more than the command that runs needs.
 """
 
 from __future__ import annotations
@@ -15,26 +17,49 @@ import click
 
 EXIT_USER_ERROR = 1
 
+#: The toolchain's input errors, by module and class. They are looked up only in modules already
+#: imported (one that was never imported raised nothing), so that catching them imports nothing:
+#: ``nsm_train.train`` would need torch.
+USER_ERRORS = (("nsm_export.compiler", "CompileError"), ("nsm_export.ir", "IRError"),
+               ("nsm_train.data", "DatasetError"), ("nsm_train.train", "CheckpointError"),
+               ("nsm_train.train", "DeviceError"), ("sim.runner", "SimError"),
+               ("hw.synth", "SynthError"), ("nsm_export.onnx_export", "ExportError"),
+               ("hw.top", "HardwareError"), ("nsm.report", "ReportError"),
+               ("hw.board", "BoardError"))
+
+#: The extra of pyproject.toml that installs each optional top-level module.
+EXTRAS = {"torch": "train", "brevitas": "train", "qonnx": "qonnx", "onnxoptimizer": "qonnx",
+          "matplotlib": "report", "onnxruntime": "report"}
+
+
+def _is_user_error(e: BaseException) -> bool:
+    return any(isinstance(e, getattr(sys.modules[module], name))
+               for module, name in USER_ERRORS if module in sys.modules)
+
+
+def _missing_extra(e: ModuleNotFoundError, command: str) -> None:
+    """Exit with one line naming the extra that installs ``e``'s module; re-raise if none."""
+    extra = EXTRAS.get((e.name or "").partition(".")[0])
+    if extra is None:
+        raise e
+    click.echo(f"nsm {command}: error: needs the [{extra}] extra ({e.name} is not installed): "
+               f"pip install 'nsm-fpga[{extra}]'", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
 
 def _user_errors(fn):
-    """Turn the toolchain's input errors into one line and a non-zero exit."""
+    """Turn the toolchain's input errors, and a missing extra, into one line and a non-zero
+    exit."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from nsm_export.compiler import CompileError
-        from nsm_export.ir import IRError
-        from nsm_train.data import DatasetError
-        from nsm_train.train import CheckpointError, DeviceError
-        from sim.runner import SimError
-        from hw.synth import SynthError
-        from nsm_export.onnx_export import ExportError
-        from hw.top import HardwareError
-        from nsm.report import ReportError
-        from hw.board import BoardError
+        name = click.get_current_context().info_name
         try:
             return fn(*args, **kwargs)
-        except (CompileError, IRError, DatasetError, CheckpointError, SimError, SynthError,
-                ExportError, DeviceError, HardwareError, ReportError, BoardError) as e:
-            name = click.get_current_context().info_name
+        except ModuleNotFoundError as e:
+            _missing_extra(e, name)
+        except Exception as e:
+            if not _is_user_error(e):
+                raise
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
     return wrapper
@@ -66,9 +91,14 @@ _TRAIN_DEFAULTS = None
 
 
 def _train_defaults():
+    """``nsm train``'s defaults, from :class:`nsm_train.train.TrainConfig` (read while click
+    parses the options, before the command runs: a missing torch is reported here)."""
     global _TRAIN_DEFAULTS
     if _TRAIN_DEFAULTS is None:
-        from nsm_train.train import TrainConfig
+        try:
+            from nsm_train.train import TrainConfig
+        except ModuleNotFoundError as e:
+            _missing_extra(e, "train")
         _TRAIN_DEFAULTS = TrainConfig()
     return _TRAIN_DEFAULTS
 
@@ -256,7 +286,7 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
 
 def _plot_accuracy(rows, path, title=""):
     from nsm.report import accuracy_figure
-    from nsm_export.atomic import atomic_write
+    from nsm_common.atomic import atomic_write
     png = accuracy_figure({"float (PyTorch)": ([r["samples"] for r in rows],
                                                [r["accuracy"] for r in rows])}, title)
     with atomic_write(path) as f:
@@ -436,7 +466,7 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
     """
     from hw.synth import format_summary
     from nsm.flow import synthesize
-    from nsm_export.atomic import atomic_write
+    from nsm_common.atomic import atomic_write
 
     report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json),
                         bitstream=bitstream, baud=baud)

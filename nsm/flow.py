@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from nsm_export import golden, schedule
-from nsm_export.atomic import atomic_write
+from nsm_common.atomic import atomic_write
 from nsm_export import ir as irmod
 from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
@@ -31,8 +31,8 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     """ONNX → IR + Verilog in ``out_dir`` (:func:`write_build`).
 
     With ``target``, the folding (``pe``, ``lanes``, ``simd``, ``weight_store`` per layer) is
-    chosen by :func:`nsm_export.folding.choose_folding` for ``throughput`` inferences/s at ``clock_mhz``
-    (or the fastest that fits); of these only the ones given in ``kw`` are kept as given. The
+    chosen by :func:`nsm_export.folding.choose_folding` for ``throughput`` inferences/s at
+    ``clock_mhz`` (or the fastest that fits); of these only the ones given in ``kw`` are kept as given. The
     choice and its one-line summary go into ``ir.source["folding"]``. ``line_buffer=True``
     gives every conv layer that a conv layer writes a line buffer of its fewest rows
     (:func:`nsm_export.ir.use_line_buffers`) before the folding is chosen.

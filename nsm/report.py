@@ -14,7 +14,7 @@ What the report computes itself, exactly: golden-model accuracy at every ``T`` o
 per ``T``, run from reset over the same test images), the per-image cycle counts of the IR's own
 ``T`` from the golden model's recorded draws (:mod:`nsm_export.schedule`), and statistics of the
 keep bits each layer's LFSR produced in that run. Outputs, written only once everything is
-computed, each file all at once (:func:`nsm_export.atomic.atomic_write`): ``report.html``
+computed, each file all at once (:func:`nsm_common.atomic.atomic_write`): ``report.html``
 (plots embedded as data URIs, no other file or network needed), ``report.md`` with its plots as
 ``report-*.png`` beside it, and ``report.json`` with every number.
 """
@@ -34,7 +34,7 @@ import numpy as np
 
 from nsm_export import golden, schedule
 from nsm_export import ir as irmod
-from nsm_export.atomic import atomic_write
+from nsm_common.atomic import atomic_write
 from nsm_export.plan import plan
 
 __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",

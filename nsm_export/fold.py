@@ -1,4 +1,5 @@
-"""Exact arithmetic behind the compiler's folding: real-valued layers to integer thresholds.
+"""Exact arithmetic behind the folding of real-valued layers into integer thresholds: the one
+implementation the compiler (ONNX → IR) and the exporter (a trained batch norm → ONNX) share.
 
 A layer's pre-activation, per output neuron (or conv filter) ``i``, is an affine function of its
 integer accumulator: ``u_i = A_i * acc_i + C_i``. The scales and biases of the ONNX graph (weight
@@ -26,10 +27,10 @@ from fractions import Fraction
 
 import numpy as np
 
-__all__ = ["FoldError", "Surd", "fold_hidden", "fold_output", "weight_bits", "quant_ints",
-           "bipolar_ints", "pow2_ints", "MAX_WEIGHT_BITS"]
+from .schema import MAX_WEIGHT_BITS
 
-MAX_WEIGHT_BITS = 8
+__all__ = ["FoldError", "Surd", "fold_hidden", "fold_output", "fold_norm", "weight_bits",
+           "quant_ints", "bipolar_ints", "pow2_ints", "MAX_WEIGHT_BITS"]
 
 
 class FoldError(ValueError):
@@ -139,15 +140,17 @@ class Surd:
         return f"{float(self):g}"
 
 
-def fold_hidden(w: np.ndarray, A: list, C: list) -> tuple[np.ndarray, np.ndarray]:
+def fold_hidden(w: np.ndarray, A: list, C: list,
+                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``w`` (n_out, ...) with ``u_i = A_i acc_i + C_i`` and step ``u >= 0`` → integer rows
-    (signs folded in) and thresholds: fire iff ``acc'_i >= theta_i``."""
+    (signs folded in) and thresholds: fire iff ``acc'_i >= theta_i``. Thresholds are clipped to
+    ``±limit`` (default: each row's own L1 norm + 1), which decides nothing differently."""
     w = np.array(w, dtype=np.int64, copy=True)
     theta = np.zeros(w.shape[0], dtype=np.int64)
     l1 = np.abs(w.reshape(w.shape[0], -1)).sum(axis=1)
     for i, (a, c) in enumerate(zip(A, C)):
         a, c = Surd.of(a), Surd.of(c)
-        lim = int(l1[i]) + 1
+        lim = int(l1[i]) + 1 if limit is None else limit
         s = a.sign()
         if s == 0:                                     # constant neuron
             w[i] = 0
@@ -191,6 +194,32 @@ def fold_output(w: np.ndarray, A: list, C: list) -> tuple[np.ndarray, np.ndarray
     if any(abs(v) >= 1 << 62 for v in off):
         raise FoldError("an output bias does not fit 62 bits")
     return w, np.asarray(off, dtype=np.int64)
+
+
+def fold_norm(w: np.ndarray, bias: np.ndarray, scale_exp: np.ndarray, gain: np.ndarray,
+              offset: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A trained hidden layer's batch norm folded into its integers, exactly.
+
+    The layer computes ``u_i = (w_i · z + bias_i) * 2**scale_exp_i`` and fires iff
+    ``gain_i * u_i + offset_i >= 0`` (floats, each taken at its exact value). Returns integer
+    rows (negated where ``gain_i < 0``) and biases with: fire iff ``w'_i · z + bias'_i >= 0``.
+    Biases beyond every row's range are clipped to ``±(largest row L1 norm + 1)``, as the
+    canonical ONNX form stores them.
+
+    Exact where a float64 fold is not: with ``t = -offset / (gain * 2**e) - bias``, the float
+    form ``ceil(t)`` loses an offset smaller than the rounding step at ``bias`` (say ``t = 5 +
+    1e-30``: float64 gives 5, the threshold is 6, and at ``w · z = 5`` the layer's ``u'`` is
+    ``offset < 0``: no spike).
+    """
+    gain, offset = np.asarray(gain, dtype=np.float64), np.asarray(offset, dtype=np.float64)
+    if not (np.all(np.isfinite(gain)) and np.all(np.isfinite(offset))):
+        raise FoldError("the batch norm holds NaN or infinity")
+    w = np.asarray(w, dtype=np.int64)
+    A = [Fraction(float(g)) * Fraction(2) ** int(e) for g, e in zip(gain, scale_exp)]
+    C = [a * int(b) + Fraction(float(o)) for a, b, o in zip(A, bias, offset)]
+    limit = int(np.abs(w.reshape(len(w), -1)).sum(axis=1).max()) + 1 if w.size else 1
+    w, theta = fold_hidden(w, A, C, limit)
+    return w, -theta
 
 
 def weight_bits(w: np.ndarray, limit: int = MAX_WEIGHT_BITS) -> int:

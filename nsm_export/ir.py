@@ -71,7 +71,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from nsm_common.atomic import atomic_write
+
 from .layers import KINDS, ConvLayer, DenseLayer, InputSpec, PoolLayer
 from .layers.input import ENCODINGS, LAYOUTS, MAX_PROB_PIXEL_BITS
 from .layers.pool import POOL_MODES

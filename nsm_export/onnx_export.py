@@ -121,11 +121,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .atomic import atomic_write
+from nsm_common.atomic import atomic_write
+
 from .layers import conv_out
 
-__all__ = ["export_onnx", "build_onnx", "ExportError", "OPSET", "IR_VERSION", "FORMAT_VERSION",
-           "MASK_OPS"]
+from .fold import FoldError, fold_norm
+
+__all__ = ["export_onnx", "build_onnx", "layer_integers", "ExportError", "OPSET", "IR_VERSION",
+           "FORMAT_VERSION", "MASK_OPS"]
 
 OPSET = 17
 IR_VERSION = 8
@@ -137,6 +140,21 @@ MASK_OPS = ("bernoulli", "uniform")
 
 class ExportError(ValueError):
     """The model cannot be written in the canonical form (the message says why)."""
+
+
+def layer_integers(layer) -> dict:
+    """``layer.integer_params()`` as the canonical form stores it: a hidden layer's batch norm
+    (``norm_affine``) folded exactly into its integer biases and row signs
+    (:func:`nsm_export.fold.fold_norm`), so that the neuron fires iff ``weights · (ξ z) + bias
+    >= 0``. Raises :class:`ExportError` for a batch norm that holds NaN or infinity."""
+    q = layer.integer_params()
+    if q.get("norm_affine") is None:
+        return q
+    try:
+        w, b = fold_norm(q["weights"], q["bias"], q["scale_exp"], *q["norm_affine"])
+    except FoldError as e:
+        raise ExportError(str(e)) from None
+    return dict(q, weights=w, bias=b, norm_affine=None)
 
 
 def _scalar(name: str, value: float) -> onnx.TensorProto:
@@ -236,7 +254,10 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
             z = f"z{i + 1}"
             continue
         conv = hasattr(layer, "kernel")
-        q = layer.integer_params()
+        try:
+            q = layer_integers(layer)
+        except ExportError as e:
+            raise ExportError(f"layer {i}: {e}") from None
         w, b, e = q["weights"], q["bias"], q["scale_exp"]
         if bool(q["output"]) != last:
             raise ExportError(f"layer {i}: output={q['output']} but it is "

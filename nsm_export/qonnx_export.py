@@ -35,13 +35,14 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 from onnx import helper
 from torch import nn
 
-from .atomic import atomic_write
+from nsm_common.atomic import atomic_write
 from .onnx_export import ExportError
 
 __all__ = ["build_qonnx", "export_qonnx_file", "QONNX_OPSET"]
@@ -62,7 +63,7 @@ class _Layer(nn.Module):
         super().__init__()
         import brevitas.nn as qnn
 
-        from nsm_train.layers import NSMConv2d, _brevitas_quant
+        from nsm_train.layers import NSMConv2d, brevitas_weight_quant
         self.conv = isinstance(layer, NSMConv2d)
         self.output = bool(layer.output)
         bits = layer.weight_bits
@@ -74,16 +75,19 @@ class _Layer(nn.Module):
         if noisy and layer.noise == "synapse":
             raise ExportError(f"layer {index}: per-synapse noise has no ONNX form here (the "
                               f"hardware and the IR draw per input)")
-        with torch.no_grad():
-            w_int, b_int, exp = layer._integer()
-            scale = torch.ldexp(torch.ones_like(exp, dtype=torch.float64), exp.long()).float()
-            wq = (w_int * scale).reshape(layer.weight.shape)
-            bq = b_int * scale[:, 0]
+        q = layer.integer_params()
+        e = q["scale_exp"]
+        wq = torch.from_numpy(np.ldexp(q["weights"], e[:, None]).astype(np.float32))
+        wq = wq.reshape(layer.weight.shape)
+        # bit for bit the bias the layer adds: its rounding keeps a zero's sign (-0.0)
+        bias = layer.bias.detach().cpu().numpy()
+        bq = torch.from_numpy(np.copysign(np.ldexp(q["bias"], e), bias).astype(np.float32))
         if layer.quantizer != "brevitas":
             raise ExportError(f"layer {index}: the QONNX form exports brevitas-quantized models "
                               f"(train with --quantizer brevitas); export this one in the "
                               f"canonical form")
-        quant = _brevitas_quant(bits, not self.output, layer.fan_in)   # the layer's own quantizer
+        # the layer's own quantizer
+        quant = brevitas_weight_quant(bits, not self.output, layer.fan_in)
         if self.conv:
             self.lin = qnn.QuantConv2d(layer.c_in, layer.n_out, layer.kernel, stride=layer.stride,
                                        padding=layer.padding, bias=True, weight_quant=quant)
@@ -95,16 +99,11 @@ class _Layer(nn.Module):
         self.p = float(layer.p) if sampling and layer.noise == "input" else 1.0
         self.sigma = float(layer.sigma) if noisy and layer.noise == "gaussian" else 0.0
         self.register_buffer("w2", wq * wq)
-        self.norm = layer.norm is not None and not self.output
+        self.norm = q["norm_affine"] is not None
         if self.norm:
-            was = layer.training
-            layer.eval()
-            with torch.no_grad():
-                A, C = layer._norm_affine(torch.zeros(2, layer.n_out))
-            layer.train(was)
             view = (1, -1, 1, 1) if self.conv else (1, -1)
-            self.register_buffer("A", A.detach().float().reshape(view))
-            self.register_buffer("C", C.detach().float().reshape(view))
+            for name, v in zip("AC", q["norm_affine"]):
+                self.register_buffer(name, torch.from_numpy(v.astype(np.float32)).reshape(view))
         self.act = None if self.output else _step()
         self._check(wq)
 
@@ -191,7 +190,7 @@ def build_qonnx(model, samples: int = 16, sampling: bool = False, pixel_bits: in
     if not 0 <= int(model.input_threshold) <= (1 << pixel_bits):
         raise ExportError(f"input threshold {model.input_threshold} does not fit {pixel_bits}-bit "
                           f"pixels")
-    if any(not hasattr(m, "_integer") for m in model.layers):
+    if any(not hasattr(m, "quantizer") for m in model.layers):
         raise ExportError("the QONNX form needs NSM layers with quantized weights (not SBS "
                           "layers; export those in the canonical form)")
     net = _Net(model, sampling).eval()
@@ -227,7 +226,6 @@ def execute_qonnx(proto: onnx.ModelProto, pixels):
     """
     from unittest import mock
 
-    import numpy as np
     from qonnx.core import onnx_exec
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.basic import qonnx_make_model

@@ -45,8 +45,8 @@ def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
 
 def pipeline_end(ir: IR, durations, rows=None) -> float:
     """The cycle (counted from the last pixel's handshake) in which the output layer has
-    finished its ``T``-th sample, for per-engine (:func:`nsm_export.plan.plan`), per-sample ``durations``
-    (``[engine][t]``).
+    finished its ``T``-th sample, for per-engine (:func:`nsm_export.plan.plan`), per-sample
+    ``durations`` (``[engine][t]``).
 
     Engine ``i`` starts sample ``t`` in the first cycle in which it is idle (its sample
     ``t - 1`` ended), its input is ready (engine 0: the spike memory, or, for the stochastic

@@ -6,12 +6,12 @@ The first stage of the toolchain: :mod:`nsm_train.data` loads a dataset as raw i
 checkpoint that :mod:`nsm_export.onnx_export` turns into ONNX.
 
 The training entry points live in :mod:`nsm_train.train` (``from nsm_train.train import train,
-TrainConfig``); the command line is ``nsm train``.
+TrainConfig``); the command line is ``nsm train``. Only the datasets are imported here: they need
+no torch (the co-simulation reads its test images through them), the other modules do (the
+``[train]`` extra).
 """
 
 from .data import DATASETS, DIGITS, DatasetError, dataset_info, load_dataset, load_digits_split
-from .layers import NSMLinear
-from .model import NSMMLP
 
 __all__ = ["DATASETS", "DIGITS", "DatasetError", "dataset_info", "load_dataset",
-           "load_digits_split", "NSMLinear", "NSMMLP"]
+           "load_digits_split"]

@@ -16,8 +16,9 @@ sets ``ξ = 1``. ``gain=True`` adds a trainable factor ``a_i`` per neuron:
 ``u_i = Σ_j (ξ_ij + a_i) w_ij z_j + b_i`` (β_i = (p + a_i)/sqrt(2p(1−p)) for Bernoulli noise).
 ``norm`` adds a batch norm of ``u`` (``"l1"``: Hoffer et al.'s ``(u−μ)/(sqrt(π/2)·mean|u−μ|)``,
 ``"linf"``: ``(u−μ)/(max|u−μ| / sqrt(2 ln n))``, ``"l2"``: the usual one) with affine γ, β and
-running statistics; it folds at export into a per-neuron integer threshold and a sign flip of the
-weight row (:meth:`NSMLinear.integer_params`).
+running statistics; :meth:`NSMLinear.integer_params` gives its eval-mode affine map, which the
+exporter folds exactly into a per-neuron integer threshold and a sign flip of the weight row
+(:func:`nsm_export.onnx_export.layer_integers`).
 
 Estimator (forward samples, backward uses the erf firing probability): the hidden value is the
 exact sample ``s``, its gradient that of ``m = erf(E[u] / sqrt(2 Var[u]))`` with, for ``lin =
@@ -60,8 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["NSMLinear", "NSMConv2d", "BinaryPool2d", "SBSLinear", "quantize_weight",
-           "quantize_bias", "check_p", "BIAS_LIMIT", "MAX_EXP", "P_BITS", "NOISE_MODES", "NORMS",
-           "QUANTIZERS", "FLOAT_BITS"]
+           "quantize_bias", "brevitas_weight_quant", "check_p", "BIAS_LIMIT", "MAX_EXP", "P_BITS",
+           "NOISE_MODES", "NORMS", "QUANTIZERS", "FLOAT_BITS"]
 
 #: Integer biases are clamped to ``[-BIAS_LIMIT, BIAS_LIMIT]`` (2**20 keeps sums inside 24 bits).
 BIAS_LIMIT = 1 << 20
@@ -209,8 +210,9 @@ def _check_int(name, v, lo, hi=None):
     return v
 
 
-def _brevitas_quant(bits: int, per_channel: bool, fan_in: int):
-    """A brevitas weight quantizer injector for ``bits`` (see the module docstring)."""
+def brevitas_weight_quant(bits: int, per_channel: bool, fan_in: int):
+    """A brevitas weight quantizer injector for ``bits`` (see the module docstring); the QONNX
+    exporter rebuilds each layer with it."""
     from brevitas.quant import Int8WeightPerTensorFixedPoint, SignedBinaryWeightPerTensorConst
     if bits == 1:
         const = 2.0 ** round(math.log2(1.0 / math.sqrt(fan_in)))
@@ -260,7 +262,8 @@ class _NSMLayer(nn.Module):
             self.register_buffer("running_mean", torch.zeros(n_out))
             self.register_buffer("running_scale", torch.ones(n_out))
         if quantizer == "brevitas" and weight_bits != FLOAT_BITS:
-            self._bq = self._brevitas_holder(_brevitas_quant(weight_bits, not output, fan_in))
+            self._bq = self._brevitas_holder(brevitas_weight_quant(weight_bits, not output,
+                                                                        fan_in))
 
     # --- subclass hooks --------------------------------------------------------------------------
     def _lin(self, z, w):
@@ -407,42 +410,32 @@ class _NSMLayer(nn.Module):
         ``Wq = weights * 2**scale_exp[:, None]`` and ``bq = bias * 2**scale_exp`` exactly; keys
         ``weights`` (int64, (n_out, fan_in); conv filters flattened C·kh·kw), ``bias`` (int64,
         (n_out,), all equal exponent for the output layer), ``scale_exp`` (int64, (n_out,)),
-        ``p``, ``weight_bits``, ``output``, ``noise``. A hidden layer's batch norm (eval
-        statistics) is folded in: the neuron fires iff ``weights_i · (ξ z) + bias_i >= 0`` with
-        rows negated where γ/scale < 0, so ``bias`` is then minus the integer threshold and the
-        exponent no longer matters. A trainable gain has no integer form yet (ValueError).
+        ``p``, ``weight_bits``, ``output``, ``noise`` and ``norm_affine``: None, or for a hidden
+        layer's batch norm (eval statistics) the float64 arrays ``(A, C)``, holding exactly the
+        values the layer computes, of ``u' = A u + C`` with ``u = (weights · (ξ z) + bias) *
+        2**scale_exp``; the neuron fires iff ``u' >= 0``.
+        The exporter folds that exactly into the integers
+        (:func:`nsm_export.onnx_export.layer_integers`). A trainable gain has no integer form
+        yet (ValueError).
         """
         if self.weight_bits == FLOAT_BITS:
             raise ValueError("a float layer (weight_bits = 32) has no integer form")
         if self.gain is not None:
             raise ValueError("a layer with a trainable gain a_i has no integer form in the IR yet")
+        affine = None
         with torch.no_grad():
             w_int, b_int, exp = self._integer()
-            w = w_int.cpu().numpy().astype(np.int64)
-            b = b_int.cpu().numpy().astype(np.int64)
-            e = exp[:, 0].cpu().numpy().astype(np.int64)
             if self.norm is not None and not self.output:
                 was = self.training
                 self.eval()
                 A, C = self._norm_affine(torch.zeros(2, self.n_out))
                 self.train(was)
-                A, C = A.double().cpu().numpy(), C.double().cpu().numpy()
-                s = np.ldexp(1.0, e)
-                limit = int(np.abs(w).sum(axis=1).max()) + 1 if w.size else 1
-                w, b = w.copy(), b.copy()
-                for i in range(self.n_out):
-                    if A[i] == 0:
-                        w[i] = 0
-                        b[i] = 0 if C[i] >= 0 else -1
-                        continue
-                    t = (-C[i] / A[i]) / s[i] - b_int[i].item()    # fire iff acc >= / <= t
-                    if A[i] > 0:
-                        b[i] = -int(np.clip(math.ceil(t), -limit, limit))
-                    else:
-                        w[i] = -w[i]
-                        b[i] = int(np.clip(math.floor(t), -limit, limit))
-        return dict(weights=w, bias=b, scale_exp=e, p=self.p, weight_bits=self.weight_bits,
-                    output=self.output, noise=self.noise)
+                affine = (A.double().cpu().numpy(), C.double().cpu().numpy())
+        return dict(weights=w_int.cpu().numpy().astype(np.int64),
+                    bias=b_int.cpu().numpy().astype(np.int64),
+                    scale_exp=exp[:, 0].cpu().numpy().astype(np.int64), p=self.p,
+                    weight_bits=self.weight_bits, output=self.output, noise=self.noise,
+                    norm_affine=affine)
 
 
 class NSMLinear(_NSMLayer):
@@ -652,4 +645,4 @@ class SBSLinear(nn.Module):
         return dict(weights=w.cpu().numpy().astype(np.int64),
                     bias=b.cpu().numpy().astype(np.int64),
                     scale_exp=np.zeros(self.n_out, dtype=np.int64), p=self.p, weight_bits=1,
-                    output=self.output, noise="input")
+                    output=self.output, noise="input", norm_affine=None)

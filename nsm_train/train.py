@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nsm_export.atomic import atomic_write
+from nsm_common.atomic import atomic_write
 
 from .data import dataset_info, load_dataset
 from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertainty

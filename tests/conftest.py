@@ -24,7 +24,8 @@ def pytest_collection_modifyitems(config, items):
         if "verilator" in item.keywords and (why := simulator_available("verilator")):
             item.add_marker(pytest.mark.skip(reason=why))
         if "synth" in item.keywords and (missing := _missing_yowasp()):
-            item.add_marker(pytest.mark.skip(reason=f"{missing} not installed (pip install -e .)"))
+            item.add_marker(pytest.mark.skip(
+                reason=f"{missing} not installed (pip install -e '.[synth]')"))
 
 
 def _missing_yowasp() -> str | None:

@@ -13,7 +13,7 @@ from hw.uart import UartRx, UartTx, divisor_for, frame_bits
 from nsm.cli import main
 from nsm_export import golden, schedule
 from nsm_export import ir as irmod
-from nsm_export.random_ir import random_ir, random_pixels
+from nsm_export.testing import random_ir, random_pixels
 
 
 def test_divisor_for_the_board_clock():

@@ -94,7 +94,7 @@ def test_conv_ir_round_trip_and_versions(rng, tmp_path):
 
 
 def test_version_1_dense_files_still_load(rng, tmp_path):
-    from nsm_export.random_ir import random_ir
+    from nsm_export.testing import random_ir
     ir = random_ir(rng, sizes=[9, 6, 3])
     irmod.save(ir, tmp_path)
     meta = json.loads((tmp_path / "ir.json").read_text())

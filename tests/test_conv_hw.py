@@ -185,7 +185,7 @@ def test_unsupported_conv_cores_get_one_line(tmp_path):
 def test_fuzz_random_conv_nets(tmp_path, seed):
     """12 random conv nets (channels, kernel, stride, padding, pooling, depth, weight bits, p,
     pe, lanes, ROM/RAM, thermometer or threshold input, T): bit-exact, cycle model exact."""
-    from nsm_export.random_ir import random_conv_ir, random_pixels
+    from nsm_export.testing import random_conv_ir, random_pixels
     rng = np.random.default_rng(seed)
     ir = random_conv_ir(rng)
     px = random_pixels(rng, ir, 4)

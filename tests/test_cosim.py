@@ -9,7 +9,7 @@ import pytest
 from hw.top import generate_verilog, weight_image
 from nsm_export import golden, schedule
 from nsm_export.build import IntLayer, bernoulli_probs, build_ir
-from nsm_export.random_ir import random_ir, random_pixels
+from nsm_export.testing import random_ir, random_pixels
 from sim.runner import compare, golden_with_resets, run_rtl
 
 SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),

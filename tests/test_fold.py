@@ -15,7 +15,7 @@ from nsm_export import estimate, folding
 from nsm.cli import main
 from nsm_export import ir as irmod
 from nsm_export import schedule
-from nsm_export.random_ir import random_ir
+from nsm_export.testing import random_ir
 
 TARGET = "ice40-up5k"
 

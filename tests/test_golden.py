@@ -5,7 +5,7 @@ import pytest
 
 from nsm_export import golden, lfsr
 from nsm_export.build import IntLayer, build_ir
-from nsm_export.random_ir import random_ir, random_pixels
+from nsm_export.testing import random_ir, random_pixels
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5, 0.75, 0.9])

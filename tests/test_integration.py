@@ -6,7 +6,7 @@ import pytest
 
 from hw.integration import fusesoc_core, instantiation_template, ports
 from hw.top import generate_verilog
-from nsm_export.random_ir import random_ir
+from nsm_export.testing import random_ir
 
 
 def test_ports_match_the_verilog_module(rng):

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from nsm_export import ir as irmod
 from nsm_export.build import IntLayer, build_ir
-from nsm_export.random_ir import random_ir
+from nsm_export.testing import random_ir
 
 
 def test_round_trip(tmp_path, rng):

@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nsm_export import golden
 from nsm_export.compiler import compile_model
-from nsm_export.onnx_export import build_onnx
+from nsm_export.onnx_export import build_onnx, layer_integers
 from nsm_train.data import load_digits_split
 from nsm_train.layers import BinaryPool2d, NSMConv2d, NSMLinear, SBSLinear
 from nsm_train.model import NSMConvNet, NSMMLP, SBSMLP, parse_conv_spec, vote_uncertainty
@@ -23,10 +25,10 @@ def digits():
 
 
 def integer_forward(model, pixels):
-    """The network from integer_params() alone (threshold encoding), int64 scores."""
+    """The network from its exported integers alone (threshold encoding), int64 scores."""
     z = np.where(pixels.astype(np.int64) >= model.input_threshold, 1, -1)
     for layer in model.layers:
-        q = layer.integer_params()
+        q = layer_integers(layer)
         acc = z @ q["weights"].T + q["bias"]
         if q["output"]:
             return acc
@@ -131,6 +133,50 @@ def test_batch_norm_folds_into_integer_thresholds(digits, norm):
     ir = compile_model(build_onnx(model, samples=1, sampling=False), samples=1)
     res = golden.run(ir, x)
     assert np.array_equal(res.classes, np.argmax(ints, axis=1))
+
+
+def _norm_layer(weight, bias, gain, shift, mean, scale):
+    """A hidden 2-bit NSMLinear with a batch norm in eval mode and no noise, as given."""
+    layer = NSMLinear(weight.shape[1], weight.shape[0], weight_bits=2, norm="l1").eval()
+    layer.sampling = False
+    with torch.no_grad():
+        for name, v in dict(weight=weight, bias=bias, norm_weight=gain, norm_bias=shift,
+                            running_mean=mean, running_scale=scale).items():
+            getattr(layer, name).copy_(torch.as_tensor(v, dtype=torch.float32))
+    return layer
+
+
+def test_batch_norm_fold_is_exact_below_float64_resolution():
+    """An offset smaller than float64's step at the bias: with weights 1 (scale 1/2), integer
+    bias 5 and the batch norm u' = A u + C, C = -A * 1e-30, the threshold on w·z is -5 +
+    2e-30, so -4: at w·z = -5, u = 0 and u' = C < 0, no spike. A float64 fold (ceil(-C / A /
+    2**e - bias)) rounds -5 + 2e-30 to -5 and would fire there."""
+    layer = _norm_layer(np.full((1, 5), 0.5), [2.5], [1.0], [0.0], [1e-30], [1.0])
+    q = layer.integer_params()
+    assert q["weights"].tolist() == [[1] * 5] and q["bias"].tolist() == [5]
+    assert q["scale_exp"].tolist() == [-1] and q["norm_affine"][1][0] < 0
+    assert layer_integers(layer)["bias"].tolist() == [4]
+    z = -torch.ones(1, 5)
+    with torch.no_grad():
+        assert layer(z).item() == -1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), spread=st.sampled_from([1e-30, 1e-6, 1.0, 1e3]))
+def test_batch_norm_fold_decides_like_the_layer(seed, spread):
+    """Random weights, biases and batch-norm statistics (zero and negative gains, offsets from
+    tiny to huge): the exported integers decide every input as the PyTorch layer does."""
+    rng = np.random.default_rng(seed)
+    n_out, n_in = 12, int(rng.integers(1, 9))
+    gain = rng.normal(size=n_out) * (rng.random(n_out) < 0.9)
+    layer = _norm_layer(rng.normal(size=(n_out, n_in)), rng.normal(size=n_out) * 3, gain,
+                        rng.normal(size=n_out) * spread, rng.normal(size=n_out) * spread,
+                        rng.uniform(0.01, 2.0, size=n_out))
+    q = layer_integers(layer)
+    z = np.where(rng.random((64, n_in)) < 0.5, 1, -1)
+    with torch.no_grad():
+        want = layer(torch.from_numpy(z).float()).numpy()
+    assert np.array_equal(np.where(z @ q["weights"].T + q["bias"] >= 0, 1.0, -1.0), want)
 
 
 # --- encodings, pooling, conv -------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from hw import lint
 from hw.synth import tool_path
 from hw.top import generate_verilog
-from nsm_export.random_ir import random_ir
+from nsm_export.testing import random_ir
 
 SEEDS = [11, 12, 13]
 
@@ -77,7 +77,7 @@ def test_conv_cores_lint_clean(tmp_path, which):
 @pytest.mark.parametrize("conv", [False, True], ids=["mac-mlp", "mac-conv"])
 def test_mac_reference_lints_clean(tmp_path, conv):
     """The int8 MAC reference the benchmarks compare with is generated Verilog too."""
-    from hw import mac
+    from hw import baseline_mac as mac
     rng = np.random.default_rng(1)
     net = mac.random_mac_conv_net(rng, (2, 9, 8), [(5, 3, 1, 1, 2), (6, 2, 2, 0, 1)], [7, 4], 3,
                                   weight_bits=4, weight_store=["ram", "rom", "ram", "rom"]) \

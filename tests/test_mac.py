@@ -1,12 +1,13 @@
-"""The int8 multiply-accumulate reference core (hw/mac.py) equals its numpy model exactly: every
-class, every score, and the cycle count of the schedule, image by image."""
+"""The int8 multiply-accumulate baseline core (hw/baseline_mac.py) equals its numpy model exactly:
+every class, every score, and the cycle count of the schedule, image by image."""
 
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw import mac
-from hw.mac import MacConv, MacCore, MacError, MacLayer, MacNet, random_mac_conv_net, random_mac_net
+from hw import baseline_mac as mac
+from hw.baseline_mac import (MacConv, MacCore, MacError, MacLayer, MacNet, random_mac_conv_net,
+                             random_mac_net)
 
 
 def _simulate(net, pixels, ram_model=True, stall_every=0):

@@ -134,7 +134,7 @@ def test_markdown_twin_and_json_agree_with_the_golden_model(built, tmp_path):
 
 
 def test_chunked_golden_run_equals_one_call(rng):
-    from nsm_export.random_ir import random_ir, random_pixels
+    from nsm_export.testing import random_ir, random_pixels
     ir = random_ir(rng, sizes=[12, 9, 4], p=[0.5, 0.75], samples=3)
     px = random_pixels(rng, ir, 25)
     one = golden.run(ir, px, record=True)
@@ -145,7 +145,7 @@ def test_chunked_golden_run_equals_one_call(rng):
 
 
 def test_lfsr_statistics_see_frequency_and_correlation(rng):
-    from nsm_export.random_ir import random_ir
+    from nsm_export.testing import random_ir
     ir = random_ir(rng, sizes=[8, 6, 3], p=[0.5, 0.25], samples=2)
     fair = [rng.random((400, 2, layer.n_in)) < layer.p for layer in ir.layers]
     rows = lfsr_statistics(ir, fair)

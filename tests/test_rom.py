@@ -8,7 +8,7 @@ import pytest
 
 from hw.dense import memory_words, pack_lanes, rom_module, rom_module_name
 from hw.top import generate_verilog
-from nsm_export.random_ir import random_conv_ir, random_ir
+from nsm_export.testing import random_conv_ir, random_ir
 
 
 def _reference_words(layer):

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_pyflakes_clean():
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E501",
                         "--output-format", "concise", "--no-cache",
-                        "nsm", "nsm_train", "nsm_export", "hw", "sim", "tests", "benchmarks"],
+                        "nsm", "nsm_common", "nsm_train", "nsm_export", "hw", "sim", "tests",
+                        "benchmarks"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -12,7 +12,7 @@ from hw import synth
 from hw.top import generate_verilog
 from nsm.cli import main
 from nsm_export import ir as irmod
-from nsm_export.random_ir import random_ir
+from nsm_export.testing import random_ir
 
 pytestmark = pytest.mark.synth
 

@@ -1,4 +1,5 @@
-"""Random valid IRs and inputs, for property tests and fuzz benches."""
+"""Test and fuzz helpers: random valid IRs, weights and inputs, for the property tests and the
+fuzz benches (``benchmarks/fuzz.py``); nothing in the flow itself uses them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import numpy as np
 
 from .build import IntConv, IntLayer, IntPool, bernoulli_probs, build_ir
 from .ir import IR, use_line_buffers
+from .layers import conv_out
 
-__all__ = ["random_ir", "random_conv_ir", "random_pixels"]
+__all__ = ["random_ir", "random_conv_ir", "random_pixels", "random_weights"]
 
 
 def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples: int | None = None,
@@ -50,7 +52,8 @@ def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples:
                     simd=simd if simd is not None else 1)
 
 
-def _weights(rng, wb: int, shape) -> np.ndarray:
+def random_weights(rng, wb: int, shape) -> np.ndarray:
+    """Uniform symmetric ``wb``-bit integer weights of ``shape`` (``wb = 1``: ±1)."""
     if wb == 1:
         return rng.choice([-1, 1], size=shape)
     q = (1 << (wb - 1)) - 1
@@ -76,11 +79,11 @@ def random_conv_ir(rng: np.random.Generator, name: str = "nsm", max_conv: int = 
         k = int(rng.integers(1, min(4, h, w) + 1))
         stride = int(rng.integers(1, 3))
         pad = int(rng.integers(0, k))
-        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        ho, wo = conv_out(h, k, stride, pad), conv_out(w, k, stride, pad)
         if ho < 1 or wo < 1:
             break
         f = int(rng.integers(1, 9))
-        wt = _weights(rng, wb, (f, c, k, k))
+        wt = random_weights(rng, wb, (f, c, k, k))
         span = max(1, int(np.abs(wt).reshape(f, -1).sum(axis=1).max()) // 3)
         layers.append(IntConv(wt, rng.integers(-span, span + 1, f),
                               p=float(rng.choice([1.0, 0.5, 0.75, 0.25])), weight_bits=wb,
@@ -100,7 +103,7 @@ def random_conv_ir(rng: np.random.Generator, name: str = "nsm", max_conv: int = 
     n_in = c * h * w
     for n_out in [int(rng.integers(2, 12)) for _ in range(int(rng.integers(0, 2)))] + \
             [int(rng.integers(2, 6))]:
-        wt = _weights(rng, wb, (n_out, n_in))
+        wt = random_weights(rng, wb, (n_out, n_in))
         span = max(1, int(np.abs(wt).sum(axis=1).max()) // 3)
         layers.append(IntLayer(wt, rng.integers(-span, span + 1, n_out),
                                p=float(rng.choice([1.0, 0.5, 0.75])), weight_bits=wb))

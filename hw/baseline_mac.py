@@ -66,6 +66,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import signed_bits, unsigned_bits
+from nsm_export.layers import conv_out
 from .argmax import ArgmaxScan
 from .dense import LOAD_BEAT_BITS, RAM16_MODULE, RAM16_NAME, pack_lanes
 
@@ -140,7 +141,7 @@ class MacConv:
         """Conv output ``(c_out, OH, OW)`` for input ``(C, H, W)``."""
         _, h, w = shape
         k, s, pad = self.kernel, self.stride, self.padding
-        return self.n_out, (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+        return self.n_out, conv_out(h, k, s, pad), conv_out(w, k, s, pad)
 
     def out_shape(self, shape: tuple) -> tuple:
         c, oh, ow = self.conv_shape(shape)
