@@ -33,8 +33,8 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     With ``target``, the folding (``pe``, ``lanes``, ``simd``, ``weight_store`` per layer) is
     chosen by :func:`nsm_export.folding.choose_folding` for ``throughput`` inferences/s at
     ``clock_mhz`` (or the fastest that fits); of these only the ones given in ``kw`` are kept
-    as given. The choice and its one-line summary go into ``ir.source["folding"]``. ``line_buffer=True``
-    gives every conv layer that a conv layer writes a line buffer of its fewest rows
+    as given. The choice and its one-line summary go into ``ir.source["folding"]``.
+    ``line_buffer=True`` gives every conv layer that a conv layer writes a line buffer of its fewest rows
     (:func:`nsm_export.ir.use_line_buffers`) before the folding is chosen.
     """
     from nsm_export.devices import SynthError
