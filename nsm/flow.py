@@ -34,8 +34,8 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     chosen by :func:`nsm_export.folding.choose_folding` for ``throughput`` inferences/s at
     ``clock_mhz`` (or the fastest that fits); of these only the ones given in ``kw`` are kept
     as given. The choice and its one-line summary go into ``ir.source["folding"]``.
-    ``line_buffer=True`` gives every conv layer that a conv layer writes a line buffer of its fewest rows
-    (:func:`nsm_export.ir.use_line_buffers`) before the folding is chosen.
+    ``line_buffer=True`` gives every conv layer that a conv layer writes a line buffer of its
+    fewest rows (:func:`nsm_export.ir.use_line_buffers`) before the folding is chosen.
     """
     from nsm_export.devices import SynthError
     from nsm_export.folding import choose_folding
