@@ -12,7 +12,7 @@ A pooling layer after the convolution is computed on the fly: the engine visits 
 positions pool window by pool window, ORs each window's spikes per filter, and writes one
 pooled pixel per window; conv outputs that no pool window covers are never computed.
 
-Schedule for one sample (mirrored by :func:`nsm_export.schedule.conv_cycles`, checked in
+Schedule for one sample (mirrored by ``ConvLayer.cycles`` in :mod:`nsm_export.layers.conv`, checked in
 simulation):
 
 ``IDLE``     1 cycle, the one in which ``start`` is seen.

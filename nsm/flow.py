@@ -67,7 +67,7 @@ def write_build(ir: irmod.IR, out_dir: Path) -> irmod.IR:
     nothing is written unless every step succeeds.
 
     An IR the hardware generator cannot build (majority pooling, say:
-    :func:`hw.top.hardware_unsupported` says why) is written without Verilog.
+    :func:`nsm_export.plan.unsupported` says why) is written without Verilog.
     """
     from hw.integration import fusesoc_core, instantiation_template
     from hw.top import generate_verilog, hardware_unsupported
