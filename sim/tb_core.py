@@ -14,10 +14,11 @@ and the cycle of its handshake; with ``debug`` also every hidden spike vector fr
 ports. It judges nothing about values itself: :mod:`sim.runner` compares them with the golden
 model and locates the first mismatch.
 
-Every driver and checker samples its signals just after a rising clock edge, where they still
-hold the values that edge clocked in (on Icarus and on Verilator alike); so a cycle number is
-the edge's own: a handshake at edge ``e`` is cycle ``e``, and a ``tvalid`` first seen at edge
-``e`` went high at edge ``e - 1``.
+cocotbext-axi's drivers and the ``m_axis`` checker sample their signals just after a rising
+clock edge, where they still hold the values that edge clocked in (on Icarus and on Verilator
+alike); so a cycle number is the edge's own: a handshake at edge ``e`` is cycle ``e``, and a
+``tvalid`` first seen at edge ``e`` went high at edge ``e - 1``. The seed handover and the spike
+watcher sample at the falling edge instead, where every signal has settled.
 
 A core with ``ram`` weights first takes the weight image (``weights.npy``, 16-bit beats) on
 ``w_axis``, once: the weights must survive every later reset.
