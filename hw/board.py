@@ -22,7 +22,6 @@ pinout: 12 MHz oscillator on pin 35, FTDI RX on 6 and TX on 9, user button 10, r
 from __future__ import annotations
 
 import os
-import select
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from .uart import UartRx, UartTx, divisor_for
 
 __all__ = ["Board", "ICEBREAKER", "BOARDS", "UartClassifier", "IcebreakerTop", "board_verilog",
            "pcf_pins", "port_bits", "weight_bytes", "BoardError", "open_uart",
-           "send_over_uart", "classify_over_uart"]
+           "classify_over_uart"]
 
 
 @dataclass(frozen=True)
@@ -243,7 +242,7 @@ def port_bits(component: wiring.Component) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Host side: talk to the board top over its serial port (Linux termios, no extra package)
+# Host side: talk to the board top over its serial port (pyserial)
 
 def weight_bytes(ir: IR) -> bytes:
     """What the host sends before the first image when some layer keeps its weights in RAM:
@@ -256,53 +255,45 @@ class BoardError(RuntimeError):
     """The board cannot be reached or does not answer; the message is one line."""
 
 
-def open_uart(path: str | Path, baud: int = 115200) -> int:
-    """Open a serial port raw (8N1, no echo, no flow control) at ``baud``; returns the fd."""
-    import termios
-    import tty
+def open_uart(path: str | Path, baud: int = 115200):
+    """Open a serial port raw (8N1, no flow control) at ``baud``, pending input discarded.
 
-    speed = getattr(termios, f"B{baud}", None)
-    if speed is None:
-        raise BoardError(f"{baud} baud is not a standard serial speed on this host")
+    Returns a :class:`serial.Serial`; use it as a context manager, or close it. Raises
+    :class:`BoardError` naming the port when it cannot be opened, is no serial port, or cannot
+    take ``baud``.
+    """
+    import serial
+
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-    except OSError as e:
-        raise BoardError(f"{path}: cannot open the serial port ({e.strerror})") from None
-    try:
-        tty.setraw(fd)
-        attrs = termios.tcgetattr(fd)
-        attrs[4] = attrs[5] = speed
-        attrs[2] = (attrs[2] & ~(termios.CSTOPB | termios.PARENB | termios.CRTSCTS)) \
-            | termios.CLOCAL | termios.CREAD
-        termios.tcsetattr(fd, termios.TCSANOW, attrs)
-        termios.tcflush(fd, termios.TCIOFLUSH)
-    except termios.error as e:
-        os.close(fd)
-        raise BoardError(f"{path}: not a serial port ({e.args[-1]})") from None
-    return fd
+        return serial.Serial(str(path), baud)
+    except OSError as e:                   # serial.SerialException is one
+        if e.errno is not None:            # the open(2) itself failed
+            raise BoardError(f"{path}: cannot open the serial port "
+                             f"({os.strerror(e.errno)})") from None
+        # The port opened but takes no terminal settings: pyserial's termios call failed.
+        why = e.__context__.args[-1] if e.__context__ is not None and e.__context__.args else e
+        raise BoardError(f"{path}: not a serial port ({why})") from None
+    except ValueError as e:                # pyserial: a speed the port cannot be set to
+        raise BoardError(f"{path}: cannot run at {baud} baud ({e})") from None
 
 
-def send_over_uart(fd: int, data: bytes) -> None:
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def classify_over_uart(fd: int, pixels, baud: int = 115200, slack_s: float = 1.0,
+def classify_over_uart(port, pixels, baud: int = 115200, slack_s: float = 1.0,
                        progress=None) -> list[int]:
-    """Send each image (one byte per pixel) and read back its class byte, image by image.
+    """Send each image (one byte per pixel) on ``port`` (from :func:`open_uart`) and read back
+    its class byte, image by image.
 
     Waits for each reply as long as the image takes on the wire plus ``slack_s``; raises
     :class:`BoardError` naming the image when none comes. ``progress`` is called after each.
     """
     out = []
     for k, img in enumerate(pixels):
-        send_over_uart(fd, bytes(int(p) for p in img))
-        wait = len(img) * 10 / baud + slack_s
-        ready, _, _ = select.select([fd], [], [], wait)
-        if not ready:
-            raise BoardError(f"no reply from the board within {wait:.1f} s after image {k} "
-                             f"(bitstream loaded? right port and baud rate?)")
-        out.append(os.read(fd, 1)[0])
+        port.write(bytes(int(p) for p in img))
+        port.timeout = wait = len(img) * 10 / baud + slack_s
+        reply = port.read(1)
+        if not reply:
+            raise BoardError(f"no reply from the board on {port.port} within {wait:.1f} s "
+                             f"after image {k} (bitstream loaded? right port and baud rate?)")
+        out.append(reply[0])
         if progress is not None:
             progress()
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -184,21 +183,18 @@ def run_on_board(build_dir: Path, port: str, dataset: str = "digits", count: int
     the weight image first where the core keeps weights in RAM (once after programming)."""
     from tqdm import tqdm
 
-    from hw.board import classify_over_uart, open_uart, send_over_uart, weight_bytes
+    from hw.board import classify_over_uart, open_uart, weight_bytes
 
     ir = load_build(build_dir)
     x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
     expected = golden.run(ir, x).classes
-    fd = open_uart(port, baud)
     image = weight_bytes(ir) if weights else b""
-    try:
-        send_over_uart(fd, image)
+    with open_uart(port, baud) as uart:
+        uart.write(image)
         with tqdm(total=len(x), desc=f"board on {port}", unit="img", disable=not progress) as bar:
             t0 = time.perf_counter()
-            got = np.asarray(classify_over_uart(fd, x, baud, progress=lambda: bar.update(1)))
+            got = np.asarray(classify_over_uart(uart, x, baud, progress=lambda: bar.update(1)))
             seconds = time.perf_counter() - t0
-    finally:
-        os.close(fd)
     bad = np.flatnonzero(got != expected)
     return {"port": port, "baud": baud, "dataset": dataset, "images": int(len(x)),
             "mismatches": int(len(bad)),

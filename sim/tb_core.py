@@ -1,19 +1,30 @@
 """cocotb bench for the NSM core (runs inside the simulator; launched by :mod:`sim.runner`).
 
-It reads a job directory (``NSM_JOB``): ``job.json`` and ``pixels.npy``. It streams the images
-through ``s_axis`` (AXI4-Stream style: data held until accepted, optional random idle gaps),
-takes every result from ``m_axis`` (optional random back-pressure; the result must hold still
-while it waits), optionally resets the core in the middle of chosen images and feeds them again,
-and writes ``rtl.npz``: per finished image its class, scores, latency (cycles from the last
-pixel's handshake to ``m_axis_tvalid``) and the cycle of its handshake; with ``debug`` also every
-hidden spike vector from the ``dbg_*`` ports. It judges nothing about values itself:
-:mod:`sim.runner` compares them with the golden model and locates the first mismatch.
+It reads a job directory (``NSM_JOB``): ``job.json`` and ``pixels.npy``. cocotbext-axi's
+drivers carry the three streams: an ``AxiStreamSource`` puts the images on ``s_axis`` (one
+frame per image, optional random idle cycles between beats), an ``AxiStreamSink`` takes every
+result from ``m_axis`` (class in ``tdata``, packed scores in ``tuser``; optional random
+back-pressure) and an ``AxiStreamMonitor`` on ``s_axis`` reports when each image's last pixel
+was taken. All images wait in the source's queue, as the cycle model assumes (input always
+valid): the core itself holds ``s_axis_tready`` low from an image's last pixel until its result
+is taken. A checker of our own watches ``m_axis``: the cycle ``m_axis_tvalid`` goes high, and a
+result that changes or drops before its handshake. The bench writes ``rtl.npz``: per finished
+image its class, scores, latency (cycles from the last pixel's handshake to ``m_axis_tvalid``)
+and the cycle of its handshake; with ``debug`` also every hidden spike vector from the ``dbg_*``
+ports. It judges nothing about values itself: :mod:`sim.runner` compares them with the golden
+model and locates the first mismatch.
+
+cocotbext-axi's drivers and the ``m_axis`` checker sample their signals just after a rising
+clock edge, where they still hold the values that edge clocked in (on Icarus and on Verilator
+alike); so a cycle number is the edge's own: a handshake at edge ``e`` is cycle ``e``, and a
+``tvalid`` first seen at edge ``e`` went high at edge ``e - 1``. The seed handover and the spike
+watcher sample at the falling edge instead, where every signal has settled.
 
 A core with ``ram`` weights first takes the weight image (``weights.npy``, 16-bit beats) on
 ``w_axis``, once: the weights must survive every later reset.
 
-``seeds`` is a list of ``[k, S]``: before image ``k`` the run seed ``S`` is handed over on the
-``seed`` port.
+``seeds`` is a list of ``[k, S]``: the run seed ``S`` is handed over on the ``seed`` port
+before image ``k``'s first pixel (in the same cycle at the latest).
 
 Reset semantics under test: ``resets`` is a list of ``[k, c]``: once images ``0..k-1`` have
 produced their results, image ``k`` is fed and ``c`` cycles after its last pixel ``rst`` is held
@@ -23,7 +34,9 @@ for 2 cycles; no result may appear for it; feeding resumes at image ``k`` on a f
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import cocotb
@@ -31,8 +44,15 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, FallingEdge, RisingEdge
+from cocotb.utils import get_time_from_sim_steps
+from cocotbext.axi import (AxiStreamBus, AxiStreamFrame, AxiStreamMonitor, AxiStreamSink,
+                           AxiStreamSource)
 
 PERIOD_NS = 10
+
+# cocotbext-axi 0.1.28 still calls cocotb 1.x names that cocotb 2.1 keeps but deprecates
+# (setimmediatevalue, Edge, Task.kill); the version is pinned in pyproject.toml.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"cocotbext\.axi")
 
 
 def _signed(v: int, bits: int) -> int:
@@ -44,13 +64,21 @@ def _uint(value) -> int:
     return value.to_unsigned() if hasattr(value, "to_unsigned") else int(value)
 
 
-def _cycle() -> int:
-    return round(get_sim_time("ns") / PERIOD_NS)
+def _cycle(steps: int | None = None) -> int:
+    """The clock edge at simulation time ``steps`` (default: now)."""
+    ns = get_sim_time("ns") if steps is None else get_time_from_sim_steps(steps, "ns")
+    return round(ns / PERIOD_NS)
+
+
+def _stalls(rng, prob: float):
+    """Pause generator for cocotbext-axi: each clock cycle, pause with probability ``prob``."""
+    while True:
+        yield rng.random() < prob
 
 
 async def _transfer(dut, ready) -> None:
     """With valid already high: wait for a cycle whose settled ``ready`` is 1 (sampled at the
-    falling edge, the same on every simulator), then for the rising edge that transfers."""
+    falling edge), then for the rising edge that transfers."""
     while True:
         await FallingEdge(dut.clk)
         if ready.value == 1:
@@ -60,7 +88,6 @@ async def _transfer(dut, ready) -> None:
 
 async def _reset(dut, cycles: int = 2) -> None:
     dut.rst.value = 1
-    dut.s_axis_tvalid.value = 0
     await ClockCycles(dut.clk, cycles)
     dut.rst.value = 0
 
@@ -81,76 +108,59 @@ async def stream_images(dut):
     hidden = spec.get("hidden_sizes", [])
 
     Clock(dut.clk, PERIOD_NS, unit="ns").start()
-    dut.s_axis_tdata.value = 0
-    dut.s_axis_tlast.value = 0
-    dut.m_axis_tready.value = 1
+    for bus in ("s_axis", "w_axis", "m_axis"):         # no banner, no line per frame
+        logging.getLogger(f"cocotb.{dut._name}.{bus}").setLevel(logging.WARNING)
     dut.seed_valid.value = 0
     dut.seed.value = 0
+    # One beat per pixel, weight word and result: byte_lanes=1 makes a "byte" the whole tdata,
+    # whatever its width (a 4-bit class, a 16-bit weight beat).
+    pixels_in = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis"), dut.clk, dut.rst,
+                                byte_lanes=1)
+    pixels_taken = AxiStreamMonitor(AxiStreamBus.from_prefix(dut, "s_axis"), dut.clk, dut.rst,
+                                    byte_lanes=1)
+    results_out = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis"), dut.clk, dut.rst,
+                                byte_lanes=1)
+    if in_gap:
+        pixels_in.set_pause_generator(_stalls(rng, in_gap))
+    if out_stall:
+        results_out.set_pause_generator(_stalls(rng, out_stall))
     load_weights = (job / "weights.npy").exists()
     if load_weights:
-        dut.w_axis_tvalid.value = 0
-        dut.w_axis_tlast.value = 0
-        dut.w_axis_tdata.value = 0
+        weights_in = AxiStreamSource(AxiStreamBus.from_prefix(dut, "w_axis"), dut.clk,
+                                     byte_lanes=1)            # no reset: loaded once
+        if in_gap:
+            weights_in.set_pause_generator(_stalls(rng, in_gap))
     await _reset(dut, 3)
     if load_weights:
         beats = np.load(job / "weights.npy", allow_pickle=False)
-        for i, b in enumerate(beats):
-            while in_gap and rng.random() < in_gap:
-                dut.w_axis_tvalid.value = 0
-                await RisingEdge(dut.clk)
-            dut.w_axis_tdata.value = int(b)
-            dut.w_axis_tlast.value = int(i == len(beats) - 1)
-            dut.w_axis_tvalid.value = 1
-            await _transfer(dut, dut.w_axis_tready)
-        dut.w_axis_tvalid.value = 0
+        await weights_in.send(AxiStreamFrame([int(b) for b in beats]))
+        await weights_in.wait()                  # returns at the last beat's handshake
         await FallingEdge(dut.clk)
         assert dut.w_axis_tready.value == 0, "w_axis still ready after the whole weight image"
-        await RisingEdge(dut.clk)      # drivers change their signals just after a rising edge
 
     results = {"classes": [], "scores": [], "latency": [], "done_at": []}
     spikes: list[tuple[int, int]] = []       # (layer, bits) in the order they appear
+    valid_at: list[int] = []                 # per result: the cycle m_axis_tvalid went high
 
-    async def feed(n: int) -> int:
-        """Stream image ``n``; returns the cycle of its last pixel's handshake."""
-        for j in range(n_in):
-            while in_gap and rng.random() < in_gap:
-                dut.s_axis_tvalid.value = 0
-                await RisingEdge(dut.clk)
-            dut.s_axis_tdata.value = int(pixels[n, j])
-            dut.s_axis_tlast.value = int(j == n_in - 1)
-            dut.s_axis_tvalid.value = 1
-            await _transfer(dut, dut.s_axis_tready)
-        dut.s_axis_tvalid.value = 0
-        dut.s_axis_tlast.value = 0
-        return _cycle()
-
-    async def take(n: int, last_in: list) -> None:
-        """Wait for image ``n``'s result, with random back-pressure, and record it."""
-        await FallingEdge(dut.clk)
-        if dut.m_axis_tvalid.value != 1:
-            await RisingEdge(dut.m_axis_tvalid)
-        t_valid = _cycle()
-        first = None
+    async def check_results() -> None:
+        """m_axis protocol: a result holds still, valid high, until its handshake."""
+        held = None
         while True:
-            await FallingEdge(dut.clk)
-            assert dut.m_axis_tvalid.value == 1, (
-                f"image {n}: m_axis_tvalid dropped before handshake")
+            if held is None and dut.m_axis_tvalid.value != 1:
+                await RisingEdge(dut.m_axis_tvalid)        # just after the edge that set it
+            await RisingEdge(dut.clk)
+            if dut.rst.value == 1 or dut.m_axis_tvalid.value != 1:
+                assert held is None or dut.rst.value == 1, (
+                    f"result {len(valid_at) - 1}: m_axis_tvalid dropped before handshake")
+                held = None
+                continue
             now = (_uint(dut.m_axis_tdata.value), _uint(dut.m_axis_tuser.value))
-            if first is None:
-                first = now
-            assert now == first, f"image {n}: the result changed while waiting for tready"
-            ready = not (out_stall and rng.random() < out_stall)
-            dut.m_axis_tready.value = int(ready)
-            if ready:
-                break
-        cls, packed = first
-        await RisingEdge(dut.clk)
-        dut.m_axis_tready.value = int(rng.random() < 0.5) if out_stall else 1
-        results["classes"].append(cls)
-        results["scores"].append([_signed((packed >> (c * sb)) & ((1 << sb) - 1), sb)
-                                  for c in range(C)])
-        results["latency"].append(t_valid - last_in[0])
-        results["done_at"].append(_cycle())
+            if held is None:
+                valid_at.append(_cycle() - 1)
+                held = now
+            assert now == held, f"result {len(valid_at) - 1} changed while waiting for tready"
+            if dut.m_axis_tready.value == 1:
+                held = None
 
     async def watch_spikes() -> None:
         offsets = np.concatenate([[0], np.cumsum(hidden)]).astype(int)
@@ -164,23 +174,41 @@ async def stream_images(dut):
                     if valid >> h & 1:
                         spikes.append((h, (bits >> int(offsets[h])) & ((1 << hidden[h]) - 1)))
 
+    async def hand_over_seed(value: int) -> None:
+        dut.seed.value = value
+        dut.seed_valid.value = 1
+        await _transfer(dut, dut.seed_ready)
+        dut.seed_valid.value = 0
+
+    def queue_images(first: int) -> None:
+        for n in range(first, n_img):
+            pixels_in.send_nowait(AxiStreamFrame([int(p) for p in pixels[n]]))
+
+    cocotb.start_soon(check_results())
     if debug and hidden:
         cocotb.start_soon(watch_spikes())
 
+    if 0 in seeds:
+        await hand_over_seed(seeds.pop(0))
+    queue_images(0)
     log_every = max(1, n_img // 20)
     n = 0
     while n < n_img:
+        taken = await pixels_taken.recv()
+        last_in = _cycle(taken.sim_time_end)
         if n in resets:
-            # Feed image n, then reset the core in the middle of its inference.
-            await feed(n)
-            dut.m_axis_tready.value = 0            # a finished result would now stay visible
+            # Image n is in; reset the core in the middle of its inference, feed it again.
             await ClockCycles(dut.clk, resets.pop(n))
             await FallingEdge(dut.clk)
-            assert dut.m_axis_tvalid.value != 1, f"image {n}: finished before the planned reset"
+            assert dut.m_axis_tvalid.value != 1 and len(valid_at) == n, (
+                f"image {n}: finished before the planned reset")
+            pixels_in.clear()
             await _reset(dut)
-            dut.m_axis_tready.value = 1
+            if n in seeds:
+                await hand_over_seed(seeds.pop(n))
+            queue_images(n)
             # Drop what the aborted image produced: keep T vectors per layer per finished image.
-            keep, seen = len(results["classes"]) * spec.get("samples", 1), {}
+            keep, seen = n * spec.get("samples", 1), {}
             kept_spikes = []
             for h, v in spikes:
                 seen[h] = seen.get(h, 0) + 1
@@ -189,18 +217,17 @@ async def stream_images(dut):
             spikes[:] = kept_spikes
             dut._log.info("reset in the middle of image %d; feeding it again", n)
             continue
-        if n in seeds:
-            dut.seed.value = seeds.pop(n)
-            dut.seed_valid.value = 1
-            await _transfer(dut, dut.seed_ready)
-            dut.seed_valid.value = 0
-        last_in = [0]
-
-        async def drive(n=n, last_in=last_in):
-            last_in[0] = await feed(n)
-
-        cocotb.start_soon(drive())
-        await take(n, last_in)
+        out = await results_out.recv()
+        if n + 1 in seeds and n + 1 not in resets:
+            # The core takes the seed in its first cycle back in LOAD, the next image's first
+            # pixel at the earliest: hand it over now.
+            cocotb.start_soon(hand_over_seed(seeds.pop(n + 1)))
+        packed = out.tuser                       # one beat: compact() made the list an int
+        results["classes"].append(out.tdata[0])
+        results["scores"].append([_signed((packed >> (c * sb)) & ((1 << sb) - 1), sb)
+                                  for c in range(C)])
+        results["latency"].append(valid_at[n] - last_in)
+        results["done_at"].append(_cycle(out.sim_time_end))
         n += 1
         (job / "progress").write_text(str(n))
         if n % log_every == 0 or n == n_img:
@@ -212,4 +239,3 @@ async def stream_images(dut):
              done_at=np.array(results["done_at"], dtype=np.int64),
              spike_layers=np.array([s[0] for s in spikes], dtype=np.int64),
              spike_bits=np.array([str(s[1]) for s in spikes]))
-
