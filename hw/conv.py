@@ -12,8 +12,8 @@ A pooling layer after the convolution is computed on the fly: the engine visits 
 positions pool window by pool window, ORs each window's spikes per filter, and writes one
 pooled pixel per window; conv outputs that no pool window covers are never computed.
 
-Schedule for one sample (mirrored by ``ConvLayer.cycles`` in :mod:`nsm_export.layers.conv`, checked in
-simulation):
+Schedule for one sample (mirrored by ``ConvLayer.cycles`` in :mod:`nsm_export.layers.conv`,
+checked in simulation):
 
 ``IDLE``     1 cycle, the one in which ``start`` is seen.
 ``MASK``     ``n_in + 1`` cycles, only when the layer samples: one LFSR draw per cycle in the
