@@ -40,6 +40,14 @@ def rng():
     return np.random.default_rng(20261124)
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits split ``(x_train, y_train, x_test, y_test)``, seed 0; shared by the
+    whole session, so a test copies before it writes into an array."""
+    from nsm_train.data import load_digits_split
+    return load_digits_split(seed=0)
+
+
 @pytest.fixture
 def load_benchmark():
     """``load_benchmark("fit")``: the module ``benchmarks/fit.py`` (a script folder, not a

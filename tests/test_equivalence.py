@@ -10,14 +10,8 @@ import torch
 from nsm_export import golden
 from nsm_export.compiler import compile_model
 from nsm_export.onnx_export import build_onnx
-from nsm_train.data import load_digits_split
 from nsm_train.model import NSMMLP
 from nsm_train.train import TrainConfig, evaluate, train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
 
 
 def _random_model(seed, hidden, wb, p, **kw):

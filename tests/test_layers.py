@@ -10,16 +10,10 @@ import torch
 from nsm_export import golden
 from nsm_export.compiler import compile_model
 from nsm_export.onnx_export import build_onnx
-from nsm_train.data import load_digits_split
 from nsm_train.layers import BinaryPool2d, NSMConv2d, NSMLinear, SBSLinear
 from nsm_train.model import NSMConvNet, NSMMLP, SBSMLP, parse_conv_spec, vote_uncertainty
 
 SEED = 99
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
 
 
 def integer_forward(model, pixels):
