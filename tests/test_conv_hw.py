@@ -17,9 +17,7 @@ from nsm_export.compiler import compile_model
 from nsm_export.onnx_export import build_onnx
 from nsm_train.model import NSMConvNet
 from sim.runner import compare, golden_with_resets, run_rtl
-
-SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
-              pytest.param("verilator", marks=pytest.mark.verilator)]
+from tests.support import SIMULATORS
 
 
 def _two_conv_ir(rng, samples=3, weight_store="rom"):

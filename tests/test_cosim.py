@@ -11,9 +11,7 @@ from nsm_export import golden, schedule
 from nsm_export.build import IntLayer, bernoulli_probs, build_ir
 from nsm_export.random_ir import random_ir, random_pixels
 from sim.runner import compare, golden_with_resets, run_rtl
-
-SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
-              pytest.param("verilator", marks=pytest.mark.verilator)]
+from tests.support import SIMULATORS
 
 CASES = [
     # sizes, pe per layer, draw lanes per layer, weight bits, keep probabilities, T, seed

@@ -17,7 +17,8 @@ from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 from nsm_export.ir import IRError, min_line_rows, use_line_buffers
 from nsm_export.random_ir import random_conv_ir, random_pixels
 from sim.runner import run_rtl
-from tests.test_conv_hw import SIMULATORS, _check, _two_conv_ir
+from tests.support import SIMULATORS
+from tests.test_conv_hw import _check, _two_conv_ir
 
 
 def _three_conv_ir(rng, extra=0):
