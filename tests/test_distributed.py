@@ -39,7 +39,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29531", str(script), str(ckpt), str(result)],
+         "--standalone", str(script), str(ckpt), str(result)],      # a free port, not a fixed one
         env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(result.read_text())
