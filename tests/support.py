@@ -8,8 +8,9 @@ import re
 import pytest
 
 # One parameter per simulator, each carrying the marker that skips it where the tool is missing.
+# A Verilator run compiles the core to C++ first (20 s and more), so it is slow whatever the core.
 SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
-              pytest.param("verilator", marks=pytest.mark.verilator)]
+              pytest.param("verilator", marks=[pytest.mark.verilator, pytest.mark.slow])]
 
 _MODULE = re.compile(r"^module\s+(\S+?)\s*[(#]", re.M)
 _DECLARATION = re.compile(r"^\s*(input|output|inout)\s+(?:\[(\d+):(\d+)\]\s*)?(\S+)\s*;", re.M)

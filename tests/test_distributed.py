@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from nsm_train.train import load_checkpoint
@@ -31,6 +32,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_gloo(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)

@@ -76,6 +76,7 @@ def test_both_mask_forms_compile_to_the_same_ir(mask_op):
     assert [layer.p for layer in ir.layers] == [0.75, 0.5]
 
 
+@pytest.mark.slow
 def test_sampling_on_golden_accuracy_matches_pytorch(digits):
     x_tr, y_tr, x_te, y_te = digits
     model, _ = train(TrainConfig(hidden=[64], p=0.75, epochs=8, seed=3), progress=False)
@@ -128,6 +129,7 @@ def test_negative_and_zero_scales_fold_exactly(digits):
     assert np.array_equal(np.argmax(_ort_scores(proto, x), axis=1), golden.run(ir, x).classes)
 
 
+@pytest.mark.slow
 def test_stochastic_input_compiles_and_matches_pytorch_statistically(digits):
     """The bernoulli code (P(+1) = pixel/16 on digits) compiles to the IR's stochastic encoder;
     golden and PyTorch accuracies at T = 16 agree within the statistical margin, and the noise

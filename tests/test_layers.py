@@ -224,6 +224,7 @@ def test_sbs_mean_field_matches_monte_carlo():
     assert torch.allclose(u.var(0), var[0].detach(), rtol=0.05)
 
 
+@pytest.mark.slow
 def test_sbs_network_trains_and_reads_out_binary_weights_exactly(digits):
     torch.manual_seed(SEED)
     model = SBSMLP(64, [64], 10, p=0.75, input_threshold=8, pixel_max=16)

@@ -223,6 +223,7 @@ def test_verilog_uses_the_ram_module_only_for_ram_layers():
     assert "w_axis_tdata" not in verilog_ports(rom, "mac_rom")
 
 
+@pytest.mark.slow
 @pytest.mark.synth
 @pytest.mark.parametrize("conv", [False, True], ids=["mlp", "conv"])
 def test_multipliers_map_to_dsps(tmp_path, conv):

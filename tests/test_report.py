@@ -72,6 +72,7 @@ def _render_in_chromium(page: str, tmp_path) -> dict:
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="chromium not installed (apt-get install chromium; CI installs it)")
 def test_every_plot_renders_in_headless_chromium(built, tmp_path):
