@@ -276,6 +276,7 @@ def test_conv_resources_cycles_and_lfsr_rows():
     assert not lf[3]["sampling"] and "max_cross_corr" in lf[2]
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 def test_conv_report_with_cosimulation(tmp_path):
     ir = write_build(_conv_ir(), tmp_path / "build")
