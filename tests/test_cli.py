@@ -67,6 +67,7 @@ def test_export_rejects_a_garbage_checkpoint(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 def test_stages_one_by_one(tmp_path):
     """train → export → compile → sim through the command line, as the README shows."""

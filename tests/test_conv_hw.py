@@ -18,9 +18,7 @@ from nsm_export.compiler import compile_model
 from nsm_export.onnx_export import build_onnx
 from nsm_train.model import NSMConvNet
 from sim.runner import compare, golden_with_resets, run_rtl
-
-SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
-              pytest.param("verilator", marks=pytest.mark.verilator)]
+from tests.support import SIMULATORS
 
 
 def _two_conv_ir(rng, samples=3, weight_store="rom"):
@@ -66,6 +64,7 @@ def _check(ir, px, rtl, resets=(), seeds=()):
     return expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_two_conv_layers_pool_and_dense_equal_golden(tmp_path, simulator):
     rng = np.random.default_rng(1)
@@ -80,6 +79,7 @@ def test_two_conv_layers_pool_and_dense_equal_golden(tmp_path, simulator):
     assert len(set(rtl.latency.tolist())) > 1              # blanked inputs cost no cycles
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_conv_weights_loaded_into_ram_survive_resets(tmp_path, simulator):
     """Both conv layers keep their filters in RAM written once through w_axis (SPRAM on
@@ -95,6 +95,7 @@ def test_conv_weights_loaded_into_ram_survive_resets(tmp_path, simulator):
     _check(ir, px, rtl, resets)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_strided_thermometer_conv_with_gaps_resets_and_seeds(tmp_path, simulator):
     rng = np.random.default_rng(2)
@@ -107,6 +108,7 @@ def test_strided_thermometer_conv_with_gaps_resets_and_seeds(tmp_path, simulator
     _check(ir, px, rtl, resets, seeds)
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 @pytest.mark.parametrize("spec,levels,line_buffer", [("6c3-p2-5c2-12", 4, False),
                                                      ("6c3s-p2-5c3s-12", 8, False),
@@ -180,6 +182,7 @@ def test_unsupported_conv_cores_get_one_line(tmp_path):
     assert np.array_equal(golden.run(irmod.load(out_dir), x).scores, golden.run(ir, x).scores)
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 @pytest.mark.parametrize("seed", range(2000, 2012))
 def test_fuzz_random_conv_nets(tmp_path, seed):
@@ -194,6 +197,7 @@ def test_fuzz_random_conv_nets(tmp_path, seed):
     _check(ir, px, rtl)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_stochastic_input_before_a_conv_layer(tmp_path, simulator):
     """Bernoulli(x) input spikes drawn anew every sample straight into a conv layer's map

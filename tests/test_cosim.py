@@ -11,20 +11,19 @@ from nsm_export import golden, schedule
 from nsm_export.build import IntLayer, bernoulli_probs, build_ir
 from nsm_export.testing import random_ir, random_pixels
 from sim.runner import compare, golden_with_resets, run_rtl
-
-SIMULATORS = [pytest.param("icarus", marks=pytest.mark.icarus),
-              pytest.param("verilator", marks=pytest.mark.verilator)]
+from tests.support import SIMULATORS
 
 CASES = [
     # sizes, pe per layer, draw lanes per layer, weight bits, keep probabilities, T, seed
     pytest.param([13, 7, 5], [3, 2], [1, 1], 3, [0.5, 0.75], 3, 11, id="13-7-5-pe3x2-indivisible"),
     pytest.param([20, 16, 12, 10], [4, 5, 10], [8, 1, 2], 4, [0.5, 1.0, 0.25], 2, 12,
-                 id="20-16-12-10-mixed-p-lanes8x2"),
+                 id="20-16-12-10-mixed-p-lanes8x2", marks=pytest.mark.slow),
     pytest.param([9, 6, 4], [6, 1], [4, 16], 1, [0.75, 0.5], 4, 13,
-                 id="9-6-4-binary-lanes4x16-partial"),
+                 id="9-6-4-binary-lanes4x16-partial", marks=pytest.mark.slow),
     pytest.param([16, 5, 3], [5, 3], [1, 1], 8, [1.0, 1.0], 1, 14, id="16-5-3-no-sampling-8bit"),
     pytest.param([2, 1, 2], [1, 2], [2, 1], 2, [0.25, 0.25], 6, 15, id="2-1-2-often-nothing-kept"),
-    pytest.param([37, 19, 6], [19, 3], [16, 4], 2, [0.75, 0.5], 2, 16, id="37-19-6-lanes16x4"),
+    pytest.param([37, 19, 6], [19, 3], [16, 4], 2, [0.75, 0.5], 2, 16, id="37-19-6-lanes16x4",
+                 marks=pytest.mark.slow),
 ]
 # Parallel inputs (simd): beats of 2 or 4 kept inputs, partial last beats (K mod simd != 0 in
 # most samples; n_in 13 / 23 / 30 are not multiples of 4), p = 1 layers (every input kept, from
@@ -84,6 +83,7 @@ def test_rtl_equals_golden(tmp_path, simulator, sizes, pe, lanes, wb, p, T, seed
         assert len(set(rtl.latency.tolist())) > 1        # really event-driven
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("sizes,pe,lanes,simd,wb,p,T,seed", SIMD_CASES)
 def test_simd_equals_golden_and_the_cycle_model(tmp_path, simulator, sizes, pe, lanes, simd, wb,
@@ -107,6 +107,7 @@ def test_simd_equals_golden_and_the_cycle_model(tmp_path, simulator, sizes, pe, 
     assert any((k % s != 0).any() for k, s in zip(kept, simd))       # partial last beats
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("sizes,pe,lanes,store,wb,p,T,seed,simd", RAM_CASES)
 def test_loaded_weights_equal_golden_and_survive_resets(tmp_path, simulator, sizes, pe, lanes,
@@ -128,6 +129,7 @@ def test_loaded_weights_equal_golden_and_survive_resets(tmp_path, simulator, siz
     assert cmp.mismatches == 0, cmp.first_mismatch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("pixels,levels,hidden,lanes,p", [
     (7, 4, 9, 4, 0.75),           # 28 spikes: one full word and a 12-spike tail
@@ -156,6 +158,7 @@ def test_thermometer_encoder_equals_golden(tmp_path, simulator, pixels, levels, 
     assert np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("pixels,pixel_max,prob_bits,p,lanes", [
     (11, 255, 8, 0.75, 4),        # 8-bit pixels, P(+1) = x/255 on 8 bits
@@ -182,6 +185,7 @@ def test_stochastic_encoder_equals_golden(tmp_path, simulator, pixels, pixel_max
     assert np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_stalls_gaps_and_resets_lose_nothing(tmp_path, simulator):
     """Random input gaps and output back-pressure, two resets in mid-inference, and every
@@ -205,6 +209,7 @@ def test_stalls_gaps_and_resets_lose_nothing(tmp_path, simulator):
     assert np.array_equal(rtl.scores[3], fresh.scores[0])
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 def test_run_seeds_change_the_draws_exactly_as_the_golden_model_says(tmp_path):
     rng = np.random.default_rng(21)
@@ -220,6 +225,7 @@ def test_run_seeds_change_the_draws_exactly_as_the_golden_model_says(tmp_path):
     assert spec.reseeded(spec.seed) == spec.seed                # lock-up avoided
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 def test_first_mismatch_is_located(tmp_path):
     """A wrong weight row in one neuron is reported at that layer and neuron."""
@@ -240,6 +246,7 @@ def test_first_mismatch_is_located(tmp_path):
 FUZZ_SEEDS = list(range(1000, 1050))
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 @pytest.mark.parametrize("seed", FUZZ_SEEDS)
 def test_fuzz_random_networks(tmp_path, seed):

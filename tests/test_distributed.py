@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from nsm_train.train import load_checkpoint
@@ -31,6 +32,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_gloo(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(SCRIPT)
@@ -39,7 +41,7 @@ def test_torchrun_two_ranks_gloo(tmp_path):
                PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29531", str(script), str(ckpt), str(result)],
+         "--standalone", str(script), str(ckpt), str(result)],      # a free port, not a fixed one
         env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(result.read_text())

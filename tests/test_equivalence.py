@@ -10,14 +10,8 @@ import torch
 from nsm_export import golden
 from nsm_export.compiler import compile_model
 from nsm_export.onnx_export import build_onnx
-from nsm_train.data import load_digits_split
 from nsm_train.model import NSMMLP
 from nsm_train.train import TrainConfig, evaluate, train
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
 
 
 def _random_model(seed, hidden, wb, p, **kw):
@@ -82,6 +76,7 @@ def test_both_mask_forms_compile_to_the_same_ir(mask_op):
     assert [layer.p for layer in ir.layers] == [0.75, 0.5]
 
 
+@pytest.mark.slow
 def test_sampling_on_golden_accuracy_matches_pytorch(digits):
     x_tr, y_tr, x_te, y_te = digits
     model, _ = train(TrainConfig(hidden=[64], p=0.75, epochs=8, seed=3), progress=False)
@@ -134,6 +129,7 @@ def test_negative_and_zero_scales_fold_exactly(digits):
     assert np.array_equal(np.argmax(_ort_scores(proto, x), axis=1), golden.run(ir, x).classes)
 
 
+@pytest.mark.slow
 def test_stochastic_input_compiles_and_matches_pytorch_statistically(digits):
     """The bernoulli code (P(+1) = pixel/16 on digits) compiles to the IR's stochastic encoder;
     golden and PyTorch accuracies at T = 16 agree within the statistical margin, and the noise

@@ -47,6 +47,7 @@ def test_guide_lists_every_page_and_each_page_has_examples():
         assert f"]({doc.relative_to(REPO)})" in readme, f"README does not link {doc.name}"
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 @pytest.mark.synth
 def test_every_console_example_runs(tmp_path):

@@ -7,13 +7,13 @@ import pytest
 from hw.integration import fusesoc_core, instantiation_template, ports
 from hw.top import generate_verilog
 from nsm_export.testing import random_ir
+from tests.support import verilog_ports
 
 
 def test_ports_match_the_verilog_module(rng):
     ir = random_ir(rng, sizes=[9, 5, 3])
-    header = generate_verilog(ir).split(");", 1)[0]
-    for name, _, _ in ports(ir):
-        assert name in header
+    assert verilog_ports(generate_verilog(ir), ir.name) == {
+        name: (direction, width) for name, direction, width in ports(ir)}
 
 
 def test_core_file_names_the_verilog(rng):

@@ -12,16 +12,10 @@ from hypothesis import strategies as st
 from nsm_export import golden
 from nsm_export.compiler import compile_model
 from nsm_export.onnx_export import build_onnx, layer_integers
-from nsm_train.data import load_digits_split
 from nsm_train.layers import BinaryPool2d, NSMConv2d, NSMLinear, SBSLinear
 from nsm_train.model import NSMConvNet, NSMMLP, SBSMLP, parse_conv_spec, vote_uncertainty
 
 SEED = 99
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
 
 
 def integer_forward(model, pixels):
@@ -276,6 +270,7 @@ def test_sbs_mean_field_matches_monte_carlo():
     assert torch.allclose(u.var(0), var[0].detach(), rtol=0.05)
 
 
+@pytest.mark.slow
 def test_sbs_network_trains_and_reads_out_binary_weights_exactly(digits):
     torch.manual_seed(SEED)
     model = SBSMLP(64, [64], 10, p=0.75, input_threshold=8, pixel_max=16)

@@ -19,6 +19,7 @@ def test_python_model_full_period_and_no_lockup():
     assert s == 0xACE1 and len(seen) == (1 << 16) - 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("leap", [1, 8])
 def test_hardware_equals_model_over_full_period(leap):
     width, seed = 16, 0xACE1

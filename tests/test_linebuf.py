@@ -17,7 +17,8 @@ from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 from nsm_export.ir import IRError, min_line_rows, use_line_buffers
 from nsm_export.testing import random_conv_ir, random_pixels
 from sim.runner import run_rtl
-from tests.test_conv_hw import SIMULATORS, _check, _two_conv_ir
+from tests.support import SIMULATORS
+from tests.test_conv_hw import _check, _two_conv_ir
 
 
 def _three_conv_ir(rng, extra=0):
@@ -53,6 +54,7 @@ def _smem_depth(verilog: str, module: str) -> tuple[int, int]:
     return int(hi) + 1, int(depth) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_two_conv_layers_with_a_line_buffer_equal_golden(tmp_path, simulator):
     """conv -> pool 2 -> conv with a 2-row ring (its fewest: a 2x2 kernel, no pooling)."""
@@ -68,6 +70,7 @@ def test_two_conv_layers_with_a_line_buffer_equal_golden(tmp_path, simulator):
     assert len(set(rtl.latency.tolist())) > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("simulator,extra", [
     pytest.param("icarus", 0, marks=pytest.mark.icarus),
     pytest.param("icarus", 3, marks=pytest.mark.icarus),
@@ -91,6 +94,7 @@ def test_three_conv_layers_stride_padding_pool_2_and_3(tmp_path, simulator, extr
 FUZZ_SEEDS = [3001, 3005, 3016, 3020, 3024, 3027, 3031, 3034, 3035, 3042, 3053, 3054]
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 @pytest.mark.parametrize("seed", FUZZ_SEEDS)
 def test_fuzz_random_conv_nets_with_line_buffers(tmp_path, seed):

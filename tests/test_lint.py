@@ -21,6 +21,7 @@ def _verilog(tmp_path, seed, debug=False):
     return ir, path
 
 
+@pytest.mark.slow
 @pytest.mark.verilator
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("debug", [False, True])

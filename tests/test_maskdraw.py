@@ -10,7 +10,7 @@ from hw.maskdraw import (MaskDrawer, batch_cycles, draw_batches_model, keep_batc
 from nsm_export import lfsr
 from nsm_export.build import derive_seed
 from nsm_export.golden import GoldenModel
-from nsm_export.random_ir import random_conv_ir, random_ir, random_pixels
+from nsm_export.testing import random_conv_ir, random_ir, random_pixels
 from nsm_export.schema import LfsrSpec
 
 

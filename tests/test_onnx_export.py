@@ -13,7 +13,6 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from nsm_export.onnx_export import IR_VERSION, OPSET, ExportError, build_onnx, export_onnx
-from nsm_train.data import load_digits_split
 from nsm_train.model import NSMMLP
 from nsm_train.train import TrainConfig, evaluate, train
 
@@ -21,11 +20,6 @@ SEED = 4321
 METADATA = {"nsm.format": "canonical", "nsm.version": "1", "nsm.samples": "16",
             "nsm.pixel_bits": "8", "nsm.noise": "bernoulli-per-input",
             "nsm.input_encoding": "threshold"}
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
 
 
 @pytest.fixture(scope="module")

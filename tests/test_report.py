@@ -73,6 +73,7 @@ def _render_in_chromium(page: str, tmp_path) -> dict:
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="chromium not installed (apt-get install chromium; CI installs it)")
 def test_every_plot_renders_in_headless_chromium(built, tmp_path):
@@ -276,6 +277,7 @@ def test_conv_resources_cycles_and_lfsr_rows():
     assert not lf[3]["sampling"] and "max_cross_corr" in lf[2]
 
 
+@pytest.mark.slow
 @pytest.mark.icarus
 def test_conv_report_with_cosimulation(tmp_path):
     ir = write_build(_conv_ir(), tmp_path / "build")

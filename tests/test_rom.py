@@ -9,6 +9,7 @@ import pytest
 from hw.dense import memory_words, pack_lanes, rom_module, rom_module_name
 from hw.top import generate_verilog
 from nsm_export.testing import random_conv_ir, random_ir
+from tests.support import verilog_modules
 
 
 def _reference_words(layer):
@@ -53,7 +54,7 @@ def test_core_has_one_rom_module_per_rom_layer():
     ir = random_ir(np.random.default_rng(3), sizes=[20, 16, 10], pe=[4, 10], weight_bits=2)
     ir.layers[1].weight_store = "ram"
     text = generate_verilog(ir)
-    names = re.findall(r"^module (\S+)", text, flags=re.M)
+    names = verilog_modules(text)
     assert rom_module_name(ir.name, 0) in names and rom_module_name(ir.name, 1) not in names
     assert "nsm_ram16" in names
     words = memory_words(ir.layers[0])[0]

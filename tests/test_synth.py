@@ -53,6 +53,7 @@ def _check_report_against_tool_json(r: dict, target: synth.Target):
     assert r["seconds"]["total"] >= r["seconds"]["yosys"] > 0
 
 
+@pytest.mark.slow
 def test_ice40_through_the_cli_with_the_pin_wrapper(tmp_path):
     ir, build = _build(tmp_path, [16, 12, 4], [4, 4], 2)
     out = tmp_path / "ice40.json"
@@ -72,6 +73,7 @@ def test_ice40_through_the_cli_with_the_pin_wrapper(tmp_path):
     assert "[2/3]" in res.stderr and "[3/3]" in res.stderr
 
 
+@pytest.mark.slow
 def test_ecp5_without_a_wrapper(tmp_path):
     ir, build = _build(tmp_path, [16, 12, 4], [4, 4], 2)
     logs = []
@@ -82,6 +84,7 @@ def test_ecp5_without_a_wrapper(tmp_path):
     assert len(logs) == 3 and "summary" in synth.format_summary(r)[0]
 
 
+@pytest.mark.slow
 def test_an_oversized_network_names_the_resource_and_a_folding_that_fits(tmp_path):
     # 512 inputs x 33 neurons at pe 32: two groups of 32 lanes, so the 4-bit weight ROM is
     # 64 x 512 x 4 bits = 32 EBR (35 with the rest) of 30. At pe 16, 48 rows need 24.
@@ -95,6 +98,7 @@ def test_an_oversized_network_names_the_resource_and_a_folding_that_fits(tmp_pat
     assert not (build / "synth" / "ice40-up5k" / "nextpnr.json").exists()
 
 
+@pytest.mark.slow
 def test_weights_too_big_for_ebr_move_to_spram_and_then_fit(tmp_path):
     # 256 x 128 4-bit weights are 128 kbit: 32 EBR of 30 at any pe (folding does not shrink a
     # weight ROM), so the suggestion must move layer 0 to SPRAM; the suggested build then fits,
@@ -123,6 +127,7 @@ def test_weights_too_big_for_ebr_move_to_spram_and_then_fit(tmp_path):
     assert abs(r["luts"]["used"] - int(m[3].replace(",", ""))) <= 0.15 * r["luts"]["used"]
 
 
+@pytest.mark.slow
 def test_icebreaker_bitstream(tmp_path):
     """`nsm synth --bitstream`: the UART board top, every port on its iCEBreaker pin (nextpnr
     runs without --pcf-allow-unconstrained), packed by icepack into a UP5K bitstream."""

@@ -18,11 +18,6 @@ SEED = 1234
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits_split(seed=0)
-
-
-@pytest.fixture(scope="module")
 def trained():
     cfg = TrainConfig(hidden=[64], p=0.75, epochs=12, seed=SEED)
     model, hist = train(cfg, progress=False)
