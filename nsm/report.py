@@ -201,8 +201,8 @@ def _shape(shape) -> str:
 def network_shapes(ir: irmod.IR) -> list[str]:
     """The input and every layer's output: ``C×H×W`` for maps, a count for vectors."""
     first = ir.layers[0]
-    return [_shape(first.in_shape) if first.kind != "dense" else str(ir.input.size)] + \
-        [_shape(la.out_shape) if la.kind != "dense" else str(la.n_out) for la in ir.layers]
+    return [_shape(first.in_shape) if hasattr(first, "in_shape") else str(ir.input.size)] + \
+        [_shape(la.out_shape) if hasattr(la, "out_shape") else str(la.n_out) for la in ir.layers]
 
 
 def resource_rows(ir: irmod.IR) -> list[dict]:
@@ -226,8 +226,6 @@ def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
     stages = []
     for st in plan(ir):
         layer, m = st.layer, np.asarray(masks[st.index])
-        walk = layer.groups * (layer.positions(st) * layer.c_in * layer.kernel ** 2
-                               if layer.kind == "conv2d" else layer.n_in)
         stages.append({
             "layer": st.index, "label": f"{st.index} {layer.kind}{'+pool' if st.pool else ''}",
             "kind": layer.kind,
@@ -235,7 +233,7 @@ def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
             "n_in": layer.n_in,
             "cycles_per_sample": float(st.cycles(m).mean()),
             "cycles_per_sample_model": float(st.cycles(np.full(layer.n_in, layer.p))),
-            "dense_cycles_per_sample": walk,
+            "dense_cycles_per_sample": layer.dense_walk(st),
         })
     return {
         "samples": ir.samples, "images": int(len(per_image)),

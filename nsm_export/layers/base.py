@@ -24,7 +24,8 @@ class Layer:
     * ``execute(z, x)``: the golden model (``z``: input spikes ``(N, T, n_in)`` as bool;
       ``x``: the same as ±1 with blanked inputs 0); returns its output spikes, or, for the
       output layer, the class scores summed over the samples;
-    * ``cycles(engine, mask)``: the cycle model of its engine for one sample;
+    * ``cycles(engine, mask)``: the cycle model of its engine for one sample (and
+      ``dense_walk(engine)``: the cycles of a walk that skips nothing, for the report);
     * ``own()``, ``options(target)``, ``free_options(target, fixed)``, ``folded(opt)``: its
       folding ``(pe, lanes, simd, weight_store)`` and the choices the searches may make;
     * ``cost(target, *opt)``: the resource estimate of its engine at a folding;

@@ -192,6 +192,11 @@ class ConvLayer(Weighted):
         gated = rows.shape[-1] + self.tail_cycles() if engine.gated else 0
         return pre + rows.sum(axis=-1) + 1 + gated
 
+    def dense_walk(self, engine) -> int:
+        """Cycles of a walk over every window input with nothing skipped: positions × groups ×
+        window inputs."""
+        return self.groups * self.positions(engine) * self.c_in * self.kernel ** 2
+
     def mean_cycles(self, engine, opt: tuple) -> float:
         return float(self.folded(opt).cycles(replace(engine, layer=self.folded(opt)),
                                                np.full(self.n_in, self.p)))

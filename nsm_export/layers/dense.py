@@ -96,6 +96,10 @@ class DenseLayer(Weighted):
     def cycles(self, engine, mask):
         return self.sample_cycles(np.asarray(mask).sum(axis=-1))
 
+    def dense_walk(self, engine) -> int:
+        """Cycles of a walk over every input with nothing skipped: groups × inputs."""
+        return self.groups * self.n_in
+
     def mean_cycles(self, engine, opt: tuple) -> float:
         """Mean cycles of one sample at folding ``opt``."""
         return self.folded(opt).sample_cycles(self.p * self.n_in)
