@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .devices import LANE_LUT_SCALE, blocks
+from .devices import LANE_LUT_SCALE, SPRAM_SHAPE, blocks
 
 __all__ = ["estimate", "fixed_cost", "KEYS", "need", "need_caps", "fits", "LC_PER_FF", "FILL"]
 
@@ -57,7 +57,6 @@ def weight_store_cost(cost: dict, target, width: int, depth: int, store: str,
     """Add ``copies`` weight memories of ``width`` x ``depth`` to ``cost``: block RAM for
     ``rom``; for ``ram`` an address multiplexer per copy, the load counters and SPRAM where the
     target has it (16-bit-wide block RAM otherwise)."""
-    from .devices import SPRAM_SHAPE
     if store == "rom":
         cost["bram"] += copies * blocks(width, depth, target)
         return

@@ -17,7 +17,7 @@ import numpy as np
 from . import lfsr
 from .ir import IR
 
-__all__ = ["GoldenResult", "GoldenModel", "run", "encode_input"]
+__all__ = ["GoldenResult", "GoldenModel", "run"]
 
 
 @dataclass
@@ -28,11 +28,6 @@ class GoldenResult:
     masks: list[np.ndarray] | None = None    # per layer (N, T, n_in) bool, if asked
     # (conv and pool layers: ``n_in``/``n_out`` are their maps flattened channel-major; a pool
     # layer's mask is all True: it draws nothing)
-
-
-def encode_input(ir: IR, pixels: np.ndarray) -> np.ndarray:
-    """Pixels (N, size) unsigned → input spikes (N, n_spikes) as bool (True = +1, False = -1)."""
-    return ir.input.encode(pixels)
 
 
 class GoldenModel:

@@ -126,7 +126,7 @@ def plan(ir, debug: bool = False) -> Plan:
     expose every hidden spike vector, where no dense engine writes into the next one's
     memory)."""
     layers = ir.layers
-    first = []
+    engines = []
     for i, layer in enumerate(layers):
         if layer.kind == "pool":
             continue
@@ -141,11 +141,9 @@ def plan(ir, debug: bool = False) -> Plan:
             ring = layers[nxt].line_rows if consumer == "map" else 0
         linked = layer.kind == "conv2d" or (
             not debug and not layer.output and layer.pe in MEMORY_LINK_PE)
-        first.append(Engine(i, layer, pool, consumer, ring, linked))
-    engines = tuple(Engine(e.index, e.layer, e.pool, e.consumer, e.ring_out, e.linked,
-                           fed=n > 0 and first[n - 1].linked)
-                    for n, e in enumerate(first))
-    return Plan(engines, ir.input.encoding == "bernoulli")
+        fed = bool(engines) and engines[-1].linked
+        engines.append(Engine(i, layer, pool, consumer, ring, linked, fed))
+    return Plan(tuple(engines), ir.input.encoding == "bernoulli")
 
 
 def unsupported(ir) -> str | None:

@@ -15,17 +15,11 @@ from functools import reduce
 import numpy as np
 
 from .ir import IR
-from .plan import Engine, plan
+from .plan import plan
 
-__all__ = ["stage_cycles", "synaptic_ops", "encode_cycles", "pipeline_end", "latency_cycles",
+__all__ = ["pipeline_end", "latency_cycles",
            "cycles_per_inference", "expected_latency_cycles", "expected_cycles_per_inference",
            "dense_bound", "argmax_cycles"]
-
-
-def stage_cycles(engine: Engine, mask) -> np.ndarray:
-    """Cycles of one engine per sample for its layer's keep bits ``mask`` (``(..., n_in)``):
-    the cycle model of the layer's kind (``cycles`` in :mod:`nsm_export.layers`)."""
-    return engine.layer.cycles(engine, mask)
 
 
 def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
@@ -35,7 +29,7 @@ def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     overlap (see :mod:`hw.top`): :func:`pipeline_end` schedules them.
     """
     stages = plan(ir)
-    durations = [stage_cycles(st, masks[st.index]) for st in stages]
+    durations = [st.cycles(masks[st.index]) for st in stages]
     rows = [st.layer.row_cycles(st, masks[st.index])[1] if st.gated else None for st in stages]
     n = durations[0].shape[0]
     return np.array([pipeline_end(ir, [d[k] for d in durations],
@@ -67,7 +61,7 @@ def pipeline_end(ir: IR, durations, rows=None) -> float:
     T, L = ir.samples, len(stages)
     start = [[0.0] * T for _ in range(L)]
     end = [[0.0] * T for _ in range(L)]
-    enc = encode_cycles(ir)
+    enc = ir.input.cycles()
     enc_end = 0.0
     for t in range(T):
         if enc:
@@ -109,7 +103,7 @@ def _row_pipeline_end(ir: IR, stages, durations, rows) -> float:
     S = [[None] * T for _ in range(L)]
     E = [[None] * T for _ in range(L)]
     D = [[[] for _ in range(T)] for _ in range(L)]
-    enc = encode_cycles(ir)
+    enc = ir.input.cycles()
     enc_end = [None] * T
 
     def geo(st):
@@ -221,11 +215,6 @@ def _row_pipeline_end(ir: IR, stages, durations, rows) -> float:
     return E[L - 1][T - 1]
 
 
-def encode_cycles(ir: IR) -> int:
-    """Per sample, the input encoder's cycles (:meth:`InputSpec.cycles`)."""
-    return ir.input.cycles()
-
-
 def argmax_cycles(ir: IR) -> int:
     """The top's two-stage scan of the class scores."""
     return ir.n_classes + 1
@@ -247,7 +236,7 @@ def expected_latency_cycles(ir: IR, durations=None) -> float:
     stages = plan(ir)
     rows = None
     if durations is None:
-        per = [float(stage_cycles(st, np.full(st.layer.n_in, st.layer.p))) for st in stages]
+        per = [float(st.cycles(np.full(st.layer.n_in, st.layer.p))) for st in stages]
         rows = [[st.layer.row_cycles(st, np.full(st.layer.n_in, st.layer.p))[1]] * ir.samples
                 if st.gated else None for st in stages]
     else:
@@ -266,8 +255,3 @@ def dense_bound(ir: IR) -> float:
     lanes = sum(st.layer.pe * getattr(st.layer, "simd", 1) for st in plan(ir))
     return ir.samples * ops / lanes
 
-
-def synaptic_ops(layer) -> int:
-    """Synaptic operations of one sample with every input kept (:meth:`synaptic_ops` of the
-    layer's kind)."""
-    return layer.synaptic_ops()

@@ -263,9 +263,9 @@ def test_conv_resources_cycles_and_lfsr_rows():
     assert [s["dense_cycles_per_sample"] for s in c["stages"]] == [1152, 288, 216, 24]
     for s, st in zip(c["stages"], plan(ir)):
         m = res.masks[st.index]
-        assert s["cycles_per_sample"] == schedule.stage_cycles(st, m).mean()
+        assert s["cycles_per_sample"] == st.cycles(m).mean()
         assert s["cycles_per_sample_model"] == \
-            schedule.stage_cycles(st, np.full(st.layer.n_in, st.layer.p))
+            st.cycles(np.full(st.layer.n_in, st.layer.p))
         assert s["kept_mean"] == m.sum(axis=-1).mean()
     assert c["cycles_per_inference"] == schedule.cycles_per_inference(ir, res.masks).tolist()
     assert c["model_mean"] == schedule.expected_cycles_per_inference(ir)

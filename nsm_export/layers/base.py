@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..schema import (MAX_P_BITS, MAX_WEIGHT_BITS, IRError, LfsrSpec, check_int, signed_bits)
+from ..schema import (MAX_P_BITS, MAX_WEIGHT_BITS, IRError, LfsrSpec, check_int, from_json,
+                      signed_bits, to_json)
 
 __all__ = ["Layer", "Weighted", "memory"]
 
@@ -40,7 +41,6 @@ class Layer:
     weight_store = "rom"
 
     def meta(self) -> dict:
-        from ..schema import to_json
         return to_json(self, self.DERIVED)
 
     def arrays(self, i: int) -> dict:
@@ -48,7 +48,6 @@ class Layer:
 
     @classmethod
     def record(cls, i: int, m: dict, arrays: dict):
-        from ..schema import from_json
         return from_json(cls, m)
 
     def hw_unsupported(self, i: int, ir) -> str | None:
@@ -73,7 +72,6 @@ class Weighted(Layer):
 
     @classmethod
     def record(cls, i: int, m: dict, arrays: dict):
-        from ..schema import from_json
         key = f"layer{i}_{'bias' if m['output'] else 'threshold'}"
         for k in (f"layer{i}_weights", key):
             if k not in arrays:

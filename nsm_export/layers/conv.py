@@ -198,8 +198,8 @@ class ConvLayer(Weighted):
         return self.groups * self.positions(engine) * self.c_in * self.kernel ** 2
 
     def mean_cycles(self, engine, opt: tuple) -> float:
-        return float(self.folded(opt).cycles(replace(engine, layer=self.folded(opt)),
-                                               np.full(self.n_in, self.p)))
+        folded = self.folded(opt)
+        return float(folded.cycles(replace(engine, layer=folded), np.full(self.n_in, self.p)))
 
     # --- folding and resources -------------------------------------------------------------
     def folded(self, opt: tuple) -> "ConvLayer":
