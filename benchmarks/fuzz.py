@@ -1,7 +1,10 @@
 """Random-network co-simulation fuzz: many random IRs through the RTL, all must be bit-exact.
 
 ``--kind conv`` draws random conv nets instead (``random_conv_ir``: channels, kernels, strides,
-padding, OR pooling, folding, weight stores, input codes), written to ``fuzz-conv.json``.
+padding, OR pooling, folding, weight stores, input codes), written to ``fuzz-conv.json``;
+``--kind popcount`` random dense nets on the popcount core (``random_pop_ir``: T and T',
+thermometer codes, simd, lanes, pe), written to ``fuzz-popcount.json``, where the handshake
+intervals of the overlapped images are checked against the cycle model too.
 
 Each case draws a network (depth, sizes, weight bits, keep probabilities, folding, LFSR widths
 and seeds, T) and a few random images, simulates the generated Verilog and compares every score
@@ -31,11 +34,12 @@ from benchmarks._common import provenance, write_results   # noqa: E402
 def one_case(seed: int, simulator: str, images: int, kind: str = "dense") -> dict:
     from hw.top import generate_verilog
     from nsm_export import golden, schedule
-    from nsm_export.testing import random_conv_ir, random_ir, random_pixels
+    from nsm_export.testing import random_conv_ir, random_ir, random_pixels, random_pop_ir
     from sim.runner import compare, run_rtl
 
     rng = np.random.default_rng(seed)
-    ir = random_conv_ir(rng) if kind == "conv" else random_ir(rng)
+    draw = {"conv": random_conv_ir, "popcount": random_pop_ir}.get(kind, random_ir)
+    ir = draw(rng)
     px = random_pixels(rng, ir, images)
     with tempfile.TemporaryDirectory() as tmp:
         vfile = Path(tmp) / "nsm.v"
@@ -43,7 +47,9 @@ def one_case(seed: int, simulator: str, images: int, kind: str = "dense") -> dic
         rtl = run_rtl(vfile, ir, px, simulator=simulator, work_dir=tmp)
     expected = golden.run(ir, px, record=True)
     cmp = compare(expected, rtl)
-    cycles_ok = bool(np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks)))
+    cycles_ok = bool(np.array_equal(rtl.latency, schedule.latency_cycles(ir, expected.masks))
+                     and np.array_equal(np.diff(rtl.done_at), schedule.cycles_per_inference(
+                         ir, expected.masks)[1:]))
     return {"seed": seed, "mismatches": cmp.mismatches, "cycle_model_exact": cycles_ok,
             "first_mismatch": cmp.first_mismatch,
             "ir": ir.to_json() if cmp.mismatches or not cycles_ok else None,
@@ -59,8 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--simulator", choices=["icarus", "verilator"], default="icarus")
-    ap.add_argument("--kind", choices=["dense", "conv"], default="dense",
-                    help="random MLPs (random_ir) or random conv nets (random_conv_ir)")
+    ap.add_argument("--kind", choices=["dense", "conv", "popcount"], default="dense",
+                    help="random MLPs (random_ir), random conv nets (random_conv_ir) or random "
+                         "MLPs on the popcount core (random_pop_ir)")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
     a = ap.parse_args(argv)
     from tqdm import tqdm
@@ -83,8 +90,8 @@ def main(argv=None) -> int:
         **provenance("fuzz.py", argv), "failures": bad,
     }
     out = a.output
-    if a.kind == "conv" and out == ROOT / "benchmarks" / "results" / "fuzz.json":
-        out = out.with_name("fuzz-conv.json")
+    if a.kind != "dense" and out == ROOT / "benchmarks" / "results" / "fuzz.json":
+        out = out.with_name(f"fuzz-{a.kind}.json")
     write_results(out, summary)
     print(f"{summary['cases']} random networks, {summary['failing_cases']} failing")
     return 1 if bad else 0

@@ -7,14 +7,14 @@ from amaranth.hdl import Shape
 from amaranth.lib.wiring import Flow
 
 from nsm_export.ir import IR
-from .top import NsmCore
+from .top import build_core
 
 __all__ = ["ports", "fusesoc_core", "instantiation_template"]
 
 
 def ports(ir: IR) -> list[tuple[str, str, int]]:
     """``(name, "input"|"output", width)`` for every port, clock and reset first."""
-    core = NsmCore(ir)
+    core = build_core(ir)
     core._MustUse__silence = True          # only its signature is read; it is never elaborated
     out = [("clk", "input", 1), ("rst", "input", 1)]
     for name, member in core.signature.members.items():

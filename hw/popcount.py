@@ -54,7 +54,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from nsm_export.schema import MAX_WEIGHT_BITS
+from nsm_export.schema import MAX_WEIGHT_BITS, beat_bits
 from .dense import pack_lanes
 
 __all__ = ["PopcountAccumulator", "LATENCY", "MAX_ACC_BITS", "weight_code",
@@ -114,11 +114,6 @@ def accumulate_model(acc, weights, spikes, keep, weight_bits: int,
     """``acc`` (``(samples, pe)``) after one beat; wrapped to signed ``acc_bits`` if given."""
     out = np.asarray(acc, dtype=np.int64) + beat_model(weights, spikes, keep, weight_bits)
     return out if acc_bits is None else wrap(out, acc_bits)
-
-
-def beat_bits(simd: int, weight_bits: int) -> int:
-    """Signed width that holds any one beat's sum: ``|sum| <= simd * 2**(weight_bits - 1)``."""
-    return (simd << (weight_bits - 1)).bit_length() + 1
 
 
 def pack_weights(weights, weight_bits: int) -> int:
@@ -206,8 +201,12 @@ class PopcountAccumulator(wiring.Component):
     Members
     -------
     clear : In(1)
-        Zero every accumulator before this cycle's beat is added (pipelined with the beats: it
-        drops the beats presented before it and keeps this one).
+        Reset every accumulator to ``init`` before this cycle's beat is added (pipelined with
+        the beats: it drops the beats presented before it and keeps this one).
+    init : In(pe * acc_bits)
+        Neuron ``n``'s start value (every sample) in bits ``[n*acc_bits, (n+1)*acc_bits)``,
+        signed, read a cycle after ``clear`` (hold it from ``clear`` to the cycle after); 0
+        where unconnected.
     valid : In(1)
         A beat this cycle: ``weights``, ``spikes`` and ``keep`` are added. Without it nothing
         is added (the beat is gated as if every input were blanked).
@@ -240,7 +239,7 @@ class PopcountAccumulator(wiring.Component):
                              f"{weight_bits}-bit weights needs {lo})")
         self._pe, self._simd, self._samples = pe, simd, samples
         self._weight_bits, self._acc_bits = weight_bits, acc_bits
-        super().__init__({"clear": In(1), "valid": In(1),
+        super().__init__({"clear": In(1), "valid": In(1), "init": In(pe * acc_bits),
                           "weights": In(pe * simd * weight_bits),
                           "spikes": In(samples * simd), "keep": In(samples * simd),
                           "acc": Out(samples * pe * acc_bits), "out_valid": Out(1)})
@@ -311,7 +310,8 @@ class PopcountAccumulator(wiring.Component):
                 acc = Signal(signed(ab), name=f"acc{t}_{n}")
                 m.d.comb += beat.eq(shift_add(self._agree_counts(m, t, n, spikes, keep)
                                               + offset))
-                m.d.sync += acc.eq(Mux(clear1, 0, acc) + beat)
+                start = self.init[n * ab:(n + 1) * ab].as_signed()
+                m.d.sync += acc.eq(Mux(clear1, start, acc) + beat)
                 accs.append(acc)
         m.d.comb += self.acc.eq(Cat(*accs))
         return m

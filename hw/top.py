@@ -40,8 +40,11 @@ from nsm_export.plan import unsupported as hardware_unsupported
 from .argmax import ArgmaxScan
 from .dense import RAM16_MODULE, load_beats, memory_words, n_load_beats, rom_module, rom_module_name
 from .lfsr import Lfsr
+from .pdense import pop_weight_words
+from .ports import core_ports
+from .ptop import PopcountCore
 
-__all__ = ["NsmCore", "generate_verilog", "convert", "weight_image", "HardwareError",
+__all__ = ["NsmCore", "build_core", "generate_verilog", "convert", "weight_image", "HardwareError",
            "hardware_unsupported"]
 
 
@@ -114,14 +117,7 @@ class NsmCore(wiring.Component):
                                                for layer in ir.layers) else {}
         dbg = {"dbg_valid": Out(max(1, len(hidden))),
                "dbg_spikes": Out(max(1, sum(layer.n_out for layer in hidden)))} if debug else {}
-        super().__init__({**dbg, **wload,
-            "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
-            "s_axis_tdata": In(ir.input.pixel_bits), "s_axis_tlast": In(1),
-            "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
-            "m_axis_tdata": Out(ir.class_bits),
-            "m_axis_tuser": Out(ir.n_classes * ir.score_bits),
-            "seed_valid": In(1), "seed_ready": Out(1), "seed": In(32),
-        })
+        super().__init__({**dbg, **wload, **core_ports(ir)})
 
     @property
     def ir(self) -> IR:
@@ -406,12 +402,30 @@ class HardwareError(ValueError):
     """A valid IR that this hardware generator cannot build yet (one line naming the layer)."""
 
 
+def build_core(ir: IR, debug: bool = False, rom_modules: bool = True):
+    """The core for ``ir``: :class:`hw.ptop.PopcountCore` where its layers run on the popcount
+    engine (``pass_samples``), else :class:`NsmCore`."""
+    if not isinstance(ir, IR):
+        raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
+    ir.validate()
+    if plan(ir).popcount:
+        why = hardware_unsupported(ir)
+        if why:
+            raise HardwareError(why)
+        if debug:
+            raise HardwareError("debug ports (every hidden spike vector) exist for the "
+                                "kept-list engines; a popcount core is checked on its scores "
+                                "and cycles")
+        return PopcountCore(ir, rom_modules=rom_modules)
+    return NsmCore(ir, debug=debug, rom_modules=rom_modules)
+
+
 def generate_verilog(ir: IR, debug: bool = False) -> str:
     """Plain Verilog for the core; the top module is named ``ir.name``.
 
     ``debug=True`` adds the ``dbg_*`` ports that expose every hidden spike vector.
     """
-    return convert(NsmCore(ir, debug=debug), ir, ir.name)
+    return convert(build_core(ir, debug=debug), ir, ir.name)
 
 
 def convert(component, ir: IR, name: str) -> str:
@@ -420,7 +434,13 @@ def convert(component, ir: IR, name: str) -> str:
     weights in ROM, and the RAM module when some layer keeps them in RAM."""
     text = verilog.convert(component, name=name, emit_src=False)
     for st in plan(ir):
-        if st.layer.weight_store == "rom":
+        if st.layer.weight_store != "rom":
+            continue
+        if st.popcount:
+            text += "\n" + rom_module(rom_module_name(ir.name, st.index),
+                                      st.layer.pe * st.layer.simd * st.layer.weight_bits,
+                                      pop_weight_words(st.layer))
+        else:
             w_init, _ = memory_words(st.layer)
             text += "\n" + rom_module(rom_module_name(ir.name, st.index),
                                       st.layer.pe * st.layer.weight_bits, w_init)

@@ -90,14 +90,16 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
              source: dict | None = None, lanes: int | list[int] = 1,
              weight_store: str | list[str] = "rom", thresholds=None,
              layout: str = "pixel-major", probs=None, prob_bits: int = 8,
-             simd: int | list[int] = 1) -> IR:
+             simd: int | list[int] = 1, pass_samples: int = 0) -> IR:
     """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1);
     ``weight_store``: ``rom`` or ``ram``; ``simd``: kept inputs added per clock (a sampling
     layer's ``lanes`` is raised to its ``simd``; see :mod:`nsm_export.ir`). Each is one value for
     every layer or one per layer. ``thresholds``: a list makes the input a thermometer code
     (``layout`` says how its spikes are numbered; the first layer's inputs must already follow it).
     ``probs``: a list (one per pixel value) makes it a stochastic (``bernoulli``) code with
-    ``P(+1 | x) = probs[x] / 2**prob_bits``."""
+    ``P(+1 | x) = probs[x] / 2**prob_bits``. ``pass_samples`` (T', every dense layer): build
+    the popcount engines, ``T'`` samples at once (a sampling layer's ``lanes`` is then
+    lowered to its ``simd`` instead)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
         raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
     lfsr.galois_mask(lfsr_width) if lfsr_width in range(lfsr.MIN_WIDTH, lfsr.MAX_WIDTH + 1) \
@@ -155,11 +157,15 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
         else:
             if not isinstance(lane, int) or lane < 1:
                 _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
+            if pass_samples and sampling and isinstance(sd, int):
+                draw = min(dl, sd)
+            elif sampling:
+                draw = max(dl, sd) if isinstance(sd, int) else dl
+            else:
+                draw = 1
             layer = DenseLayer(n_in=w.shape[1], n_out=n_out, output=is_out,
-                               pe=min(lane, n_out),
-                               lanes=max(dl, sd) if sampling and isinstance(sd, int) else
-                               dl if sampling else 1,
-                               weight_store=ws, simd=sd, **common)
+                               pe=min(lane, n_out), lanes=draw, weight_store=ws, simd=sd,
+                               pass_samples=pass_samples, **common)
         layer.acc_bits = max(layer.required_acc_bits(), layer.offset_bits)
         out.append(layer)
     thermo, stoch = thresholds is not None, probs is not None

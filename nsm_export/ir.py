@@ -188,6 +188,9 @@ class IR:
             else:
                 self._check_chain(where, layer, n_prev)
             layer.validate(where)
+            if getattr(layer, "pass_samples", 0) > self.samples:
+                raise IRError(f"{where}.pass_samples {layer.pass_samples} exceeds samples "
+                              f"{self.samples}")
             self._check_chain(where, layer, n_prev)
             if layer.output != (i == len(self.layers) - 1):
                 raise IRError(f"{where}.output must be true for the last layer only"

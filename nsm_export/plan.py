@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 __all__ = ["Engine", "Plan", "plan", "unsupported", "MASK_FLUSH", "DRAIN", "TREE_STAGE", "WRITE",
            "GROUP_OVERHEAD", "BUILD_FLUSH", "ENCODE_FLUSH", "SPIKE_WORD", "MEMORY_LINK_PE",
-           "group_overhead"]
+           "group_overhead", "POP_DRAIN", "pop_unsupported"]
 
 #: A sampling dense layer's draw-lookup-write pipeline empties (``FLUSH1..3``).
 MASK_FLUSH = 3
@@ -32,6 +32,9 @@ GROUP_OVERHEAD = DRAIN + WRITE
 BUILD_FLUSH = 4
 #: The stochastic encoder's three-stage pipeline (pixel address, probability address, draw).
 ENCODE_FLUSH = 3
+#: Popcount engine: a neuron group's last beat reaches the accumulators (memory read, popcount
+#: stage) while the next issues nothing (``DRAIN1``, ``DRAIN2``); its hand-over follows.
+POP_DRAIN = 2
 #: Spikes per word of a dense engine's spike memory.
 SPIKE_WORD = 16
 #: Neuron lanes for which a hidden dense layer writes its spikes straight into the next
@@ -62,6 +65,16 @@ class Engine:
     ring_out: int = 0
     linked: bool = False
     fed: bool = False
+    next_simd: int = 1
+
+    @property
+    def popcount(self) -> bool:
+        """Built by the sample-parallel popcount engine (``hw.pdense``)."""
+        return bool(getattr(self.layer, "pass_samples", 0))
+
+    def pass_cycles(self) -> int:
+        """Popcount engine: cycles of one pass (the same for every pass and draw)."""
+        return self.layer.pass_cycles(self.next_simd)
 
     @property
     def gated(self) -> bool:
@@ -107,6 +120,11 @@ class Plan:
     engines: tuple
     stochastic: bool
 
+    @property
+    def popcount(self) -> bool:
+        """The core is the pass pipeline of popcount engines (``hw.ptop``)."""
+        return bool(self.engines) and self.engines[0].popcount
+
     def __iter__(self):
         return iter(self.engines)
 
@@ -142,7 +160,9 @@ def plan(ir, debug: bool = False) -> Plan:
         linked = layer.kind == "conv2d" or (
             not debug and not layer.output and layer.pe in MEMORY_LINK_PE)
         fed = bool(engines) and engines[-1].linked
-        engines.append(Engine(i, layer, pool, consumer, ring, linked, fed))
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        engines.append(Engine(i, layer, pool, consumer, ring, linked, fed,
+                              getattr(nxt, "simd", 1)))
     return Plan(tuple(engines), ir.input.encoding == "bernoulli")
 
 
@@ -150,7 +170,41 @@ def unsupported(ir) -> str | None:
     """Why no engine of this plan builds ``ir`` (one line naming the first such part), or None:
     the input code (:meth:`InputSpec.hw_unsupported`), then each layer's
     (``hw_unsupported`` of its kind)."""
+    pops = [bool(getattr(layer, "pass_samples", 0)) for layer in ir.layers]
+    if any(pops):
+        return pop_unsupported(ir)
     why = ir.input.hw_unsupported(ir)
     for i, layer in enumerate(ir.layers):
         why = why or layer.hw_unsupported(i, ir)
     return why
+
+
+def pop_unsupported(ir) -> str | None:
+    """Why the popcount core (``hw.ptop``) cannot build ``ir``, or None. It builds dense
+    networks whose every layer has the same ``pass_samples`` (T'), a threshold or thermometer
+    input code whose levels divide the first layer's ``simd``, ROM weights, and hidden layers
+    whose ``pe`` and the next layer's ``simd`` divide one another (a neuron group's spikes go
+    into the next spike store's banks without a rotation)."""
+    layers = ir.layers
+    for i, layer in enumerate(layers):
+        where = f"layers[{i}]"
+        if layer.kind != "dense":
+            return (f"{where}: the popcount engine builds dense layers only (a {layer.kind} "
+                    f"layer needs pass_samples 0 on every layer)")
+        if layer.pass_samples != layers[0].pass_samples:
+            return (f"{where}.pass_samples {layer.pass_samples} differs from layers[0]'s "
+                    f"{layers[0].pass_samples}: the popcount core runs one T' in every layer")
+        if layer.weight_store != "rom":
+            return f"{where}.weight_store ram: the popcount engine keeps its weights in ROM"
+        if not layer.output:
+            sn, pe = layers[i + 1].simd, layer.pe
+            if pe % sn and sn % pe:
+                return (f"{where}.pe {pe} and layers[{i + 1}].simd {sn} must divide one "
+                        f"another (the spike store's banks)")
+    spec = ir.input
+    if spec.encoding == "bernoulli":
+        return "input.encoding bernoulli: the popcount core encodes pixels once per image"
+    if layers[0].simd % spec.levels:
+        return (f"input: {spec.levels} thermometer levels must divide layers[0].simd "
+                f"{layers[0].simd} (a pixel's spikes go into one input word)")
+    return None

@@ -17,7 +17,7 @@ import numpy as np
 from .ir import IR
 from .plan import plan
 
-__all__ = ["pipeline_end", "latency_cycles",
+__all__ = ["pipeline_end", "latency_cycles", "pop_events",
            "cycles_per_inference", "expected_latency_cycles", "expected_cycles_per_inference",
            "dense_bound", "argmax_cycles"]
 
@@ -29,6 +29,9 @@ def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     overlap (see :mod:`hw.top`): :func:`pipeline_end` schedules them.
     """
     stages = plan(ir)
+    if stages.popcount:
+        ev = pop_events(ir, len(masks[0]))
+        return ev["valid"] - ev["last_pixel"]
     durations = [st.cycles(masks[st.index]) for st in stages]
     rows = [st.layer.row_cycles(st, masks[st.index])[1] if st.gated else None for st in stages]
     n = durations[0].shape[0]
@@ -222,8 +225,81 @@ def argmax_cycles(ir: IR) -> int:
 
 def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
     """Per image, back to back (input always valid, output always ready): load, compute, hand
-    over the result."""
+    over the result. The popcount core overlaps images: there, image 0's entry counts from its
+    first pixel to its result's handshake, and image ``n``'s from image ``n - 1``'s handshake
+    to its own."""
+    if plan(ir).popcount:
+        ev = pop_events(ir, len(masks[0]))
+        return np.diff(np.concatenate([[ev["first_pixel"][0] - 1], ev["handshake"]]))
     return ir.input.size + latency_cycles(ir, masks) + 1
+
+
+def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
+    """The popcount core's schedule (:mod:`hw.ptop`) for ``images`` images back to back (input
+    always valid, output always ready), cycle 0 being the first pixel's handshake. Per image:
+    ``first_pixel``, ``last_pixel`` (handshakes), ``valid`` (the cycle ``m_axis_tvalid`` goes
+    high) and ``handshake``. Nothing depends on the draws: blanked inputs are gated, not
+    skipped.
+
+    Per engine ``i`` and pass ``q`` (passes numbered across images): it starts (``go``) in
+    ``S = max(E(q-1), input, S_{i+1}(q-1) + 1, drawn, copied)`` and is idle again in
+    ``E = S + pass_cycles``, where input is ``A + 1`` for engine 0 (``A``: the image's last
+    pixel) and ``E_{i-1}(q)`` otherwise; drawn is ``D + B + 1``, the drawer having started
+    the batch in ``D = max(S(q-1), A + 1 for an image's first pass)`` and taken
+    ``B = 1 + count * ceil(n_in / lanes)`` cycles; copied (the output engine, after an image's
+    last pass) is ``X + 1``. The scores are copied in ``X = max(E, H_prev + 1)`` and offered
+    in ``V = X + C + 1``. The loader fills half ``n mod 2``: image ``n`` starts in
+    ``max(A_{n-1} + 1, E_0`` of image ``n - 2``'s last pass``)``.
+
+    ``last_pixel`` and ``handshake`` (per image, cycles of a common origin) replace the
+    back-to-back pixel and result handshakes by ones observed (input gaps, output stalls): the
+    other events then follow from them exactly."""
+    stages = plan(ir)
+    L = len(stages)
+    counts = stages[0].layer.pass_counts(ir.samples)
+    P = len(counts)
+    n0, C = ir.input.size, ir.n_classes
+    dur = [st.pass_cycles() for st in stages]
+    first = np.zeros(images, dtype=np.int64)
+    last = np.zeros(images, dtype=np.int64)
+    valid = np.zeros(images, dtype=np.int64)
+    hand = np.zeros(images, dtype=np.int64)
+    S = [[] for _ in range(L)]
+    E = [[] for _ in range(L)]
+    release = []                       # E_0 of each image's last pass
+    copied = 0                         # the output engine may start: X + 1 of the last image
+    for n in range(images):
+        if last_pixel is not None:
+            first[n] = last[n] = int(last_pixel[n])
+        else:
+            start = 0 if n == 0 else last[n - 1] + 1
+            if n >= 2:
+                start = max(start, release[n - 2])
+            first[n], last[n] = start, start + n0 - 1
+        A = int(last[n])
+        for k, count in enumerate(counts):
+            q = n * P + k
+            for i, st in enumerate(stages):
+                s = E[i][q - 1] if q else 0
+                s = max(s, A + 1 if i == 0 else E[i - 1][q])
+                if i < L - 1 and q:
+                    s = max(s, S[i + 1][q - 1] + 1)
+                layer = st.layer
+                if layer.sampling:
+                    d = S[i][q - 1] if q else 0
+                    if k == 0:
+                        d = max(d, A + 1)
+                    s = max(s, d + 1 + count * -(-layer.n_in // layer.lanes) + 1)
+                if i == L - 1 and k == 0:
+                    s = max(s, copied)
+                S[i].append(s)
+                E[i].append(s + dur[i])
+        release.append(E[0][-1])
+        X = E[L - 1][-1] if n == 0 else max(E[L - 1][-1], hand[n - 1] + 1)
+        copied = X + 1
+        valid[n] = X + C + 1
+        hand[n] = valid[n] if handshake is None else int(handshake[n])
+    return {"first_pixel": first, "last_pixel": last, "valid": valid, "handshake": hand}
 
 
 def expected_latency_cycles(ir: IR, durations=None) -> float:
@@ -234,6 +310,9 @@ def expected_latency_cycles(ir: IR, durations=None) -> float:
     buffer are scheduled row by row: on their mean per-row cycles by default, or, with
     ``durations``, on the sample's cycles split evenly over its rows."""
     stages = plan(ir)
+    if stages.popcount:
+        ev = pop_events(ir, 1)
+        return float(ev["valid"][0] - ev["last_pixel"][0])
     rows = None
     if durations is None:
         per = [float(st.cycles(np.full(st.layer.n_in, st.layer.p))) for st in stages]
@@ -245,6 +324,10 @@ def expected_latency_cycles(ir: IR, durations=None) -> float:
 
 
 def expected_cycles_per_inference(ir: IR, durations=None) -> float:
+    """Cycles per image back to back; for the popcount core, which overlaps images, the
+    steady state's (image 7 of 8)."""
+    if plan(ir).popcount:
+        return float(np.diff(pop_events(ir, 8)["handshake"])[-1])
     return ir.input.size + expected_latency_cycles(ir, durations) + 1
 
 

@@ -16,15 +16,17 @@ import numpy as np
 
 from . import lfsr
 
-__all__ = ["IRError", "spec", "check_int", "check_array", "check_fields", "to_json",
+__all__ = ["IRError", "spec", "beat_bits", "check_int", "check_array", "check_fields", "to_json",
            "from_json", "signed_bits", "unsigned_bits", "LfsrSpec", "MAX_WEIGHT_BITS",
-           "MAX_P_BITS", "MAX_KERNEL", "LANES", "SIMD", "WEIGHT_STORES"]
+           "MAX_P_BITS", "MAX_KERNEL", "LANES", "SIMD", "POP_SIMD", "WEIGHT_STORES"]
 
 MAX_WEIGHT_BITS = 8
 MAX_P_BITS = 16
 MAX_KERNEL = 15
 LANES = (1, 2, 4, 8, 16)
 SIMD = (1, 2, 4)
+#: Inputs a beat of the sample-parallel (popcount) engine reads: powers of two.
+POP_SIMD = (1, 2, 4, 8, 16, 32, 64)
 WEIGHT_STORES = ("rom", "ram")
 
 
@@ -38,6 +40,12 @@ def signed_bits(lo: int, hi: int) -> int:
     while not (-(1 << (n - 1)) <= lo and hi <= (1 << (n - 1)) - 1):
         n += 1
     return n
+
+
+def beat_bits(simd: int, weight_bits: int) -> int:
+    """Signed width that holds any one popcount beat's sum of ``simd`` gated ``±w`` synapses:
+    ``|sum| <= simd * 2**(weight_bits - 1)``."""
+    return (simd << (weight_bits - 1)).bit_length() + 1
 
 
 def unsigned_bits(hi: int) -> int:

@@ -9,7 +9,7 @@ from .build import IntConv, IntLayer, IntPool, bernoulli_probs, build_ir
 from .ir import IR, use_line_buffers
 from .layers import conv_out
 
-__all__ = ["random_ir", "random_conv_ir", "random_pixels", "random_weights"]
+__all__ = ["random_ir", "random_pop_ir", "random_conv_ir", "random_pixels", "random_weights"]
 
 
 def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples: int | None = None,
@@ -50,6 +50,47 @@ def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples:
                     lfsr_width=lfsr_width if lfsr_width is not None
                     else int(rng.choice([16, 24, 32])), name=name, lanes=lanes,
                     simd=simd if simd is not None else 1)
+
+
+def random_pop_ir(rng: np.random.Generator, sizes: list[int] | None = None,
+                  samples: int | None = None, pass_samples: int | None = None,
+                  levels: int | None = None, weight_bits: int | None = None,
+                  name: str = "nsm") -> IR:
+    """A random dense network for the popcount core: ``sizes`` (pixels first), ``T`` and
+    ``T'``, a threshold or thermometer code (``levels`` > 1), weight bits, blank-out, and a
+    folding it builds (``simd`` a power of two that the levels divide, ``lanes <= simd``,
+    each hidden ``pe`` and the next ``simd`` dividing one another); anything not given is
+    drawn from ``rng``."""
+    if sizes is None:
+        sizes = [int(rng.integers(3, 24))] + [int(rng.integers(2, 20))
+                                              for _ in range(int(rng.integers(1, 4)))]
+    levels = levels if levels is not None else int(rng.choice([1, 1, 2, 4]))
+    wb = weight_bits if weight_bits is not None else int(rng.choice([1, 2, 3, 4, 8]))
+    T = samples if samples is not None else int(rng.integers(1, 7))
+    tp = pass_samples if pass_samples is not None else int(rng.integers(1, T + 1))
+    n_in = [sizes[0] * levels] + sizes[1:-1]
+    layers, simd, lanes, pe = [], [], [], []
+    for i, (a, b) in enumerate(zip(n_in, sizes[1:])):
+        w = random_weights(rng, wb, (b, a))
+        span = max(1, int(np.abs(w).sum(axis=1).max()) // 3)
+        p = float(rng.choice([1.0, 0.5, 0.75, 0.25, 0.9]))
+        layers.append(IntLayer(weights=w, offsets=rng.integers(-span, span + 1, size=b), p=p,
+                               weight_bits=wb))
+        s = int(rng.choice([x for x in (1, 2, 4, 8, 16) if x % levels == 0 or i]))
+        simd.append(s)
+        lanes.append(int(rng.choice([x for x in (1, 2, 4, 8, 16) if x <= s])))
+    for i, b in enumerate(sizes[1:]):
+        if i == len(layers) - 1:
+            pe.append(int(rng.integers(1, b + 1)))
+            continue
+        sn = simd[i + 1]
+        pe.append(int(rng.choice([x for x in range(1, b + 1) if x % sn == 0 or sn % x == 0])))
+    thresholds = sorted(int(t) for t in rng.choice(np.arange(1, 256), levels, replace=False)) \
+        if levels > 1 else None
+    return build_ir(layers, input_size=sizes[0], input_threshold=int(rng.integers(1, 256)),
+                    samples=T, pe=pe, seed=int(rng.integers(1, 2**31)),
+                    lfsr_width=int(rng.choice([16, 24, 32])), name=name, lanes=lanes,
+                    simd=simd, pass_samples=tp, thresholds=thresholds)
 
 
 def random_weights(rng, wb: int, shape) -> np.ndarray:

@@ -38,6 +38,7 @@ class RtlResult:
     scores: np.ndarray
     latency: np.ndarray          # cycles from last pixel handshake to m_axis_tvalid, per image
     done_at: np.ndarray          # cycle of each result handshake
+    last_pixel: np.ndarray | None = None      # cycle of each image's last pixel handshake
     spikes: list[np.ndarray] | None = None    # debug: per hidden layer (N, T, n_out) bool
     waves: Path | None = None
     build_seconds: float = 0.0                # compiling the simulation model
@@ -200,7 +201,8 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
                            f"{log_file or build_dir}")
         with np.load(job / "rtl.npz", allow_pickle=False) as z:
             res = RtlResult(classes=z["classes"], scores=z["scores"], latency=z["latency"],
-                            done_at=z["done_at"], build_seconds=t1 - t0,
+                            done_at=z["done_at"], last_pixel=z["last_pixel"],
+                            build_seconds=t1 - t0,
                             run_seconds=t2 - t1)
             if debug:
                 res.spikes = _unpack_spikes(ir, len(pixels), z["spike_layers"], z["spike_bits"])

@@ -6,11 +6,12 @@ frame per image, optional random idle cycles between beats), an ``AxiStreamSink`
 result from ``m_axis`` (class in ``tdata``, packed scores in ``tuser``; optional random
 back-pressure) and an ``AxiStreamMonitor`` on ``s_axis`` reports when each image's last pixel
 was taken. All images wait in the source's queue, as the cycle model assumes (input always
-valid): the core itself holds ``s_axis_tready`` low from an image's last pixel until its result
-is taken. A checker of our own watches ``m_axis``: the cycle ``m_axis_tvalid`` goes high, and a
-result that changes or drops before its handshake. The bench writes ``rtl.npz``: per finished
-image its class, scores, latency (cycles from the last pixel's handshake to ``m_axis_tvalid``)
-and the cycle of its handshake; with ``debug`` also every hidden spike vector from the ``dbg_*``
+valid), up to the next image that a seed or a reset waits for: that one is queued once every
+image before it has its result (a core that overlaps images would take its pixels early).
+A checker of our own watches ``m_axis``: the cycle ``m_axis_tvalid`` goes high, and a result
+that changes or drops before its handshake. The bench writes ``rtl.npz``: per finished image
+its class, scores, latency (cycles from the last pixel's handshake to ``m_axis_tvalid``) and
+the cycle of its handshake; with ``debug`` also every hidden spike vector from the ``dbg_*``
 ports. It judges nothing about values itself: :mod:`sim.runner` compares them with the golden
 model and locates the first mismatch.
 
@@ -138,7 +139,7 @@ async def stream_images(dut):
         await FallingEdge(dut.clk)
         assert dut.w_axis_tready.value == 0, "w_axis still ready after the whole weight image"
 
-    results = {"classes": [], "scores": [], "latency": [], "done_at": []}
+    results = {"classes": [], "scores": [], "latency": [], "done_at": [], "last_pixel": []}
     spikes: list[tuple[int, int]] = []       # (layer, bits) in the order they appear
     valid_at: list[int] = []                 # per result: the cycle m_axis_tvalid went high
 
@@ -180,20 +181,28 @@ async def stream_images(dut):
         await _transfer(dut, dut.seed_ready)
         dut.seed_valid.value = 0
 
-    def queue_images(first: int) -> None:
-        for n in range(first, n_img):
+    def queue_images(first: int) -> int:
+        """Queue images from ``first`` up to the next image that a seed or a reset waits for
+        (a core that overlaps images would otherwise take its pixels early); returns where
+        the queue stops."""
+        stop = min([k for k in (*seeds, *resets) if k > first], default=n_img)
+        for n in range(first, stop):
             pixels_in.send_nowait(AxiStreamFrame([int(p) for p in pixels[n]]))
+        return stop
 
     cocotb.start_soon(check_results())
     if debug and hidden:
         cocotb.start_soon(watch_spikes())
 
-    if 0 in seeds:
-        await hand_over_seed(seeds.pop(0))
-    queue_images(0)
     log_every = max(1, n_img // 20)
-    n = 0
+    n = queued = 0
     while n < n_img:
+        if n == queued:
+            # Images 0..n-1 have their results: the core is empty; hand the seed over (for a
+            # reset image, after the reset) and queue the images up to the next stop.
+            if n in seeds and n not in resets:
+                await hand_over_seed(seeds.pop(n))
+            queued = queue_images(n)
         taken = await pixels_taken.recv()
         last_in = _cycle(taken.sim_time_end)
         if n in resets:
@@ -204,9 +213,11 @@ async def stream_images(dut):
                 f"image {n}: finished before the planned reset")
             pixels_in.clear()
             await _reset(dut)
+            while not pixels_taken.empty():                # images taken before the reset
+                pixels_taken.recv_nowait()
             if n in seeds:
                 await hand_over_seed(seeds.pop(n))
-            queue_images(n)
+            queued = queue_images(n)
             # Drop what the aborted image produced: keep T vectors per layer per finished image.
             keep, seen = n * spec.get("samples", 1), {}
             kept_spikes = []
@@ -218,16 +229,13 @@ async def stream_images(dut):
             dut._log.info("reset in the middle of image %d; feeding it again", n)
             continue
         out = await results_out.recv()
-        if n + 1 in seeds and n + 1 not in resets:
-            # The core takes the seed in its first cycle back in LOAD, the next image's first
-            # pixel at the earliest: hand it over now.
-            cocotb.start_soon(hand_over_seed(seeds.pop(n + 1)))
         packed = out.tuser                       # one beat: compact() made the list an int
         results["classes"].append(out.tdata[0])
         results["scores"].append([_signed((packed >> (c * sb)) & ((1 << sb) - 1), sb)
                                   for c in range(C)])
         results["latency"].append(valid_at[n] - last_in)
         results["done_at"].append(_cycle(out.sim_time_end))
+        results["last_pixel"].append(last_in)
         n += 1
         (job / "progress").write_text(str(n))
         if n % log_every == 0 or n == n_img:
@@ -237,5 +245,6 @@ async def stream_images(dut):
              scores=np.array(results["scores"], dtype=np.int64).reshape(n_img, C),
              latency=np.array(results["latency"], dtype=np.int64),
              done_at=np.array(results["done_at"], dtype=np.int64),
+             last_pixel=np.array(results["last_pixel"], dtype=np.int64),
              spike_layers=np.array([s[0] for s in spikes], dtype=np.int64),
              spike_bits=np.array([str(s[1]) for s in spikes]))

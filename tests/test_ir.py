@@ -35,7 +35,10 @@ def test_round_trip(tmp_path, rng):
     (lambda m: m["layers"][0].pop("pe"), "malformed"),
     (lambda m: m["layers"][0].update(lanes=3), "lanes 3 must be one of"),
     (lambda m: m["layers"][1].update(lanes=2), "lanes 2 needs sampling"),
-    (lambda m: m["layers"][0].update(simd=3), r"^layers\[0\]\.simd 3 must be one of 1, 2, 4$"),
+    (lambda m: m["layers"][0].update(simd=3),
+     r"^layers\[0\]\.simd 3 must be one of 1, 2, 4, 8, 16, 32, 64$"),
+    (lambda m: m["layers"][0].update(simd=8),
+     r"^layers\[0\]\.simd 8 must be one of 1, 2, 4 for the kept-list engine"),
     (lambda m: m["layers"][0].update(lanes=1, simd=2), r"^layers\[0\]\.simd 2 exceeds lanes 1"),
 ])
 def test_load_rejects_bad_fields(tmp_path, rng, edit, match):

@@ -8,9 +8,9 @@ import numpy as np
 
 from .. import estimate as E
 from ..devices import blocks
-from ..plan import MASK_FLUSH, group_overhead
-from ..schema import LANES, SIMD, WEIGHT_STORES, IRError, LfsrSpec, check_array, check_fields, \
-    signed_bits, spec
+from ..plan import MASK_FLUSH, POP_DRAIN, group_overhead
+from ..schema import LANES, POP_SIMD, SIMD, WEIGHT_STORES, IRError, LfsrSpec, beat_bits, \
+    check_array, check_fields, signed_bits, spec
 from .base import Weighted, memory
 
 __all__ = ["DenseLayer"]
@@ -38,15 +38,56 @@ class DenseLayer(Weighted):
     offset_bits: int = spec()                    # signed width of thresholds/biases
     lanes: int = spec(choices=LANES, default=1)  # blank-out draws per clock (schedule only)
     weight_store: str = spec(choices=WEIGHT_STORES, default="rom")
-    simd: int = spec(choices=SIMD, default=1)    # kept inputs added per clock (schedule only)
+    simd: int = spec(choices=POP_SIMD, default=1)  # inputs added per clock (schedule only)
+    # T': samples the popcount engine (hw.pdense) runs at once; 0: the kept-list engine
+    pass_samples: int = spec(0, 1 << 16, default=0, write="if-set")
     kind = "dense"
     DERIVED = ("p",)
     JSON_ORDER = ("kind", "n_in", "n_out", "output", "weight_bits", "p_num", "p_bits", "p",
-                  "rng", "pe", "acc_bits", "offset_bits", "lanes", "weight_store", "simd")
+                  "rng", "pe", "acc_bits", "offset_bits", "lanes", "weight_store", "simd",
+                  "pass_samples")
 
     @property
     def groups(self) -> int:
         return -(-self.n_out // self.pe)
+
+    @property
+    def popcount(self) -> bool:
+        """Built by the sample-parallel popcount engine (``pass_samples`` > 0)."""
+        return self.pass_samples > 0
+
+    @property
+    def words(self) -> int:
+        """Popcount engine: beats per neuron group, ``ceil(n_in / simd)``."""
+        return -(-self.n_in // self.simd)
+
+    def pass_counts(self, samples: int) -> list[int]:
+        """Popcount engine: the samples of each pass of one image, ``T'`` each but the last,
+        which holds the rest (``T mod T'`` where ``T'`` does not divide ``T``)."""
+        tp = min(self.pass_samples, samples)
+        return [tp] * (samples // tp) + ([samples % tp] if samples % tp else [])
+
+    def write_cycles(self, next_simd: int) -> int:
+        """Popcount engine: cycles a neuron group hands its result on: the output layer adds
+        its ``pe`` sums to the class scores in one; a hidden layer writes ``next_simd`` neurons
+        a cycle into the next engine's spike store (one bank each)."""
+        return 1 if self.output else max(1, self.pe // next_simd)
+
+    def pass_cycles(self, next_simd: int = 1) -> int:
+        """Popcount engine: cycles of one pass, whatever its sample count and draws: the go
+        cycle, then per neuron group its beats, the drain and the hand-over."""
+        return 1 + self.groups * (self.words + POP_DRAIN + self.write_cycles(next_simd))
+
+    def pop_acc_bits(self, samples: int) -> int:
+        """Popcount engine: accumulator width. A hidden accumulator starts at ``-threshold``
+        (a spike is its sign bit); the output layer's adds the samples of a pass together."""
+        l1 = np.abs(self.weights.astype(np.int64)).sum(axis=1)
+        if self.output:
+            tp = min(self.pass_samples, samples)
+            need = signed_bits(-int(l1.max()) * tp, int(l1.max()) * tp)
+            return max(need, beat_bits(self.simd * tp, self.weight_bits))
+        need = signed_bits(int((-l1 - self.offsets).min()), int((l1 - self.offsets).max()))
+        return max(need, beat_bits(self.simd, self.weight_bits))
 
     def required_acc_bits(self) -> int:
         l1 = np.abs(self.weights).sum(axis=1)
@@ -67,7 +108,15 @@ class DenseLayer(Weighted):
         check_fields(self, where, ("weight_store", "lanes"))
         if not self.sampling and self.lanes != 1:
             raise IRError(f"{where}.lanes {self.lanes} needs sampling: p = 1 draws no random bits")
-        check_fields(self, where, ("simd",))
+        check_fields(self, where, ("simd", "pass_samples"))
+        if self.popcount:
+            if self.sampling and self.lanes > self.simd:
+                raise IRError(f"{where}.lanes {self.lanes} exceeds simd {self.simd}: the popcount "
+                              f"engine's mask drawer fills one word of simd inputs at a time")
+            return
+        if self.simd not in SIMD:
+            raise IRError(f"{where}.simd {self.simd} must be one of {', '.join(map(str, SIMD))} "
+                          f"for the kept-list engine (pass_samples 0)")
         if self.sampling and self.simd > self.lanes:
             raise IRError(f"{where}.simd {self.simd} exceeds lanes {self.lanes}: the kept list "
                           f"gives one entry per bank and clock (raise lanes to {self.simd})")
@@ -174,6 +223,9 @@ class DenseLayer(Weighted):
                 "memory_bits": sum(m["bits"] for m in mems.values())}
 
     def engine(self, engine, ir, rom_name: str | None):
+        if self.popcount:
+            from hw.pdense import PopcountDenseEngine
+            return PopcountDenseEngine(self, ir, engine, rom_name=rom_name)
         from hw.dense import DenseEngine
         return DenseEngine(self, ir.score_bits, spike_memory=engine.spike_memory,
                            double=engine.fed, out_memory=engine.out_memory, rom_name=rom_name)

@@ -1,0 +1,325 @@
+"""Sample-parallel dense engine: each weight word read serves ``T'`` samples at once.
+
+A pass runs ``count <= T'`` samples of one image (``T'`` = the layer's ``pass_samples``; the
+last pass of an image holds the rest where ``T'`` does not divide ``T``). Every beat reads one
+weight word (``pe`` neurons x ``simd`` consecutive inputs), the keep bits of those inputs for
+all ``T'`` samples from the mask drawer (:class:`hw.maskdraw.MaskDrawer`, which draws the next
+pass meanwhile) and their spikes from this engine's spike store, and the popcount accumulator
+(:class:`hw.popcount.PopcountAccumulator`) adds ``pe x simd`` gated ``±w`` synapses for every
+sample. Blanked inputs are gated, not skipped: a pass costs the same cycles whatever is drawn.
+
+Schedule of a pass (:meth:`nsm_export.layers.DenseLayer.pass_cycles`, checked in simulation):
+
+``IDLE``    1 cycle, the one in which ``start`` is seen (the mask drawer swaps banks in it).
+then for each of the ``G = ceil(n_out / pe)`` neuron groups:
+``BEAT``    ``W = ceil(n_in / simd)`` cycles: issue word ``w`` of the weight ROM (group base
+            plus ``w``), of the mask drawer's front bank and of the spike store; a cycle later
+            the words reach the accumulator (the first with ``clear``).
+``DRAIN``   :data:`nsm_export.plan.POP_DRAIN` cycles: the last beat reaches the accumulators.
+``WRITE``   hidden layer: the spikes (the accumulators start at ``-threshold``, so a spike is
+            a sign bit) go into the next engine's spike store, ``next_simd`` neurons a cycle
+            (one per bank); output layer: one cycle adds each neuron's pass sum to its class
+            score. ``done`` is high in the last group's last ``WRITE`` cycle.
+
+The output layer's accumulator adds the samples of a pass together (``samples = 1`` and
+``simd * T'`` inputs a beat, the weight word repeated per sample): its class scores need the
+sum over samples only. Its scores start at ``T x bias`` (``clear``), so no bias is added per
+sample.
+
+Spike stores (owned by the engine that reads them, written by the one before or the loader):
+two halves, selected by the parity of the pass (hidden input) or image (the first layer's
+input) they hold; half ``h``'s word ``w`` at address ``h * 2**wbits + w``. The first layer's
+store has one bank of ``simd`` spikes a word (every sample sees the same code); a hidden
+layer's has ``simd`` banks of ``T'`` bits, bank ``s`` holding inputs ``w*simd + s``, sample
+``t`` at bit ``t``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from nsm_export.plan import POP_DRAIN
+from .maskdraw import MaskDrawer
+from .popcount import PopcountAccumulator
+
+__all__ = ["PopcountDenseEngine", "pop_weight_words", "store_wbits"]
+
+
+def store_wbits(words: int) -> int:
+    """Address bits of one half of a spike store of ``words`` words (the half is the bit
+    above them)."""
+    return max(1, (words - 1).bit_length())
+
+
+def pop_weight_words(layer) -> list[int]:
+    """The popcount engine's weight ROM: word ``g*W + w`` holds neuron ``g*pe + n`` of input
+    ``w*simd + s`` in lane ``s*pe + n`` (``weight_bits`` bits, two's complement; binary: 1 for
+    +1, 0 for -1); neurons past ``n_out`` and inputs past ``n_in`` are 0."""
+    pe, simd, wb = layer.pe, layer.simd, layer.weight_bits
+    G, W = layer.groups, layer.words
+    w = np.zeros((G * pe, W * simd), dtype=np.int64)
+    src = np.asarray(layer.weights, dtype=np.int64)
+    w[:layer.n_out, :layer.n_in] = (src > 0) if wb == 1 else src
+    lanes = (w & ((1 << wb) - 1)).reshape(G, pe, W, simd).transpose(0, 2, 3, 1)  # G, W, s, n
+    bits = (lanes[..., None] >> np.arange(wb)) & 1                              # ..., wb
+    rows = np.packbits(bits.reshape(G * W, simd * pe * wb).astype(np.uint8), axis=1,
+                       bitorder="little")
+    return [int.from_bytes(r.tobytes(), "little") for r in rows]
+
+
+class PopcountDenseEngine(wiring.Component):
+    """One dense layer on the popcount datapath (module docstring). Built from an IR layer
+    and its :class:`nsm_export.plan.Engine` (``next_simd``: the next layer's spike-store
+    banks).
+
+    Members
+    -------
+    start : In(1)
+        Run the next pass (taken in ``IDLE``; the top raises it only when ``ready``).
+    ready : Out(1)
+        The next pass's keep bits are drawn (always, for a layer without blank-out).
+    done : Out(1)
+        High in the pass's last cycle.
+    last : Out(1)
+        The pass in progress (or the next one) is its image's last.
+    in_half : Out(1)
+        The spike-store half the next (or current) pass reads.
+    img_in : In(1)
+        An image's last pixel is taken: the mask drawer may draw that image's first pass.
+    reseed, seed : In(1), In(32)
+        Restart the mask drawer's LFSR from ``seed`` (only while the core is empty).
+    st_we, st_addr, st_data
+        The spike store's write port(s): first layer, one bank (``st_we`` 1 bit, ``simd``
+        spikes); hidden layer, ``simd`` banks (``st_we`` bit ``s``, address ``s``, ``T'`` bits
+        of data ``s``).
+    out_we, out_addr, out_data : hidden layers
+        Into the next engine's spike store (its ``st_*``).
+    scores : Out(n_out * score_bits), clear : In(1) : the output layer
+        The class scores of the image so far; ``clear`` sets them to ``T x bias``.
+    """
+
+    def __init__(self, layer, ir, engine, rom_name: str | None = None):
+        self._layer, self._ir = layer, ir
+        self._first = engine.index == 0
+        self._next_simd = engine.next_simd
+        self._rom_name = rom_name
+        self._tp = min(layer.pass_samples, ir.samples)
+        self._counts = layer.pass_counts(ir.samples)
+        self._ab = layer.pop_acc_bits(ir.samples)
+        W = layer.words
+        self._wbits = store_wbits(W)
+        tp, simd = self._tp, layer.simd
+        ports = {"start": In(1), "ready": Out(1), "done": Out(1), "last": Out(1),
+                 "in_half": Out(1), "img_in": In(1), "reseed": In(1), "seed": In(32)}
+        abits = self._wbits + 1
+        if self._first:
+            ports.update(st_we=In(1), st_addr=In(abits), st_data=In(simd))
+        else:
+            ports.update(st_we=In(simd), st_addr=In(simd * abits), st_data=In(simd * tp))
+        if layer.output:
+            ports.update(scores=Out(layer.n_out * ir.score_bits), clear=In(1))
+        else:
+            sn = self._next_simd
+            nbits = store_wbits(-(-layer.n_out // sn)) + 1
+            ports.update(out_we=Out(sn), out_addr=Out(sn * nbits), out_data=Out(sn * tp))
+        super().__init__(ports)
+
+    @property
+    def layer(self):
+        return self._layer
+
+    def elaborate(self, platform):
+        m = Module()
+        layer, ir = self._layer, self._ir
+        tp, simd, pe, wb, ab = self._tp, layer.simd, layer.pe, layer.weight_bits, self._ab
+        G, W, P = layer.groups, layer.words, len(self._counts)
+        wbits = self._wbits
+        out = layer.output
+
+        # --- spike store ---------------------------------------------------------------------
+        banks = 1 if self._first else simd
+        bw = simd if self._first else tp
+        abits = wbits + 1
+        rdata = []
+        half = Signal()                       # the half this engine reads
+        w = Signal(range(max(2, W)))          # the beat's word
+        for b in range(banks):
+            store = memory.Memory(shape=bw, depth=(1 << wbits) + W, init=[])
+            m.submodules[f"store{b}"] = store
+            wp, rp = store.write_port(), store.read_port()
+            m.d.comb += [wp.en.eq(self.st_we[b]),
+                         wp.addr.eq(self.st_addr[b * abits:(b + 1) * abits]),
+                         wp.data.eq(self.st_data[b * bw:(b + 1) * bw]),
+                         rp.addr.eq(Cat(w[:wbits], half))]
+            rdata.append(rp.data)
+        if self._first:
+            spikes = rdata[0].replicate(tp)                  # the same code in every sample
+        else:                                               # sample t input s at t*simd + s
+            spikes = Cat(*[rdata[s][t] for t in range(tp) for s in range(simd)])
+
+        # --- weights -------------------------------------------------------------------------
+        wwidth = pe * simd * wb
+        waddr = Signal(range(max(2, G * W)))
+        if self._rom_name:
+            wdata = Signal(wwidth)
+            ab_w = max(1, (max(2, G * W) - 1).bit_length())
+            m.submodules.wrom = Instance(self._rom_name, p_ABITS=ab_w, i_clk=ClockSignal(),
+                                         i_addr=waddr[:ab_w] if len(waddr) >= ab_w
+                                         else waddr, o_data=wdata)
+        else:
+            m.submodules.wrom = wrom = memory.Memory(shape=wwidth, depth=max(2, G * W),
+                                                     init=pop_weight_words(layer))
+            rp = wrom.read_port()
+            m.d.comb += rp.addr.eq(waddr)
+            wdata = rp.data
+
+        # --- pass bookkeeping ------------------------------------------------------------------
+        ek = Signal(range(max(2, P)))         # the engine's pass in its image
+        m.d.comb += self.last.eq(ek == P - 1)
+        cnt = Signal(range(tp + 1))           # samples of the pass in progress
+        count_of = (lambda k: Mux(k == P - 1, self._counts[-1], tp)) if P > 1 \
+            else (lambda k: self._counts[0])
+
+        # --- mask drawer -----------------------------------------------------------------------
+        # Keep bits: the drawer's front bank, or, without blank-out, every input of the word
+        # that exists and every sample of the pass (rdata's timing: a cycle after the issue).
+        w1 = Signal(range(max(2, W)))
+        if layer.sampling:
+            m.submodules.draw = d = MaskDrawer(layer.rng, layer.p_num, layer.p_bits, layer.n_in,
+                                               tp, simd, layer.lanes)
+            n_img = 2 * len(ir.layers) + 8
+            tokens = Signal(range(n_img + 1))     # images whose first batch is not yet drawn
+            dk = Signal(range(max(2, P)))         # the drawer's next batch in its image
+            have = Signal()                       # a drawn batch waits in the back bank
+            take = Signal()
+            go_d = Signal()
+            m.d.comb += [go_d.eq(~d.busy & (~(have | d.done) | self.start)
+                                 & ((dk != 0) | (tokens != 0))),
+                         take.eq(go_d & (dk == 0)),
+                         d.start.eq(go_d), d.count.eq(count_of(dk)), d.swap.eq(self.start),
+                         d.raddr.eq(w), d.reseed.eq(self.reseed), d.run_seed.eq(self.seed),
+                         self.ready.eq(have)]
+            m.d.sync += tokens.eq(tokens + self.img_in - take)
+            with m.If(go_d):
+                m.d.sync += dk.eq(Mux(dk == P - 1, 0, dk + 1))
+            with m.If(d.done):
+                m.d.sync += have.eq(1)
+            with m.Elif(self.start):
+                m.d.sync += have.eq(0)
+            keep = d.rdata
+        else:
+            m.d.comb += self.ready.eq(1)
+            tail = layer.n_in - (W - 1) * simd
+            word_keep = Mux(w1 == W - 1, (1 << tail) - 1, (1 << simd) - 1)
+            keep = Cat(*[word_keep & Mux(cnt > t, (1 << simd) - 1, 0) for t in range(tp)])
+
+        # --- accumulator -----------------------------------------------------------------------
+        if out:
+            m.submodules.acc = acc = PopcountAccumulator(pe, simd * tp, 1, wb, ab)
+            m.d.comb += acc.weights.eq(wdata.replicate(tp))
+        else:
+            m.submodules.acc = acc = PopcountAccumulator(pe, simd, tp, wb, ab)
+            m.d.comb += acc.weights.eq(wdata)
+            # -threshold of each lane: the accumulators start there, a spike is the sign bit
+            thr = [[-int(layer.offsets[g * pe + n]) if g * pe + n < layer.n_out else 0
+                    for n in range(pe)] for g in range(G)]
+            m.submodules.trom = trom = memory.Memory(
+                shape=pe * ab, depth=max(2, G),
+                init=[sum((v & ((1 << ab) - 1)) << (n * ab) for n, v in enumerate(row))
+                      for row in thr])
+            tp_r = trom.read_port()
+            m.d.comb += acc.init.eq(tp_r.data)
+        v1, first1 = Signal(), Signal()
+        m.d.comb += [acc.valid.eq(v1), acc.clear.eq(first1), acc.spikes.eq(spikes),
+                     acc.keep.eq(keep)]
+
+        g = Signal(range(max(2, G)))
+        if not out:
+            m.d.comb += tp_r.addr.eq(g)
+        wc = layer.write_cycles(self._next_simd)
+        k = Signal(range(max(2, wc)))          # the WRITE cycle of a group
+        m.d.sync += [v1.eq(0), first1.eq(0), w1.eq(w)]
+
+        # --- outputs -----------------------------------------------------------------------------
+        def lane(t: int, n: int):
+            return acc.acc[(t * pe + n) * ab:(t * pe + n + 1) * ab]
+
+        writing = Signal()
+        if out:
+            sb = ir.score_bits
+            init = [int(ir.samples * int(b)) for b in layer.offsets]
+            scores = [Signal(range(-(1 << (sb - 1)), 1 << (sb - 1)), name=f"score{c}",
+                             init=v) for c, v in enumerate(init)]
+            m.d.comb += self.scores.eq(Cat(*scores))
+            for c, sc in enumerate(scores):
+                with m.If(self.clear):
+                    m.d.sync += sc.eq(init[c])
+                with m.Elif(writing & (g == c // pe)):
+                    m.d.sync += sc.eq(sc + lane(0, c % pe).as_signed())
+        else:
+            sn = self._next_simd
+            Wn = -(-layer.n_out // sn)
+            nbits = store_wbits(Wn)
+            ppar = Signal()                   # the half of the next store this pass writes
+            we, addrs, datas = [], [], []
+            for b in range(sn):
+                if pe % sn == 0:                                   # pe // sn chunks a group
+                    chunks = pe // sn
+                    bits = [Cat(*[~lane(t, kk * sn + b)[ab - 1] for t in range(tp)])
+                            for kk in range(chunks)]
+                    data = bits[0]
+                    for kk in range(1, chunks):
+                        data = Mux(k == kk, bits[kk], data)
+                    word = g * chunks + k if chunks > 1 else g
+                    enable = writing
+                else:                                             # sn // pe groups a word
+                    per = sn // pe
+                    word = g >> (per.bit_length() - 1)
+                    data = Cat(*[~lane(t, b % pe)[ab - 1] for t in range(tp)])
+                    enable = writing & ((g & (per - 1)) == b // pe)
+                # wide enough for the words of the last group's padding lanes, refused below
+                wsig = Signal(range(max(Wn, G * max(1, pe // sn)) + 1), name=f"oword{b}")
+                ok = Signal(name=f"ok{b}")
+                limit = layer.n_out - (Wn - 1) * sn
+                m.d.comb += [wsig.eq(word),
+                             ok.eq((wsig < Wn - 1) | ((wsig == Wn - 1) & (b < limit)))]
+                we.append(enable & ok)
+                addrs.append(Cat(wsig[:nbits], ppar))
+                datas.append(data)
+            m.d.comb += [self.out_we.eq(Cat(*we)), self.out_addr.eq(Cat(*addrs)),
+                         self.out_data.eq(Cat(*datas))]
+
+        # --- the pass --------------------------------------------------------------------------
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [cnt.eq(count_of(ek)), g.eq(0), w.eq(0), waddr.eq(0), k.eq(0)]
+                    m.next = "BEAT"
+            with m.State("BEAT"):
+                m.d.sync += [v1.eq(1), first1.eq(w == 0), w.eq(w + 1), waddr.eq(waddr + 1)]
+                with m.If(w == W - 1):
+                    m.d.sync += w.eq(0)
+                    m.next = "DRAIN1"
+            for i in range(1, POP_DRAIN + 1):
+                with m.State(f"DRAIN{i}"):
+                    m.next = f"DRAIN{i + 1}" if i < POP_DRAIN else "WRITE"
+            with m.State("WRITE"):
+                m.d.comb += writing.eq(1)
+                m.d.sync += k.eq(k + 1)
+                with m.If(k == wc - 1):
+                    m.d.sync += [k.eq(0), g.eq(g + 1)]
+                    with m.If(g == G - 1):
+                        m.d.comb += self.done.eq(1)
+                        m.d.sync += [g.eq(0), ek.eq(Mux(ek == P - 1, 0, ek + 1))]
+                        if not out:
+                            m.d.sync += ppar.eq(~ppar)
+                        m.d.sync += half.eq(Mux(ek == P - 1, ~half, half) if self._first
+                                            else ~half)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "BEAT"
+        m.d.comb += self.in_half.eq(half)
+        return m

@@ -1,0 +1,18 @@
+"""The stream ports every NSM core has (:class:`hw.top.NsmCore`, :class:`hw.ptop.PopcountCore`):
+pixels in, the class and scores out, the run seed."""
+
+from __future__ import annotations
+
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["core_ports"]
+
+
+def core_ports(ir) -> dict:
+    """``{name: In/Out(width)}`` of the pixel, result and seed ports for ``ir``."""
+    return {"s_axis_tvalid": In(1), "s_axis_tready": Out(1),
+            "s_axis_tdata": In(ir.input.pixel_bits), "s_axis_tlast": In(1),
+            "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
+            "m_axis_tdata": Out(ir.class_bits),
+            "m_axis_tuser": Out(ir.n_classes * ir.score_bits),
+            "seed_valid": In(1), "seed_ready": Out(1), "seed": In(32)}

@@ -1,0 +1,162 @@
+"""The popcount core: a pipeline of sample-parallel dense engines (:mod:`hw.pdense`) that
+overlaps images.
+
+Stages, each handing over through double-buffered memories (cycle counts mirrored by
+:func:`nsm_export.schedule.pop_events`):
+
+Loader      takes a pixel every cycle in which the half of the first engine's spike store it
+            fills is free (``s_axis_tready``): the threshold or thermometer code of a pixel
+            goes into a word of ``simd`` spikes, written when full or at the image's last
+            pixel; after the last pixel the half is full (the first engine may start the
+            image a cycle later) and the loader fills the other half with the next image.
+Engines     engine ``i`` starts its next pass (``ready``: its keep bits are drawn) once its
+            input is there (engine 0: the image's half; engine ``i > 0``: engine ``i - 1``
+            ended that pass) and engine ``i + 1`` has taken over its previous pass (it started
+            it): while engine ``i + 1`` reads one half of its spike store, engine ``i`` writes
+            the other. Passes follow each other across images. Engine 0 frees its image's
+            half when it ends the image's last pass.
+Result      when the output engine ends an image's last pass, its scores are copied into the
+            result register (at once, or once the previous result is taken) and cleared;
+            the output engine starts nothing while a copy waits. ``ArgmaxScan`` then takes
+            ``C + 1`` cycles, and ``m_axis_tvalid`` holds the class and scores until taken.
+
+A mask drawer draws an image's first pass only after the image's last pixel was taken, so
+every pass's timing follows from the pixel handshakes alone. A run seed is taken only while no
+image is in the core (none loading, none computing, no result waiting): every LFSR then
+restarts from it. The LFSRs are reset only by ``rst``.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+
+from nsm_export.ir import IR
+from nsm_export.plan import plan
+from .argmax import ArgmaxScan
+from .dense import rom_module_name
+from .pdense import store_wbits
+from .ports import core_ports
+
+__all__ = ["PopcountCore"]
+
+
+class PopcountCore(wiring.Component):
+    """A dense NSM classifier on popcount engines; the ports are :class:`hw.top.NsmCore`'s
+    (without ``w_axis`` and the debug ports)."""
+
+    def __init__(self, ir: IR, rom_modules: bool = True):
+        self._ir = ir
+        self._rom_modules = bool(rom_modules)
+        super().__init__(core_ports(ir))
+
+    @property
+    def ir(self) -> IR:
+        return self._ir
+
+    def elaborate(self, platform):
+        m = Module()
+        ir = self._ir
+        stages = plan(ir)
+        engines = []
+        for st in stages:
+            rom = rom_module_name(ir.name, st.index) if self._rom_modules else None
+            eng = st.layer.engine(st, ir, rom)
+            m.submodules[f"layer{st.index}"] = eng
+            engines.append(eng)
+        L = len(engines)
+        first, out_eng = engines[0], engines[-1]
+        n0 = ir.input.size
+
+        # --- loader ---------------------------------------------------------------------------
+        spec = ir.input
+        levels, simd0 = spec.levels, stages[0].layer.simd
+        per = simd0 // levels                       # pixels a word
+        words0 = stages[0].layer.words
+        wbits0 = store_wbits(words0)
+        tail = n0 * levels % simd0
+        px = Signal(range(n0 + 1))
+        lhalf = Signal()                            # the half the loader fills
+        lfull = Signal(2)                           # half h holds a whole image
+        inflight = Signal(range(2 * L + 8))         # images taken and not handed over
+        sword = Signal(simd0)
+        wpos = Signal(range(max(2, per)))
+        waddr = Signal(range(max(2, words0)))
+        in_ready = Signal()
+        m.d.comb += [in_ready.eq(~(lfull.bit_select(lhalf, 1))),
+                     self.s_axis_tready.eq(in_ready)]
+        take = in_ready & self.s_axis_tvalid
+        last_px = take & (px == n0 - 1)
+        if spec.encoding == "thermometer":
+            bits = Cat(*[self.s_axis_tdata >= t for t in spec.thresholds])
+        else:
+            bits = self.s_axis_tdata >= spec.threshold
+        word = Cat(sword[levels:], bits) if per > 1 else bits     # input per*w + i in bit i
+        full = wpos == per - 1
+        m.d.comb += [first.st_we.eq(take & (full | last_px)),
+                     first.st_addr.eq(Cat(waddr[:wbits0], lhalf)),
+                     first.st_data.eq(Mux(last_px, word >> (simd0 - tail), word) if tail
+                                      else word)]
+        with m.If(take):
+            m.d.sync += [sword.eq(word), wpos.eq(wpos + 1), px.eq(px + 1)]
+            with m.If(full):
+                m.d.sync += [waddr.eq(waddr + 1), wpos.eq(0)]
+            with m.If(last_px):
+                m.d.sync += [wpos.eq(0), waddr.eq(0), px.eq(0), lhalf.eq(~lhalf)]
+        for eng in engines:
+            m.d.comb += [eng.img_in.eq(last_px), eng.seed.eq(self.seed),
+                         eng.reseed.eq(self.seed_valid & self.seed_ready)]
+        m.d.comb += self.seed_ready.eq((inflight == 0) & (px == 0))
+
+        # --- engines: a pipeline of passes --------------------------------------------------------
+        busy = [Signal(name=f"busy{i}") for i in range(L)]
+        full_ = [Signal(name=f"full{i}") for i in range(L - 1)]   # engine i's pass waits
+        fin = Signal()                                            # scores wait for the copy
+        release = Signal(2)
+        for i, eng in enumerate(engines):
+            src = lfull.bit_select(eng.in_half, 1) if i == 0 else full_[i - 1]
+            free = ~full_[i] if i < L - 1 else ~fin
+            go = Signal(name=f"go{i}")
+            m.d.comb += [go.eq(~busy[i] & src & free & eng.ready), eng.start.eq(go)]
+            with m.If(go):
+                m.d.sync += busy[i].eq(1)
+                if i > 0:
+                    m.d.sync += full_[i - 1].eq(0)
+            with m.If(eng.done):
+                m.d.sync += busy[i].eq(0)
+                if i < L - 1:
+                    m.d.sync += full_[i].eq(1)
+            if i > 0:
+                m.d.comb += [eng.st_we.eq(engines[i - 1].out_we),
+                             eng.st_addr.eq(engines[i - 1].out_addr),
+                             eng.st_data.eq(engines[i - 1].out_data)]
+        m.d.comb += release.eq(Mux(first.done & first.last, 1 << first.in_half, 0))
+        m.d.sync += lfull.eq((lfull & ~release)
+                             | Mux(last_px, Mux(lhalf, 0b10, 0b01), 0))
+        with m.If(out_eng.done & out_eng.last):
+            m.d.sync += fin.eq(1)
+
+        # --- result -----------------------------------------------------------------------------
+        C, sb = ir.n_classes, ir.score_bits
+        res = Signal(C * sb)
+        m.submodules.argmax = scan = ArgmaxScan(C, sb)
+        m.d.comb += [scan.scores.eq(res), self.m_axis_tdata.eq(scan.index),
+                     self.m_axis_tuser.eq(res)]
+        handed = Signal()
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(fin):
+                    m.d.comb += [out_eng.clear.eq(1), scan.clear.eq(1)]
+                    m.d.sync += [res.eq(out_eng.scores), fin.eq(0)]
+                    m.next = "SCAN"
+            with m.State("SCAN"):
+                m.d.comb += scan.en.eq(1)
+                with m.If(scan.last):
+                    m.next = "OUT"
+            with m.State("OUT"):
+                m.d.comb += self.m_axis_tvalid.eq(1)
+                with m.If(self.m_axis_tready):
+                    m.d.comb += handed.eq(1)
+                    m.next = "IDLE"
+        m.d.sync += inflight.eq(inflight + last_px - handed)
+        return m

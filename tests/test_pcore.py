@@ -1,0 +1,149 @@
+"""The popcount core (``hw.pdense`` engines in ``hw.ptop``'s pass pipeline): RTL == golden model,
+exactly, and the cycle model exact image by image, on random networks, with input gaps, output
+back-pressure, resets and run seeds; and the IRs it refuses, each in one line."""
+
+import numpy as np
+import pytest
+
+from hw.pdense import pop_weight_words
+from hw.top import HardwareError, generate_verilog
+from nsm_export import golden, schedule
+from nsm_export.build import IntLayer, build_ir
+from nsm_export.plan import plan
+from nsm_export.testing import random_ir, random_pixels, random_pop_ir, random_weights
+from sim.runner import compare, golden_with_resets, run_rtl
+from tests.support import SIMULATORS
+
+
+def _build(tmp_path, ir):
+    path = tmp_path / f"{ir.name}.v"
+    path.write_text(generate_verilog(ir))
+    return path
+
+
+def _exact(tmp_path, ir, px, simulator="icarus"):
+    """Images back to back: bit-exact, and every latency and handshake interval the cycle
+    model's."""
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path)
+    exp = golden.run(ir, px, record=True)
+    cmp = compare(exp, rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+    assert rtl.latency.tolist() == schedule.latency_cycles(ir, exp.masks).tolist()
+    assert np.diff(rtl.done_at).tolist() == schedule.cycles_per_inference(ir, exp.masks)[1:] \
+        .tolist()
+
+
+def _net(sizes, pe, simd, lanes, p, T, tp, wb=2, seed=0, thresholds=None):
+    rng = np.random.default_rng(seed)
+    n_in = [sizes[0] * (len(thresholds) if thresholds else 1)] + sizes[1:-1]
+    layers = [IntLayer(random_weights(rng, wb, (b, a)),
+                       rng.integers(-a // 3, a // 3 + 1, size=b), pv, wb)
+              for a, b, pv in zip(n_in, sizes[1:], p)]
+    return build_ir(layers, input_size=sizes[0], input_threshold=90, samples=T, pe=pe,
+                    seed=seed + 1, lanes=lanes, simd=simd, pass_samples=tp,
+                    thresholds=thresholds)
+
+
+# Each write path into the next spike store, T' dividing T or not, no blank-out, binary and
+# 8-bit weights, a thermometer code, partial last words and groups.
+CASES = [
+    # sizes, pe, simd, lanes, p, T, T', weight bits, thermometer thresholds
+    pytest.param([13, 8, 4], [6, 2], [1, 1], [1, 1], [1.0, 1.0], 2, 2, 2, None,
+                 id="pe6-into-simd1-chunks-partial-group"),
+    pytest.param([13, 12, 5], [2, 5], [4, 8], [4, 2], [0.5, 0.75], 5, 2, 3, None,
+                 id="pe2-into-simd8-Tp2-of-5"),
+    pytest.param([9, 16, 10], [8, 5], [2, 4], [2, 4], [0.75, 0.5], 4, 3, 1, None,
+                 id="binary-pe8-into-simd4-Tp3-of-4"),
+    pytest.param([7, 6, 3], [6, 3], [8, 2], [8, 1], [0.25, 1.0], 3, 3, 8, (40, 120, 200, 250),
+                 id="thermometer4-simd8-8bit"),
+]
+
+
+@pytest.mark.icarus
+@pytest.mark.parametrize("sizes,pe,simd,lanes,p,T,tp,wb,thr", CASES)
+def test_cases_equal_golden_and_cycle_model(tmp_path, sizes, pe, simd, lanes, p, T, tp, wb, thr):
+    ir = _net(sizes, pe, simd, lanes, p, T, tp, wb, thresholds=thr)
+    assert plan(ir).popcount
+    _exact(tmp_path, ir, random_pixels(np.random.default_rng(1), ir, 6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("seed", range(6))
+def test_random_networks_equal_golden_and_cycle_model(tmp_path, simulator, seed):
+    rng = np.random.default_rng(1000 + seed)
+    ir = random_pop_ir(rng)
+    _exact(tmp_path, ir, random_pixels(rng, ir, 8), simulator)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_gaps_backpressure_resets_and_seeds(tmp_path, simulator):
+    """Input gaps and output stalls: the results stay exact, and every result goes valid in the
+    cycle the model gives for the observed pixel and result handshakes. Then resets in the
+    middle of images (the pipeline holds two) and run seeds: still the golden model's."""
+    rng = np.random.default_rng(7)
+    ir = _net([11, 8, 6, 4], [4, 2, 4], [2, 4, 2], [2, 4, 1], [0.5, 0.75, 0.5], 5, 2, 2)
+    px = random_pixels(rng, ir, 10)
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.3, out_stall_prob=0.5, seed=3)
+    cmp = compare(golden.run(ir, px, record=True), rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+    ev = schedule.pop_events(ir, len(px), last_pixel=rtl.last_pixel, handshake=rtl.done_at)
+    assert (rtl.last_pixel + rtl.latency).tolist() == ev["valid"].tolist()
+
+    resets, seeds = [(3, 5), (6, 60)], [(5, 0xBEEF), (8, 77)]
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.2, out_stall_prob=0.3, resets=resets, seeds=seeds, seed=4)
+    exp = golden_with_resets(ir, px, resets=resets, seeds=seeds, record=True)
+    cmp = compare(exp, rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+    assert np.array_equal(rtl.scores[3], golden.run(ir, px[3:4]).scores[0])
+
+
+def test_cycles_do_not_depend_on_the_draws():
+    """Blanked inputs are gated, not skipped: neither p nor the weights change a cycle."""
+    a = _net([13, 12, 5], [2, 5], [4, 8], [4, 2], [0.5, 0.75], 5, 2)
+    b = _net([13, 12, 5], [2, 5], [4, 8], [4, 2], [0.25, 0.9], 5, 2, seed=9)
+    assert schedule.pop_events(a, 5)["valid"].tolist() == \
+        schedule.pop_events(b, 5)["valid"].tolist()
+    masks = golden.run(a, random_pixels(np.random.default_rng(0), a, 5), record=True).masks
+    assert len(set(np.diff(schedule.latency_cycles(a, masks)[2:]).tolist())) == 1
+
+
+def test_weight_words_hold_each_weight_in_its_lane():
+    rng = np.random.default_rng(3)
+    for wb, pe, simd in ((1, 3, 4), (3, 2, 8), (8, 5, 1)):
+        ir = _net([11, 7, 3], [pe, 3], [simd, 1], [1, 1], [1.0, 1.0], 2, 1, wb, seed=wb)
+        layer = ir.layers[0]
+        words = pop_weight_words(layer)
+        assert len(words) == layer.groups * layer.words
+        for _ in range(50):
+            n, j = int(rng.integers(layer.n_out)), int(rng.integers(layer.n_in))
+            g, k, w, s = n // pe, n % pe, j // simd, j % simd
+            lane = (words[g * layer.words + w] >> ((s * pe + k) * wb)) & ((1 << wb) - 1)
+            v = int(layer.weights[n, j])
+            assert lane == ((v > 0) if wb == 1 else v & ((1 << wb) - 1))
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda ir: ir.layers[1].__setattr__("pass_samples", 1),
+     r"^layers\[1\]\.pass_samples 1 differs from layers\[0\]'s 2"),
+    (lambda ir: ir.layers[0].__setattr__("weight_store", "ram"),
+     r"^layers\[0\]\.weight_store ram: the popcount engine keeps its weights in ROM$"),
+    (lambda ir: ir.layers[0].__setattr__("pe", 3),
+     r"^layers\[0\]\.pe 3 and layers\[1\]\.simd 4 must divide one another"),
+])
+def test_what_the_popcount_core_refuses(change, message):
+    ir = _net([13, 8, 4], [2, 2], [4, 4], [1, 1], [1.0, 1.0], 2, 2)
+    change(ir)
+    with pytest.raises(HardwareError, match=message):
+        generate_verilog(ir)
+
+
+def test_a_mixed_network_is_refused_in_one_line():
+    ir = random_ir(np.random.default_rng(2), sizes=[6, 5, 3], lanes=[1, 1], simd=[1, 1],
+                   p=[1.0, 1.0])
+    ir.layers[0].pass_samples = 1
+    with pytest.raises(HardwareError, match=r"^layers\[1\]\.pass_samples 0 differs"):
+        generate_verilog(ir)
