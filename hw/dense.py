@@ -37,7 +37,8 @@ from nsm_export.ir import DenseLayer
 from nsm_export.plan import MASK_FLUSH, MEMORY_LINK_PE, SPIKE_WORD, group_overhead
 from .lfsr import Lfsr
 
-__all__ = ["DenseEngine", "pack_lanes", "memory_words", "load_beats", "n_load_beats",
+__all__ = ["DenseEngine", "pack_lanes", "memory_words", "pop_weight_words", "weight_words",
+           "weight_width", "load_beats", "n_load_beats",
            "RAM16_MODULE", "RAM16_NAME", "LOAD_BEAT_BITS", "rom_module", "rom_module_name"]
 
 SPIKE_WORD_BITS = SPIKE_WORD.bit_length() - 1
@@ -136,9 +137,37 @@ def memory_words(layer) -> tuple[list[int], list[int]]:
     return weights, offsets
 
 
+def pop_weight_words(layer) -> list[int]:
+    """The popcount engine's weight ROM: word ``g*W + w`` holds neuron ``g*pe + n`` of input
+    ``w*simd + s`` in lane ``s*pe + n`` (``weight_bits`` bits, two's complement; binary: 1 for
+    +1, 0 for -1); neurons past ``n_out`` and inputs past ``n_in`` are 0."""
+    pe, simd, wb = layer.pe, layer.simd, layer.weight_bits
+    G, W = layer.groups, layer.words
+    w = np.zeros((G * pe, W * simd), dtype=np.int64)
+    src = np.asarray(layer.weights, dtype=np.int64)
+    w[:layer.n_out, :layer.n_in] = (src > 0) if wb == 1 else src
+    lanes = (w & ((1 << wb) - 1)).reshape(G, pe, W, simd).transpose(0, 2, 3, 1)  # G, W, s, n
+    bits = (lanes[..., None] >> np.arange(wb)) & 1                              # ..., wb
+    rows = np.packbits(bits.reshape(G * W, simd * pe * wb).astype(np.uint8), axis=1,
+                       bitorder="little")
+    return [int.from_bytes(r.tobytes(), "little") for r in rows]
+
+
+def weight_width(layer) -> int:
+    """Bits of a weight word: ``pe`` lanes, times ``simd`` inputs on the popcount engine."""
+    return layer.pe * layer.weight_bits * (layer.simd if getattr(layer, "popcount", False) else 1)
+
+
+def weight_words(layer) -> list[int]:
+    """The weight memory's words in the layout of the layer's engine."""
+    if getattr(layer, "popcount", False):
+        return pop_weight_words(layer)
+    return memory_words(layer)[0]
+
+
 def word_beats(layer) -> int:
     """16-bit load beats per weight word (dense or conv layer)."""
-    return -(-layer.pe * layer.weight_bits // LOAD_BEAT_BITS)
+    return -(-weight_width(layer) // LOAD_BEAT_BITS)
 
 
 def n_weight_words(layer) -> int:
@@ -146,6 +175,8 @@ def n_weight_words(layer) -> int:
     inputs are its window's ``c_in * k * k``."""
     if layer.kind == "conv2d":
         return -(-layer.c_out // layer.pe) * layer.c_in * layer.kernel ** 2
+    if layer.popcount:
+        return layer.groups * layer.words
     return layer.groups * layer.n_in
 
 
@@ -158,7 +189,7 @@ def load_beats(layer) -> list[int]:
     word, the low 16 bits first."""
     mask, n = (1 << LOAD_BEAT_BITS) - 1, word_beats(layer)
     return [(word >> (LOAD_BEAT_BITS * b)) & mask
-            for word in memory_words(layer)[0] for b in range(n)]
+            for word in weight_words(layer) for b in range(n)]
 
 
 def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal],
@@ -202,7 +233,7 @@ def weight_memory(m: Module, layer, w_init: list[int], waddrs: list[Signal],
             with m.If(beat == beats - 1):
                 m.d.sync += [beat.eq(0), laddr.eq(laddr + 1)]
         return rdatas, laddr
-    width = layer.pe * layer.weight_bits
+    width = weight_width(layer)
     for k in range(S):
         if rom_name is not None:
             rdata = Signal(width, name="wmem_data" if S == 1 else f"wmem{k}_data")

@@ -36,12 +36,12 @@ layer's has ``simd`` banks of ``T'`` bits, bank ``s`` holding inputs ``w*simd + 
 
 from __future__ import annotations
 
-import numpy as np
-from amaranth.hdl import Cat, ClockSignal, Instance, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.plan import POP_DRAIN
+from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
 from .popcount import PopcountAccumulator
 
@@ -52,22 +52,6 @@ def store_wbits(words: int) -> int:
     """Address bits of one half of a spike store of ``words`` words (the half is the bit
     above them)."""
     return max(1, (words - 1).bit_length())
-
-
-def pop_weight_words(layer) -> list[int]:
-    """The popcount engine's weight ROM: word ``g*W + w`` holds neuron ``g*pe + n`` of input
-    ``w*simd + s`` in lane ``s*pe + n`` (``weight_bits`` bits, two's complement; binary: 1 for
-    +1, 0 for -1); neurons past ``n_out`` and inputs past ``n_in`` are 0."""
-    pe, simd, wb = layer.pe, layer.simd, layer.weight_bits
-    G, W = layer.groups, layer.words
-    w = np.zeros((G * pe, W * simd), dtype=np.int64)
-    src = np.asarray(layer.weights, dtype=np.int64)
-    w[:layer.n_out, :layer.n_in] = (src > 0) if wb == 1 else src
-    lanes = (w & ((1 << wb) - 1)).reshape(G, pe, W, simd).transpose(0, 2, 3, 1)  # G, W, s, n
-    bits = (lanes[..., None] >> np.arange(wb)) & 1                              # ..., wb
-    rows = np.packbits(bits.reshape(G * W, simd * pe * wb).astype(np.uint8), axis=1,
-                       bitorder="little")
-    return [int.from_bytes(r.tobytes(), "little") for r in rows]
 
 
 class PopcountDenseEngine(wiring.Component):
@@ -99,6 +83,9 @@ class PopcountDenseEngine(wiring.Component):
         Into the next engine's spike store (its ``st_*``).
     scores : Out(n_out * score_bits), clear : In(1) : the output layer
         The class scores of the image so far; ``clear`` sets them to ``T x bias``.
+    loading, load_en, load_data : ``ram`` weights
+        While ``loading``, each ``load_en`` writes the next 16-bit beat of the weight image
+        (:func:`hw.dense.load_beats`); the engine starts no pass before it is complete.
     """
 
     def __init__(self, layer, ir, engine, rom_name: str | None = None):
@@ -114,6 +101,8 @@ class PopcountDenseEngine(wiring.Component):
         tp, simd = self._tp, layer.simd
         ports = {"start": In(1), "ready": Out(1), "done": Out(1), "last": Out(1),
                  "in_half": Out(1), "img_in": In(1), "reseed": In(1), "seed": In(32)}
+        if layer.weight_store == "ram":
+            ports.update(loading=In(1), load_en=In(1), load_data=In(16))
         abits = self._wbits + 1
         if self._first:
             ports.update(st_we=In(1), st_addr=In(abits), st_data=In(simd))
@@ -160,21 +149,12 @@ class PopcountDenseEngine(wiring.Component):
         else:                                               # sample t input s at t*simd + s
             spikes = Cat(*[rdata[s][t] for t in range(tp) for s in range(simd)])
 
-        # --- weights -------------------------------------------------------------------------
-        wwidth = pe * simd * wb
+        # --- weights (ROM, or RAM loaded through the top's w_axis) -----------------------------
         waddr = Signal(range(max(2, G * W)))
-        if self._rom_name:
-            wdata = Signal(wwidth)
-            ab_w = max(1, (max(2, G * W) - 1).bit_length())
-            m.submodules.wrom = Instance(self._rom_name, p_ABITS=ab_w, i_clk=ClockSignal(),
-                                         i_addr=waddr[:ab_w] if len(waddr) >= ab_w
-                                         else waddr, o_data=wdata)
-        else:
-            m.submodules.wrom = wrom = memory.Memory(shape=wwidth, depth=max(2, G * W),
-                                                     init=pop_weight_words(layer))
-            rp = wrom.read_port()
-            m.d.comb += rp.addr.eq(waddr)
-            wdata = rp.data
+        addr = Signal(range(max(2, G * W)))
+        (wdata,), laddr = weight_memory(m, layer, pop_weight_words(layer), [addr], self,
+                                        self._rom_name)
+        m.d.comb += addr.eq(Mux(self.loading, laddr, waddr) if laddr is not None else waddr)
 
         # --- pass bookkeeping ------------------------------------------------------------------
         ek = Signal(range(max(2, P)))         # the engine's pass in its image

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR
 from nsm_export.plan import plan
 from .argmax import ArgmaxScan
-from .dense import rom_module_name
+from .dense import n_load_beats, rom_module_name
 from .pdense import store_wbits
 from .ports import core_ports
 
@@ -43,16 +44,45 @@ __all__ = ["PopcountCore"]
 
 class PopcountCore(wiring.Component):
     """A dense NSM classifier on popcount engines; the ports are :class:`hw.top.NsmCore`'s
-    (without ``w_axis`` and the debug ports)."""
+    (without the debug ports): ``w_axis`` where a layer keeps its weights in ``ram`` takes the
+    weight image (:func:`hw.top.weight_image`) once after configuration, before any pixel; the
+    weights survive ``rst``, and a reset in the middle of the image makes the host send it again
+    from the start."""
 
     def __init__(self, ir: IR, rom_modules: bool = True):
         self._ir = ir
         self._rom_modules = bool(rom_modules)
-        super().__init__(core_ports(ir))
+        wload = {"w_axis_tvalid": In(1), "w_axis_tready": Out(1), "w_axis_tdata": In(16),
+                 "w_axis_tlast": In(1)} if any(layer.weight_store == "ram"
+                                               for layer in ir.layers) else {}
+        super().__init__({**wload, **core_ports(ir)})
 
     @property
     def ir(self) -> IR:
         return self._ir
+
+    def _load_weights(self, m: Module, stages, engines):
+        """The ``w_axis`` weight image into the ``ram`` layers, layer by layer, beat by beat;
+        returns the flag (kept through ``rst``) that it is complete (1 without ``ram``)."""
+        ram = [eng for st, eng in zip(stages, engines) if st.layer.weight_store == "ram"]
+        if not ram:
+            return 1
+        loaded = Signal(reset_less=True)
+        counts = [n_load_beats(eng.layer) for eng in ram]
+        wl = Signal(range(len(ram)))
+        beat = Signal(range(max(counts)))
+        m.d.comb += self.w_axis_tready.eq(~loaded)
+        for k, eng in enumerate(ram):
+            m.d.comb += [eng.loading.eq(~loaded), eng.load_data.eq(self.w_axis_tdata),
+                         eng.load_en.eq(~loaded & self.w_axis_tvalid & (wl == k))]
+        with m.If(~loaded & self.w_axis_tvalid):
+            m.d.sync += beat.eq(beat + 1)
+            for k, n in enumerate(counts):
+                with m.If((wl == k) & (beat == n - 1)):
+                    m.d.sync += [beat.eq(0), wl.eq(wl + 1)]
+                    if k == len(ram) - 1:
+                        m.d.sync += loaded.eq(1)
+        return loaded
 
     def elaborate(self, platform):
         m = Module()
@@ -83,7 +113,8 @@ class PopcountCore(wiring.Component):
         wpos = Signal(range(max(2, per)))
         waddr = Signal(range(max(2, words0)))
         in_ready = Signal()
-        m.d.comb += [in_ready.eq(~(lfull.bit_select(lhalf, 1))),
+        m.d.comb += [in_ready.eq(~(lfull.bit_select(lhalf, 1)) & self._load_weights(m, stages,
+                                                                                    engines)),
                      self.s_axis_tready.eq(in_ready)]
         take = in_ready & self.s_axis_tvalid
         last_px = take & (px == n0 - 1)

@@ -38,9 +38,9 @@ from nsm_export.ir import IR
 from nsm_export.plan import ENCODE_FLUSH, plan
 from nsm_export.plan import unsupported as hardware_unsupported
 from .argmax import ArgmaxScan
-from .dense import RAM16_MODULE, load_beats, memory_words, n_load_beats, rom_module, rom_module_name
+from .dense import (RAM16_MODULE, load_beats, memory_words, n_load_beats, pop_weight_words,
+                    rom_module, rom_module_name)
 from .lfsr import Lfsr
-from .pdense import pop_weight_words
 from .ports import core_ports
 from .ptop import PopcountCore
 

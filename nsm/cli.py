@@ -342,9 +342,14 @@ def export(checkpoint, output, samples, no_sampling, fmt):
               help="Blank-out draws per clock per layer (1, 2, 4, 8 or 16): one value, or one "
                    "per layer. Changes the schedule, never the random stream.")
 @click.option("--simd", default=None, show_default="1",
-              help="Kept inputs each neuron group adds per clock (1, 2 or 4): one value, or one "
-                   "per layer. Needs as many weight-memory copies; a sampling layer's --lanes "
-                   "is raised to it. Changes the schedule, never a result.")
+              help="Inputs each neuron group adds per clock: one value, or one per layer. "
+                   "Kept-list engine: 1, 2 or 4, as many weight-memory copies, a sampling "
+                   "layer's --lanes raised to it; popcount engine (--pass-samples): 1 to 64, "
+                   "powers of two, --lanes lowered to it. Changes the schedule, never a result.")
+@click.option("--pass-samples", default=None, type=click.IntRange(0, 65536), metavar="T'",
+              help="Build every dense layer on the sample-parallel popcount engine, T' "
+                   "samples per weight read (at most T; 0: the kept-list engines) "
+                   "[default: 0; with --target: chosen].")
 @click.option("--weight-store", default=None, show_default="rom",
               help="Where each layer's weights live: rom (in the bitstream) or ram (loaded on "
                    "w_axis at start-up; SPRAM on iCE40). One value, or one per layer.")
@@ -369,8 +374,8 @@ def export(checkpoint, output, samples, no_sampling, fmt):
               help="Bits of the quantized keep probability.")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
-def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, target, throughput,
-                clock_mhz, line_buffer, seed, lfsr_width, p_bits, name):
+def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weight_store, target,
+                throughput, clock_mhz, line_buffer, seed, lfsr_width, p_bits, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
     (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
@@ -387,7 +392,7 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, weight_store, targe
     ir = compile_to_dir(onnx_file, output, target=target, throughput=throughput,
                         clock_mhz=clock_mhz, samples=samples, weight_store=one(stores),
                         line_buffer=line_buffer, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits,
-                        name=name,
+                        name=name, pass_samples=pass_samples,
                         **{k: one(v) for k, v in ints.items()})
     if "folding" in ir.source:
         click.echo(ir.source["folding"]["summary"])

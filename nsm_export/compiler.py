@@ -730,7 +730,8 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
                   pe: int | list[int] = DEFAULT_PE, seed: int = 1, p_bits: int = DEFAULT_P_BITS,
                   lfsr_width: int = DEFAULT_LFSR_WIDTH, name: str = "nsm",
                   source: str = "", lanes: int | list[int] = 1,
-                  weight_store: str | list[str] = "rom", simd: int | list[int] = 1) -> IR:
+                  weight_store: str | list[str] = "rom", simd: int | list[int] = 1,
+                  pass_samples: int = 0) -> IR:
     try:
         onnx.checker.check_model(model)
     except Exception as e:
@@ -794,10 +795,11 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
         return build_ir(layers, input_size=n_in, input_threshold=thr_int, samples=samples,
                         pe=pe, seed=seed, p_bits=p_bits, lfsr_width=lfsr_width,
                         pixel_bits=pixel_bits, name=name, lanes=lanes, weight_store=weight_store,
-                        simd=simd,
+                        simd=simd, pass_samples=pass_samples,
                         thresholds=thresholds, layout=layout, probs=probs, prob_bits=p_bits,
                         source={"onnx": source, "notes": notes,
                                 "compiler": {"pe": pe, "lanes": lanes, "simd": simd,
+                                             "pass_samples": pass_samples,
                                              "weight_store": weight_store, "seed": seed,
                                              "p_bits": p_bits, "lfsr_width": lfsr_width}})
     except IRError as e:

@@ -40,6 +40,14 @@ BASE_LUTS = {"ice40": 1020, "ecp5": 1020}
 SCORE_LUTS = 2.0
 BASE_FFS = {"ice40": 470, "ecp5": 270}
 LC_PER_FF = {"ice40": 0.6, "ecp5": 0.0}
+# The popcount engine (hw.pdense), per synapse-sample and weight bit a beat adds (gate and
+# popcount-tree share), per accumulator bit, and its counters, state machine and spike-store
+# glue. Calibrated on yosys/nextpnr builds of the engine (benchmarks/results/hardware.json,
+# design nsm-popcount).
+POP_LUTS_PER_SYNAPSE = 2.0
+POP_LUTS_PER_ACC_BIT = 1.1
+POP_ENGINE_LUTS = 120
+POP_ENGINE_FFS = 60
 FILL = 0.95     # a suggestion leaves 5 % of the logic free for packing and routing
 KEYS = ("luts", "ffs", "bram", "spram")
 

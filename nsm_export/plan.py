@@ -66,6 +66,7 @@ class Engine:
     linked: bool = False
     fed: bool = False
     next_simd: int = 1
+    samples: int = 1
 
     @property
     def popcount(self) -> bool:
@@ -75,6 +76,18 @@ class Engine:
     def pass_cycles(self) -> int:
         """Popcount engine: cycles of one pass (the same for every pass and draw)."""
         return self.layer.pass_cycles(self.next_simd)
+
+    def image_cycles(self) -> int:
+        """Popcount engine: cycles it is busy per image, back to back: each pass, or its mask
+        drawer's batch where that takes longer (a pass waits for its keep bits)."""
+        layer = self.layer
+        total = 0
+        for count in layer.pass_counts(self.samples):
+            d = self.pass_cycles()
+            if layer.sampling:
+                d = max(d, 2 + count * -(-layer.n_in // layer.lanes))
+            total += d
+        return total
 
     @property
     def gated(self) -> bool:
@@ -162,7 +175,7 @@ def plan(ir, debug: bool = False) -> Plan:
         fed = bool(engines) and engines[-1].linked
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         engines.append(Engine(i, layer, pool, consumer, ring, linked, fed,
-                              getattr(nxt, "simd", 1)))
+                              getattr(nxt, "simd", 1), ir.samples))
     return Plan(tuple(engines), ir.input.encoding == "bernoulli")
 
 
@@ -182,7 +195,7 @@ def unsupported(ir) -> str | None:
 def pop_unsupported(ir) -> str | None:
     """Why the popcount core (``hw.ptop``) cannot build ``ir``, or None. It builds dense
     networks whose every layer has the same ``pass_samples`` (T'), a threshold or thermometer
-    input code whose levels divide the first layer's ``simd``, ROM weights, and hidden layers
+    input code whose levels divide the first layer's ``simd``, and hidden layers
     whose ``pe`` and the next layer's ``simd`` divide one another (a neuron group's spikes go
     into the next spike store's banks without a rotation)."""
     layers = ir.layers
@@ -194,8 +207,6 @@ def pop_unsupported(ir) -> str | None:
         if layer.pass_samples != layers[0].pass_samples:
             return (f"{where}.pass_samples {layer.pass_samples} differs from layers[0]'s "
                     f"{layers[0].pass_samples}: the popcount core runs one T' in every layer")
-        if layer.weight_store != "rom":
-            return f"{where}.weight_store ram: the popcount engine keeps its weights in ROM"
         if not layer.output:
             sn, pe = layers[i + 1].simd, layer.pe
             if pe % sn and sn % pe:

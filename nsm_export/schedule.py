@@ -325,9 +325,17 @@ def expected_latency_cycles(ir: IR, durations=None) -> float:
 
 def expected_cycles_per_inference(ir: IR, durations=None) -> float:
     """Cycles per image back to back; for the popcount core, which overlaps images, the
-    steady state's (image 7 of 8)."""
-    if plan(ir).popcount:
-        return float(np.diff(pop_events(ir, 8)["handshake"])[-1])
+    steady state's (image 7 of 8), or with ``durations`` (per IR layer, an engine's busy cycles
+    per image, :meth:`nsm_export.plan.Engine.image_cycles`) the slowest stage's."""
+    stages = plan(ir)
+    if stages.popcount:
+        if durations is None:
+            return float(np.diff(pop_events(ir, 8)["handshake"])[-1])
+        # The slowest stage sets the pace (pixels, an engine, the result's copy and scan):
+        # within a few cycles of pop_events' steady state (an estimate for the folding search).
+        busy = [np.asarray(durations[st.index], dtype=float) for st in stages]
+        return np.maximum.reduce([np.full_like(busy[0], ir.input.size),
+                                  np.full_like(busy[0], ir.n_classes + 3), *busy]) + 1
     return ir.input.size + expected_latency_cycles(ir, durations) + 1
 
 

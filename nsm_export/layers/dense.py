@@ -19,6 +19,8 @@ __all__ = ["DenseLayer"]
 # (FMNIST on iCE40 at lanes 4: 44 to 48 MHz); at 8 the kept-list write logic of a 784-input
 # layer falls to 29 MHz. --lanes given explicitly is kept whatever it is.
 SEARCH_MAX_LANES = 4
+# The popcount engine's drawer writes whole store words: up to 8 draws a clock in the search.
+SEARCH_MAX_POP_LANES = 8
 
 
 @dataclass
@@ -150,7 +152,10 @@ class DenseLayer(Weighted):
         return self.groups * self.n_in
 
     def mean_cycles(self, engine, opt: tuple) -> float:
-        """Mean cycles of one sample at folding ``opt``."""
+        """Mean cycles of one sample at folding ``opt``; popcount engine: its busy cycles per
+        image (:meth:`nsm_export.plan.Engine.image_cycles`)."""
+        if self.popcount:
+            return replace(engine, layer=self.folded(opt)).image_cycles()
         return self.folded(opt).sample_cycles(self.p * self.n_in)
 
     # --- folding and resources -------------------------------------------------------------
@@ -159,7 +164,16 @@ class DenseLayer(Weighted):
         return replace(self, pe=pe, lanes=lanes, simd=simd, weight_store=store)
 
     def options(self, target) -> list[tuple]:
-        """The IR's values and their halvings, weights in RAM where the target has SPRAM."""
+        """The IR's values and their halvings, weights in RAM where the target has SPRAM
+        (popcount engine: ROM; ``lanes`` up to ``simd``)."""
+        if self.popcount:
+            halve = [max(1, self.simd >> k) for k in range(self.simd.bit_length())]
+            stores = ["rom", "ram"] if target.capacity["spram"] or self.weight_store == "ram" \
+                else ["rom"]
+            return [(p, d, s, st) for p in _halvings(self.pe, self.output)
+                    for s in sorted(set(halve), reverse=True)
+                    for d in ([x for x in LANES if x <= min(s, self.lanes)] or [1])
+                    for st in stores]
         pes = sorted({max(1, self.pe >> k) for k in range(self.pe.bit_length())}, reverse=True)
         draws = [d for d in LANES[::-1] if d <= self.lanes] if self.sampling else [1]
         simds = [s for s in SIMD[::-1] if s <= self.simd]
@@ -172,6 +186,14 @@ class DenseLayer(Weighted):
         """``pe`` for 1 to 8, then 2^k and 3 * 2^k neuron groups (the fewest lanes for each),
         ``lanes`` up to :data:`SEARCH_MAX_LANES`, every ``simd``, both stores where the target
         has SPRAM; a value in ``fixed`` (given by the user) is kept."""
+        if self.popcount:
+            simds = [x for x in POP_SIMD if x <= max(1, 2 * self.n_in)]
+            pick = dict(pe=_pop_pe_choices(self.n_out, self.output), lanes=list(LANES),
+                        simd=simds,
+                        weight_store=["rom", "ram"] if target.capacity["spram"] else ["rom"])
+            return [o for o in _combine(pick, fixed)
+                    if (o[1] <= min(o[2], SEARCH_MAX_POP_LANES) if self.sampling
+                        else o[1] == 1)]
         pick = dict(pe=_pe_choices(self.n_out),
                     lanes=[d for d in LANES if d <= SEARCH_MAX_LANES] if self.sampling else [1],
                     simd=list(SIMD),
@@ -181,6 +203,8 @@ class DenseLayer(Weighted):
     def cost(self, target, pe: int, lanes: int, simd: int, store: str) -> dict:
         """What the engine costs at this folding (the parts that change with it, and the
         layer's output register; its threshold ROM is small and lands in logic)."""
+        if self.popcount:
+            return self._pop_cost(target, pe, lanes, simd, store)
         groups = -(-self.n_out // pe)
         width, depth = pe * self.weight_bits, groups * self.n_in
         wb = self.weight_bits
@@ -204,6 +228,39 @@ class DenseLayer(Weighted):
             cost["ffs"] += E.FFS_PER_DRAW_BIT * bits
             ibits = (max(2, self.n_in) - 1).bit_length() + 1
             cost["bram"] += lanes * blocks(ibits, -(-self.n_in // lanes), target)
+        return cost
+
+    def _pop_cost(self, target, pe: int, lanes: int, simd: int, store: str) -> dict:
+        """The popcount engine at this folding (:mod:`nsm_export.estimate`'s ``POP_*``): per
+        synapse-sample and weight bit its gate and share of a popcount tree; per accumulator
+        bit an adder and a register; the stage-1 count registers; the mask drawer (LFSR lanes,
+        double-buffered keep store); this layer's input spike store (two halves) and its weight
+        and threshold ROMs."""
+        tp, wb = self.pass_samples, self.weight_bits
+        scale = E.LANE_LUT_SCALE[target.family]
+        G, W = -(-self.n_out // pe), -(-self.n_in // simd)
+        l1 = int(np.abs(self.weights).sum(axis=1).max()) if self.weights.size else 1
+        if self.output:
+            accs, per_acc = pe, simd * tp
+            ab = signed_bits(-l1 * tp, l1 * tp)
+        else:
+            accs, per_acc = pe * tp, simd
+            ab = signed_bits(-l1 - int(self.offsets.max()), l1 - int(self.offsets.min()))
+        synapses = accs * per_acc * wb + (0 if self.output else tp * simd)
+        count_bits = accs * wb * per_acc.bit_length()
+        cost = {"luts": scale * (E.POP_LUTS_PER_SYNAPSE * synapses
+                                 + E.POP_LUTS_PER_ACC_BIT * accs * ab) + E.POP_ENGINE_LUTS,
+                "ffs": accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0, "spram": 0}
+        E.weight_store_cost(cost, target, pe * simd * wb, G * W, store)
+        depth = 2 * W
+        cost["bram"] += simd * blocks(tp, depth, target)         # the input spike store
+        if not self.output:
+            cost["bram"] += blocks(pe * ab, G, target) if G > 1 else 0
+        if self.sampling:
+            bits = lanes * self.rng.width
+            cost["luts"] += E.LUTS_PER_DRAW_BIT * bits + tp * simd
+            cost["ffs"] += E.FFS_PER_DRAW_BIT * bits + simd
+            cost["bram"] += blocks(tp * simd, depth, target)
         return cost
 
     # --- hardware and report ---------------------------------------------------------------
@@ -236,6 +293,19 @@ def _pe_choices(n: int) -> list[int]:
     counts = sorted({g for g in range(1, 9)} | {1 << k for k in range(n.bit_length())}
                     | {3 << k for k in range(n.bit_length())} | {n})
     return sorted({-(-n // g) for g in counts if g <= n}, reverse=True)
+
+
+def _pop_pe_choices(n: int, output: bool) -> list[int]:
+    """Popcount engine: a hidden layer's ``pe`` is a power of two (so that it and the next
+    layer's ``simd`` divide one another); the output layer's as the kept-list engine's."""
+    if output:
+        return _pe_choices(n)
+    return [1 << k for k in range(n.bit_length()) if 1 << k <= n][::-1]
+
+
+def _halvings(pe: int, output: bool) -> list[int]:
+    pes = sorted({max(1, pe >> k) for k in range(pe.bit_length())}, reverse=True)
+    return pes if output else [p for p in pes if p & (p - 1) == 0 or p == pe]
 
 
 def _combine(pick: dict, fixed: dict) -> list[tuple]:
