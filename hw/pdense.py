@@ -154,6 +154,7 @@ class PopcountDenseEngine(wiring.Component):
         addr = Signal(range(max(2, G * W)))
         (wdata,), laddr = weight_memory(m, layer, pop_weight_words(layer), [addr], self,
                                         self._rom_name)
+        wdata = wdata[:pe * simd * wb]            # RAM: whole 16-bit slices
         m.d.comb += addr.eq(Mux(self.loading, laddr, waddr) if laddr is not None else waddr)
 
         # --- pass bookkeeping ------------------------------------------------------------------
