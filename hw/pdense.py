@@ -14,7 +14,8 @@ Schedule of a pass (:meth:`nsm_export.layers.DenseLayer.pass_cycles`, checked in
 then for each of the ``G = ceil(n_out / pe)`` neuron groups:
 ``BEAT``    ``W = ceil(n_in / simd)`` cycles: issue word ``w`` of the weight ROM (group base
             plus ``w``), of the mask drawer's front bank and of the spike store; a cycle later
-            the words reach the accumulator (the first with ``clear``).
+            the words are registered, and a cycle after that they reach the accumulator (the
+            first with ``clear``).
 ``DRAIN``   :data:`nsm_export.plan.POP_DRAIN` cycles: the last beat reaches the accumulators.
 ``WRITE``   hidden layer: the spikes (the accumulators start at ``-threshold``, so a spike is
             a sign bit) go into the next engine's spike store, ``next_simd`` neurons a cycle
@@ -145,7 +146,7 @@ class PopcountDenseEngine(wiring.Component):
                          rp.addr.eq(Cat(w[:wbits], half))]
             rdata.append(rp.data)
         if self._first:
-            spikes = rdata[0].replicate(tp)                  # the same code in every sample
+            spikes = rdata[0]                                # the same code in every sample
         else:                                               # sample t input s at t*simd + s
             spikes = Cat(*[rdata[s][t] for t in range(tp) for s in range(simd)])
 
@@ -197,13 +198,19 @@ class PopcountDenseEngine(wiring.Component):
             word_keep = Mux(w1 == W - 1, (1 << tail) - 1, (1 << simd) - 1)
             keep = Cat(*[word_keep & Mux(cnt > t, (1 << simd) - 1, 0) for t in range(tp)])
 
-        # --- accumulator -----------------------------------------------------------------------
+        # --- accumulator, behind one register stage (memory outputs, keep blanking) ------------
+        wreg, sreg, kreg = Signal(len(wdata)), Signal(len(spikes)), Signal(len(keep))
+        v1, first1, v2, first2 = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [wreg.eq(wdata), sreg.eq(spikes), kreg.eq(keep), v2.eq(v1),
+                     first2.eq(first1)]
         if out:
             m.submodules.acc = acc = PopcountAccumulator(pe, simd * tp, 1, wb, ab)
-            m.d.comb += acc.weights.eq(wdata.replicate(tp))
+            m.d.comb += [acc.weights.eq(wreg.replicate(tp)),
+                         acc.spikes.eq(sreg.replicate(tp) if self._first else sreg)]
         else:
-            m.submodules.acc = acc = PopcountAccumulator(pe, simd, tp, wb, ab)
-            m.d.comb += acc.weights.eq(wdata)
+            m.submodules.acc = acc = PopcountAccumulator(pe, simd, tp, wb, ab,
+                                                         shared_spikes=self._first)
+            m.d.comb += [acc.weights.eq(wreg), acc.spikes.eq(sreg)]
             # -threshold of each lane: the accumulators start there, a spike is the sign bit
             thr = [[-int(layer.offsets[g * pe + n]) if g * pe + n < layer.n_out else 0
                     for n in range(pe)] for g in range(G)]
@@ -213,9 +220,7 @@ class PopcountDenseEngine(wiring.Component):
                       for row in thr])
             tp_r = trom.read_port()
             m.d.comb += acc.init.eq(tp_r.data)
-        v1, first1 = Signal(), Signal()
-        m.d.comb += [acc.valid.eq(v1), acc.clear.eq(first1), acc.spikes.eq(spikes),
-                     acc.keep.eq(keep)]
+        m.d.comb += [acc.valid.eq(v2), acc.clear.eq(first2), acc.keep.eq(kreg)]
 
         g = Signal(range(max(2, G)))
         if not out:

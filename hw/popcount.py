@@ -213,7 +213,9 @@ class PopcountAccumulator(wiring.Component):
     weights : In(pe * simd * weight_bits)
         Neuron ``n`` of input ``s`` in bits ``[(s*pe + n)*wb, (s*pe + n + 1)*wb)``.
     spikes : In(samples * simd)
-        Sample ``t``, input ``s`` in bit ``t*simd + s`` (1 = +1, 0 = -1).
+        Sample ``t``, input ``s`` in bit ``t*simd + s`` (1 = +1, 0 = -1); with
+        ``shared_spikes``, ``simd`` bits that every sample sees (a code drawn once per image:
+        a weight's agreement with its spike is then one gate for all samples).
     keep : In(samples * simd)
         Same layout: 1 where the input is kept, 0 where it is blanked out.
     acc : Out(samples * pe * acc_bits)
@@ -224,7 +226,8 @@ class PopcountAccumulator(wiring.Component):
         taken it.
     """
 
-    def __init__(self, pe: int, simd: int, samples: int, weight_bits: int, acc_bits: int):
+    def __init__(self, pe: int, simd: int, samples: int, weight_bits: int, acc_bits: int,
+                 shared_spikes: bool = False):
         for name, value in (("pe", pe), ("simd", simd), ("samples", samples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"popcount accumulator {name} {value!r} must be a positive "
@@ -239,9 +242,11 @@ class PopcountAccumulator(wiring.Component):
                              f"{weight_bits}-bit weights needs {lo})")
         self._pe, self._simd, self._samples = pe, simd, samples
         self._weight_bits, self._acc_bits = weight_bits, acc_bits
+        self._shared = bool(shared_spikes)
         super().__init__({"clear": In(1), "valid": In(1), "init": In(pe * acc_bits),
                           "weights": In(pe * simd * weight_bits),
-                          "spikes": In(samples * simd), "keep": In(samples * simd),
+                          "spikes": In(simd if shared_spikes else samples * simd),
+                          "keep": In(samples * simd),
                           "acc": Out(samples * pe * acc_bits), "out_valid": Out(1)})
 
     @property
@@ -301,7 +306,7 @@ class PopcountAccumulator(wiring.Component):
         m.d.sync += [clear1.eq(self.clear), valid1.eq(self.valid), self.out_valid.eq(valid1)]
         accs = []
         for t in range(self._samples):
-            spikes = [self.spikes[t * S + s] for s in range(S)]
+            spikes = [self.spikes[(0 if self._shared else t) * S + s] for s in range(S)]
             # Without ``valid`` every input counts as blanked: the counts, and the beat, are 0.
             keep = [self.keep[t * S + s] & self.valid for s in range(S)]
             offset = self._offset_counts(m, t, spikes, keep)

@@ -32,9 +32,9 @@ GROUP_OVERHEAD = DRAIN + WRITE
 BUILD_FLUSH = 4
 #: The stochastic encoder's three-stage pipeline (pixel address, probability address, draw).
 ENCODE_FLUSH = 3
-#: Popcount engine: a neuron group's last beat reaches the accumulators (memory read, popcount
-#: stage) while the next issues nothing (``DRAIN1``, ``DRAIN2``); its hand-over follows.
-POP_DRAIN = 2
+#: Popcount engine: a neuron group's last beat reaches the accumulators (memory read, input
+#: register, popcount stage) while nothing is issued (``DRAIN1..3``); its hand-over follows.
+POP_DRAIN = 3
 #: Spikes per word of a dense engine's spike memory.
 SPIKE_WORD = 16
 #: Neuron lanes for which a hidden dense layer writes its spikes straight into the next

@@ -211,3 +211,41 @@ def test_verilog_has_no_multiplier(weight_bits):
     # Attributes (* ... *), comments /* ... */ and `always @*` aside, no `*` is left.
     code = re.sub(r"\(\*.*?\*\)|/\*.*?\*/|@\*", "", text, flags=re.S)
     assert "*" not in code
+
+
+@pytest.mark.parametrize("weight_bits", [1, 3])
+def test_shared_spikes_and_init(rng, weight_bits):
+    """``shared_spikes``: one spike word that every sample sees; ``init``: what a ``clear``
+    loads, per neuron, for every sample (held from the clear on): against the model."""
+    pe, simd, samples, acc_bits = 3, 5, 4, 14
+    dut = PopcountAccumulator(pe, simd, samples, weight_bits, acc_bits, shared_spikes=True)
+    init = rng.integers(-50, 50, size=pe)
+    beats = _random_beats(rng, 60, pe, simd, 1, weight_bits)
+    for b in beats:
+        b["keep"] = (rng.random((samples, simd)) < 0.6).astype(np.int64)
+    beats[0]["clear"] = 1
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(dut.init, pack_lanes(init, acc_bits))
+        for b in beats + [{**beats[-1], "valid": 0, "clear": 0}] * LATENCY:
+            for name in ("valid", "clear"):
+                ctx.set(getattr(dut, name), b[name])
+            ctx.set(dut.weights, pack_weights(b["weights"], weight_bits))
+            ctx.set(dut.spikes, pack_bits(b["spikes"]))
+            ctx.set(dut.keep, pack_bits(b["keep"]))
+            seen.append(unpack_acc(ctx.get(dut.acc), samples, pe, acc_bits))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    acc = np.zeros((samples, pe), dtype=np.int64)
+    for c, b in enumerate(beats):
+        if b["clear"]:
+            acc = np.broadcast_to(init, (samples, pe)).astype(np.int64)
+        if b["valid"]:
+            acc = accumulate_model(acc, b["weights"], b["spikes"], b["keep"], weight_bits,
+                                   acc_bits)
+        assert np.array_equal(seen[c + LATENCY], acc), f"cycle {c}"
