@@ -14,8 +14,8 @@ Schedule of a pass (:meth:`nsm_export.layers.DenseLayer.pass_cycles`, checked in
 then for each of the ``G = ceil(n_out / pe)`` neuron groups:
 ``BEAT``    ``W = ceil(n_in / simd)`` cycles: issue word ``w`` of the weight ROM (group base
             plus ``w``), of the mask drawer's front bank and of the spike store; a cycle later
-            the words are registered, and a cycle after that they reach the accumulator (the
-            first with ``clear``).
+            the words reach the accumulator (the first with ``clear``), which registers its
+            gated synapse bits first.
 ``DRAIN``   :data:`nsm_export.plan.POP_DRAIN` cycles: the last beat reaches the accumulators.
 ``WRITE``   hidden layer: the spikes (the accumulators start at ``-threshold``, so a spike is
             a sign bit) go into the next engine's spike store, ``next_simd`` neurons a cycle
@@ -178,8 +178,9 @@ class PopcountDenseEngine(wiring.Component):
             have = Signal()                       # a drawn batch waits in the back bank
             take = Signal()
             go_d = Signal()
-            m.d.comb += [go_d.eq(~d.busy & (~(have | d.done) | self.start)
-                                 & ((dk != 0) | (tokens != 0))),
+            # The next batch starts a cycle after the swap (registered flags only: the go
+            # logic of the top stays out of the drawer's).
+            m.d.comb += [go_d.eq(~d.busy & ~have & ~d.done & ((dk != 0) | (tokens != 0))),
                          take.eq(go_d & (dk == 0)),
                          d.start.eq(go_d), d.count.eq(count_of(dk)), d.swap.eq(self.start),
                          d.raddr.eq(w), d.reseed.eq(self.reseed), d.run_seed.eq(self.seed),
@@ -198,20 +199,19 @@ class PopcountDenseEngine(wiring.Component):
             word_keep = Mux(w1 == W - 1, (1 << tail) - 1, (1 << simd) - 1)
             keep = Cat(*[word_keep & Mux(cnt > t, (1 << simd) - 1, 0) for t in range(tp)])
 
-        # --- accumulator, behind one register stage (memory outputs, keep blanking) ------------
-        wreg, sreg, kreg = Signal(len(wdata)), Signal(len(spikes)), Signal(len(keep))
-        v1, first1, v2, first2 = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [wreg.eq(wdata), sreg.eq(spikes), kreg.eq(keep), v2.eq(v1),
-                     first2.eq(first1)]
+        # --- accumulator: its gated synapse bits registered first (gate_stage) ----------------
+        v1, first1 = Signal(), Signal()
         if out:
-            m.submodules.acc = acc = PopcountAccumulator(pe, simd * tp, 1, wb, ab)
-            m.d.comb += [acc.weights.eq(wreg.replicate(tp)),
-                         acc.spikes.eq(sreg.replicate(tp) if self._first else sreg)]
+            m.submodules.acc = acc = PopcountAccumulator(pe, simd * tp, 1, wb, ab,
+                                                         gate_stage=True)
+            m.d.comb += [acc.weights.eq(wdata.replicate(tp)),
+                         acc.spikes.eq(spikes.replicate(tp) if self._first else spikes)]
         else:
             m.submodules.acc = acc = PopcountAccumulator(pe, simd, tp, wb, ab,
-                                                         shared_spikes=self._first)
-            m.d.comb += [acc.weights.eq(wreg), acc.spikes.eq(sreg)]
-            # -threshold of each lane: the accumulators start there, a spike is the sign bit
+                                                         shared_spikes=self._first,
+                                                         gate_stage=True)
+            m.d.comb += [acc.weights.eq(wdata), acc.spikes.eq(spikes)]
+        # -threshold of each lane: the accumulators start there, a spike is the sign bit
             thr = [[-int(layer.offsets[g * pe + n]) if g * pe + n < layer.n_out else 0
                     for n in range(pe)] for g in range(G)]
             m.submodules.trom = trom = memory.Memory(
@@ -220,7 +220,7 @@ class PopcountDenseEngine(wiring.Component):
                       for row in thr])
             tp_r = trom.read_port()
             m.d.comb += acc.init.eq(tp_r.data)
-        m.d.comb += [acc.valid.eq(v2), acc.clear.eq(first2), acc.keep.eq(kreg)]
+        m.d.comb += [acc.valid.eq(v1), acc.clear.eq(first1), acc.keep.eq(keep)]
 
         g = Signal(range(max(2, G)))
         if not out:

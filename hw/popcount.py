@@ -197,6 +197,12 @@ class PopcountAccumulator(wiring.Component):
     acc_bits : int
         Accumulator width, from :func:`beat_bits` (one beat's sum) to 64; accumulators wrap
         modulo ``2**acc_bits``.
+    shared_spikes : bool
+        ``spikes`` is one word that every sample sees (below).
+    gate_stage : bool
+        Register every gated synapse bit before its popcount (stage 0): one more cycle of
+        :attr:`latency`, and the memory reads feeding the block stay out of the popcount
+        tree's clock cycle (where a gate and its register share a logic cell).
 
     Members
     -------
@@ -227,7 +233,7 @@ class PopcountAccumulator(wiring.Component):
     """
 
     def __init__(self, pe: int, simd: int, samples: int, weight_bits: int, acc_bits: int,
-                 shared_spikes: bool = False):
+                 shared_spikes: bool = False, gate_stage: bool = False):
         for name, value in (("pe", pe), ("simd", simd), ("samples", samples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"popcount accumulator {name} {value!r} must be a positive "
@@ -243,6 +249,7 @@ class PopcountAccumulator(wiring.Component):
         self._pe, self._simd, self._samples = pe, simd, samples
         self._weight_bits, self._acc_bits = weight_bits, acc_bits
         self._shared = bool(shared_spikes)
+        self._gate_stage = bool(gate_stage)
         super().__init__({"clear": In(1), "valid": In(1), "init": In(pe * acc_bits),
                           "weights": In(pe * simd * weight_bits),
                           "spikes": In(simd if shared_spikes else samples * simd),
@@ -269,6 +276,19 @@ class PopcountAccumulator(wiring.Component):
     def acc_bits(self) -> int:
         return self._acc_bits
 
+    @property
+    def latency(self) -> int:
+        """Clock edges from a beat to ``acc``: :data:`LATENCY`, one more with ``gate_stage``."""
+        return LATENCY + self._gate_stage
+
+    def _gates(self, m: Module, bits: list, name: str) -> list:
+        """The gated synapse bits of a popcount, registered first with ``gate_stage``."""
+        if not self._gate_stage:
+            return bits
+        regs = [Signal(name=f"{name}_g{i}") for i in range(len(bits))]
+        m.d.sync += [r.eq(b) for r, b in zip(regs, bits)]
+        return regs
+
     def _plane(self, n: int, i: int) -> list:
         """Bit ``i`` of neuron ``n``'s weights, input by input."""
         wb, pe = self._weight_bits, self._pe
@@ -280,30 +300,34 @@ class PopcountAccumulator(wiring.Component):
         agree (binary weights)."""
         k1, k0 = offset_coefficients(self._weight_bits)
         if k1 == k0:
-            return [(k1, popcount(m, keep, f"kept{t}"))]
+            return [(k1, popcount(m, self._gates(m, keep, f"kept{t}"), f"kept{t}"))]
         terms = []
         if k1:
-            terms.append((k1, popcount(m, [k & z for z, k in zip(spikes, keep)],
-                                       f"kept_on{t}")))
+            terms.append((k1, popcount(m, self._gates(m, [k & z for z, k in zip(spikes, keep)],
+                                                      f"kept_on{t}"), f"kept_on{t}")))
         if k0:
-            terms.append((k0, popcount(m, [k & ~z for z, k in zip(spikes, keep)],
-                                       f"kept_off{t}")))
+            terms.append((k0, popcount(m, self._gates(m, [k & ~z for z, k in zip(spikes, keep)],
+                                                      f"kept_off{t}"), f"kept_off{t}")))
         return terms
 
     def _agree_counts(self, m: Module, t: int, n: int, spikes, keep) -> list:
         """Stage 1: ``(c_i, count(agree_i & keep))`` for each bit ``i`` of neuron ``n``'s
         lanes."""
         c, _ = weight_code(self._weight_bits)
-        return [(c[i], popcount(m, [~(b ^ z) & k for b, z, k in zip(self._plane(n, i),
-                                                                       spikes, keep)],
-                                f"agree{t}_{n}_{i}"))
+        return [(c[i], popcount(m, self._gates(m, [~(b ^ z) & k for b, z, k in
+                                                   zip(self._plane(n, i), spikes, keep)],
+                                               f"agree{t}_{n}_{i}"), f"agree{t}_{n}_{i}"))
                 for i in range(self._weight_bits)]
 
     def elaborate(self, platform):
         m = Module()
         S, pe, ab = self._simd, self._pe, self._acc_bits
         clear1, valid1 = Signal(), Signal()
-        m.d.sync += [clear1.eq(self.clear), valid1.eq(self.valid), self.out_valid.eq(valid1)]
+        clear0, valid0 = self.clear, self.valid
+        if self._gate_stage:
+            clear0, valid0 = Signal(), Signal()
+            m.d.sync += [clear0.eq(self.clear), valid0.eq(self.valid)]
+        m.d.sync += [clear1.eq(clear0), valid1.eq(valid0), self.out_valid.eq(valid1)]
         accs = []
         for t in range(self._samples):
             spikes = [self.spikes[(0 if self._shared else t) * S + s] for s in range(S)]

@@ -20,8 +20,9 @@ Result      when the output engine ends an image's last pass, its scores are cop
             the output engine starts nothing while a copy waits. ``ArgmaxScan`` then takes
             ``C + 1`` cycles, and ``m_axis_tvalid`` holds the class and scores until taken.
 
-A mask drawer draws an image's first pass only after the image's last pixel was taken, so
-every pass's timing follows from the pixel handshakes alone. A run seed is taken only while no
+A mask drawer draws an image's first pass only from the second cycle after the image's last
+pixel was taken (a registered token), so every pass's timing follows from the pixel handshakes
+alone. A run seed is taken only while no
 image is in the core (none loading, none computing, no result waiting): every LFSR then
 restarts from it. The LFSRs are reset only by ``rst``.
 """
@@ -134,8 +135,10 @@ class PopcountCore(wiring.Component):
                 m.d.sync += [waddr.eq(waddr + 1), wpos.eq(0)]
             with m.If(last_px):
                 m.d.sync += [wpos.eq(0), waddr.eq(0), px.eq(0), lhalf.eq(~lhalf)]
+        img_in = Signal()                  # a registered copy: the pixel handshake's logic
+        m.d.sync += img_in.eq(last_px)     # stays out of the drawers' token counters
         for eng in engines:
-            m.d.comb += [eng.img_in.eq(last_px), eng.seed.eq(self.seed),
+            m.d.comb += [eng.img_in.eq(img_in), eng.seed.eq(self.seed),
                          eng.reseed.eq(self.seed_valid & self.seed_ready)]
         m.d.comb += self.seed_ready.eq((inflight == 0) & (px == 0))
 

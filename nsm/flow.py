@@ -50,11 +50,13 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     if target is not None:
         fixed = [{k: getattr(layer, k) for k in given if hasattr(layer, k)}
                  for layer in ir.layers]
-        fold = choose_folding(ir, target, throughput, clock_mhz, fixed)
-        ir.layers = [layer.folded(choice) for layer, choice in zip(ir.layers, fold.layers)]
+        fold = choose_folding(ir, target, throughput, clock_mhz, fixed,
+                              pass_samples=kw.get("pass_samples"))
+        ir = fold.apply(ir)
         ir.validate()
         ir.source["folding"] = {"target": target, "throughput": throughput,
                                 "clock_mhz": fold.clock_mhz, "given": given,
+                                "pass_samples": fold.pass_samples,
                                 "estimate": fold.estimate,
                                 "cycles_per_inference": fold.cycles_per_inference,
                                 "summary": fold.summary}

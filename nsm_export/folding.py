@@ -7,7 +7,7 @@ says what to compile instead when a synthesized design does not fit (``nsm synth
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from . import schedule
 from .devices import SPRAM_SHAPE, TARGETS, FitError, SynthError, Target, has_conv
 from .estimate import FILL, KEYS, LC_PER_FF, fits, fixed_cost, need, need_caps
 from .ir import IR
-from .plan import plan, unsupported
+from .plan import plan, pop_unsupported, unsupported
 
 __all__ = ["choose_folding", "suggest_folding", "Folding", "command"]
 
@@ -76,11 +76,14 @@ def _fits_somehow(ir: IR, tg: Target) -> bool:
     return bool(fits(est, tg.capacity, LC_PER_FF[tg.family]).any())
 
 
-def command(options: list[tuple], every: bool = False) -> str:
+def command(options: list[tuple], every: bool = False, pass_samples: int = 0) -> str:
     """The ``nsm compile`` flags of a folding: ``--pe`` always, the others where they differ
-    from the defaults (all of them with ``every``)."""
+    from the defaults (all of them with ``every``); ``--pass-samples`` for the popcount
+    engine."""
     pes, draws, simds, stores = zip(*options)
     cmd = f"nsm compile --pe {','.join(map(str, pes))}"
+    if pass_samples:
+        cmd += f" --pass-samples {pass_samples}"
     if every or any(d != 1 for d in draws):
         cmd += f" --lanes {','.join(map(str, draws))}"
     if every or any(s != 1 for s in simds):
@@ -141,6 +144,7 @@ def suggest_folding(ir: IR, target: Target, used: dict) -> str:
 @dataclass(frozen=True)
 class Folding:
     """What :func:`choose_folding` chose: per layer ``(pe, lanes, simd, weight_store)``, the
+    engine (``pass_samples``: T' of the popcount engine, 0: the kept-list engines), the
     estimate and the cycle model's figures, and the one-line summary."""
     layers: list
     estimate: dict
@@ -148,21 +152,55 @@ class Folding:
     inferences_per_s: float
     clock_mhz: float
     summary: str
+    pass_samples: int = 0
+
+    def apply(self, ir: IR) -> IR:
+        """``ir`` with this folding and engine."""
+        layers = [layer.folded(choice) for layer, choice in zip(ir.layers, self.layers)]
+        if self.pass_samples or any(getattr(la, "pass_samples", 0) for la in layers):
+            layers = [replace(la, pass_samples=self.pass_samples) for la in layers]
+        return replace(ir, layers=layers)
+
+
+def pass_choices(samples: int) -> list[int]:
+    """The T' the search tries: T, and T halved (rounded up) down to about T/8."""
+    return sorted({max(1, -(-samples // d)) for d in (1, 2, 4, 8)}, reverse=True)
+
+
+def _variants(ir: IR, pass_samples: int | None) -> list[tuple[int, IR]]:
+    """The engines the search compares, as ``(T', IR)``: the kept-list engines (T' 0) and the
+    popcount engine at each of :func:`pass_choices` where its core builds the network;
+    ``pass_samples`` (given by the user) keeps one."""
+    want = [0] + pass_choices(ir.samples) if pass_samples is None else [pass_samples]
+    out = []
+    for tp in want:
+        v = replace(ir, layers=[replace(la, pass_samples=tp) if la.kind == "dense" else la
+                                for la in ir.layers])
+        if tp and any(la.kind != "dense" for la in ir.layers):
+            continue
+        if tp and pop_unsupported(replace(v, layers=[replace(la, simd=v.input.levels, pe=1)
+                                                     for la in v.layers])):
+            continue
+        out.append((tp, v))
+    return out
 
 
 def choose_folding(ir: IR, target: str, throughput: float | None = None,
-                   clock_mhz: float | None = None, fixed: list[dict] | None = None) -> Folding:
+                   clock_mhz: float | None = None, fixed: list[dict] | None = None,
+                   pass_samples: int | None = None) -> Folding:
     """The per-layer ``pe``, ``lanes``, ``simd`` and weight store for ``target``: the smallest
     estimated design (LUTs, then bits of block memory taken) whose cycle model meets ``throughput``
     (inferences per second at ``clock_mhz``, default the target's calibrated Fmax estimate);
     without a goal, the fastest that fits. ``fixed``: per layer, settings the user gave
-    (``{"pe": 16}``), kept as they are. Raises :class:`FitError` (one line: the best throughput
+    (``{"pe": 16}``), kept as they are. The engine is chosen too: the kept-list engines, or
+    the popcount engine at some T' (:func:`pass_choices`), unless ``pass_samples`` (0: the
+    kept-list engines) is given. Raises :class:`FitError` (one line: the best throughput
     that fits, and its folding) when nothing fits and meets the goal. No tool runs: resources
     are :func:`estimate`'s."""
     if target not in TARGETS:
         raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     tg = TARGETS[target]
-    if (why := unsupported(ir)):
+    if (why := unsupported(ir)) and not (pass_samples is None and _variants(ir, None)[1:]):
         raise SynthError(f"no folding search: {why}")
     if throughput is not None and not throughput > 0:
         raise SynthError(f"--throughput {throughput:g} must be positive (inferences per second)")
@@ -171,8 +209,32 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
              f"{clock:g} MHz, {tg.name}'s calibrated Fmax estimate"
              + (" for conv nets" if has_conv(ir) else ""))
     fixed = fixed or [{} for _ in ir.layers]
-    options = [ly.free_options(tg, fx) for ly, fx in zip(ir.layers, fixed)]
-    folding, est, cycles, _ = _search(ir, tg, options, fixed_cost(ir, tg))
+    parts = []
+    for tp, v in _variants(ir, pass_samples):
+        options = [ly.free_options(tg, fx) for ly, fx in zip(v.layers, fixed)]
+        if tp:                          # the first layer's words hold whole pixels
+            options[0] = [o for o in options[0] if o[2] % v.input.levels == 0]
+        if all(options):
+            parts.append((tp, _search(v, tg, options, fixed_cost(v, tg))))
+    if not parts:
+        raise SynthError(f"no folding search: no engine builds this network on {tg.name}")
+    sizes = [len(p[1][2]) for p in parts]
+    ends = np.cumsum(sizes)
+
+    def locate(n: int):
+        k = int(np.searchsorted(ends, n, side="right"))
+        return parts[k][0], parts[k][1][0](n - (ends[k] - sizes[k]))
+
+    def folding(n: int) -> list[tuple]:
+        return locate(n)[1]
+
+    def cmd(n: int, every: bool = True) -> str:
+        tp, f = locate(n)
+        return command(f, every=every, pass_samples=tp)
+
+    est = {k: np.concatenate([np.broadcast_to(p[1][1][k], (m,)) for p, m in zip(parts, sizes)])
+           for k in KEYS}
+    cycles = np.concatenate([np.broadcast_to(p[1][2], (m,)) for p, m in zip(parts, sizes)])
     ips = clock * 1e6 / cycles
     ok = fits(est, tg.capacity, LC_PER_FF[tg.family])
     ebr_bits = max(w * d for w, d in tg.bram_shapes)
@@ -187,7 +249,7 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
         larger = [name for name, other in TARGETS.items()
                   if name != target and _fits_somehow(ir, other)]
         raise FitError(f"no folding fits {tg.name} ({tg.device}): the nearest, "
-                       f"`{command(folding(n), every=True)}`, needs about "
+                       f"`{cmd(n)}`, needs about "
                        f"{_resources(est, n, tg)} ({over}); use a smaller network or "
                        + (f"a larger target ({', '.join(larger)} fits it by the estimate)"
                           if larger else "a larger target"))
@@ -197,7 +259,7 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
     if not meet.any():
         raise FitError(f"no folding of this network meets {throughput:,.0f} inferences/s on "
                        f"{tg.name} at {where}: the best that fits is {ips[best]:,.0f} "
-                       f"inferences/s with `{command(folding(best), every=True)}` (about "
+                       f"inferences/s with `{cmd(best)}` (about "
                        f"{_resources(est, best, tg)}; {cycles[best]:,.0f} cycles per inference "
                        f"at T = {ir.samples})")
     if throughput is None:
@@ -207,11 +269,11 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
         n = int(cand[np.lexsort((memory[cand], est["luts"][cand]))[0]])
         why = (f"the smallest estimated design (LUTs, then block-memory bits) that meets "
                f"{throughput:,.0f} inferences/s")
-    chosen = folding(n)
-    summary = (f"folding for {tg.name}: `{command(chosen, every=True)[len('nsm compile '):]}`, "
+    tp, chosen = locate(n)
+    summary = (f"folding for {tg.name}: `{cmd(n)[len('nsm compile '):]}`, "
                f"{why} at {where}: {ips[n]:,.0f} inferences/s ({cycles[n]:,.0f} cycles per "
                f"inference at T = {ir.samples}), about {_resources(est, n, tg)}")
     return Folding(chosen, {k: float(est[k][n]) for k in KEYS}, float(cycles[n]),
-                   float(ips[n]), clock, summary)
+                   float(ips[n]), clock, summary, tp)
 
 

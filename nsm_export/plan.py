@@ -85,7 +85,7 @@ class Engine:
         for count in layer.pass_counts(self.samples):
             d = self.pass_cycles()
             if layer.sampling:
-                d = max(d, 2 + count * -(-layer.n_in // layer.lanes))
+                d = max(d, 3 + count * -(-layer.n_in // layer.lanes))
             total += d
         return total
 

@@ -245,7 +245,7 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
     ``S = max(E(q-1), input, S_{i+1}(q-1) + 1, drawn, copied)`` and is idle again in
     ``E = S + pass_cycles``, where input is ``A + 1`` for engine 0 (``A``: the image's last
     pixel) and ``E_{i-1}(q)`` otherwise; drawn is ``D + B + 1``, the drawer having started
-    the batch in ``D = max(S(q-1), A + 1 for an image's first pass)`` and taken
+    the batch in ``D = max(S(q-1) + 1, A + 2 for an image's first pass)`` and taken
     ``B = 1 + count * ceil(n_in / lanes)`` cycles; copied (the output engine, after an image's
     last pass) is ``X + 1``. The scores are copied in ``X = max(E, H_prev + 1)`` and offered
     in ``V = X + C + 1``. The loader fills half ``n mod 2``: image ``n`` starts in
@@ -286,9 +286,9 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
                     s = max(s, S[i + 1][q - 1] + 1)
                 layer = st.layer
                 if layer.sampling:
-                    d = S[i][q - 1] if q else 0
+                    d = S[i][q - 1] + 1 if q else 0
                     if k == 0:
-                        d = max(d, A + 1)
+                        d = max(d, A + 2)
                     s = max(s, d + 1 + count * -(-layer.n_in // layer.lanes) + 1)
                 if i == L - 1 and k == 0:
                     s = max(s, copied)

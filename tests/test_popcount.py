@@ -213,12 +213,16 @@ def test_verilog_has_no_multiplier(weight_bits):
     assert "*" not in code
 
 
+@pytest.mark.parametrize("gate_stage", [False, True])
 @pytest.mark.parametrize("weight_bits", [1, 3])
-def test_shared_spikes_and_init(rng, weight_bits):
+def test_shared_spikes_and_init(rng, weight_bits, gate_stage):
     """``shared_spikes``: one spike word that every sample sees; ``init``: what a ``clear``
-    loads, per neuron, for every sample (held from the clear on): against the model."""
+    loads, per neuron, for every sample (held from the clear on); ``gate_stage``: one more
+    cycle of latency: against the model."""
     pe, simd, samples, acc_bits = 3, 5, 4, 14
-    dut = PopcountAccumulator(pe, simd, samples, weight_bits, acc_bits, shared_spikes=True)
+    dut = PopcountAccumulator(pe, simd, samples, weight_bits, acc_bits, shared_spikes=True,
+                              gate_stage=gate_stage)
+    assert dut.latency == LATENCY + gate_stage
     init = rng.integers(-50, 50, size=pe)
     beats = _random_beats(rng, 60, pe, simd, 1, weight_bits)
     for b in beats:
@@ -228,7 +232,7 @@ def test_shared_spikes_and_init(rng, weight_bits):
 
     async def bench(ctx):
         ctx.set(dut.init, pack_lanes(init, acc_bits))
-        for b in beats + [{**beats[-1], "valid": 0, "clear": 0}] * LATENCY:
+        for b in beats + [{**beats[-1], "valid": 0, "clear": 0}] * dut.latency:
             for name in ("valid", "clear"):
                 ctx.set(getattr(dut, name), b[name])
             ctx.set(dut.weights, pack_weights(b["weights"], weight_bits))
@@ -248,4 +252,4 @@ def test_shared_spikes_and_init(rng, weight_bits):
         if b["valid"]:
             acc = accumulate_model(acc, b["weights"], b["spikes"], b["keep"], weight_bits,
                                    acc_bits)
-        assert np.array_equal(seen[c + LATENCY], acc), f"cycle {c}"
+        assert np.array_equal(seen[c + dut.latency], acc), f"cycle {c}"
