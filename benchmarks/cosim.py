@@ -2,9 +2,10 @@
 
 Trains (or reuses) a Fashion-MNIST MLP, compiles it, runs the golden model and the RTL on the
 first ``--images`` test images in Verilator (and ``--icarus-images`` in Icarus, which is slower)
-and writes a JSON list of records to ``benchmarks/results/cosim.json``:
-``simulator``, ``images``, ``mismatches``, ``golden_images_per_s``, ``cosim_cycles_per_s`` and
-more, with the command that made them. Speeds are wall-clock on the machine that ran it; compare
+and writes a JSON list of records to ``benchmarks/results/cosim.json``, one per design (the
+kept-list engines and the popcount core) and simulator: ``design``, ``simulator``, ``images``,
+``mismatches``, ``golden_images_per_s``, ``cosim_cycles_per_s`` and more, with the command that
+made them. Speeds are wall-clock on the machine that ran it; compare
 ratios within one file rather than absolute numbers across machines.
 
     python benchmarks/cosim.py                     # 1,000 images in Verilator, 10 in Icarus
@@ -41,7 +42,11 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--samples", "-T", type=int, default=16)
-    ap.add_argument("--pe", default="64,10", help="neuron lanes per layer")
+    ap.add_argument("--design", choices=["kept-list", "popcount", "both"], default="both",
+                    help="the kept-list engines (--pe), the popcount core (the UP5K folding of "
+                         "benchmarks/hardware.py: pe 8,1, simd 8,2, lanes 4,2, T' 8, layer 0's "
+                         "weights in RAM), or both")
+    ap.add_argument("--pe", default="64,10", help="neuron lanes per layer (kept-list engines)")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-cosim")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "cosim.json")
     a = ap.parse_args(argv)
@@ -59,16 +64,26 @@ def main(argv=None) -> int:
     _, _, x_te, y_te = load_dataset("fashion-mnist")
     float_acc = evaluate(model, x_te[:a.images], y_te[:a.images], a.samples)
 
-    pe = [int(v) for v in a.pe.split(",")]
-    ir = compile_model(build_onnx(model, samples=a.samples), pe=pe)
-    vfile = a.work / "nsm.v"
-    vfile.write_text(generate_verilog(ir))
+    onnx_model = build_onnx(model, samples=a.samples)
+    builds = {"kept-list": dict(pe=[int(v) for v in a.pe.split(",")]),
+              "popcount": dict(pe=[8, 1], simd=[8, 2], lanes=[4, 2], pass_samples=8,
+                               weight_store=["ram", "rom"])}
     n_max = max(a.images, a.icarus_images)
     x, y = x_te[:n_max].astype(np.int64), y_te[:n_max]
+    records = []
+    for design in (["kept-list", "popcount"] if a.design == "both" else [a.design]):
+        ir = compile_model(onnx_model, **builds[design])
+        vfile = a.work / f"nsm-{design}.v"
+        vfile.write_text(generate_verilog(ir))
+        records += _run(a, argv, design, ir, vfile, x, y, float_acc)
+    write_results(a.output, records)
+    return 1 if any(r["mismatches"] or not r["cycle_model_exact"] for r in records) else 0
 
+
+def _run(a, argv, design, ir, vfile, x, y, float_acc) -> list[dict]:
     t = time.perf_counter()
     gold = golden.run(ir, x)
-    golden_ips = n_max / (time.perf_counter() - t)
+    golden_ips = len(x) / (time.perf_counter() - t)
     print(f"golden model: {golden_ips:.0f} images/s; accuracy {np.mean(gold.classes == y):.4f}")
 
     network = [ir.input.size] + [layer.n_out for layer in ir.layers]
@@ -78,16 +93,20 @@ def main(argv=None) -> int:
         if reason or n <= 0:
             print(f"skipping {simulator}: {reason or 'no images asked for'}")
             continue
-        rtl = run_rtl(vfile, ir, x[:n], simulator=simulator, work_dir=a.work / simulator,
-                      log_file=a.work / f"{simulator}.log", progress=True)
+        rtl = run_rtl(vfile, ir, x[:n], simulator=simulator,
+                      work_dir=a.work / f"{simulator}-{design}",
+                      log_file=a.work / f"{simulator}-{design}.log", progress=True)
         expected = golden.run(ir, x[:n], record=True)
         cmp = compare(expected, rtl)
         cycles = int(rtl.done_at[-1])
         ii_model = schedule.cycles_per_inference(ir, expected.masks)
         rec = {
-            "simulator": simulator, "images": n, "mismatches": cmp.mismatches,
+            "simulator": simulator, "design": design, "images": n,
+            "mismatches": cmp.mismatches,
             "first_mismatch": cmp.first_mismatch, "dataset": "fashion-mnist",
             "network": network, "samples": ir.samples, "pe": [layer.pe for layer in ir.layers],
+            "simd": [layer.simd for layer in ir.layers],
+            "pass_samples": ir.layers[0].pass_samples,
             "golden_images_per_s": round(golden_ips, 1),
             "cosim_cycles_per_s": round(cycles / rtl.run_seconds, 1),
             "cosim_images_per_s": round(n / rtl.run_seconds, 3),
@@ -99,18 +118,18 @@ def main(argv=None) -> int:
             "cycles_per_inference_model": round(float(ii_model[1:].mean()), 1) if n > 1
             else round(float(ii_model[0]), 1),
             "cycle_model_exact": bool(np.array_equal(
-                rtl.latency, schedule.latency_cycles(ir, expected.masks))),
-            "dense_bound_cycles": schedule.dense_bound(ir),
+                rtl.latency, schedule.latency_cycles(ir, expected.masks))
+                and np.array_equal(np.diff(rtl.done_at), ii_model[1:])),
+            **schedule.bounds(ir),
             "rtl_accuracy": float(np.mean(rtl.classes == y[:n])),
             "golden_accuracy": float(np.mean(gold.classes[:n] == y[:n])),
             "float_accuracy": float_acc,
             **provenance("cosim.py", argv),
         }
         records.append(rec)
-        print(f"{simulator}: {n} images, {cmp.mismatches} mismatches, "
+        print(f"{design}, {simulator}: {n} images, {cmp.mismatches} mismatches, "
               f"{rec['cosim_cycles_per_s']:.0f} cycles/s")
-    write_results(a.output, records)
-    return 1 if any(r["mismatches"] for r in records) else 0
+    return records
 
 
 if __name__ == "__main__":

@@ -5,11 +5,16 @@ One record per (network, target, design) in ``benchmarks/results/hardware.json``
 
 * ``design: nsm``: the NSM core (``hw.top``) at the folding below; ``cycles_per_inference`` is
   the cycle model's mean over the blank-out draws (``schedule.expected_cycles_per_inference``,
-  which tests check against simulation image by image); ``dense_bound_ratio`` is that over the
-  dense bound ``T x synaptic operations / adder lanes`` (``schedule.dense_bound``).
+  which tests check against simulation image by image); ``adder_bound_ratio`` and
+  ``weight_bound_ratio`` are that over the folding's adder and weight-bandwidth bounds
+  (``schedule.bounds``: the slowest engine's additions over its adds a clock, and its weight
+  words read over one a clock).
 * ``design: nsm-simd``: the same NSM core with parallel inputs (``simd``) at the folding in
   ``NETWORKS[...]["nsm-simd"]``: as many adds per clock as ``nsm`` with fewer neuron lanes
   (iCE40, where the SPRAM's width caps ``pe x simd``), or twice as many (ECP5).
+* ``design: nsm-popcount`` (MLPs): the popcount core (``hw.ptop``, ``--pass-samples``) at the
+  folding in ``NETWORKS[...]["nsm-popcount"]``: each weight read serves ``T'`` samples, images
+  overlap; its cycles do not depend on the draws (the steady state of ``schedule.pop_events``).
 * ``design: nsm-linebuf`` (conv nets): the ``nsm`` core with a line buffer of the fewest rows
   (``nsm compile --line-buffer``, ``ir.use_line_buffers``) between the two conv engines: a ring of
   ``line_rows`` rows replaces the second engine's double-buffered input map, at the cost of
@@ -63,6 +68,11 @@ NETWORKS = {
         "sizes": [64, 256, 10], "weight_bits": 4, "p": [0.75, 0.75], "pe": [16, 10],
         "lanes": [4, 4], "weight_store": {"ice40-up5k": ["rom", "rom"], "ecp5-25k": ["rom", "rom"]},
         "mac": {"ice40-up5k": (8, ["ram", "rom"]), "ecp5-25k": (16, ["rom", "rom"])},
+        "nsm-popcount": {
+            "ice40-up5k": {"pe": [8, 2], "simd": [4, 4], "lanes": [4, 4], "pass_samples": 4,
+                           "weight_store": ["rom", "rom"]},
+            "ecp5-25k": {"pe": [16, 2], "simd": [8, 8], "lanes": [8, 8], "pass_samples": 8,
+                         "weight_store": ["rom", "rom"]}},
     },
     "fmnist-mlp-784-128-10-binary": {
         "sizes": [784, 128, 10], "weight_bits": 1, "p": [0.75, 0.75], "pe": [64, 10],
@@ -71,6 +81,13 @@ NETWORKS = {
         # Layer 0's weights take all 4 SPRAM at pe 64 (64-bit words): simd 2 halves pe there.
         "nsm-simd": {"ice40-up5k": {"pe": [32, 10], "simd": [2, 1]},
                      "ecp5-25k": {"pe": [64, 10], "simd": [2, 1]}},
+        # The popcount engine: layer 0's 8 x 8 weights (64-bit words, the 4 SPRAMs' width) for
+        # 8 samples at once on the UP5K; 16 x 8 for all 16 on the ECP5-25F.
+        "nsm-popcount": {
+            "ice40-up5k": {"pe": [8, 1], "simd": [8, 2], "lanes": [4, 2], "pass_samples": 8,
+                           "weight_store": ["ram", "rom"]},
+            "ecp5-25k": {"pe": [16, 2], "simd": [8, 4], "lanes": [8, 4], "pass_samples": 16,
+                         "weight_store": ["rom", "rom"]}},
     },
 }
 # The conv nets: a 4-level thermometer input (the levels are the 4 input channels, as training
@@ -131,8 +148,10 @@ def nsm_ir(spec: dict, target: str, T: int, seed: int = 0, variant: str = "nsm")
         layers.append(IntLayer(w, rng.integers(-8, 9, n_out), p, wb))
     fold = spec[variant][target] if variant != "nsm" else {}
     return build_ir(layers, input_size=sizes[0], input_threshold=128, samples=T,
-                    pe=fold.get("pe", spec["pe"]), lanes=spec["lanes"],
-                    simd=fold.get("simd", 1), weight_store=spec["weight_store"][target])
+                    pe=fold.get("pe", spec["pe"]), lanes=fold.get("lanes", spec["lanes"]),
+                    simd=fold.get("simd", 1),
+                    weight_store=fold.get("weight_store", spec["weight_store"][target]),
+                    pass_samples=fold.get("pass_samples", 0))
 
 
 def conv_ir(name: str, target: str, T: int, seed: int = 0):
@@ -211,6 +230,14 @@ def _mac_record(rec: dict, net: mac.MacNet, folding: tuple, target: str, work: P
         _synth(rec, vfile, net.name, target, work / target)
 
 
+def _bound_ratios(ir, cycles: float) -> dict:
+    """The cycle model's cycles per inference over the folding's bounds
+    (:func:`nsm_export.schedule.bounds`): the adder bound and the weight-bandwidth bound."""
+    b = schedule.bounds(ir)
+    return {**b, "adder_bound_ratio": round(cycles / b["adder_bound_cycles"], 3),
+            "weight_bound_ratio": round(cycles / b["weight_bound_cycles"], 3)}
+
+
 def _synth(rec: dict, vfile: Path, top: str, target: str, work: Path, ir=None) -> None:
     try:
         r = synth.synthesize(vfile, top, target, work, ir=ir,
@@ -235,7 +262,7 @@ def main(argv=None) -> int:
     ap.add_argument("--target", action="append", choices=[*TARGETS, "ecp5-85k"],
                     help="Only this target (repeatable); default: all.")
     ap.add_argument("--design", action="append",
-                    choices=["nsm", "nsm-simd", "nsm-linebuf", "mac"],
+                    choices=["nsm", "nsm-simd", "nsm-popcount", "nsm-linebuf", "mac"],
                     help="Only this design (repeatable); default: all.")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-hardware")
     ap.add_argument("--output", type=Path,
@@ -243,7 +270,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     nets = a.network or [*NETWORKS, *CONVS]
     targets = a.target or [*TARGETS, "ecp5-85k"]
-    designs = a.design or ["nsm", "nsm-simd", "nsm-linebuf", "mac"]
+    designs = a.design or ["nsm", "nsm-simd", "nsm-popcount", "nsm-linebuf", "mac"]
     records = []
     for name in nets:
         for target in targets:
@@ -251,7 +278,7 @@ def main(argv=None) -> int:
                 continue                  # the ECP5-85F only for the conv net that needs it
             for design in designs:
                 rec = {"network": name, "target": target, "design": design}
-                if design == "nsm-simd" and design not in NETWORKS.get(name, {}):
+                if design in ("nsm-simd", "nsm-popcount") and design not in NETWORKS.get(name, {}):
                     continue
                 if design == "nsm-linebuf" and name not in CONVS:
                     continue
@@ -279,8 +306,7 @@ def main(argv=None) -> int:
                                weight_store=[la.weight_store for la in ir.layers],
                                line_rows=[getattr(la, "line_rows", None) for la in ir.layers],
                                map_kbit=round(_map_bits(ir) / 1024, 1),
-                               cycles_per_inference=round(cycles, 1),
-                               dense_bound_ratio=round(cycles / schedule.dense_bound(ir), 3))
+                               cycles_per_inference=round(cycles, 1), **_bound_ratios(ir, cycles))
                     _synth(rec, vfile, ir.name, target, work / target, ir=ir)
                 else:
                     spec = NETWORKS[name]
@@ -297,8 +323,9 @@ def main(argv=None) -> int:
                                    lanes=[lay.lanes for lay in ir.layers],
                                    simd=[lay.simd for lay in ir.layers],
                                    weight_store=[lay.weight_store for lay in ir.layers],
+                                   pass_samples=ir.layers[0].pass_samples,
                                    cycles_per_inference=round(cycles, 1),
-                                   dense_bound_ratio=round(cycles / schedule.dense_bound(ir), 3))
+                                   **_bound_ratios(ir, cycles))
                         _synth(rec, vfile, ir.name, target, work / target, ir=ir)
                     else:
                         pe, stores = spec["mac"][target]

@@ -82,14 +82,14 @@ def command(options: list[tuple], every: bool = False, pass_samples: int = 0) ->
     engine."""
     pes, draws, simds, stores = zip(*options)
     cmd = f"nsm compile --pe {','.join(map(str, pes))}"
-    if pass_samples:
-        cmd += f" --pass-samples {pass_samples}"
     if every or any(d != 1 for d in draws):
         cmd += f" --lanes {','.join(map(str, draws))}"
     if every or any(s != 1 for s in simds):
         cmd += f" --simd {','.join(map(str, simds))}"
     if every or "ram" in stores:
         cmd += f" --weight-store {','.join(stores)}"
+    if pass_samples:
+        cmd += f" --pass-samples {pass_samples}"
     return cmd
 
 
@@ -235,6 +235,20 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
     est = {k: np.concatenate([np.broadcast_to(p[1][1][k], (m,)) for p, m in zip(parts, sizes)])
            for k in KEYS}
     cycles = np.concatenate([np.broadcast_to(p[1][2], (m,)) for p, m in zip(parts, sizes)])
+    cycles = np.array(cycles, dtype=float)
+    variant = dict(_variants(ir, pass_samples))
+    exact = {}
+
+    def settle(n: int) -> float:
+        """The cycle model's own figure for candidate ``n``: the popcount core's search
+        estimate (its slowest stage) replaced by :func:`schedule.pop_events`' steady state."""
+        if n not in exact:
+            tp, f = locate(n)
+            if tp:
+                v = Folding(f, {}, 0, 0, 0, "", tp).apply(variant[tp])
+                cycles[n] = schedule.expected_cycles_per_inference(v)
+            exact[n] = cycles[n]
+        return exact[n]
     ips = clock * 1e6 / cycles
     ok = fits(est, tg.capacity, LC_PER_FF[tg.family])
     ebr_bits = max(w * d for w, d in tg.bram_shapes)
@@ -253,20 +267,32 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
                        f"{_resources(est, n, tg)} ({over}); use a smaller network or "
                        + (f"a larger target ({', '.join(larger)} fits it by the estimate)"
                           if larger else "a larger target"))
-    meet = ok & (ips >= throughput) if throughput is not None else ok
     order = np.lexsort((memory, est["luts"], -np.where(ok, ips, -1)))
-    best = int(order[0])                                # the fastest that fits, then smallest
-    if not meet.any():
-        raise FitError(f"no folding of this network meets {throughput:,.0f} inferences/s on "
-                       f"{tg.name} at {where}: the best that fits is {ips[best]:,.0f} "
+    # the fastest that fits, then smallest, by the exact figure of the leading candidates
+    lead = [int(i) for i in order[:64] if ok[i]]
+    for i in lead:
+        settle(i)
+    ips = clock * 1e6 / cycles
+    best = max(lead, key=lambda i: (ips[i], -est["luts"][i], -memory[i]))
+    meet = ok & (ips >= throughput) if throughput is not None else ok
+    no_goal = FitError(f"no folding of this network meets {throughput or 0:,.0f} inferences/s "
+                       f"on {tg.name} at {where}: the best that fits is {ips[best]:,.0f} "
                        f"inferences/s with `{cmd(best)}` (about "
                        f"{_resources(est, best, tg)}; {cycles[best]:,.0f} cycles per inference "
                        f"at T = {ir.samples})")
+    if not meet.any():
+        raise no_goal
     if throughput is None:
         n, why = best, "the fastest estimated design that fits"
     else:
         cand = np.flatnonzero(meet)
-        n = int(cand[np.lexsort((memory[cand], est["luts"][cand]))[0]])
+        for i in cand[np.lexsort((memory[cand], est["luts"][cand]))][:256]:
+            n = int(i)
+            if clock * 1e6 / settle(n) >= throughput:
+                break
+        else:
+            raise no_goal
+        ips = clock * 1e6 / cycles
         why = (f"the smallest estimated design (LUTs, then block-memory bits) that meets "
                f"{throughput:,.0f} inferences/s")
     tp, chosen = locate(n)

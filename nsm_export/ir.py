@@ -24,6 +24,9 @@ Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
   jumping ahead ``leap``, ``2*leap``, ... steps at once; it changes the schedule, never the stream.
   ``simd`` (1, 2 or 4) is how many kept inputs a neuron group adds per clock (schedule only;
   a sampling layer needs ``simd <= lanes``, the kept list's banks give one entry each a clock).
+  ``pass_samples`` (T', written when non-zero) builds the layer on the popcount engine instead
+  (``hw.pdense``): ``T'`` samples per weight read, ``simd`` a power of two up to 64 and
+  ``lanes <= simd``; also schedule only.
 * ``weight_store``: ``rom`` weights are part of the bitstream; ``ram`` weights (for memories the
   bitstream cannot initialize, such as iCE40 SPRAM) are written once after configuration through
   the core's ``w_axis`` port, in the order :func:`hw.top.weight_image` gives. Semantics are the

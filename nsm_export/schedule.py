@@ -19,7 +19,7 @@ from .plan import plan
 
 __all__ = ["pipeline_end", "latency_cycles", "pop_events",
            "cycles_per_inference", "expected_latency_cycles", "expected_cycles_per_inference",
-           "dense_bound", "argmax_cycles"]
+           "dense_bound", "bounds", "argmax_cycles"]
 
 
 def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
@@ -346,3 +346,30 @@ def dense_bound(ir: IR) -> float:
     lanes = sum(st.layer.pe * getattr(st.layer, "simd", 1) for st in plan(ir))
     return ir.samples * ops / lanes
 
+
+
+def bounds(ir: IR) -> dict:
+    """Lower bounds on the cycles per inference of ``ir``'s folding, each the slowest engine's
+    (the engines run in parallel, so their lanes cannot help each other):
+
+    * ``adder_bound_cycles``: the synapse additions of an image over the adds a clock
+      (``pe x simd``, times ``T'`` on the popcount engine); the kept-list engines add only the
+      kept inputs (a fraction ``p``);
+    * ``weight_bound_cycles``: the weight words an image reads over one word a clock (a
+      popcount engine reads its weights once per pass, a kept-list engine once per sample and
+      kept input).
+
+    ``cycles / bound`` says how far a design is from what its folding allows."""
+    adder = weight = 0.0
+    for st in plan(ir):
+        layer = st.layer
+        ops = layer.synaptic_ops()
+        lanes = layer.pe * getattr(layer, "simd", 1)
+        if st.popcount:
+            passes = len(layer.pass_counts(ir.samples))
+            adder = max(adder, ir.samples * ops / (lanes * min(layer.pass_samples, ir.samples)))
+            weight = max(weight, passes * ops / lanes)
+        else:
+            kept = ir.samples * ops * layer.p / lanes
+            adder, weight = max(adder, kept), max(weight, kept)
+    return {"adder_bound_cycles": round(adder, 1), "weight_bound_cycles": round(weight, 1)}

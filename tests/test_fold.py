@@ -55,7 +55,8 @@ def test_throughput_goal_met_by_the_cycle_model_and_fits_by_the_estimate(model_o
     clock = synth.TARGETS[TARGET].fmax_estimate_mhz
     est = _fits_and_meets(ir, 3000, clock)
     # The summary names exactly what was built.
-    flags = re.search(r"`--pe (\S+) --lanes (\S+) --simd (\S+) --weight-store (\S+)`", summary)
+    flags = re.search(r"`--pe (\S+) --lanes (\S+) --simd (\S+) --weight-store (\S+)"
+                      r"(?: --pass-samples (\d+))?`", summary)
     assert flags, summary
     assert flags[1] == ",".join(str(ly.pe) for ly in ir.layers)
     assert flags[3] == ",".join(str(ly.simd) for ly in ir.layers)
@@ -73,7 +74,7 @@ def test_an_impossible_goal_is_one_line_and_writes_nothing(model_onnx, tmp_path)
     assert len(lines) == 1 and "Traceback" not in res.output, res.output
     m = re.search(r"meets 10,000,000 inferences/s on ice40-up5k at 40 MHz.*the best that fits "
                   r"is ([\d,]+) inferences/s with `nsm compile --pe (\S+) --lanes (\S+) "
-                  r"--simd (\S+) --weight-store (\S+)`", lines[0])
+                  r"--simd (\S+) --weight-store (\S+)(?: --pass-samples \d+)?`", lines[0])
     assert m, lines[0]
     assert not out.exists()
     # The best named is what the search gives without a goal (the fastest that fits).
@@ -145,8 +146,7 @@ def test_random_networks_meet_their_goal(seed):
     goal = best.inferences_per_s * float(rng.uniform(0.05, 1.0))
     fold = folding.choose_folding(ir, target, goal)
     assert fold.inferences_per_s >= goal
-    for layer, (pe, lanes, simd, store) in zip(ir.layers, fold.layers):
-        layer.pe, layer.lanes, layer.simd, layer.weight_store = pe, lanes, simd, store
+    ir = fold.apply(ir)
     ir.validate()
     assert tg.fmax_for(ir) * 1e6 / schedule.expected_cycles_per_inference(ir) \
         == pytest.approx(fold.inferences_per_s)

@@ -234,8 +234,9 @@ class DenseLayer(Weighted):
         """The popcount engine at this folding (:mod:`nsm_export.estimate`'s ``POP_*``): per
         synapse-sample and weight bit its gate and share of a popcount tree; per accumulator
         bit an adder and a register; the stage-1 count registers; the mask drawer (LFSR lanes,
-        double-buffered keep store); this layer's input spike store (two halves) and its weight
-        and threshold ROMs."""
+        double-buffered keep store); the spike store it writes (two halves; the first layer's
+        is the top's, in :func:`nsm_export.estimate.fixed_cost`) and its weights (its
+        thresholds land in logic)."""
         tp, wb = self.pass_samples, self.weight_bits
         scale = E.LANE_LUT_SCALE[target.family]
         G, W = -(-self.n_out // pe), -(-self.n_in // simd)
@@ -253,9 +254,8 @@ class DenseLayer(Weighted):
                 "ffs": accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0, "spram": 0}
         E.weight_store_cost(cost, target, pe * simd * wb, G * W, store)
         depth = 2 * W
-        cost["bram"] += simd * blocks(tp, depth, target)         # the input spike store
-        if not self.output:
-            cost["bram"] += blocks(pe * ab, G, target) if G > 1 else 0
+        if not self.output:             # the next engine's spike store, written by this one
+            cost["bram"] += blocks(tp, 2 * self.n_out, target)
         if self.sampling:
             bits = lanes * self.rng.width
             cost["luts"] += E.LUTS_PER_DRAW_BIT * bits + tp * simd
