@@ -9,11 +9,18 @@ cycles per inference and the inferences/s at the placed Fmax. Records are writte
 finish (a cut-off run keeps the builds it made):
 
     python benchmarks/pop_calibration.py --jobs 2
+    python benchmarks/pop_calibration.py --reestimate    # the estimate again, no synthesis
+
+``--reestimate`` recomputes every record's ``estimate`` with the current coefficients (after a
+refit) and adds ``estimate_error`` (estimate / measured - 1) for LUTs, flip-flops and block
+RAM; a design that did not fit keeps yosys's counts from its error line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -90,6 +97,29 @@ def one(build, work: Path) -> dict:
     return rec
 
 
+def reestimate(path: Path, argv) -> int:
+    from nsm_export.devices import TARGETS
+    from nsm_export.estimate import estimate
+    data = json.loads(path.read_text())
+    for rec in data["records"]:
+        b = next(b for b in BUILDS if (b[0], b[1], b[5], b[6], b[8]) == (
+            rec["network"], rec["target"], rec["pe"], rec["simd"], rec["pass_samples"]))
+        est = estimate(network(*b[2:]), TARGETS[rec["target"]])
+        rec["estimate"] = {k: round(float(v), 1) for k, v in est.items()}
+        m = re.search(r"counted ([\d,]+) LUT4s and ([\d,]+) flip-flops", rec.get("error", ""))
+        if m:
+            rec["luts"], rec["ffs"] = (int(g.replace(",", "")) for g in m.groups())
+        rec["estimate_error"] = {k: round(est[k] / rec[m_k] - 1, 3)
+                                 for k, m_k in (("luts", "luts"), ("ffs", "ffs"),
+                                                ("bram", "bram")) if rec.get(m_k)}
+    data["reestimate_command"] = provenance("pop_calibration.py", argv)["command"]
+    write_results(path, data)
+    for rec in data["records"]:
+        print(rec["network"], rec["target"], rec["pe"], rec["simd"], rec["pass_samples"],
+              rec["estimate_error"])
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
@@ -97,7 +127,11 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "pop-calibration")
     ap.add_argument("--output", type=Path,
                     default=ROOT / "benchmarks" / "results" / "pop-calibration.json")
+    ap.add_argument("--reestimate", action="store_true",
+                    help="recompute the estimates of the records in --output; no synthesis")
     a = ap.parse_args(argv)
+    if a.reestimate:
+        return reestimate(a.output, argv)
     builds = [BUILDS[i] for i in a.only] if a.only else BUILDS
     records = []
     with ProcessPoolExecutor(a.jobs) as pool:

@@ -19,7 +19,8 @@ import numpy as np
 
 from .devices import LANE_LUT_SCALE, SPRAM_SHAPE, blocks
 
-__all__ = ["estimate", "fixed_cost", "KEYS", "need", "need_caps", "fits", "LC_PER_FF", "FILL"]
+__all__ = ["estimate", "fixed_cost", "KEYS", "need", "need_caps", "fits", "LC_PER_FF",
+           "LC_PER_FF_POP", "FILL"]
 
 LUTS_PER_ACC_BIT = 1.1           # plus LUTS_PER_ACC_BIT_WB per weight bit past the first
 LUTS_PER_ACC_BIT_WB = 0.4
@@ -40,14 +41,19 @@ BASE_LUTS = {"ice40": 1020, "ecp5": 1020}
 SCORE_LUTS = 2.0
 BASE_FFS = {"ice40": 470, "ecp5": 270}
 LC_PER_FF = {"ice40": 0.6, "ecp5": 0.0}
-# The popcount engine (hw.pdense), per synapse-sample and weight bit a beat adds (gate and
-# popcount-tree share), per accumulator bit, and its counters, state machine and spike-store
-# glue. Calibrated on yosys/nextpnr builds of the engine (benchmarks/results/hardware.json,
-# design nsm-popcount).
-POP_LUTS_PER_SYNAPSE = 2.0
-POP_LUTS_PER_ACC_BIT = 1.1
-POP_ENGINE_LUTS = 120
-POP_ENGINE_FFS = 60
+# The popcount core packs most of its flip-flops (the gate registers) with their LUTs: 0.29 to
+# 0.33 logic cells per FF past the LUTs in its four UP5K builds.
+LC_PER_FF_POP = {"ice40": 0.33, "ecp5": 0.0}
+# The popcount engine (hw.pdense): per synapse-sample and weight bit a beat adds (its gate,
+# registered, and its share of a popcount tree), per accumulator bit, and per engine (counters,
+# state machine, spike-store glue). Fitted by least squares to the yosys/nextpnr builds of
+# benchmarks/pop_calibration.py (results/pop-calibration.json: the FMNIST MLP at four foldings
+# and the digits MLP on iCE40 UP5K, the FMNIST MLP at two on ECP5-25F; LUTs within 6 %); the
+# flip-flops are one per gate, accumulator and count bit (exact on ECP5, within 6 % on iCE40).
+POP_LUTS_PER_SYNAPSE = 1.3
+POP_LUTS_PER_ACC_BIT = 1.2
+POP_ENGINE_LUTS = 400
+POP_ENGINE_FFS = 0
 FILL = 0.95     # a suggestion leaves 5 % of the logic free for packing and routing
 KEYS = ("luts", "ffs", "bram", "spram")
 

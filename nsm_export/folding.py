@@ -13,7 +13,7 @@ import numpy as np
 
 from . import schedule
 from .devices import SPRAM_SHAPE, TARGETS, FitError, SynthError, Target, has_conv
-from .estimate import FILL, KEYS, LC_PER_FF, fits, fixed_cost, need, need_caps
+from .estimate import FILL, KEYS, LC_PER_FF, LC_PER_FF_POP, fits, fixed_cost, need, need_caps
 from .ir import IR
 from .plan import plan, pop_unsupported, unsupported
 
@@ -250,11 +250,13 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
             exact[n] = cycles[n]
         return exact[n]
     ips = clock * 1e6 / cycles
-    ok = fits(est, tg.capacity, LC_PER_FF[tg.family])
+    lc_per_ff = np.concatenate([np.full(m, (LC_PER_FF_POP if p[0] else LC_PER_FF)[tg.family])
+                                for p, m in zip(parts, sizes)])
+    ok = fits(est, tg.capacity, lc_per_ff)
     ebr_bits = max(w * d for w, d in tg.bram_shapes)
     memory = est["bram"] * ebr_bits + est["spram"] * SPRAM_SHAPE[0] * SPRAM_SHAPE[1]
     if not ok.any():
-        used, share = need(est, tg.capacity, LC_PER_FF[tg.family])
+        used, share = need(est, tg.capacity, lc_per_ff)
         n = int(np.lexsort((est["luts"], share.max(axis=0)))[0])
         names = dict(NAMES, luts="logic cells" if LC_PER_FF[tg.family] else "LUT4s")
         over = "; ".join(f"{u[n]:,.0f} {names[k]} of {cap:,.0f}"

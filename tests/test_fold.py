@@ -40,9 +40,28 @@ def _fits_and_meets(ir, goal, clock_mhz):
     est = estimate.estimate(ir, synth.TARGETS[TARGET])
     cycles = schedule.expected_cycles_per_inference(ir)
     assert clock_mhz * 1e6 / cycles >= goal
+    lc = (estimate.LC_PER_FF_POP if ir.layers[0].pass_samples else estimate.LC_PER_FF)["ice40"]
     assert estimate.fits({k: np.array([v]) for k, v in est.items()},
-                       synth.TARGETS[TARGET].capacity, estimate.LC_PER_FF["ice40"])[0]
+                       synth.TARGETS[TARGET].capacity, lc)[0]
     return est
+
+
+@pytest.mark.parametrize("given", [None, 0, 4])
+def test_the_engine_is_chosen_unless_given(model_onnx, tmp_path, given):
+    """--target compares the kept-list engines with the popcount engine at several T'; a
+    --pass-samples given (0: the kept-list engines) is kept, and the summary names the T'."""
+    args = [] if given is None else ["--pass-samples", str(given)]
+    res = _compile(model_onnx, tmp_path / "b", "--target", TARGET, *args)
+    assert res.exit_code == 0, res.output
+    ir = irmod.load(tmp_path / "b")
+    tps = {layer.pass_samples for layer in ir.layers}
+    assert len(tps) == 1
+    tp = tps.pop()
+    if given is not None:
+        assert tp == given
+    assert (f"--pass-samples {tp}`" in res.stdout) == bool(tp)
+    assert ir.source["folding"]["pass_samples"] == tp
+    _fits_and_meets(ir, 1, 40)
 
 
 def test_throughput_goal_met_by_the_cycle_model_and_fits_by_the_estimate(model_onnx, tmp_path):

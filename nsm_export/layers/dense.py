@@ -251,7 +251,8 @@ class DenseLayer(Weighted):
         count_bits = accs * wb * per_acc.bit_length()
         cost = {"luts": scale * (E.POP_LUTS_PER_SYNAPSE * synapses
                                  + E.POP_LUTS_PER_ACC_BIT * accs * ab) + E.POP_ENGINE_LUTS,
-                "ffs": accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0, "spram": 0}
+                "ffs": synapses + accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0,
+                "spram": 0}
         E.weight_store_cost(cost, target, pe * simd * wb, G * W, store)
         depth = 2 * W
         if not self.output:             # the next engine's spike store, written by this one
