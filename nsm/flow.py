@@ -262,7 +262,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
         "cycles_per_inference": sim["cycles_per_inference"],
         "cycles_per_inference_model": sim["cycles_per_inference_model"],
         "cycle_model_exact": sim["cycle_model_exact"],
-        "dense_bound_cycles": schedule.dense_bound(ir),
+        **schedule.bounds(ir),
         "latency_cycles": sim["latency_cycles"], "simulator": simulator,
         "seconds": {k: round(v, 2) for k, v in times.items()},
         "files": sorted({p.name for p in out_dir.iterdir() if p.is_file()}

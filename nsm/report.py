@@ -119,8 +119,12 @@ def _float_accuracy(path: Path, x: np.ndarray, y: np.ndarray, ts: list[int], see
 
 
 def ir_at_samples(ir: irmod.IR, samples: int) -> irmod.IR:
-    """The same network compiled for ``samples`` Monte Carlo samples (score width resized)."""
-    out = replace(ir, samples=int(samples))
+    """The same network compiled for ``samples`` Monte Carlo samples (score width resized;
+    a popcount engine's ``T'`` at most ``samples``)."""
+    out = replace(ir, samples=int(samples),
+                  layers=[replace(layer, pass_samples=min(layer.pass_samples, int(samples)))
+                          if getattr(layer, "pass_samples", 0) else layer
+                          for layer in ir.layers])
     out.score_bits = out.required_score_bits()
     out.validate()
     return out
@@ -241,8 +245,9 @@ def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
         "mean": float(per_image.mean()), "min": int(per_image.min()), "max": int(per_image.max()),
         "latency_mean": float(latency.mean()),
         "model_mean": float(schedule.expected_cycles_per_inference(ir)),
-        "dense_bound": float(schedule.dense_bound(ir)),
+        **{k.replace("_cycles", ""): v for k, v in schedule.bounds(ir).items()},
         "load_cycles": ir.input.size, "argmax_cycles": schedule.argmax_cycles(ir),
+        "gated": plan(ir).popcount,
         "stages": stages,
     }
 
@@ -413,8 +418,8 @@ def _cycles_figure(c: dict, measured: float | None) -> bytes:
             alpha=0.8, label=f"exact, per image ({c['images']} images)")
     ax.axvline(c["model_mean"], color="k", linestyle="--",
                label=f"cycle model mean {c['model_mean']:,.0f}")
-    ax.axvline(c["dense_bound"], color="#c44e52", linestyle="-",
-               label=f"dense bound {c['dense_bound']:,.0f}")
+    ax.axvline(c["adder_bound"], color="#c44e52", linestyle="-",
+               label=f"adder bound {c['adder_bound']:,.0f}")
     if measured is not None:
         ax.axvline(measured, color="#55a868", linestyle=":", linewidth=2,
                    label=f"RTL measured mean {measured:,.0f}")
@@ -492,6 +497,10 @@ def _resource_cells(r: dict) -> list[str]:
     copies = f"{w['copies']} × " if w.get("copies", 1) > 1 else ""
     parts = [f"weights {copies}{w['width']}×{w['depth']} {store}",
              f"thresholds {o['width']}×{o['depth']}"]
+    for name, m in mems.items():          # the popcount engine's keep-bit and spike stores
+        if name not in ("weights", "thresholds", "map", "mask"):
+            copies = f"{m['copies']} × " if m.get("copies", 1) > 1 else ""
+            parts.append(f"{name} {copies}{m['width']}×{m['depth']}")
     if r["kind"] == "conv2d":
         m = mems["map"]
         parts.append(f"input map {m['width']}×{m['depth']}"
@@ -505,7 +514,8 @@ def _resource_cells(r: dict) -> list[str]:
     else:
         kind, sizes = r["kind"], f"{r['n_in']:,} → {r['n_out']:,}"
         fold = f"{r['pe']} × {r['groups']}" + (f", simd {r['simd']}" if r.get("simd", 1) > 1
-                                               else "")
+                                               else "") \
+            + (f", T' {r['pass_samples']}" if r.get("pass_samples") else "")
     return [str(r["layer"]), kind, sizes, str(r["weight_bits"]),
             f"{r['p_num']}/2^{r['p_bits']} = {r['p']:.4g}", fold,
             str(r["draw_lanes"]) if r["lfsr_width"] else "—", f"{r['weight_bits_total']:,}",
@@ -636,15 +646,22 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     measured = sim.get("cycles_per_inference") if sim else None
     sec.blocks.append(Figure("cycles", _cycles_figure(c, measured),
                              f"Cycles per inference of every test image at T = {T}, exact "
-                             "from the golden model's draws (blanked-out inputs cost no "
-                             "cycles), against the cycle model's mean and the dense bound."))
+                             "from the golden model's draws ("
+                             + ("the popcount core gates blanked-out inputs: every image "
+                                "takes the same cycles" if c.get("gated") else
+                                "blanked-out inputs cost no cycles")
+                             + "), against the cycle model's mean and the adder bound."))
     rows = [["exact from the golden model's draws",
              f"{_n(c['mean'])} (min {c['min']:,}, max {c['max']:,})"],
             ["cycle model, mean over the draws", _n(c["model_mean"])],
             ["RTL measured (co-simulation)", _n(measured) if measured is not None
              else "not run"],
-            ["dense bound (T × synaptic operations / adder lanes)", _n(c["dense_bound"])],
-            ["exact mean / dense bound", f"{c['mean'] / c['dense_bound']:.3f}"],
+            ["adder bound (the slowest engine's additions / its adds a clock)",
+             _n(c["adder_bound"])],
+            ["weight-bandwidth bound (the slowest engine's weight words read / 1 a clock)",
+             _n(c["weight_bound"])],
+            ["exact mean / adder bound, / weight-bandwidth bound",
+             f"{c['mean'] / c['adder_bound']:.3f}, {c['mean'] / c['weight_bound']:.3f}"],
             ["of which: pixel load, argmax", f"{c['load_cycles']:,}, {c['argmax_cycles']:,}"]]
     sec.blocks.append(Table(["cycles per inference", "value"], rows))
     rows = []

@@ -369,7 +369,7 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
         "cycles_per_inference_model": round(float(ii_model.mean()), 1) if len(ii) else None,
         "cycle_model_exact": bool(np.array_equal(lat, lat_model)
                                   and np.array_equal(ii, ii_model)),
-        "dense_bound_cycles": schedule.dense_bound(ir),
+        **schedule.bounds(ir),
         "samples": ir.samples,
         "spikes_compared": bool(debug),
     }

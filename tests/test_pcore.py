@@ -126,6 +126,14 @@ def test_cycles_do_not_depend_on_the_draws():
     assert len(set(np.diff(schedule.latency_cycles(a, masks)[2:]).tolist())) == 1
 
 
+def test_bounds_are_the_slowest_engines():
+    """Adder bound: T x n_in x n_out / (pe x simd x T'); weight-bandwidth bound: passes x
+    n_in x n_out / (pe x simd); the slowest engine's each (here layer 0's)."""
+    ir = _net([13, 12, 5], [2, 5], [4, 8], [4, 2], [0.5, 0.75], 5, 2)
+    assert schedule.bounds(ir) == {"adder_bound_cycles": round(5 * 156 / (8 * 2), 1),
+                                   "weight_bound_cycles": round(3 * 156 / 8, 1)}
+
+
 def test_weight_words_hold_each_weight_in_its_lane():
     rng = np.random.default_rng(3)
     for wb, pe, simd in ((1, 3, 4), (3, 2, 8), (8, 5, 1)):

@@ -269,7 +269,9 @@ def test_conv_resources_cycles_and_lfsr_rows():
         assert s["kept_mean"] == m.sum(axis=-1).mean()
     assert c["cycles_per_inference"] == schedule.cycles_per_inference(ir, res.masks).tolist()
     assert c["model_mean"] == schedule.expected_cycles_per_inference(ir)
-    assert c["dense_bound"] == 3 * (4 * 64 * 9 + 8 * 9 * 16 + 72 * 6 + 6 * 10) / (3 + 5 + 2 + 3)
+    b = schedule.bounds(ir)
+    assert (c["adder_bound"], c["weight_bound"]) == (b["adder_bound_cycles"],
+                                                     b["weight_bound_cycles"])
 
     lf = lfsr_statistics(ir, res.masks)
     assert [r["layer"] for r in lf] == [0, 2, 3, 4]

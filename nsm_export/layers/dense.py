@@ -145,6 +145,10 @@ class DenseLayer(Weighted):
         return 1 + mask + self.groups * (-(-kept // self.simd) + group_overhead(self.simd))
 
     def cycles(self, engine, mask):
+        """Cycles per sample for the keep bits ``mask`` (``(..., n_in)``); the popcount engine
+        spends the same on every sample whatever is kept: its image's cycles over ``T``."""
+        if self.popcount:
+            return np.full(np.shape(mask)[:-1], engine.image_cycles() / engine.samples)
         return self.sample_cycles(np.asarray(mask).sum(axis=-1))
 
     def dense_walk(self, engine) -> int:
@@ -268,7 +272,20 @@ class DenseLayer(Weighted):
     def memories(self, engine) -> dict:
         """Weights (one ``pe``-lane word per neuron group and input, ``simd`` copies: one read
         port each) and thresholds or biases (one word per group); the small kept-input index
-        and spike buffers are not counted."""
+        and spike buffers are not counted. Popcount engine: one ``pe x simd``-lane word per
+        group and beat, the thresholds, the mask drawer's two halves of ``T' x simd``-bit words,
+        and the spike store this engine reads (two halves: the first layer's ``simd`` spikes a
+        word; else ``simd`` banks of ``T'`` bits)."""
+        if self.popcount:
+            tp, W = min(self.pass_samples, engine.samples), self.words
+            mems = {"weights": memory(self.pe * self.simd * self.weight_bits,
+                                      max(2, self.groups * W)),
+                    "thresholds": memory(self.pe * self.offset_bits, max(2, self.groups))}
+            if self.sampling:
+                mems["keep bits"] = memory(tp * self.simd, 2 * W)
+            mems["spikes in"] = memory(self.simd, 2 * W) if engine.index == 0 else \
+                memory(tp, 2 * W, self.simd)
+            return mems
         return {"weights": memory(self.pe * self.weight_bits, max(2, self.groups * self.n_in),
                                   self.simd),
                 "thresholds": memory(self.pe * self.offset_bits, max(2, self.groups))}
@@ -277,7 +294,8 @@ class DenseLayer(Weighted):
         mems = self.memories(engine)
         return {"layer": i, "n_in": self.n_in, "n_out": self.n_out,
                 "kind": "output" if self.output else "hidden", "draw_lanes": self.lanes,
-                "simd": self.simd, **self.report_common(), "memories": mems,
+                "simd": self.simd, "pass_samples": self.pass_samples, **self.report_common(),
+                "memories": mems,
                 "memory_bits": sum(m["bits"] for m in mems.values())}
 
     def engine(self, engine, ir, rom_name: str | None):
