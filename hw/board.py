@@ -31,7 +31,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR
-from .top import NsmCore, convert, weight_image
+from .top import build_core, convert, weight_image
 from .uart import UartRx, UartTx, divisor_for
 
 __all__ = ["Board", "ICEBREAKER", "BOARDS", "UartClassifier", "IcebreakerTop", "board_verilog",
@@ -125,7 +125,7 @@ class UartClassifier(wiring.Component):
         m.submodules.rx = rx = UartRx(self._divisor)
         m.submodules.tx = tx = UartTx(self._divisor)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=max(2, ir.input.size))
-        m.submodules.core = core = NsmCore(ir, rom_modules=self._rom_modules)
+        m.submodules.core = core = build_core(ir, rom_modules=self._rom_modules)
         m.d.comb += [
             rx.rx.eq(self.rx), self.tx.eq(tx.tx),
             fifo.w_data.eq(rx.data), fifo.w_en.eq(rx.valid),

@@ -356,3 +356,15 @@ def test_uart_classifier_with_the_other_input_codes(code):
         assert schedule.expected_latency_cycles(slow) > 3 * size * 10 * 4
         replies, error = _uart_classify(slow, px, divisor=4)
         assert error and replies != [int(c) for c in golden.run(slow, px).classes]
+
+
+def test_uart_classifier_on_the_popcount_core():
+    """The board wraps whichever core the IR builds: the popcount core's classes over the
+    UART equal the golden model's."""
+    from nsm_export.testing import random_pop_ir
+    rng = np.random.default_rng(23)
+    ir = random_pop_ir(rng, sizes=[10, 8, 4], samples=4, pass_samples=2, levels=1)
+    px = random_pixels(rng, ir, 4)
+    replies, error = _uart_classify(ir, px, divisor=4)
+    assert replies == [int(c) for c in golden.run(ir, px).classes]
+    assert not error
