@@ -47,6 +47,7 @@ def main(argv=None) -> int:
         ax.set_xlabel("LUT4s (yosys)")
         ax.set_ylabel("inferences/s (placed Fmax / cycles)")
         ax.set_title(target)
+        ax.tick_params(axis="x", labelrotation=30)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("NSM engines and the int8 MAC core, T = 16, random weights")
