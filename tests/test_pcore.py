@@ -168,3 +168,83 @@ def test_a_mixed_network_is_refused_in_one_line():
     ir.layers[0].pass_samples = 1
     with pytest.raises(HardwareError, match=r"^layers\[1\]\.pass_samples 0 differs"):
         generate_verilog(ir)
+
+
+@pytest.mark.parametrize("pe,simd,next_simd,tp,T", [(4, 4, 2, 3, 5), (2, 8, 8, 4, 4)])
+def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
+    """One hidden PopcountDenseEngine in Amaranth's simulator, fed through its spike store and
+    read at its output port, pass by pass: every spike it writes is ``sum(keep * ±w) >=
+    threshold`` with the keep bits of the golden draw order (``maskdraw.keep_batches``), into
+    the right bank, word and half; ``done`` is high in the pass's last cycle, ``pass_cycles -
+    1`` after the cycle that took ``start``."""
+    from amaranth.sim import Simulator
+    from hw.maskdraw import keep_batches
+    from hw.pdense import PopcountDenseEngine, store_wbits
+    ir = _net([9, 12, 10, 3], [4, pe, 3], [2, simd, next_simd], [2, 4, 1], [1.0, 0.75, 1.0],
+              T, tp, 3)
+    st = plan(ir)[1]
+    layer = st.layer
+    dut = PopcountDenseEngine(layer, ir, st)
+    rng = np.random.default_rng(pe)
+    counts = layer.pass_counts(T)[:2]
+    z = rng.integers(0, 2, size=(len(counts), tp, layer.n_in))     # the spikes in, per pass
+    keep, _ = keep_batches(layer.rng, layer.p_num, layer.p_bits, layer.n_in, counts,
+                           layer.rng.seed)
+    W, ab = layer.words, store_wbits(layer.words) + 1
+    Wn = -(-layer.n_out // next_simd)
+    nb = store_wbits(Wn) + 1
+    seen, timing = [], []
+
+    async def bench(ctx):
+        for q in range(len(counts)):                       # fill both halves
+            for w in range(W):
+                data = addr = 0
+                for s in range(simd):
+                    j = w * simd + s
+                    bits = sum(int(z[q, t, j]) << t for t in range(tp)) if j < layer.n_in else 0
+                    data |= bits << (s * tp)
+                    addr |= ((q % 2) << (ab - 1) | w) << (s * ab)
+                ctx.set(dut.st_we, (1 << simd) - 1)
+                ctx.set(dut.st_addr, addr)
+                ctx.set(dut.st_data, data)
+                await ctx.tick()
+        ctx.set(dut.st_we, 0)
+        ctx.set(dut.img_in, 1)
+        await ctx.tick()
+        ctx.set(dut.img_in, 0)
+        for q in range(len(counts)):
+            while not ctx.get(dut.ready):
+                await ctx.tick()
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            n = 1
+            while True:
+                we = ctx.get(dut.out_we)
+                for b in range(next_simd):
+                    if we >> b & 1:
+                        seen.append((q, b, ctx.get(dut.out_addr) >> (b * nb) & ((1 << nb) - 1),
+                                     ctx.get(dut.out_data) >> (b * tp) & ((1 << tp) - 1)))
+                if ctx.get(dut.done):
+                    break
+                n += 1
+                await ctx.tick()
+            timing.append(n)
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert timing == [st.pass_cycles() - 1] * len(counts), (timing, counts)
+    w = layer.weights.astype(np.int64)
+    got = {}
+    for q, b, addr, bits in seen:
+        assert addr >> (nb - 1) == q % 2
+        got[(q, (addr & ((1 << (nb - 1)) - 1)) * next_simd + b)] = bits
+    for q, count in enumerate(counts):
+        x = np.where(keep[q], np.where(z[q, :count], 1, -1), 0)     # (count, n_in)
+        spikes = (x @ w.T) >= layer.offsets                          # (count, n_out)
+        for n in range(layer.n_out):
+            bits = got[(q, n)]
+            assert [bits >> t & 1 for t in range(count)] == spikes[:, n].astype(int).tolist()
