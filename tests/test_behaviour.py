@@ -1,8 +1,8 @@
 """The behaviour fingerprint of the random designs equals the reference
-(``benchmarks/behaviour.py``, first recorded before the layer-kind classes and the hardware plan, recorded again with the
-popcount core, whose report rows name the adder and weight-bandwidth bounds and whose folding
-search may choose it): the same Verilog, golden outputs, exact and mean cycle counts, resource
-estimates and report rows, design by design."""
+(``benchmarks/behaviour.py``, first recorded before the layer-kind classes and the hardware
+plan, recorded again with the popcount core, whose report rows name the adder and
+weight-bandwidth bounds and whose folding search may choose it): the same Verilog, golden
+outputs, exact and mean cycle counts, resource estimates and report rows, design by design."""
 
 import json
 from pathlib import Path
