@@ -105,6 +105,9 @@ class NsmCore(wiring.Component):
         why = hardware_unsupported(ir)
         if why:
             raise HardwareError(why)
+        if plan(ir).popcount:
+            raise HardwareError("the layers run on the popcount engine (pass_samples): that is "
+                                "hw.ptop.PopcountCore (hw.top.build_core picks the core)")
         if debug and any(layer.kind != "dense" for layer in ir.layers):
             raise HardwareError("debug ports (every hidden spike vector) exist for dense-only "
                                 "cores; a conv core is checked on its scores and cycles")
