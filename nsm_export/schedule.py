@@ -248,8 +248,9 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
     the batch in ``D = max(S(q-1) + 1, A + 2 for an image's first pass)`` and taken
     ``B = 1 + count * ceil(n_in / lanes)`` cycles; copied (the output engine, after an image's
     last pass) is ``X + 1``. The scores are copied in ``X = max(E, H_prev + 1)`` and offered
-    in ``V = X + C + 1``. The loader fills half ``n mod 2``: image ``n`` starts in
-    ``max(A_{n-1} + 1, E_0`` of image ``n - 2``'s last pass``)``.
+    in ``V = X + C + 1``, taken (output always ready) in ``H = V + 1``. The loader fills half
+    ``n mod 2``: image ``n`` starts in ``max(A_{n-1} + 1, E_0`` of image ``n - 2``'s last
+    pass``)``.
 
     ``last_pixel`` and ``handshake`` (per image, cycles of a common origin) replace the
     back-to-back pixel and result handshakes by ones observed (input gaps, output stalls): the
@@ -298,7 +299,9 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
         X = E[L - 1][-1] if n == 0 else max(E[L - 1][-1], hand[n - 1] + 1)
         copied = X + 1
         valid[n] = X + C + 1
-        hand[n] = valid[n] if handshake is None else int(handshake[n])
+        # Output always ready: the result's handshake is the cycle after m_axis_tvalid rises
+        # (as the bench counts cycles, and as the kept-list model's ``+ 1`` has it).
+        hand[n] = valid[n] + 1 if handshake is None else int(handshake[n])
     return {"first_pixel": first, "last_pixel": last, "valid": valid, "handshake": hand}
 
 

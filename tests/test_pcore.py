@@ -56,6 +56,8 @@ CASES = [
                  id="binary-pe8-into-simd4-Tp3-of-4"),
     pytest.param([7, 6, 3], [6, 3], [8, 2], [8, 1], [0.25, 1.0], 3, 3, 8, (40, 120, 200, 250),
                  id="thermometer4-simd8-8bit"),
+    # 15 classes, one short pass: the result's copy and scan set the pace (fuzz seed 30)
+    pytest.param([5, 15], [12], [16], [2], [0.9], 1, 1, 2, None, id="result-stage-bound"),
 ]
 
 
