@@ -41,12 +41,12 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from nsm_export.plan import POP_DRAIN
+from nsm_export.plan import POP_DRAIN, images_in_flight
 from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
 from .popcount import PopcountAccumulator
 
-__all__ = ["PopcountDenseEngine", "pop_weight_words", "store_wbits"]
+__all__ = ["PopcountDenseEngine", "store_wbits"]
 
 
 def store_wbits(words: int) -> int:
@@ -134,7 +134,9 @@ class PopcountDenseEngine(wiring.Component):
         bw = simd if self._first else tp
         abits = wbits + 1
         rdata = []
-        half = Signal()                       # the half this engine reads
+        ppar = Signal()                       # the pass's parity: the half of a pass store
+        ipar = Signal()                       # the image's parity (the first layer's store)
+        half = ipar if self._first else ppar  # the half this engine reads
         w = Signal(range(max(2, W)))          # the beat's word
         for b in range(banks):
             store = memory.Memory(shape=bw, depth=(1 << wbits) + W, init=[])
@@ -172,8 +174,8 @@ class PopcountDenseEngine(wiring.Component):
         if layer.sampling:
             m.submodules.draw = d = MaskDrawer(layer.rng, layer.p_num, layer.p_bits, layer.n_in,
                                                tp, simd, layer.lanes)
-            n_img = 2 * len(ir.layers) + 8
-            tokens = Signal(range(n_img + 1))     # images whose first batch is not yet drawn
+            # images whose first batch is not yet drawn
+            tokens = Signal(range(images_in_flight(len(ir.layers)) + 1))
             dk = Signal(range(max(2, P)))         # the drawer's next batch in its image
             have = Signal()                       # a drawn batch waits in the back bank
             take = Signal()
@@ -211,7 +213,7 @@ class PopcountDenseEngine(wiring.Component):
                                                          shared_spikes=self._first,
                                                          gate_stage=True)
             m.d.comb += [acc.weights.eq(wdata), acc.spikes.eq(spikes)]
-        # -threshold of each lane: the accumulators start there, a spike is the sign bit
+            # -threshold of each lane: the accumulators start there, a spike is the sign bit
             thr = [[-int(layer.offsets[g * pe + n]) if g * pe + n < layer.n_out else 0
                     for n in range(pe)] for g in range(G)]
             m.submodules.trom = trom = memory.Memory(
@@ -249,7 +251,6 @@ class PopcountDenseEngine(wiring.Component):
             sn = self._next_simd
             Wn = -(-layer.n_out // sn)
             nbits = store_wbits(Wn)
-            ppar = Signal()                   # the half of the next store this pass writes
             we, addrs, datas = [], [], []
             for b in range(sn):
                 if pe % sn == 0:                                   # pe // sn chunks a group
@@ -299,11 +300,10 @@ class PopcountDenseEngine(wiring.Component):
                     m.d.sync += [k.eq(0), g.eq(g + 1)]
                     with m.If(g == G - 1):
                         m.d.comb += self.done.eq(1)
-                        m.d.sync += [g.eq(0), ek.eq(Mux(ek == P - 1, 0, ek + 1))]
-                        if not out:
-                            m.d.sync += ppar.eq(~ppar)
-                        m.d.sync += half.eq(Mux(ek == P - 1, ~half, half) if self._first
-                                            else ~half)
+                        m.d.sync += [g.eq(0), ek.eq(Mux(ek == P - 1, 0, ek + 1)),
+                                     ppar.eq(~ppar)]
+                        if self._first:
+                            m.d.sync += ipar.eq(Mux(ek == P - 1, ~ipar, ipar))
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "BEAT"

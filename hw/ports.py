@@ -1,5 +1,6 @@
 """The stream ports every NSM core has (:class:`hw.top.NsmCore`, :class:`hw.ptop.PopcountCore`):
-pixels in, the class and scores out, the run seed."""
+the weight image in where a layer keeps its weights in RAM, pixels in, the class and scores out,
+the run seed."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ __all__ = ["core_ports"]
 
 
 def core_ports(ir) -> dict:
-    """``{name: In/Out(width)}`` of the pixel, result and seed ports for ``ir``."""
-    return {"s_axis_tvalid": In(1), "s_axis_tready": Out(1),
+    """``{name: In/Out(width)}`` of the ``w_axis`` (only where some layer has ``ram``
+    weights), pixel, result and seed ports for ``ir``."""
+    wload = {"w_axis_tvalid": In(1), "w_axis_tready": Out(1), "w_axis_tdata": In(16),
+             "w_axis_tlast": In(1)} if any(layer.weight_store == "ram"
+                                           for layer in ir.layers) else {}
+    return {**wload, "s_axis_tvalid": In(1), "s_axis_tready": Out(1),
             "s_axis_tdata": In(ir.input.pixel_bits), "s_axis_tlast": In(1),
             "m_axis_tvalid": Out(1), "m_axis_tready": In(1),
             "m_axis_tdata": Out(ir.class_bits),

@@ -22,19 +22,17 @@ Result      when the output engine ends an image's last pass, its scores are cop
 
 A mask drawer draws an image's first pass only from the second cycle after the image's last
 pixel was taken (a registered token), so every pass's timing follows from the pixel handshakes
-alone. A run seed is taken only while no
-image is in the core (none loading, none computing, no result waiting): every LFSR then
-restarts from it. The LFSRs are reset only by ``rst``.
+alone. A run seed is taken only while no image is in the core (none loading, none computing, no
+result waiting): every LFSR then restarts from it. The LFSRs are reset only by ``rst``.
 """
 
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
 
 from nsm_export.ir import IR
-from nsm_export.plan import plan
+from nsm_export.plan import images_in_flight, plan
 from .argmax import ArgmaxScan
 from .dense import n_load_beats, rom_module_name
 from .pdense import store_wbits
@@ -53,10 +51,7 @@ class PopcountCore(wiring.Component):
     def __init__(self, ir: IR, rom_modules: bool = True):
         self._ir = ir
         self._rom_modules = bool(rom_modules)
-        wload = {"w_axis_tvalid": In(1), "w_axis_tready": Out(1), "w_axis_tdata": In(16),
-                 "w_axis_tlast": In(1)} if any(layer.weight_store == "ram"
-                                               for layer in ir.layers) else {}
-        super().__init__({**wload, **core_ports(ir)})
+        super().__init__(core_ports(ir))
 
     @property
     def ir(self) -> IR:
@@ -109,7 +104,7 @@ class PopcountCore(wiring.Component):
         px = Signal(range(n0 + 1))
         lhalf = Signal()                            # the half the loader fills
         lfull = Signal(2)                           # half h holds a whole image
-        inflight = Signal(range(2 * L + 8))         # images taken and not handed over
+        inflight = Signal(range(images_in_flight(L) + 1))   # taken and not handed over
         sword = Signal(simd0)
         wpos = Signal(range(max(2, per)))
         waddr = Signal(range(max(2, words0)))

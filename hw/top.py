@@ -32,14 +32,14 @@ from __future__ import annotations
 from amaranth.back import verilog
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import memory, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from nsm_export.ir import IR
 from nsm_export.plan import ENCODE_FLUSH, plan
 from nsm_export.plan import unsupported as hardware_unsupported
 from .argmax import ArgmaxScan
-from .dense import (RAM16_MODULE, load_beats, memory_words, n_load_beats, pop_weight_words,
-                    rom_module, rom_module_name)
+from .dense import (RAM16_MODULE, load_beats, n_load_beats, rom_module, rom_module_name,
+                    weight_width, weight_words)
 from .lfsr import Lfsr
 from .ports import core_ports
 from .ptop import PopcountCore
@@ -115,12 +115,9 @@ class NsmCore(wiring.Component):
         self._debug = bool(debug)
         self._rom_modules = bool(rom_modules)
         hidden = ir.layers[:-1]
-        wload = {"w_axis_tvalid": In(1), "w_axis_tready": Out(1), "w_axis_tdata": In(16),
-                 "w_axis_tlast": In(1)} if any(layer.weight_store == "ram"
-                                               for layer in ir.layers) else {}
         dbg = {"dbg_valid": Out(max(1, len(hidden))),
                "dbg_spikes": Out(max(1, sum(layer.n_out for layer in hidden)))} if debug else {}
-        super().__init__({**dbg, **wload, **core_ports(ir)})
+        super().__init__({**dbg, **core_ports(ir)})
 
     @property
     def ir(self) -> IR:
@@ -439,14 +436,8 @@ def convert(component, ir: IR, name: str) -> str:
     for st in plan(ir):
         if st.layer.weight_store != "rom":
             continue
-        if st.popcount:
-            text += "\n" + rom_module(rom_module_name(ir.name, st.index),
-                                      st.layer.pe * st.layer.simd * st.layer.weight_bits,
-                                      pop_weight_words(st.layer))
-        else:
-            w_init, _ = memory_words(st.layer)
-            text += "\n" + rom_module(rom_module_name(ir.name, st.index),
-                                      st.layer.pe * st.layer.weight_bits, w_init)
+        text += "\n" + rom_module(rom_module_name(ir.name, st.index), weight_width(st.layer),
+                                  weight_words(st.layer))
     if any(layer.weight_store == "ram" for layer in ir.layers):
         text += "\n" + RAM16_MODULE
     return text

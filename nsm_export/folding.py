@@ -167,21 +167,18 @@ def pass_choices(samples: int) -> list[int]:
     return sorted({max(1, -(-samples // d)) for d in (1, 2, 4, 8)}, reverse=True)
 
 
-def _variants(ir: IR, pass_samples: int | None) -> list[tuple[int, IR]]:
-    """The engines the search compares, as ``(T', IR)``: the kept-list engines (T' 0) and the
-    popcount engine at each of :func:`pass_choices` where its core builds the network;
-    ``pass_samples`` (given by the user) keeps one."""
+def _variants(ir: IR, pass_samples: int | None) -> dict[int, IR]:
+    """The engines the search compares, as ``{T': IR}``: the kept-list engines (T' 0) where
+    they build the network, and the popcount engine at each of :func:`pass_choices` where its
+    core builds it at some folding (:func:`nsm_export.plan.pop_unsupported` with
+    ``folding=False``); ``pass_samples`` (given by the user) keeps one."""
     want = [0] + pass_choices(ir.samples) if pass_samples is None else [pass_samples]
-    out = []
+    out = {}
     for tp in want:
         v = replace(ir, layers=[replace(la, pass_samples=tp) if la.kind == "dense" else la
                                 for la in ir.layers])
-        if tp and any(la.kind != "dense" for la in ir.layers):
-            continue
-        if tp and pop_unsupported(replace(v, layers=[replace(la, simd=v.input.levels, pe=1)
-                                                     for la in v.layers])):
-            continue
-        out.append((tp, v))
+        if not (pop_unsupported(v, folding=False) if tp else unsupported(v)):
+            out[tp] = v
     return out
 
 
@@ -200,8 +197,9 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
     if target not in TARGETS:
         raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
     tg = TARGETS[target]
-    if (why := unsupported(ir)) and not (pass_samples is None and _variants(ir, None)[1:]):
-        raise SynthError(f"no folding search: {why}")
+    variants = _variants(ir, pass_samples)
+    if not variants:
+        raise SynthError(f"no folding search: {unsupported(ir)}")
     if throughput is not None and not throughput > 0:
         raise SynthError(f"--throughput {throughput:g} must be positive (inferences per second)")
     clock = float(clock_mhz) if clock_mhz else tg.fmax_for(ir)
@@ -210,7 +208,7 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
              + (" for conv nets" if has_conv(ir) else ""))
     fixed = fixed or [{} for _ in ir.layers]
     parts = []
-    for tp, v in _variants(ir, pass_samples):
+    for tp, v in variants.items():
         options = [ly.free_options(tg, fx) for ly, fx in zip(v.layers, fixed)]
         if tp:                          # the first layer's words hold whole pixels
             options[0] = [o for o in options[0] if o[2] % v.input.levels == 0]
@@ -225,18 +223,14 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
         k = int(np.searchsorted(ends, n, side="right"))
         return parts[k][0], parts[k][1][0](n - (ends[k] - sizes[k]))
 
-    def folding(n: int) -> list[tuple]:
-        return locate(n)[1]
-
     def cmd(n: int, every: bool = True) -> str:
         tp, f = locate(n)
         return command(f, every=every, pass_samples=tp)
 
     est = {k: np.concatenate([np.broadcast_to(p[1][1][k], (m,)) for p, m in zip(parts, sizes)])
            for k in KEYS}
-    cycles = np.concatenate([np.broadcast_to(p[1][2], (m,)) for p, m in zip(parts, sizes)])
-    cycles = np.array(cycles, dtype=float)
-    variant = dict(_variants(ir, pass_samples))
+    cycles = np.concatenate([np.broadcast_to(p[1][2], (m,)) for p, m in zip(parts, sizes)]
+                            ).astype(float)
     exact = {}
 
     def settle(n: int) -> float:
@@ -245,7 +239,7 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
         if n not in exact:
             tp, f = locate(n)
             if tp:
-                v = Folding(f, {}, 0, 0, 0, "", tp).apply(variant[tp])
+                v = Folding(f, {}, 0, 0, 0, "", tp).apply(variants[tp])
                 cycles[n] = schedule.expected_cycles_per_inference(v)
             exact[n] = cycles[n]
         return exact[n]

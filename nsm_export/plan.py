@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 __all__ = ["Engine", "Plan", "plan", "unsupported", "MASK_FLUSH", "DRAIN", "TREE_STAGE", "WRITE",
            "GROUP_OVERHEAD", "BUILD_FLUSH", "ENCODE_FLUSH", "SPIKE_WORD", "MEMORY_LINK_PE",
-           "group_overhead", "POP_DRAIN", "pop_unsupported"]
+           "group_overhead", "POP_DRAIN", "pop_unsupported", "images_in_flight"]
 
 #: A sampling dense layer's draw-lookup-write pipeline empties (``FLUSH1..3``).
 MASK_FLUSH = 3
@@ -40,6 +40,13 @@ SPIKE_WORD = 16
 #: Neuron lanes for which a hidden dense layer writes its spikes straight into the next
 #: engine's spike memory (each group's spikes fall inside one spike word).
 MEMORY_LINK_PE = (1, 2, 4, 8, 16)
+
+
+def images_in_flight(engines: int) -> int:
+    """A bound on the images a popcount core of ``engines`` engines holds at once (two in the
+    input store, at most two per engine's passes in flight, with room to spare): the width of
+    its image counters (the top's results owed, each mask drawer's first batches owed)."""
+    return 2 * engines + 8
 
 
 def group_overhead(simd: int) -> int:
@@ -183,8 +190,7 @@ def unsupported(ir) -> str | None:
     """Why no engine of this plan builds ``ir`` (one line naming the first such part), or None:
     the input code (:meth:`InputSpec.hw_unsupported`), then each layer's
     (``hw_unsupported`` of its kind)."""
-    pops = [bool(getattr(layer, "pass_samples", 0)) for layer in ir.layers]
-    if any(pops):
+    if any(getattr(layer, "pass_samples", 0) for layer in ir.layers):
         return pop_unsupported(ir)
     why = ir.input.hw_unsupported(ir)
     for i, layer in enumerate(ir.layers):
@@ -192,18 +198,21 @@ def unsupported(ir) -> str | None:
     return why
 
 
-def pop_unsupported(ir) -> str | None:
+def pop_unsupported(ir, folding: bool = True) -> str | None:
     """Why the popcount core (``hw.ptop``) cannot build ``ir``, or None. It builds dense
-    networks whose every layer has the same ``pass_samples`` (T'), a threshold or thermometer
-    input code whose levels divide the first layer's ``simd``, and hidden layers
-    whose ``pe`` and the next layer's ``simd`` divide one another (a neuron group's spikes go
-    into the next spike store's banks without a rotation)."""
+    networks with a threshold or thermometer input code; at their folding (``folding=False``
+    leaves it out: what the folding search may still choose) every layer has the same
+    ``pass_samples`` (T'), the code's levels divide the first layer's ``simd``, and each
+    hidden layer's ``pe`` and the next layer's ``simd`` divide one another (a neuron group's
+    spikes go into the next spike store's banks without a rotation)."""
     layers = ir.layers
     for i, layer in enumerate(layers):
         where = f"layers[{i}]"
         if layer.kind != "dense":
             return (f"{where}: the popcount engine builds dense layers only (a {layer.kind} "
                     f"layer needs pass_samples 0 on every layer)")
+        if not folding:
+            continue
         if layer.pass_samples != layers[0].pass_samples:
             return (f"{where}.pass_samples {layer.pass_samples} differs from layers[0]'s "
                     f"{layers[0].pass_samples}: the popcount core runs one T' in every layer")
@@ -215,7 +224,7 @@ def pop_unsupported(ir) -> str | None:
     spec = ir.input
     if spec.encoding == "bernoulli":
         return "input.encoding bernoulli: the popcount core encodes pixels once per image"
-    if layers[0].simd % spec.levels:
+    if folding and layers[0].simd % spec.levels:
         return (f"input: {spec.levels} thermometer levels must divide layers[0].simd "
                 f"{layers[0].simd} (a pixel's spikes go into one input word)")
     return None

@@ -5,7 +5,7 @@ back-pressure, resets and run seeds; and the IRs it refuses, each in one line.""
 import numpy as np
 import pytest
 
-from hw.pdense import pop_weight_words
+from hw.dense import pop_weight_words
 from hw.top import HardwareError, generate_verilog, weight_image
 from nsm_export import golden, schedule
 from nsm_export.build import IntLayer, build_ir
