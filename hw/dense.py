@@ -139,13 +139,14 @@ def memory_words(layer) -> tuple[list[int], list[int]]:
 
 def pop_weight_words(layer) -> list[int]:
     """The popcount engine's weight ROM: word ``g*W + w`` holds neuron ``g*pe + n`` of input
-    ``w*simd + s`` in lane ``s*pe + n`` (``weight_bits`` bits, two's complement; binary: 1 for
+    ``w*simd + s`` (of :meth:`beat_weights`: a conv layer's window inputs in beat order) in lane
+    ``s*pe + n`` (``weight_bits`` bits, two's complement; binary: 1 for
     +1, 0 for -1); neurons past ``n_out`` and inputs past ``n_in`` are 0."""
     pe, simd, wb = layer.pe, layer.simd, layer.weight_bits
     G, W = layer.groups, layer.words
     w = np.zeros((G * pe, W * simd), dtype=np.int64)
-    src = np.asarray(layer.weights, dtype=np.int64)
-    w[:layer.n_out, :layer.n_in] = (src > 0) if wb == 1 else src
+    src = np.asarray(layer.beat_weights(), dtype=np.int64)
+    w[:src.shape[0], :src.shape[1]] = (src > 0) if wb == 1 else src
     lanes = (w & ((1 << wb) - 1)).reshape(G, pe, W, simd).transpose(0, 2, 3, 1)  # G, W, s, n
     bits = (lanes[..., None] >> np.arange(wb)) & 1                              # ..., wb
     rows = np.packbits(bits.reshape(G * W, simd * pe * wb).astype(np.uint8), axis=1,
@@ -173,6 +174,8 @@ def word_beats(layer) -> int:
 def n_weight_words(layer) -> int:
     """Words in a layer's weight memory: one per (neuron group, input), where a conv layer's
     inputs are its window's ``c_in * k * k``."""
+    if layer.popcount:
+        return layer.groups * layer.words
     if layer.kind == "conv2d":
         return -(-layer.c_out // layer.pe) * layer.c_in * layer.kernel ** 2
     if layer.popcount:

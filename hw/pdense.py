@@ -46,7 +46,7 @@ from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
 from .popcount import PopcountAccumulator
 
-__all__ = ["PopcountDenseEngine", "store_wbits"]
+__all__ = ["PopcountDenseEngine", "store_wbits", "spike_store", "draw_keep", "threshold_rom"]
 
 
 def store_wbits(words: int) -> int:
@@ -129,28 +129,12 @@ class PopcountDenseEngine(wiring.Component):
         wbits = self._wbits
         out = layer.output
 
-        # --- spike store ---------------------------------------------------------------------
-        banks = 1 if self._first else simd
-        bw = simd if self._first else tp
-        abits = wbits + 1
-        rdata = []
+        # --- spike store ----------------------------------------------------------------------
         ppar = Signal()                       # the pass's parity: the half of a pass store
         ipar = Signal()                       # the image's parity (the first layer's store)
         half = ipar if self._first else ppar  # the half this engine reads
         w = Signal(range(max(2, W)))          # the beat's word
-        for b in range(banks):
-            store = memory.Memory(shape=bw, depth=(1 << wbits) + W, init=[])
-            m.submodules[f"store{b}"] = store
-            wp, rp = store.write_port(), store.read_port()
-            m.d.comb += [wp.en.eq(self.st_we[b]),
-                         wp.addr.eq(self.st_addr[b * abits:(b + 1) * abits]),
-                         wp.data.eq(self.st_data[b * bw:(b + 1) * bw]),
-                         rp.addr.eq(Cat(w[:wbits], half))]
-            rdata.append(rp.data)
-        if self._first:
-            spikes = rdata[0]                                # the same code in every sample
-        else:                                               # sample t input s at t*simd + s
-            spikes = Cat(*[rdata[s][t] for t in range(tp) for s in range(simd)])
+        spikes = spike_store(m, self, self._first, simd, tp, wbits, W, w[:wbits], half)
 
         # --- weights (ROM, or RAM loaded through the top's w_axis) -----------------------------
         waddr = Signal(range(max(2, G * W)))
@@ -172,29 +156,7 @@ class PopcountDenseEngine(wiring.Component):
         # that exists and every sample of the pass (rdata's timing: a cycle after the issue).
         w1 = Signal(range(max(2, W)))
         if layer.sampling:
-            m.submodules.draw = d = MaskDrawer(layer.rng, layer.p_num, layer.p_bits, layer.n_in,
-                                               tp, simd, layer.lanes)
-            # images whose first batch is not yet drawn
-            tokens = Signal(range(images_in_flight(len(ir.layers)) + 1))
-            dk = Signal(range(max(2, P)))         # the drawer's next batch in its image
-            have = Signal()                       # a drawn batch waits in the back bank
-            take = Signal()
-            go_d = Signal()
-            # The next batch starts a cycle after the swap (registered flags only: the go
-            # logic of the top stays out of the drawer's).
-            m.d.comb += [go_d.eq(~d.busy & ~have & ~d.done & ((dk != 0) | (tokens != 0))),
-                         take.eq(go_d & (dk == 0)),
-                         d.start.eq(go_d), d.count.eq(count_of(dk)), d.swap.eq(self.start),
-                         d.raddr.eq(w), d.reseed.eq(self.reseed), d.run_seed.eq(self.seed),
-                         self.ready.eq(have)]
-            m.d.sync += tokens.eq(tokens + self.img_in - take)
-            with m.If(go_d):
-                m.d.sync += dk.eq(Mux(dk == P - 1, 0, dk + 1))
-            with m.If(d.done):
-                m.d.sync += have.eq(1)
-            with m.Elif(self.start):
-                m.d.sync += have.eq(0)
-            keep = d.rdata
+            keep = draw_keep(m, self, layer, ir, tp, count_of, P, w)
         else:
             m.d.comb += self.ready.eq(1)
             tail = layer.n_in - (W - 1) * simd
@@ -203,6 +165,7 @@ class PopcountDenseEngine(wiring.Component):
 
         # --- accumulator: its gated synapse bits registered first (gate_stage) ----------------
         v1, first1 = Signal(), Signal()
+        g = Signal(range(max(2, G)))
         if out:
             m.submodules.acc = acc = PopcountAccumulator(pe, simd * tp, 1, wb, ab,
                                                          gate_stage=True)
@@ -213,20 +176,9 @@ class PopcountDenseEngine(wiring.Component):
                                                          shared_spikes=self._first,
                                                          gate_stage=True)
             m.d.comb += [acc.weights.eq(wdata), acc.spikes.eq(spikes)]
-            # -threshold of each lane: the accumulators start there, a spike is the sign bit
-            thr = [[-int(layer.offsets[g * pe + n]) if g * pe + n < layer.n_out else 0
-                    for n in range(pe)] for g in range(G)]
-            m.submodules.trom = trom = memory.Memory(
-                shape=pe * ab, depth=max(2, G),
-                init=[sum((v & ((1 << ab) - 1)) << (n * ab) for n, v in enumerate(row))
-                      for row in thr])
-            tp_r = trom.read_port()
-            m.d.comb += acc.init.eq(tp_r.data)
+            m.d.comb += acc.init.eq(threshold_rom(m, layer, pe, ab, g))
         m.d.comb += [acc.valid.eq(v1), acc.clear.eq(first1), acc.keep.eq(keep)]
 
-        g = Signal(range(max(2, G)))
-        if not out:
-            m.d.comb += tp_r.addr.eq(g)
         wc = layer.write_cycles(self._next_simd)
         k = Signal(range(max(2, wc)))          # the WRITE cycle of a group
         m.d.sync += [v1.eq(0), first1.eq(0), w1.eq(w)]
@@ -309,3 +261,68 @@ class PopcountDenseEngine(wiring.Component):
                         m.next = "BEAT"
         m.d.comb += self.in_half.eq(half)
         return m
+
+
+def spike_store(m: Module, eng, first: bool, simd: int, tp: int, wbits: int, words: int,
+                word, half):
+    """The spike store an engine reads (module docstring; ``words`` a half), written through
+    ``eng.st_*``; returns the spikes of word ``word`` of half ``half`` a cycle later, sample
+    ``t`` input ``s`` at bit ``t*simd + s`` (the first layer: ``simd`` spikes that every
+    sample shares)."""
+    banks, bw, abits = (1, simd, wbits + 1) if first else (simd, tp, wbits + 1)
+    rdata = []
+    for b in range(banks):
+        store = memory.Memory(shape=bw, depth=(1 << wbits) + words, init=[])
+        m.submodules[f"store{b}"] = store
+        wp, rp = store.write_port(), store.read_port()
+        m.d.comb += [wp.en.eq(eng.st_we[b]),
+                     wp.addr.eq(eng.st_addr[b * abits:(b + 1) * abits]),
+                     wp.data.eq(eng.st_data[b * bw:(b + 1) * bw]),
+                     rp.addr.eq(Cat(word, half))]
+        rdata.append(rp.data)
+    if first:
+        return rdata[0]
+    return Cat(*[rdata[s][t] for t in range(tp) for s in range(simd)])
+
+
+def draw_keep(m: Module, eng, layer, ir, tp: int, count_of, passes: int, raddr):
+    """The engine's :class:`MaskDrawer`: it draws an image's first batch once the image's
+    last pixel is taken (``eng.img_in`` tokens) and each next batch a cycle after the swap
+    (``eng.start``), so ``eng.ready`` says the next pass's keep bits are drawn. Returns the
+    keep bits of word ``raddr`` of the front bank, a cycle later."""
+    m.submodules.draw = d = MaskDrawer(layer.rng, layer.p_num, layer.p_bits, layer.n_in, tp,
+                                       layer.simd, layer.lanes)
+    tokens = Signal(range(images_in_flight(len(ir.layers)) + 1))  # first batches owed
+    dk = Signal(range(max(2, passes)))    # the drawer's next batch in its image
+    have = Signal()                       # a drawn batch waits in the back bank
+    take = Signal()
+    go_d = Signal()
+    # The next batch starts a cycle after the swap (registered flags only: the go logic of
+    # the top stays out of the drawer's).
+    m.d.comb += [go_d.eq(~d.busy & ~have & ~d.done & ((dk != 0) | (tokens != 0))),
+                 take.eq(go_d & (dk == 0)),
+                 d.start.eq(go_d), d.count.eq(count_of(dk)), d.swap.eq(eng.start),
+                 d.raddr.eq(raddr), d.reseed.eq(eng.reseed), d.run_seed.eq(eng.seed),
+                 eng.ready.eq(have)]
+    m.d.sync += tokens.eq(tokens + eng.img_in - take)
+    with m.If(go_d):
+        m.d.sync += dk.eq(Mux(dk == passes - 1, 0, dk + 1))
+    with m.If(d.done):
+        m.d.sync += have.eq(1)
+    with m.Elif(eng.start):
+        m.d.sync += have.eq(0)
+    return d.rdata
+
+
+def threshold_rom(m: Module, layer, pe: int, ab: int, g):
+    """``-threshold`` of each lane of neuron group ``g`` (a cycle later): the accumulators
+    start there, so a spike is the sign bit."""
+    G = -(-layer.offsets.shape[0] // pe)
+    thr = [[-int(layer.offsets[k * pe + n]) if k * pe + n < layer.offsets.shape[0] else 0
+            for n in range(pe)] for k in range(G)]
+    m.submodules.trom = trom = memory.Memory(
+        shape=pe * ab, depth=max(2, G),
+        init=[sum((v & ((1 << ab) - 1)) << (n * ab) for n, v in enumerate(row)) for row in thr])
+    port = trom.read_port()
+    m.d.comb += port.addr.eq(g)
+    return port.data

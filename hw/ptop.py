@@ -96,11 +96,13 @@ class PopcountCore(wiring.Component):
 
         # --- loader ---------------------------------------------------------------------------
         spec = ir.input
+        conv0 = stages[0].layer.kind == "conv2d"
         levels, simd0 = spec.levels, stages[0].layer.simd
-        per = simd0 // levels                       # pixels a word
-        words0 = stages[0].layer.words
+        # pixels a word: a conv layer's word is one pixel's code (its channels)
+        per = 1 if conv0 else simd0 // levels
+        words0 = n0 if conv0 else stages[0].layer.words
         wbits0 = store_wbits(words0)
-        tail = n0 * levels % simd0
+        tail = 0 if conv0 else n0 * levels % simd0
         px = Signal(range(n0 + 1))
         lhalf = Signal()                            # the half the loader fills
         lfull = Signal(2)                           # half h holds a whole image

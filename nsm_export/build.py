@@ -97,8 +97,8 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
     every layer or one per layer. ``thresholds``: a list makes the input a thermometer code
     (``layout`` says how its spikes are numbered; the first layer's inputs must already follow it).
     ``probs``: a list (one per pixel value) makes it a stochastic (``bernoulli``) code with
-    ``P(+1 | x) = probs[x] / 2**prob_bits``. ``pass_samples`` (T', every dense layer): build
-    the popcount engines, ``T'`` samples at once (a sampling layer's ``lanes`` is then
+    ``P(+1 | x) = probs[x] / 2**prob_bits``. ``pass_samples`` (T', every dense and conv layer):
+    build the popcount engines, ``T'`` samples at once (a sampling layer's ``lanes`` is then
     lowered to its ``simd`` instead)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
         raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
@@ -153,7 +153,13 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
                 _bad(f"layers[{i}].pe {lane!r} must be a positive integer")
             layer = ConvLayer(c_in=w.shape[1], h_in=il.h_in, w_in=il.w_in, c_out=n_out,
                               kernel=w.shape[2], stride=il.stride, padding=il.padding,
-                              pe=min(lane, n_out), lanes=dl, weight_store=ws, **common)
+                              pe=min(lane, n_out), weight_store=ws, **common)
+            layer = layer.on_pass_samples(pass_samples)
+            if pass_samples:
+                layer.simd = sd
+                layer.lanes = min(dl, sd) if sampling else 1
+            else:
+                layer.lanes = dl
         else:
             if not isinstance(lane, int) or lane < 1:
                 _bad(f"layers[{i}].pe {lane!r} must be a positive integer")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .devices import LANE_LUT_SCALE, SPRAM_SHAPE, blocks
+from .plan import plan
 
 __all__ = ["estimate", "fixed_cost", "KEYS", "need", "need_caps", "fits", "LC_PER_FF",
            "LC_PER_FF_POP", "FILL"]
@@ -108,6 +109,12 @@ def fixed_cost(ir, target) -> dict:
            "bram": blocks(16, -(-spikes // 16), target), "spram": 0}
     for k, v in ir.input.cost(target).items():
         est[k] += v
+    for st in plan(ir):
+        if st.popcount and st.layer.kind == "conv2d":   # the pooled map's store it writes
+            tp = min(st.layer.pass_samples, ir.samples)
+            P = st.pool.size if st.pool else 1
+            out = st.layer.c_out * (st.layer.h_out // P) * (st.layer.w_out // P)
+            est["bram"] += blocks(tp, 2 * out, target)
     return est
 
 

@@ -158,7 +158,7 @@ class Folding:
         """``ir`` with this folding and engine."""
         layers = [layer.folded(choice) for layer, choice in zip(ir.layers, self.layers)]
         if self.pass_samples or any(getattr(la, "pass_samples", 0) for la in layers):
-            layers = [replace(la, pass_samples=self.pass_samples) for la in layers]
+            layers = [la.on_pass_samples(self.pass_samples) for la in layers]
         return replace(ir, layers=layers)
 
 
@@ -175,8 +175,7 @@ def _variants(ir: IR, pass_samples: int | None) -> dict[int, IR]:
     want = [0] + pass_choices(ir.samples) if pass_samples is None else [pass_samples]
     out = {}
     for tp in want:
-        v = replace(ir, layers=[replace(la, pass_samples=tp) if la.kind == "dense" else la
-                                for la in ir.layers])
+        v = replace(ir, layers=[la.on_pass_samples(tp) for la in ir.layers])
         if not (pop_unsupported(v, folding=False) if tp else unsupported(v)):
             out[tp] = v
     return out
@@ -210,8 +209,10 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
     parts = []
     for tp, v in variants.items():
         options = [ly.free_options(tg, fx) for ly, fx in zip(v.layers, fixed)]
-        if tp:                          # the first layer's words hold whole pixels
+        if tp and v.layers[0].kind == "dense":     # its words hold whole pixels
             options[0] = [o for o in options[0] if o[2] % v.input.levels == 0]
+        elif tp:                                   # a beat reads one whole pixel
+            options[0] = [o for o in options[0] if o[2] == v.layers[0].c_in]
         if all(options):
             parts.append((tp, _search(v, tg, options, fixed_cost(v, tg))))
     if not parts:

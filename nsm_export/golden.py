@@ -68,7 +68,7 @@ class GoldenModel:
         spec = layer.rng
         u, self.states[i] = lfsr.draws(spec.width, spec.mask, spec.leap, self.states[i],
                                        n_images * t * layer.n_in, layer.p_bits)
-        return (u < layer.p_num).reshape(n_images, t, layer.n_in)
+        return layer.keep_in_order((u < layer.p_num).reshape(n_images, t, layer.n_in))
 
     def run(self, pixels: np.ndarray, record: bool = False) -> GoldenResult:
         ir = self.ir

@@ -82,7 +82,7 @@ class Engine:
 
     def pass_cycles(self) -> int:
         """Popcount engine: cycles of one pass (the same for every pass and draw)."""
-        return self.layer.pass_cycles(self.next_simd)
+        return self.layer.pass_cycles(self)
 
     def image_cycles(self) -> int:
         """Popcount engine: cycles it is busy per image, back to back: each pass, or its mask
@@ -180,9 +180,9 @@ def plan(ir, debug: bool = False) -> Plan:
         linked = layer.kind == "conv2d" or (
             not debug and not layer.output and layer.pe in MEMORY_LINK_PE)
         fed = bool(engines) and engines[-1].linked
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        nxt = [la for la in layers[i + 1:] if la.kind != "pool"][:1]
         engines.append(Engine(i, layer, pool, consumer, ring, linked, fed,
-                              getattr(nxt, "simd", 1), ir.samples))
+                              getattr(nxt[0], "simd", 1) if nxt else 1, ir.samples))
     return Plan(tuple(engines), ir.input.encoding == "bernoulli")
 
 
@@ -200,31 +200,65 @@ def unsupported(ir) -> str | None:
 
 def pop_unsupported(ir, folding: bool = True) -> str | None:
     """Why the popcount core (``hw.ptop``) cannot build ``ir``, or None. It builds dense
-    networks with a threshold or thermometer input code; at their folding (``folding=False``
-    leaves it out: what the folding search may still choose) every layer has the same
-    ``pass_samples`` (T'), the code's levels divide the first layer's ``simd``, and each
-    hidden layer's ``pe`` and the next layer's ``simd`` divide one another (a neuron group's
-    spikes go into the next spike store's banks without a rotation)."""
+    networks, and conv networks (conv layers, each with an OR pooling or none, then dense
+    layers) with a threshold or thermometer input code. At their folding (``folding=False``
+    leaves it out: what the folding search may still choose) every weighted layer has the
+    same ``pass_samples`` (T'); a conv layer draws in ``hwc`` order, its ``simd`` divides its
+    channels and it has no line buffer; the code's levels divide a dense first layer's
+    ``simd``; and each hidden layer's ``pe`` and the next one's ``simd`` divide one another
+    (a group's spikes go into the next spike store's banks without a rotation; a conv layer
+    before a dense one writes a filter a cycle, any ``pe``)."""
     layers = ir.layers
+    weighted = [i for i, la in enumerate(layers) if la.kind != "pool"]
     for i, layer in enumerate(layers):
         where = f"layers[{i}]"
-        if layer.kind != "dense":
-            return (f"{where}: the popcount engine builds dense layers only (a {layer.kind} "
-                    f"layer needs pass_samples 0 on every layer)")
+        if layer.kind == "pool":
+            if i == 0 or layers[i - 1].kind != "conv2d":
+                return f"{where}: the popcount core pools only right after a conv2d layer"
+            if layer.mode != "or":
+                return (f"{where} ({layer.mode} pooling): the popcount conv engine computes "
+                        f"OR pooling only")
+            continue
+        if layer.kind not in ("dense", "conv2d"):
+            return f"{where}: the popcount core has no engine for a {layer.kind} layer"
+        if layer.kind == "conv2d" and i and layers[i - 1].kind == "dense":
+            return f"{where} (conv2d) follows a dense layer; the hardware cannot"
         if not folding:
             continue
-        if layer.pass_samples != layers[0].pass_samples:
+        first = layers[weighted[0]]
+        if layer.pass_samples != first.pass_samples:
             return (f"{where}.pass_samples {layer.pass_samples} differs from layers[0]'s "
-                    f"{layers[0].pass_samples}: the popcount core runs one T' in every layer")
-        if not layer.output:
-            sn, pe = layers[i + 1].simd, layer.pe
+                    f"{first.pass_samples}: the popcount core runs one T' in every layer")
+        if layer.kind == "conv2d":
+            if layer.draw_order != "hwc":
+                return (f"{where}.draw_order {layer.draw_order}: the popcount conv engine "
+                        f"draws a pixel's channels in a row (hwc)")
+            if layer.c_in % layer.simd:
+                return (f"{where}.simd {layer.simd} must divide its {layer.c_in} channels "
+                        f"(a beat reads channels of one pixel)")
+            if layer.line_rows:
+                return (f"{where}.line_rows {layer.line_rows}: the popcount core double-"
+                        f"buffers whole maps")
+        nxt = [j for j in weighted if j > i][:1]
+        if nxt and not (layer.kind == "conv2d" and layers[nxt[0]].kind == "dense"):
+            sn, pe = layers[nxt[0]].simd, layer.pe
             if pe % sn and sn % pe:
-                return (f"{where}.pe {pe} and layers[{i + 1}].simd {sn} must divide one "
+                return (f"{where}.pe {pe} and layers[{nxt[0]}].simd {sn} must divide one "
                         f"another (the spike store's banks)")
     spec = ir.input
     if spec.encoding == "bernoulli":
         return "input.encoding bernoulli: the popcount core encodes pixels once per image"
-    if folding and layers[0].simd % spec.levels:
+    first = layers[0]
+    if first.kind == "conv2d":
+        if spec.encoding == "thermometer" and spec.levels > 1 and spec.layout != "level-major":
+            return "input: a conv net's thermometer levels must be its channels (level-major)"
+        if first.c_in != spec.levels:
+            return (f"input: {first.c_in // spec.levels} image channels; the popcount core's "
+                    f"conv input takes one (its channels are the {spec.levels} levels)")
+        if folding and first.simd != first.c_in:
+            return (f"layers[0].simd {first.simd} must be its {first.c_in} channels (the "
+                    f"first conv layer reads a whole pixel a beat)")
+    elif folding and first.simd % spec.levels:
         return (f"input: {spec.levels} thermometer levels must divide layers[0].simd "
-                f"{layers[0].simd} (a pixel's spikes go into one input word)")
+                f"{first.simd} (a pixel's spikes go into one input word)")
     return None

@@ -57,10 +57,10 @@ def spec(lo=None, hi=None, *, choices=None, default=dataclasses.MISSING, write: 
     """A field declaration.
 
     ``lo``/``hi``: the integer range (``hi`` may be a function of the layer: ``pe <= n_out``);
-    ``choices``: the values allowed instead; ``write``: ``always``, ``if-set`` (only when true,
-    so that files from before the field keep loading unchanged) or ``npz`` (an array, stored in
-    ``weights.npz``, not in ``ir.json``); ``parse``: turns the JSON value into the field's type.
-    A field with a ``default`` may be missing from a file.
+    ``choices``: the values allowed instead; ``write``: ``always``, ``if-set`` (only when true
+    and not the default, so that files from before the field keep loading unchanged) or ``npz``
+    (an array, stored in ``weights.npz``, not in ``ir.json``); ``parse``: turns the JSON value
+    into the field's type. A field with a ``default`` may be missing from a file.
     """
     meta = {"lo": lo, "hi": hi, "choices": choices, "write": write, "parse": parse}
     if default is dataclasses.MISSING:
@@ -110,7 +110,8 @@ def to_json(obj, derived: tuple = ()) -> dict:
     out = {"kind": obj.kind} if hasattr(obj, "kind") else {}
     for f in _declared(obj):
         value = getattr(obj, f.name)
-        if f.metadata["write"] == "npz" or (f.metadata["write"] == "if-set" and not value):
+        if f.metadata["write"] == "npz" or (f.metadata["write"] == "if-set"
+                                            and (not value or value == f.default)):
             continue
         out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
     for name in derived:

@@ -53,6 +53,11 @@ class Layer:
     def hw_unsupported(self, i: int, ir) -> str | None:
         return None
 
+    def on_pass_samples(self, tp: int) -> "Layer":
+        """This layer for the popcount engines at ``T' = tp`` (0: the kept-list engines);
+        a kind without an engine of its own is unchanged."""
+        return self
+
 
 class Weighted(Layer):
     """Dense and conv layers: integer weights, thresholds or biases, a Bernoulli blank-out."""
@@ -108,6 +113,17 @@ class Weighted(Layer):
             raise IRError(f"{where}.offset_bits {self.offset_bits} cannot hold its offsets "
                           f"(needs {need_off})")
         check_int(f"{where}.offset_bits", self.offset_bits, need_off, self.acc_bits)
+
+    def pass_counts(self, samples: int) -> list[int]:
+        """Popcount engine: the samples of each pass of one image, ``T'`` each but the last,
+        which holds the rest (``T mod T'`` where ``T'`` does not divide ``T``)."""
+        tp = min(self.pass_samples, samples)
+        return [tp] * (samples // tp) + ([samples % tp] if samples % tp else [])
+
+    def keep_in_order(self, keep: np.ndarray) -> np.ndarray:
+        """Keep bits ``(N, T, n_in)`` in draw order → in input order (the same for a dense
+        layer)."""
+        return keep
 
     def report_common(self) -> dict:
         weights = int(self.weights.size)

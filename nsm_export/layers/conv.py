@@ -9,13 +9,19 @@ import numpy as np
 
 from .. import estimate as E
 from ..devices import blocks
-from ..plan import BUILD_FLUSH, GROUP_OVERHEAD
-from ..schema import LANES, MAX_KERNEL, WEIGHT_STORES, IRError, LfsrSpec, check_array, \
-    check_fields, check_int, signed_bits, spec
+from ..plan import BUILD_FLUSH, GROUP_OVERHEAD, POP_DRAIN
+from ..schema import LANES, MAX_KERNEL, POP_SIMD, WEIGHT_STORES, IRError, LfsrSpec, beat_bits, \
+    check_array, check_fields, check_int, signed_bits, spec
 from .base import Weighted, memory
-from .dense import SEARCH_MAX_LANES, _combine, _pe_choices
+from .dense import SEARCH_MAX_LANES, SEARCH_MAX_POP_LANES, _combine, _pe_choices, \
+    _pop_pe_choices, pop_cost
 
-__all__ = ["ConvLayer", "conv_out"]
+__all__ = ["ConvLayer", "conv_out", "DRAW_ORDERS"]
+
+#: The order a conv layer draws its blank-out bits in, per sample: ``chw`` (channel-major, the
+#: flattened input order; the kept-list engine) or ``hwc`` (pixel-major, a pixel's channels in
+#: a row; the popcount engine, whose beats read ``simd`` channels of one pixel).
+DRAW_ORDERS = ("chw", "hwc")
 
 _LUTS_PER_GATHER_BIT = 1.5   # a conv window's kept-input compaction, per lane x entry bit
 # A conv engine's own control whatever its folding (position and window counters, address
@@ -24,6 +30,10 @@ _LUTS_PER_GATHER_BIT = 1.5   # a conv window's kept-input compaction, per lane x
 # 2,538 estimated without it), so a rough figure.
 _CONV_FIXED_LUTS = 620
 _CONV_FIXED_FFS = 225
+# The popcount conv engine's position, window and pooled-pixel counters and address sums
+# beyond a dense popcount engine's (a first guess, refitted on synthesis below)
+_POP_CONV_LUTS = 250
+_POP_CONV_FFS = 120
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
@@ -56,13 +66,18 @@ class ConvLayer(Weighted):
     weight_store: str = spec(choices=WEIGHT_STORES, default="rom")
     line_rows: int = spec(0, lambda s: s.h_in, default=0, write="if-set")
     # 0: the whole input map, double-buffered; R: a ring of R rows (:func:`min_line_rows`)
+    # popcount engine (hw.pconv): window channels a beat reads, T' samples a weight read, and
+    # the draw order it needs (``hwc``); all three written only when not the default
+    simd: int = spec(choices=POP_SIMD, default=1, write="if-set")
+    pass_samples: int = spec(0, 1 << 16, default=0, write="if-set")
+    draw_order: str = spec(choices=DRAW_ORDERS, default="chw", write="if-set")
     output = False                 # a conv layer is never the output layer
     kind = "conv2d"
     DERIVED = ("h_out", "w_out", "n_in", "n_out", "output", "p")
     JSON_ORDER = ("kind", "c_in", "h_in", "w_in", "c_out", "kernel", "stride", "padding",
                   "h_out", "w_out", "n_in", "n_out", "output", "weight_bits", "p_num",
                   "p_bits", "p", "rng", "acc_bits", "offset_bits", "pe", "lanes",
-                  "weight_store", "line_rows")
+                  "weight_store", "line_rows", "simd", "pass_samples", "draw_order")
 
     @property
     def h_out(self) -> int:
@@ -93,6 +108,41 @@ class ConvLayer(Weighted):
         """Filter groups of ``pe`` filters the engine works through at each position."""
         return -(-self.c_out // self.pe)
 
+    @property
+    def popcount(self) -> bool:
+        """Built by the sample-parallel popcount engine (``pass_samples`` > 0)."""
+        return self.pass_samples > 0
+
+    @property
+    def chunks(self) -> int:
+        """Popcount engine: beats per window pixel, ``c_in / simd``."""
+        return -(-self.c_in // self.simd)
+
+    @property
+    def words(self) -> int:
+        """Popcount engine: beats per position and filter group, ``k² · c_in / simd``."""
+        return self.kernel ** 2 * self.chunks
+
+    def beat_weights(self) -> np.ndarray:
+        """The weights as the popcount engine reads them, ``(c_out, k·k·c_in)``: column
+        ``(i·k + j)·c_in + c`` is window pixel ``(i, j)``, channel ``c``."""
+        return self.weights.transpose(0, 2, 3, 1).reshape(self.c_out, -1)
+
+    def keep_in_order(self, keep: np.ndarray) -> np.ndarray:
+        """Keep bits ``(N, T, n_in)`` in draw order → the input order (channel-major)."""
+        if self.draw_order == "chw":
+            return keep
+        n, t = keep.shape[:2]
+        return keep.reshape(n, t, self.h_in, self.w_in, self.c_in).transpose(
+            0, 1, 4, 2, 3).reshape(n, t, self.n_in)
+
+    def on_pass_samples(self, tp: int) -> "ConvLayer":
+        """This layer for the popcount engine at ``T' = tp`` (its ``hwc`` draw order), or, at
+        0, for the kept-list engine (``chw``, ``simd`` 1)."""
+        if tp:
+            return replace(self, pass_samples=tp, draw_order="hwc")
+        return replace(self, pass_samples=0, draw_order="chw", simd=1)
+
     @classmethod
     def record(cls, i: int, m: dict, arrays: dict):
         if m["output"]:
@@ -115,7 +165,14 @@ class ConvLayer(Weighted):
         check_array(f"{where}.weights", self.weights,
                     (self.c_out, self.c_in, self.kernel, self.kernel))
         check_array(f"{where}.threshold", self.offsets, (self.c_out,))
-        check_fields(self, where, ("pe", "weight_store", "lanes", "line_rows"))
+        check_fields(self, where, ("pe", "weight_store", "lanes", "line_rows", "simd",
+                                   "pass_samples", "draw_order"))
+        if not self.popcount and self.simd != 1:
+            raise IRError(f"{where}.simd {self.simd} needs pass_samples: the kept-list conv "
+                          f"engine tests window channels by lanes")
+        if self.popcount and self.sampling and self.lanes > self.simd:
+            raise IRError(f"{where}.lanes {self.lanes} exceeds simd {self.simd}: the popcount "
+                          f"engine's mask drawer fills one word of simd inputs at a time")
         self.check_weighted(where)
 
     # --- golden model ----------------------------------------------------------------------
@@ -184,10 +241,44 @@ class ConvLayer(Weighted):
         fixed = wp * P * P * (k * k * chunks + BUILD_FLUSH + groups * GROUP_OVERHEAD) + wp * out
         return self.pre_cycles(), (fixed + groups * row_kept).reshape(*lead, hp)
 
+    def pool_size(self, engine) -> int:
+        return engine.pool.size if engine.pool else 1
+
+    def write_cycles(self, engine) -> int:
+        """Popcount engine: cycles a filter group hands a pooled pixel on: into a conv
+        engine's store ``next_simd`` filters a cycle (one bank each); into a dense engine's,
+        whose inputs are channel-major, one filter a cycle."""
+        if engine.consumer == "map":
+            return max(1, self.pe // engine.next_simd)
+        return self.pe
+
+    def pass_cycles(self, engine) -> int:
+        """Popcount engine: cycles of one pass, whatever its sample count and draws: the go
+        cycle, then per pooled pixel and filter group the beats of its ``P²`` conv positions
+        back to back, the drain and the hand-over."""
+        P = self.pool_size(engine)
+        pooled = (self.h_out // P) * (self.w_out // P)
+        return 1 + pooled * self.groups * (P * P * self.words + POP_DRAIN
+                                           + self.write_cycles(engine))
+
+    def pop_acc_bits(self, samples: int) -> int:
+        """Popcount engine: accumulator width; it starts at ``-threshold`` (a spike is its sign
+        bit)."""
+        l1 = np.abs(self.weights.astype(np.int64).reshape(self.c_out, -1)).sum(axis=1)
+        need = signed_bits(int((-l1 - self.offsets).min()), int((l1 - self.offsets).max()))
+        return max(need, beat_bits(self.simd, self.weight_bits))
+
     def cycles(self, engine, mask):
-        """Cycles of one sample per sample. Positions that no pooling window covers are not
-        computed. A gated engine (line buffers) spends one ``ROW`` cycle more per pooled row,
-        and one ``TAIL`` cycle with a line buffer in, when it need not wait."""
+        """Cycles of one sample per sample; the popcount engine spends the same on every
+        sample whatever is kept: its image's cycles over ``T``."""
+        if self.popcount:
+            return np.full(np.shape(mask)[:-1], engine.image_cycles() / engine.samples)
+        return self._cycles(engine, mask)
+
+    def _cycles(self, engine, mask):
+        """Cycles of one sample per sample (kept-list engine). Positions that no pooling window
+        covers are not computed. A gated engine (line buffers) spends one ``ROW`` cycle more
+        per pooled row, and one ``TAIL`` cycle with a line buffer in, when it need not wait."""
         pre, rows = self.row_cycles(engine, mask)
         gated = rows.shape[-1] + self.tail_cycles() if engine.gated else 0
         return pre + rows.sum(axis=-1) + 1 + gated
@@ -199,14 +290,30 @@ class ConvLayer(Weighted):
 
     def mean_cycles(self, engine, opt: tuple) -> float:
         folded = self.folded(opt)
+        if self.popcount:
+            return replace(engine, layer=folded).image_cycles()
         return float(folded.cycles(replace(engine, layer=folded), np.full(self.n_in, self.p)))
 
     # --- folding and resources -------------------------------------------------------------
     def folded(self, opt: tuple) -> "ConvLayer":
-        pe, lanes, _, store = opt
-        return replace(self, pe=pe, lanes=lanes, weight_store=store)
+        pe, lanes, simd, store = opt
+        return replace(self, pe=pe, lanes=lanes, weight_store=store,
+                       simd=simd if self.popcount else 1)
+
+    def _pop_simds(self) -> list[int]:
+        """Popcount engine: ``simd`` divides ``c_in`` (a beat reads channels of one pixel)."""
+        return [s for s in POP_SIMD if s <= self.c_in and self.c_in % s == 0]
 
     def options(self, target) -> list[tuple]:
+        if self.popcount:
+            stores = ["rom", "ram"] if target.capacity["spram"] or self.weight_store == "ram" \
+                else ["rom"]
+            pes = [p for p in sorted({max(1, self.pe >> k) for k in range(self.pe.bit_length())},
+                                     reverse=True) if p & (p - 1) == 0 or p == self.pe]
+            simds = [s for s in self._pop_simds() if s <= self.simd][::-1]
+            return [(p, d, s, st) for p in pes for s in simds
+                    for d in ([x for x in LANES if x <= min(s, self.lanes)] or [1])
+                    for st in stores]
         pes = sorted({max(1, self.pe >> k) for k in range(self.pe.bit_length())}, reverse=True)
         stores = ["rom", "ram"] if target.capacity["spram"] or self.weight_store == "ram" \
             else ["rom"]
@@ -214,7 +321,16 @@ class ConvLayer(Weighted):
                 for st in stores]
 
     def free_options(self, target, fixed: dict) -> list[tuple]:
-        """``pe`` over the filters, ``lanes`` window channels a clock, simd 1."""
+        """``pe`` over the filters, ``lanes`` window channels a clock, simd 1; popcount
+        engine: ``pe`` a power of two, ``simd`` dividing ``c_in``, up to ``simd`` draws a
+        clock."""
+        if self.popcount:
+            pick = dict(pe=_pop_pe_choices(self.c_out, False), lanes=list(LANES),
+                        simd=self._pop_simds(),
+                        weight_store=["rom", "ram"] if target.capacity["spram"] else ["rom"])
+            return [o for o in _combine(pick, fixed)
+                    if (o[1] <= min(o[2], SEARCH_MAX_POP_LANES) if self.sampling
+                        else o[1] == 1)]
         return _combine(dict(pe=_pe_choices(self.c_out),
                              lanes=[d for d in LANES if d <= SEARCH_MAX_LANES], simd=[1],
                              weight_store=["rom", "ram"] if target.capacity["spram"]
@@ -222,7 +338,16 @@ class ConvLayer(Weighted):
 
     def cost(self, target, pe: int, lanes: int, simd: int, store: str) -> dict:
         """What the engine costs at ``pe`` filter lanes, ``lanes`` window channels a clock and
-        weight store ``store`` (the parts that change with them; ``simd`` is always 1)."""
+        weight store ``store`` (the parts that change with them; ``simd`` is always 1).
+        Popcount engine: :func:`nsm_export.layers.dense.pop_cost` with its position counters
+        and pooling registers; the spike store it writes (its size is the pooling's) is in
+        :func:`nsm_export.estimate.fixed_cost`."""
+        if self.popcount:
+            cost = pop_cost(self, target, pe, lanes, simd, store,
+                            beats=self.kernel ** 2 * -(-self.c_in // simd), out_inputs=0)
+            cost["luts"] += E.LANE_LUT_SCALE[target.family] * _POP_CONV_LUTS
+            cost["ffs"] += _POP_CONV_FFS + pe * self.pass_samples
+            return cost
         q = self.c_in * self.kernel ** 2
         width, depth = pe * self.weight_bits, -(-self.c_out // pe) * q
         scale = E.LANE_LUT_SCALE[target.family]
@@ -256,6 +381,17 @@ class ConvLayer(Weighted):
         """Weights (one ``pe``-lane word per filter group and window input), thresholds (one
         word per group), the input map (double-buffered when a conv engine writes it) and the
         blank-out mask (same shape, sampling layers)."""
+        if self.popcount:
+            tp = min(self.pass_samples, engine.samples)
+            chunks, pixels = self.chunks, self.h_in * self.w_in
+            mems = {"weights": memory(self.pe * self.simd * self.weight_bits,
+                                      max(2, self.groups * self.words)),
+                    "thresholds": memory(self.pe * self.offset_bits, max(2, self.groups))}
+            if self.sampling:
+                mems["keep bits"] = memory(tp * self.simd, 2 * pixels * chunks)
+            mems["spikes in"] = memory(self.c_in, 2 * pixels) if engine.index == 0 else \
+                memory(tp, 2 * pixels * chunks, self.simd)
+            return mems
         q = self.c_in * self.kernel ** 2
         mems = {"weights": memory(self.pe * self.weight_bits, max(2, self.groups * q)),
                 "thresholds": memory(self.pe * self.offset_bits, max(2, self.groups)),
@@ -269,11 +405,16 @@ class ConvLayer(Weighted):
         return {"layer": i, "n_in": self.n_in, "n_out": self.n_out, "kind": "conv2d",
                 "in_shape": list(self.in_shape), "out_shape": list(self.out_shape),
                 "kernel": self.kernel, "stride": self.stride, "padding": self.padding,
-                "double_buffered": engine.fed, "draw_lanes": 1, "channel_lanes": self.lanes,
+                "double_buffered": engine.fed, "draw_lanes": self.lanes if self.popcount
+                else 1, "channel_lanes": self.lanes, "simd": self.simd,
+                "pass_samples": self.pass_samples, "draw_order": self.draw_order,
                 **self.report_common(), "memories": mems,
                 "memory_bits": sum(m["bits"] for m in mems.values())}
 
     def engine(self, engine, ir, rom_name: str | None):
+        if self.popcount:
+            from hw.pconv import PopcountConvEngine
+            return PopcountConvEngine(self, ir, engine, rom_name=rom_name)
         from hw.conv import ConvEngine
         return ConvEngine(self, engine.pool, engine.consumer, double=engine.fed,
                           ring_out=engine.ring_out, rom_name=rom_name)
@@ -282,4 +423,7 @@ class ConvLayer(Weighted):
         prev = ir.layers[i - 1].kind if i else None
         if prev not in (None, "conv2d", "pool"):
             return f"layers[{i}] (conv2d) follows a dense layer; the hardware cannot"
+        if self.draw_order != "chw":
+            return (f"layers[{i}].draw_order {self.draw_order}: the kept-list conv engine "
+                    f"draws channel-major (chw); the popcount engine draws hwc")
         return None

@@ -63,22 +63,24 @@ class DenseLayer(Weighted):
         """Popcount engine: beats per neuron group, ``ceil(n_in / simd)``."""
         return -(-self.n_in // self.simd)
 
-    def pass_counts(self, samples: int) -> list[int]:
-        """Popcount engine: the samples of each pass of one image, ``T'`` each but the last,
-        which holds the rest (``T mod T'`` where ``T'`` does not divide ``T``)."""
-        tp = min(self.pass_samples, samples)
-        return [tp] * (samples // tp) + ([samples % tp] if samples % tp else [])
-
     def write_cycles(self, next_simd: int) -> int:
         """Popcount engine: cycles a neuron group hands its result on: the output layer adds
         its ``pe`` sums to the class scores in one; a hidden layer writes ``next_simd`` neurons
         a cycle into the next engine's spike store (one bank each)."""
         return 1 if self.output else max(1, self.pe // next_simd)
 
-    def pass_cycles(self, next_simd: int = 1) -> int:
+    def beat_weights(self) -> np.ndarray:
+        """The weights as the popcount engine reads them, ``(n_out, n_in)``."""
+        return self.weights
+
+    def pass_cycles(self, engine) -> int:
         """Popcount engine: cycles of one pass, whatever its sample count and draws: the go
         cycle, then per neuron group its beats, the drain and the hand-over."""
-        return 1 + self.groups * (self.words + POP_DRAIN + self.write_cycles(next_simd))
+        return 1 + self.groups * (self.words + POP_DRAIN + self.write_cycles(engine.next_simd))
+
+    def on_pass_samples(self, tp: int) -> "DenseLayer":
+        """This layer on the popcount engine at ``T' = tp`` (0: the kept-list engine)."""
+        return replace(self, pass_samples=tp)
 
     def pop_acc_bits(self, samples: int) -> int:
         """Popcount engine: accumulator width. A hidden accumulator starts at ``-threshold``
@@ -235,38 +237,10 @@ class DenseLayer(Weighted):
         return cost
 
     def _pop_cost(self, target, pe: int, lanes: int, simd: int, store: str) -> dict:
-        """The popcount engine at this folding (:mod:`nsm_export.estimate`'s ``POP_*``): per
-        synapse-sample and weight bit its gate and share of a popcount tree; per accumulator
-        bit an adder and a register; the stage-1 count registers; the mask drawer (LFSR lanes,
-        double-buffered keep store); the spike store it writes (two halves; the first layer's
-        is the top's, in :func:`nsm_export.estimate.fixed_cost`) and its weights (its
-        thresholds land in logic)."""
-        tp, wb = self.pass_samples, self.weight_bits
-        scale = E.LANE_LUT_SCALE[target.family]
-        G, W = -(-self.n_out // pe), -(-self.n_in // simd)
-        l1 = int(np.abs(self.weights).sum(axis=1).max()) if self.weights.size else 1
-        if self.output:
-            accs, per_acc = pe, simd * tp
-            ab = signed_bits(-l1 * tp, l1 * tp)
-        else:
-            accs, per_acc = pe * tp, simd
-            ab = signed_bits(-l1 - int(self.offsets.max()), l1 - int(self.offsets.min()))
-        synapses = accs * per_acc * wb + (0 if self.output else tp * simd)
-        count_bits = accs * wb * per_acc.bit_length()
-        cost = {"luts": scale * (E.POP_LUTS_PER_SYNAPSE * synapses
-                                 + E.POP_LUTS_PER_ACC_BIT * accs * ab) + E.POP_ENGINE_LUTS,
-                "ffs": synapses + accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0,
-                "spram": 0}
-        E.weight_store_cost(cost, target, pe * simd * wb, G * W, store)
-        depth = 2 * W
-        if not self.output:             # the next engine's spike store, written by this one
-            cost["bram"] += blocks(tp, 2 * self.n_out, target)
-        if self.sampling:
-            bits = lanes * self.rng.width
-            cost["luts"] += E.LUTS_PER_DRAW_BIT * bits + tp * simd
-            cost["ffs"] += E.FFS_PER_DRAW_BIT * bits + simd
-            cost["bram"] += blocks(tp * simd, depth, target)
-        return cost
+        """The popcount engine at this folding (:func:`pop_cost`); the spike store it writes
+        holds ``n_out`` inputs of the next engine."""
+        return pop_cost(self, target, pe, lanes, simd, store, beats=-(-self.n_in // simd),
+                        out_inputs=self.n_out)
 
     # --- hardware and report ---------------------------------------------------------------
     def memories(self, engine) -> dict:
@@ -333,3 +307,40 @@ def _combine(pick: dict, fixed: dict) -> list[tuple]:
     pick = {**pick, **{k: [v] for k, v in fixed.items()}}
     return [(p, d, s, st) for p in pick["pe"] for d in pick["lanes"] for s in pick["simd"]
             for st in pick["weight_store"]]
+
+
+def pop_cost(layer, target, pe: int, lanes: int, simd: int, store: str, beats: int,
+             out_inputs: int) -> dict:
+    """A popcount engine (dense or conv) at this folding (:mod:`nsm_export.estimate`'s
+    ``POP_*``): per synapse-sample and weight bit its gate and share of a popcount tree; per
+    accumulator bit an adder and a register; the stage-1 count registers; the mask drawer (LFSR
+    lanes, double-buffered keep store of ``ceil(n_in / simd)`` words); the spike store it
+    writes (two halves of ``out_inputs`` inputs; the first layer's is the top's, in
+    :func:`nsm_export.estimate.fixed_cost`) and its weights, ``beats`` words per neuron group
+    (per position for a conv layer; the thresholds land in logic)."""
+    tp, wb = layer.pass_samples, layer.weight_bits
+    scale = E.LANE_LUT_SCALE[target.family]
+    G = -(-layer.weights.shape[0] // pe)
+    l1 = int(np.abs(layer.weights.reshape(layer.weights.shape[0], -1)).sum(axis=1).max()) \
+        if layer.weights.size else 1
+    if layer.output:
+        accs, per_acc = pe, simd * tp
+        ab = signed_bits(-l1 * tp, l1 * tp)
+    else:
+        accs, per_acc = pe * tp, simd
+        ab = signed_bits(-l1 - int(layer.offsets.max()), l1 - int(layer.offsets.min()))
+    synapses = accs * per_acc * wb + (0 if layer.output else tp * simd)
+    count_bits = accs * wb * per_acc.bit_length()
+    cost = {"luts": scale * (E.POP_LUTS_PER_SYNAPSE * synapses
+                             + E.POP_LUTS_PER_ACC_BIT * accs * ab) + E.POP_ENGINE_LUTS,
+            "ffs": synapses + accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0,
+            "spram": 0}
+    E.weight_store_cost(cost, target, pe * simd * wb, G * beats, store)
+    if not layer.output:             # the next engine's spike store, written by this one
+        cost["bram"] += blocks(tp, 2 * out_inputs, target)
+    if layer.sampling:
+        bits = lanes * layer.rng.width
+        cost["luts"] += E.LUTS_PER_DRAW_BIT * bits + tp * simd
+        cost["ffs"] += E.FFS_PER_DRAW_BIT * bits + simd
+        cost["bram"] += blocks(tp * simd, 2 * -(-layer.n_in // simd), target)
+    return cost
