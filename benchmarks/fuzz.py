@@ -4,7 +4,9 @@
 padding, OR pooling, folding, weight stores, input codes), written to ``fuzz-conv.json``;
 ``--kind popcount`` random dense nets on the popcount core (``random_pop_ir``: T and T',
 thermometer codes, simd, lanes, pe), written to ``fuzz-popcount.json``, where the handshake
-intervals of the overlapped images are checked against the cycle model too.
+intervals of the overlapped images are checked against the cycle model too; ``--kind
+popcount-conv`` random conv nets on it (``random_pop_conv_ir``: kernels, strides, padding,
+OR pooling or none, conv into conv or dense hand-overs), ``fuzz-popcount-conv.json``.
 
 Each case draws a network (depth, sizes, weight bits, keep probabilities, folding, LFSR widths
 and seeds, T) and a few random images, simulates the generated Verilog and compares every score
@@ -34,11 +36,13 @@ from benchmarks._common import provenance, write_results   # noqa: E402
 def one_case(seed: int, simulator: str, images: int, kind: str = "dense") -> dict:
     from hw.top import generate_verilog
     from nsm_export import golden, schedule
-    from nsm_export.testing import random_conv_ir, random_ir, random_pixels, random_pop_ir
+    from nsm_export.testing import (random_conv_ir, random_ir, random_pixels,
+                                    random_pop_conv_ir, random_pop_ir)
     from sim.runner import compare, run_rtl
 
     rng = np.random.default_rng(seed)
-    draw = {"conv": random_conv_ir, "popcount": random_pop_ir}.get(kind, random_ir)
+    draw = {"conv": random_conv_ir, "popcount": random_pop_ir,
+            "popcount-conv": random_pop_conv_ir}.get(kind, random_ir)
     ir = draw(rng)
     px = random_pixels(rng, ir, images)
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,9 +69,11 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--simulator", choices=["icarus", "verilator"], default="icarus")
-    ap.add_argument("--kind", choices=["dense", "conv", "popcount"], default="dense",
-                    help="random MLPs (random_ir), random conv nets (random_conv_ir) or random "
-                         "MLPs on the popcount core (random_pop_ir)")
+    ap.add_argument("--kind", choices=["dense", "conv", "popcount", "popcount-conv"],
+                    default="dense",
+                    help="random MLPs (random_ir), random conv nets (random_conv_ir), random "
+                         "MLPs on the popcount core (random_pop_ir) or random conv nets on it "
+                         "(random_pop_conv_ir)")
     ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
     a = ap.parse_args(argv)
     from tqdm import tqdm

@@ -118,6 +118,18 @@ CONVS = {
 # conv layer and the first dense layer there (the rest and the activations in EBR). The big
 # net's int8 weights (4.2 Mbit in its 1024 x 512 layer) exceed every part's block RAM: those
 # records say by how much.
+# The popcount core (``design: nsm-popcount``): per target, per layer (conv, pool, conv, pool,
+# dense, dense) pe, simd (conv: channels a beat), lanes (draws a clock), weight store, and T'.
+# On the UP5K block RAM sets T' (the keep-bit and spike stores grow with it) and the logic sets
+# pe x simd; the ECP5s take T' 16 (25F) and 8 (85F, the larger net).
+CONVS["fmnist-conv-16c5-p2-32c5-p2-128-10"]["popcount"] = {
+    "ice40-up5k": dict(pe=[16, 1, 8, 1, 1, 1], simd=[4, 1, 8, 1, 8, 1], lanes=[2, 1, 4, 1, 1, 1],
+                       weight_store=["rom", "rom", "rom", "rom", "ram", "rom"], pass_samples=2),
+    "ecp5-25k": dict(pe=[16, 1, 4, 1, 1, 1], simd=[4, 1, 16, 1, 8, 1], lanes=[4, 1, 4, 1, 1, 1],
+                     weight_store=["rom"] * 6, pass_samples=16)}
+CONVS["fmnist-conv-32c5-p2-64c5-p2-512-10"]["popcount"] = {
+    "ecp5-85k": dict(pe=[32, 1, 8, 1, 4, 1], simd=[4, 1, 32, 1, 16, 1], lanes=[4, 1, 8, 1, 2, 1],
+                     weight_store=["rom"] * 6, pass_samples=8)}
 for _name, _mac in (("fmnist-conv-32c5-p2-64c5-p2-512-10",
                      {"ice40-up5k": (4, ["rom", "ram", "ram", "rom"]),
                       "ecp5-25k": (8, ["rom"] * 4), "ecp5-85k": (8, ["rom"] * 4)}),
@@ -154,9 +166,11 @@ def nsm_ir(spec: dict, target: str, T: int, seed: int = 0, variant: str = "nsm")
                     pass_samples=fold.get("pass_samples", 0))
 
 
-def conv_ir(name: str, target: str, T: int, seed: int = 0):
+def conv_ir(name: str, target: str, T: int, seed: int = 0, variant: str = "nsm"):
     """A Fashion-MNIST conv net of ``CONVS`` with random binary weights, folded for ``target``
-    (by :func:`nsm_export.folding.choose_folding` where the table says ``auto``)."""
+    (by :func:`nsm_export.folding.choose_folding` among the kept-list engines where the table
+    says ``auto``); ``variant`` ``nsm-popcount``: on the popcount core, folded as the
+    ``popcount`` table says."""
     from nsm_export.build import IntConv, IntPool
     rng = np.random.default_rng(seed)
     net, levels, p = CONVS[name], len(CONV_SPEC["levels"]), CONV_SPEC["p"]
@@ -174,12 +188,12 @@ def conv_ir(name: str, target: str, T: int, seed: int = 0):
               IntPool(c2, 8, 8, 2, "or"),
               IntLayer(sign(hidden, c2 * 16), rng.integers(-20, 21, hidden), p, 1),
               IntLayer(sign(10, hidden), rng.integers(-8, 9, 10), p, 1)]
-    fold = net["fold"][target]
+    fold = net["popcount"][target] if variant == "nsm-popcount" else net["fold"][target]
     ir = build_ir(layers, input_size=28 * 28, input_threshold=0, samples=T,
                   thresholds=CONV_SPEC["levels"], layout="level-major",
                   **({} if fold == "auto" else fold))
     if fold == "auto":
-        chosen = choose_folding(ir, target).layers
+        chosen = choose_folding(ir, target, pass_samples=0).layers
         ir.layers = [layer.folded(choice) for layer, choice in zip(ir.layers, chosen)]
         ir.validate()
     return ir
@@ -278,7 +292,8 @@ def main(argv=None) -> int:
                 continue                  # the ECP5-85F only for the conv net that needs it
             for design in designs:
                 rec = {"network": name, "target": target, "design": design}
-                if design in ("nsm-simd", "nsm-popcount") and design not in NETWORKS.get(name, {}):
+                if design in ("nsm-simd", "nsm-popcount") and design not in NETWORKS.get(name, {}) \
+                        and target not in CONVS.get(name, {}).get("popcount", {}):
                     continue
                 if design == "nsm-linebuf" and name not in CONVS:
                     continue
@@ -290,7 +305,7 @@ def main(argv=None) -> int:
                 elif name in CONVS:
                     work = a.work / name / design
                     work.mkdir(parents=True, exist_ok=True)
-                    ir = conv_ir(name, target, a.samples)
+                    ir = conv_ir(name, target, a.samples, variant=design)
                     if design == "nsm-linebuf":
                         use_line_buffers(ir)
                         ir.validate()
@@ -300,9 +315,11 @@ def main(argv=None) -> int:
                     rec.update(samples=ir.samples, layers=arch,
                                input="thermometer, 4 levels as channels", weight_bits=1,
                                folding=("choose_folding" if CONVS[name]["fold"][target] == "auto"
-                                        else "by hand"),
+                                        and design != "nsm-popcount" else "by hand"),
                                pe=[getattr(la, "pe", None) for la in ir.layers],
                                lanes=[getattr(la, "lanes", None) for la in ir.layers],
+                               simd=[getattr(la, "simd", None) for la in ir.layers],
+                               pass_samples=ir.layers[0].pass_samples,
                                weight_store=[la.weight_store for la in ir.layers],
                                line_rows=[getattr(la, "line_rows", None) for la in ir.layers],
                                map_kbit=round(_map_bits(ir) / 1024, 1),

@@ -41,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from nsm_export.plan import POP_DRAIN
 from .dense import pop_weight_words, weight_memory
-from .pdense import draw_keep, spike_store, store_wbits, threshold_rom
+from .pdense import draw_keep, spike_store, store_ports, store_wbits, threshold_rom
 from .popcount import PopcountAccumulator
 
 __all__ = ["PopcountConvEngine"]
@@ -77,14 +77,10 @@ class PopcountConvEngine(wiring.Component):
                  "in_half": Out(1), "img_in": In(1), "reseed": In(1), "seed": In(32)}
         if layer.weight_store == "ram":
             ports.update(loading=In(1), load_en=In(1), load_data=In(16))
-        abits = self._wbits + 1
-        if self._first:
-            ports.update(st_we=In(1), st_addr=In(abits), st_data=In(simd))
-        else:
-            ports.update(st_we=In(simd), st_addr=In(simd * abits), st_data=In(simd * tp))
+        ports.update(store_ports(self._first, simd, tp, self._wbits))
         sn = self._next_simd
         nbits = store_wbits(self._next_words()) + 1
-        ports.update(out_we=Out(sn), out_addr=Out(sn * nbits), out_data=Out(sn * tp))
+        ports.update(out_we=Out(sn), out_addr=Out(nbits), out_data=Out(sn * tp))
         super().__init__(ports)
 
     @property
@@ -242,7 +238,7 @@ class PopcountConvEngine(wiring.Component):
                 we.append(writing & (fsig < layer.c_out) & (jw[:sh] == bk if sh else 1))
                 addrs.append(Cat(jw[sh:][:nbits], ppar))
                 datas.append(data)
-        m.d.comb += [self.out_we.eq(Cat(*we)), self.out_addr.eq(Cat(*addrs)),
+        m.d.comb += [self.out_we.eq(Cat(*we)), self.out_addr.eq(addrs[0]),
                      self.out_data.eq(Cat(*datas))]
 
         # --- the pass --------------------------------------------------------------------------

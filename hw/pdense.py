@@ -46,7 +46,8 @@ from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
 from .popcount import PopcountAccumulator
 
-__all__ = ["PopcountDenseEngine", "store_wbits", "spike_store", "draw_keep", "threshold_rom"]
+__all__ = ["PopcountDenseEngine", "store_wbits", "store_ports", "spike_store", "draw_keep",
+           "threshold_rom"]
 
 
 def store_wbits(words: int) -> int:
@@ -104,17 +105,13 @@ class PopcountDenseEngine(wiring.Component):
                  "in_half": Out(1), "img_in": In(1), "reseed": In(1), "seed": In(32)}
         if layer.weight_store == "ram":
             ports.update(loading=In(1), load_en=In(1), load_data=In(16))
-        abits = self._wbits + 1
-        if self._first:
-            ports.update(st_we=In(1), st_addr=In(abits), st_data=In(simd))
-        else:
-            ports.update(st_we=In(simd), st_addr=In(simd * abits), st_data=In(simd * tp))
+        ports.update(store_ports(self._first, simd, tp, self._wbits))
         if layer.output:
             ports.update(scores=Out(layer.n_out * ir.score_bits), clear=In(1))
         else:
             sn = self._next_simd
             nbits = store_wbits(-(-layer.n_out // sn)) + 1
-            ports.update(out_we=Out(sn), out_addr=Out(sn * nbits), out_data=Out(sn * tp))
+            ports.update(out_we=Out(sn), out_addr=Out(nbits), out_data=Out(sn * tp))
         super().__init__(ports)
 
     @property
@@ -228,7 +225,8 @@ class PopcountDenseEngine(wiring.Component):
                 we.append(enable & ok)
                 addrs.append(Cat(wsig[:nbits], ppar))
                 datas.append(data)
-            m.d.comb += [self.out_we.eq(Cat(*we)), self.out_addr.eq(Cat(*addrs)),
+            # every bank's word is the same: the store is one memory (see spike_store)
+            m.d.comb += [self.out_we.eq(Cat(*we)), self.out_addr.eq(addrs[0]),
                          self.out_data.eq(Cat(*datas))]
 
         # --- the pass --------------------------------------------------------------------------
@@ -263,26 +261,31 @@ class PopcountDenseEngine(wiring.Component):
         return m
 
 
+def store_ports(first: bool, simd: int, tp: int, wbits: int) -> dict:
+    """The write ports of an engine's spike store (:func:`spike_store`): the first layer's
+    ``st_we`` 1 bit and ``simd`` spikes of data; a hidden layer's ``st_we`` one bit per bank
+    ``s`` (``T'`` bits of data ``s``); one address (half and word) for every bank."""
+    return {"st_we": In(1 if first else simd), "st_addr": In(wbits + 1),
+            "st_data": In(simd if first else simd * tp)}
+
+
 def spike_store(m: Module, eng, first: bool, simd: int, tp: int, wbits: int, words: int,
                 word, half):
     """The spike store an engine reads (module docstring; ``words`` a half), written through
-    ``eng.st_*``; returns the spikes of word ``word`` of half ``half`` a cycle later, sample
-    ``t`` input ``s`` at bit ``t*simd + s`` (the first layer: ``simd`` spikes that every
+    ``eng.st_*``: one memory, a hidden layer's ``simd`` banks side by side (bank ``s``'s
+    ``T'`` bits at ``s*T'``, each with its own write enable: every writer writes its banks at
+    one address a cycle). Returns the spikes of word ``word`` of half ``half`` a cycle later,
+    sample ``t`` input ``s`` at bit ``t*simd + s`` (the first layer: ``simd`` spikes that every
     sample shares)."""
-    banks, bw, abits = (1, simd, wbits + 1) if first else (simd, tp, wbits + 1)
-    rdata = []
-    for b in range(banks):
-        store = memory.Memory(shape=bw, depth=(1 << wbits) + words, init=[])
-        m.submodules[f"store{b}"] = store
-        wp, rp = store.write_port(), store.read_port()
-        m.d.comb += [wp.en.eq(eng.st_we[b]),
-                     wp.addr.eq(eng.st_addr[b * abits:(b + 1) * abits]),
-                     wp.data.eq(eng.st_data[b * bw:(b + 1) * bw]),
-                     rp.addr.eq(Cat(word, half))]
-        rdata.append(rp.data)
+    width = simd if first else simd * tp
+    m.submodules.store = store = memory.Memory(shape=width, depth=(1 << wbits) + words, init=[])
+    wp = store.write_port(granularity=width if first else tp)
+    rp = store.read_port()
+    m.d.comb += [wp.en.eq(eng.st_we),
+                 wp.addr.eq(eng.st_addr), wp.data.eq(eng.st_data), rp.addr.eq(Cat(word, half))]
     if first:
-        return rdata[0]
-    return Cat(*[rdata[s][t] for t in range(tp) for s in range(simd)])
+        return rp.data
+    return Cat(*[rp.data[s * tp + t] for t in range(tp) for s in range(simd)])
 
 
 def draw_keep(m: Module, eng, layer, ir, tp: int, count_of, passes: int, raddr):

@@ -156,9 +156,10 @@ class Folding:
 
     def apply(self, ir: IR) -> IR:
         """``ir`` with this folding and engine."""
-        layers = [layer.folded(choice) for layer, choice in zip(ir.layers, self.layers)]
+        layers = ir.layers
         if self.pass_samples or any(getattr(la, "pass_samples", 0) for la in layers):
             layers = [la.on_pass_samples(self.pass_samples) for la in layers]
+        layers = [layer.folded(choice) for layer, choice in zip(layers, self.layers)]
         return replace(ir, layers=layers)
 
 

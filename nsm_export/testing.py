@@ -9,7 +9,8 @@ from .build import IntConv, IntLayer, IntPool, bernoulli_probs, build_ir
 from .ir import IR, use_line_buffers
 from .layers import conv_out
 
-__all__ = ["random_ir", "random_pop_ir", "random_conv_ir", "random_pixels", "random_weights"]
+__all__ = ["random_ir", "random_pop_ir", "random_conv_ir", "random_pop_conv_ir", "random_pixels",
+           "random_weights"]
 
 
 def random_ir(rng: np.random.Generator, sizes: list[int] | None = None, samples: int | None = None,
@@ -171,6 +172,77 @@ def random_conv_ir(rng: np.random.Generator, name: str = "nsm", max_conv: int = 
             layer.line_rows = min(layer.line_rows + int(rng.integers(0, 3)), layer.h_in)
         ir.validate()
     return ir
+
+
+def random_pop_conv_ir(rng: np.random.Generator, name: str = "nsm", convs: int | None = None,
+                       samples: int | None = None, pass_samples: int | None = None) -> IR:
+    """A random conv network for the popcount core: one or two conv layers (kernel, stride,
+    zero padding, an OR pooling or none, channels that the next ``simd`` divides), then one or
+    two dense layers; a one-channel image as a threshold or level-major thermometer code; T and
+    T'; weight bits, blank-out and a folding it builds (hidden ``pe`` and the next ``simd``
+    dividing one another, ``lanes <= simd``, the first conv layer's ``simd`` its channels)."""
+    levels = int(rng.choice([1, 2, 4]))
+    wb = int(rng.choice([1, 2, 3, 4]))
+    T = samples if samples is not None else int(rng.integers(1, 6))
+    tp = pass_samples if pass_samples is not None else int(rng.integers(1, T + 1))
+    h = int(rng.integers(6, 13))
+    c, layers, fold = levels, [], []      # fold: (pe, simd, lanes) per layer
+
+    def ps(p):
+        return p if rng.random() < 0.85 else 1.0
+
+    for k_conv in range(convs if convs is not None else int(rng.integers(1, 3))):
+        k = int(rng.integers(1, min(4, h) + 1))
+        pad = int(rng.integers(0, k)) if rng.random() < 0.4 else 0
+        stride = int(rng.choice([1, 1, 2]))
+        ho = conv_out(h, k, stride, pad)
+        if ho < 1:
+            break
+        co = int(rng.choice([2, 4, 6, 8]))
+        w = random_weights(rng, wb, (co, c, k, k))
+        span = max(1, int(np.abs(w).reshape(co, -1).sum(axis=1).max()) // 3)
+        layers.append(IntConv(w, rng.integers(-span, span + 1, co),
+                              ps(float(rng.choice([0.5, 0.75, 0.9]))), wb, h_in=h, w_in=h,
+                              stride=stride, padding=pad))
+        simds = [x for x in (1, 2, 4, 8) if c % x == 0] if k_conv else [c]
+        fold.append([None, int(rng.choice(simds)), None])
+        h = ho
+        P = int(rng.choice([1, 2, 2])) if ho >= 2 else 1
+        if P > 1:
+            layers.append(IntPool(co, h, h, P, "or"))
+            fold.append(None)
+            h //= P
+        c = co
+    n = c * h * h
+    sizes = [int(rng.integers(3, 12)) for _ in range(int(rng.integers(0, 2)))] + \
+        [int(rng.integers(2, 6))]
+    for b in sizes:
+        w = random_weights(rng, wb, (b, n))
+        span = max(1, int(np.abs(w).sum(axis=1).max()) // 3)
+        layers.append(IntLayer(w, rng.integers(-span, span + 1, b),
+                               ps(float(rng.choice([0.5, 0.75, 0.9]))), wb))
+        fold.append([None, int(rng.choice([1, 2, 4, 8])), None])
+        n = b
+    weighted = [i for i, f in enumerate(fold) if f is not None]
+    for j, i in enumerate(weighted):
+        la, f = layers[i], fold[i]
+        f[2] = int(rng.choice([x for x in (1, 2, 4, 8) if x <= f[1]]))
+        outs = la.weights.shape[0]
+        if j == len(weighted) - 1 or (isinstance(la, IntConv)
+                                      and isinstance(layers[weighted[j + 1]], IntLayer)):
+            f[0] = int(rng.integers(1, outs + 1))
+        else:
+            sn = fold[weighted[j + 1]][1]
+            f[0] = int(rng.choice([x for x in range(1, outs + 1) if x % sn == 0 or sn % x == 0]))
+    thresholds = sorted(int(t) for t in rng.choice(np.arange(1, 256), levels, replace=False)) \
+        if levels > 1 else None
+    pick = [(f or [1, 1, 1]) for f in fold]
+    return build_ir(layers, input_size=layers[0].h_in * layers[0].w_in,
+                    input_threshold=int(rng.integers(1, 256)), samples=T,
+                    pe=[f[0] for f in pick], simd=[f[1] for f in pick],
+                    lanes=[f[2] for f in pick], seed=int(rng.integers(1, 2**31)),
+                    lfsr_width=int(rng.choice([16, 24, 32])), name=name, pass_samples=tp,
+                    thresholds=thresholds, layout="level-major" if levels > 1 else "pixel-major")
 
 
 def random_pixels(rng: np.random.Generator, ir: IR, count: int) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""The popcount core (``hw.pdense`` engines in ``hw.ptop``'s pass pipeline): RTL == golden model,
-exactly, and the cycle model exact image by image, on random networks, with input gaps, output
-back-pressure, resets and run seeds; and the IRs it refuses, each in one line."""
+"""The popcount core (``hw.pdense`` and ``hw.pconv`` engines in ``hw.ptop``'s pass pipeline):
+RTL == golden model, exactly, and the cycle model exact image by image, on random dense and
+conv networks, with input gaps, output back-pressure, resets and run seeds; and the IRs it
+refuses, each in one line."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,10 @@ import pytest
 from hw.dense import pop_weight_words
 from hw.top import HardwareError, generate_verilog, weight_image
 from nsm_export import golden, schedule
-from nsm_export.build import IntLayer, build_ir
+from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 from nsm_export.plan import plan
-from nsm_export.testing import random_ir, random_pixels, random_pop_ir, random_weights
+from nsm_export.testing import (random_conv_ir, random_ir, random_pixels, random_pop_conv_ir,
+                                random_pop_ir, random_weights)
 from sim.runner import compare, golden_with_resets, run_rtl
 from tests.support import SIMULATORS
 
@@ -200,12 +202,12 @@ def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
     async def bench(ctx):
         for q in range(len(counts)):                       # fill both halves
             for w in range(W):
-                data = addr = 0
+                data = 0
                 for s in range(simd):
                     j = w * simd + s
                     bits = sum(int(z[q, t, j]) << t for t in range(tp)) if j < layer.n_in else 0
                     data |= bits << (s * tp)
-                    addr |= ((q % 2) << (ab - 1) | w) << (s * ab)
+                addr = (q % 2) << (ab - 1) | w
                 ctx.set(dut.st_we, (1 << simd) - 1)
                 ctx.set(dut.st_addr, addr)
                 ctx.set(dut.st_data, data)
@@ -225,7 +227,7 @@ def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
                 we = ctx.get(dut.out_we)
                 for b in range(next_simd):
                     if we >> b & 1:
-                        seen.append((q, b, ctx.get(dut.out_addr) >> (b * nb) & ((1 << nb) - 1),
+                        seen.append((q, b, ctx.get(dut.out_addr),
                                      ctx.get(dut.out_data) >> (b * tp) & ((1 << tp) - 1)))
                 if ctx.get(dut.done):
                     break
@@ -250,3 +252,150 @@ def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
         for n in range(layer.n_out):
             bits = got[(q, n)]
             assert [bits >> t & 1 for t in range(count)] == spikes[:, n].astype(int).tolist()
+
+
+# --- conv layers on the popcount core (hw.pconv) ----------------------------------------------
+
+def _conv_net(pe, simd, lanes, *, c=(4, 8), k=3, pad=0, stride=1, pool=2, h=12, wb=1, p=0.75,
+              T=4, tp=2, hidden=6, levels=(60, 120, 180, 240), seed=0):
+    """conv(c[0]) [pool] conv(c[1]) [pool] dense(hidden) dense(4) on an ``h x h`` image, a
+    level-major thermometer code (its levels are the first layer's channels); ``pe``,
+    ``simd``, ``lanes`` per weighted layer."""
+    rng = np.random.default_rng(seed)
+    L, layers, fold = len(levels), [], []
+    cin, size = L, h
+    for co in c:
+        ho = (size + 2 * pad - k) // stride + 1
+        layers.append(IntConv(random_weights(rng, wb, (co, cin, k, k)),
+                              rng.integers(-cin * k, cin * k + 1, co) // 3, p, wb, h_in=size,
+                              w_in=size, stride=stride, padding=pad))
+        fold.append(len(layers) - 1)
+        size = ho
+        if pool > 1:
+            layers.append(IntPool(co, size, size, pool, "or"))
+            size //= pool
+        cin = co
+    n = cin * size * size
+    for b in (hidden, 4):
+        layers.append(IntLayer(random_weights(rng, wb, (b, n)), rng.integers(-5, 6, b), p, wb))
+        fold.append(len(layers) - 1)
+        n = b
+    full = [dict(zip(fold, v)) for v in (pe, simd, lanes)]
+    return build_ir(layers, input_size=h * h, input_threshold=0, samples=T,
+                    thresholds=list(levels), layout="level-major",
+                    pe=[full[0].get(i, 1) for i in range(len(layers))],
+                    simd=[full[1].get(i, 1) for i in range(len(layers))],
+                    lanes=[full[2].get(i, 1) for i in range(len(layers))],
+                    pass_samples=tp, seed=seed + 1)
+
+
+# Each hand-over (conv into a conv store, pe above and below its simd; conv into a dense store,
+# one filter a cycle, pe not a power of two, a partial last group), zero padding, stride, no
+# pooling, T' not dividing T, multi-bit weights, no blank-out.
+CONV_CASES = [
+    pytest.param(dict(pe=[4, 4, 4, 4], simd=[4, 2, 4, 4], lanes=[2, 2, 2, 2]), id="conv-pool"),
+    pytest.param(dict(pe=[2, 8, 4, 4], simd=[4, 4, 2, 4], lanes=[4, 4, 2, 4], pad=1, wb=2,
+                      T=5, tp=2), id="pad1-2bit-Tp2-of-5-pe2-into-simd4"),
+    pytest.param(dict(pe=[4, 3, 4, 4], simd=[4, 2, 4, 4], lanes=[1, 2, 1, 1], c=(6, 5),
+                      stride=2, h=13, pool=1, p=1.0), id="stride2-no-pool-partial-group"),
+    pytest.param(dict(pe=[8, 2, 2, 4], simd=[4, 4, 8, 1], lanes=[4, 1, 8, 1], c=(8, 16), k=5,
+                      pad=2, h=14, wb=3, T=3, tp=3), id="k5-pad2-3bit-pe8-into-simd4"),
+]
+
+
+@pytest.mark.icarus
+@pytest.mark.parametrize("kw", CONV_CASES)
+def test_conv_cases_equal_golden_and_cycle_model(tmp_path, kw):
+    ir = _conv_net(**kw)
+    assert plan(ir).popcount and ir.layers[0].draw_order == "hwc"
+    _exact(tmp_path, ir, random_pixels(np.random.default_rng(1), ir, 4))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("simulator", SIMULATORS)
+@pytest.mark.parametrize("seed", range(4))
+def test_random_conv_networks_equal_golden_and_cycle_model(tmp_path, simulator, seed):
+    rng = np.random.default_rng(2000 + seed)
+    ir = random_pop_conv_ir(rng)
+    _exact(tmp_path, ir, random_pixels(rng, ir, 4), simulator)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_conv_core_with_gaps_resets_seeds_and_ram_weights(tmp_path, simulator):
+    """A conv net with its second conv layer's weights in RAM: input gaps and output stalls
+    (each result valid in the model's cycle for the observed handshakes), then resets in the
+    middle of images and run seeds."""
+    ir = _conv_net([4, 4, 4, 4], [4, 2, 4, 4], [2, 2, 2, 2], T=3, tp=2)
+    ir.layers[2].weight_store = "ram"
+    rng = np.random.default_rng(5)
+    px = random_pixels(rng, ir, 6)
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.3, out_stall_prob=0.5, seed=3)
+    cmp = compare(golden.run(ir, px, record=True), rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+    ev = schedule.pop_events(ir, len(px), last_pixel=rtl.last_pixel, handshake=rtl.done_at)
+    assert (rtl.last_pixel + rtl.latency).tolist() == ev["valid"].tolist()
+    resets, seeds = [(2, 40), (4, 300)], [(3, 0xBEEF)]
+    rtl = run_rtl(_build(tmp_path, ir), ir, px, simulator=simulator, work_dir=tmp_path,
+                  in_idle_prob=0.2, resets=resets, seeds=seeds, seed=4)
+    cmp = compare(golden_with_resets(ir, px, resets=resets, seeds=seeds, record=True), rtl)
+    assert cmp.mismatches == 0, cmp.first_mismatch
+
+
+def test_conv_keep_bits_in_hwc_order_are_the_drawers_words():
+    """A popcount conv layer draws pixel-major (hwc): the golden model's keep bit of channel
+    ``c`` at pixel ``(y, x)`` is draw ``(y*W + x)*c_in + c`` of its sample, so the mask
+    drawer's word ``pix * chunks + ch`` (its unchanged layout) holds channels ``ch*simd ..``
+    of pixel ``pix``; the kept-list engine's layers still draw channel-major."""
+    from hw.maskdraw import keep_batches
+    ir = _conv_net([4, 4, 4, 4], [4, 2, 4, 4], [2, 2, 2, 2], T=3, tp=2)
+    la = ir.layers[2]
+    masks = golden.run(ir, random_pixels(np.random.default_rng(0), ir, 2), record=True).masks
+    drawn, _ = keep_batches(la.rng, la.p_num, la.p_bits, la.n_in, [3, 3], la.rng.seed)
+    hwc = np.concatenate(drawn).reshape(2, 3, la.h_in, la.w_in, la.c_in)
+    assert np.array_equal(masks[2].reshape(2, 3, la.c_in, la.h_in, la.w_in),
+                          hwc.transpose(0, 1, 4, 2, 3))
+    kept = random_conv_ir(np.random.default_rng(4))
+    assert all(la.draw_order == "chw" for la in kept.layers if la.kind == "conv2d")
+
+
+def test_conv_popcount_fields_round_trip_and_old_files_load(tmp_path):
+    """``simd``, ``pass_samples`` and ``draw_order`` are written only when set: a kept-list
+    conv IR's file has none of them (files from before them load unchanged)."""
+    from nsm_export.ir import load, save
+    ir = _conv_net([4, 4, 4, 4], [4, 2, 4, 4], [2, 2, 2, 2])
+    save(ir, tmp_path / "pop")
+    back = load(tmp_path / "pop")
+    assert [(la.simd, la.pass_samples, la.draw_order) for la in back.layers
+            if la.kind == "conv2d"] == [(4, 2, "hwc"), (2, 2, "hwc")]
+    old = random_conv_ir(np.random.default_rng(1))
+    for m in old.to_json()["layers"]:
+        if m["kind"] == "conv2d":
+            assert not {"simd", "pass_samples", "draw_order"} & set(m)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda ir: ir.layers[2].__setattr__("draw_order", "chw"),
+     r"^layers\[2\]\.draw_order chw: the popcount conv engine draws a pixel's channels in a "
+     r"row \(hwc\)"),
+    (lambda ir: ir.layers[0].__setattr__("simd", 2),
+     r"^layers\[0\]\.simd 2 must be its 4 channels"),
+    (lambda ir: ir.layers[2].__setattr__("simd", 8),
+     r"^layers\[2\]\.simd 8 must divide its 4 channels"),
+    (lambda ir: ir.layers[1].__setattr__("mode", "majority"),
+     r"^layers\[1\] \(majority pooling\): the popcount conv engine computes OR pooling only"),
+])
+def test_what_the_popcount_core_refuses_in_conv_nets(change, message):
+    ir = _conv_net([4, 4, 4, 4], [4, 2, 4, 4], [2, 2, 2, 2])
+    change(ir)
+    with pytest.raises(HardwareError, match=message):
+        generate_verilog(ir)
+
+
+def test_kept_list_conv_engine_refuses_the_hwc_order():
+    ir = random_conv_ir(np.random.default_rng(3))
+    conv = next(la for la in ir.layers if la.kind == "conv2d")
+    conv.draw_order = "hwc"
+    with pytest.raises(HardwareError, match=r"draw_order hwc: the kept-list conv engine"):
+        generate_verilog(ir)
