@@ -42,7 +42,11 @@ index ``(c*H + y)*W + x``, the order PyTorch's ``reshape`` and ONNX ``Flatten`` 
   zero ``padding`` (padded positions contribute 0, they are not inputs). Blank-out is per input
   *element*, exactly as in a dense layer with ``n_in = c_in*H*W``: one bit per element and sample,
   shared by every filter and position that reads it, drawn for element index ``j = 0 .. n_in-1``
-  in the flattened order above, ``leap`` LFSR steps per bit. Then
+  in the flattened order above, ``leap`` LFSR steps per bit; with ``draw_order: hwc`` (written
+  only when set; the popcount engine's order) the draws of a sample go pixel by pixel instead,
+  the ``c_in`` channels of pixel ``(y, x)`` in a row: draw ``(y*W + x)*c_in + c`` is element
+  ``(c*H + y)*W + x``. ``simd`` (channels a beat) and ``pass_samples`` build the layer on the
+  popcount engine (``hw.pconv``), schedule only. Then
   ``acc[o, y, x] = sum_{c,i,j} w[o,c,i,j] * xi * z[c, y*stride+i-padding, x*stride+j-padding]``
   and ``z[o, y, x] = +1 iff acc[o, y, x] >= threshold[o]``; output ``H' = (H + 2 padding - k) //
   stride + 1`` (same for ``W``). A conv layer is never the output layer. Its ``pe`` (filters in
