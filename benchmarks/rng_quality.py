@@ -30,6 +30,15 @@ On 32 bits with 8-bit ``p``, draws 25 to 32 LFSR steps apart are linearly relate
 comes near the bar where a lag of 1 to 64 draws lands on one of those distances (leaps 8, 9,
 10, 14, 15, 16, 27, 28, 30, 31, 32); the default rule takes 11.
 
+Two kinds of configuration miss the bar with the default leaps
+(``benchmarks/results/rng-quality.json``: 22 of 1,300 records). Width 22, whose polynomial is
+the trinomial x^22 + x + 1: with 8 to 15 bits a draw, no leap up to 88 keeps draws 1 to 64
+apart under 0.01 (exact 0.010 to 0.015). And ``p_num`` = 1 or ``2**p_bits - 1`` with
+``p_bits`` 13 or 14: a million draws hold only ``1e6 / 2**p_bits`` of the rare value, so one
+chance coincidence at some lag reads as a correlation of ``2**p_bits / 1e6`` (0.016 at 14
+bits) while the exact correlation stays under 0.003; at 15 and 16 bits a coincidence is rarer
+still.
+
 Widths below 20 bits repeat within a million draws (a 19-bit LFSR has a period of 524,287
 steps) and are listed with ``period_draws``, not measured; their exact correlations are what
 ``default_leap`` minimizes.

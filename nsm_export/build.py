@@ -44,15 +44,17 @@ def default_leap(width: int, p_bits: int) -> int:
     (:func:`nsm_export.lfsr.lag_correlations` computes that correlation over the period, without
     drawing). Which step distances carry such a relation depends on the feedback polynomial: on
     32 bits with 8-bit ``p``, distances 25 to 32 do, so ``leap = p_bits = 8`` correlates draws
-    4 apart by +0.026 at p = 0.1 and 0.9, and leaps 9 and 10 fail at lags 3 and 3.
+    4 apart by +0.026 at p = 0.1 and 0.9, and leaps 9 and 10 draws 3 apart (27, 30 steps).
 
     The rule: the smallest leap from ``p_bits`` to ``4 * width`` that is coprime to the period
     ``2**width - 1`` (so the stream visits every state) and keeps the exact keep-bit correlation
     of every two draws 1 to :data:`LEAP_LAGS` apart (lanes of a clock, samples of a T' batch,
     nearby inputs) within :data:`LEAP_MARGIN` at each of :func:`leap_probe_p_nums`. The margin
     leaves room for the sampling error of a million-draw measurement (about 0.001 each) under
-    the bar of 0.01 (``benchmarks/rng_quality.py``). Where no leap gets there (some widths
-    under 24 bits with many ``p_bits``), the leap with the smallest largest correlation.
+    the bar of 0.01 (``benchmarks/rng_quality.py``). Where no leap gets there (20 bits with
+    8 to 13 ``p_bits``, 21 with 13, 22 with 7 to 15, most widths under 20), the leap with the
+    smallest largest correlation; on 22 bits (x^22 + x + 1) that is still above 0.01 from 8
+    ``p_bits`` up.
     32 bits: leap 11 for ``p_bits`` 8 to 10, 19 for 11 to 16.
     """
     mask = lfsr.galois_mask(width)
