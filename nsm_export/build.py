@@ -7,6 +7,8 @@ fuzz benches call it with random integer networks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from math import gcd
 
 import numpy as np
 
@@ -14,12 +16,61 @@ from . import lfsr
 from .ir import IR, ConvLayer, DenseLayer, InputSpec, IRError, LfsrSpec, PoolLayer, signed_bits
 
 __all__ = ["IntLayer", "IntConv", "IntPool", "build_ir", "quantize_p", "derive_seed",
-           "DEFAULT_P_BITS", "DEFAULT_LFSR_WIDTH", "DEFAULT_PE", "bernoulli_probs"]
+           "DEFAULT_P_BITS", "DEFAULT_LFSR_WIDTH", "DEFAULT_PE", "bernoulli_probs",
+           "default_leap", "LEAP_LAGS", "LEAP_MARGIN"]
 
 DEFAULT_P_BITS = 8
 DEFAULT_LFSR_WIDTH = 32
 DEFAULT_PE = 8
 ENCODER_SEED_INDEX = 1000      # derive_seed index of the stochastic input encoder's LFSR
+LEAP_LAGS = 64                 # draws apart that default_leap keeps uncorrelated
+LEAP_MARGIN = 0.003            # its bound on the exact |correlation|, against the bar of 0.01
+
+
+def leap_probe_p_nums(p_bits: int) -> list[int]:
+    """The keep probabilities :func:`default_leap` checks: 1, 2**p_bits - 1 and the nearest
+    ``p_num`` to 0.1, 0.25, 0.5, 0.75 and 0.9."""
+    one = 1 << p_bits
+    return sorted({min(max(round(p * one), 1), one - 1) for p in (0, .1, .25, .5, .75, .9, 1)})
+
+
+@lru_cache(maxsize=None)
+def default_leap(width: int, p_bits: int) -> int:
+    """LFSR steps per draw for a newly compiled layer or stochastic encoder.
+
+    A draw reads the low ``p_bits`` bits of the Galois state, which are linear functions of the
+    start state; two draws are independent exactly when their ``2 * p_bits`` functions are, and
+    a linear relation between them correlates their keep bits ``u < p_num``
+    (:func:`nsm_export.lfsr.lag_correlations` computes that correlation over the period, without
+    drawing). Which step distances carry such a relation depends on the feedback polynomial: on
+    32 bits with 8-bit ``p``, distances 25 to 32 do, so ``leap = p_bits = 8`` correlates draws
+    4 apart by +0.026 at p = 0.1 and 0.9, and leaps 9 and 10 draws 3 apart (27, 30 steps).
+
+    The rule: the smallest leap from ``p_bits`` to ``4 * width`` that is coprime to the period
+    ``2**width - 1`` (so the stream visits every state) and keeps the exact keep-bit correlation
+    of every two draws 1 to :data:`LEAP_LAGS` apart (lanes of a clock, samples of a T' batch,
+    nearby inputs) within :data:`LEAP_MARGIN` at each of :func:`leap_probe_p_nums`. The margin
+    leaves room for the sampling error of a million-draw measurement (about 0.001 each) under
+    the bar of 0.01 (``benchmarks/rng_quality.py``). Where no leap gets there (20 bits with
+    8 to 13 ``p_bits``, 21 with 13, 22 with 7 to 15, most widths under 20), the leap with the
+    smallest largest correlation; on 22 bits (x^22 + x + 1) that is still above 0.01 from 8
+    ``p_bits`` up.
+    32 bits: leap 11 for ``p_bits`` 8 to 10, 19 for 11 to 16.
+    """
+    mask = lfsr.galois_mask(width)
+    probes = leap_probe_p_nums(p_bits)
+    best, best_worst = None, np.inf
+    for leap in range(p_bits, 4 * width + 1):
+        if gcd(leap, (1 << width) - 1) != 1:
+            continue
+        r = lfsr.lag_correlations(width, mask, leap, p_bits, probes, range(1, LEAP_LAGS + 1),
+                                  stop_above=best_worst)
+        worst = float(np.abs(r).max())
+        if len(r) == LEAP_LAGS and worst <= LEAP_MARGIN:
+            return leap
+        if len(r) == LEAP_LAGS and worst < best_worst:
+            best, best_worst = leap, worst
+    return best
 
 
 def bernoulli_probs(pixel_max: int, pixel_bits: int, prob_bits: int) -> list[int]:
@@ -140,7 +191,8 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
         p_num = quantize_p(il.p, p_bits, f"layers[{i}].p")
         sampling = p_num < (1 << p_bits)
         rng = (LfsrSpec(width=lfsr_width, mask=lfsr.galois_mask(lfsr_width),
-                        seed=derive_seed(seed, i, lfsr_width), leap=p_bits)
+                        seed=derive_seed(seed, i, lfsr_width),
+                        leap=default_leap(lfsr_width, p_bits))
                if sampling else None)
         common = dict(weights=w, offsets=o, weight_bits=il.weight_bits, p_num=p_num,
                       p_bits=p_bits, rng=rng, acc_bits=0,
@@ -187,7 +239,8 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
                             probs=tuple(int(q) for q in probs) if stoch else (),
                             rng=LfsrSpec(width=lfsr_width, mask=lfsr.galois_mask(lfsr_width),
                                          seed=derive_seed(seed, ENCODER_SEED_INDEX, lfsr_width),
-                                         leap=prob_bits) if stoch else None),
+                                         leap=default_leap(lfsr_width, prob_bits))
+                            if stoch else None),
             layers=out, samples=samples, score_bits=1, name=name, source=source or {})
     ir.score_bits = ir.required_score_bits()
     ir.validate()

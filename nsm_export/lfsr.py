@@ -9,6 +9,9 @@ State update, one step::
     s = (s >> 1) ^ (mask if s & 1 else 0)
 
 A draw advances the state ``leap`` steps and takes the low ``bits`` bits of the new state.
+
+:func:`lag_correlations` computes, exactly and without drawing, how the keep bits ``u < p_num``
+of two draws correlate over the LFSR's period (what the compiler's default leap is chosen by).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "MIN_WIDTH", "MAX_WIDTH", "galois_mask", "step", "advance", "leap_matrix", "apply_matrix",
-    "LeapTable", "draws",
+    "LeapTable", "draws", "keep_correlation", "lag_correlations",
 ]
 
 MIN_WIDTH = 8
@@ -170,3 +173,104 @@ def draws(width: int, mask: int, leap: int, state: int, count: int, bits: int
             s = table.next(s)
             out[i] = s & low
     return out, s
+
+
+# Exact pair statistics. Over one period the state runs through every non-zero value once, so
+# the bits two draws read, ``(a, b) = G x`` for the start state ``x`` (a row of ``G`` per bit read:
+# a linear functional of ``x``), are uniform on the image of ``G``, less ``x = 0``. Two draws whose
+# 2 * bits functionals are independent are independent; a linear relation between them (the
+# kernel of ``G``'s rows) correlates their keep bits by the Walsh coefficients of ``u < p_num`` at
+# the relation's two halves, which is large only where a relation joins high bits of both reads.
+
+def _functional_step(functional: int, mask: int, full: int) -> int:
+    """The functional ``f`` of the state one step later, as a functional of the state now:
+    ``f . step(x) == _functional_step(f) . x`` (``f . x`` = parity of ``f & x``)."""
+    return ((functional << 1) & full) | (int(functional & mask).bit_count() & 1)
+
+
+def _relations(rows: list[int]) -> list[int]:
+    """A basis of the combinations (bit ``i`` takes ``rows[i]``) that XOR to zero."""
+    pivots: dict[int, tuple[int, int]] = {}
+    kernel = []
+    for i, v in enumerate(rows):
+        combo = 1 << i
+        while v:
+            top = v.bit_length() - 1
+            if top not in pivots:
+                pivots[top] = (v, combo)
+                break
+            pv, pc = pivots[top]
+            v, combo = v ^ pv, combo ^ pc
+        if not v:
+            kernel.append(combo)
+    return kernel
+
+
+def _below(p_num: int, bits: int, a: np.ndarray) -> np.ndarray:
+    """Walsh coefficients ``sum over u < p_num of (-1)^popcount(a & u)``, for each ``a``: the
+    values below ``p_num`` are, for each set bit ``j`` of it, the block of ``2**j`` values that
+    share its bits above ``j`` and have bit ``j`` clear."""
+    out = np.zeros(a.shape, dtype=np.float64)
+    for j in range(bits):
+        if p_num >> j & 1:
+            high = np.uint64((p_num >> (j + 1)) << (j + 1))
+            sign = 1.0 - 2.0 * (np.bitwise_count(a & high) & 1)
+            out += np.where(a & np.uint64((1 << j) - 1) == 0, float(1 << j) * sign, 0.0)
+    return out
+
+
+def keep_correlation(width: int, bits: int, first: list[int], second: list[int],
+                     p_nums) -> np.ndarray:
+    """Exact correlation, over one period, of the keep bits ``u < p_num`` of two draws.
+
+    ``first`` and ``second`` are the functionals of the ``bits`` bits each draw reads (bit ``j``
+    of ``u`` is the parity of ``functional[j] & x`` for the start state ``x``); each draw's own
+    functionals must be independent. Returns one correlation per ``p_num`` (1 to
+    ``2**bits - 1``); 0 where the keep bit never changes (``p_num = 1`` with ``bits == width``:
+    the one state below it is the lock-up state).
+    """
+    kernel = _relations(list(first) + list(second))
+    span = np.zeros(1, dtype=np.uint64)
+    for c in kernel:
+        span = np.concatenate([span, span ^ np.uint64(c)])
+    low = np.uint64((1 << bits) - 1)
+    a, b = span & low, span >> np.uint64(bits)
+    total = float((1 << width) - 1)
+    out = []
+    for p_num in p_nums:
+        # Start states (0 included) whose two reads are both below p_num, less the state 0.
+        both = float((_below(p_num, bits, a) * _below(p_num, bits, b)).sum())
+        both = both * 2.0 ** (width - 2 * bits) - 1
+        one = (float(p_num) * 2.0 ** (width - bits) - 1) / total
+        var = one * (1 - one)
+        out.append((both / total - one * one) / var if var > 0 else 0.0)
+    return np.array(out)
+
+
+def lag_correlations(width: int, mask: int, leap: int, bits: int, p_nums, lags,
+                     stop_above: float = np.inf) -> np.ndarray:
+    """Exact keep-bit correlations of draws ``lag`` apart in one stream, for each lag in
+    ``lags`` (ascending) and ``p_num`` in ``p_nums``: shape ``(len(lags), len(p_nums))``.
+
+    Stops at the first lag whose largest ``|correlation|`` exceeds ``stop_above``; the rows
+    returned are the lags reached.
+    """
+    full = (1 << width) - 1
+    # Column i of the transposed leap map: state bit i after ``leap`` steps, as a functional.
+    moved = []
+    for i in range(width):
+        f = 1 << i
+        for _ in range(leap):
+            f = _functional_step(f, mask, full)
+        moved.append(f)
+    first = [1 << j for j in range(bits)]
+    out = np.zeros((len(lags), len(p_nums)))
+    funcs, at = first, 0
+    for row, lag in enumerate(lags):
+        for _ in range(lag - at):
+            funcs = [apply_matrix(moved, f) for f in funcs]
+        at = lag
+        out[row] = keep_correlation(width, bits, first, funcs, p_nums)
+        if np.abs(out[row]).max() > stop_above:
+            return out[:row + 1]
+    return out

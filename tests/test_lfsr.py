@@ -130,7 +130,8 @@ def test_hardware_lanes_are_consecutive_draws_of_the_one_stream(lanes, tail):
     sim.run()
 
 
-# Keep-bit statistics of the streams the hardware uses (IR defaults: 32-bit LFSR, leap = p_bits),
+# Keep-bit statistics of the streams at leap = p_bits (the rule before build.default_leap; the bar
+# itself is tests/test_rng_quality.py),
 # over 3.2e6 draws each (2e5 clocks of 16 lanes, so that the largest of 120 pairwise sample
 # correlations has a standard error near 0.002): lag-1 correlation, the correlation between every
 # pair of the 16 lanes one clock draws, lane k against itself one clock later, and the firing

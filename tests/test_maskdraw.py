@@ -309,7 +309,7 @@ def test_keep_bits_quality(width, leap, p):
 
 @pytest.mark.slow
 def test_quality_bar_rejects_todays_default():
-    """The bar has the power to see the known defect: 32 bits, leap 8 (today's default), at
-    p = 0.1 correlates draws 4 apart (32 steps, the width)."""
+    """The bar has the power to see the known defect: 32 bits, leap 8 (the rule leap = p_bits
+    that default_leap replaced), at p = 0.1 correlates draws 4 apart (32 steps, the width)."""
     q = keep_quality(32, 8, int(round(0.1 * (1 << Q_P_BITS))))
     assert not _passes(q) and q["worst_lag"] == 4 and q["lags"] > 0.02, q
