@@ -53,7 +53,8 @@ def _search(ir: IR, target: Target, options: list[list[tuple]], start: dict,
         tables.append(([rows[i][0] for i in keep], vec[keep]))
     total = int(np.prod([len(t[0]) for t in tables]))
     if total > _MAX_CANDIDATES:          # deep networks: a spread of each layer's options
-        n = max(2, int(_MAX_CANDIDATES ** (1 / len(tables))))
+        # (layers with one option, such as pooling, take no share of the budget)
+        n = max(2, int(_MAX_CANDIDATES ** (1 / sum(len(t[0]) > 1 for t in tables))))
         picks = [np.unique(np.linspace(0, len(o) - 1, n).round().astype(int)) for o, _ in tables]
         tables = [([o[i] for i in pick], v[pick]) for (o, v), pick in zip(tables, picks)]
     idx = np.indices([len(t[0]) for t in tables]).reshape(len(tables), -1)

@@ -30,9 +30,15 @@ _LUTS_PER_GATHER_BIT = 1.5   # a conv window's kept-input compaction, per lane x
 # 2,538 estimated without it), so a rough figure.
 _CONV_FIXED_LUTS = 620
 _CONV_FIXED_FFS = 225
-# The popcount conv engine's position, window and pooled-pixel counters and address sums
-# beyond a dense popcount engine's (a first guess, refitted on synthesis below)
-_POP_CONV_LUTS = 250
+# The popcount conv engine (hw.pconv), fitted on two synthesized Fashion-MNIST conv nets
+# 16c5-p2-32c5-p2-128-10 (benchmarks/hardware.py, design nsm-popcount): on the UP5K at T' 2,
+# 3,783 LUT4s; on the ECP5-25F at T' 16, 16,603 LUTs. Per conv engine its popcount terms cost
+# 0.93 of a dense engine's and its own control (position, window and pooled-pixel counters,
+# the running address, the pooling register's logic) about 30 LUTs beyond them; yosys shares
+# much of a conv engine's control with its drawer and store logic. Two builds, two
+# coefficients: a calibration, checked on the ECP5-85F build of the larger net.
+_POP_CONV_SYNAPSE_SCALE = 0.93
+_POP_CONV_LUTS = 30
 _POP_CONV_FFS = 120
 
 
@@ -344,8 +350,8 @@ class ConvLayer(Weighted):
         :func:`nsm_export.estimate.fixed_cost`."""
         if self.popcount:
             cost = pop_cost(self, target, pe, lanes, simd, store,
-                            beats=self.kernel ** 2 * -(-self.c_in // simd), out_inputs=0)
-            cost["luts"] += E.LANE_LUT_SCALE[target.family] * _POP_CONV_LUTS
+                            beats=self.kernel ** 2 * -(-self.c_in // simd), out_inputs=0,
+                            synapse_scale=_POP_CONV_SYNAPSE_SCALE, engine_luts=_POP_CONV_LUTS)
             cost["ffs"] += _POP_CONV_FFS + pe * self.pass_samples
             return cost
         q = self.c_in * self.kernel ** 2

@@ -310,14 +310,17 @@ def _combine(pick: dict, fixed: dict) -> list[tuple]:
 
 
 def pop_cost(layer, target, pe: int, lanes: int, simd: int, store: str, beats: int,
-             out_inputs: int) -> dict:
+             out_inputs: int, synapse_scale: float = 1.0, engine_luts: float | None = None
+             ) -> dict:
     """A popcount engine (dense or conv) at this folding (:mod:`nsm_export.estimate`'s
     ``POP_*``): per synapse-sample and weight bit its gate and share of a popcount tree; per
     accumulator bit an adder and a register; the stage-1 count registers; the mask drawer (LFSR
     lanes, double-buffered keep store of ``ceil(n_in / simd)`` words); the spike store it
     writes (two halves of ``out_inputs`` inputs; the first layer's is the top's, in
     :func:`nsm_export.estimate.fixed_cost`) and its weights, ``beats`` words per neuron group
-    (per position for a conv layer; the thresholds land in logic)."""
+    (per position for a conv layer; the thresholds land in logic). ``synapse_scale`` and
+    ``engine_luts`` replace the dense engine's fit (1 and ``POP_ENGINE_LUTS``) for another
+    kind's."""
     tp, wb = layer.pass_samples, layer.weight_bits
     scale = E.LANE_LUT_SCALE[target.family]
     G = -(-layer.weights.shape[0] // pe)
@@ -331,8 +334,9 @@ def pop_cost(layer, target, pe: int, lanes: int, simd: int, store: str, beats: i
         ab = signed_bits(-l1 - int(layer.offsets.max()), l1 - int(layer.offsets.min()))
     synapses = accs * per_acc * wb + (0 if layer.output else tp * simd)
     count_bits = accs * wb * per_acc.bit_length()
-    cost = {"luts": scale * (E.POP_LUTS_PER_SYNAPSE * synapses
-                             + E.POP_LUTS_PER_ACC_BIT * accs * ab) + E.POP_ENGINE_LUTS,
+    cost = {"luts": scale * synapse_scale * (E.POP_LUTS_PER_SYNAPSE * synapses
+                                             + E.POP_LUTS_PER_ACC_BIT * accs * ab)
+            + (E.POP_ENGINE_LUTS if engine_luts is None else engine_luts),
             "ffs": synapses + accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0,
             "spram": 0}
     E.weight_store_cost(cost, target, pe * simd * wb, G * beats, store)
