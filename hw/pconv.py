@@ -14,8 +14,8 @@ Every beat reads one weight word (``pe`` filters x ``simd`` channels of one wind
 ``(i, j)``), the keep bits and the spikes of that pixel's channel chunk, and adds
 ``pe x simd`` gated synapses for each of the ``T'`` samples (:class:`hw.popcount.
 PopcountAccumulator`); window pixels in the zero padding are gated like blanked inputs. The
-window's word address is a running sum (no multiplier): ``+1`` a beat, ``+ (W - k)·chunks``
-more at the end of a window row.
+window streamer :class:`hw.window.WindowWalk` gives each beat's words (a running sum, no
+multiplier) and flags, in the order of :func:`hw.window.walk_model`.
 
 Schedule of a pass (:meth:`nsm_export.layers.ConvLayer.pass_cycles`, checked in simulation):
 
@@ -35,7 +35,7 @@ then for each pooled pixel ``(py, px)`` (row-major) and each of its ``G`` filter
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -43,6 +43,7 @@ from nsm_export.plan import POP_DRAIN
 from .dense import pop_weight_words, weight_memory
 from .pdense import draw_keep, spike_store, store_ports, store_wbits, threshold_rom
 from .popcount import PopcountAccumulator
+from .window import WindowWalk
 
 __all__ = ["PopcountConvEngine"]
 
@@ -97,42 +98,21 @@ class PopcountConvEngine(wiring.Component):
         layer, ir = self._layer, self._ir
         tp, simd, pe, wb, ab = self._tp, layer.simd, layer.pe, layer.weight_bits, self._ab
         G, B, NP = layer.groups, layer.words, len(self._counts)
-        k, s, pad, P = layer.kernel, layer.stride, layer.padding, self._pool
-        H, W, chunks = layer.h_in, layer.w_in, layer.chunks
+        P, H, W, chunks = self._pool, layer.h_in, layer.w_in, layer.chunks
         hp, wp = self._hp, self._wp
         wbits = self._wbits
-        Wc = W * chunks                       # words a map row
 
-        # --- the window walk: counters and the running word address ----------------------------
-        ch = Signal(range(max(2, chunks)))
-        j = Signal(range(max(2, k)))
-        i = Signal(range(max(2, k)))
-        b = Signal(range(max(2, P)))          # the conv position in the pooling window
-        a = Signal(range(max(2, P)))
-        g = Signal(range(max(2, G)))
-        px = Signal(range(max(2, wp)))
-        py = Signal(range(max(2, hp)))
-        span = (H + 2 * pad + k) * Wc + chunks
-        addr = Signal(signed(span.bit_length() + 1))   # the beat's word (may lie in padding)
-        pbase = Signal(signed(len(addr)))              # position (py*P, px*P)'s first word
-        rowbase = Signal(signed(len(addr)))            # position (py*P, 0)'s first word
-        start0 = -pad * Wc - pad * chunks
-        offs = Array([Array([Const(aa * s * Wc + bb * s * chunks, signed(len(addr)))
-                             for bb in range(P)]) for aa in range(P)])
-
-        last_ch = ch == chunks - 1
-        last_j = last_ch & (j == k - 1)
-        last_i = last_j & (i == k - 1)                 # the position's last beat
-        last_b = last_i & (b == P - 1)
-        last_pos = last_b & (a == P - 1)               # the group's last beat
+        # --- the window walk (hw.window): the beat's store word, weight word and flags ------
+        m.submodules.walk = walk = WindowWalk(layer, P)
+        g = Signal(range(max(2, G)))          # the group being written (and its thresholds)
 
         # --- spike store, weights, keep bits --------------------------------------------------
         ppar, ipar = Signal(), Signal()
         half = ipar if self._first else ppar
-        word = addr[:wbits]
+        word = walk.word[:wbits]
         spikes = spike_store(m, self, self._first, simd, tp, wbits,
                              H * W * chunks, word, half)
-        waddr = Signal(range(max(2, G * B)))
+        waddr = walk.waddr
         wsel = Signal(range(max(2, G * B)))
         (wdata,), laddr = weight_memory(m, layer, pop_weight_words(layer), [wsel], self,
                                         self._rom_name)
@@ -145,18 +125,8 @@ class PopcountConvEngine(wiring.Component):
         count_of = (lambda q: Mux(q == NP - 1, self._counts[-1], tp)) if NP > 1 \
             else (lambda q: self._counts[0])
 
-        # Inside the map (zero padding is gated): the window pixel's row and column.
-        inside1 = Signal()
-        if pad:
-            yb = Signal(signed(16))           # py*P*s - pad
-            xb = Signal(signed(16))
-            ys = Array([Const(aa * s, 8) for aa in range(P)])
-            y = Signal(signed(17))
-            x = Signal(signed(17))
-            m.d.comb += [y.eq(yb + ys[a] + i), x.eq(xb + ys[b] + j)]
-            m.d.sync += inside1.eq((y >= 0) & (y < H) & (x >= 0) & (x < W))
-        else:
-            m.d.sync += inside1.eq(1)
+        inside1 = Signal()                    # the beat's pixel lies inside the map
+        m.d.sync += inside1.eq(walk.inside)
         if layer.sampling:
             keep = draw_keep(m, self, layer, ir, tp, count_of, NP, word)
             keep = keep & inside1.replicate(tp * simd)
@@ -242,52 +212,23 @@ class PopcountConvEngine(wiring.Component):
                      self.out_data.eq(Cat(*datas))]
 
         # --- the pass --------------------------------------------------------------------------
-        def next_pixel():
-            """After a pooled pixel's last group: the next pooled pixel's first position."""
-            with m.If(px == wp - 1):
-                down = rowbase + P * s * Wc
-                m.d.sync += [px.eq(0), py.eq(py + 1), pbase.eq(down), rowbase.eq(down),
-                             addr.eq(down)]
-                if pad:
-                    m.d.sync += [xb.eq(-pad), yb.eq(yb + P * s)]
-            with m.Else():
-                right = pbase + P * s * chunks
-                m.d.sync += [px.eq(px + 1), pbase.eq(right), addr.eq(right)]
-                if pad:
-                    m.d.sync += xb.eq(xb + P * s)
-
+        final = Signal()                      # the group being written is the pass's last
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [cnt.eq(count_of(ek)), ch.eq(0), j.eq(0), i.eq(0), a.eq(0),
-                                 b.eq(0), g.eq(0), gf.eq(0), px.eq(0), py.eq(0), waddr.eq(0),
-                                 kw.eq(0),
-                                 addr.eq(start0), pbase.eq(start0), rowbase.eq(start0)]
-                    if pad:
-                        m.d.sync += [yb.eq(-pad), xb.eq(-pad)]
+                    m.d.comb += walk.start.eq(1)
+                    m.d.sync += [cnt.eq(count_of(ek)), g.eq(0), gf.eq(0), kw.eq(0)]
                     if self._consumer == "map":
                         m.d.sync += obase.eq(0)
                     else:
                         m.d.sync += [jw.eq(0), pix.eq(0)]
                     m.next = "BEAT"
             with m.State("BEAT"):
-                m.d.comb += [issue_last.eq(last_i), issue_first.eq((a == 0) & (b == 0))]
-                m.d.sync += [v1.eq(1),
-                             first1.eq((ch == 0) & (j == 0) & (i == 0)),
-                             ch.eq(ch + 1), waddr.eq(waddr + 1), addr.eq(addr + 1)]
-                with m.If(last_ch):
-                    m.d.sync += [ch.eq(0), j.eq(j + 1)]
-                with m.If(last_j):
-                    m.d.sync += [j.eq(0), i.eq(i + 1), addr.eq(addr + 1 + Wc - k * chunks)]
-                with m.If(last_i):
-                    # the next position of the pooling window (or the first again)
-                    nb = Mux(last_b, 0, b + 1)
-                    na = Mux(last_b, Mux(a == P - 1, 0, a + 1), a)
-                    m.d.sync += [i.eq(0), b.eq(nb), a.eq(na),
-                                 addr.eq(pbase + offs[na][nb] if P > 1 else pbase)]
-                    with m.If(~last_pos):
-                        m.d.sync += waddr.eq(waddr - (B - 1))   # the group's words again
-                with m.If(last_pos):
+                m.d.comb += [walk.en.eq(1), issue_last.eq(walk.last),
+                             issue_first.eq(walk.pool_first)]
+                m.d.sync += [v1.eq(1), first1.eq(walk.first)]
+                with m.If(walk.group_last):
+                    m.d.sync += final.eq(walk.pass_last)
                     m.next = "DRAIN1"
             for d in range(1, POP_DRAIN + 1):
                 with m.State(f"DRAIN{d}"):
@@ -300,19 +241,18 @@ class PopcountConvEngine(wiring.Component):
                 with m.If(kw == self._wc - 1):
                     m.d.sync += [kw.eq(0), g.eq(g + 1), gf.eq(gf + pe)]
                     with m.If(g == G - 1):
-                        m.d.sync += [g.eq(0), gf.eq(0), waddr.eq(0)]
+                        m.d.sync += [g.eq(0), gf.eq(0)]
                         if self._consumer == "map":
                             m.d.sync += obase.eq(obase + -(-layer.c_out // sn))
                         else:
                             m.d.sync += [pix.eq(pix + 1), jw.eq(pix + 1)]
-                        with m.If((px == wp - 1) & (py == hp - 1)):
+                        with m.If(final):
                             m.d.comb += self.done.eq(1)
                             m.d.sync += [ek.eq(Mux(ek == NP - 1, 0, ek + 1)), ppar.eq(~ppar)]
                             if self._first:
                                 m.d.sync += ipar.eq(Mux(ek == NP - 1, ~ipar, ipar))
                             m.next = "IDLE"
                         with m.Else():
-                            next_pixel()
                             m.next = "BEAT"
                     with m.Else():
                         m.next = "BEAT"
