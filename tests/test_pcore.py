@@ -399,3 +399,106 @@ def test_kept_list_conv_engine_refuses_the_hwc_order():
     conv.draw_order = "hwc"
     with pytest.raises(HardwareError, match=r"draw_order hwc: the kept-list conv engine"):
         generate_verilog(ir)
+
+
+@pytest.mark.parametrize("engine,kw", [
+    (0, dict(pe=[2, 4, 4, 4], simd=[4, 4, 4, 4], lanes=[2, 2, 2, 2], pad=1, T=3, tp=2)),
+    (1, dict(pe=[4, 2, 4, 4], simd=[4, 2, 8, 4], lanes=[2, 2, 2, 2], T=3, tp=2)),
+    (1, dict(pe=[4, 8, 4, 4], simd=[4, 4, 2, 4], lanes=[1, 4, 2, 4], wb=2, pool=1, h=9,
+             T=2, tp=2, c=(4, 8))),
+])
+def test_conv_engine_alone_against_its_pass_model(engine, kw):
+    """One PopcountConvEngine in Amaranth's simulator, fed through its spike store and read at
+    its output port, pass by pass: its threshold, pooling and hand-over stage writes, for
+    every filter, pooled pixel and sample, the golden conv layer's spikes (``acc >=
+    threshold``, then the OR pooling) with the keep bits of the hwc draw order, into the bank,
+    word and half of the next engine's store (a conv engine's pixel-chunk words, or a dense
+    engine's channel-major inputs); ``done`` comes ``pass_cycles - 1`` cycles after ``start``."""
+    from amaranth.sim import Simulator
+    from hw.maskdraw import keep_batches
+    from hw.pconv import PopcountConvEngine
+    from hw.pdense import store_wbits
+    ir = _conv_net(**kw)
+    st = plan(ir)[engine]
+    layer, pool, T, tp = st.layer, st.pool, ir.samples, kw["tp"]
+    first = engine == 0
+    dut = PopcountConvEngine(layer, ir, st)
+    rng = np.random.default_rng(engine)
+    counts = layer.pass_counts(T)[:2]
+    H, W, C, simd, chunks = layer.h_in, layer.w_in, layer.c_in, layer.simd, layer.chunks
+    # spikes in, per pass: (count, c, y, x); the first layer's code is shared by every sample
+    z = rng.integers(0, 2, size=(len(counts), tp, C, H, W)).astype(bool)
+    if first:
+        z[:] = z[:1, :1]
+    drawn, _ = keep_batches(layer.rng, layer.p_num, layer.p_bits, layer.n_in, counts,
+                            layer.rng.seed)
+    wbits = store_wbits(H * W * chunks)
+    sn = st.next_simd
+    seen, timing = [], []
+
+    async def bench(ctx):
+        for q in range(len(counts) if not first else 1):       # fill the halves
+            for pix in range(H * W):
+                y, x = divmod(pix, W)
+                for ch in range(1 if first else chunks):
+                    if first:
+                        data = sum(int(z[0, 0, c, y, x]) << c for c in range(C))
+                        addr = pix
+                    else:
+                        data = sum(int(z[q, t, ch * simd + s, y, x]) << (s * tp + t)
+                                   for s in range(simd) for t in range(tp))
+                        addr = (q % 2) << wbits | (pix * chunks + ch)
+                    ctx.set(dut.st_we, 1 if first else (1 << simd) - 1)
+                    ctx.set(dut.st_addr, addr)
+                    ctx.set(dut.st_data, data)
+                    await ctx.tick()
+        ctx.set(dut.st_we, 0)
+        ctx.set(dut.img_in, 1)
+        await ctx.tick()
+        ctx.set(dut.img_in, 0)
+        for q in range(len(counts)):
+            while not ctx.get(dut.ready):
+                await ctx.tick()
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            n = 1
+            while True:
+                we = ctx.get(dut.out_we)
+                for b in range(sn):
+                    if we >> b & 1:
+                        seen.append((q, b, ctx.get(dut.out_addr),
+                                     ctx.get(dut.out_data) >> (b * tp) & ((1 << tp) - 1)))
+                if ctx.get(dut.done):
+                    break
+                n += 1
+                await ctx.tick()
+            timing.append(n)
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert timing == [st.pass_cycles() - 1] * len(counts), (timing, counts)
+    P = pool.size if pool else 1
+    hp, wp = layer.h_out // P, layer.w_out // P
+    nb = store_wbits(-(-layer.c_out * hp * wp // sn))
+    got = {}
+    for q, b, addr, bits in seen:
+        assert addr >> nb == q % 2
+        got[(q, addr & ((1 << nb) - 1), b)] = bits
+    for q, count in enumerate(counts):
+        keep = layer.keep_in_order(drawn[q][None])                 # (1, count, n_in)
+        spikes = layer.execute(z[q if not first else 0, :count].reshape(1, count, -1), keep)
+        if pool:
+            spikes = pool.execute(spikes, None)
+        spikes = spikes.reshape(count, layer.c_out, hp * wp)
+        for f in range(layer.c_out):
+            for p in range(hp * wp):
+                if st.consumer == "map":
+                    where = (p * -(-layer.c_out // sn) + f // sn, f % sn)
+                else:
+                    where = divmod(f * hp * wp + p, sn)
+                bits = got[(q, *where)]
+                assert [bits >> t & 1 for t in range(count)] == spikes[:, f, p].tolist()
