@@ -13,7 +13,10 @@ finish (a cut-off run keeps the builds it made):
 
 ``--reestimate`` recomputes every record's ``estimate`` with the current coefficients (after a
 refit) and adds ``estimate_error`` (estimate / measured - 1) for LUTs, flip-flops and block
-RAM; a design that did not fit keeps yosys's counts from its error line.
+RAM; a design that did not fit keeps yosys's counts from its error line. The conv nets' builds
+on the popcount core are ``benchmarks/hardware.py``'s (``design: nsm-popcount``): the
+re-estimate takes their synthesized figures from ``hardware.json`` (``source`` and
+``command`` name it) and adds them here beside the estimate of the same IR.
 """
 
 from __future__ import annotations
@@ -97,10 +100,38 @@ def one(build, work: Path) -> dict:
     return rec
 
 
+def conv_records(hardware: Path) -> list[dict]:
+    """The conv nets' popcount builds of ``hardware.json``, each with its synthesized figures
+    and the estimate of the same IR (:func:`benchmarks.hardware.conv_ir`)."""
+    from benchmarks.hardware import conv_ir
+    from nsm_export.devices import TARGETS
+    from nsm_export.estimate import estimate
+    out = []
+    for r in json.loads(hardware.read_text()):
+        if r["design"] != "nsm-popcount" or "conv" not in r["network"] or not r.get("luts"):
+            continue
+        ir = conv_ir(r["network"], r["target"], r["samples"], variant="nsm-popcount")
+        est = estimate(ir, TARGETS[r["target"]])
+        out.append({"network": r["network"], "target": r["target"], "samples": r["samples"],
+                    "pass_samples": r["pass_samples"], "pe": r["pe"], "simd": r["simd"],
+                    "lanes": r["lanes"], "weight_store": r["weight_store"],
+                    "estimate": {k: round(float(v), 1) for k, v in est.items()},
+                    "luts": r["luts"], "ffs": r["ffs"], "bram": r["ebr"],
+                    "spram": r["spram"], "dsps": r["dsps"], "fmax_mhz": r["fmax_mhz"],
+                    "cycles_per_inference": r["cycles_per_inference"],
+                    "inferences_per_s": r["inferences_per_s"],
+                    "source": "benchmarks/results/hardware.json", "command": r["command"],
+                    "estimate_error": {k: round(float(est[k]) / r[m] - 1, 3)
+                                       for k, m in (("luts", "luts"), ("ffs", "ffs"),
+                                                    ("bram", "ebr")) if r.get(m)}})
+    return out
+
+
 def reestimate(path: Path, argv) -> int:
     from nsm_export.devices import TARGETS
     from nsm_export.estimate import estimate
     data = json.loads(path.read_text())
+    data["records"] = [r for r in data["records"] if "source" not in r]
     for rec in data["records"]:
         b = next(b for b in BUILDS if (b[0], b[1], b[5], b[6], b[8]) == (
             rec["network"], rec["target"], rec["pe"], rec["simd"], rec["pass_samples"]))
@@ -112,6 +143,7 @@ def reestimate(path: Path, argv) -> int:
         rec["estimate_error"] = {k: round(est[k] / rec[m_k] - 1, 3)
                                  for k, m_k in (("luts", "luts"), ("ffs", "ffs"),
                                                 ("bram", "bram")) if rec.get(m_k)}
+    data["records"] += conv_records(ROOT / "benchmarks" / "results" / "hardware.json")
     data["reestimate_command"] = provenance("pop_calibration.py", argv)["command"]
     write_results(path, data)
     for rec in data["records"]:
