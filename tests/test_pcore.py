@@ -254,6 +254,81 @@ def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
             assert [bits >> t & 1 for t in range(count)] == spikes[:, n].astype(int).tolist()
 
 
+@pytest.mark.parametrize("pe,simd,tp,T,wb", [(3, 4, 3, 5, 3), (5, 2, 2, 4, 1), (2, 8, 4, 4, 2)])
+def test_output_engine_alone_against_its_score_model(pe, simd, tp, T, wb):
+    """The output PopcountDenseEngine alone: after the passes of an image its scores are
+    ``T x bias`` plus, over every sample, ``sum(keep * ±w)`` with the golden draw order's keep
+    bits (its popcount spans ``T' x simd`` inputs and adds the samples of a pass together);
+    ``clear`` brings back ``T x bias``; every pass takes ``pass_cycles``."""
+    from amaranth.sim import Simulator
+    from hw.maskdraw import keep_batches
+    from hw.pdense import PopcountDenseEngine, store_wbits
+    ir = _net([7, 11, 6], [1, pe], [1, simd], [1, min(simd, 2)], [1.0, 0.75], T, tp, wb)
+    st = plan(ir)[1]
+    layer, sb = st.layer, ir.score_bits
+    dut = PopcountDenseEngine(layer, ir, st)
+    rng = np.random.default_rng(pe)
+    counts = layer.pass_counts(T)
+    z = rng.integers(0, 2, size=(len(counts), tp, layer.n_in))
+    keep, _ = keep_batches(layer.rng, layer.p_num, layer.p_bits, layer.n_in, counts,
+                           layer.rng.seed)
+    wbits = store_wbits(layer.words)
+    scores, timing = [], []
+
+    def read(ctx):
+        raw = ctx.get(dut.scores)
+        vals = [raw >> (c * sb) & ((1 << sb) - 1) for c in range(layer.n_out)]
+        return [v - (1 << sb) if v >> (sb - 1) else v for v in vals]
+
+    async def bench(ctx):
+        scores.append(read(ctx))                        # at reset: T x bias
+        for q in range(len(counts)):
+            for w in range(layer.words):                # this pass's spikes, into half q % 2
+                data = 0
+                for sd in range(simd):
+                    j = w * simd + sd
+                    bits = sum(int(z[q, t, j]) << t for t in range(tp)) if j < layer.n_in else 0
+                    data |= bits << (sd * tp)
+                ctx.set(dut.st_we, (1 << simd) - 1)
+                ctx.set(dut.st_addr, (q % 2) << wbits | w)
+                ctx.set(dut.st_data, data)
+                await ctx.tick()
+            ctx.set(dut.st_we, 0)
+            if q == 0:
+                ctx.set(dut.img_in, 1)
+                await ctx.tick()
+                ctx.set(dut.img_in, 0)
+            while not ctx.get(dut.ready):
+                await ctx.tick()
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            n = 1
+            while not ctx.get(dut.done):
+                n += 1
+                await ctx.tick()
+            timing.append(n)
+            await ctx.tick()
+        scores.append(read(ctx))
+        ctx.set(dut.clear, 1)
+        await ctx.tick()
+        ctx.set(dut.clear, 0)
+        scores.append(read(ctx))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert timing == [st.pass_cycles() - 1] * len(counts)
+    bias = [T * int(b) for b in layer.offsets]
+    w = layer.weights.astype(np.int64)
+    total = np.array(bias)
+    for q, count in enumerate(counts):
+        x = np.where(keep[q], np.where(z[q, :count], 1, -1), 0)
+        total = total + (x @ w.T).sum(axis=0)
+    assert scores == [bias, total.tolist(), bias]
+
+
 # --- conv layers on the popcount core (hw.pconv) ----------------------------------------------
 
 def _conv_net(pe, simd, lanes, *, c=(4, 8), k=3, pad=0, stride=1, pool=2, h=12, wb=1, p=0.75,
