@@ -502,15 +502,19 @@ def _resource_cells(r: dict) -> list[str]:
             copies = f"{m['copies']} × " if m.get("copies", 1) > 1 else ""
             parts.append(f"{name} {copies}{m['width']}×{m['depth']}")
     if r["kind"] == "conv2d":
-        m = mems["map"]
-        parts.append(f"input map {m['width']}×{m['depth']}"
-                     + (" (double-buffered)" if r["double_buffered"] else ""))
+        if "map" in mems:                 # the kept-list engine's input map and mask
+            m = mems["map"]
+            parts.append(f"input map {m['width']}×{m['depth']}"
+                         + (" (double-buffered)" if r["double_buffered"] else ""))
         if "mask" in mems:
             parts.append(f"mask {mems['mask']['width']}×{mems['mask']['depth']}")
         kind = f"conv2d {r['kernel']}×{r['kernel']}, stride {r['stride']}, pad {r['padding']}"
         sizes = f"{_shape(r['in_shape'])} → {_shape(r['out_shape'])}"
         n = r["channel_lanes"]
-        fold = f"{r['pe']} × {r['groups']}, {n} channel{'s' if n > 1 else ''} / clock"
+        if r.get("pass_samples"):
+            fold = f"{r['pe']} × {r['groups']}, simd {r['simd']}, T' {r['pass_samples']}"
+        else:
+            fold = f"{r['pe']} × {r['groups']}, {n} channel{'s' if n > 1 else ''} / clock"
     else:
         kind, sizes = r["kind"], f"{r['n_in']:,} → {r['n_out']:,}"
         fold = f"{r['pe']} × {r['groups']}" + (f", simd {r['simd']}" if r.get("simd", 1) > 1

@@ -314,3 +314,34 @@ def test_conv_report_with_cosimulation(tmp_path):
     assert "| 1 | OR pool 2×2 | 4×8×8 → 4×4×4 |" in md and "computed by the conv engine" in md
     assert "| 0 conv2d+pool |" in md and "| 2 conv2d |" in md and "| 3 dense |" in md
     assert "**bit-exact**" in md and "| cycle model exact (every image) | yes |" in md
+
+
+@pytest.mark.slow
+@pytest.mark.icarus
+def test_popcount_conv_report_with_cosimulation(tmp_path):
+    """A conv net on the popcount core: ``nsm sim`` is bit-exact and cycle-exact, and the
+    report's resource rows show its stores and folding (simd, T'), its cycles the core's."""
+    rng = np.random.default_rng(5)
+    c0 = IntConv(rng.integers(-3, 4, (4, 1, 3, 3)), rng.integers(-4, 5, 4), p=0.5,
+                 weight_bits=3, h_in=8, w_in=8, stride=1, padding=1)
+    c1 = IntConv(rng.integers(-1, 2, (8, 4, 2, 2)), rng.integers(-4, 5, 8), p=0.75,
+                 weight_bits=2, h_in=4, w_in=4, stride=1, padding=0)
+    hid = IntLayer(rng.integers(-3, 4, (6, 72)), rng.integers(-2, 3, 6), p=0.5, weight_bits=3)
+    out = IntLayer(rng.integers(-3, 4, (10, 6)), rng.integers(-2, 3, 10), p=1.0, weight_bits=3)
+    ir = build_ir([c0, IntPool(4, 8, 8, 2, "or"), c1, hid, out], input_size=64,
+                  input_threshold=8, samples=3, pe=[2, 1, 4, 2, 3], simd=[1, 1, 2, 2, 1],
+                  lanes=[1, 1, 2, 2, 1], seed=7, pass_samples=2)
+    build = tmp_path / "build"
+    write_build(ir, build)
+    r = CliRunner()
+    res = r.invoke(main, ["sim", str(build), "--count", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    sim = json.loads(res.stdout)
+    assert sim["mismatches"] == 0 and sim["cycle_model_exact"]
+    _report(build, "--count", "4", "--samples", "1,3")
+    md = (build / "report.md").read_text()
+    rows = json.loads((build / "report.json").read_text())["resources"]
+    conv = [row for row in rows if row["kind"] == "conv2d"]
+    assert [(row["simd"], row["pass_samples"], row["draw_order"]) for row in conv] == \
+        [(1, 2, "hwc"), (2, 2, "hwc")]
+    assert "keep bits 4×64, spikes in 4×64)" in md and "| 4 × 2, simd 2, T' 2 |" in md

@@ -396,7 +396,7 @@ class ConvLayer(Weighted):
             if self.sampling:
                 mems["keep bits"] = memory(tp * self.simd, 2 * pixels * chunks)
             mems["spikes in"] = memory(self.c_in, 2 * pixels) if engine.index == 0 else \
-                memory(tp, 2 * pixels * chunks, self.simd)
+                memory(tp * self.simd, 2 * pixels * chunks)
             return mems
         q = self.c_in * self.kernel ** 2
         mems = {"weights": memory(self.pe * self.weight_bits, max(2, self.groups * q)),

@@ -249,7 +249,7 @@ class DenseLayer(Weighted):
         and spike buffers are not counted. Popcount engine: one ``pe x simd``-lane word per
         group and beat, the thresholds, the mask drawer's two halves of ``T' x simd``-bit words,
         and the spike store this engine reads (two halves: the first layer's ``simd`` spikes a
-        word; else ``simd`` banks of ``T'`` bits)."""
+        word; else ``simd`` banks of ``T'`` bits side by side)."""
         if self.popcount:
             tp, W = min(self.pass_samples, engine.samples), self.words
             mems = {"weights": memory(self.pe * self.simd * self.weight_bits,
@@ -257,8 +257,7 @@ class DenseLayer(Weighted):
                     "thresholds": memory(self.pe * self.offset_bits, max(2, self.groups))}
             if self.sampling:
                 mems["keep bits"] = memory(tp * self.simd, 2 * W)
-            mems["spikes in"] = memory(self.simd, 2 * W) if engine.index == 0 else \
-                memory(tp, 2 * W, self.simd)
+            mems["spikes in"] = memory(self.simd * (1 if engine.index == 0 else tp), 2 * W)
             return mems
         return {"weights": memory(self.pe * self.weight_bits, max(2, self.groups * self.n_in),
                                   self.simd),
