@@ -204,9 +204,11 @@ class PopcountConvEngine(wiring.Component):
                 data = Mux(kw == kk, spikes_of(kk), data)
             fsig = Signal(range(G * pe + 1), name="ofilt")
             m.d.comb += fsig.eq(gf + kw)
+            jword = Signal(nbits, name="jword")   # jw // sn (jw may be narrower than sn)
+            m.d.comb += jword.eq(jw >> sh)
             for bk in range(sn):
                 we.append(writing & (fsig < layer.c_out) & (jw[:sh] == bk if sh else 1))
-                addrs.append(Cat(jw[sh:][:nbits], ppar))
+                addrs.append(Cat(jword, ppar))
                 datas.append(data)
         m.d.comb += [self.out_we.eq(Cat(*we)), self.out_addr.eq(addrs[0]),
                      self.out_data.eq(Cat(*datas))]

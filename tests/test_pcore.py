@@ -375,6 +375,9 @@ CONV_CASES = [
                       stride=2, h=13, pool=1, p=1.0), id="stride2-no-pool-partial-group"),
     pytest.param(dict(pe=[8, 2, 2, 4], simd=[4, 4, 8, 1], lanes=[4, 1, 8, 1], c=(8, 16), k=5,
                       pad=2, h=14, wb=3, T=3, tp=3), id="k5-pad2-3bit-pe8-into-simd4"),
+    # the dense layer's 2 inputs in one word of 8 (fuzz seed 214: the store word was lost)
+    pytest.param(dict(pe=[4, 1, 2, 4], simd=[4, 4, 8, 2], lanes=[2, 1, 4, 2], c=(4, 2),
+                      h=12, T=3, tp=2), id="conv-into-dense-2-inputs-simd8"),
 ]
 
 
