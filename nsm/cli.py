@@ -396,6 +396,13 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
                         **{k: one(v) for k, v in ints.items()})
     if "folding" in ir.source:
         click.echo(ir.source["folding"]["summary"])
+    from nsm_export.build import leap_correlation
+    for bits in sorted({la.p_bits for la in ir.layers if la.rng is not None}):
+        if (r := leap_correlation(lfsr_width, bits)) > 0.01:
+            click.echo(f"nsm compile: warning: a {lfsr_width}-bit LFSR with {bits}-bit p draws "
+                       f"keep bits correlated up to {r:.3f} (the bar is 0.01; "
+                       f"benchmarks/results/rng-quality.json): use --lfsr-width 24 or more",
+                       err=True)
     from hw.top import hardware_unsupported
     from nsm.report import network_shapes
     from nsm_export import schedule

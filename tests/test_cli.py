@@ -80,7 +80,14 @@ def test_stages_one_by_one(tmp_path):
     onnx.checker.check_model(onnx.load(str(onnx_file)), full_check=True)
     res = r.invoke(main, ["compile", str(onnx_file), "-o", str(build), "--pe", "5"])
     assert res.exit_code == 0, res.output
+    assert "warning" not in res.output
     assert {"ir.json", "weights.npz", "nsm.v"} <= {p.name for p in build.iterdir()}
+    # An LFSR width no leap makes uncorrelated at 8-bit p: compiled, with one warning line.
+    res = r.invoke(main, ["compile", str(onnx_file), "-o", str(tmp_path / "b22"),
+                          "--lfsr-width", "22"])
+    assert res.exit_code == 0, res.output
+    assert "nsm compile: warning: a 22-bit LFSR with 8-bit p draws keep bits correlated up " \
+        "to 0.012" in res.output
     res = r.invoke(main, ["sim", str(build), "--dataset", "digits", "--count", "6", "--json"])
     assert res.exit_code == 0, res.output
     import json
