@@ -37,11 +37,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from nsm_export.plan import POP_DRAIN
 from .dense import pop_weight_words, weight_memory
-from .pdense import draw_keep, spike_store, store_ports, store_wbits, threshold_rom
+from .pdense import draw_keep, engine_ports, spike_store, store_wbits, threshold_rom
 from .popcount import PopcountAccumulator
 from .window import WindowWalk
 
@@ -73,12 +73,8 @@ class PopcountConvEngine(wiring.Component):
         self._hp, self._wp = layer.h_out // P, layer.w_out // P
         words = layer.h_in * layer.w_in * layer.chunks
         self._wbits = store_wbits(words)
-        tp, simd = self._tp, layer.simd
-        ports = {"start": In(1), "ready": Out(1), "done": Out(1), "last": Out(1),
-                 "in_half": Out(1), "img_in": In(1), "reseed": In(1), "seed": In(32)}
-        if layer.weight_store == "ram":
-            ports.update(loading=In(1), load_en=In(1), load_data=In(16))
-        ports.update(store_ports(self._first, simd, tp, self._wbits))
+        tp = self._tp
+        ports = engine_ports(layer, self._first, tp, self._wbits)
         sn = self._next_simd
         nbits = store_wbits(self._next_words()) + 1
         ports.update(out_we=Out(sn), out_addr=Out(nbits), out_data=Out(sn * tp))

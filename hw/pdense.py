@@ -46,7 +46,7 @@ from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
 from .popcount import PopcountAccumulator
 
-__all__ = ["PopcountDenseEngine", "store_wbits", "store_ports", "spike_store", "draw_keep",
+__all__ = ["PopcountDenseEngine", "store_wbits", "engine_ports", "spike_store", "draw_keep",
            "threshold_rom"]
 
 
@@ -100,12 +100,8 @@ class PopcountDenseEngine(wiring.Component):
         self._ab = layer.pop_acc_bits(ir.samples)
         W = layer.words
         self._wbits = store_wbits(W)
-        tp, simd = self._tp, layer.simd
-        ports = {"start": In(1), "ready": Out(1), "done": Out(1), "last": Out(1),
-                 "in_half": Out(1), "img_in": In(1), "reseed": In(1), "seed": In(32)}
-        if layer.weight_store == "ram":
-            ports.update(loading=In(1), load_en=In(1), load_data=In(16))
-        ports.update(store_ports(self._first, simd, tp, self._wbits))
+        tp = self._tp
+        ports = engine_ports(layer, self._first, tp, self._wbits)
         if layer.output:
             ports.update(scores=Out(layer.n_out * ir.score_bits), clear=In(1))
         else:
@@ -261,12 +257,20 @@ class PopcountDenseEngine(wiring.Component):
         return m
 
 
-def store_ports(first: bool, simd: int, tp: int, wbits: int) -> dict:
-    """The write ports of an engine's spike store (:func:`spike_store`): the first layer's
-    ``st_we`` 1 bit and ``simd`` spikes of data; a hidden layer's ``st_we`` one bit per bank
-    ``s`` (``T'`` bits of data ``s``); one address (half and word) for every bank."""
-    return {"st_we": In(1 if first else simd), "st_addr": In(wbits + 1),
-            "st_data": In(simd if first else simd * tp)}
+def engine_ports(layer, first: bool, tp: int, wbits: int) -> dict:
+    """The ports every popcount engine (dense or conv) has: the pass handshake, the drawer's
+    image tokens and seed, the ``w_axis`` load ports of ``ram`` weights, and the write ports of
+    its spike store (:func:`spike_store`): the first layer's ``st_we`` 1 bit and ``simd`` spikes
+    of data; a hidden layer's ``st_we`` one bit per bank ``s`` (``T'`` bits of data ``s``); one
+    address (half and word) for every bank."""
+    simd = layer.simd
+    ports = {"start": In(1), "ready": Out(1), "done": Out(1), "last": Out(1),
+             "in_half": Out(1), "img_in": In(1), "reseed": In(1), "seed": In(32),
+             "st_we": In(1 if first else simd), "st_addr": In(wbits + 1),
+             "st_data": In(simd if first else simd * tp)}
+    if layer.weight_store == "ram":
+        ports.update(loading=In(1), load_en=In(1), load_data=In(16))
+    return ports
 
 
 def spike_store(m: Module, eng, first: bool, simd: int, tp: int, wbits: int, words: int,
