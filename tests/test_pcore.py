@@ -174,6 +174,34 @@ def test_a_mixed_network_is_refused_in_one_line():
         generate_verilog(ir)
 
 
+async def _run_pass(ctx, dut, each_cycle=None) -> int:
+    """An engine's next pass in Amaranth's simulator: wait for ``ready``, raise ``start`` for a
+    cycle, call ``each_cycle()`` in every cycle up to the one with ``done``; returns the cycles
+    from the one after ``start`` to ``done`` (``pass_cycles - 1``)."""
+    while not ctx.get(dut.ready):
+        await ctx.tick()
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    n = 1
+    while True:
+        if each_cycle is not None:
+            each_cycle()
+        if ctx.get(dut.done):
+            break
+        n += 1
+        await ctx.tick()
+    await ctx.tick()
+    return n
+
+
+def _writes(ctx, dut, q: int, banks: int, tp: int) -> list:
+    """This cycle's writes at an engine's output port: ``(pass, bank, address, T' bits)``."""
+    we = ctx.get(dut.out_we)
+    return [(q, b, ctx.get(dut.out_addr), ctx.get(dut.out_data) >> (b * tp) & ((1 << tp) - 1))
+            for b in range(banks) if we >> b & 1]
+
+
 @pytest.mark.parametrize("pe,simd,next_simd,tp,T", [(4, 4, 2, 3, 5), (2, 8, 8, 4, 4)])
 def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
     """One hidden PopcountDenseEngine in Amaranth's simulator, fed through its spike store and
@@ -217,24 +245,8 @@ def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
         await ctx.tick()
         ctx.set(dut.img_in, 0)
         for q in range(len(counts)):
-            while not ctx.get(dut.ready):
-                await ctx.tick()
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            n = 1
-            while True:
-                we = ctx.get(dut.out_we)
-                for b in range(next_simd):
-                    if we >> b & 1:
-                        seen.append((q, b, ctx.get(dut.out_addr),
-                                     ctx.get(dut.out_data) >> (b * tp) & ((1 << tp) - 1)))
-                if ctx.get(dut.done):
-                    break
-                n += 1
-                await ctx.tick()
-            timing.append(n)
-            await ctx.tick()
+            timing.append(await _run_pass(ctx, dut, lambda: seen.extend(
+                _writes(ctx, dut, q, next_simd, tp))))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -298,17 +310,7 @@ def test_output_engine_alone_against_its_score_model(pe, simd, tp, T, wb):
                 ctx.set(dut.img_in, 1)
                 await ctx.tick()
                 ctx.set(dut.img_in, 0)
-            while not ctx.get(dut.ready):
-                await ctx.tick()
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            n = 1
-            while not ctx.get(dut.done):
-                n += 1
-                await ctx.tick()
-            timing.append(n)
-            await ctx.tick()
+            timing.append(await _run_pass(ctx, dut))
         scores.append(read(ctx))
         ctx.set(dut.clear, 1)
         await ctx.tick()
@@ -535,24 +537,8 @@ def test_conv_engine_alone_against_its_pass_model(engine, kw):
         await ctx.tick()
         ctx.set(dut.img_in, 0)
         for q in range(len(counts)):
-            while not ctx.get(dut.ready):
-                await ctx.tick()
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            n = 1
-            while True:
-                we = ctx.get(dut.out_we)
-                for b in range(sn):
-                    if we >> b & 1:
-                        seen.append((q, b, ctx.get(dut.out_addr),
-                                     ctx.get(dut.out_data) >> (b * tp) & ((1 << tp) - 1)))
-                if ctx.get(dut.done):
-                    break
-                n += 1
-                await ctx.tick()
-            timing.append(n)
-            await ctx.tick()
+            timing.append(await _run_pass(ctx, dut, lambda: seen.extend(
+                _writes(ctx, dut, q, sn, tp))))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
