@@ -217,10 +217,11 @@ def test_report_shows_the_cosimulation(built, tmp_path):
     assert "| cycle model exact (every image) | yes |" in md
 
 
-def _conv_ir(samples=3):
+def _conv_ir(samples=3, **fold):
     """Digits-shaped (1x8x8) like test_conv_hw's two-conv IR: conv 3x3 pad 1 (pe 3 of 4
     filters) -> OR pool 2 -> conv 2x2 (pe 5 of 8, 4 channels a clock, its map written by the
-    first conv engine) -> dense (pe 2) -> output."""
+    first conv engine) -> dense (pe 2) -> output; ``fold`` replaces that folding (``pe``,
+    ``lanes``, ``simd``, ``pass_samples``: :func:`build_ir`'s)."""
     rng = np.random.default_rng(5)
     c0 = IntConv(rng.integers(-3, 4, (4, 1, 3, 3)), rng.integers(-4, 5, 4), p=0.5,
                  weight_bits=3, h_in=8, w_in=8, stride=1, padding=1)
@@ -228,9 +229,9 @@ def _conv_ir(samples=3):
                  weight_bits=2, h_in=4, w_in=4, stride=1, padding=0)
     hid = IntLayer(rng.integers(-3, 4, (6, 72)), rng.integers(-2, 3, 6), p=0.5, weight_bits=3)
     out = IntLayer(rng.integers(-3, 4, (10, 6)), rng.integers(-2, 3, 10), p=1.0, weight_bits=3)
+    fold = {"pe": [3, 1, 5, 2, 3], "lanes": [1, 1, 4, 2, 1], **fold}
     return build_ir([c0, IntPool(4, 8, 8, 2, "or"), c1, hid, out], input_size=64,
-                    input_threshold=8, samples=samples, pe=[3, 1, 5, 2, 3],
-                    lanes=[1, 1, 4, 2, 1], seed=7)
+                    input_threshold=8, samples=samples, seed=7, **fold)
 
 
 def test_conv_resources_cycles_and_lfsr_rows():
@@ -321,16 +322,8 @@ def test_conv_report_with_cosimulation(tmp_path):
 def test_popcount_conv_report_with_cosimulation(tmp_path):
     """A conv net on the popcount core: ``nsm sim`` is bit-exact and cycle-exact, and the
     report's resource rows show its stores and folding (simd, T'), its cycles the core's."""
-    rng = np.random.default_rng(5)
-    c0 = IntConv(rng.integers(-3, 4, (4, 1, 3, 3)), rng.integers(-4, 5, 4), p=0.5,
-                 weight_bits=3, h_in=8, w_in=8, stride=1, padding=1)
-    c1 = IntConv(rng.integers(-1, 2, (8, 4, 2, 2)), rng.integers(-4, 5, 8), p=0.75,
-                 weight_bits=2, h_in=4, w_in=4, stride=1, padding=0)
-    hid = IntLayer(rng.integers(-3, 4, (6, 72)), rng.integers(-2, 3, 6), p=0.5, weight_bits=3)
-    out = IntLayer(rng.integers(-3, 4, (10, 6)), rng.integers(-2, 3, 10), p=1.0, weight_bits=3)
-    ir = build_ir([c0, IntPool(4, 8, 8, 2, "or"), c1, hid, out], input_size=64,
-                  input_threshold=8, samples=3, pe=[2, 1, 4, 2, 3], simd=[1, 1, 2, 2, 1],
-                  lanes=[1, 1, 2, 2, 1], seed=7, pass_samples=2)
+    ir = _conv_ir(pe=[2, 1, 4, 2, 3], simd=[1, 1, 2, 2, 1], lanes=[1, 1, 2, 2, 1],
+                  pass_samples=2)
     build = tmp_path / "build"
     write_build(ir, build)
     r = CliRunner()
