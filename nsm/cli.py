@@ -372,10 +372,14 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
 @click.option("--p-bits", default=8, show_default=True, type=click.IntRange(1, 16),
               help="Bits of the quantized keep probability.")
+@click.option("--p-tolerance", default=0.01, show_default=True,
+              type=click.FloatRange(0.0, 1.0),
+              help="How far the keep probability the LFSR realizes may lie from the model's p "
+                   "(a rounding beyond it, or to 0 or 1, is refused).")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weight_store, target,
-                throughput, clock_mhz, line_buffer, seed, lfsr_width, p_bits, name):
+                throughput, clock_mhz, line_buffer, seed, lfsr_width, p_bits, p_tolerance, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
     (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
@@ -392,7 +396,7 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
     ir = compile_to_dir(onnx_file, output, target=target, throughput=throughput,
                         clock_mhz=clock_mhz, samples=samples, weight_store=one(stores),
                         line_buffer=line_buffer, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits,
-                        name=name, pass_samples=pass_samples,
+                        p_tolerance=p_tolerance, name=name, pass_samples=pass_samples,
                         **{k: one(v) for k, v in ints.items()})
     if "folding" in ir.source:
         click.echo(ir.source["folding"]["summary"])

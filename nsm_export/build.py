@@ -13,11 +13,12 @@ from math import gcd
 import numpy as np
 
 from . import lfsr
-from .ir import IR, ConvLayer, DenseLayer, InputSpec, IRError, LfsrSpec, PoolLayer, signed_bits
+from .ir import (MAX_P_BITS, IR, ConvLayer, DenseLayer, InputSpec, IRError, LfsrSpec, PoolLayer,
+                 signed_bits)
 
 __all__ = ["IntLayer", "IntConv", "IntPool", "build_ir", "quantize_p", "derive_seed",
            "DEFAULT_P_BITS", "DEFAULT_LFSR_WIDTH", "DEFAULT_PE", "bernoulli_probs",
-           "default_leap", "leap_correlation", "LEAP_LAGS", "LEAP_MARGIN"]
+           "default_leap", "leap_correlation", "LEAP_LAGS", "LEAP_MARGIN", "P_TOLERANCE"]
 
 DEFAULT_P_BITS = 8
 DEFAULT_LFSR_WIDTH = 32
@@ -25,6 +26,10 @@ DEFAULT_PE = 8
 ENCODER_SEED_INDEX = 1000      # derive_seed index of the stochastic input encoder's LFSR
 LEAP_LAGS = 64                 # draws apart that default_leap keeps uncorrelated
 LEAP_MARGIN = 0.003            # its bound on the exact |correlation|, against the bar of 0.01
+#: How far the keep probability the hardware realizes may lie from the model's ``p`` (absolute):
+#: 8-bit ``p`` moves it by 1/512 at most, 6 bits by 1/128; fewer bits only where ``p`` is near
+#: a multiple of ``2**-p_bits``.
+P_TOLERANCE = 0.01
 
 
 def leap_probe_p_nums(p_bits: int) -> list[int]:
@@ -125,11 +130,28 @@ class IntPool:
     mode: str
 
 
-def quantize_p(p: float, p_bits: int, where: str = "p") -> int:
-    """Nearest ``p_num`` with ``p_num / 2**p_bits`` ≈ p, at least 1."""
-    if not isinstance(p, (float, int)) or not 0.0 < float(p) <= 1.0:
+def quantize_p(p: float, p_bits: int, where: str = "p", width: int = DEFAULT_LFSR_WIDTH,
+               tolerance: float = P_TOLERANCE) -> int:
+    """The nearest ``p_num`` with ``p_num / 2**p_bits`` ≈ ``p``, refused (one line) where the
+    keep frequency a ``width``-bit LFSR then realizes (:func:`lfsr.realized_keep`) lies more than
+    ``tolerance`` from ``p``, or where ``p < 1`` would round to 0 (nothing kept) or to 1 (no
+    noise). ``p = 1`` draws nothing and gives ``2**p_bits``."""
+    if isinstance(p, bool) or not isinstance(p, (float, int)) or not 0.0 < float(p) <= 1.0:
         raise IRError(f"{where} = {p!r} is outside (0, 1]")
-    return max(1, min(1 << p_bits, int(round(float(p) * (1 << p_bits)))))
+    one = 1 << p_bits
+    if float(p) == 1.0:
+        return one
+    p_num = int(round(float(p) * one))
+    fix = f"use more --p-bits than {p_bits}" if p_bits < MAX_P_BITS else "retrain with another p"
+    if p_num == 0 or p_num == one:
+        raise IRError(f"{where} = {p} rounds to {p_num}/{one} with {p_bits}-bit p "
+                      f"({'nothing kept' if p_num == 0 else 'no noise'}): {fix}")
+    real = float(lfsr.realized_keep(width, p_bits, p_num))
+    if abs(real - float(p)) > tolerance:
+        raise IRError(f"{where} = {p} becomes {real:.6g} with {p_bits}-bit p on a {width}-bit "
+                      f"LFSR, {abs(real - float(p)):.3g} away (more than the tolerance "
+                      f"{tolerance}): {fix}")
+    return p_num
 
 
 def derive_seed(base: int, index: int, width: int) -> int:
@@ -152,7 +174,8 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
              source: dict | None = None, lanes: int | list[int] = 1,
              weight_store: str | list[str] = "rom", thresholds=None,
              layout: str = "pixel-major", probs=None, prob_bits: int = 8,
-             simd: int | list[int] = 1, pass_samples: int = 0) -> IR:
+             simd: int | list[int] = 1, pass_samples: int = 0,
+             p_tolerance: float = P_TOLERANCE) -> IR:
     """``pe``: neuron lanes; ``lanes``: blank-out draws per clock (forced to 1 where p = 1);
     ``weight_store``: ``rom`` or ``ram``; ``simd``: kept inputs added per clock (a sampling
     layer's ``lanes`` is raised to its ``simd``; see :mod:`nsm_export.ir`). Each is one value for
@@ -161,7 +184,8 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
     ``probs``: a list (one per pixel value) makes it a stochastic (``bernoulli``) code with
     ``P(+1 | x) = probs[x] / 2**prob_bits``. ``pass_samples`` (T', every dense and conv layer):
     build the popcount engines, ``T'`` samples at once (a sampling layer's ``lanes`` is then
-    lowered to its ``simd`` instead)."""
+    lowered to its ``simd`` instead). ``p_tolerance``: how far the realized keep probability may
+    lie from each layer's ``p`` (:func:`quantize_p`)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or seed <= 0:
         raise IRError(f"seed {seed!r} must be a positive integer (zero would lock the LFSRs)")
     lfsr.galois_mask(lfsr_width) if lfsr_width in range(lfsr.MIN_WIDTH, lfsr.MAX_WIDTH + 1) \
@@ -199,7 +223,7 @@ def build_ir(layers: list[IntLayer | IntConv | IntPool], input_size: int, input_
         if not is_out:
             # Lossless: a threshold beyond +-L1 behaves like one just past it.
             o = np.clip(o, -l1, l1 + 1)
-        p_num = quantize_p(il.p, p_bits, f"layers[{i}].p")
+        p_num = quantize_p(il.p, p_bits, f"layers[{i}].p", lfsr_width, p_tolerance)
         sampling = p_num < (1 << p_bits)
         rng = (LfsrSpec(width=lfsr_width, mask=lfsr.galois_mask(lfsr_width),
                         seed=derive_seed(seed, i, lfsr_width),

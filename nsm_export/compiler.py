@@ -22,8 +22,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .build import DEFAULT_LFSR_WIDTH, DEFAULT_P_BITS, DEFAULT_PE, IntConv, IntLayer, IntPool, \
-    bernoulli_probs, build_ir
+from . import lfsr
+from .build import DEFAULT_LFSR_WIDTH, DEFAULT_P_BITS, DEFAULT_PE, P_TOLERANCE, IntConv, IntLayer, \
+    IntPool, bernoulli_probs, build_ir
 from .fold import (FoldError, Surd, bipolar_ints, fold_hidden, fold_output, pow2_ints, quant_ints,
                    weight_bits)
 from .ir import IR, IRError
@@ -731,7 +732,7 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
                   lfsr_width: int = DEFAULT_LFSR_WIDTH, name: str = "nsm",
                   source: str = "", lanes: int | list[int] = 1,
                   weight_store: str | list[str] = "rom", simd: int | list[int] = 1,
-                  pass_samples: int = 0) -> IR:
+                  pass_samples: int = 0, p_tolerance: float = P_TOLERANCE) -> IR:
     try:
         onnx.checker.check_model(model)
     except Exception as e:
@@ -789,19 +790,22 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
         raise CompileError(f"graph: expected one output (scores), found {len(g.outputs)}")
     for layer in (x for x in layers if not isinstance(x, IntPool)):
         pq = round(layer.p * (1 << p_bits)) / (1 << p_bits)
-        if pq != layer.p:
-            notes.append(f"p = {layer.p} rounded to {pq} ({p_bits} bits)")
+        if pq != layer.p and 0 < pq < 1:
+            real = float(lfsr.realized_keep(lfsr_width, p_bits, round(pq * (1 << p_bits))))
+            notes.append(f"p = {layer.p} rounded to {pq} ({p_bits} bits; the {lfsr_width}-bit "
+                         f"LFSR keeps {real:.10g})")
     try:
         return build_ir(layers, input_size=n_in, input_threshold=thr_int, samples=samples,
                         pe=pe, seed=seed, p_bits=p_bits, lfsr_width=lfsr_width,
                         pixel_bits=pixel_bits, name=name, lanes=lanes, weight_store=weight_store,
-                        simd=simd, pass_samples=pass_samples,
+                        simd=simd, pass_samples=pass_samples, p_tolerance=p_tolerance,
                         thresholds=thresholds, layout=layout, probs=probs, prob_bits=p_bits,
                         source={"onnx": source, "notes": notes,
                                 "compiler": {"pe": pe, "lanes": lanes, "simd": simd,
                                              "pass_samples": pass_samples,
                                              "weight_store": weight_store, "seed": seed,
-                                             "p_bits": p_bits, "lfsr_width": lfsr_width}})
+                                             "p_bits": p_bits, "lfsr_width": lfsr_width,
+                                             "p_tolerance": p_tolerance}})
     except IRError as e:
         raise CompileError(str(e)) from None
 

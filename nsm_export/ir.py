@@ -20,6 +20,16 @@ Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
   neurons: ``xi_j = (u_j < p_num)`` where ``u_j`` is the low ``p_bits`` bits of the layer's LFSR
   after ``leap`` more steps. Draws are made for ``j = 0 .. n_in-1`` in order, sample after sample,
   image after image; the LFSR is never reset between images. With ``p = 1`` no bits are drawn.
+  What this realizes, exactly: ``leap`` is coprime to the period ``2**width - 1``, so the stream
+  visits every non-zero state once a period, and ``p_num * 2**(width - p_bits) - 1`` of those
+  ``2**width - 1`` draws are kept (no LFSR reaches ``p_num / 2**p_bits`` itself: its period is
+  odd). ``p_realized`` (written, checked on load) states that pair; it lies within
+  ``(1 - p) / (2**width - 1)`` of ``p``, below the resolution of training's float32 noise from
+  24 bits on. A stream never repeats within one image: ``samples * n_in`` (the encoder:
+  ``samples * size``) draws at most one period; and a layer keeps something (``p_num = 1`` on an
+  LFSR as wide as ``p_bits`` would not). :func:`nsm_export.build.quantize_p` refuses a ``p``
+  whose realized value lies more than a tolerance (0.01 by default) from it, or that would
+  round to 0 or 1.
   ``lanes`` (1, 2, 4, 8 or 16) is how many of these draws the hardware makes per clock, by
   jumping ahead ``leap``, ``2*leap``, ... steps at once; it changes the schedule, never the stream.
   ``simd`` (1, 2 or 4) is how many kept inputs a neuron group adds per clock (schedule only;
@@ -80,6 +90,7 @@ import numpy as np
 
 from nsm_common.atomic import atomic_write
 
+from . import lfsr
 from .layers import KINDS, ConvLayer, DenseLayer, InputSpec, PoolLayer
 from .layers.input import ENCODINGS, LAYOUTS, MAX_PROB_PIXEL_BITS
 from .layers.pool import POOL_MODES
@@ -217,6 +228,29 @@ class IR:
             raise IRError(f"score_bits {self.score_bits} cannot hold {self.samples} worst-case "
                           f"samples (needs {need})")
         check_int("score_bits", self.score_bits, need, 64)
+        self._check_draws()
+
+    def _check_draws(self) -> None:
+        """Random bits that mean what the file says: every LFSR's stream runs a whole image
+        without repeating (one image draws ``samples`` times its inputs, the encoder's its
+        pixels), and a sampling layer keeps some inputs (``p_num = 1`` on an LFSR as wide as
+        ``p_bits`` never draws 0, so it would keep none)."""
+        streams = [("input.rng", self.input.rng, self.input.size)] \
+            + [(f"layers[{i}].rng", la.rng, la.n_in) for i, la in enumerate(self.layers)
+               if getattr(la, "sampling", False)]
+        for where, rng, n in streams:
+            if rng is None:
+                continue
+            per_image = self.samples * n
+            if per_image > lfsr.period(rng.width):
+                raise IRError(f"{where}: a {rng.width}-bit LFSR repeats after "
+                              f"{lfsr.period(rng.width)} draws, but one image draws {per_image} "
+                              f"({self.samples} samples x {n}): use a wider LFSR")
+        for i, la in enumerate(self.layers):
+            if getattr(la, "sampling", False) and la.keep_count == 0:
+                raise IRError(f"layers[{i}].p_num {la.p_num}: a {la.rng.width}-bit LFSR never "
+                              f"draws a value below it (its draws are never 0), so no input "
+                              f"is kept")
 
     def _check_line_rows(self, i: int, where: str, layer: ConvLayer) -> None:
         """A line buffer (``line_rows`` R > 0) replaces the double-buffered input map of a conv

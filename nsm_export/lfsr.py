@@ -17,6 +17,7 @@ of two draws correlate over the LFSR's period (what the compiler's default leap 
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from functools import lru_cache
 from importlib import resources
 
@@ -24,7 +25,8 @@ import numpy as np
 
 __all__ = [
     "MIN_WIDTH", "MAX_WIDTH", "galois_mask", "step", "advance", "leap_matrix", "apply_matrix",
-    "LeapTable", "draws", "keep_correlation", "lag_correlations",
+    "LeapTable", "draws", "keep_correlation", "lag_correlations", "period", "keep_count",
+    "realized_keep", "prime_factors", "is_maximal",
 ]
 
 MIN_WIDTH = 8
@@ -173,6 +175,56 @@ def draws(width: int, mask: int, leap: int, state: int, count: int, bits: int
             s = table.next(s)
             out[i] = s & low
     return out, s
+
+
+# Exact keep frequency. A maximal-length LFSR runs through every non-zero state once a period,
+# and so does a stream that leaps a number of steps coprime to the period (it is a permutation of
+# the same cycle). Over one period, the draws ``u`` (any fixed ``bits`` bits of the state) take
+# each ``bits``-bit value ``2**(width - bits)`` times, except 0, which the lock-up state would
+# have given once more: the keep bit ``u < p_num`` is set ``p_num * 2**(width - bits) - 1`` times
+# in ``2**width - 1`` draws. No LFSR reaches ``p_num / 2**bits`` exactly (its period is odd);
+# the IR states this value, and training uses it.
+
+def period(width: int) -> int:
+    """Draws before a maximal-length ``width``-bit stream repeats."""
+    return (1 << width) - 1
+
+
+def keep_count(width: int, bits: int, p_num: int) -> int:
+    """Draws ``u < p_num`` over one period of a maximal ``width``-bit stream whose draws read
+    ``bits`` bits (``0 <= p_num <= 2**bits``)."""
+    if not 0 <= p_num <= 1 << bits or not 1 <= bits <= width:
+        raise ValueError(f"p_num {p_num} with {bits} bits on {width} bits")
+    return (p_num << (width - bits)) - 1 if p_num else 0
+
+
+def realized_keep(width: int, bits: int, p_num: int) -> Fraction:
+    """The keep frequency the hardware realizes, exactly: :func:`keep_count` over
+    :func:`period`."""
+    return Fraction(keep_count(width, bits, p_num), period(width))
+
+
+def prime_factors(n: int) -> list[int]:
+    """The distinct primes dividing ``n`` (trial division: ``n`` up to about 2**40)."""
+    out, d = [], 2
+    while d * d <= n:
+        if n % d == 0:
+            out.append(d)
+            while n % d == 0:
+                n //= d
+        d += 1 if d == 2 else 2
+    return out + ([n] if n > 1 else [])
+
+
+def is_maximal(width: int, mask: int, leap: int = 1) -> bool:
+    """Whether the map ``leap`` Galois steps has order exactly ``2**width - 1`` (every non-zero
+    state on one cycle): the map to that power is the identity and to no power ``P / q`` for a
+    prime ``q`` dividing ``P``. With ``leap = 1`` this says the mask is primitive."""
+    cols = leap_matrix(width, mask, leap)
+    ident = [1 << k for k in range(width)]
+    n = period(width)
+    return matrix_power(cols, n) == ident and all(
+        matrix_power(cols, n // q) != ident for q in prime_factors(n))
 
 
 # Exact pair statistics. Over one period the state runs through every non-zero value once, so

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from math import gcd
 
 import numpy as np
 
@@ -166,6 +167,9 @@ class LfsrSpec:
         if self.width < p_bits:
             raise IRError(f"{where}.width {self.width} is narrower than p_bits {p_bits}")
         check_int(f"{where}.leap", self.leap, p_bits, 4 * self.width)
+        if gcd(self.leap, lfsr.period(self.width)) != 1:
+            raise IRError(f"{where}.leap {self.leap} shares a factor with the period "
+                          f"{lfsr.period(self.width)}, so the stream would skip states")
 
     def reseeded(self, seed: int) -> int:
         """The state a run seed loads: ``(seed XOR reset seed)`` on ``width`` bits, or the reset

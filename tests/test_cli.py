@@ -88,6 +88,14 @@ def test_stages_one_by_one(tmp_path):
     assert res.exit_code == 0, res.output
     assert "nsm compile: warning: a 22-bit LFSR with 8-bit p draws keep bits correlated up " \
         "to 0.012" in res.output
+    # An 8-bit LFSR would repeat within one image (64 inputs x 4 samples); 1-bit p would turn
+    # 0.75 into 1 (no noise): both refused in one line, nothing written.
+    for opts, what in ((["--lfsr-width", "8"], "a 8-bit LFSR repeats after 255 draws, but one "
+                                              "image draws 256"),
+                       (["--p-bits", "1"], "rounds to 2/2 with 1-bit p (no noise)")):
+        res = r.invoke(main, ["compile", str(onnx_file), "-o", str(tmp_path / "bad"), *opts])
+        _one_error_line(res, what)
+        assert not (tmp_path / "bad").exists()
     res = r.invoke(main, ["sim", str(build), "--dataset", "digits", "--count", "6", "--json"])
     assert res.exit_code == 0, res.output
     import json

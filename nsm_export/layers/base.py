@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import lfsr
 from ..schema import (MAX_P_BITS, MAX_WEIGHT_BITS, IRError, LfsrSpec, check_int, from_json,
                       signed_bits, to_json)
 
@@ -69,6 +70,21 @@ class Weighted(Layer):
     @property
     def sampling(self) -> bool:
         return self.p_num < (1 << self.p_bits)
+
+    @property
+    def keep_count(self) -> int | None:
+        """Inputs kept over one period of the layer's LFSR (:func:`lfsr.keep_count`); None
+        where it draws nothing."""
+        return lfsr.keep_count(self.rng.width, self.p_bits, self.p_num) \
+            if self.sampling and self.rng is not None else None
+
+    @property
+    def p_realized(self) -> list[int] | None:
+        """The keep probability the LFSR realizes, exactly: ``[keeps, draws]`` over one period
+        (``p_num * 2**(width - p_bits) - 1`` of ``2**width - 1``; no LFSR reaches
+        ``p_num / 2**p_bits`` itself, its period being odd). None where nothing is drawn."""
+        k = self.keep_count
+        return None if k is None else [k, lfsr.period(self.rng.width)]
 
     def arrays(self, i: int) -> dict:
         return {f"layer{i}_weights": self.weights.astype(np.int64),

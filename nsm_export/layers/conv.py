@@ -79,10 +79,10 @@ class ConvLayer(Weighted):
     draw_order: str = spec(choices=DRAW_ORDERS, default="chw", write="if-set")
     output = False                 # a conv layer is never the output layer
     kind = "conv2d"
-    DERIVED = ("h_out", "w_out", "n_in", "n_out", "output", "p")
+    DERIVED = ("h_out", "w_out", "n_in", "n_out", "output", "p", "p_realized")
     JSON_ORDER = ("kind", "c_in", "h_in", "w_in", "c_out", "kernel", "stride", "padding",
                   "h_out", "w_out", "n_in", "n_out", "output", "weight_bits", "p_num",
-                  "p_bits", "p", "rng", "acc_bits", "offset_bits", "pe", "lanes",
+                  "p_bits", "p", "p_realized", "rng", "acc_bits", "offset_bits", "pe", "lanes",
                   "weight_store", "line_rows", "simd", "pass_samples", "draw_order")
 
     @property

@@ -44,10 +44,10 @@ class DenseLayer(Weighted):
     # T': samples the popcount engine (hw.pdense) runs at once; 0: the kept-list engine
     pass_samples: int = spec(0, 1 << 16, default=0, write="if-set")
     kind = "dense"
-    DERIVED = ("p",)
+    DERIVED = ("p", "p_realized")
     JSON_ORDER = ("kind", "n_in", "n_out", "output", "weight_bits", "p_num", "p_bits", "p",
-                  "rng", "pe", "acc_bits", "offset_bits", "lanes", "weight_store", "simd",
-                  "pass_samples")
+                  "p_realized", "rng", "pe", "acc_bits", "offset_bits", "lanes", "weight_store",
+                  "simd", "pass_samples")
 
     @property
     def groups(self) -> int:
