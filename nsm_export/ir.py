@@ -67,7 +67,15 @@ output. Version 1 files (dense layers only; the same dense semantics) still load
   ``LfsrSpec.reseeded(S)``; reset returns them to their seeds.
 
 Validation on load checks every field, every array's shape and range, and that every register
-width in the file can hold the worst case its weights allow, so a valid IR cannot overflow.
+width in the file can hold the worst case its weights allow, so a valid IR cannot overflow; the
+worst cases are computed with Python integers, never in a fixed width. Types are strict: an
+integer field takes a JSON integer (not ``true``, not ``1.0``), a list a list. ``name`` becomes
+the Verilog top module's name (:func:`nsm_export.schema.check_identifier`). A file holds only
+the fields this toolchain writes: an unknown key is refused, and every value written for a
+reader's information (``tie_rule``, ``p``, a conv or pool layer's ``h_out``, ``w_out``,
+``n_in``, ``n_out``, ``output``) must equal what the other fields give. ``source`` is provenance
+(the ONNX file's name, the compiler's options, the folding search's summary): a JSON object that
+nothing computes from, whose ``onnx`` entry, where given, is a bare file name.
 """
 
 from __future__ import annotations
@@ -84,13 +92,15 @@ from .layers import KINDS, ConvLayer, DenseLayer, InputSpec, PoolLayer
 from .layers.input import ENCODINGS, LAYOUTS, MAX_PROB_PIXEL_BITS
 from .layers.pool import POOL_MODES
 from .schema import (LANES, MAX_KERNEL, MAX_P_BITS, MAX_WEIGHT_BITS, SIMD, WEIGHT_STORES,
-                     IRError, LfsrSpec, check_int, signed_bits, unsigned_bits)
+                     IRError, LfsrSpec, check_identifier, check_int, check_record, check_width,
+                     shown, signed_bits, unsigned_bits)
 
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
     "PoolLayer", "IR", "min_line_rows", "use_line_buffers", "signed_bits", "unsigned_bits", "load",
-    "save", "ENCODINGS", "LAYOUTS", "MAX_PROB_PIXEL_BITS", "POOL_MODES", "LANES", "SIMD",
-    "WEIGHT_STORES", "MAX_KERNEL", "MAX_P_BITS", "MAX_WEIGHT_BITS",
+    "save", "ENCODINGS", "LAYOUTS",
+    "MAX_PROB_PIXEL_BITS", "POOL_MODES", "LANES", "SIMD", "WEIGHT_STORES", "MAX_KERNEL",
+    "MAX_P_BITS", "MAX_WEIGHT_BITS",
 ]
 
 IR_VERSION = 2
@@ -99,6 +109,9 @@ READ_VERSIONS = (1, 2)
 IR_FILE = "ir.json"
 WEIGHTS_FILE = "weights.npz"
 MAX_SAMPLES = 1 << 16
+#: The largest ``ir.json`` a reader takes (a real one is a few kB) and its deepest nesting.
+MAX_IR_JSON_BYTES = 1 << 22
+MAX_JSON_DEPTH = 32
 
 
 def min_line_rows(layer: ConvLayer, pool: "PoolLayer | None" = None) -> int:
@@ -145,11 +158,8 @@ class IR:
         return unsigned_bits(max(1, self.n_classes - 1))
 
     def required_score_bits(self) -> int:
-        out = self.layers[-1]
-        l1 = np.abs(out.weights).sum(axis=1)
-        lo = int((-l1 + out.offsets).min()) * self.samples
-        hi = int((l1 + out.offsets).max()) * self.samples
-        return signed_bits(lo, hi)
+        lo, hi = self.layers[-1].acc_range()
+        return signed_bits(lo * self.samples, hi * self.samples)
 
     def conv_producer(self, i: int) -> int | None:
         """The conv layer that writes conv layer ``i``'s input (directly or through a pooling
@@ -166,11 +176,11 @@ class IR:
                              else None)
 
     def validate(self) -> None:
-        if isinstance(self.version, bool) or self.version not in READ_VERSIONS:
-            raise IRError(f"IR version {self.version} is not supported (this toolchain reads "
-                          f"versions {', '.join(map(str, READ_VERSIONS))})")
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise IRError(f"name {self.name!r} is not a valid Verilog/Python identifier")
+        if type(self.version) is not int or self.version not in READ_VERSIONS:
+            raise IRError(f"IR version {shown(self.version)} is not supported (this toolchain "
+                          f"reads versions {', '.join(map(str, READ_VERSIONS))})")
+        check_identifier("name", self.name)
+        self._check_source()
         self.input.validate()
         check_int("samples", self.samples, 1, MAX_SAMPLES)
         if not self.layers:
@@ -212,11 +222,17 @@ class IR:
             n_prev = layer.n_out
         if self.n_classes < 2:
             raise IRError("layers[-1].n_out: a classifier needs at least 2 classes")
-        need = self.required_score_bits()
-        if self.score_bits < need:
-            raise IRError(f"score_bits {self.score_bits} cannot hold {self.samples} worst-case "
-                          f"samples (needs {need})")
-        check_int("score_bits", self.score_bits, need, 64)
+        check_width("score_bits", self.score_bits, self.required_score_bits(), 64,
+                    f"{self.samples} worst-case samples")
+
+    def _check_source(self) -> None:
+        """``source`` is provenance: a JSON object; ``onnx``, where given, a bare file name."""
+        if not isinstance(self.source, dict):
+            raise IRError(f"source must be a JSON object, got {type(self.source).__name__}")
+        onnx = self.source.get("onnx")
+        if onnx is not None and (not isinstance(onnx, str) or Path(onnx).name != onnx
+                                 or onnx == ".."):
+            raise IRError(f"source.onnx {shown(onnx)} must be a file name (no directory)")
 
     def _check_line_rows(self, i: int, where: str, layer: ConvLayer) -> None:
         """A line buffer (``line_rows`` R > 0) replaces the double-buffered input map of a conv
@@ -268,12 +284,7 @@ def load(directory: str | Path) -> IR:
     d = Path(directory)
     if not d.is_dir():
         raise IRError(f"{d}: no such IR directory")
-    try:
-        meta = json.loads((d / IR_FILE).read_text())
-    except FileNotFoundError:
-        raise IRError(f"{d / IR_FILE}: missing (not an IR directory; run `nsm compile` first)")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IRError(f"{d / IR_FILE}: not valid JSON ({e})")
+    meta = _read_json(d / IR_FILE)
     try:
         with np.load(d / WEIGHTS_FILE, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -284,23 +295,73 @@ def load(directory: str | Path) -> IR:
     return from_json(meta, arrays)
 
 
-def from_json(meta: dict, arrays: dict) -> IR:
+def _read_json(path: Path):
     try:
-        if meta.get("format") != "nsm-ir":
-            raise IRError("ir.json: 'format' is not 'nsm-ir'")
+        with open(path, "rb") as f:
+            text = f.read(MAX_IR_JSON_BYTES + 1)
+    except FileNotFoundError:
+        raise IRError(f"{path}: missing (not an IR directory; run `nsm compile` first)")
+    except OSError as e:
+        raise IRError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+    if len(text) > MAX_IR_JSON_BYTES:
+        raise IRError(f"{path}: larger than {MAX_IR_JSON_BYTES:,} bytes (a real one is a few kB)")
+    try:
+        meta = json.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError, MemoryError) as e:   # JSONDecodeError, Unicode errors
+        raise IRError(f"{path}: not valid JSON ({_why(e)})")
+    level, depth = [meta], 0
+    while level:                         # iteratively: no reader after this one recurses deeply
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise IRError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+        level = [v for x in level if isinstance(x, (dict, list))
+                 for v in (x.values() if isinstance(x, dict) else x)]
+    return meta
+
+
+def _layer_records(meta) -> list:
+    if not isinstance(meta, dict):
+        raise IRError(f"ir.json: the top level must be a JSON object, got {type(meta).__name__}")
+    layers = meta.get("layers")
+    if not isinstance(layers, list):
+        raise IRError(f"ir.json: 'layers' must be a list, got {type(layers).__name__}")
+    for i, m in enumerate(layers):
+        if not isinstance(m, dict):
+            raise IRError(f"layers[{i}] must be a JSON object, got {type(m).__name__}")
+    return layers
+
+
+def _kind(i: int, m: dict):
+    kind = m.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise IRError(f"layers[{i}].kind {shown(kind)} is not supported ({', '.join(KINDS)})")
+    return cls
+
+
+def _why(e: BaseException) -> str:
+    """An exception in a few words on one line."""
+    text = " ".join(str(e).split())[:120]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def from_json(meta: dict, arrays: dict) -> IR:
+    """An IR from its ``ir.json`` record and its arrays, validated, every field of the record
+    accounted for (:func:`nsm_export.schema.check_record`)."""
+    layer_records = _layer_records(meta)
+    if meta.get("format") != "nsm-ir":
+        raise IRError("ir.json: 'format' is not 'nsm-ir'")
+    for key in ("version", "input", "samples", "score_bits"):
+        if key not in meta:
+            raise IRError(f"ir.json: {key} is missing")
+    version = meta["version"]
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise IRError(f"ir.json: IR version {shown(version)} is not supported (this toolchain "
+                      f"reads versions {', '.join(map(str, READ_VERSIONS))}; re-run "
+                      f"`nsm compile`)")
+    try:
         inp = InputSpec.record(meta["input"])
-        version = meta["version"]
-        if isinstance(version, bool) or version not in READ_VERSIONS:
-            raise IRError(f"ir.json: IR version {version!r} is not supported (this toolchain "
-                          f"reads versions {', '.join(map(str, READ_VERSIONS))}; re-run "
-                          f"`nsm compile`)")
-        layers = []
-        for i, m in enumerate(meta["layers"]):
-            cls = KINDS.get(m.get("kind"))
-            if cls is None:
-                raise IRError(f"layers[{i}].kind {m.get('kind')!r} is not supported "
-                              f"({', '.join(KINDS)})")
-            layers.append(cls.record(i, m, arrays))
+        layers = [_kind(i, m).record(i, m, arrays) for i, m in enumerate(layer_records)]
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
                 name=meta.get("name", "nsm"), version=version,
                 source=meta.get("source", {}))
@@ -309,4 +370,15 @@ def from_json(meta: dict, arrays: dict) -> IR:
     except (KeyError, TypeError, AttributeError) as e:
         raise IRError(f"ir.json: missing or malformed field ({type(e).__name__}: {e})")
     ir.validate()
+    written = ir.to_json()
+    for key, value in meta.items():
+        if key not in written:
+            raise IRError(f"ir.json: {shown(key)} is an unknown field (the file has "
+                          f"{', '.join(written)})")
+    if meta.get("tie_rule", written["tie_rule"]) != written["tie_rule"]:
+        raise IRError(f"ir.json: tie_rule {shown(meta['tie_rule'])} is not "
+                      f"{written['tie_rule']!r}, the only rule there is")
+    check_record(ir.input, meta["input"], "input")
+    for i, (layer, m) in enumerate(zip(ir.layers, layer_records)):
+        check_record(layer, m, f"layers[{i}]")
     return ir

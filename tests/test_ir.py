@@ -32,7 +32,7 @@ def test_round_trip(tmp_path, rng):
     (lambda m: m.update(score_bits=2), "score_bits"),
     (lambda m: m["layers"][0].update(weight_bits=0), "weight_bits"),
     (lambda m: m["input"].update(encoding="gray"), "encoding"),
-    (lambda m: m["layers"][0].pop("pe"), "malformed"),
+    (lambda m: m["layers"][0].pop("pe"), r"^layers\[0\]\.pe is missing$"),
     (lambda m: m["layers"][0].update(lanes=3), "lanes 3 must be one of"),
     (lambda m: m["layers"][1].update(lanes=2), "lanes 2 needs sampling"),
     (lambda m: m["layers"][0].update(simd=3),
