@@ -76,11 +76,21 @@ reader's information (``tie_rule``, ``p``, a conv or pool layer's ``h_out``, ``w
 ``n_in``, ``n_out``, ``output``) must equal what the other fields give. ``source`` is provenance
 (the ONNX file's name, the compiler's options, the folding search's summary): a JSON object that
 nothing computes from, whose ``onnx`` entry, where given, is a bare file name.
+
+``weights.npz`` is read without trusting it (:func:`read_weights`): its members are listed
+first, each must be an array the IR declares, no more than :data:`MAX_ARRAY_VALUES` integers in
+all, and each ``.npy`` header must give an integer dtype and the declared shape before its data
+is read; a damaged file is an :class:`IRError` naming the file and the member.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
+import math
+import struct
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -98,7 +108,7 @@ from .schema import (LANES, MAX_KERNEL, MAX_P_BITS, MAX_WEIGHT_BITS, SIMD, WEIGH
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
     "PoolLayer", "IR", "min_line_rows", "use_line_buffers", "signed_bits", "unsigned_bits", "load",
-    "save", "ENCODINGS", "LAYOUTS",
+    "save", "read_weights", "declared_arrays", "MAX_ARRAY_VALUES", "ENCODINGS", "LAYOUTS",
     "MAX_PROB_PIXEL_BITS", "POOL_MODES", "LANES", "SIMD", "WEIGHT_STORES", "MAX_KERNEL",
     "MAX_P_BITS", "MAX_WEIGHT_BITS",
 ]
@@ -109,9 +119,18 @@ READ_VERSIONS = (1, 2)
 IR_FILE = "ir.json"
 WEIGHTS_FILE = "weights.npz"
 MAX_SAMPLES = 1 << 16
+#: The most integers ``weights.npz`` may hold (weights, thresholds and biases of all layers):
+#: 16 M, far beyond any FPGA this builds for; what a reader allocates for a file at most.
+MAX_ARRAY_VALUES = 1 << 24
 #: The largest ``ir.json`` a reader takes (a real one is a few kB) and its deepest nesting.
 MAX_IR_JSON_BYTES = 1 << 22
 MAX_JSON_DEPTH = 32
+#: The largest ``.npy`` header a reader parses (numpy writes about 128 bytes).
+MAX_NPY_HEADER = 4096
+#: What the zip and ``.npy`` readers raise on a damaged file.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, struct.error, EOFError, OSError,
+            ValueError, TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
+            RuntimeError, SyntaxError, MemoryError)
 
 
 def min_line_rows(layer: ConvLayer, pool: "PoolLayer | None" = None) -> int:
@@ -222,6 +241,7 @@ class IR:
             n_prev = layer.n_out
         if self.n_classes < 2:
             raise IRError("layers[-1].n_out: a classifier needs at least 2 classes")
+        _check_array_values(sum(layer.array_values() for layer in self.layers))
         check_width("score_bits", self.score_bits, self.required_score_bits(), 64,
                     f"{self.samples} worst-case samples")
 
@@ -285,14 +305,7 @@ def load(directory: str | Path) -> IR:
     if not d.is_dir():
         raise IRError(f"{d}: no such IR directory")
     meta = _read_json(d / IR_FILE)
-    try:
-        with np.load(d / WEIGHTS_FILE, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise IRError(f"{d / WEIGHTS_FILE}: missing")
-    except (ValueError, OSError) as e:
-        raise IRError(f"{d / WEIGHTS_FILE}: not a readable npz file ({e})")
-    return from_json(meta, arrays)
+    return from_json(meta, read_weights(d / WEIGHTS_FILE, declared_arrays(meta)))
 
 
 def _read_json(path: Path):
@@ -319,6 +332,23 @@ def _read_json(path: Path):
     return meta
 
 
+def declared_arrays(meta) -> dict[str, tuple]:
+    """The ``weights.npz`` members an ``ir.json`` record declares and their shapes (their size
+    fields checked first), at most :data:`MAX_ARRAY_VALUES` integers in all."""
+    layers = _layer_records(meta)
+    shapes = {}
+    for i, m in enumerate(layers):
+        shapes.update(_kind(i, m).array_shapes(i, m))
+    _check_array_values(sum(math.prod(shape) for shape in shapes.values()))
+    return shapes
+
+
+def _check_array_values(values: int) -> None:
+    if values > MAX_ARRAY_VALUES:
+        raise IRError(f"layers: {values:,} weights, thresholds and biases exceed the "
+                      f"{MAX_ARRAY_VALUES:,} an IR may hold")
+
+
 def _layer_records(meta) -> list:
     if not isinstance(meta, dict):
         raise IRError(f"ir.json: the top level must be a JSON object, got {type(meta).__name__}")
@@ -339,10 +369,88 @@ def _kind(i: int, m: dict):
     return cls
 
 
+def read_weights(path: Path, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """The arrays ``shapes`` names from the npz file ``path``, as int64, read without trusting
+    the file: its members are listed first (each must be one of ``shapes``, stored or deflated,
+    its size in the zip directory within what the shape allows), each ``.npy`` header must
+    give an integer dtype and that shape before the data is read, and the data must be whole
+    (exact length, CRC). Anything else is an :class:`IRError` naming the file and the member."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise IRError(f"{path}: missing")
+    except OSError as e:
+        raise IRError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+    with f:
+        try:
+            zf = zipfile.ZipFile(f)
+            infos = zf.infolist()
+        except _DAMAGED as e:
+            raise IRError(f"{path}: not a readable npz file ({_why(e)})")
+        with zf:
+            members = {}
+            for info in infos:
+                name = info.filename
+                key = name[:-len(".npy")] if name.endswith(".npy") else None
+                if key not in shapes:
+                    raise IRError(f"{path}: member {shown(name)} is not an array the IR declares "
+                                  f"({', '.join(shapes) or 'none'})")
+                if key in members:
+                    raise IRError(f"{path}: member {shown(name)} appears twice")
+                members[key] = info
+            for key in shapes:
+                if key not in members:
+                    raise IRError(f"{path}: array {key} is missing")
+            return {key: _read_member(path, zf, members[key], shape)
+                    for key, shape in shapes.items()}
+
+
 def _why(e: BaseException) -> str:
     """An exception in a few words on one line."""
     text = " ".join(str(e).split())[:120]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
+                 shape: tuple) -> np.ndarray:
+    where = f"{path}: member {info.filename}"
+    count = math.prod(shape)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise IRError(f"{where}: compression method {info.compress_type} (numpy writes stored "
+                      f"or deflated members)")
+    if info.file_size > MAX_NPY_HEADER + 8 * count:
+        raise IRError(f"{where}: {info.file_size:,} bytes uncompressed, more than a {shape} "
+                      f"integer array can take")
+    try:
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                got, fortran, dtype = np.lib.format.read_array_header_1_0(
+                    fh, max_header_size=MAX_NPY_HEADER)
+            elif version == (2, 0):
+                got, fortran, dtype = np.lib.format.read_array_header_2_0(
+                    fh, max_header_size=MAX_NPY_HEADER)
+            else:
+                raise IRError(f"{where}: .npy format version {version} (numpy writes 1.0 "
+                              f"or 2.0)")
+            if dtype.kind not in "iu" or dtype.hasobject:
+                raise IRError(f"{where}: dtype {dtype} is not an integer type")
+            if got != shape:
+                raise IRError(f"{where}: shape {got}, the IR declares {shape}")
+            nbytes = count * dtype.itemsize
+            data = fh.read(nbytes)
+            if len(data) != nbytes:
+                raise IRError(f"{where}: data truncated ({len(data)} of {nbytes} bytes)")
+            if fh.read(1):                           # also makes zipfile check the CRC
+                raise IRError(f"{where}: data beyond the {shape} array")
+    except IRError:
+        raise
+    except _DAMAGED as e:
+        raise IRError(f"{where}: damaged ({_why(e)})")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    if arr.size and (int(arr.min()) < -(1 << 63) or int(arr.max()) >= 1 << 63):
+        raise IRError(f"{where}: values outside the 64-bit signed range")
+    return arr.astype(np.int64)
 
 
 def from_json(meta: dict, arrays: dict) -> IR:

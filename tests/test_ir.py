@@ -28,7 +28,8 @@ def test_round_trip(tmp_path, rng):
     (lambda m: m["layers"][0]["rng"].update(seed=0), "lock-up"),
     (lambda m: m["layers"][0]["rng"].update(mask=3), "maximal-length"),
     (lambda m: m["layers"][0].update(p_num=0), "p_num"),
-    (lambda m: m["layers"][1].update(n_in=5), "n_in"),
+    (lambda m: m["layers"][1].update(n_in=5),
+     r"layer1_weights.npy: shape \(3, 8\), the IR declares \(3, 5\)$"),
     (lambda m: m.update(score_bits=2), "score_bits"),
     (lambda m: m["layers"][0].update(weight_bits=0), "weight_bits"),
     (lambda m: m["input"].update(encoding="gray"), "encoding"),
@@ -118,7 +119,8 @@ def test_widths_hold_the_worst_case(seed, wb, n_in, T):
     (lambda m: m["input"].update(thresholds=[10, 300]), r"thresholds\[1\] = 300"),
     (lambda m: m["input"].update(layout="diagonal"), "layout 'diagonal'"),
     (lambda m: m["input"].update(encoding="threshold"), "not 'thermometer'"),
-    (lambda m: m["layers"][0].update(n_in=9), "n_in 9 does not match the 12 outputs"),
+    (lambda m: m["layers"][0].update(n_in=9),
+     r"layer0_weights.npy: shape \(5, 12\), the IR declares \(5, 9\)$"),
 ])
 def test_thermometer_input_is_validated(tmp_path, rng, edit, match):
     from nsm_export.build import IntLayer, build_ir

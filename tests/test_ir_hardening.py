@@ -1,7 +1,11 @@
-"""Loading an IR without trusting it: ir.json validated with strict types and exact integers,
-names that are legal Verilog, and every written field cross-checked."""
+"""Loading an IR without trusting it: weights.npz read with limits (members listed, headers checked
+before any data is read, damaged files refused in one line), ir.json validated with strict types
+and exact integers, names that are legal Verilog, and every written field cross-checked."""
 
+import io
 import json
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -30,6 +34,126 @@ def _refused(d, match):
     with pytest.raises(irmod.IRError, match=match) as e:
         irmod.load(d)
     assert "\n" not in str(e.value)
+
+
+# --- weights.npz ------------------------------------------------------------------------------
+
+def _npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(arr))
+    return buf.getvalue()
+
+
+def _write_zip(path, members, method=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+
+
+def test_extra_member_is_refused_by_name(saved):
+    d, arrays = saved
+    _write_zip(d / "weights.npz", {**{f"{k}.npy": _npy(v) for k, v in arrays.items()},
+                                   "payload.npy": _npy(np.zeros(3, np.int64))})
+    _refused(d, r"weights.npz: member 'payload.npy' is not an array the IR declares "
+                r"\(layer0_weights, layer0_threshold, layer1_weights, layer1_bias\)$")
+
+
+def test_missing_and_duplicate_members(saved):
+    d, arrays = saved
+    members = {f"{k}.npy": _npy(v) for k, v in arrays.items()}
+    _write_zip(d / "weights.npz", {k: v for k, v in members.items() if k != "layer1_bias.npy"})
+    _refused(d, r"weights.npz: array layer1_bias is missing$")
+    _write_zip(d / "weights.npz", members)
+    with zipfile.ZipFile(d / "weights.npz", "a") as zf, pytest.warns(UserWarning):
+        zf.writestr("layer1_bias.npy", _npy(arrays["layer1_bias"]))
+    _refused(d, r"weights.npz: member 'layer1_bias.npy' appears twice$")
+
+
+def test_inflating_member_is_refused_before_it_is_inflated(saved):
+    """A deflated member whose zip directory says 64 MiB (a 64 KiB file) is refused from the
+    directory, a header claiming a huge shape from the header: neither is inflated."""
+    d, arrays = saved
+    good = {f"{k}.npy": _npy(v) for k, v in arrays.items()}
+    big = _npy(arrays["layer0_weights"]) + bytes(64 << 20)
+    _write_zip(d / "weights.npz", {**good, "layer0_weights.npy": big}, zipfile.ZIP_DEFLATED)
+    assert (d / "weights.npz").stat().st_size < 1 << 20
+    tracemalloc.start()
+    with pytest.raises(irmod.IRError, match=r"member layer0_weights.npy: 67,109,\d+ bytes "
+                                            r"uncompressed, more than a \(8, 9\) integer array"):
+        irmod.load(d)
+    assert tracemalloc.get_traced_memory()[1] < 16 << 20
+    tracemalloc.stop()
+    claim = np.lib.format.header_data_from_array_1_0(np.zeros((1 << 14, 1 << 14), np.int8))
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, claim)
+    _write_zip(d / "weights.npz", {**good, "layer0_weights.npy": buf.getvalue() + bytes(500)})
+    _refused(d, r"member layer0_weights.npy: shape \(16384, 16384\), the IR declares \(8, 9\)$")
+
+
+@pytest.mark.parametrize("arr,match", [
+    (np.zeros((8, 9), np.float64), r"dtype float64 is not an integer type$"),
+    (np.zeros((8, 9), dtype=object), r"dtype object is not an integer type$"),
+    (np.zeros((9, 8), np.int64), r"shape \(9, 8\), the IR declares \(8, 9\)$"),
+    (np.full((8, 9), 2**63, np.uint64), r"values outside the 64-bit signed range$"),
+])
+def test_member_headers_are_checked(saved, arr, match):
+    d, arrays = saved
+    members = {f"{k}.npy": _npy(v) for k, v in arrays.items()}
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=True)
+    members["layer0_weights.npy"] = buf.getvalue()
+    _write_zip(d / "weights.npz", members)
+    _refused(d, r"weights.npz: member layer0_weights.npy: " + match)
+
+
+def test_any_integer_dtype_and_order_loads_as_int64(saved):
+    d, arrays = saved
+    w = arrays["layer0_weights"]
+    _write_zip(d / "weights.npz", {**{f"{k}.npy": _npy(v) for k, v in arrays.items()},
+                                   "layer0_weights.npy": _npy(np.asfortranarray(w.astype(">i2")))})
+    back = irmod.load(d).layers[0].weights
+    assert back.dtype == np.int64 and np.array_equal(back, w)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_damaged_weights_are_one_irerror_or_load_the_same(saved, compressed):
+    """Truncations at many offsets and random byte flips of a real weights.npz: each load is
+    one IRError line naming weights.npz, or the very arrays saved."""
+    d, arrays = saved
+    (np.savez_compressed if compressed else np.savez)(d / "weights.npz", **arrays)
+    raw = (d / "weights.npz").read_bytes()
+    rng = np.random.default_rng(19)
+    cases = [raw[:n] for n in range(0, len(raw), 3)]
+    for _ in range(400):
+        b = bytearray(raw)
+        for pos in rng.integers(0, len(raw), int(rng.integers(1, 4))):
+            b[pos] ^= 1 << int(rng.integers(0, 8))
+        cases.append(bytes(b))
+    outcomes = {"refused": 0, "same": 0}
+    for data in cases:
+        (d / "weights.npz").write_bytes(data)
+        try:
+            back = irmod.load(d)
+        except irmod.IRError as e:
+            assert "weights.npz" in str(e) and "\n" not in str(e)
+            outcomes["refused"] += 1
+            continue
+        for i, layer in enumerate(back.layers):
+            assert np.array_equal(layer.weights, arrays[f"layer{i}_weights"])
+        outcomes["same"] += 1
+    assert outcomes["refused"] > len(cases) // 2 and outcomes["same"] > 0
+
+
+def test_unreadable_paths_are_one_line(saved):
+    d, _ = saved
+    (d / "weights.npz").unlink()
+    (d / "weights.npz").mkdir()
+    _refused(d, r"weights.npz: cannot be read")
+    (d / "weights.npz").rmdir()
+    _refused(d, r"weights.npz: missing$")
+    (d / "ir.json").unlink()
+    (d / "ir.json").mkdir()
+    _refused(d, r"ir.json: cannot be read")
 
 
 # --- exact integers ---------------------------------------------------------------------------

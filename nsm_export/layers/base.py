@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..schema import (MAX_P_BITS, MAX_WEIGHT_BITS, IRError, LfsrSpec, check_bool, check_int,
@@ -21,7 +23,8 @@ class Layer:
 
     * ``kind``, ``n_in``, ``n_out``, ``output``, ``sampling``, ``rng``, ``weight_store``;
     * ``validate(where)`` (beyond the declared ranges), ``meta()`` (its ``ir.json`` record),
-      ``arrays(i)`` (its ``weights.npz`` members), ``record(i, m, arrays)`` (the inverse);
+      ``arrays(i)`` (its ``weights.npz`` members), ``record(i, m, arrays)`` (the inverse),
+      ``array_shapes(i, m)`` (the members a record declares, before they are read);
     * ``execute(z, x)``: the golden model (``z``: input spikes ``(N, T, n_in)`` as bool;
       ``x``: the same as ±1 with blanked inputs 0); returns its output spikes, or, for the
       output layer, the class scores summed over the samples;
@@ -45,6 +48,13 @@ class Layer:
 
     def arrays(self, i: int) -> dict:
         return {}
+
+    @classmethod
+    def array_shapes(cls, i: int, m: dict) -> dict:
+        return {}
+
+    def array_values(self) -> int:
+        return 0
 
     @classmethod
     def record(cls, i: int, m: dict, arrays: dict):
@@ -80,14 +90,31 @@ class Weighted(Layer):
         return f"layer{i}_{'bias' if m.get('output') is True else 'threshold'}"
 
     @classmethod
-    def record(cls, i: int, m: dict, arrays: dict):
+    def array_shapes(cls, i: int, m: dict) -> dict:
+        """``layer{i}_weights`` (``WEIGHT_DIMS``) and its thresholds or biases (one per row),
+        from the record's size fields, checked against their declared ranges first."""
         check_bool(f"layers[{i}].output", m.get("output", False))
+        fields = {f.name: f.metadata for f in dataclasses.fields(cls)}
+        dims = []
+        for name in cls.WEIGHT_DIMS:
+            if name not in m:
+                raise IRError(f"layers[{i}].{name} is missing")
+            check_int(f"layers[{i}].{name}", m[name], fields[name]["lo"], fields[name]["hi"])
+            dims.append(m[name])
+        return {f"layer{i}_weights": tuple(dims), cls._offsets_key(i, m): tuple(dims[:1])}
+
+    @classmethod
+    def record(cls, i: int, m: dict, arrays: dict):
         key = cls._offsets_key(i, m)
         for k in (f"layer{i}_weights", key):
             if k not in arrays:
                 raise IRError(f"weights.npz: array {k} is missing")
         return from_json(cls, m, f"layers[{i}]", {"weights": arrays[f"layer{i}_weights"],
                                                   "offsets": arrays[key]})
+
+    def array_values(self) -> int:
+        """Integers this layer keeps in ``weights.npz``."""
+        return self.weights.size + self.offsets.size
 
     def check_weighted(self, where: str) -> None:
         """Weight range, blank-out spec, register widths."""

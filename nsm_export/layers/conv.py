@@ -80,6 +80,7 @@ class ConvLayer(Weighted):
     output = False                 # a conv layer is never the output layer
     kind = "conv2d"
     DERIVED = ("h_out", "w_out", "n_in", "n_out", "output", "p")
+    WEIGHT_DIMS = ("c_out", "c_in", "kernel", "kernel")
     JSON_ORDER = ("kind", "c_in", "h_in", "w_in", "c_out", "kernel", "stride", "padding",
                   "h_out", "w_out", "n_in", "n_out", "output", "weight_bits", "p_num",
                   "p_bits", "p", "rng", "acc_bits", "offset_bits", "pe", "lanes",

@@ -45,6 +45,7 @@ class DenseLayer(Weighted):
     pass_samples: int = spec(0, 1 << 16, default=0, write="if-set")
     kind = "dense"
     DERIVED = ("p",)
+    WEIGHT_DIMS = ("n_out", "n_in")
     JSON_ORDER = ("kind", "n_in", "n_out", "output", "weight_bits", "p_num", "p_bits", "p",
                   "rng", "pe", "acc_bits", "offset_bits", "lanes", "weight_store", "simd",
                   "pass_samples")
