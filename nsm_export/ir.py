@@ -8,7 +8,8 @@ An IR is a directory with two files a person can read:
     output rule.
 ``weights.npz``
     Integer arrays ``layer{i}_weights`` (``n_out × n_in``) and ``layer{i}_threshold`` (hidden
-    layers) or ``layer{i}_bias`` (the output layer). Loaded with ``allow_pickle=False``.
+    layers) or ``layer{i}_bias`` (the output layer). Read by :func:`read_weights`
+    (integer ``.npy`` members only, nothing unpickled).
 
 Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
 

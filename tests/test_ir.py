@@ -52,6 +52,23 @@ def test_load_rejects_bad_fields(tmp_path, rng, edit, match):
         irmod.load(tmp_path)
 
 
+def test_load_checks_the_layer_chain(tmp_path, rng):
+    """A layer whose n_in (and weights) do not follow the layer before: the npz matches the
+    file, the chain check refuses it."""
+    ir = random_ir(rng, sizes=[9, 8, 3], p=[0.5, 1.0], weight_bits=4)
+    irmod.save(ir, tmp_path)
+    meta = json.loads((tmp_path / "ir.json").read_text())
+    meta["layers"][1]["n_in"] = 5
+    (tmp_path / "ir.json").write_text(json.dumps(meta))
+    with np.load(tmp_path / "weights.npz") as z:
+        arrays = dict(z)
+    arrays["layer1_weights"] = arrays["layer1_weights"][:, :5]
+    np.savez(tmp_path / "weights.npz", **arrays)
+    with pytest.raises(irmod.IRError,
+                       match=r"^layers\[1\]\.n_in 5 does not match the 8 outputs before it$"):
+        irmod.load(tmp_path)
+
+
 def test_simd_defaults_to_one_and_changes_no_semantics(tmp_path, rng):
     """IR files written before simd existed load with simd 1; p = 1 layers take any simd (they
     have no kept list), and build_ir raises a sampling layer's lanes to its simd."""
