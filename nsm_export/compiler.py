@@ -29,6 +29,7 @@ from .fold import (FoldError, Surd, bipolar_ints, fold_hidden, fold_output, pow2
                    weight_bits)
 from .ir import IR, IRError
 from .layers import conv_out
+from .schema import check_identifier
 
 __all__ = ["CompileError", "SUPPORTED_OPS", "load_onnx", "compile_model", "compile_file"]
 
@@ -733,6 +734,10 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
                   source: str = "", lanes: int | list[int] = 1,
                   weight_store: str | list[str] = "rom", simd: int | list[int] = 1,
                   pass_samples: int = 0, p_tolerance: float = P_TOLERANCE) -> IR:
+    try:
+        check_identifier("name", name)           # the Verilog top module's: refused up front
+    except IRError as e:
+        raise CompileError(str(e)) from None
     try:
         onnx.checker.check_model(model)
     except Exception as e:

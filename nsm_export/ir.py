@@ -8,7 +8,8 @@ An IR is a directory with two files a person can read:
     output rule.
 ``weights.npz``
     Integer arrays ``layer{i}_weights`` (``n_out × n_in``) and ``layer{i}_threshold`` (hidden
-    layers) or ``layer{i}_bias`` (the output layer). Loaded with ``allow_pickle=False``.
+    layers) or ``layer{i}_bias`` (the output layer). Read by :func:`read_weights`
+    (integer ``.npy`` members only, nothing unpickled).
 
 Semantics (executed by :mod:`nsm_export.golden`, built by :mod:`hw`):
 
@@ -77,12 +78,30 @@ output. Version 1 files (dense layers only; the same dense semantics) still load
   ``LfsrSpec.reseeded(S)``; reset returns them to their seeds.
 
 Validation on load checks every field, every array's shape and range, and that every register
-width in the file can hold the worst case its weights allow, so a valid IR cannot overflow.
+width in the file can hold the worst case its weights allow, so a valid IR cannot overflow; the
+worst cases are computed with Python integers, never in a fixed width. Types are strict: an
+integer field takes a JSON integer (not ``true``, not ``1.0``), a list a list. ``name`` becomes
+the Verilog top module's name (:func:`nsm_export.schema.check_identifier`). A file holds only
+the fields this toolchain writes: an unknown key is refused, and every value written for a
+reader's information (``tie_rule``, ``p``, a conv or pool layer's ``h_out``, ``w_out``,
+``n_in``, ``n_out``, ``output``) must equal what the other fields give. ``source`` is provenance
+(the ONNX file's name, the compiler's options, the folding search's summary): a JSON object that
+nothing computes from, whose ``onnx`` entry, where given, is a bare file name.
+
+``weights.npz`` is read without trusting it (:func:`read_weights`): its members are listed
+first, each must be an array the IR declares, no more than :data:`MAX_ARRAY_VALUES` integers in
+all, and each ``.npy`` header must give an integer dtype and the declared shape before its data
+is read; a damaged file is an :class:`IRError` naming the file and the member.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
+import math
+import struct
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,13 +114,15 @@ from .layers import KINDS, ConvLayer, DenseLayer, InputSpec, PoolLayer
 from .layers.input import ENCODINGS, LAYOUTS, MAX_PROB_PIXEL_BITS
 from .layers.pool import POOL_MODES
 from .schema import (LANES, MAX_KERNEL, MAX_P_BITS, MAX_WEIGHT_BITS, SIMD, WEIGHT_STORES,
-                     IRError, LfsrSpec, check_int, signed_bits, unsigned_bits)
+                     IRError, LfsrSpec, check_identifier, check_int, check_record, check_width,
+                     shown, signed_bits, unsigned_bits)
 
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
     "PoolLayer", "IR", "min_line_rows", "use_line_buffers", "signed_bits", "unsigned_bits", "load",
-    "save", "ENCODINGS", "LAYOUTS", "MAX_PROB_PIXEL_BITS", "POOL_MODES", "LANES", "SIMD",
-    "WEIGHT_STORES", "MAX_KERNEL", "MAX_P_BITS", "MAX_WEIGHT_BITS",
+    "save", "read_weights", "declared_arrays", "MAX_ARRAY_VALUES", "ENCODINGS", "LAYOUTS",
+    "MAX_PROB_PIXEL_BITS", "POOL_MODES", "LANES", "SIMD", "WEIGHT_STORES", "MAX_KERNEL",
+    "MAX_P_BITS", "MAX_WEIGHT_BITS",
 ]
 
 IR_VERSION = 2
@@ -110,6 +131,18 @@ READ_VERSIONS = (1, 2)
 IR_FILE = "ir.json"
 WEIGHTS_FILE = "weights.npz"
 MAX_SAMPLES = 1 << 16
+#: The most integers ``weights.npz`` may hold (weights, thresholds and biases of all layers):
+#: 16 M, far beyond any FPGA this builds for; what a reader allocates for a file at most.
+MAX_ARRAY_VALUES = 1 << 24
+#: The largest ``ir.json`` a reader takes (a real one is a few kB) and its deepest nesting.
+MAX_IR_JSON_BYTES = 1 << 22
+MAX_JSON_DEPTH = 32
+#: The largest ``.npy`` header a reader parses (numpy writes about 128 bytes).
+MAX_NPY_HEADER = 4096
+#: What the zip and ``.npy`` readers raise on a damaged file.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, struct.error, EOFError, OSError,
+            ValueError, TypeError, KeyError, IndexError, OverflowError, NotImplementedError,
+            RuntimeError, SyntaxError, MemoryError)
 
 
 def min_line_rows(layer: ConvLayer, pool: "PoolLayer | None" = None) -> int:
@@ -156,11 +189,8 @@ class IR:
         return unsigned_bits(max(1, self.n_classes - 1))
 
     def required_score_bits(self) -> int:
-        out = self.layers[-1]
-        l1 = np.abs(out.weights).sum(axis=1)
-        lo = int((-l1 + out.offsets).min()) * self.samples
-        hi = int((l1 + out.offsets).max()) * self.samples
-        return signed_bits(lo, hi)
+        lo, hi = self.layers[-1].acc_range()
+        return signed_bits(lo * self.samples, hi * self.samples)
 
     def conv_producer(self, i: int) -> int | None:
         """The conv layer that writes conv layer ``i``'s input (directly or through a pooling
@@ -177,11 +207,11 @@ class IR:
                              else None)
 
     def validate(self) -> None:
-        if isinstance(self.version, bool) or self.version not in READ_VERSIONS:
-            raise IRError(f"IR version {self.version} is not supported (this toolchain reads "
-                          f"versions {', '.join(map(str, READ_VERSIONS))})")
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise IRError(f"name {self.name!r} is not a valid Verilog/Python identifier")
+        if type(self.version) is not int or self.version not in READ_VERSIONS:
+            raise IRError(f"IR version {shown(self.version)} is not supported (this toolchain "
+                          f"reads versions {', '.join(map(str, READ_VERSIONS))})")
+        check_identifier("name", self.name)
+        self._check_source()
         self.input.validate()
         check_int("samples", self.samples, 1, MAX_SAMPLES)
         if not self.layers:
@@ -223,11 +253,9 @@ class IR:
             n_prev = layer.n_out
         if self.n_classes < 2:
             raise IRError("layers[-1].n_out: a classifier needs at least 2 classes")
-        need = self.required_score_bits()
-        if self.score_bits < need:
-            raise IRError(f"score_bits {self.score_bits} cannot hold {self.samples} worst-case "
-                          f"samples (needs {need})")
-        check_int("score_bits", self.score_bits, need, 64)
+        _check_array_values(sum(layer.array_values() for layer in self.layers))
+        check_width("score_bits", self.score_bits, self.required_score_bits(), 64,
+                    f"{self.samples} worst-case samples")
         self._check_draws()
 
     def _check_draws(self) -> None:
@@ -251,6 +279,15 @@ class IR:
                 raise IRError(f"layers[{i}].p_num {la.p_num}: a {la.rng.width}-bit LFSR never "
                               f"draws a value below it (its draws are never 0), so no input "
                               f"is kept")
+
+    def _check_source(self) -> None:
+        """``source`` is provenance: a JSON object; ``onnx``, where given, a bare file name."""
+        if not isinstance(self.source, dict):
+            raise IRError(f"source must be a JSON object, got {type(self.source).__name__}")
+        onnx = self.source.get("onnx")
+        if onnx is not None and (not isinstance(onnx, str) or Path(onnx).name != onnx
+                                 or onnx == ".."):
+            raise IRError(f"source.onnx {shown(onnx)} must be a file name (no directory)")
 
     def _check_line_rows(self, i: int, where: str, layer: ConvLayer) -> None:
         """A line buffer (``line_rows`` R > 0) replaces the double-buffered input map of a conv
@@ -302,39 +339,172 @@ def load(directory: str | Path) -> IR:
     d = Path(directory)
     if not d.is_dir():
         raise IRError(f"{d}: no such IR directory")
+    meta = _read_json(d / IR_FILE)
+    return from_json(meta, read_weights(d / WEIGHTS_FILE, declared_arrays(meta)))
+
+
+def _read_json(path: Path):
     try:
-        meta = json.loads((d / IR_FILE).read_text())
+        with open(path, "rb") as f:
+            text = f.read(MAX_IR_JSON_BYTES + 1)
     except FileNotFoundError:
-        raise IRError(f"{d / IR_FILE}: missing (not an IR directory; run `nsm compile` first)")
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IRError(f"{d / IR_FILE}: not valid JSON ({e})")
+        raise IRError(f"{path}: missing (not an IR directory; run `nsm compile` first)")
+    except OSError as e:
+        raise IRError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+    if len(text) > MAX_IR_JSON_BYTES:
+        raise IRError(f"{path}: larger than {MAX_IR_JSON_BYTES:,} bytes (a real one is a few kB)")
     try:
-        with np.load(d / WEIGHTS_FILE, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(text.decode("utf-8"))
+    except (ValueError, RecursionError, MemoryError) as e:   # JSONDecodeError, Unicode errors
+        raise IRError(f"{path}: not valid JSON ({_why(e)})")
+    level, depth = [meta], 0
+    while level:                         # iteratively: no reader after this one recurses deeply
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise IRError(f"{path}: nested deeper than {MAX_JSON_DEPTH} levels")
+        level = [v for x in level if isinstance(x, (dict, list))
+                 for v in (x.values() if isinstance(x, dict) else x)]
+    return meta
+
+
+def declared_arrays(meta) -> dict[str, tuple]:
+    """The ``weights.npz`` members an ``ir.json`` record declares and their shapes (their size
+    fields checked first), at most :data:`MAX_ARRAY_VALUES` integers in all."""
+    layers = _layer_records(meta)
+    shapes = {}
+    for i, m in enumerate(layers):
+        shapes.update(_kind(i, m).array_shapes(i, m))
+    _check_array_values(sum(math.prod(shape) for shape in shapes.values()))
+    return shapes
+
+
+def _check_array_values(values: int) -> None:
+    if values > MAX_ARRAY_VALUES:
+        raise IRError(f"layers: {values:,} weights, thresholds and biases exceed the "
+                      f"{MAX_ARRAY_VALUES:,} an IR may hold")
+
+
+def _layer_records(meta) -> list:
+    if not isinstance(meta, dict):
+        raise IRError(f"ir.json: the top level must be a JSON object, got {type(meta).__name__}")
+    layers = meta.get("layers")
+    if not isinstance(layers, list):
+        raise IRError(f"ir.json: 'layers' must be a list, got {type(layers).__name__}")
+    for i, m in enumerate(layers):
+        if not isinstance(m, dict):
+            raise IRError(f"layers[{i}] must be a JSON object, got {type(m).__name__}")
+    return layers
+
+
+def _kind(i: int, m: dict):
+    kind = m.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise IRError(f"layers[{i}].kind {shown(kind)} is not supported ({', '.join(KINDS)})")
+    return cls
+
+
+def read_weights(path: Path, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """The arrays ``shapes`` names from the npz file ``path``, as int64, read without trusting
+    the file: its members are listed first (each must be one of ``shapes``, stored or deflated,
+    its size in the zip directory within what the shape allows), each ``.npy`` header must
+    give an integer dtype and that shape before the data is read, and the data must be whole
+    (exact length, CRC). Anything else is an :class:`IRError` naming the file and the member."""
+    try:
+        f = open(path, "rb")
     except FileNotFoundError:
-        raise IRError(f"{d / WEIGHTS_FILE}: missing")
-    except (ValueError, OSError) as e:
-        raise IRError(f"{d / WEIGHTS_FILE}: not a readable npz file ({e})")
-    return from_json(meta, arrays)
+        raise IRError(f"{path}: missing")
+    except OSError as e:
+        raise IRError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+    with f:
+        try:
+            zf = zipfile.ZipFile(f)
+            infos = zf.infolist()
+        except _DAMAGED as e:
+            raise IRError(f"{path}: not a readable npz file ({_why(e)})")
+        with zf:
+            members = {}
+            for info in infos:
+                name = info.filename
+                key = name[:-len(".npy")] if name.endswith(".npy") else None
+                if key not in shapes:
+                    raise IRError(f"{path}: member {shown(name)} is not an array the IR declares "
+                                  f"({', '.join(shapes) or 'none'})")
+                if key in members:
+                    raise IRError(f"{path}: member {shown(name)} appears twice")
+                members[key] = info
+            for key in shapes:
+                if key not in members:
+                    raise IRError(f"{path}: array {key} is missing")
+            return {key: _read_member(path, zf, members[key], shape)
+                    for key, shape in shapes.items()}
+
+
+def _why(e: BaseException) -> str:
+    """An exception in a few words on one line."""
+    text = " ".join(str(e).split())[:120]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _read_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo,
+                 shape: tuple) -> np.ndarray:
+    where = f"{path}: member {info.filename}"
+    count = math.prod(shape)
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise IRError(f"{where}: compression method {info.compress_type} (numpy writes stored "
+                      f"or deflated members)")
+    if info.file_size > MAX_NPY_HEADER + 8 * count:
+        raise IRError(f"{where}: {info.file_size:,} bytes uncompressed, more than a {shape} "
+                      f"integer array can take")
+    try:
+        with zf.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                got, fortran, dtype = np.lib.format.read_array_header_1_0(
+                    fh, max_header_size=MAX_NPY_HEADER)
+            elif version == (2, 0):
+                got, fortran, dtype = np.lib.format.read_array_header_2_0(
+                    fh, max_header_size=MAX_NPY_HEADER)
+            else:
+                raise IRError(f"{where}: .npy format version {version} (numpy writes 1.0 "
+                              f"or 2.0)")
+            if dtype.kind not in "iu" or dtype.hasobject:
+                raise IRError(f"{where}: dtype {dtype} is not an integer type")
+            if got != shape:
+                raise IRError(f"{where}: shape {got}, the IR declares {shape}")
+            nbytes = count * dtype.itemsize
+            data = fh.read(nbytes)
+            if len(data) != nbytes:
+                raise IRError(f"{where}: data truncated ({len(data)} of {nbytes} bytes)")
+            if fh.read(1):                           # also makes zipfile check the CRC
+                raise IRError(f"{where}: data beyond the {shape} array")
+    except IRError:
+        raise
+    except _DAMAGED as e:
+        raise IRError(f"{where}: damaged ({_why(e)})")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    if arr.size and (int(arr.min()) < -(1 << 63) or int(arr.max()) >= 1 << 63):
+        raise IRError(f"{where}: values outside the 64-bit signed range")
+    return arr.astype(np.int64)
 
 
 def from_json(meta: dict, arrays: dict) -> IR:
+    """An IR from its ``ir.json`` record and its arrays, validated, every field of the record
+    accounted for (:func:`nsm_export.schema.check_record`)."""
+    layer_records = _layer_records(meta)
+    if meta.get("format") != "nsm-ir":
+        raise IRError("ir.json: 'format' is not 'nsm-ir'")
+    for key in ("version", "input", "samples", "score_bits"):
+        if key not in meta:
+            raise IRError(f"ir.json: {key} is missing")
+    version = meta["version"]
+    if type(version) is not int or version not in READ_VERSIONS:
+        raise IRError(f"ir.json: IR version {shown(version)} is not supported (this toolchain "
+                      f"reads versions {', '.join(map(str, READ_VERSIONS))}; re-run "
+                      f"`nsm compile`)")
     try:
-        if meta.get("format") != "nsm-ir":
-            raise IRError("ir.json: 'format' is not 'nsm-ir'")
         inp = InputSpec.record(meta["input"])
-        version = meta["version"]
-        if isinstance(version, bool) or version not in READ_VERSIONS:
-            raise IRError(f"ir.json: IR version {version!r} is not supported (this toolchain "
-                          f"reads versions {', '.join(map(str, READ_VERSIONS))}; re-run "
-                          f"`nsm compile`)")
-        layers = []
-        for i, m in enumerate(meta["layers"]):
-            cls = KINDS.get(m.get("kind"))
-            if cls is None:
-                raise IRError(f"layers[{i}].kind {m.get('kind')!r} is not supported "
-                              f"({', '.join(KINDS)})")
-            layers.append(cls.record(i, m, arrays))
+        layers = [_kind(i, m).record(i, m, arrays) for i, m in enumerate(layer_records)]
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
                 name=meta.get("name", "nsm"), version=version,
                 source=meta.get("source", {}))
@@ -343,4 +513,15 @@ def from_json(meta: dict, arrays: dict) -> IR:
     except (KeyError, TypeError, AttributeError) as e:
         raise IRError(f"ir.json: missing or malformed field ({type(e).__name__}: {e})")
     ir.validate()
+    written = ir.to_json()
+    for key, value in meta.items():
+        if key not in written:
+            raise IRError(f"ir.json: {shown(key)} is an unknown field (the file has "
+                          f"{', '.join(written)})")
+    if meta.get("tie_rule", written["tie_rule"]) != written["tie_rule"]:
+        raise IRError(f"ir.json: tie_rule {shown(meta['tie_rule'])} is not "
+                      f"{written['tie_rule']!r}, the only rule there is")
+    check_record(ir.input, meta["input"], "input")
+    for i, (layer, m) in enumerate(zip(ir.layers, layer_records)):
+        check_record(layer, m, f"layers[{i}]")
     return ir

@@ -28,11 +28,12 @@ def test_round_trip(tmp_path, rng):
     (lambda m: m["layers"][0]["rng"].update(seed=0), "lock-up"),
     (lambda m: m["layers"][0]["rng"].update(mask=3), "maximal-length"),
     (lambda m: m["layers"][0].update(p_num=0), "p_num"),
-    (lambda m: m["layers"][1].update(n_in=5), "n_in"),
+    (lambda m: m["layers"][1].update(n_in=5),
+     r"layer1_weights.npy: shape \(3, 8\), the IR declares \(3, 5\)$"),
     (lambda m: m.update(score_bits=2), "score_bits"),
     (lambda m: m["layers"][0].update(weight_bits=0), "weight_bits"),
     (lambda m: m["input"].update(encoding="gray"), "encoding"),
-    (lambda m: m["layers"][0].pop("pe"), "malformed"),
+    (lambda m: m["layers"][0].pop("pe"), r"^layers\[0\]\.pe is missing$"),
     (lambda m: m["layers"][0].update(lanes=3), "lanes 3 must be one of"),
     (lambda m: m["layers"][1].update(lanes=2), "lanes 2 needs sampling"),
     (lambda m: m["layers"][0].update(simd=3),
@@ -48,6 +49,23 @@ def test_load_rejects_bad_fields(tmp_path, rng, edit, match):
     edit(meta)
     (tmp_path / "ir.json").write_text(json.dumps(meta))
     with pytest.raises(irmod.IRError, match=match):
+        irmod.load(tmp_path)
+
+
+def test_load_checks_the_layer_chain(tmp_path, rng):
+    """A layer whose n_in (and weights) do not follow the layer before: the npz matches the
+    file, the chain check refuses it."""
+    ir = random_ir(rng, sizes=[9, 8, 3], p=[0.5, 1.0], weight_bits=4)
+    irmod.save(ir, tmp_path)
+    meta = json.loads((tmp_path / "ir.json").read_text())
+    meta["layers"][1]["n_in"] = 5
+    (tmp_path / "ir.json").write_text(json.dumps(meta))
+    with np.load(tmp_path / "weights.npz") as z:
+        arrays = dict(z)
+    arrays["layer1_weights"] = arrays["layer1_weights"][:, :5]
+    np.savez(tmp_path / "weights.npz", **arrays)
+    with pytest.raises(irmod.IRError,
+                       match=r"^layers\[1\]\.n_in 5 does not match the 8 outputs before it$"):
         irmod.load(tmp_path)
 
 
@@ -118,7 +136,8 @@ def test_widths_hold_the_worst_case(seed, wb, n_in, T):
     (lambda m: m["input"].update(thresholds=[10, 300]), r"thresholds\[1\] = 300"),
     (lambda m: m["input"].update(layout="diagonal"), "layout 'diagonal'"),
     (lambda m: m["input"].update(encoding="threshold"), "not 'thermometer'"),
-    (lambda m: m["layers"][0].update(n_in=9), "n_in 9 does not match the 12 outputs"),
+    (lambda m: m["layers"][0].update(n_in=9),
+     r"layer0_weights.npy: shape \(5, 12\), the IR declares \(5, 9\)$"),
 ])
 def test_thermometer_input_is_validated(tmp_path, rng, edit, match):
     from nsm_export.build import IntLayer, build_ir

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .. import lfsr
-from ..schema import (MAX_P_BITS, MAX_WEIGHT_BITS, IRError, LfsrSpec, check_int, from_json,
-                      signed_bits, to_json)
+from ..schema import (MAX_P_BITS, MAX_WEIGHT_BITS, IRError, LfsrSpec, check_bool, check_int,
+                      check_width, from_json, int_values, row_l1, signed_bits, to_json)
 
 __all__ = ["Layer", "Weighted", "memory"]
 
@@ -22,7 +24,8 @@ class Layer:
 
     * ``kind``, ``n_in``, ``n_out``, ``output``, ``sampling``, ``rng``, ``weight_store``;
     * ``validate(where)`` (beyond the declared ranges), ``meta()`` (its ``ir.json`` record),
-      ``arrays(i)`` (its ``weights.npz`` members), ``record(i, m, arrays)`` (the inverse);
+      ``arrays(i)`` (its ``weights.npz`` members), ``record(i, m, arrays)`` (the inverse),
+      ``array_shapes(i, m)`` (the members a record declares, before they are read);
     * ``execute(z, x)``: the golden model (``z``: input spikes ``(N, T, n_in)`` as bool;
       ``x``: the same as ±1 with blanked inputs 0); returns its output spikes, or, for the
       output layer, the class scores summed over the samples;
@@ -48,8 +51,15 @@ class Layer:
         return {}
 
     @classmethod
+    def array_shapes(cls, i: int, m: dict) -> dict:
+        return {}
+
+    def array_values(self) -> int:
+        return 0
+
+    @classmethod
     def record(cls, i: int, m: dict, arrays: dict):
-        return from_json(cls, m)
+        return from_json(cls, m, f"layers[{i}]")
 
     def hw_unsupported(self, i: int, ir) -> str | None:
         return None
@@ -91,14 +101,36 @@ class Weighted(Layer):
                 f"layer{i}_{'bias' if self.output else 'threshold'}":
                     self.offsets.astype(np.int64)}
 
+    @staticmethod
+    def _offsets_key(i: int, m: dict) -> str:
+        return f"layer{i}_{'bias' if m.get('output') is True else 'threshold'}"
+
+    @classmethod
+    def array_shapes(cls, i: int, m: dict) -> dict:
+        """``layer{i}_weights`` (``WEIGHT_DIMS``) and its thresholds or biases (one per row),
+        from the record's size fields, checked against their declared ranges first."""
+        check_bool(f"layers[{i}].output", m.get("output", False))
+        fields = {f.name: f.metadata for f in dataclasses.fields(cls)}
+        dims = []
+        for name in cls.WEIGHT_DIMS:
+            if name not in m:
+                raise IRError(f"layers[{i}].{name} is missing")
+            check_int(f"layers[{i}].{name}", m[name], fields[name]["lo"], fields[name]["hi"])
+            dims.append(m[name])
+        return {f"layer{i}_weights": tuple(dims), cls._offsets_key(i, m): tuple(dims[:1])}
+
     @classmethod
     def record(cls, i: int, m: dict, arrays: dict):
-        key = f"layer{i}_{'bias' if m['output'] else 'threshold'}"
+        key = cls._offsets_key(i, m)
         for k in (f"layer{i}_weights", key):
             if k not in arrays:
                 raise IRError(f"weights.npz: array {k} is missing")
-        return from_json(cls, m, {"weights": arrays[f"layer{i}_weights"],
-                                  "offsets": arrays[key]})
+        return from_json(cls, m, f"layers[{i}]", {"weights": arrays[f"layer{i}_weights"],
+                                                  "offsets": arrays[key]})
+
+    def array_values(self) -> int:
+        """Integers this layer keeps in ``weights.npz``."""
+        return self.weights.size + self.offsets.size
 
     def check_weighted(self, where: str) -> None:
         """Weight range, blank-out spec, register widths."""
@@ -106,7 +138,8 @@ class Weighted(Layer):
         check_int(f"{where}.p_bits", self.p_bits, 1, MAX_P_BITS)
         check_int(f"{where}.p_num", self.p_num, 1, 1 << self.p_bits)
         wmax = (1 << (self.weight_bits - 1)) - 1 if self.weight_bits > 1 else 1
-        if self.weights.size and (self.weights.min() < -wmax or self.weights.max() > wmax):
+        if self.weights.size and (int(self.weights.min()) < -wmax
+                                  or int(self.weights.max()) > wmax):
             raise IRError(f"{where}.weights hold values outside [{-wmax}, {wmax}] for "
                           f"weight_bits {self.weight_bits}")
         if self.weight_bits == 1 and np.any(self.weights == 0):
@@ -119,16 +152,30 @@ class Weighted(Layer):
             self.rng.validate(f"{where}.rng", self.p_bits)
         elif self.rng is not None:
             raise IRError(f"{where}.rng is given but p = 1 draws no random bits")
-        need = self.required_acc_bits()
-        if self.acc_bits < need:
-            raise IRError(f"{where}.acc_bits {self.acc_bits} cannot hold the worst case of its "
-                          f"weights (needs {need})")
-        check_int(f"{where}.acc_bits", self.acc_bits, need, 64)
-        need_off = signed_bits(int(self.offsets.min()), int(self.offsets.max()))
-        if self.offset_bits < need_off:
-            raise IRError(f"{where}.offset_bits {self.offset_bits} cannot hold its offsets "
-                          f"(needs {need_off})")
-        check_int(f"{where}.offset_bits", self.offset_bits, need_off, self.acc_bits)
+        check_width(f"{where}.acc_bits", self.acc_bits, self.required_acc_bits(), 64,
+                    "the worst case of its weights")
+        offsets = int_values(self.offsets)
+        check_width(f"{where}.offset_bits", self.offset_bits,
+                    signed_bits(min(offsets), max(offsets)), self.acc_bits, "its offsets")
+
+    def acc_range(self) -> tuple[int, int]:
+        """The least and the greatest value the accumulator must hold, exactly (Python ints):
+        ``acc_i + bias_i`` (output layer), or ``acc_i`` and ``threshold_i`` (hidden)."""
+        l1, offsets = row_l1(self.weights), int_values(self.offsets)
+        if self.output:
+            return (min(o - n for n, o in zip(l1, offsets)),
+                    max(o + n for n, o in zip(l1, offsets)))
+        return min(-max(l1), min(offsets)), max(max(l1), max(offsets))
+
+    def required_acc_bits(self) -> int:
+        return signed_bits(*self.acc_range())
+
+    def signed_acc_bits(self) -> int:
+        """Width of an accumulator that starts at ``-threshold_i`` (the popcount engines':
+        a spike is its sign bit), exactly."""
+        l1, offsets = row_l1(self.weights), int_values(self.offsets)
+        return signed_bits(min(-n - o for n, o in zip(l1, offsets)),
+                           max(n - o for n, o in zip(l1, offsets)))
 
     def pass_counts(self, samples: int) -> list[int]:
         """Popcount engine: the samples of each pass of one image, ``T'`` each but the last,

@@ -11,7 +11,7 @@ from .. import estimate as E
 from ..devices import blocks
 from ..plan import BUILD_FLUSH, GROUP_OVERHEAD, POP_DRAIN
 from ..schema import LANES, MAX_KERNEL, POP_SIMD, WEIGHT_STORES, IRError, LfsrSpec, beat_bits, \
-    check_array, check_fields, check_int, signed_bits, spec
+    check_array, check_fields, check_int, spec
 from .base import Weighted, memory
 from .dense import SEARCH_MAX_LANES, SEARCH_MAX_POP_LANES, _combine, _pe_choices, \
     _pop_pe_choices, pop_cost
@@ -80,6 +80,7 @@ class ConvLayer(Weighted):
     output = False                 # a conv layer is never the output layer
     kind = "conv2d"
     DERIVED = ("h_out", "w_out", "n_in", "n_out", "output", "p", "p_realized")
+    WEIGHT_DIMS = ("c_out", "c_in", "kernel", "kernel")
     JSON_ORDER = ("kind", "c_in", "h_in", "w_in", "c_out", "kernel", "stride", "padding",
                   "h_out", "w_out", "n_in", "n_out", "output", "weight_bits", "p_num",
                   "p_bits", "p", "p_realized", "rng", "acc_bits", "offset_bits", "pe", "lanes",
@@ -151,14 +152,9 @@ class ConvLayer(Weighted):
 
     @classmethod
     def record(cls, i: int, m: dict, arrays: dict):
-        if m["output"]:
+        if m.get("output") is True:
             raise IRError(f"layers[{i}]: a conv2d layer cannot be the output layer")
         return super().record(i, m, arrays)
-
-    def required_acc_bits(self) -> int:
-        l1 = np.abs(self.weights.reshape(self.c_out, -1)).sum(axis=1)
-        return signed_bits(int(min((-l1).min(), self.offsets.min())),
-                           int(max(l1.max(), self.offsets.max())))
 
     def validate(self, where: str) -> None:
         check_fields(self, where, ("c_in", "h_in", "w_in", "c_out", "kernel", "stride",
@@ -270,9 +266,7 @@ class ConvLayer(Weighted):
     def pop_acc_bits(self, samples: int) -> int:
         """Popcount engine: accumulator width; it starts at ``-threshold`` (a spike is its sign
         bit)."""
-        l1 = np.abs(self.weights.astype(np.int64).reshape(self.c_out, -1)).sum(axis=1)
-        need = signed_bits(int((-l1 - self.offsets).min()), int((l1 - self.offsets).max()))
-        return max(need, beat_bits(self.simd, self.weight_bits))
+        return max(self.signed_acc_bits(), beat_bits(self.simd, self.weight_bits))
 
     def cycles(self, engine, mask):
         """Cycles of one sample per sample; the popcount engine spends the same on every

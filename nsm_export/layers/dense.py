@@ -10,7 +10,7 @@ from .. import estimate as E
 from ..devices import blocks
 from ..plan import MASK_FLUSH, POP_DRAIN, group_overhead
 from ..schema import LANES, POP_SIMD, SIMD, WEIGHT_STORES, IRError, LfsrSpec, beat_bits, \
-    check_array, check_fields, signed_bits, spec
+    check_array, check_bool, check_fields, row_l1, signed_bits, spec
 from .base import Weighted, memory
 
 __all__ = ["DenseLayer"]
@@ -45,6 +45,7 @@ class DenseLayer(Weighted):
     pass_samples: int = spec(0, 1 << 16, default=0, write="if-set")
     kind = "dense"
     DERIVED = ("p", "p_realized")
+    WEIGHT_DIMS = ("n_out", "n_in")
     JSON_ORDER = ("kind", "n_in", "n_out", "output", "weight_bits", "p_num", "p_bits", "p",
                   "p_realized", "rng", "pe", "acc_bits", "offset_bits", "lanes", "weight_store",
                   "simd", "pass_samples")
@@ -85,26 +86,15 @@ class DenseLayer(Weighted):
     def pop_acc_bits(self, samples: int) -> int:
         """Popcount engine: accumulator width. A hidden accumulator starts at ``-threshold``
         (a spike is its sign bit); the output layer's adds the samples of a pass together."""
-        l1 = np.abs(self.weights.astype(np.int64)).sum(axis=1)
         if self.output:
-            tp = min(self.pass_samples, samples)
-            need = signed_bits(-int(l1.max()) * tp, int(l1.max()) * tp)
+            tp, l1 = min(self.pass_samples, samples), max(row_l1(self.weights))
+            need = signed_bits(-l1 * tp, l1 * tp)
             return max(need, beat_bits(self.simd * tp, self.weight_bits))
-        need = signed_bits(int((-l1 - self.offsets).min()), int((l1 - self.offsets).max()))
-        return max(need, beat_bits(self.simd, self.weight_bits))
-
-    def required_acc_bits(self) -> int:
-        l1 = np.abs(self.weights).sum(axis=1)
-        if self.output:
-            lo = int((-l1 + self.offsets).min())
-            hi = int((l1 + self.offsets).max())
-        else:
-            lo = int(min((-l1).min(), self.offsets.min()))
-            hi = int(max(l1.max(), self.offsets.max()))
-        return signed_bits(lo, hi)
+        return max(self.signed_acc_bits(), beat_bits(self.simd, self.weight_bits))
 
     def validate(self, where: str) -> None:
         check_fields(self, where, ("n_in", "n_out", "pe"))
+        check_bool(f"{where}.output", self.output)
         check_array(f"{where}.weights", self.weights, (self.n_out, self.n_in))
         check_array(f"{where}.{'bias' if self.output else 'threshold'}", self.offsets,
                     (self.n_out,))

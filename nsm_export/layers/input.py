@@ -9,7 +9,8 @@ import numpy as np
 
 from ..devices import blocks
 from ..plan import ENCODE_FLUSH
-from ..schema import MAX_P_BITS, IRError, LfsrSpec, check_fields, check_int, from_json, spec
+from ..schema import (MAX_P_BITS, IRError, LfsrSpec, check_fields, check_int, from_json,
+                      parse_list, shown, spec)
 
 __all__ = ["InputSpec", "ENCODINGS", "LAYOUTS"]
 
@@ -36,10 +37,10 @@ class InputSpec:
     threshold: int = spec(0, lambda s: 1 << s.pixel_bits)
     pixel_bits: int = spec(1, 16, default=8)
     encoding: str = spec(default="threshold")
-    thresholds: tuple = spec(default=(), parse=tuple)
+    thresholds: tuple = spec(default=(), parse=parse_list)
     layout: str = spec(choices=LAYOUTS, default="pixel-major")
     prob_bits: int = spec(1, MAX_P_BITS, default=0)
-    probs: tuple = spec(default=(), parse=tuple)
+    probs: tuple = spec(default=(), parse=parse_list)
     rng: "LfsrSpec | None" = spec(default=None, parse=LfsrSpec.parse)
 
     @property
@@ -54,16 +55,15 @@ class InputSpec:
     def validate(self) -> None:
         check_fields(self, "input", ("size", "pixel_bits"))
         if self.encoding not in ENCODINGS:
-            raise IRError(f"input.encoding {self.encoding!r} is not supported "
+            raise IRError(f"input.encoding {shown(self.encoding)} is not supported "
                           f"({', '.join(ENCODINGS)})")
-        check_fields(self, "input", ("threshold",))
+        check_fields(self, "input", ("threshold", "layout"))
         if self.encoding == "thermometer":
             if (not isinstance(self.thresholds, (list, tuple))
                     or not 1 <= len(self.thresholds) <= 64):
                 raise IRError("input.thresholds: thermometer encoding needs 1 to 64 thresholds")
             for k, t in enumerate(self.thresholds):
                 check_int(f"input.thresholds[{k}]", t, 0, 1 << self.pixel_bits)
-            check_fields(self, "input", ("layout",))
         elif self.thresholds:
             raise IRError("input.thresholds are given but the encoding is not 'thermometer'")
         if self.encoding == "bernoulli":
@@ -81,10 +81,12 @@ class InputSpec:
             self.rng.validate("input.rng", self.prob_bits)
         elif self.probs or self.rng is not None or self.prob_bits:
             raise IRError("input.probs/prob_bits/rng are given but the encoding is not 'bernoulli'")
+        else:
+            check_int("input.prob_bits", self.prob_bits, 0, 0)
 
     @classmethod
     def record(cls, m: dict) -> "InputSpec":
-        return from_json(cls, m)
+        return from_json(cls, m, "input")
 
     def check_pixels(self, pixels) -> np.ndarray:
         px = np.asarray(pixels)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..schema import MAX_KERNEL, IRError, check_fields, spec
+from ..schema import MAX_KERNEL, IRError, check_fields, shown, spec
 from .base import Layer
 
 __all__ = ["PoolLayer", "POOL_MODES"]
@@ -55,7 +55,7 @@ class PoolLayer(Layer):
     def validate(self, where: str) -> None:
         check_fields(self, where, ("channels", "h_in", "w_in", "size"))
         if self.mode not in POOL_MODES:
-            raise IRError(f"{where}.mode {self.mode!r} is not one of {', '.join(POOL_MODES)}")
+            raise IRError(f"{where}.mode {shown(self.mode)} is not one of {', '.join(POOL_MODES)}")
         if self.h_out < 1 or self.w_out < 1:
             raise IRError(f"{where}: a {self.size}x{self.size} window does not fit the "
                           f"{self.h_in}x{self.w_in} map")
