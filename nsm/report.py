@@ -40,12 +40,14 @@ from nsm_export.plan import plan
 __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
            "network_shapes", "resource_rows", "cycle_summary", "Section", "Table", "Figure",
-           "NotRun"]
+           "NotRun", "OUTPUTS"]
 
 DEFAULT_SAMPLES = (1, 4, 16, 64)
 MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
 AUTOCORR_DRAWS = 1 << 20     # draws per stream used for the autocorrelation (all for frequency)
 UART_BAUD = 115200           # the board top's default (hw/board.py)
+#: What :func:`write_report` writes in its directory (and, for the plots, deletes there).
+OUTPUTS = ("report.html", "report.md", "report.json", "report-*.png")
 
 
 class ReportError(RuntimeError):

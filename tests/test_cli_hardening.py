@@ -31,6 +31,106 @@ def build(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------
+# Outputs: checked before any work
+
+def _files(tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"a checkpoint")
+    (tmp_path / "m.onnx").write_bytes(b"an onnx file")
+    (tmp_path / "plain").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "m.pt", "-o", "m.pt"],
+     "nsm export: error: --output m.pt: is also the input CHECKPOINT; writing it would destroy "
+     "that (choose another path)"),
+    (["eval", "m.pt", "--plot", "./m.pt"],
+     "nsm eval: error: --plot m.pt: is also the input CHECKPOINT; writing it would destroy that "
+     "(choose another path)"),
+    (["train", "-o", "folder"],                             # click's own check: exit 2
+     "Error: Invalid value for '-o' / '--output': File 'folder' is a directory."),
+    (["train", "-o", "plain/model.pt"],
+     "nsm train: error: --output plain/model.pt: cannot be made (plain is not a directory)"),
+    (["train", "-o", "c.pt", "--checkpoint", "folder/../c.pt"],
+     "nsm train: error: --checkpoint folder/../c.pt: is also --output; writing it would destroy "
+     "that (choose another path)"),
+    (["train", "-o", "m.pt", "--init", "m.pt"],
+     "nsm train: error: --output m.pt: is also the input --init; writing it would destroy that "
+     "(choose another path)"),
+    (["export", "m.pt", "-o", "folder"],
+     "Error: Invalid value for '-o' / '--output': File 'folder' is a directory."),
+    (["compile", "m.onnx", "-o", "m.onnx"],
+     "Error: Invalid value for '-o' / '--output': Directory 'm.onnx' is a file."),
+    (["compile", "folder/nsm.v", "-o", "folder"],
+     "nsm compile: error: --output folder: would replace the input ONNX_FILE folder/nsm.v, which "
+     "it writes or deletes there (choose another directory)"),
+    (["compile", "folder/x.core", "-o", "folder", "--name", "x"],
+     "nsm compile: error: --output folder: would replace the input ONNX_FILE folder/x.core, "
+     "which it writes or deletes there (choose another directory)"),
+    (["demo", "--out", "plain"],
+     "Error: Invalid value for '--out': Directory 'plain' is a file."),
+    (["export", "m.pt", "-o", "/dev/null"],
+     "nsm export: error: --output /dev/null: exists and is not a regular file"),
+    (["export", "m.pt", "-o", "x" * 256 + ".onnx"],
+     f"nsm export: error: --output {'x' * 256}.onnx: cannot be written (File name too long)"),
+    (["compile", "m.onnx", "-o", "new/" + "x" * 256],
+     f"nsm compile: error: --output new/{'x' * 256}: cannot be written (a name longer than 255 "
+     f"bytes)"),
+    (["board", "folder", "--port", "folder"],
+     "nsm board: error: --port folder: a directory, not a serial port"),
+])
+def test_outputs_are_refused_before_any_work(tmp_path, monkeypatch, args, message):
+    _files(tmp_path)
+    (tmp_path / "folder" / "nsm.v").write_text("module nsm; endmodule\n")
+    (tmp_path / "folder" / "x.core").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    if args[0] in ("train", "demo"):                      # no training may start
+        import nsm_train.train
+
+        def no_training(*a, **k):
+            raise AssertionError("trained before checking the output")
+        monkeypatch.setattr(nsm_train.train, "train", no_training)
+    res = CliRunner().invoke(main, args)
+    if message.startswith("Error:"):                 # click's usage error: exit 2, one Error:
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        assert [ln for ln in res.stderr.splitlines() if "rror" in ln] == [message]
+    else:
+        assert _one_error_line(res) == message
+    assert _snapshot(tmp_path) == before
+
+
+def test_build_stage_outputs_are_refused(build, tmp_path):
+    """sim, synth and report: their directories must be makeable, their outputs no input."""
+    import shutil
+    b = tmp_path / "build"
+    shutil.copytree(build, b)
+    (b / "synth" / "ice40-up5k").mkdir(parents=True)
+    (b / "synth" / "ice40-up5k" / "report.json").write_text('{"luts": 1}\n')
+    r = CliRunner()
+    before = _snapshot(b)
+    res = r.invoke(main, ["synth", str(b), "--target", "ice40-up5k", "-o", str(b / "nsm.v")])
+    _one_error_line(res, f"--output {b / 'nsm.v'}: is also the build's nsm.v; writing it would "
+                         f"destroy that")
+    res = r.invoke(main, ["report", str(b), "-o", str(b / "synth" / "ice40-up5k")])
+    _one_error_line(res, f"--output {b / 'synth' / 'ice40-up5k'}: would replace an input of the "
+                         f"report {b / 'synth' / 'ice40-up5k' / 'report.json'}")
+    res = r.invoke(main, ["report", str(b), "-o", str(b / "ir.json")])
+    assert res.exit_code == 2 and "is a file" in res.stderr     # click's own check
+    assert _snapshot(b) == before
+    (b / "sim").write_text("not a directory")
+    res = r.invoke(main, ["sim", str(b), "--count", "1"])
+    _one_error_line(res, f"the co-simulation's directory {b / 'sim'}: exists and is not a "
+                         f"directory")
+    (b / "sim").unlink()
+    (b / "synth").rename(b / "synth.old")
+    (b / "synth").write_text("not a directory")
+    res = r.invoke(main, ["synth", str(b), "--target", "ice40-up5k"])
+    _one_error_line(res, f"the synthesis directory {b / 'synth'}: exists and is not a directory")
+
+
+# ---------------------------------------------------------------------------------------------
 # A build is one set; synthesis keeps the last reports until the new ones are complete
 
 def _interrupt_on(monkeypatch, suffix):
