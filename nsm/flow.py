@@ -336,7 +336,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
 
     from nsm.report import write_report
     log("[6/6] report: accuracy against T, resources, cycles, LFSR statistics, verification")
-    written = write_report(out_dir, command=f"nsm report {out_dir}", dataset="digits",
-                           split_seed=cfg.seed, count=len(y_all))
+    written = write_report(out_dir, command=shlex.join(["nsm", "report", str(out_dir)]),
+                           dataset="digits", split_seed=cfg.seed, count=len(y_all))
     log(f"      wrote {written['report.html']} and {written['report.md']}")
     return summary

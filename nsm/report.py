@@ -26,6 +26,7 @@ import html
 import io
 import json
 import re
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -278,7 +279,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         raise ReportError(f"{build_dir}: not a directory")
     if not build_dir.is_dir():
         raise ReportError(f"{build_dir}: no such build directory (run `nsm compile MODEL.onnx "
-                          f"-o {build_dir}` first)")
+                          f"-o {shlex.quote(str(build_dir))}` first)")
     ir = load_build(build_dir)
     verilog = build_dir / f"{ir.name}.v"
     sim_path = build_dir / SIM_SUMMARY
@@ -539,7 +540,7 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     shapes = net["shapes"]
     title = f"NSM report: {net['name']} ({'-'.join(shapes)}, T = {T})"
     sim = d["sim"]
-    sim_cmd = f"nsm sim {b} --dataset {ds['name']} --count 100"
+    sim_cmd = shlex.join(["nsm", "sim", b, "--dataset", ds["name"], "--count", "100"])
     sections = []
 
     # -- overview
@@ -587,7 +588,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     sec.blocks.append(Table(header, rows))
     if not acc["float"]:
         sec.blocks.append(NotRun("float model: no ONNX file or checkpoint found beside the "
-                                 "build", f"nsm report {b} --model model.onnx"))
+                                 "build", shlex.join(["nsm", "report", b, "--model",
+                                                      "model.onnx"])))
     if not rtl:
         sec.blocks.append(NotRun("RTL accuracy: no co-simulation in this build", sim_cmd))
     sections.append(sec)
@@ -643,7 +645,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
                                  "(the red line is the whole device)."))
     else:
         sec.blocks.append(NotRun("synthesis: no report in this build",
-                                 f"nsm synth {b} --target ice40-up5k"))
+                                 shlex.join(["nsm", "synth", b, "--target",
+                                             "ice40-up5k"])))
     sections.append(sec)
 
     # -- cycles

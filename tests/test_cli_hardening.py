@@ -3,6 +3,8 @@ one set, synthesis reports kept until new ones are complete, paths quoted where 
 and kept out of Verilog strings."""
 
 import json
+import os
+import shlex
 
 import numpy as np
 import pytest
@@ -269,3 +271,58 @@ def test_a_complete_synthesis_replaces_the_reports_and_runs_on_relative_paths(bu
         assert cwd == staged and not any(ODD in a for a in argv[1:])
     assert ODD not in report["yosys_script"] and "read_verilog core.v" in report["yosys_script"]
 
+
+# ---------------------------------------------------------------------------------------------
+# Paths: quoted where pasted, kept out of Verilog strings
+
+def test_report_commands_are_quoted_for_the_shell(build, tmp_path):
+    import shutil
+    b = tmp_path / ODD
+    shutil.copytree(build, b)
+    res = CliRunner().invoke(main, ["report", str(b), "--count", "3", "-T", "1",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    md = (b / "report.md").read_text()
+    for argv in (["nsm", "sim", str(b), "--dataset", "digits", "--count", "100"],
+                 ["nsm", "synth", str(b), "--target", "ice40-up5k"],
+                 ["nsm", "report", str(b), "--model", "model.onnx"]):
+        line = shlex.join(argv)
+        assert f"```sh\n{line}\n```" in md
+        assert shlex.split(line) == argv
+    assert not (tmp_path / "pwned").exists() and not (b / "pwned").exists()
+    res = CliRunner().invoke(main, ["sim", str(tmp_path / "gone $(x)")])
+    _one_error_line(res, f"(run `nsm compile MODEL.onnx -o '{tmp_path}/gone $(x)'` first)")
+
+
+@pytest.mark.icarus
+def test_waves_in_a_build_directory_no_verilog_string_can_hold(build, tmp_path):
+    """The dump file's name is relative to where vvp runs, so no path enters a Verilog string;
+    a double quote, which Icarus's own .vvp file cannot hold, is refused in one line."""
+    import shutil
+    b = tmp_path / ODD.replace('"', "")
+    shutil.copytree(build, b)
+    res = CliRunner().invoke(main, ["sim", str(b), "--count", "1", "--waves", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["mismatches"] == 0
+    assert summary["waves"] == str((b / "sim" / "build_icarus" / "nsm.fst").resolve())
+    assert os.path.getsize(summary["waves"]) > 0
+    assert '$dumpfile("nsm.fst");' in (b / "sim" / "build_icarus" / "nsm_waves.v").read_text()
+    assert not list(tmp_path.rglob("pwned"))
+    q = tmp_path / ODD
+    shutil.copytree(build, q)
+    res = CliRunner().invoke(main, ["sim", str(q), "--count", "1", "--waves"])
+    _one_error_line(res, f"nsm sim: error: {str((q / 'nsm.v').resolve())!r}: icarus cannot build "
+                         f"in a path holding '\"' (its .vvp file quotes the source paths); move "
+                         f"the build directory")
+
+
+@pytest.mark.verilator
+def test_verilator_refuses_a_path_its_make_build_cannot_take(build, tmp_path):
+    import shutil
+    b = tmp_path / "a b"
+    shutil.copytree(build, b)
+    res = CliRunner().invoke(main, ["sim", str(b), "--count", "1", "--simulator", "verilator"])
+    _one_error_line(res, f"nsm sim: error: '{(b / 'nsm.v').resolve()}': verilator cannot build in "
+                         f"a path holding ' ' (its make build and file names take no spaces, "
+                         f"double quotes, $, ; or #); move the build directory")
