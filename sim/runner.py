@@ -53,6 +53,15 @@ class Comparison:
     details: list = field(default_factory=list)
 
 
+#: The paths each simulator's build takes, and why: Icarus's .vvp file holds the source paths
+#: in double quotes; Verilator expands ``$VAR`` in file names and its GNU Make build stops at
+#: spaces, ``;`` and ``#`` (tried: quotes, backslashes, ``&``, ``*``, ``%`` and ``é`` work).
+_PATH_OK = {"icarus": re.compile(r'[^"\x00-\x1f\x7f]+'),
+            "verilator": re.compile(r"[\w./+@%,~'\\&*-]+")}
+_PATH_WHY = {"icarus": "its .vvp file quotes the source paths",
+             "verilator": "its make build and file names take no spaces, double quotes, $, ; or #"}
+
+
 def _prepend_path(folder: Path) -> None:
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
 
@@ -132,6 +141,11 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
     from cocotb_tools.check_results import get_results
 
     verilog = Path(verilog).resolve()
+    for path in filter(None, (verilog, work_dir and Path(work_dir).resolve())):
+        if not _PATH_OK[simulator].fullmatch(str(path)):
+            bad = _PATH_OK[simulator].sub("", str(path))[0]
+            raise SimError(f"{str(path)!r}: {simulator} cannot build in a path holding {bad!r} "
+                           f"({_PATH_WHY[simulator]}); move the build directory")
     own_tmp = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="nsm-sim-")) if own_tmp else Path(work_dir).resolve()
     try:
@@ -155,11 +169,12 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         build_args = ["-Wno-fatal"] if simulator == "verilator" else ["-g2005"]
         sources = [verilog]
         if waves and simulator == "icarus":
-            # cocotb's own Icarus dump module is SystemVerilog; ours is plain Verilog-2005.
+            # cocotb's own Icarus dump module is SystemVerilog; ours is plain Verilog-2005. The
+            # file name is relative to build_dir, where vvp runs: no path enters the string.
             build_dir.mkdir(parents=True, exist_ok=True)
             dump = build_dir / "nsm_waves.v"
             dump.write_text(f'module nsm_waves;\ninitial begin\n'
-                            f'  $dumpfile("{build_dir}/{ir.name}.fst");'
+                            f'  $dumpfile("{ir.name}.fst");'
                             f'\n  $dumpvars(0, {ir.name});\nend\nendmodule\n')
             sources.append(dump)
             build_args += ["-s", "nsm_waves"]     # test(waves=True) then asks vvp for FST

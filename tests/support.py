@@ -1,5 +1,6 @@
 """What several test files share that is not a fixture (fixtures live in ``conftest.py``):
-the simulator parameters and readers of generated Verilog's module names and ports."""
+the simulator parameters, readers of generated Verilog's module names and ports, and the check
+of a command's one-line error."""
 
 from __future__ import annotations
 
@@ -38,3 +39,15 @@ def verilog_ports(verilog: str, module: str) -> dict[str, tuple[str, int]]:
         raise AssertionError(f"module {module}: header ports {sorted(header)} but declarations "
                              f"of {sorted(ports)}")
     return ports
+
+
+def one_error_line(res, *needles) -> str:
+    """``res`` (a click ``CliRunner`` result) ended with exit status 1 and exactly one line on
+    stderr, holding every one of ``needles`` and no traceback; returns that line."""
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in res.output
+    return lines[0]

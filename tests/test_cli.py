@@ -6,6 +6,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from nsm.cli import main
+from tests.support import one_error_line as _one_error_line
 
 COMMANDS = ["train", "export", "compile", "sim", "synth", "board", "report", "demo"]
 
@@ -16,15 +17,6 @@ def test_help_ends_with_an_example(cmd):
     assert res.exit_code == 0
     last = res.output.rstrip().splitlines()[-2:]
     assert last[0].strip() == "Example:" and last[1].strip().startswith(f"nsm {cmd}")
-
-
-def _one_error_line(res, *needles):
-    assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    assert "Traceback" not in res.output
 
 
 def test_compile_rejects_a_file_that_is_not_onnx(tmp_path):
