@@ -103,23 +103,13 @@ def make_base(base: Path) -> Path:
              ["export", "conv.pt", "-o", "conv.onnx", "-T", "2"],
              ["compile", "mlp.onnx", "-o", "bm", "--pe", "2"],
              ["compile", "conv.onnx", "-o", "bc"]]
-    with _cwd(base):
+    with contextlib.chdir(base):
         for argv in steps:
             res = CliRunner().invoke(main, argv)
             if res.exit_code != 0:
                 raise RuntimeError(f"nsm {' '.join(argv)}: {res.output}{res.exception!r}")
     (base / "done").write_text("ok\n")
     return base
-
-
-@contextlib.contextmanager
-def _cwd(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +181,8 @@ def _other_type(value, rng):
     return choices[int(rng.integers(len(choices)))]
 
 
-#: Keys whose loss leaves no IR (every reader needs them).
+#: Keys whose loss leaves no IR (every reader needs them); a conv or pool layer's ``n_in`` and
+#: ``n_out`` follow from its map shapes, so a reader may do without them.
 REQUIRED = {"format", "version", "input", "samples", "score_bits", "layers", "kind", "n_in",
             "n_out", "weight_bits", "p_num", "p_bits", "size", "threshold", "pixel_bits",
             "c_in", "c_out", "kernel", "width", "mask", "seed"}
@@ -239,7 +230,8 @@ def _ir_json_edit(build: str, kind: str, rng: np.random.Generator, base: Path):
             else value + 1
         detail = f"{'.'.join(map(str, path))}: {value} -> {new} (disagrees with the rest)"
     elif kind == "delete":
-        keys = [(p, v) for p, v in leaves if p[-1] in REQUIRED and v is not None]
+        keys = [(p, v) for p, v in leaves if p[-1] in REQUIRED and v is not None
+                and not (p[-1] in ("n_in", "n_out") and meta["layers"][p[1]]["kind"] != "dense")]
         path, value = keys[int(rng.integers(len(keys)))]
         new = _DELETE
         detail = f"delete {'.'.join(map(str, path))}"
@@ -669,50 +661,50 @@ def _fam_option(seed, rng, base):
     return Case(seed, cmd, f"option/{opt}", detail, args, "refuse", outs)
 
 
-#: Outputs that collide with an input or cannot be written: (command, argv, outputs).
+#: Outputs that collide with an input or cannot be written: (command, what is wrong, argv,
+#: what it may write).
+_T = ["train", "--hidden", "4", "--epochs", "1", "--no-progress"]
+_R = ["report", "{b}", "-T", "1", "-n", "4", "--no-progress"]
 COLLISIONS = [
-    ("export", ["export", "{pt}", "-o", "{pt}"], []),
-    ("export", ["export", "{pt}", "-o", "{b}"], []),
-    ("export", ["export", "{pt}", "-o", "{pt}/x.onnx"], []),
-    ("eval", ["eval", "{pt}", "-T", "1", "--plot", "{pt}"], []),
-    ("eval", ["eval", "{pt}", "-T", "1", "--plot", "{b}"], []),
-    ("eval", ["eval", "{pt}", "-T", "1", "--plot", "{ox}/p.png"], []),
-    ("compile", ["compile", "{ox}", "-o", "{ox}"], []),
-    ("compile", ["compile", "{ox}", "-o", "{pt}"], []),
-    ("compile", ["compile", "{ox}", "-o", "{pt}/b"], []),
-    ("compile", ["compile", "{b}/ir.json", "-o", "nb"], ["nb", "nb/*"]),
-    ("synth", ["synth", "{b}", "--target", "ice40-up5k", "-o", "{b}/ir.json"], []),
-    ("synth", ["synth", "{b}", "--target", "ice40-up5k", "-o", "{b}/weights.npz"], []),
-    ("synth", ["synth", "{b}", "--target", "ice40-up5k", "-o", "{b}"], []),
-    ("report", ["report", "{b}", "-T", "1", "-n", "4", "--no-progress", "-o", "{pt}"], []),
-    ("report", ["report", "{b}", "-T", "1", "-n", "4", "--no-progress", "-o", "{b}/ir.json"],
+    ("export", "is-the-input", ["export", "{pt}", "-o", "{pt}"], []),
+    ("export", "is-a-directory", ["export", "{pt}", "-o", "{b}"], []),
+    ("export", "under-a-file", ["export", "{pt}", "-o", "{pt}/x.onnx"], []),
+    ("eval", "is-the-input", ["eval", "{pt}", "-T", "1", "--plot", "{pt}"], []),
+    ("eval", "is-a-directory", ["eval", "{pt}", "-T", "1", "--plot", "{b}"], []),
+    ("eval", "under-a-file", ["eval", "{pt}", "-T", "1", "--plot", "{ox}/p.png"], []),
+    ("compile", "is-the-input", ["compile", "{ox}", "-o", "{ox}"], []),
+    ("compile", "is-a-file", ["compile", "{ox}", "-o", "{pt}"], []),
+    ("compile", "under-a-file", ["compile", "{ox}", "-o", "{pt}/b"], []),
+    ("compile", "input-is-ir.json", ["compile", "{b}/ir.json", "-o", "nb"], ["nb", "nb/*"]),
+    ("synth", "is-an-input", ["synth", "{b}", "--target", "ice40-up5k", "-o", "{b}/ir.json"],
      []),
-    ("report", ["report", "{b}", "-T", "1", "-n", "4", "--no-progress", "-o", "{pt}/r"], []),
-    ("train", ["train", "--hidden", "4", "--epochs", "1", "--no-progress", "-o", "{b}"], []),
-    ("train", ["train", "--hidden", "4", "--epochs", "1", "--no-progress", "-o", "{pt}/m.pt"],
+    ("synth", "is-an-input", ["synth", "{b}", "--target", "ice40-up5k", "-o",
+                              "{b}/weights.npz"], []),
+    ("synth", "is-a-directory", ["synth", "{b}", "--target", "ice40-up5k", "-o", "{b}"], []),
+    ("report", "is-a-file", [*_R, "-o", "{pt}"], []),
+    ("report", "is-an-input", [*_R, "-o", "{b}/ir.json"], []),
+    ("report", "under-a-file", [*_R, "-o", "{pt}/r"], []),
+    ("train", "is-a-directory", [*_T, "-o", "{b}"], []),
+    ("train", "under-a-file", [*_T, "-o", "{pt}/m.pt"], []),
+    ("train", "checkpoint-is-a-directory", [*_T, "--checkpoint", "{b}", "-o", "t.pt"], []),
+    ("train", "is-the-input", [*_T, "--init", "{pt}", "-o", "{pt}"], []),
+    ("sim", "sim-dir-is-a-file", ["sim", "{b}", "--count", "2", "--json", "--waves"], []),
+    ("demo", "is-a-file", ["demo", "--epochs", "1", "--count", "2", "--out", "{b}/ir.json"],
      []),
-    ("train", ["train", "--hidden", "4", "--epochs", "1", "--no-progress", "--checkpoint",
-               "{b}", "-o", "t.pt"], []),
-    ("train", ["train", "--hidden", "4", "--epochs", "1", "--no-progress", "--init", "{pt}",
-               "-o", "{pt}"], []),
-    ("sim", ["sim", "{b}", "--count", "2", "--json", "--waves"], []),
-    ("demo", ["demo", "--epochs", "1", "--count", "2", "--out", "{b}/ir.json"], []),
 ]
 
 
 def _fam_collision(seed, rng, base):
     net = str(rng.choice(list(MODELS)))
     pt, ox, b = MODELS[net]
-    cmd, argv, outs = COLLISIONS[int(rng.integers(len(COLLISIONS)))]
+    cmd, what, argv, outs = COLLISIONS[int(rng.integers(len(COLLISIONS)))]
     args = [a.format(pt=pt, ox=ox, b=b) for a in argv]
     mutate = None
-    detail = f"{net}: output collides with an input or cannot be written"
     if cmd == "sim":                         # the waveform's directory is a file
         def mutate(d: Path, b=b):
             (d / b / "sim").write_text("a file where the sim directory goes\n")
-        detail = f"{net}: {b}/sim is a file"
-    return Case(seed, cmd, f"output/{cmd}", detail, args, "refuse",
-                [o.format(pt=pt, ox=ox, b=b) for o in outs], mutate)
+    return Case(seed, cmd, f"output/{what}", f"{net}: the output {what.replace('-', ' ')}",
+                args, "refuse", [o.format(pt=pt, ox=ox, b=b) for o in outs], mutate)
 
 
 FAMILIES = {"ir.json": _fam_ir_json, "weights.npz": _fam_npz, "model.pt": _fam_pt,
@@ -851,7 +843,7 @@ def run_case(case: Case, base: Path, work: Path, timeout: float = 30.0) -> dict:
     old_handler = signal.signal(signal.SIGALRM, alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
-        with _cwd(d), guards():
+        with contextlib.chdir(d), guards():
             res = CliRunner().invoke(main, case.args, prog_name="nsm")
     except LongWork as e:
         guard = str(e)
