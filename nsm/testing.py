@@ -10,8 +10,10 @@ build directories) into a fresh directory, applies the mutation, hashes every fi
 command in-process (click's ``CliRunner``, the directory as working directory) and checks:
 
 * exit status 1 (the toolchain's one-line refusal) or 2 (a click usage error), and stderr is one
-  error line: for status 1 exactly one non-empty line; for status 2 click's usage block (the
-  ``Usage:`` line and the ``Try '... -h' for help.`` line) and exactly one ``Error:`` line;
+  error line: for status 1 exactly one non-empty line, ``nsm COMMAND: error: ...`` (the CLI's
+  form; click's bare ``Aborted!``, which it prints for an EOFError, does not count); for status 2
+  click's usage block (the ``Usage:`` line and the ``Try '... -h' for help.`` line) and exactly
+  one ``Error:`` line;
 * no exception escapes the command and no ``Traceback`` is printed;
 * every file that existed before is unchanged unless it matches one of the case's outputs, and
   an output that changed is complete (:func:`complete`); no other file appears;
@@ -47,7 +49,7 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["Case", "LongWork", "CaseTimeout", "make_base", "draw_case", "run_case", "guards",
-           "complete", "FAMILIES"]
+           "complete", "stderr_verdict", "FAMILIES"]
 
 #: Base artefacts, relative to the base directory: checkpoints, ONNX files, build directories.
 MODELS = {"mlp": ("mlp.pt", "mlp.onnx", "bm"), "conv": ("conv.pt", "conv.onnx", "bc")}
@@ -662,7 +664,7 @@ def _fam_option(seed, rng, base):
 
 
 #: Outputs that collide with an input or cannot be written: (command, what is wrong, argv,
-#: what it may write).
+#: what it may write); ``{arch}`` stands for the options that train the base network's layers.
 _T = ["train", "--hidden", "4", "--epochs", "1", "--no-progress"]
 _R = ["report", "{b}", "-T", "1", "-n", "4", "--no-progress"]
 COLLISIONS = [
@@ -687,7 +689,8 @@ COLLISIONS = [
     ("train", "is-a-directory", [*_T, "-o", "{b}"], []),
     ("train", "under-a-file", [*_T, "-o", "{pt}/m.pt"], []),
     ("train", "checkpoint-is-a-directory", [*_T, "--checkpoint", "{b}", "-o", "t.pt"], []),
-    ("train", "is-the-input", [*_T, "--init", "{pt}", "-o", "{pt}"], []),
+    ("train", "is-the-input", ["train", "{arch}", "--epochs", "1", "--no-progress", "--init",
+                               "{pt}", "-o", "{pt}"], []),
     ("sim", "sim-dir-is-a-file", ["sim", "{b}", "--count", "2", "--json", "--waves"], []),
     ("demo", "is-a-file", ["demo", "--epochs", "1", "--count", "2", "--out", "{b}/ir.json"],
      []),
@@ -698,7 +701,9 @@ def _fam_collision(seed, rng, base):
     net = str(rng.choice(list(MODELS)))
     pt, ox, b = MODELS[net]
     cmd, what, argv, outs = COLLISIONS[int(rng.integers(len(COLLISIONS)))]
-    args = [a.format(pt=pt, ox=ox, b=b) for a in argv]
+    arch = {"mlp": ["--hidden", "8"], "conv": ["--model", "nsm-conv", "--conv", "2c3-p2-10"]}
+    args = [x for a in argv for x in (arch[net] if a == "{arch}" else [a.format(pt=pt, ox=ox,
+                                                                                 b=b)])]
     mutate = None
     if cmd == "sim":                         # the waveform's directory is a file
         def mutate(d: Path, b=b):
@@ -809,7 +814,9 @@ def _where(exc: BaseException) -> str:
     return f"{os.path.relpath(f.filename, root)}:{f.lineno} {f.name}"
 
 
-def _stderr_verdict(code: int, stderr: str) -> str | None:
+def stderr_verdict(command: str, code: int, stderr: str) -> str | None:
+    """None if ``stderr`` is one error line for exit status ``code`` (see the module
+    docstring), else what is wrong."""
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     if code == 2:
         lines = [ln for ln in lines if not ln.startswith(("Usage:", "Try '"))]
@@ -818,6 +825,8 @@ def _stderr_verdict(code: int, stderr: str) -> str | None:
         return None
     if len(lines) != 1:
         return f"{len(lines)} lines on stderr"
+    if not lines[0].startswith(f"nsm {command}: error: "):
+        return f"not in the CLI's form ({lines[0][:100]})"
     return None
 
 
@@ -870,7 +879,7 @@ def run_case(case: Case, base: Path, work: Path, timeout: float = 30.0) -> dict:
                 failures.append("exit 0 on an invalid input")
         elif res.exit_code in (1, 2):
             outcome = "refused"
-            if (why := _stderr_verdict(res.exit_code, stderr)):
+            if (why := stderr_verdict(case.command, res.exit_code, stderr)):
                 failures.append(f"not one error line: {why}")
         else:
             outcome = f"exit {res.exit_code}"

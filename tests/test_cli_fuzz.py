@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from nsm.testing import FAMILIES, Case, draw_case, make_base, run_case
+from nsm.testing import FAMILIES, Case, draw_case, make_base, run_case, stderr_verdict
 
 #: The fixed-seed subset CI runs: every family over ten times, about 15 s on one core.
 SEEDS = range(1, 101)
@@ -18,6 +18,16 @@ SEEDS = range(1, 101)
 @pytest.fixture(scope="session")
 def base(tmp_path_factory):
     return make_base(tmp_path_factory.mktemp("cli-fuzz-base"))
+
+
+def test_what_counts_as_one_error_line():
+    usage = "Usage: nsm sim [OPTIONS] BUILD_DIR\nTry 'nsm sim -h' for help.\n\n"
+    assert stderr_verdict("sim", 2, usage + "Error: Invalid value for '--count'\n") is None
+    assert stderr_verdict("sim", 2, usage + "Error: one\nError: two\n")
+    assert stderr_verdict("sim", 1, "nsm sim: error: bm/ir.json: missing\n") is None
+    assert stderr_verdict("sim", 1, "nsm sim: error: a\nnsm sim: error: b\n")
+    assert stderr_verdict("sim", 1, "Aborted!\n")          # click's answer to an EOFError
+    assert stderr_verdict("sim", 1, "")
 
 
 @pytest.mark.slow
