@@ -49,7 +49,8 @@ from typing import Callable
 import numpy as np
 
 __all__ = ["Case", "LongWork", "CaseTimeout", "make_base", "draw_case", "run_case", "guards",
-           "complete", "stderr_verdict", "FAMILIES"]
+           "complete", "consistent_build", "stderr_verdict",
+           "FAMILIES"]
 
 #: Base artefacts, relative to the base directory: checkpoints, ONNX files, build directories.
 MODELS = {"mlp": ("mlp.pt", "mlp.onnx", "bm"), "conv": ("conv.pt", "conv.onnx", "bc")}
@@ -577,7 +578,8 @@ def _fam_onnx(seed, rng, base):
                            "op", "shape", "weight-range", "drop-node", "valid"]))
     detail, expect, apply = _onnx_edit(ox, kind, rng, base)
     if rng.random() < 0.75:
-        cmd, args, outs = "compile", ["compile", ox, "-o", "nb"], ["nb", "nb/*"]
+        out = "nb" if rng.random() < 0.5 else b     # a new build, or over the old one
+        cmd, args, outs = "compile", ["compile", ox, "-o", out], [out, f"{out}/*"]
     else:
         cmd, args, outs = "report", ["report", b, "--model", ox, "-T", "1", "-n", "4",
                                      "--no-progress"], [p.format(b=b) for p in REPORT_OUT]
@@ -772,12 +774,33 @@ def _matches(rel: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) for p in patterns)
 
 
+def consistent_build(d: Path) -> str | None:
+    """None if ``d`` holds an IR that loads and, unless the hardware cannot build it, the
+    Verilog generated from that IR (not an older core beside a newer IR), else why not."""
+    from hw.top import generate_verilog, hardware_unsupported
+    from nsm_export import ir as irmod
+
+    ir = irmod.load(d)
+    v = d / f"{ir.name}.v"
+    if hardware_unsupported(ir):
+        return f"{v.name} beside an IR the hardware cannot build" if v.exists() else None
+    if not v.is_file() or v.read_text() != generate_verilog(ir):
+        return f"{v.name} is not the Verilog of {d.name}/ir.json (a mixed build)"
+    return None
+
+
+def _in_build(path: Path) -> bool:
+    """Whether ``path`` is one of the set of files `nsm compile` writes."""
+    return (path.name in ("ir.json", "weights.npz") or path.suffix in (".v", ".core")) and \
+        (path.parent / "ir.json").is_file()
+
+
 def complete(path: Path) -> str | None:
-    """None if ``path`` is a whole output of its kind, else why not."""
+    """None if ``path`` is a whole output of its kind, else why not; a file of a build
+    directory stands for the whole directory (:func:`consistent_build`)."""
     try:
-        if path.name in ("ir.json", "weights.npz"):
-            from nsm_export import ir as irmod
-            irmod.load(path.parent)
+        if _in_build(path):
+            return consistent_build(path.parent)
         elif path.suffix == ".pt":
             from nsm_train.train import load_checkpoint
             load_checkpoint(path)
@@ -901,9 +924,12 @@ def run_case(case: Case, base: Path, work: Path, timeout: float = 30.0) -> dict:
                 failures.append(f"stray file: {rel}")
             else:
                 changed.append(rel)
+    seen = set()
     for rel in changed:
-        if rel in after and (why := complete(d / rel)):
+        key = (d / rel).parent if _in_build(d / rel) else rel
+        if rel in after and key not in seen and (why := complete(d / rel)):
             failures.append(f"output not complete: {rel}: {why}")
+        seen.add(key)
     shutil.rmtree(d, ignore_errors=True)
     first = [ln for ln in stderr.splitlines() if ln.strip()]
     return {**case.reproducer(), "command": case.command, "outcome": outcome,

@@ -6,10 +6,12 @@ traceback and every input unchanged (``nsm.testing`` draws and checks the cases;
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from nsm.testing import FAMILIES, Case, draw_case, make_base, run_case, stderr_verdict
+from nsm.testing import (FAMILIES, Case, consistent_build, draw_case, make_base, run_case,
+                         stderr_verdict)
 
 #: The fixed-seed subset CI runs: every family over ten times, about 15 s on one core.
 SEEDS = range(1, 101)
@@ -61,6 +63,15 @@ def test_the_checks_catch_what_they_must(base, tmp_path):
                      base, tmp_path)
     assert guard["outcome"] == "guard"
     assert guard["failures"] == ["long work started (simulator) before the refusal"]
+
+
+@pytest.mark.slow
+def test_a_mixed_build_is_not_complete(base, tmp_path):
+    """A build directory counts as complete only with the Verilog of its own IR."""
+    shutil.copytree(base / "bm", tmp_path / "bm")
+    assert consistent_build(tmp_path / "bm") is None
+    shutil.copy(base / "bc" / "nsm.v", tmp_path / "bm" / "nsm.v")
+    assert "mixed build" in consistent_build(tmp_path / "bm")
 
 
 @pytest.mark.slow
