@@ -495,7 +495,7 @@ def load_checkpoint(path):
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an NSM checkpoint (format is not "
                               f"{CHECKPOINT_FORMAT!r})")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
+    if type(ckpt.get("version")) is not int or ckpt.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r} is not "
                               f"supported (this toolchain reads version {CHECKPOINT_VERSION})")
     arch = ckpt.get("arch", "mlp")
@@ -507,5 +507,44 @@ def load_checkpoint(path):
     except Exception as e:
         raise CheckpointError(f"{path}: config or weights do not form a model "
                               f"({_first_line(e)})") from None
+    # The config must be exactly what the model makes of it: no value the constructor coerced
+    # ('64' for 64, 1 for True), so that export and report read what training wrote.
+    for key, value in ckpt["config"].items():
+        if not _same_plain(value, model.config.get(key)):
+            raise CheckpointError(f"{path}: config[{key!r}] = {str(value)[:60]!r} is not a "
+                                  f"value of its type (the model reads it as "
+                                  f"{str(model.config.get(key))[:60]!r})")
+    _check_train_config(path, ckpt.get("train_config"))
     model.eval()
     return model, ckpt
+
+
+#: ``train_config`` entries that other commands read (``nsm eval``: the dataset and its split),
+#: and the types they must have.
+_TRAIN_CONFIG_TYPES = {"dataset": (str,), "seed": (int,), "data_dir": (str, type(None))}
+
+
+def _check_train_config(path, tc) -> None:
+    if tc is None:
+        return
+    if not isinstance(tc, dict):
+        raise CheckpointError(f"{path}: train_config is not a dictionary")
+    for key, types in _TRAIN_CONFIG_TYPES.items():
+        v = tc.get(key)
+        if key in tc and (isinstance(v, bool) or not isinstance(v, types)):
+            raise CheckpointError(f"{path}: train_config[{key!r}] = {str(v)[:60]!r} is not "
+                                  f"{' or '.join(t.__name__ for t in types)}")
+    if "seed" in tc and not 0 <= tc["seed"] < 1 << 32:
+        raise CheckpointError(f"{path}: train_config['seed'] = {tc['seed']} is outside "
+                              f"[0, 2**32)")
+
+
+def _same_plain(a, b) -> bool:
+    """Equal values of the same types, element by element (``1 == True == 1.0`` is not)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_plain(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_plain(x, y) for x, y in zip(a, b))
+    return a == b

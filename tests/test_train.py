@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -340,6 +342,27 @@ def test_checkpoint_errors_name_the_file(tmp_path, trained):
             load_checkpoint(path)
         msg = str(e.value)
         assert str(path) in msg and "\n" not in msg, msg
+
+
+def test_checkpoint_values_must_have_their_types(tmp_path, trained):
+    """A value the constructor would coerce, or one another command reads with the wrong type,
+    is refused on load (it used to export, or to end in a traceback in `nsm eval`)."""
+    save_checkpoint(trained[1], tmp_path / "good.pt")
+    good = torch.load(tmp_path / "good.pt", weights_only=True)
+    assert load_checkpoint(tmp_path / "good.pt")[0].config == good["config"]
+    cases = {"version": (lambda ck: ck.update(version=True), "checkpoint version True"),
+             "n_in": (lambda ck: ck["config"].update(n_in=str(ck["config"]["n_in"])),
+                      "config['n_in'] = '64' is not a value of its type"),
+             "seed": (lambda ck: ck.update(train_config={"seed": "x"}),
+                      "train_config['seed'] = 'x' is not int"),
+             "dataset": (lambda ck: ck.update(train_config={"dataset": ["digits"]}),
+                         "train_config['dataset'] = \"['digits']\" is not str")}
+    for name, (edit, needle) in cases.items():
+        ck = torch.load(tmp_path / "good.pt", weights_only=True)
+        edit(ck)
+        torch.save(ck, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match=re.escape(needle)):
+            load_checkpoint(tmp_path / f"{name}.pt")
 
 
 # --- models, resume, evaluation and the CLI -----------------------------------------------------
