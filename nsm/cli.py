@@ -62,7 +62,9 @@ def _user_errors(fn):
         except Exception as e:
             if not _is_user_error(e):
                 raise
-            click.echo(f"nsm {name}: error: {e}", err=True)
+            # One line even where a path or a value in the message holds a line break.
+            text = str(e).replace("\r", "\\r").replace("\n", "\\n")
+            click.echo(f"nsm {name}: error: {text}", err=True)
             sys.exit(EXIT_USER_ERROR)
     return wrapper
 

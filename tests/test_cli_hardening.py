@@ -326,3 +326,9 @@ def test_verilator_refuses_a_path_its_make_build_cannot_take(build, tmp_path):
     _one_error_line(res, f"nsm sim: error: '{(b / 'nsm.v').resolve()}': verilator cannot build in "
                          f"a path holding ' ' (its make build and file names take no spaces, "
                          f"double quotes, $, ; or #); move the build directory")
+
+
+def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path):
+    bad = tmp_path / "two\nlines"
+    res = CliRunner().invoke(main, ["synth", str(bad), "--target", "ice40-up5k"])
+    _one_error_line(res, "two\\nlines")
