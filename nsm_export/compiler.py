@@ -120,6 +120,25 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+#: Float element types of ONNX tensors (the ones that can hold NaN or infinity).
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                          onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16})
+#: Integers read from initializers (weights, biases, zero points) must stay below this in
+#: magnitude, so that int64 arithmetic on them cannot wrap.
+_INT_LIMIT = 1 << 62
+
+
+def _check_finite(g: _Graph) -> None:
+    """Refuse a float initializer or Constant that holds NaN or infinity, naming it: a diverged
+    model's weights, scales, thresholds, biases, batch norms or p."""
+    tensors = [("initializer", t) for t in g.model.graph.initializer]
+    tensors += [(f"Constant {_n(node)}", a.t) for node in g.model.graph.node
+                if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
+    for what, t in tensors:
+        if t.data_type in _FLOAT_TYPES and not np.all(np.isfinite(numpy_helper.to_array(t))):
+            raise CompileError(f"{what} {t.name!r} holds NaN or infinity (a diverged model?)")
+
+
 def _check_ops(g: _Graph) -> None:
     for node in g.model.graph.node:
         if node.op_type in GAUSSIAN_OPS:
@@ -662,8 +681,12 @@ class _Layers:
                 if not consts or consts[0] is None:
                     raise CompileError(f"node {_n(q)}: {what} scale must be a constant")
                 scale = np.asarray(consts[0], dtype=np.float64)
-                zp = consts[1] if len(consts) > 1 and consts[1] is not None else 0
-                ints = x.astype(np.int64) - np.asarray(zp).astype(np.int64)
+                zp = np.asarray(consts[1] if len(consts) > 1 and consts[1] is not None else 0)
+                if x.size and zp.size and max(abs(int(x.min()) - int(zp.max())),
+                                              abs(int(x.max()) - int(zp.min()))) >= _INT_LIMIT:
+                    raise CompileError(f"node {_n(q)}: {what}: integers beyond 62 bits (int64 "
+                                       f"arithmetic on them would wrap)")
+                ints = x.astype(np.int64) - zp.astype(np.int64)
                 axis = _attr(q, "axis", 1)
                 scale = self._scale_along(q, scale, x.ndim, axis if axis >= 0 else axis + x.ndim,
                                           out_axis, what)
@@ -745,6 +768,7 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
         raise CompileError(f"ONNX checker rejects the model: {first}") from None
     g = _Graph(model)
     _check_ops(g)
+    _check_finite(g)
     meta = _meta(model)
     if samples is None:
         try:

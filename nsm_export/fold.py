@@ -182,8 +182,12 @@ def fold_output(w: np.ndarray, A: list, C: list) -> tuple[np.ndarray, np.ndarray
             raise FoldError(f"output scales {float(x)} and {float(base)} differ by a non-integer "
                             f"ratio; the argmax needs one common scale")
         mult.append(r.numerator)
-    w = np.asarray(w, dtype=np.int64) * np.asarray(mult, dtype=np.int64).reshape(
-        (-1,) + (1,) * (np.ndim(w) - 1))
+    w = np.asarray(w, dtype=np.int64)
+    peak = [int(np.abs(row).max(initial=0)) * m for row, m in zip(w, mult)]
+    if any(v >= 1 << 62 for v in peak):
+        raise FoldError("output scales differ by so large a ratio that the folded weights do "
+                        "not fit 62 bits")
+    w = w * np.asarray(mult, dtype=np.int64).reshape((-1,) + (1,) * (np.ndim(w) - 1))
     off = []
     for k, c in enumerate(C):
         q = c.a / base

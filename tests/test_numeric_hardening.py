@@ -1,0 +1,86 @@
+"""Diverged numbers and out-of-range sizes end in one line, never in garbage or an allocation:
+non-finite weights refused at training, export and compile; option values with finite ranges;
+network sizes bounded before any tensor exists; malformed dataset files one DatasetError."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from onnx import numpy_helper
+
+from nsm_export.compiler import CompileError, compile_model
+from nsm_export.onnx_export import build_onnx
+from nsm_train.model import NSMMLP
+
+
+def _one_line(res, code: int) -> str:
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    return lines[-1] if code == 2 else (lines[0] if len(lines) == 1 else res.stderr)
+
+
+# --- compile: initializers ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def proto():
+    torch.manual_seed(0)
+    return build_onnx(NSMMLP(64, [16], 10, p=0.75, weight_bits=4))
+
+
+def _with(proto, name, change):
+    p = copy.deepcopy(proto)
+    for t in p.graph.initializer:
+        if t.name == name:
+            a = numpy_helper.to_array(t).copy()
+            t.CopyFrom(numpy_helper.from_array(change(a), name))
+    return p
+
+
+def _set_first(v, dtype=None):
+    def change(a):
+        a = a.astype(dtype) if dtype else a
+        a.flat[0] = v
+        return a
+    return change
+
+
+@pytest.mark.parametrize("name", ["enc_threshold", "layer0_p", "layer0_weight_scale",
+                                  "const_zero", "layer1_weight_scale"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_compile_refuses_a_non_finite_initializer_by_name(proto, name, value):
+    with pytest.raises(CompileError) as e:
+        compile_model(_with(proto, name, _set_first(value)))
+    assert str(e.value) == f"initializer {name!r} holds NaN or infinity (a diverged model?)"
+
+
+@pytest.mark.parametrize("value", [2**62, 2**63 - 1, -2**63])
+def test_compile_refuses_integers_that_int64_arithmetic_would_wrap(proto, value):
+    with pytest.raises(CompileError) as e:
+        compile_model(_with(proto, "layer1_weight_int", _set_first(value, np.int64)))
+    assert str(e.value) == ("node 'layer1_weight_dq': the weights of 'layer1_matmul': integers "
+                            "beyond 62 bits (int64 arithmetic on them would wrap)")
+
+
+def test_compile_refuses_a_zero_point_that_wraps_a_bias(proto):
+    p = _with(proto, "layer1_bias_int", _set_first(2**62 - 1, np.int64))
+    p.graph.initializer.append(numpy_helper.from_array(np.full(10, -2, np.int64), "zp"))
+    next(n for n in p.graph.node if n.name == "layer1_bias_dq").input.append("zp")
+    with pytest.raises(CompileError) as e:
+        compile_model(p)
+    assert str(e.value) == ("node 'layer1_bias_dq': input 'layer1_bias': integers beyond 62 bits "
+                            "(int64 arithmetic on them would wrap)")
+
+
+@pytest.mark.parametrize("ratio", [2.0**62, 1e30])
+def test_compile_refuses_output_scales_whose_ratio_overflows(proto, ratio):
+    p = _with(proto, "layer1_weight_scale", lambda a: np.where(np.arange(a.size) == 0,
+                                                              a * np.float32(ratio), a))
+    with pytest.raises(CompileError) as e:
+        compile_model(p)
+    assert str(e.value) == ("layer 1 (node 'layer1_matmul'): output scales differ by so large a "
+                            "ratio that the folded weights do not fit 62 bits")
