@@ -127,8 +127,8 @@ from .layers import conv_out
 
 from .fold import FoldError, fold_norm
 
-__all__ = ["export_onnx", "build_onnx", "layer_integers", "ExportError", "OPSET", "IR_VERSION",
-           "FORMAT_VERSION", "MASK_OPS"]
+__all__ = ["export_onnx", "build_onnx", "layer_integers", "check_finite", "ExportError", "OPSET",
+           "IR_VERSION", "FORMAT_VERSION", "MASK_OPS"]
 
 OPSET = 17
 IR_VERSION = 8
@@ -140,6 +140,17 @@ MASK_OPS = ("bernoulli", "uniform")
 
 class ExportError(ValueError):
     """The model cannot be written in the canonical form (the message says why)."""
+
+
+def check_finite(model) -> None:
+    """Raise :class:`ExportError` naming the first parameter or buffer of ``model`` (weights,
+    biases, batch-norm statistics, gains) that holds NaN or infinity: the model diverged, and
+    its integers would be garbage (NaN becomes an arbitrary int64)."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(t.isfinite().all()):
+            bad = int((~t.isfinite()).sum())
+            raise ExportError(f"{name} holds NaN or infinity ({bad} of {t.numel()} values): the "
+                              f"model diverged; retrain it (a lower --lr, say)")
 
 
 def layer_integers(layer) -> dict:
@@ -186,6 +197,7 @@ def build_onnx(model, samples: int = 16, sampling: bool = True, pixel_bits: int 
     why = model.ir_unsupported() if hasattr(model, "ir_unsupported") else None
     if why:
         raise ExportError(f"the canonical form cannot hold this model yet: {why}")
+    check_finite(model)
     thr = int(model.input_threshold)
     if not 0 <= thr <= (1 << pixel_bits):
         raise ExportError(f"input threshold {thr} does not fit {pixel_bits}-bit pixels")

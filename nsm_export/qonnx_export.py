@@ -43,7 +43,7 @@ from onnx import helper
 from torch import nn
 
 from nsm_common.atomic import atomic_write
-from .onnx_export import ExportError
+from .onnx_export import ExportError, check_finite
 
 __all__ = ["build_qonnx", "export_qonnx_file", "QONNX_OPSET"]
 
@@ -193,6 +193,7 @@ def build_qonnx(model, samples: int = 16, sampling: bool = False, pixel_bits: in
     if any(not hasattr(m, "quantizer") for m in model.layers):
         raise ExportError("the QONNX form needs NSM layers with quantized weights (not SBS "
                           "layers; export those in the canonical form)")
+    check_finite(model)
     net = _Net(model, sampling).eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():

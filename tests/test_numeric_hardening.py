@@ -10,11 +10,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from onnx import numpy_helper
 
+from nsm.cli import main
 from nsm_export.compiler import CompileError, compile_model
-from nsm_export.onnx_export import build_onnx
+from nsm_export.onnx_export import ExportError, build_onnx, export_onnx
 from nsm_train.model import NSMMLP
+from nsm_train.train import (save_checkpoint)
 
 
 def _one_line(res, code: int) -> str:
@@ -84,3 +87,47 @@ def test_compile_refuses_output_scales_whose_ratio_overflows(proto, ratio):
         compile_model(p)
     assert str(e.value) == ("layer 1 (node 'layer1_matmul'): output scales differ by so large a "
                             "ratio that the folded weights do not fit 62 bits")
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+def _diverged_mlp(norm=None, quantizer="native"):
+    torch.manual_seed(1)
+    m = NSMMLP(64, [8], 10, p=0.75, norm=norm, quantizer=quantizer)
+    with torch.no_grad():
+        m.layers[0].weight[2, :5] = math.nan
+        if norm:
+            m.layers[0].running_scale[0] = math.inf
+    return m
+
+
+def test_export_refuses_nan_weights_and_writes_nothing(tmp_path):
+    with pytest.raises(ExportError) as e:
+        export_onnx(_diverged_mlp(), tmp_path / "m.onnx")
+    assert str(e.value) == ("layers.0.weight holds NaN or infinity (5 of 512 values): the model "
+                            "diverged; retrain it (a lower --lr, say)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_names_a_diverged_batch_norm_buffer():
+    m = _diverged_mlp(norm="l1")
+    with torch.no_grad():
+        m.layers[0].weight.zero_()
+    with pytest.raises(ExportError) as e:
+        build_onnx(m)
+    assert str(e.value).startswith("layers.0.running_scale holds NaN or infinity (1 of 8 values)")
+
+
+def test_qonnx_export_refuses_nan_weights():
+    from nsm_export.qonnx_export import build_qonnx
+    with pytest.raises(ExportError) as e:
+        build_qonnx(_diverged_mlp(quantizer="brevitas"))
+    assert str(e.value).startswith("layers.0.weight holds NaN or infinity (5 of 512 values)")
+
+
+def test_cli_export_of_a_nan_checkpoint_is_one_line(tmp_path):
+    ck = save_checkpoint(_diverged_mlp(), tmp_path / "nan.pt")
+    res = CliRunner().invoke(main, ["export", str(ck), "-o", str(tmp_path / "m.onnx")])
+    assert _one_line(res, 1) == ("nsm export: error: layers.0.weight holds NaN or infinity (5 of "
+                                 "512 values): the model diverged; retrain it (a lower --lr, say)")
+    assert not (tmp_path / "m.onnx").exists()
