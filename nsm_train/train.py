@@ -24,6 +24,10 @@ Checkpoints are plain ``torch.save`` dicts that load with ``torch.load(path, wei
 
 A training checkpoint (``TrainConfig.checkpoint``) also holds ``train_config`` and ``resume``
 (epoch, optimizer, scheduler and RNG states, history): ``resume=True`` continues it exactly.
+It is written only after an epoch is known to be finite: a non-finite loss (checked every step)
+or parameter or buffer (checked at every epoch end) stops training with one
+:class:`DivergenceError` line naming the epoch, the step and the value, and leaves the last good
+checkpoint as it was.
 Run under ``torchrun`` (``WORLD_SIZE > 1``) training is data parallel: each rank takes its
 share of every batch, gradients are averaged with ``all_reduce`` (gloo on CPU, NCCL on CUDA),
 rank 0 writes the checkpoints.
@@ -53,6 +57,7 @@ from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertaint
 
 __all__ = ["DeviceError", "resolve_device", "TrainConfig", "train", "evaluate", "evaluate_many",
            "build_model", "init_weights", "save_checkpoint", "load_checkpoint", "CheckpointError",
+           "DivergenceError",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION",
            "MODELS", "shift_images"]
 
@@ -68,6 +73,11 @@ class DeviceError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or not an NSM checkpoint (one line)."""
+
+
+class DivergenceError(CheckpointError):
+    """Training turned non-finite (the loss or a weight); nothing more is written and the last
+    good checkpoint is kept (one line naming the epoch, the step and the value)."""
 
 
 @dataclass
@@ -266,6 +276,13 @@ def _train(cfg: TrainConfig, progress: bool, on_epoch):
     bar = tqdm(range(start, stop), desc=f"train {cfg.model} {cfg.dataset}", unit="epoch",
                disable=not progress or rank != 0, initial=start, total=cfg.epochs)
     per_rank = math.ceil(cfg.batch_size / world)
+    steps = math.ceil(n / cfg.batch_size)
+    saved = start if resuming else None           # the epoch the checkpoint file holds
+
+    def diverged(where: str, what: str) -> DivergenceError:
+        kept = f"{cfg.checkpoint} keeps epoch {saved}" if saved else "nothing was written"
+        return DivergenceError(f"training diverged {where}: {what} (try a lower --lr); {kept}")
+
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=gen).to(dev)
@@ -278,11 +295,23 @@ def _train(cfg: TrainConfig, progress: bool, on_epoch):
             xb = shift_images(x[idx], info["shape"], cfg.shift)
             if cfg.flip:
                 xb = flip_images(xb, info["shape"])
-            loss, scores = _loss(model, xb, y[idx], loss_fn, log_scale, cfg.loss_samples)
+            try:
+                loss, scores = _loss(model, xb, y[idx], loss_fn, log_scale, cfg.loss_samples)
+            except RuntimeError:                   # brevitas refuses to quantize inf weights
+                if (name := _first_non_finite(model, log_scale)) is None:
+                    raise
+                raise diverged(f"in epoch {epoch + 1}, step {i // cfg.batch_size + 1} of {steps}",
+                               f"{name} holds NaN or infinity") from None
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            bad = ~torch.isfinite(loss.detach())
             if world > 1:
-                _average_gradients(model, world)
+                bad = _average_gradients(model, world, bad)
+            if bool(bad):                          # one cheap check a step; no weight scans
+                v = float(loss.detach())
+                raise diverged(f"in epoch {epoch + 1}, step {i // cfg.batch_size + 1} of {steps}",
+                               f"the loss is {v}" if not math.isfinite(v) else
+                               "another rank's loss is not finite")
             opt.step()
             tot_loss += loss.detach() * len(idx)
             correct += (scores.argmax(dim=1) == y[idx]).sum()
@@ -290,11 +319,15 @@ def _train(cfg: TrainConfig, progress: bool, on_epoch):
         seen = n / world
         history["loss"].append(float(tot_loss) / seen)
         history["train_acc"].append(float(correct) / seen)
+        if world > 1:
+            _sync_buffers(model)
+        if (name := _first_non_finite(model, log_scale)) is not None:
+            raise diverged(f"in epoch {epoch + 1}", f"{name} holds NaN or infinity")
+        if not math.isfinite(history["loss"][-1]):
+            raise diverged(f"in epoch {epoch + 1}", f"the mean loss is {history['loss'][-1]}")
         bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['train_acc'][-1]:.3f}")
         if on_epoch is not None and rank == 0:
             on_epoch(epoch + 1, history)
-        if world > 1:
-            _sync_buffers(model)
         out_of_time = cfg.time_limit is not None and time.perf_counter() - t0 > cfg.time_limit
         if cfg.checkpoint and rank == 0:
             save_checkpoint(model, cfg.checkpoint, extra={
@@ -307,6 +340,7 @@ def _train(cfg: TrainConfig, progress: bool, on_epoch):
                            "cuda_rng": (torch.cuda.get_rng_state(dev) if dev.type == "cuda"
                                         else torch.zeros(0, dtype=torch.uint8)),
                            "history": {k: list(v) for k, v in history.items()}}})
+            saved = epoch + 1
         if out_of_time:
             stop = epoch + 1
             break
@@ -339,16 +373,32 @@ def init_weights(model, path) -> None:
     model.load_state_dict(src)
 
 
-def _average_gradients(model, world):
+def _average_gradients(model, world, bad):
+    """Average the gradients over the ranks; returns True on every rank when ``bad`` (this
+    rank's non-finite loss) is True on any (it rides along in the same ``all_reduce``, so that
+    all ranks stop together)."""
     import torch.distributed as dist
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) for g in grads] + [bad.reshape(1).to(grads[0].dtype)])
     dist.all_reduce(flat)
     flat /= world
     off = 0
     for g in grads:
         g.copy_(flat[off:off + g.numel()].reshape(g.shape))
         off += g.numel()
+    return flat[-1] > 0
+
+
+def _first_non_finite(model, log_scale=None) -> str | None:
+    """The name of the first floating-point parameter or buffer of ``model`` (or ``log_scale``)
+    holding NaN or infinity, else None; one device sync for all of them."""
+    named = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    if log_scale is not None:
+        named.append(("log_scale", log_scale.detach()))
+    finite = torch.stack([v.isfinite().all() for _, v in named])
+    if bool(finite.all()):
+        return None
+    return named[int(torch.nonzero(~finite)[0, 0])][0]
 
 
 def _sync_buffers(model):

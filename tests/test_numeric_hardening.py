@@ -13,11 +13,13 @@ import torch
 from click.testing import CliRunner
 from onnx import numpy_helper
 
+import nsm_train.train as train_mod
 from nsm.cli import main
 from nsm_export.compiler import CompileError, compile_model
 from nsm_export.onnx_export import ExportError, build_onnx, export_onnx
 from nsm_train.model import NSMMLP
-from nsm_train.train import (save_checkpoint)
+from nsm_train.train import (DivergenceError, TrainConfig, load_checkpoint,
+                             save_checkpoint, train)
 
 
 def _one_line(res, code: int) -> str:
@@ -131,3 +133,69 @@ def test_cli_export_of_a_nan_checkpoint_is_one_line(tmp_path):
     assert _one_line(res, 1) == ("nsm export: error: layers.0.weight holds NaN or infinity (5 of "
                                  "512 values): the model diverged; retrain it (a lower --lr, say)")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# --- training -------------------------------------------------------------------------------------
+
+SMALL = dict(hidden=[8], train_limit=64, samples=2)      # two steps an epoch
+
+
+def test_training_stops_at_the_first_non_finite_loss():
+    with pytest.raises(DivergenceError) as e:
+        train(TrainConfig(**SMALL, epochs=1, lr=math.inf), progress=False)
+    assert str(e.value) == ("training diverged in epoch 1, step 2 of 2: the loss is nan (try a "
+                            "lower --lr); nothing was written")
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    ck = tmp_path / "ck.pt"
+    base = dict(SMALL, epochs=3, checkpoint=str(ck))
+    train(TrainConfig(**base, stop_after=1), progress=False)
+    good = ck.read_bytes()
+    calls = []
+    real = train_mod._loss
+
+    def loss_nan_in_epoch_3(*args, **kw):
+        loss, scores = real(*args, **kw)
+        calls.append(1)
+        return (loss * math.nan if len(calls) == 4 else loss), scores
+    monkeypatch.setattr(train_mod, "_loss", loss_nan_in_epoch_3)
+    with pytest.raises(DivergenceError) as e:
+        train(TrainConfig(**base, resume=True), progress=False)
+    assert str(e.value) == ("training diverged in epoch 3, step 2 of 2: the loss is nan (try a "
+                            "lower --lr); " f"{ck} keeps epoch 2")
+    assert load_checkpoint(ck)[1]["resume"]["epoch"] == 2
+    assert ck.read_bytes() != good          # epoch 2 was finite and saved; epoch 3 was not
+
+
+def test_a_non_finite_buffer_stops_training_at_the_epoch_end(tmp_path):
+    cfg = TrainConfig(**SMALL, epochs=1, norm="l1")
+    m = train_mod.build_model(cfg, {"n_in": 64, "n_classes": 10, "pixel_max": 16,
+                                    "default_threshold": 8, "shape": [1, 8, 8]})
+    with torch.no_grad():
+        m.layers[0].running_mean[0] = math.inf     # the loss stays finite (batch statistics)
+    init = save_checkpoint(m, tmp_path / "init.pt")
+    with pytest.raises(DivergenceError) as e:
+        train(TrainConfig(**SMALL, epochs=1, norm="l1", init=str(init)), progress=False)
+    assert str(e.value) == ("training diverged in epoch 1: layers.0.running_mean holds NaN or "
+                            "infinity (try a lower --lr); nothing was written")
+
+
+def test_brevitas_refusing_inf_weights_is_divergence_too():
+    with pytest.raises(DivergenceError) as e:
+        train(TrainConfig(**SMALL, epochs=1, lr=math.inf, quantizer="brevitas"), progress=False)
+    assert str(e.value) == ("training diverged in epoch 1, step 2 of 2: layers.0.weight holds NaN "
+                            "or infinity (try a lower --lr); nothing was written")
+
+
+def test_cli_train_from_a_nan_model_writes_no_output(tmp_path):
+    m = NSMMLP(64, [8], 10, p=0.75)
+    with torch.no_grad():
+        m.layers[1].bias[3] = math.nan
+    init = save_checkpoint(m, tmp_path / "init.pt")
+    out = tmp_path / "model.pt"
+    res = CliRunner().invoke(main, ["train", "--hidden", "8", "--epochs", "1", "--no-progress",
+                                    "--init", str(init), "-o", str(out)])
+    assert _one_line(res, 1) == ("nsm train: error: training diverged in epoch 1, step 1 of 45: "
+                                 "the loss is nan (try a lower --lr); nothing was written")
+    assert not out.exists()
