@@ -29,9 +29,38 @@ from torch import nn
 from .layers import BinaryPool2d, NSMConv2d, NSMLinear, SBSLinear, check_p
 
 __all__ = ["NSMMLP", "NSMConvNet", "SBSMLP", "ARCHS", "ENCODINGS", "as_pixels", "parse_conv_spec",
-           "vote_uncertainty"]
+           "vote_uncertainty", "MAX_NEURONS", "MAX_CHANNELS", "MAX_KERNEL", "MAX_LEVELS",
+           "MAX_WEIGHTS"]
 
 ENCODINGS = ("threshold", "thermometer", "bernoulli")
+
+# Sizes a network is checked against before any tensor is allocated (a hostile checkpoint
+# config or `--hidden 10000000` ends in one line, not in an allocation). The first four are the
+# IR's own limits (nsm_export.layers: a dense layer's n_out, a conv layer's c_out and kernel, a
+# pool's size; thermometer levels: one per value of 16-bit pixels); MAX_WEIGHTS is what training
+# holds: 2**26 float32 weights with Adam's two moments and the gradient take 1 GiB.
+MAX_NEURONS = 1 << 20
+MAX_CHANNELS = 1 << 16
+MAX_KERNEL = 15
+MAX_LEVELS = 1 << 16
+MAX_WEIGHTS = 1 << 26
+
+
+def _check_weights(counts) -> None:
+    """Refuse a network whose layers hold more than :data:`MAX_WEIGHTS` weights in all."""
+    total = sum(counts)
+    if total > MAX_WEIGHTS:
+        raise ValueError(f"the network would hold {total:,} weights; at most {MAX_WEIGHTS:,} "
+                         f"(2**26) are supported")
+
+
+def _check_mlp(n_spikes: int, hidden: list, n_classes: int) -> None:
+    """Refuse dense layer sizes beyond :data:`MAX_NEURONS` or :data:`MAX_WEIGHTS` in all."""
+    if any(not 1 <= n <= MAX_NEURONS for n in hidden + [n_classes]):
+        raise ValueError(f"layer sizes must be in 1..{MAX_NEURONS} (2**20), got hidden {hidden} "
+                         f"and {n_classes} classes")
+    widths = [n_spikes] + hidden + [n_classes]
+    _check_weights(a * b for a, b in zip(widths, widths[1:]))
 
 
 def as_pixels(x) -> torch.Tensor:
@@ -63,8 +92,8 @@ class _NSMNet(nn.Module):
                              f"got {input_threshold!r}")
         if encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-            raise ValueError(f"levels must be a positive integer, got {levels!r}")
+        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
+            raise ValueError(f"levels must be an integer in 1..{MAX_LEVELS}, got {levels!r}")
         if isinstance(pixel_max, bool) or not isinstance(pixel_max, int) or pixel_max < 1:
             raise ValueError(f"pixel_max must be a positive integer, got {pixel_max!r}")
         self.n_in = int(n_in)
@@ -208,6 +237,7 @@ class NSMMLP(_NSMNet):
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
         self._init_encoding(n_in, input_threshold, encoding, levels, pixel_max)
+        _check_mlp(self.n_in * self.levels, hidden, n_classes)
         ps, p_cfg = _per_layer_p(p, len(hidden) + 1)
         if output_weight_bits is None:
             output_weight_bits = weight_bits
@@ -238,7 +268,8 @@ def parse_conv_spec(spec: str):
     ``NcK``: N filters of K×K, no padding ("valid"); ``NcKs``: the same with zero padding
     ``K // 2`` ("same" size for odd K; padded taps add 0, as in the IR); ``pK``: OR pooling (max
     on ±1); ``mK``: majority pooling; ``N``: dense layer of N neurons (after every conv and pool
-    token).
+    token). Sizes beyond the IR's (:data:`MAX_CHANNELS` filters, :data:`MAX_KERNEL` kernels and
+    pools, :data:`MAX_NEURONS` neurons) raise ValueError.
     """
     out = []
     for tok in str(spec).split("-"):
@@ -248,11 +279,19 @@ def parse_conv_spec(spec: str):
         if m.group(1):
             if out and out[-1][0] == "dense":
                 raise ValueError(f"conv after a dense layer in {spec!r}")
-            k = int(m.group(2))
-            out.append(("conv", int(m.group(1)), k, k // 2 if m.group(3) else 0))
+            n, k = int(m.group(1)), int(m.group(2))
+            if not (1 <= n <= MAX_CHANNELS and 1 <= k <= MAX_KERNEL):
+                raise ValueError(f"conv token {tok!r} in {spec!r}: 1..{MAX_CHANNELS} filters of "
+                                 f"1..{MAX_KERNEL} pixels")
+            out.append(("conv", n, k, k // 2 if m.group(3) else 0))
         elif m.group(4) or m.group(5):
-            out.append(("pool", int(m.group(4) or m.group(5)), "or" if m.group(4) else "majority"))
+            size = int(m.group(4) or m.group(5))
+            if not 1 <= size <= MAX_KERNEL:
+                raise ValueError(f"pool token {tok!r} in {spec!r}: a window of 1..{MAX_KERNEL}")
+            out.append(("pool", size, "or" if m.group(4) else "majority"))
         else:
+            if not 1 <= int(m.group(6)) <= MAX_NEURONS:
+                raise ValueError(f"dense token {tok!r} in {spec!r}: 1..{MAX_NEURONS} neurons")
             out.append(("dense", int(m.group(6))))
     return out
 
@@ -297,31 +336,41 @@ class NSMConvNet(_NSMNet):
         kw = dict(noise=noise, sigma=sigma, gain=gain, quantizer=quantizer)
         c, h, w = shape[0] * self.levels, shape[1], shape[2]
         self._widths = [c * h * w, n_classes]
-        feats, dense = [], []
-        n = None
+        plan, n = [], None                  # the layers' arguments, checked before allocating
         for item in parse_conv_spec(spec):
             if item[0] == "conv":
                 _, n_out, k, pad = item
-                feats.append(NSMConv2d(c, n_out, k, p=p_conv, weight_bits=weight_bits,
-                                       padding=pad, norm=norm, **kw))
+                plan.append(("conv", c, n_out, k, pad))
                 c, h, w = n_out, h + 2 * pad - k + 1, w + 2 * pad - k + 1
                 self._widths.append(c * h * w)
             elif item[0] == "pool":
                 if n is not None:
                     raise ValueError(f"pooling after a dense layer in {spec!r}")
-                feats.append(BinaryPool2d(item[1], item[2]))
+                plan.append(item)
                 h, w = h // item[1], w // item[1]
             else:
                 n = c * h * w if n is None else n
-                dense.append(NSMLinear(n, item[1], p=p_dense, weight_bits=weight_bits, norm=norm,
-                                       **kw))
+                plan.append(("dense", n, item[1]))
                 n = item[1]
                 self._widths.append(n)
             if h < 1 or w < 1:
                 raise ValueError(f"conv spec {spec!r} shrinks a {shape} image to nothing")
-        n = c * h * w if n is None else n
-        dense.append(NSMLinear(n, n_classes, p=p_dense, weight_bits=output_weight_bits,
-                               output=True, **kw))
+        plan.append(("dense", c * h * w if n is None else n, n_classes))
+        _check_weights(x[1] * x[2] * (x[3] ** 2 if x[0] == "conv" else 1)
+                       for x in plan if x[0] != "pool")
+        feats, dense = [], []
+        for i, x in enumerate(plan):
+            if x[0] == "conv":
+                feats.append(NSMConv2d(*x[1:4], p=p_conv, weight_bits=weight_bits, padding=x[4],
+                                       norm=norm, **kw))
+            elif x[0] == "pool":
+                feats.append(BinaryPool2d(x[1], x[2]))
+            elif i < len(plan) - 1:
+                dense.append(NSMLinear(x[1], x[2], p=p_dense, weight_bits=weight_bits, norm=norm,
+                                       **kw))
+            else:
+                dense.append(NSMLinear(x[1], x[2], p=p_dense, weight_bits=output_weight_bits,
+                                       output=True, **kw))
         self.features = nn.Sequential(*feats)
         self.layers = nn.ModuleList(dense)
 
@@ -350,6 +399,7 @@ class SBSMLP(_NSMNet):
         super().__init__()
         hidden = [int(h) for h in hidden]
         self._init_encoding(n_in, input_threshold, encoding, levels, pixel_max)
+        _check_mlp(self.n_in * self.levels, hidden, int(n_classes))
         ps, p_cfg = _per_layer_p(p, len(hidden) + 1)
         self.hidden, self.n_classes = hidden, n_classes
         self._config = dict(n_in=self.n_in, hidden=list(hidden), n_classes=n_classes, p=p_cfg,

@@ -205,6 +205,19 @@ def _check_loss_options(cfg: TrainConfig) -> None:
         raise ValueError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing!r}")
 
 
+#: Values one training step's widest activation may hold (1 GiB of float32): rows (batch times
+#: loss samples) times the widest layer; checked before the first step allocates it.
+_STEP_VALUES = 1 << 28
+
+
+def _check_step_size(cfg: TrainConfig, model, n: int) -> None:
+    rows = min(cfg.batch_size, n) * cfg.loss_samples
+    if rows * model.activation_width > _STEP_VALUES:
+        raise ValueError(f"a training step would hold {rows:,} rows (batch_size x loss_samples) "
+                         f"of {model.activation_width:,} values; at most {_STEP_VALUES:,} (2**28) "
+                         f"in all: lower batch_size or loss_samples")
+
+
 def train(cfg: TrainConfig, progress: bool = True, on_epoch=None):
     """Train the network ``cfg`` describes; returns ``(model, history)``.
 
@@ -249,7 +262,9 @@ def _train(cfg: TrainConfig, progress: bool, on_epoch):
         x_tr, y_tr = x_tr[:cfg.train_limit], y_tr[:cfg.train_limit]
     dev = resolve_device(cfg.device)
     _set_seed(cfg.seed)
-    model = build_model(cfg, info).to(dev)
+    model = build_model(cfg, info)
+    _check_step_size(cfg, model, len(x_tr))
+    model = model.to(dev)
     resuming = bool(cfg.resume and cfg.checkpoint and Path(cfg.checkpoint).is_file())
     if cfg.init and not resuming:           # a resumed run's weights come from its checkpoint
         init_weights(model, cfg.init)

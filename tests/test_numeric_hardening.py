@@ -17,8 +17,8 @@ import nsm_train.train as train_mod
 from nsm.cli import main
 from nsm_export.compiler import CompileError, compile_model
 from nsm_export.onnx_export import ExportError, build_onnx, export_onnx
-from nsm_train.model import NSMMLP
-from nsm_train.train import (DivergenceError, TrainConfig, load_checkpoint,
+from nsm_train.model import NSMMLP, NSMConvNet, SBSMLP, parse_conv_spec
+from nsm_train.train import (CheckpointError, DivergenceError, TrainConfig, load_checkpoint,
                              save_checkpoint, train)
 
 
@@ -199,3 +199,57 @@ def test_cli_train_from_a_nan_model_writes_no_output(tmp_path):
     assert _one_line(res, 1) == ("nsm train: error: training diverged in epoch 1, step 1 of 45: "
                                  "the loss is nan (try a lower --lr); nothing was written")
     assert not out.exists()
+
+
+# --- sizes ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: NSMMLP(64, [2**20 + 1], 10),
+     "layer sizes must be in 1..1048576 (2**20), got hidden [1048577] and 10 classes"),
+    (lambda: NSMMLP(784, [65536, 65536], 10),
+     "the network would hold 4,347,002,880 weights; at most 67,108,864 (2**26) are supported"),
+    (lambda: SBSMLP(10**12, [4], 10),
+     "the network would hold 4,000,000,000,040 weights; at most 67,108,864 (2**26) are "
+     "supported"),
+    (lambda: NSMMLP(64, [8], 10, encoding="thermometer", levels=10**9),
+     "levels must be an integer in 1..65536, got 1000000000"),
+    (lambda: NSMConvNet([1, 28, 28], "60000c3-60000c3-10", 10),
+     "the network would hold 32,746,140,100 weights; at most 67,108,864 (2**26) are "
+     "supported"),
+])
+def test_huge_networks_are_refused_before_allocating(make, message):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("70000c3-10", "conv token '70000c3' in '70000c3-10': 1..65536 filters of 1..15 pixels"),
+    ("8c16-10", "conv token '8c16' in '8c16-10': 1..65536 filters of 1..15 pixels"),
+    ("8c3-p0-10", "pool token 'p0' in '8c3-p0-10': a window of 1..15"),
+    ("8c3-0", "dense token '0' in '8c3-0': 1..1048576 neurons"),
+])
+def test_conv_spec_sizes_are_bounded(spec, message):
+    with pytest.raises(ValueError) as e:
+        parse_conv_spec(spec)
+    assert str(e.value) == message
+
+
+def test_a_hostile_checkpoint_config_is_refused_before_allocating(tmp_path):
+    ck = save_checkpoint(NSMMLP(64, [8], 10), tmp_path / "m.pt")
+    raw = torch.load(ck, weights_only=True)
+    raw["config"]["hidden"] = [10**6, 10**6]
+    torch.save(raw, ck)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ck)
+    assert str(e.value) == (f"{ck}: config or weights do not form a model (ValueError: the "
+                            f"network would hold 1,000,074,000,000 weights; at most 67,108,864 "
+                            f"(2**26) are supported)")
+
+
+def test_a_training_step_too_large_is_refused():
+    with pytest.raises(ValueError) as e:
+        train(TrainConfig(hidden=[256], batch_size=1024, loss_samples=4096), progress=False)
+    assert str(e.value) == ("a training step would hold 4,194,304 rows (batch_size x "
+                            "loss_samples) of 256 values; at most 268,435,456 (2**28) in all: "
+                            "lower batch_size or loss_samples")
