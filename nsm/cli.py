@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -164,6 +165,48 @@ def _int_list(text: str) -> list[int]:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers")
 
 
+# Bounds of the numeric options (every one has a finite range; floats refuse nan and inf). The
+# IR's own limits are repeated here so that parsing options imports nothing
+# (tests/test_numeric_hardening.py checks they agree): MAX_SAMPLES (nsm_export.ir), LANES and
+# POP_SIMD (nsm_export.schema), a dense layer's n_out (nsm_train.model.MAX_NEURONS).
+_MAX_SAMPLES = 1 << 16
+_LANES = (1, 2, 4, 8, 16)
+_SIMD = (1, 2, 4, 8, 16, 32, 64)
+_MAX_NEURONS = 1 << 20
+#: numpy's and scikit-learn's seeds (torch takes more, but one range for every seed).
+_SEED = click.IntRange(0, 2**32 - 1)
+#: Test images a command runs (more than any dataset holds), and the first one.
+_COUNT = click.IntRange(1, 1 << 24)
+_OFFSET = click.IntRange(0, 1 << 24)
+#: UART rates (an FTDI FT2232H, the iCEBreaker's, tops out at 12 Mbaud).
+_BAUD = click.IntRange(1, 12_000_000)
+
+
+class _Finite(click.FloatRange):
+    """A :class:`click.FloatRange` that also refuses nan (which every comparison lets through)
+    and inf."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+def _int_list_in(lo: int, hi: int | None = None, choices: tuple | None = None):
+    """A callback that checks a comma-separated list of integers (the value stays text): each
+    in ``lo..hi`` or one of ``choices``."""
+    def check(ctx, param, value):
+        if value is None:
+            return value
+        for v in _int_list(str(value)):
+            if (v not in choices) if choices else not lo <= v <= hi:
+                allowed = ", ".join(map(str, choices)) if choices else f"{lo}..{hi}"
+                raise click.BadParameter(f"{v} in {value!r} is not {allowed}")
+        return value
+    return check
+
+
 def _example(command: str) -> str:
     """An epilog that ends ``--help`` with a runnable example (``\\b`` keeps click from
     rewrapping)."""
@@ -210,7 +253,7 @@ def _default(name):
               type=click.Choice(["nsm-mlp", "nsm-conv", "det-mlp", "det-conv", "sbs-mlp"]),
               help="NSM, deterministic baseline of the same shape, or stochastic binary synapses.")
 @click.option("--hidden", default=_default("hidden"), show_default="256",
-              help="Hidden layer sizes, comma-separated.")
+              callback=_int_list_in(1, _MAX_NEURONS), help="Hidden layer sizes, comma-separated.")
 @click.option("--conv", default=_default("conv"), show_default="32c5-p2-64c5-p2-512",
               help="Conv models: NcK conv (valid), NcKs conv zero-padded by K//2 (same), "
                    "pK OR-pool, mK majority pool, N dense.")
@@ -220,7 +263,8 @@ def _default(name):
 @click.option("--noise", default="input", show_default=True,
               type=click.Choice(["input", "synapse", "gaussian"]),
               help="Bernoulli per input (the hardware's), per synapse, or Gaussian N(1, sigma^2).")
-@click.option("--sigma", default=0.5, show_default=True, type=float, help="Gaussian noise sd.")
+@click.option("--sigma", default=0.5, show_default=True, type=_Finite(0.0, 100.0),
+              help="Gaussian noise sd.")
 @click.option("--gain/--no-gain", default=False, show_default=True,
               help="Train the per-neuron gain factor a_i (beta).")
 @click.option("--norm", default="none", show_default=True,
@@ -230,7 +274,7 @@ def _default(name):
 @click.option("--encoding", default="threshold", show_default=True,
               type=click.Choice(["threshold", "thermometer", "bernoulli"]),
               help="Input encoding to +-1 spikes.")
-@click.option("--levels", default=4, show_default=True, type=click.IntRange(1),
+@click.option("--levels", default=4, show_default=True, type=click.IntRange(1, 1 << 16),
               help="Thermometer levels.")
 @click.option("--weight-bits", default=_default("weight_bits"), show_default="4",
               type=click.IntRange(1, 32), help="1 binary, 2 ternary, up to 8; 32 = float.")
@@ -241,10 +285,11 @@ def _default(name):
               help="Weight quantizer (mse: power-of-two scale of least squared error).")
 @click.option("--score-scale/--no-score-scale", default=False, show_default=True,
               help="Learn a softmax temperature for the loss only (the network is unchanged).")
-@click.option("--loss-samples", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--loss-samples", default=1, show_default=True,
+              type=click.IntRange(1, _MAX_SAMPLES),
               help="Loss on the mean scores of this many noise samples per image.")
 @click.option("--label-smoothing", default=0.0, show_default=True,
-              type=click.FloatRange(0.0, 1.0, max_open=True), help="Cross-entropy smoothing.")
+              type=_Finite(0.0, 1.0, max_open=True), help="Cross-entropy smoothing.")
 @click.option("--shift", default=0, show_default=True, type=click.IntRange(0, 8),
               help="Augmentation: move each training image by up to this many pixels.")
 @click.option("--expected-output/--no-expected-output", default=False, show_default=True,
@@ -252,13 +297,15 @@ def _default(name):
                    "sum of T samples tends to T times it); the network is unchanged.")
 @click.option("--flip/--no-flip", default=False, show_default=True,
               help="Augmentation: mirror each training image left-right with probability 1/2.")
-@click.option("--epochs", default=_default("epochs"), show_default="40", type=click.IntRange(1))
-@click.option("--lr", default=_default("lr"), show_default="0.01", type=float)
+@click.option("--epochs", default=_default("epochs"), show_default="40",
+              type=click.IntRange(1, 100_000))
+@click.option("--lr", default=_default("lr"), show_default="0.01",
+              type=_Finite(0.0, 100.0, min_open=True))
 @click.option("--batch-size", default=_default("batch_size"), show_default="32",
-              type=click.IntRange(1))
-@click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1),
-              help="Monte Carlo samples for evaluation.")
-@click.option("--seed", default=0, show_default=True, type=int)
+              type=click.IntRange(1, 1 << 20))
+@click.option("--samples", "-T", default=16, show_default=True,
+              type=click.IntRange(1, _MAX_SAMPLES), help="Monte Carlo samples for evaluation.")
+@click.option("--seed", default=0, show_default=True, type=_SEED)
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Training checkpoint written after every epoch (for --resume).")
@@ -324,12 +371,13 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
 @main.command(name="eval", epilog=_example("nsm eval model.pt --samples 1,4,16,64 --plot acc.png"))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--samples", "-T", default="16", show_default=True,
+              callback=_int_list_in(1, _MAX_SAMPLES),
               help="Monte Carlo samples; comma-separated for several (one pass of max T).")
 @click.option("--dataset", default=None, help="[default: the one the model was trained on]")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None)
-@click.option("--split-seed", default=None, type=int,
+@click.option("--split-seed", default=None, type=_SEED,
               help="Seed of the digits train/test split [default: the training seed].")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the sampling.")
+@click.option("--seed", default=0, show_default=True, type=_SEED, help="Seed of the sampling.")
 @click.option("--no-sampling", is_flag=True, help="Deterministic pass (noise off).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -397,7 +445,8 @@ def _plain(cfg) -> dict:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("model.onnx"), show_default=True)
-@click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1),
+@click.option("--samples", "-T", default=16, show_default=True,
+              type=click.IntRange(1, _MAX_SAMPLES),
               help="Monte Carlo samples recorded in the model's metadata.")
 @click.option("--no-sampling", is_flag=True,
               help="Leave the Bernoulli masks out (p = 1): the deterministic network.")
@@ -430,19 +479,19 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.argument("onnx_file", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("build"), show_default=True, help="Directory for the IR and Verilog.")
-@click.option("--samples", "-T", type=click.IntRange(1, 65536), default=None,
+@click.option("--samples", "-T", type=click.IntRange(1, _MAX_SAMPLES), default=None,
               help="Monte Carlo samples per image [default: the model's nsm.samples, else 16].")
-@click.option("--pe", default=None, show_default="8",
+@click.option("--pe", default=None, show_default="8", callback=_int_list_in(1, _MAX_NEURONS),
               help="Neuron lanes per layer: one value, or one per layer, comma-separated.")
-@click.option("--lanes", default=None, show_default="1",
+@click.option("--lanes", default=None, show_default="1", callback=_int_list_in(1, choices=_LANES),
               help="Blank-out draws per clock per layer (1, 2, 4, 8 or 16): one value, or one "
                    "per layer. Changes the schedule, never the random stream.")
-@click.option("--simd", default=None, show_default="1",
+@click.option("--simd", default=None, show_default="1", callback=_int_list_in(1, choices=_SIMD),
               help="Inputs each neuron group adds per clock: one value, or one per layer. "
                    "Kept-list engine: 1, 2 or 4, as many weight-memory copies, a sampling "
                    "layer's --lanes raised to it; popcount engine (--pass-samples): 1 to 64, "
                    "powers of two, --lanes lowered to it. Changes the schedule, never a result.")
-@click.option("--pass-samples", default=None, type=click.IntRange(0, 65536), metavar="T'",
+@click.option("--pass-samples", default=None, type=click.IntRange(0, _MAX_SAMPLES), metavar="T'",
               help="Build every dense layer on the sample-parallel popcount engine, T' "
                    "samples per weight read (at most T; 0: the kept-list engines) "
                    "[default: 0; with --target: chosen].")
@@ -453,17 +502,18 @@ def export(checkpoint, output, samples, no_sampling, fmt):
               help="Choose --pe, --lanes, --simd and --weight-store for this device "
                    "(ice40-up5k, ecp5-25k, ecp5-85k) from the fit estimate and the cycle model; "
                    "the ones given explicitly are kept.")
-@click.option("--throughput", default=None, type=float, metavar="INF_PER_S",
+@click.option("--throughput", default=None, type=_Finite(0.0, 1e12, min_open=True),
+              metavar="INF_PER_S",
               help="With --target: the smallest design that meets this many inferences/s "
                    "[default: the fastest that fits].")
-@click.option("--clock-mhz", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--clock-mhz", default=None, type=_Finite(1.0, 2000.0),
               help="With --target: the clock the throughput is reckoned at [default: the "
                    "target's calibrated Fmax estimate].")
 @click.option("--line-buffer", is_flag=True,
               help="A conv layer fed by a conv layer keeps a ring of the fewest input rows it "
                    "needs instead of its whole input map twice; the two engines then stream "
                    "rows of the same sample (less memory, more cycles; docs/architecture.md).")
-@click.option("--seed", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--seed", default=1, show_default=True, type=click.IntRange(1, 2**64 - 1),
               help="Base seed the per-layer LFSR seeds derive from.")
 @click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
 @click.option("--p-bits", default=8, show_default=True, type=click.IntRange(1, 16),
@@ -524,11 +574,11 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
 @main.command(epilog=_example("nsm sim build/ --dataset digits --count 100 --json"))
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--dataset", default="digits", show_default=True)
-@click.option("--count", "-n", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--count", "-n", default=100, show_default=True, type=_COUNT,
               help="Held-out test images to run.")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--offset", default=0, show_default=True, type=_OFFSET,
               help="First test image.")
-@click.option("--split-seed", default=0, show_default=True, type=int,
+@click.option("--split-seed", default=0, show_default=True, type=_SEED,
               help="Seed of the train/test split (as used for training).")
 @click.option("--simulator", type=click.Choice(["icarus", "verilator"]), default="icarus",
               show_default=True)
@@ -572,7 +622,7 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
               help="Build the example board top (ice40-up5k: iCEBreaker, the core behind a UART, "
                    "pins from hw/icebreaker.pcf) and write its bitstream to "
                    "BUILD_DIR/synth/icebreaker/icebreaker_top.bin.")
-@click.option("--baud", default=115200, show_default=True, type=click.IntRange(1),
+@click.option("--baud", default=115200, show_default=True, type=_BAUD,
               help="UART baud rate of the board top.")
 @_user_errors
 def synth(build_dir, target, as_json, output, bitstream, baud):
@@ -600,12 +650,12 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--port", required=True, help="The board's serial port (iCEBreaker: the FTDI's "
                                             "second channel, usually /dev/ttyUSB1).")
-@click.option("--baud", default=115200, show_default=True, type=click.IntRange(1))
+@click.option("--baud", default=115200, show_default=True, type=_BAUD)
 @click.option("--dataset", default="digits", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--count", "-n", default=20, show_default=True, type=click.IntRange(1))
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0))
-@click.option("--split-seed", default=0, show_default=True, type=int)
+@click.option("--count", "-n", default=20, show_default=True, type=_COUNT)
+@click.option("--offset", default=0, show_default=True, type=_OFFSET)
+@click.option("--split-seed", default=0, show_default=True, type=_SEED)
 @click.option("--weights/--no-weights", default=True, show_default=True,
               help="Send the weight image first where the core keeps weights in RAM (once after "
                    "programming the board; the reset button keeps them).")
@@ -645,20 +695,21 @@ def board(build_dir, port, baud, dataset, data_dir, count, offset, split_seed, w
               help="Directory for report.html, report.md, report.json and the plots "
                    "[default: BUILD_DIR].")
 @click.option("--samples", "-T", default=",".join(map(str, (1, 4, 16, 64))), show_default=True,
+              callback=_int_list_in(1, _MAX_SAMPLES),
               help="Monte Carlo samples for the accuracy curve (the IR's own T is added).")
 @click.option("--dataset", default=None,
               help="[default: the one the last `nsm sim` used, else digits]")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--split-seed", default=None, type=int,
+@click.option("--split-seed", default=None, type=_SEED,
               help="Seed of the train/test split [default: the last `nsm sim`'s, else 0].")
-@click.option("--count", "-n", default=1000, show_default=True, type=click.IntRange(1),
+@click.option("--count", "-n", default=1000, show_default=True, type=_COUNT,
               help="Test images for the golden and float models (fewer if the split is smaller).")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+@click.option("--offset", default=0, show_default=True, type=_OFFSET,
               help="First test image.")
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Float model, .onnx or .pt [default: the ONNX file the IR was compiled from, "
                    "in BUILD_DIR or its parent, else BUILD_DIR/model.pt].")
-@click.option("--seed", default=0, show_default=True, type=int,
+@click.option("--seed", default=0, show_default=True, type=_SEED,
               help="Seed of the float model's sampling.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_user_errors
@@ -692,10 +743,11 @@ def report(build_dir, output, samples, dataset, data_dir, split_seed, count, off
 @main.command(epilog=_example("nsm demo --out out/demo"))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path("out/demo"), show_default=True)
-@click.option("--count", "-n", default=100, show_default=True, type=click.IntRange(1),
+@click.option("--count", "-n", default=100, show_default=True, type=_COUNT,
               help="Test images to co-simulate.")
-@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1))
-@click.option("--samples", "-T", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", default=40, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--samples", "-T", default=16, show_default=True,
+              type=click.IntRange(1, _MAX_SAMPLES))
 @click.option("--simulator", type=click.Choice(["icarus", "verilator"]), default="icarus",
               show_default=True)
 @_user_errors

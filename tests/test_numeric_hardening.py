@@ -253,3 +253,60 @@ def test_a_training_step_too_large_is_refused():
     assert str(e.value) == ("a training step would hold 4,194,304 rows (batch_size x "
                             "loss_samples) of 256 values; at most 268,435,456 (2**28) in all: "
                             "lower batch_size or loss_samples")
+
+
+# --- option values --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["compile", "m.onnx", "--lanes", "0"],
+     "Invalid value for '--lanes': 0 in '0' is not 1, 2, 4, 8, 16"),
+    (["compile", "m.onnx", "--lanes", "1,3"],
+     "Invalid value for '--lanes': 3 in '1,3' is not 1, 2, 4, 8, 16"),
+    (["compile", "m.onnx", "--simd", "128"],
+     "Invalid value for '--simd': 128 in '128' is not 1, 2, 4, 8, 16, 32, 64"),
+    (["compile", "m.onnx", "--pe", "0"], "Invalid value for '--pe': 0 in '0' is not 1..1048576"),
+    (["compile", "m.onnx", "--clock-mhz", "inf"],
+     "Invalid value for '--clock-mhz': inf is not in the range 1.0<=x<=2000.0."),
+    (["compile", "m.onnx", "--clock-mhz", "nan"],
+     "Invalid value for '--clock-mhz': 'nan' is not a finite number"),
+    (["compile", "m.onnx", "--throughput", "nan"],
+     "Invalid value for '--throughput': 'nan' is not a finite number"),
+    (["compile", "m.onnx", "--target", "ice40-up5k", "--throughput", "-5"],
+     "Invalid value for '--throughput': -5.0 is not in the range 0.0<x<=1000000000000.0."),
+    (["compile", "m.onnx", "--seed", str(2**64)],
+     "Invalid value for '--seed': 18446744073709551616 is not in the range "
+     "1<=x<=18446744073709551615."),
+    (["train", "--lr", "inf"], "Invalid value for '--lr': inf is not in the range 0.0<x<=100.0."),
+    (["train", "--lr", "nan"], "Invalid value for '--lr': 'nan' is not a finite number"),
+    (["train", "--sigma", "nan"], "Invalid value for '--sigma': 'nan' is not a finite number"),
+    (["train", "--label-smoothing", "nan"],
+     "Invalid value for '--label-smoothing': 'nan' is not a finite number"),
+    (["train", "-T", "65537"],
+     "Invalid value for '--samples' / '-T': 65537 is not in the range 1<=x<=65536."),
+    (["train", "--hidden", "64,2000000"],
+     "Invalid value for '--hidden': 2000000 in '64,2000000' is not 1..1048576"),
+    (["train", "--seed", "-1"],
+     "Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295."),
+    (["export", "m.pt", "-T", "70000"],
+     "Invalid value for '--samples' / '-T': 70000 is not in the range 1<=x<=65536."),
+    (["eval", "m.pt", "-T", "1,70000"],
+     "Invalid value for '--samples' / '-T': 70000 in '1,70000' is not 1..65536"),
+    (["eval", "m.pt", "--split-seed", str(2**32)],
+     "Invalid value for '--split-seed': 4294967296 is not in the range 0<=x<=4294967295."),
+    (["report", "b", "-T", "0"], "Invalid value for '--samples' / '-T': 0 in '0' is not 1..65536"),
+    (["sim", "b", "--count", str(2**40)],
+     "Invalid value for '--count' / '-n': 1099511627776 is not in the range 1<=x<=16777216."),
+    (["synth", "b", "--target", "ice40-up5k", "--baud", "0"],
+     "Invalid value for '--baud': 0 is not in the range 1<=x<=12000000."),
+])
+def test_option_values_out_of_range_are_refused(args, message):
+    res = CliRunner().invoke(main, args)
+    assert _one_line(res, 2) == f"Error: {message}"
+
+
+def test_option_bounds_are_the_irs():
+    import nsm.cli as cli
+    from nsm_export import ir, schema
+    from nsm_train import model
+    assert (cli._MAX_SAMPLES, cli._LANES, cli._SIMD, cli._MAX_NEURONS) == \
+        (ir.MAX_SAMPLES, schema.LANES, schema.POP_SIMD, model.MAX_NEURONS)
