@@ -16,12 +16,16 @@ name               where the data comes from
                    ``data_dir``, turned into ``frames`` binary frames (see :func:`events_to_frames`)
 =================  =====================================================================
 
-A dataset that is missing raises :class:`DatasetError` with one line saying how to get it.
+A dataset that is missing raises :class:`DatasetError` with one line saying how to get it; a
+malformed file (bad magic, a header that does not match the data, a truncated or corrupt gzip
+stream, non-integer labels, an empty split) one line naming the file. A file is never read
+past the size its header declares (at most :data:`MAX_IDX_BYTES`).
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 import os
 from pathlib import Path
@@ -54,6 +58,12 @@ DATASETS = {
     "nmnist": dict(name="nmnist", n_in=NMNIST_FRAMES * 2 * 34 * 34, n_classes=10, pixel_max=1,
                    default_threshold=1, shape=[NMNIST_FRAMES * 2, 34, 34]),
 }
+
+#: The most data bytes an IDX file may declare (EMNIST byclass, the largest set, has 547 MB of
+#: training images): a header that claims more is refused before anything is read.
+MAX_IDX_BYTES = 1 << 31
+#: The largest N-MNIST event file read (the recordings are about 40 kB).
+MAX_EVENT_BYTES = 1 << 26
 
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -97,23 +107,26 @@ def read_idx(path) -> np.ndarray:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            data = f.read()
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+                raise DatasetError(f"{path}: not an IDX file (bad magic number)")
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            ndim = magic[3]
+            shape = f.read(4 * ndim)
+            if ndim == 0 or len(shape) < 4 * ndim:
+                raise DatasetError(f"{path}: truncated IDX header")
+            dims = [int.from_bytes(shape[4 * i:4 * i + 4], "big") for i in range(ndim)]
+            size = math.prod(dims) * dtype.itemsize
+            if size > MAX_IDX_BYTES:
+                raise DatasetError(f"{path}: IDX header says {dims} ({size} bytes), more than "
+                                   f"the {MAX_IDX_BYTES} this reader takes")
+            data = f.read(size + 1)     # one byte more: a longer file is refused below
     except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path}: not an IDX file (bad magic number)")
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    ndim = data[3]
-    head = 4 + 4 * ndim
-    if ndim == 0 or len(data) < head:
-        raise DatasetError(f"{path}: truncated IDX header")
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    count = int(np.prod(dims))
-    if len(data) != head + count * dtype.itemsize:
-        raise DatasetError(f"{path}: IDX header says {dims} ({count * dtype.itemsize} bytes) but "
-                           f"the file holds {len(data) - head} bytes of data")
-    return (np.frombuffer(data, dtype=dtype, offset=head).reshape(dims)
-            .astype(dtype.newbyteorder("=")))
+    if len(data) != size:
+        raise DatasetError(f"{path}: IDX header says {dims} ({size} bytes) but the file holds "
+                           f"{'more' if len(data) > size else len(data)} bytes of data")
+    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def write_idx(path, array: np.ndarray) -> Path:
@@ -149,6 +162,10 @@ def _load_idx_set(name: str, directory: Path, prefix: str, how: str, transpose: 
             raise DatasetError(f"{px}: expected uint8 images of 28×28, got {x.dtype} {x.shape}")
         if y.ndim != 1 or len(y) != len(x):
             raise DatasetError(f"{py}: {len(y)} labels for {len(x)} images")
+        if y.dtype.kind not in "iu":
+            raise DatasetError(f"{py}: labels must be integers, not {y.dtype}")
+        if len(x) == 0:
+            raise DatasetError(f"{px}: holds no images")
     n_classes = DATASETS[name]["n_classes"]
 
     def prep(x, y, py):
@@ -171,7 +188,13 @@ def read_nmnist_events(path) -> np.ndarray:
     Each event is 40 bits, big-endian: x (8), y (8), polarity (1), timestamp in µs (23).
     """
     path = Path(path)
-    raw = np.fromfile(path, dtype=np.uint8)
+    try:
+        with open(path, "rb") as f:
+            raw = np.frombuffer(f.read(MAX_EVENT_BYTES + 1), dtype=np.uint8)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    if raw.size > MAX_EVENT_BYTES:
+        raise DatasetError(f"{path}: more than {MAX_EVENT_BYTES} bytes; not an N-MNIST recording")
     if raw.size % 5:
         raise DatasetError(f"{path}: {raw.size} bytes is not a whole number of 5-byte events")
     ev = raw.reshape(-1, 5).astype(np.uint32)

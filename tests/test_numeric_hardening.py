@@ -5,6 +5,7 @@ network sizes bounded before any tensor exists; malformed dataset files one Data
 from __future__ import annotations
 
 import copy
+import gzip
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ import nsm_train.train as train_mod
 from nsm.cli import main
 from nsm_export.compiler import CompileError, compile_model
 from nsm_export.onnx_export import ExportError, build_onnx, export_onnx
+from nsm_train.data import DatasetError, load_dataset, read_idx, read_nmnist_events, write_idx
 from nsm_train.model import NSMMLP, NSMConvNet, SBSMLP, parse_conv_spec
 from nsm_train.train import (CheckpointError, DivergenceError, TrainConfig, load_checkpoint,
                              save_checkpoint, train)
@@ -310,3 +312,78 @@ def test_option_bounds_are_the_irs():
     from nsm_train import model
     assert (cli._MAX_SAMPLES, cli._LANES, cli._SIMD, cli._MAX_NEURONS) == \
         (ir.MAX_SAMPLES, schema.LANES, schema.POP_SIMD, model.MAX_NEURONS)
+
+
+# --- dataset files --------------------------------------------------------------------------------
+
+def _idx(tmp_path, name, raw: bytes, gz=False):
+    path = tmp_path / (name + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("raw,message", [
+    (b"", "not an IDX file (bad magic number)"),
+    (b"\x00\x00\x07\x01", "not an IDX file (bad magic number)"),
+    (b"\x01\x00\x08\x01", "not an IDX file (bad magic number)"),
+    (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+    (b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" * 3,
+     "IDX header says [4294967295, 4294967295, 4294967295] (79228162458924105385300197375 "
+     "bytes), more than the 2147483648 this reader takes"),
+    (b"\x00\x00\x08\x01\x00\x00\x00\x04" + b"12345",
+     "IDX header says [4] (4 bytes) but the file holds more bytes of data"),
+    (b"\x00\x00\x0c\x01\x00\x00\x00\x02" + b"1234567",
+     "IDX header says [2] (8 bytes) but the file holds 7 bytes of data"),
+])
+def test_malformed_idx_files_are_one_line_naming_the_file(tmp_path, gz, raw, message):
+    path = _idx(tmp_path, "train-images-idx3-ubyte", raw, gz)
+    with pytest.raises(DatasetError) as e:
+        read_idx(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_a_truncated_gzip_stream_is_one_line(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x01\x00" + bytes(256))[:-12])
+    with pytest.raises(DatasetError) as e:
+        read_idx(path)
+    assert str(e.value) == (f"{path}: cannot read (EOFError: Compressed file ended before the "
+                            f"end-of-stream marker was reached)")
+
+
+def _mnist_dir(d, n_tr=3, labels=None):
+    d.mkdir()
+    write_idx(d / "train-images-idx3-ubyte", np.zeros((n_tr, 28, 28), np.uint8))
+    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((2, 28, 28), np.uint8))
+    write_idx(d / "t10k-labels-idx1-ubyte", np.zeros(2, np.uint8))
+    if labels is None:
+        write_idx(d / "train-labels-idx1-ubyte", np.zeros(n_tr, np.uint8))
+    else:
+        (d / "train-labels-idx1-ubyte").write_bytes(labels)
+    return d
+
+
+def test_float_labels_and_empty_splits_are_refused(tmp_path):
+    d = _mnist_dir(tmp_path / "f", labels=b"\x00\x00\x0d\x01\x00\x00\x00\x03" +
+                   np.array([0.5, 1, 2], ">f4").tobytes())
+    with pytest.raises(DatasetError) as e:
+        load_dataset("mnist", data_dir=d)
+    assert str(e.value) == f"{d / 'train-labels-idx1-ubyte'}: labels must be integers, not float32"
+    d = _mnist_dir(tmp_path / "e", n_tr=0)
+    with pytest.raises(DatasetError) as e:
+        load_dataset("mnist", data_dir=d)
+    assert str(e.value) == f"{d / 'train-images-idx3-ubyte'}: holds no images"
+
+
+def test_nmnist_unreadable_and_huge_event_files(tmp_path, monkeypatch):
+    (tmp_path / "dir.bin").mkdir()
+    with pytest.raises(DatasetError) as e:
+        read_nmnist_events(tmp_path / "dir.bin")
+    assert str(e.value) == (f"{tmp_path / 'dir.bin'}: cannot read (IsADirectoryError: [Errno 21] "
+                            f"Is a directory: '{tmp_path / 'dir.bin'}')")
+    monkeypatch.setattr("nsm_train.data.MAX_EVENT_BYTES", 10)
+    (tmp_path / "big.bin").write_bytes(bytes(15))
+    with pytest.raises(DatasetError) as e:
+        read_nmnist_events(tmp_path / "big.bin")
+    assert str(e.value) == f"{tmp_path / 'big.bin'}: more than 10 bytes; not an N-MNIST recording"
