@@ -519,7 +519,7 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.option("--p-bits", default=8, show_default=True, type=click.IntRange(1, 16),
               help="Bits of the quantized keep probability.")
 @click.option("--p-tolerance", default=0.01, show_default=True,
-              type=click.FloatRange(0.0, 1.0),
+              type=_Finite(0.0, 1.0),
               help="How far the keep probability the LFSR realizes may lie from the model's p "
                    "(a rounding beyond it, or to 0 or 1, is refused).")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")

@@ -275,6 +275,8 @@ def test_a_training_step_too_large_is_refused():
      "Invalid value for '--throughput': 'nan' is not a finite number"),
     (["compile", "m.onnx", "--target", "ice40-up5k", "--throughput", "-5"],
      "Invalid value for '--throughput': -5.0 is not in the range 0.0<x<=1000000000000.0."),
+    (["compile", "m.onnx", "--p-tolerance", "nan"],
+     "Invalid value for '--p-tolerance': 'nan' is not a finite number"),
     (["compile", "m.onnx", "--seed", str(2**64)],
      "Invalid value for '--seed': 18446744073709551616 is not in the range "
      "1<=x<=18446744073709551615."),
