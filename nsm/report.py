@@ -113,7 +113,14 @@ def _float_accuracy(path: Path, x: np.ndarray, y: np.ndarray, ts: list[int], see
     xs = x.astype(np.float32)
     total, out = None, {}
     for t in range(1, max(ts) + 1):
-        s = sess.run(None, {inp.name: xs})[0].astype(np.float64)
+        try:
+            s = np.asarray(sess.run(None, {inp.name: xs})[0], dtype=np.float64)
+        except Exception as e:    # a graph that loads but cannot run (onnxruntime's own types)
+            raise ReportError(f"{path}: onnxruntime cannot run it "
+                              f"({(str(e).splitlines() or [type(e).__name__])[0][:200]})")
+        if s.ndim != 2 or s.shape[0] != len(x) or not np.isfinite(s).all():
+            raise ReportError(f"{path}: the model's output is not one finite score row per "
+                              f"image (shape {s.shape})")
         total = s if total is None else total + s
         bar.update(len(x))
         if t in ts:
