@@ -62,6 +62,15 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     return model
 
 
+def _to_array(tensor: onnx.TensorProto, where: str) -> np.ndarray:
+    """The tensor's values, or one line where its data does not match its shape or type."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as e:        # onnx raises ValueError, TypeError, KeyError on damaged data
+        raise CompileError(f"{where}: its data does not form a tensor of shape "
+                           f"{list(tensor.dims)} ({type(e).__name__})") from None
+
+
 class _Graph:
     def __init__(self, model: onnx.ModelProto):
         g = model.graph
@@ -78,12 +87,12 @@ class _Graph:
 
     def const(self, name: str) -> np.ndarray | None:
         if name in self.inits:
-            return numpy_helper.to_array(self.inits[name])
+            return _to_array(self.inits[name], f"initializer {name!r}")
         node = self.producer.get(name)
         if node is not None and node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value":
-                    return numpy_helper.to_array(a.t)
+                    return _to_array(a.t, f"node {_n(node)}")
             raise CompileError(f"node {_n(node)}: only tensor-valued Constant nodes are supported")
         return None
 
@@ -135,7 +144,8 @@ def _check_finite(g: _Graph) -> None:
     tensors += [(f"Constant {_n(node)}", a.t) for node in g.model.graph.node
                 if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
     for what, t in tensors:
-        if t.data_type in _FLOAT_TYPES and not np.all(np.isfinite(numpy_helper.to_array(t))):
+        if t.data_type in _FLOAT_TYPES and not np.all(np.isfinite(_to_array(t, f"{what} "
+                                                                             f"{t.name!r}"))):
             raise CompileError(f"{what} {t.name!r} holds NaN or infinity (a diverged model?)")
 
 
@@ -250,7 +260,11 @@ def _match_mask(g: _Graph, z: str, users: list) -> tuple[float, str] | None:
         val = _attr(cos, "value")
         if val is None:
             raise CompileError(f"node {_n(cos)}: the keep probability must be its value")
-        p = float(numpy_helper.to_array(val).reshape(-1)[0])
+        pv = _to_array(val, f"node {_n(cos)}").reshape(-1)
+        if pv.size != 1:
+            raise CompileError(f"node {_n(cos)}: the keep probability must be one value, "
+                               f"got {pv.size}")
+        p = float(pv[0])
         where = cos
         bern = g.only_consumer(cos.output[0], "Bernoulli", "the blank-out sampler")
         mask = bern.output[0]
