@@ -25,6 +25,7 @@ import base64
 import html
 import io
 import json
+import math
 import re
 import shlex
 import time
@@ -58,13 +59,58 @@ class ReportError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Collecting the numbers
 
-def _load_json(path: Path) -> dict | None:
+def _load_json(path: Path, types: dict | None = None) -> dict | None:
+    """The JSON object in ``path`` (None where there is no file), its entries named in
+    ``types`` of those types (:data:`SIM_TYPES`, :data:`SYNTH_TYPES`); one line otherwise."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: not valid JSON ({e})")
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ReportError(f"{path}: not valid JSON ({str(e)[:120]})")
+    except OSError as e:
+        raise ReportError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+    if not isinstance(data, dict):
+        raise ReportError(f"{path}: not a JSON object")
+    for key, kind in (types or {}).items():
+        if key in data and not _of_kind(data[key], kind):
+            raise ReportError(f"{path}: {key} = {str(data[key])[:60]!r} is not {kind}")
+    return data
+
+
+def _number(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _of_kind(v, kind: str) -> bool:
+    """``kind``: ``integer``, ``number``, ``string``, ``boolean``, ``object``, ``resource``
+    (``used`` and ``available`` integers), each with `` or null`` where None may stand."""
+    base, _, null = kind.partition(" or ")
+    if null and v is None:
+        return True
+    return {"integer": lambda: not isinstance(v, bool) and isinstance(v, int) and v >= 0,
+            "number": lambda: _number(v),
+            "string": lambda: isinstance(v, str),
+            "boolean": lambda: isinstance(v, bool),
+            "object": lambda: isinstance(v, dict),
+            "resource": lambda: isinstance(v, dict) and all(
+                not isinstance(v.get(k, 0), bool) and isinstance(v.get(k, 0), int)
+                for k in ("used", "available"))}[base]()
+
+
+#: What the report reads of ``sim/summary.json`` and of the demo's ``summary.json``.
+SIM_TYPES = {"images": "integer", "mismatches": "integer", "samples": "integer",
+             "split_seed": "integer", "rtl_accuracy": "number or null",
+             "golden_accuracy": "number or null", "float_accuracy": "number or null",
+             "dataset": "string", "data_dir": "string or null", "simulator": "string",
+             "cycles_per_inference": "number or null", "cycle_model_exact": "boolean",
+             "spikes_compared": "boolean", "first_mismatch": "object or null"}
+#: What it reads of a ``synth/TARGET/report.json``.
+SYNTH_TYPES = {**{k: "resource" for k in ("luts", "ffs", "logic_cells", "bram", "spram", "dsps",
+                                          "io")},
+               "fmax_mhz": "number or null", "constraint_mhz": "number",
+               "meets_timing": "boolean", "fits": "boolean", "device": "string",
+               "board": "string or null", "bitstream": "string or null"}
 
 
 def _stale(path: Path, than: Path) -> bool:
@@ -265,8 +311,8 @@ def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
 def _synth_reports(build_dir: Path, verilog: Path) -> dict:
     out = {}
     for path in sorted((build_dir / "synth").glob("*/report.json")):
-        r = _load_json(path)
-        if not isinstance(r, dict) or "luts" not in r:
+        r = _load_json(path, SYNTH_TYPES)
+        if "luts" not in r:
             continue
         r["stale"] = _stale(path, verilog)
         r["path"] = str(path)
@@ -290,7 +336,10 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
     ir = load_build(build_dir)
     verilog = build_dir / f"{ir.name}.v"
     sim_path = build_dir / SIM_SUMMARY
-    sim = _load_json(sim_path)
+    sim = _load_json(sim_path, SIM_TYPES)
+    # Every JSON input is read and checked before the golden and float runs.
+    synth = _synth_reports(build_dir, verilog)
+    demo = _load_json(build_dir / "summary.json", SIM_TYPES)
     if sim is not None:
         sim["stale"] = _stale(sim_path, verilog)
         sim["path"] = str(sim_path)
@@ -319,7 +368,6 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         floats = _float_accuracy(model_path, x, y, ts, seed, bar) if model_path else None
     seconds = time.perf_counter() - t0
 
-    demo = _load_json(build_dir / "summary.json")
     data = {
         "build_dir": str(build_dir), "made": time.strftime("%Y-%m-%d %H:%M:%S"),
         "seconds": round(seconds, 2),
@@ -341,7 +389,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
             "demo_float": (demo or {}).get("float_accuracy"),
         },
         "resources": resource_rows(ir),
-        "synth": _synth_reports(build_dir, verilog),
+        "synth": synth,
         "cycles": cycle_summary(ir, recorded.masks),
         "lfsr": lfsr_statistics(ir, recorded.masks),
         "sim": sim,

@@ -191,6 +191,23 @@ def test_bad_input_is_one_line_and_writes_nothing(built, tmp_path):
     _one_error_line(r.invoke(main, ["report", str(build), "-o", str(out)]),
                     "summary.json", "not valid JSON")
     assert not out.exists() or not any(out.iterdir())
+    # Odd types where the report reads numbers, names or resource counts: one line each.
+    odd = [("sim/summary.json", {"rtl_accuracy": "0.9"}, "rtl_accuracy = '0.9' is not number"),
+           ("sim/summary.json", {"split_seed": "x"}, "split_seed = 'x' is not integer"),
+           ("sim/summary.json", [1, 2], "not a JSON object"),
+           ("sim/summary.json", {"dataset": ["digits"]}, "is not string"),
+           ("synth/ice40-up5k/report.json", {"luts": {"used": "9", "available": 5280}},
+            "luts = \"{'used': '9', 'available': 5280}\" is not resource"),
+           ("synth/ice40-up5k/report.json", {"luts": {"used": 9, "available": 9},
+                                             "fmax_mhz": float("nan")}, "is not number"),
+           ("summary.json", {"float_accuracy": True}, "float_accuracy = 'True' is not number")]
+    for name, data, needle in odd:
+        build = tmp_path / f"odd-{len(name)}-{abs(hash(needle))}"
+        shutil.copytree(built / "build", build)
+        (build / name).parent.mkdir(parents=True, exist_ok=True)
+        (build / name).write_text(json.dumps(data))
+        _one_error_line(r.invoke(main, ["report", str(build), "-o", str(out)]), needle)
+        assert not out.exists() or not any(out.iterdir())
     res = r.invoke(main, ["report", str(built / "build"), "--samples", "0,4"])
     assert res.exit_code == 2 and "--samples" in res.output
 
