@@ -233,10 +233,13 @@ def lfsr_statistics(ir: irmod.IR, masks: list[np.ndarray]) -> list[dict]:
             bits = np.asarray(m).reshape(-1)          # (N, T, n_in): exactly the draw order
             n = int(bits.size)
             freq = float(bits.mean())
-            sd = float(np.sqrt(layer.p * (1 - layer.p) / n))
+            keeps, period = layer.p_realized
+            real = keeps / period              # what a whole period of the LFSR keeps
+            sd = float(np.sqrt(real * (1 - real) / n))
             ac = _autocorr(bits, MAX_LAG)
             streams[i] = bits
-            row.update(draws=n, frequency=freq, sigma=sd, z=(freq - layer.p) / sd,
+            row.update(draws=n, frequency=freq, sigma=sd, z=(freq - real) / sd,
+                       p_realized=real,
                        lag1=ac[0], autocorr=ac, autocorr_draws=min(n, AUTOCORR_DRAWS),
                        lfsr_width=layer.rng.width, leap=layer.rng.leap)
         rows[i] = row
@@ -768,21 +771,26 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
         rows = []
         for r in d["lfsr"]:
             if not r["sampling"]:
-                rows.append([str(r["layer"]), "p = 1: no LFSR", "", "", "", "", ""])
+                rows.append([str(r["layer"]), "p = 1: no LFSR", "", "", "", "", "", ""])
                 continue
             rows.append([str(r["layer"]), f"{r['lfsr_width']} bits, leap {r['leap']}",
-                         f"{r['draws']:,}", f"{r['p']:.6f}", f"{r['frequency']:.6f}",
+                         f"{r['draws']:,}", f"{r['p']:.6f}", f"{r['p_realized']:.10f}",
+                         f"{r['frequency']:.6f}",
                          f"{r['z']:+.2f}", f"{r['lag1']:+.5f}",
                          f"{max(abs(a) for a in r['autocorr']):.5f}",
                          f"{r.get('max_cross_corr', 0):.5f}"])
-        sec.blocks.append(Table(["layer", "LFSR", "draws", "quantized p", "keep frequency",
+        sec.blocks.append(Table(["layer", "LFSR", "draws", "quantized p",
+                                 "realized p (one period)", "keep frequency",
                                  "z (binomial σ)", "lag-1 autocorr.",
                                  f"max |autocorr.| lags 1–{MAX_LAG}",
                                  "max |corr.| with other layers"],
-                                [r + [""] * (9 - len(r)) for r in rows]))
+                                [r + [""] * (10 - len(r)) for r in rows]))
         sec.blocks.append(f"Every keep bit the golden model drew for the test images at "
                           f"T = {T}, in the order the hardware draws them (image, sample, "
-                          f"input). A fair stream keeps |z| below about 3 and its "
+                          f"input). The realized p is what one whole period of the LFSR keeps, "
+                          f"exactly (the IR's `p_realized`; docs/architecture.md); z measures "
+                          f"the drawn frequency against it. A fair stream keeps |z| below "
+                          f"about 3 and its "
                           f"autocorrelations within ±3/√n (n = draws used, at most "
                           f"{AUTOCORR_DRAWS:,} per stream).")
         sec.blocks.append(Figure("lfsr-frequency", freq_png,
