@@ -13,7 +13,9 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -26,7 +28,8 @@ EXIT_USER_ERROR = 1
 USER_ERRORS = (("nsm_export.compiler", "CompileError"), ("nsm_export.ir", "IRError"),
                ("nsm_train.data", "DatasetError"), ("nsm_train.train", "CheckpointError"),
                ("nsm_train.train", "DeviceError"), ("sim.runner", "SimError"),
-               ("hw.synth", "SynthError"), ("nsm_export.onnx_export", "ExportError"),
+               ("hw.synth", "SynthError"), ("nsm_export.devices", "SynthError"),
+               ("nsm_export.onnx_export", "ExportError"),
                ("hw.top", "HardwareError"), ("nsm.report", "ReportError"),
                ("hw.board", "BoardError"), ("nsm.cli", "OutputError"))
 
@@ -56,18 +59,54 @@ def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         name = click.get_current_context().info_name
+        old_term = _catch_sigterm()
         try:
             return fn(*args, **kwargs)
         except ModuleNotFoundError as e:
             _missing_extra(e, name)
+        except (KeyboardInterrupt, Terminated) as e:
+            # Every output is written atomically: an interrupt leaves the old one or none.
+            ctrl_c = isinstance(e, KeyboardInterrupt)
+            click.echo(f"nsm {name}: error: {'interrupted' if ctrl_c else 'terminated'} "
+                       f"(outputs not written are left as they were)", err=True)
+            sys.exit(130 if ctrl_c else 143)
         except Exception as e:
-            if not _is_user_error(e):
+            if isinstance(e, OSError) and e.errno is not None:
+                # The machine, not the input: a full disk, a read-only or vanished directory.
+                where = f"{e.filename}: " if e.filename else ""
+                e = OutputError(f"{where}{e.strerror or type(e).__name__}")
+            elif not _is_user_error(e):
                 raise
             # One line even where a path or a value in the message holds a line break.
             text = str(e).replace("\r", "\\r").replace("\n", "\\n")
             click.echo(f"nsm {name}: error: {text}", err=True)
             sys.exit(EXIT_USER_ERROR)
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
     return wrapper
+
+
+class Terminated(BaseException):
+    """SIGTERM (``timeout``, a CI cancel) as an exception, so that the atomic writers remove
+    their temporary files on the way out, as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`Terminated` while a command runs (main thread only); returns
+    the handler to restore, or None."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    old = signal.getsignal(signal.SIGTERM)
+    if old not in (signal.SIG_DFL, None):
+        return None                       # someone (a test runner, torchrun) handles it
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return old
 
 
 class OutputError(ValueError):
@@ -143,6 +182,15 @@ def _check_output(what: str, path: Path, names) -> None:
         raise OutputError(f"{what} {path}: cannot be made ({folder} is not a directory)")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path}: cannot be written ({folder} is not writable)")
+    # os.access trusts the mode bits (and root passes them): make and remove a file to be sure
+    # (/proc, /sys, a read-only mount).
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".nsm-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{what} {path}: cannot be written in {folder} "
+                          f"({e.strerror or type(e).__name__})") from None
     limit = os.pathconf(folder, "PC_NAME_MAX")
     if any(len(os.fsencode(part)) > limit for part in path.parts):
         raise OutputError(f"{what} {path}: cannot be written (a name longer than {limit} bytes)")

@@ -132,15 +132,19 @@ def write_build(ir: irmod.IR, out_dir: Path) -> irmod.IR:
     return ir
 
 
-def _check_manifest(build_dir: Path) -> None:
+def _check_manifest(build_dir: Path, ir: irmod.IR) -> None:
     """Refuse a build directory that :func:`write_build` did not finish, or whose files are
-    not the set it wrote; one without a manifest (made by hand, or by an older ``nsm``) is
-    taken as it is."""
+    not the set it wrote for ``ir`` (each of them listed, each with its hash); one without a
+    manifest (made by hand, or by an older ``nsm``) is taken as it is."""
+    from hw.top import hardware_unsupported
+
     path = build_dir / MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return
     again = f"run `nsm compile MODEL.onnx -o {shlex.quote(str(build_dir))}` again"
     try:
+        if not path.is_file():
+            raise ValueError                     # a FIFO or a device would block the read
         record = json.loads(path.read_text())
         complete, files = record["complete"], record["files"]
         if complete is not True or not isinstance(files, dict) or not all(
@@ -150,6 +154,10 @@ def _check_manifest(build_dir: Path) -> None:
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         raise SimError(f"{path}: incomplete build (an interrupted or failed `nsm compile`); "
                        f"{again}") from None
+    owned = build_files(ir.name)[:2 if hardware_unsupported(ir) else 5]
+    if (missing := [n for n in owned if n not in files]):
+        raise SimError(f"{path}: does not list {', '.join(missing)} (not the manifest "
+                       f"`nsm compile` writes); {again}")
     for name, digest in sorted(files.items()):
         if not (build_dir / name).is_file() or _sha256(build_dir / name) != digest:
             raise SimError(f"{build_dir / name}: not the file `nsm compile` wrote with the rest "
@@ -162,7 +170,7 @@ def load_build(build_dir: Path) -> irmod.IR:
         raise SimError(f"{build_dir}: no such build directory (run `nsm compile MODEL.onnx "
                        f"-o {shlex.quote(str(build_dir))}` first)")
     ir = irmod.load(build_dir)
-    _check_manifest(build_dir)
+    _check_manifest(build_dir, ir)
     from hw.top import hardware_unsupported
     if (why := hardware_unsupported(ir)):
         raise SimError(f"{build_dir}: {why}")
@@ -191,13 +199,15 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
              debug: bool = False, waves: bool = False, data_dir: Path | None = None) -> dict:
     ir = load_build(build_dir)
     x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
+    verilog_sha256 = _sha256(Path(build_dir) / f"{ir.name}.v")
     t0 = time.perf_counter()
     summary = cosim(Path(build_dir), ir, x, labels=y, simulator=simulator,
                     log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet,
                     debug=debug, waves=waves)
     summary["sim_seconds"] = round(time.perf_counter() - t0, 2)
+    # The core this run verified: `nsm report` shows the run only for that core.
     summary.update(dataset=dataset, offset=offset, split_seed=split_seed,
-                   data_dir=str(data_dir) if data_dir else None)
+                   data_dir=str(data_dir) if data_dir else None, verilog_sha256=verilog_sha256)
     # Kept beside the build so that `nsm report` can show it later (written even when there
     # are mismatches: that is what the report must show).
     with atomic_write(Path(build_dir) / SIM_SUMMARY, "w") as f:

@@ -104,7 +104,8 @@ SIM_TYPES = {"images": "integer", "mismatches": "integer", "samples": "integer",
              "golden_accuracy": "number or null", "float_accuracy": "number or null",
              "dataset": "string", "data_dir": "string or null", "simulator": "string",
              "cycles_per_inference": "number or null", "cycle_model_exact": "boolean",
-             "spikes_compared": "boolean", "first_mismatch": "object or null"}
+             "spikes_compared": "boolean", "first_mismatch": "object or null",
+             "verilog_sha256": "string"}
 #: What it reads of a ``synth/TARGET/report.json``.
 SYNTH_TYPES = {**{k: "resource" for k in ("luts", "ffs", "logic_cells", "bram", "spram", "dsps",
                                           "io")},
@@ -344,7 +345,12 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
     synth = _synth_reports(build_dir, verilog)
     demo = _load_json(build_dir / "summary.json", SIM_TYPES)
     if sim is not None:
-        sim["stale"] = _stale(sim_path, verilog)
+        # Another core's run (compiled over since) is stale: by the hash of the Verilog it
+        # verified, or, for summaries from before that hash, by date.
+        from nsm.flow import _sha256
+        digest = sim.get("verilog_sha256")
+        sim["stale"] = (digest != _sha256(verilog) if digest is not None and verilog.is_file()
+                        else _stale(sim_path, verilog))
         sim["path"] = str(sim_path)
     dataset = dataset or (sim or {}).get("dataset") or "digits"
     if split_seed is None:
@@ -388,7 +394,8 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
             "rtl": ({"samples": sim.get("samples"), "accuracy": sim.get("rtl_accuracy"),
                      "golden_accuracy": sim.get("golden_accuracy"), "images": sim.get("images"),
                      "dataset": sim.get("dataset")}
-                    if sim and sim.get("rtl_accuracy") is not None else None),
+                    if sim and sim.get("rtl_accuracy") is not None and not sim["stale"]
+                    and sim.get("images") else None),
             "demo_float": (demo or {}).get("float_accuracy"),
         },
         "resources": resource_rows(ir),
@@ -806,8 +813,12 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     sec = Section("verification", "Verification")
     if sim:
         ok = sim.get("mismatches") == 0
-        rows = [["verdict", "**bit-exact**: every score and class equal" if ok
-                 else f"**{sim.get('mismatches')} mismatching images**"],
+        verdict = ("**stale**: this run verified another core (compiled over since); run "
+                   "`nsm sim` again" if sim.get("stale")
+                   else "**nothing compared**: the summary holds no images" if not sim.get("images")
+                   else "**bit-exact**: every score and class equal" if ok
+                   else f"**{sim.get('mismatches')} mismatching images**")
+        rows = [["verdict", verdict],
                 ["simulator", str(sim.get("simulator"))],
                 ["images compared", f"{sim.get('images', 0):,} of `{sim.get('dataset')}` "
                                     f"(from image {sim.get('offset', 0)})"],

@@ -99,6 +99,8 @@ from __future__ import annotations
 import json
 import lzma
 import math
+import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -343,7 +345,21 @@ def load(directory: str | Path) -> IR:
     return from_json(meta, read_weights(d / WEIGHTS_FILE, declared_arrays(meta)))
 
 
+def _regular(path: Path) -> None:
+    """Refuse a path that exists but is not a regular file (a FIFO or a device would block or
+    never end), before it is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise IRError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+    if not stat.S_ISREG(mode):
+        raise IRError(f"{path}: not a regular file")
+
+
 def _read_json(path: Path):
+    _regular(path)
     try:
         with open(path, "rb") as f:
             text = f.read(MAX_IR_JSON_BYTES + 1)
@@ -410,6 +426,7 @@ def read_weights(path: Path, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
     its size in the zip directory within what the shape allows), each ``.npy`` header must
     give an integer dtype and that shape before the data is read, and the data must be whole
     (exact length, CRC). Anything else is an :class:`IRError` naming the file and the member."""
+    _regular(path)
     try:
         f = open(path, "rb")
     except FileNotFoundError:

@@ -430,6 +430,12 @@ def resolve_device(name: str) -> torch.device:
         raise DeviceError(f"--device {name!r} is not a torch device (try cpu or cuda)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"--device {name!r}: this torch build or machine has no CUDA device")
+    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise DeviceError(f"--device {name!r}: a {dev.type} device computes no numbers "
+                          f"(use cpu or cuda)")
+    if dev.type in ("mps", "xpu") and not getattr(torch, dev.type).is_available():
+        raise DeviceError(f"--device {name!r}: this torch build or machine has no "
+                          f"{dev.type} device")
     return dev
 
 
@@ -534,8 +540,11 @@ def save_checkpoint(model, path, extra: dict | None = None) -> Path:
             "config": model.config,
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             **extra}
-    with atomic_write(path) as f:
-        torch.save(ckpt, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save(ckpt, f)
+    except RuntimeError as e:          # torch's writer reports a full disk this way
+        raise CheckpointError(f"{path}: cannot be written ({_first_line(e)})") from None
     return path
 
 

@@ -332,3 +332,96 @@ def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path):
     bad = tmp_path / "two\nlines"
     res = CliRunner().invoke(main, ["synth", str(bad), "--target", "ice40-up5k"])
     _one_error_line(res, "two\\nlines")
+
+
+# ---------------------------------------------------------------------------------------------
+# Found by a review after the fuzz: blocking inputs, interrupts, the machine's own errors
+
+def test_a_fifo_or_a_partial_manifest_in_a_build_is_refused(build, tmp_path):
+    import shutil
+    r = CliRunner()
+    for name in ("weights.npz", "ir.json"):
+        b = tmp_path / f"fifo-{name}"
+        shutil.copytree(build, b)
+        (b / name).unlink()
+        os.mkfifo(b / name)                     # opening it would block forever
+        _one_error_line(r.invoke(main, ["sim", str(b), "--count", "1"]),
+                        f"{b / name}: not a regular file")
+    b = tmp_path / "partial"
+    shutil.copytree(build, b)
+    record = json.loads((b / flow.MANIFEST).read_text())
+    del record["files"]["nsm.v"]
+    (b / flow.MANIFEST).write_text(json.dumps(record))
+    (b / "nsm.v").write_text("module tampered; endmodule\n")
+    _one_error_line(r.invoke(main, ["sim", str(b)]), "manifest.json: does not list nsm.v")
+
+
+def test_fold_errors_and_a_device_that_computes_nothing_are_one_line(tmp_path):
+    r = CliRunner()
+    res = r.invoke(main, ["compile", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "b"),
+                          "--throughput", "5"])
+    assert res.exit_code in (1, 2) and "Traceback" not in res.output
+    res = r.invoke(main, ["train", "--hidden", "8", "--epochs", "1", "--device", "meta",
+                          "-o", str(tmp_path / "t.pt")])
+    assert res.exit_code == 2 and "Traceback" not in res.output      # a usage error
+    assert res.stderr.splitlines()[-1] == ("Error: --device 'meta': a meta device computes no "
+                                           "numbers (use cpu or cuda)")
+    assert not (tmp_path / "t.pt").exists()
+
+
+def test_fold_errors_from_the_target_search_are_one_line(build, tmp_path, monkeypatch):
+    from nsm_export import devices
+    import nsm.flow
+
+    def no_fit(*a, **k):
+        raise devices.FitError("no folding fits ice40-up5k (needs 9 EBR more)")
+    monkeypatch.setattr(nsm.flow, "compile_file", lambda *a, **k: random_ir(
+        np.random.default_rng(1), sizes=[64, 5, 3], samples=2))
+    monkeypatch.setattr("nsm_export.folding.choose_folding", no_fit)
+    (tmp_path / "m.onnx").write_bytes(b"stands in")
+    res = CliRunner().invoke(main, ["compile", str(tmp_path / "m.onnx"), "-o",
+                                    str(tmp_path / "b"), "--target", "ice40-up5k"])
+    _one_error_line(res, "nsm compile: error: no folding fits ice40-up5k")
+    res = CliRunner().invoke(main, ["compile", str(tmp_path / "m.onnx"), "-o",
+                                    str(tmp_path / "b"), "--throughput", "5"])
+    _one_error_line(res, "--throughput and --clock-mhz need --target")
+
+
+def test_interrupts_and_a_full_disk_are_one_line_and_leave_no_temporary_file(build, tmp_path,
+                                                                             monkeypatch):
+    import errno
+    import signal
+    import shutil
+    import hw.synth
+    b = tmp_path / "b"
+    shutil.copytree(build, b)
+    before = _snapshot(b)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(b / "synth" / "x.log"))
+    monkeypatch.setattr(hw.synth, "synthesize", full)
+    res = CliRunner().invoke(main, ["synth", str(b), "--target", "ice40-up5k"])
+    _one_error_line(res, f"{b / 'synth' / 'x.log'}: No space left on device")
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hw.synth, "synthesize", ctrl_c)
+    res = CliRunner().invoke(main, ["synth", str(b), "--target", "ice40-up5k"])
+    assert res.exit_code == 130 and res.stderr.strip() == (
+        "nsm synth: error: interrupted (outputs not written are left as they were)")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def term(*a, **k):          # what `timeout` or a CI cancel sends
+            os.kill(os.getpid(), signal.SIGTERM)
+        monkeypatch.setattr(hw.synth, "synthesize", term)
+        res = CliRunner().invoke(main, ["synth", str(b), "--target", "ice40-up5k"])
+        assert res.exit_code == 143 and "nsm synth: error: terminated" in res.stderr
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL     # restored
+    assert {k: v for k, v in _snapshot(b).items()} == before      # nothing left behind
+
+
+def test_an_output_folder_where_no_file_can_be_made_is_refused_before_work(build, monkeypatch):
+    import hw.synth
+    monkeypatch.setattr(hw.synth, "synthesize", lambda *a, **k: pytest.fail("synthesis ran"))
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ice40-up5k",
+                                    "-o", "/proc/nsm-report.json"])
+    _one_error_line(res, "/proc/nsm-report.json: cannot be written in /proc")

@@ -4,6 +4,7 @@ and exact integers, names that are legal Verilog, and every written field cross-
 
 import io
 import json
+import os
 import tracemalloc
 import zipfile
 
@@ -148,12 +149,15 @@ def test_unreadable_paths_are_one_line(saved):
     d, _ = saved
     (d / "weights.npz").unlink()
     (d / "weights.npz").mkdir()
-    _refused(d, r"weights.npz: cannot be read")
+    _refused(d, r"weights.npz: not a regular file")
     (d / "weights.npz").rmdir()
+    os.mkfifo(d / "weights.npz")                 # opening it would block forever
+    _refused(d, r"weights.npz: not a regular file")
+    (d / "weights.npz").unlink()
     _refused(d, r"weights.npz: missing$")
     (d / "ir.json").unlink()
     (d / "ir.json").mkdir()
-    _refused(d, r"ir.json: cannot be read")
+    _refused(d, r"ir.json: not a regular file")
 
 
 # --- exact integers ---------------------------------------------------------------------------

@@ -232,6 +232,20 @@ def test_report_shows_the_cosimulation(built, tmp_path):
     assert "**bit-exact**" in md and "| simulator | icarus |" in md
     assert "**Not run**: co-simulation" not in md
     assert "| cycle model exact (every image) | yes |" in md
+    # Compiled over since (another core): the old run verifies nothing of this one.
+    summary = json.loads((build / "sim" / "summary.json").read_text())
+    (build / "sim" / "summary.json").write_text(json.dumps(dict(summary,
+                                                                verilog_sha256="0" * 64)))
+    res = r.invoke(main, ["report", str(build), "--count", "6", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    md = (build / "report.md").read_text()
+    assert "**stale**: this run verified another core" in md and "**bit-exact**" not in md
+    assert json.loads((build / "report.json").read_text())["accuracy"]["rtl"] is None
+    # A summary that compared nothing says so.
+    (build / "sim" / "summary.json").write_text(json.dumps(
+        {"mismatches": 0, "verilog_sha256": summary["verilog_sha256"]}))
+    res = r.invoke(main, ["report", str(build), "--count", "6", "--no-progress"])
+    assert "**nothing compared**" in (build / "report.md").read_text()
 
 
 def _conv_ir(samples=3, **fold):
