@@ -57,8 +57,9 @@ def test_the_checks_catch_what_they_must(base, tmp_path):
     wrong = run_case(Case(3, "compile", "none", "", ["compile", "mlp.onnx", "-o", "nb"]),
                      base, tmp_path)
     assert wrong["failures"] == ["exit 0 on an invalid input", "stray file: nb/ir.json",
-                                 "stray file: nb/manifest.json", "stray file: nb/nsm.core", "stray file: nb/nsm.v",
-                                 "stray file: nb/nsm_inst.v", "stray file: nb/weights.npz"]
+                                 "stray file: nb/manifest.json", "stray file: nb/nsm.core",
+                                 "stray file: nb/nsm.v", "stray file: nb/nsm_inst.v",
+                                 "stray file: nb/weights.npz"]
     clobber = run_case(Case(4, "compile", "none", "", ["compile", "mlp.onnx", "-o", "bm"],
                             "either"), base, tmp_path)
     assert "input changed: bm/ir.json" in clobber["failures"]
