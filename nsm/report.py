@@ -132,6 +132,34 @@ def find_model(build_dir: Path, ir: irmod.IR, explicit: Path | None = None) -> P
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _check_model_matches(path: Path, ir: irmod.IR) -> None:
+    """Refuse, in one line, a float model that is not the network the build was compiled from:
+    compiled the way `nsm compile` would (a checkpoint exported first), its shapes and input
+    code must be the IR's."""
+    import tempfile
+
+    from nsm_export.compiler import CompileError, compile_file
+    try:
+        if path.suffix == ".pt":
+            from nsm_export.onnx_export import export_onnx
+            from nsm_train.train import load_checkpoint
+            model, _ = load_checkpoint(path)
+            with tempfile.TemporaryDirectory(prefix="nsm-report-") as tmp:
+                export_onnx(model, Path(tmp) / "model.onnx", samples=ir.samples)
+                other = compile_file(Path(tmp) / "model.onnx")
+        else:
+            other = compile_file(path)
+    except (CompileError, irmod.IRError) as e:
+        raise ReportError(f"{path}: not a model of this build ({str(e)[:160]})") from None
+    except ValueError as e:                  # CheckpointError, ExportError
+        raise ReportError(str(e)) from None
+    mine = (network_shapes(ir), [la.kind for la in ir.layers], ir.input.encoding)
+    theirs = (network_shapes(other), [la.kind for la in other.layers], other.input.encoding)
+    if mine != theirs:
+        raise ReportError(f"{path}: a {'-'.join(theirs[0])} network ({theirs[2]} input), not "
+                          f"the build's {'-'.join(mine[0])} ({mine[2]} input)")
+
+
 def _float_accuracy(path: Path, x: np.ndarray, y: np.ndarray, ts: list[int], seed: int,
                     bar) -> dict[int, float]:
     """Monte Carlo accuracy of the float model at each ``T`` (first ``T`` of ``max(ts)``
@@ -362,6 +390,8 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         raise ReportError(f"samples {ts} must lie in [1, {irmod.MAX_SAMPLES}]")
     x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
     model_path = find_model(build_dir, ir, model)
+    if model_path is not None:
+        _check_model_matches(model_path, ir)
 
     from tqdm import tqdm
     work = len(x) * (sum(ts) + (max(ts) if model_path else 0))

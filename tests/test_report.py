@@ -210,6 +210,19 @@ def test_bad_input_is_one_line_and_writes_nothing(built, tmp_path):
         assert not out.exists() or not any(out.iterdir())
     res = r.invoke(main, ["report", str(built / "build"), "--samples", "0,4"])
     assert res.exit_code == 2 and "--samples" in res.output
+    # A float model that is not the build's network (it used to be plotted as if it were).
+    from nsm_export.onnx_export import export_onnx
+    from nsm_train.train import TrainConfig, save_checkpoint, train
+    other, _ = train(TrainConfig(dataset="digits", hidden=[9], epochs=1, samples=4,
+                                 train_limit=100), progress=False)
+    export_onnx(other, tmp_path / "other.onnx", samples=4)
+    save_checkpoint(other, tmp_path / "other.pt")
+    for m in ("other.onnx", "other.pt"):
+        _one_error_line(r.invoke(main, ["report", str(built / "build"), "-o", str(out),
+                                        "--model", str(tmp_path / m)]),
+                        f"{m}: a 64-9-10 network (threshold input), not the build's 64-16-10 "
+                        f"(threshold input)")
+    assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.icarus
