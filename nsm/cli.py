@@ -569,7 +569,8 @@ def export(checkpoint, output, samples, no_sampling, fmt):
 @click.option("--p-tolerance", default=0.01, show_default=True,
               type=_Finite(0.0, 1.0),
               help="How far the keep probability the LFSR realizes may lie from the model's p "
-                   "(a rounding beyond it, or to 0 or 1, is refused).")
+                   "(a rounding beyond it, or to 0 or 1, is refused; 0 refuses every p < 1: no "
+                   "LFSR period keeps a multiple of 2^-p_bits exactly).")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weight_store, target,

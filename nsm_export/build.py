@@ -142,7 +142,8 @@ def quantize_p(p: float, p_bits: int, where: str = "p", width: int = DEFAULT_LFS
     if float(p) == 1.0:
         return one
     p_num = int(round(float(p) * one))
-    fix = f"use more --p-bits than {p_bits}" if p_bits < MAX_P_BITS else "retrain with another p"
+    fix = (f"use more --p-bits than {p_bits}" if p_bits < min(MAX_P_BITS, width)
+           else "raise --p-tolerance or retrain with another p")
     if p_num == 0 or p_num == one:
         raise IRError(f"{where} = {p} rounds to {p_num}/{one} with {p_bits}-bit p "
                       f"({'nothing kept' if p_num == 0 else 'no noise'}): {fix}")
