@@ -145,7 +145,11 @@ class ExportError(ValueError):
 def check_finite(model) -> None:
     """Raise :class:`ExportError` naming the first parameter or buffer of ``model`` (weights,
     biases, batch-norm statistics, gains) that holds NaN or infinity: the model diverged, and
-    its integers would be garbage (NaN becomes an arbitrary int64)."""
+    its integers would be garbage (NaN becomes an arbitrary int64). A model that is not a
+    torch module (the export needs only ``layers`` and their integers) has no state dict:
+    :func:`layer_integers` checks its numbers."""
+    if not hasattr(model, "state_dict"):
+        return
     for name, t in model.state_dict().items():
         if t.is_floating_point() and not bool(t.isfinite().all()):
             bad = int((~t.isfinite()).sum())
