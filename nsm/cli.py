@@ -109,6 +109,19 @@ def _catch_sigterm():
     return old
 
 
+class _FileOutput(type(Path())):
+    """A file output's path (click's ``path_type``), refused where it ends in a slash: pathlib
+    would drop the slash and write a file where the user named a directory."""
+
+    def __new__(cls, *args):
+        text = os.fsdecode(args[0]) if len(args) == 1 and isinstance(args[0], (str, bytes)) \
+            else ""
+        if text.endswith(("/", os.sep)):
+            raise click.BadParameter(f"{text!r} ends in a slash (a directory); the output is "
+                                     f"a file")
+        return Path(*args)
+
+
 class OutputError(ValueError):
     """An output the command could not write, or whose writing would replace one of its
     inputs; found before any long work (:func:`_check_outputs`)."""
@@ -362,7 +375,7 @@ def _default(name):
               help="Start from this checkpoint's weights (same layers; e.g. a float model "
                    "fine-tuned with --weight-bits 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=_FileOutput),
               default=Path("model.pt"), show_default=True, help="Checkpoint to write.")
 @_user_errors
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
@@ -428,7 +441,7 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
 @click.option("--seed", default=0, show_default=True, type=_SEED, help="Seed of the sampling.")
 @click.option("--no-sampling", is_flag=True, help="Deterministic pass (noise off).")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=_FileOutput), default=None,
               help="Write an accuracy-vs-T plot (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, nothing else.")
 @_user_errors
@@ -491,7 +504,7 @@ def _plain(cfg) -> dict:
 
 @main.command(epilog=_example("nsm export model.pt -o model.onnx --samples 16"))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=_FileOutput),
               default=Path("model.onnx"), show_default=True)
 @click.option("--samples", "-T", default=16, show_default=True,
               type=click.IntRange(1, _MAX_SAMPLES),
@@ -665,7 +678,8 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
               help="ice40-up5k, ecp5-25k or ecp5-85k.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the report as one JSON object on stdout (progress goes to stderr).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=_FileOutput),
+              default=None,
               help="Also write the report here [always: BUILD_DIR/synth/TARGET/report.json].")
 @click.option("--bitstream", is_flag=True,
               help="Build the example board top (ice40-up5k: iCEBreaker, the core behind a UART, "

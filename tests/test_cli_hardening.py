@@ -425,3 +425,17 @@ def test_an_output_folder_where_no_file_can_be_made_is_refused_before_work(build
     res = CliRunner().invoke(main, ["synth", str(build), "--target", "ice40-up5k",
                                     "-o", "/proc/nsm-report.json"])
     _one_error_line(res, "/proc/nsm-report.json: cannot be written in /proc")
+
+
+def test_a_file_output_ending_in_a_slash_is_refused(tmp_path):
+    """pathlib drops the slash: `-o newdir/` used to write a file named newdir."""
+    r = CliRunner()
+    (tmp_path / "m.pt").write_bytes(b"never read")
+    for args in (["export", str(tmp_path / "m.pt"), "-o", f"{tmp_path}/newdir/"],
+                 ["eval", str(tmp_path / "m.pt"), "--plot", f"{tmp_path}/pdir/"],
+                 ["train", "--epochs", "1", "-o", f"{tmp_path}/tdir/"]):
+        res = r.invoke(main, args)
+        assert res.exit_code == 2 and "Traceback" not in res.output
+        assert res.stderr.splitlines()[-1].endswith("ends in a slash (a directory); the output "
+                                                    "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
