@@ -832,9 +832,10 @@ def compile_model(model: onnx.ModelProto, samples: int | None = None,
     if len(g.outputs) != 1:
         raise CompileError(f"graph: expected one output (scores), found {len(g.outputs)}")
     for layer in (x for x in layers if not isinstance(x, IntPool)):
-        pq = round(layer.p * (1 << p_bits)) / (1 << p_bits)
+        p_num = round(layer.p * (1 << p_bits))
+        pq = p_num / (1 << p_bits)
         if pq != layer.p and 0 < pq < 1:
-            real = float(lfsr.realized_keep(lfsr_width, p_bits, round(pq * (1 << p_bits))))
+            real = float(lfsr.realized_keep(lfsr_width, p_bits, p_num))
             notes.append(f"p = {layer.p} rounded to {pq} ({p_bits} bits; the {lfsr_width}-bit "
                          f"LFSR keeps {real:.10g})")
     try:

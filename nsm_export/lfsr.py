@@ -183,7 +183,8 @@ def draws(width: int, mask: int, leap: int, state: int, count: int, bits: int
 # each ``bits``-bit value ``2**(width - bits)`` times, except 0, which the lock-up state would
 # have given once more: the keep bit ``u < p_num`` is set ``p_num * 2**(width - bits) - 1`` times
 # in ``2**width - 1`` draws. No LFSR reaches ``p_num / 2**bits`` exactly (its period is odd);
-# the IR states this value, and training uses it.
+# the IR states this value (``p_realized``). It lies ``(1 - p) / (2**width - 1)`` below ``p``:
+# from 24 bits on, below the resolution of the float32 noise training draws with ``p``.
 
 def period(width: int) -> int:
     """Draws before a maximal-length ``width``-bit stream repeats."""

@@ -290,7 +290,7 @@ class LfsrSpec:
         if self.width < p_bits:
             raise IRError(f"{where}.width {self.width} is narrower than p_bits {p_bits}")
         check_int(f"{where}.leap", self.leap, p_bits, 4 * self.width)
-        period = (1 << self.width) - 1
+        period = lfsr.period(self.width)
         if math.gcd(self.leap, period) != 1:
             raise IRError(f"{where}.leap {self.leap} shares the factor "
                           f"{math.gcd(self.leap, period)} with the period 2**{self.width} - 1: "
