@@ -16,7 +16,7 @@ from nsm_export.compiler import compile_file
 from sim.runner import SimError, cosim
 
 __all__ = ["compile_to_dir", "write_build", "load_build", "simulate", "synthesize", "run_on_board",
-           "run_demo", "SIM_SUMMARY", "MANIFEST", "build_files"]
+           "run_demo", "SIM_SUMMARY", "MANIFEST", "build_files", "sha256_file"]
 
 #: Where ``nsm sim`` leaves its summary, relative to the build directory.
 SIM_SUMMARY = Path("sim") / "summary.json"
@@ -76,7 +76,8 @@ def build_files(name: str) -> tuple[str, ...]:
             MANIFEST)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, hex (the manifest's and the co-simulation summary's)."""
     import hashlib
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -87,7 +88,7 @@ def _sha256(path: Path) -> str:
 
 def _write_manifest(out_dir: Path, files: list[str] | None) -> None:
     record = {"format": "nsm-build", "complete": files is not None,
-              "files": {n: _sha256(out_dir / n) for n in files or ()}}
+              "files": {n: sha256_file(out_dir / n) for n in files or ()}}
     with atomic_write(out_dir / MANIFEST, "w") as f:
         f.write(json.dumps(record, indent=1) + "\n")
 
@@ -159,7 +160,7 @@ def _check_manifest(build_dir: Path, ir: irmod.IR) -> None:
         raise SimError(f"{path}: does not list {', '.join(missing)} (not the manifest "
                        f"`nsm compile` writes); {again}")
     for name, digest in sorted(files.items()):
-        if not (build_dir / name).is_file() or _sha256(build_dir / name) != digest:
+        if not (build_dir / name).is_file() or sha256_file(build_dir / name) != digest:
             raise SimError(f"{build_dir / name}: not the file `nsm compile` wrote with the rest "
                            f"of this build ({MANIFEST} differs): a mixed build; {again}")
 
@@ -199,7 +200,7 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
              debug: bool = False, waves: bool = False, data_dir: Path | None = None) -> dict:
     ir = load_build(build_dir)
     x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
-    verilog_sha256 = _sha256(Path(build_dir) / f"{ir.name}.v")
+    verilog_sha256 = sha256_file(Path(build_dir) / f"{ir.name}.v")
     t0 = time.perf_counter()
     summary = cosim(Path(build_dir), ir, x, labels=y, simulator=simulator,
                     log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet,

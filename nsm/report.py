@@ -357,7 +357,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
             data_dir: Path | None = None, model: Path | None = None, seed: int = 0,
             progress: bool = True) -> dict:
     """Every number of the report, as plain JSON-ready data."""
-    from nsm.flow import SIM_SUMMARY, _test_images, load_build
+    from nsm.flow import SIM_SUMMARY, _test_images, load_build, sha256_file
 
     build_dir = Path(build_dir)
     if build_dir.exists() and not build_dir.is_dir():
@@ -375,9 +375,8 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
     if sim is not None:
         # Another core's run (compiled over since) is stale: by the hash of the Verilog it
         # verified, or, for summaries from before that hash, by date.
-        from nsm.flow import _sha256
         digest = sim.get("verilog_sha256")
-        sim["stale"] = (digest != _sha256(verilog) if digest is not None and verilog.is_file()
+        sim["stale"] = (digest != sha256_file(verilog) if digest is not None and verilog.is_file()
                         else _stale(sim_path, verilog))
         sim["path"] = str(sim_path)
     dataset = dataset or (sim or {}).get("dataset") or "digits"

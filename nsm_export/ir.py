@@ -83,10 +83,10 @@ worst cases are computed with Python integers, never in a fixed width. Types are
 integer field takes a JSON integer (not ``true``, not ``1.0``), a list a list. ``name`` becomes
 the Verilog top module's name (:func:`nsm_export.schema.check_identifier`). A file holds only
 the fields this toolchain writes: an unknown key is refused, and every value written for a
-reader's information (``tie_rule``, ``p``, a conv or pool layer's ``h_out``, ``w_out``,
-``n_in``, ``n_out``, ``output``) must equal what the other fields give. ``source`` is provenance
-(the ONNX file's name, the compiler's options, the folding search's summary): a JSON object that
-nothing computes from, whose ``onnx`` entry, where given, is a bare file name.
+reader's information (``tie_rule``, ``p``, ``p_realized``, a conv or pool layer's ``h_out``,
+``w_out``, ``n_in``, ``n_out``, ``output``) must equal what the other fields give. ``source``
+is provenance (the ONNX file's name, the compiler's options, the folding search's summary): a
+JSON object that nothing computes from, whose ``onnx`` entry, where given, is a bare file name.
 
 ``weights.npz`` is read without trusting it (:func:`read_weights`): its members are listed
 first, each must be an array the IR declares, no more than :data:`MAX_ARRAY_VALUES` integers in
