@@ -48,6 +48,8 @@ from typing import Callable
 
 import numpy as np
 
+from nsm.report import OUTPUTS
+
 __all__ = ["Case", "LongWork", "CaseTimeout", "make_base", "draw_case", "run_case", "guards",
            "complete", "consistent_build", "stderr_verdict",
            "FAMILIES"]
@@ -516,7 +518,8 @@ def _onnx_edit(onnx_rel: str, kind: str, rng: np.random.Generator, base: Path):
 # Families of cases
 
 
-REPORT_OUT = ["{b}/report.html", "{b}/report.md", "{b}/report.json", "{b}/report-*.png"]
+#: What `nsm report` writes in the build directory (nsm.report.OUTPUTS), as patterns.
+REPORT_OUT = [f"{{b}}/{name}" for name in OUTPUTS]
 
 
 def _build_command(rng, b: str) -> tuple[str, list[str], list[str]]:
