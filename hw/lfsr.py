@@ -44,6 +44,9 @@ class Lfsr(wiring.Component):
         state 0 (exactly :meth:`nsm_export.ir.LfsrSpec.reseeded`).
     run_seed : In(32)
         The run seed.
+    load, load_state : In(1), In(width) (``loadable`` only)
+        Take ``load_state`` as the state at the next clock edge (after ``reseed``, before
+        ``en``): the early-exit drawers start each image from a state they keep.
     state : Out(width)
         The current state.
     next : Out(width)
@@ -53,7 +56,7 @@ class Lfsr(wiring.Component):
     """
 
     def __init__(self, width: int, seed: int, leap: int = 1, lanes: int = 1,
-                 tail: int | None = None):
+                 tail: int | None = None, loadable: bool = False):
         mask = model.galois_mask(width)        # raises ValueError for unsupported widths
         if not isinstance(seed, int) or not 0 < seed < (1 << width):
             raise ValueError(f"LFSR seed {seed!r} must be in [1, {(1 << width) - 1}] "
@@ -71,8 +74,10 @@ class Lfsr(wiring.Component):
         self._leap = leap
         self._lanes = lanes
         self._tail = tail
+        self._loadable = bool(loadable)
+        load = {"load": In(1), "load_state": In(width)} if loadable else {}
         super().__init__({"en": In(1), "en_tail": In(1), "reseed": In(1), "run_seed": In(32),
-                          "state": Out(width), "next": Out(width),
+                          **load, "state": Out(width), "next": Out(width),
                           "ahead": Out(width * lanes)})
 
     @property
@@ -114,6 +119,9 @@ class Lfsr(wiring.Component):
         m.d.comb += mixed.eq(self.run_seed[:w] ^ self._seed)
         with m.If(self.reseed):
             m.d.sync += reg.eq(Mux(mixed == 0, self._seed, mixed))
+        if self._loadable:
+            with m.Elif(self.load):
+                m.d.sync += reg.eq(self.load_state)
         with m.Elif(self.en):
             m.d.sync += reg.eq(lanes[-1])
         with m.Elif(self.en_tail):

@@ -163,10 +163,16 @@ class MaskDrawer(wiring.Component):
         while ``busy`` is low (also in a ``start`` cycle: the batch then draws from the new seed).
     run_seed : In(32)
         The run seed.
+    image : In(1) (with ``jump``)
+        With ``start``: the batch is an image's first. The drawer keeps the state each image
+        starts from (the seed after reset, the run seed's after ``reseed``); such a batch
+        draws from it, and the next image's is ``jump`` applied to it (the state after all
+        ``T`` samples of the image: :mod:`nsm_export.early_exit`), however few batches the
+        image used.
     """
 
     def __init__(self, spec: LfsrSpec, p_num: int, p_bits: int, n_in: int, samples: int,
-                 simd: int = 1, lanes: int = 1):
+                 simd: int = 1, lanes: int = 1, jump: list[int] | None = None):
         if not isinstance(spec, LfsrSpec):
             raise TypeError(f"spec {spec!r} must be an LfsrSpec")
         if spec.mask != lfsr_model.galois_mask(spec.width):
@@ -185,11 +191,16 @@ class MaskDrawer(wiring.Component):
                              f"one group of one word)")
         self._spec, self._p_num, self._p_bits = spec, p_num, p_bits
         self._n_in, self._samples, self._simd, self._lanes = n_in, samples, simd, lanes
+        if jump is not None and (len(jump) != spec.width or any(
+                not isinstance(c, int) or not 0 < c < 1 << spec.width for c in jump)):
+            raise ValueError(f"jump must be {spec.width} non-zero {spec.width}-bit columns")
+        self._jump = jump
         words = store_depth(n_in, simd)
         super().__init__({"start": In(1), "count": In(range(samples + 1)),
                           "busy": Out(1), "done": Out(1), "swap": In(1), "bank": Out(1),
                           "raddr": In(range(max(2, words))), "rdata": Out(samples * simd),
-                          "reseed": In(1), "run_seed": In(32)})
+                          "reseed": In(1), "run_seed": In(32),
+                          **({"image": In(1)} if jump is not None else {})})
 
     @property
     def spec(self) -> LfsrSpec:
@@ -226,7 +237,8 @@ class MaskDrawer(wiring.Component):
         per_word = (simd // lanes).bit_length() - 1       # log2(groups of a word)
         wbits = (self.words - 1).bit_length()             # word bits; the bank is the top bit
 
-        m.submodules.rng = rng = Lfsr(spec.width, spec.seed, spec.leap, lanes, tail)
+        m.submodules.rng = rng = Lfsr(spec.width, spec.seed, spec.leap, lanes, tail,
+                                      loadable=self._jump is not None)
         # Bank b's word w at address b * 2**wbits + w.
         m.submodules.store = store = memory.Memory(
             shape=self._samples * simd, depth=(1 << wbits) + self.words, init=[])
@@ -243,6 +255,25 @@ class MaskDrawer(wiring.Component):
         wbank = Signal()
         idle = ~self.busy
         last_c = c == chunks - 1
+        if self._jump is not None:
+            # Each image starts from ``base``; the next image's is ``jump(base)``.
+            w = spec.width
+            base, begin, mixed = Signal(w, init=spec.seed), Signal(w), Signal(w)
+            m.d.comb += [mixed.eq(self.run_seed[:w] ^ spec.seed),
+                         begin.eq(Mux(self.reseed, Mux(mixed == 0, spec.seed, mixed), base))]
+            jumped = Signal(w)
+            for i in range(w):
+                taps = [begin[b] for b in range(w) if (self._jump[b] >> i) & 1]
+                bit = taps[0] if taps else 0
+                for tap in taps[1:]:
+                    bit = bit ^ tap
+                m.d.comb += jumped[i].eq(bit)
+            first = idle & self.start & self.image
+            m.d.comb += [rng.load.eq(first), rng.load_state.eq(begin)]
+            with m.If(first):
+                m.d.sync += base.eq(jumped)
+            with m.Elif(self.reseed & idle):
+                m.d.sync += base.eq(begin)
         m.d.comb += [self.bank.eq(front),
                      rng.reseed.eq(self.reseed & idle), rng.run_seed.eq(self.run_seed),
                      rng.en.eq(self.busy & (~last_c if tail < lanes else 1)),

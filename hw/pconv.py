@@ -41,7 +41,8 @@ from amaranth.lib.wiring import Out
 
 from nsm_export.plan import POP_DRAIN
 from .dense import pop_weight_words, weight_memory
-from .pdense import draw_keep, engine_ports, spike_store, store_wbits, threshold_rom
+from .pdense import (draw_keep, engine_ports, spike_store, stop_image, store_wbits,
+                     threshold_rom)
 from .popcount import PopcountAccumulator
 from .window import WindowWalk
 
@@ -74,7 +75,7 @@ class PopcountConvEngine(wiring.Component):
         words = layer.h_in * layer.w_in * layer.chunks
         self._wbits = store_wbits(words)
         tp = self._tp
-        ports = engine_ports(layer, self._first, tp, self._wbits)
+        ports = engine_ports(layer, self._first, tp, self._wbits, ir.early_exit.active)
         sn = self._next_simd
         nbits = store_wbits(self._next_words()) + 1
         ports.update(out_we=Out(sn), out_addr=Out(nbits), out_data=Out(sn * tp))
@@ -254,5 +255,6 @@ class PopcountConvEngine(wiring.Component):
                             m.next = "BEAT"
                     with m.Else():
                         m.next = "BEAT"
+        stop_image(m, self, ir, ek, ipar if self._first else None)
         m.d.comb += self.in_half.eq(half)
         return m

@@ -41,6 +41,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from nsm_export.early_exit import jump_columns
 from nsm_export.plan import POP_DRAIN, images_in_flight
 from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
@@ -83,6 +84,10 @@ class PopcountDenseEngine(wiring.Component):
         of data ``s``).
     out_we, out_addr, out_data : hidden layers
         Into the next engine's spike store (its ``st_*``).
+    stop : In(1) (early exit)
+        The image ended after the pass just done (a stopping rule's verdict, while every
+        engine is idle): the next pass is the next image's first; a drawn next batch is
+        dropped.
     scores : Out(n_out * score_bits), clear : In(1) : the output layer
         The class scores of the image so far; ``clear`` sets them to ``T x bias``.
     loading, load_en, load_data : ``ram`` weights
@@ -101,7 +106,7 @@ class PopcountDenseEngine(wiring.Component):
         W = layer.words
         self._wbits = store_wbits(W)
         tp = self._tp
-        ports = engine_ports(layer, self._first, tp, self._wbits)
+        ports = engine_ports(layer, self._first, tp, self._wbits, ir.early_exit.active)
         if layer.output:
             ports.update(scores=Out(layer.n_out * ir.score_bits), clear=In(1))
         else:
@@ -253,11 +258,23 @@ class PopcountDenseEngine(wiring.Component):
                         m.next = "IDLE"
                     with m.Else():
                         m.next = "BEAT"
+        stop_image(m, self, ir, ek, ipar if self._first else None)
         m.d.comb += self.in_half.eq(half)
         return m
 
 
-def engine_ports(layer, first: bool, tp: int, wbits: int) -> dict:
+def stop_image(m: Module, eng, ir, ek, ipar) -> None:
+    """Early exit: ``eng.stop`` (seen while idle) makes the next pass its image's first (and
+    the first engine's next image's input half the other)."""
+    if not ir.early_exit.active:
+        return
+    with m.If(eng.stop):
+        m.d.sync += ek.eq(0)
+        if ipar is not None:
+            m.d.sync += ipar.eq(~ipar)
+
+
+def engine_ports(layer, first: bool, tp: int, wbits: int, early: bool = False) -> dict:
     """The ports every popcount engine (dense or conv) has: the pass handshake, the drawer's
     image tokens and seed, the ``w_axis`` load ports of ``ram`` weights, and the write ports of
     its spike store (:func:`spike_store`): the first layer's ``st_we`` 1 bit and ``simd`` spikes
@@ -270,6 +287,8 @@ def engine_ports(layer, first: bool, tp: int, wbits: int) -> dict:
              "st_data": In(simd if first else simd * tp)}
     if layer.weight_store == "ram":
         ports.update(loading=In(1), load_en=In(1), load_data=In(16))
+    if early:
+        ports["stop"] = In(1)
     return ports
 
 
@@ -297,8 +316,12 @@ def draw_keep(m: Module, eng, layer, ir, tp: int, count_of, passes: int, raddr):
     last pixel is taken (``eng.img_in`` tokens) and each next batch a cycle after the swap
     (``eng.start``), so ``eng.ready`` says the next pass's keep bits are drawn. Returns the
     keep bits of word ``raddr`` of the front bank, a cycle later."""
-    m.submodules.draw = d = MaskDrawer(layer.rng, layer.p_num, layer.p_bits, layer.n_in, tp,
-                                       layer.simd, layer.lanes)
+    early = ir.early_exit.active
+    spec = layer.rng
+    jump = jump_columns(spec.width, spec.mask, spec.leap, ir.samples * layer.n_in) \
+        if early else None
+    m.submodules.draw = d = MaskDrawer(spec, layer.p_num, layer.p_bits, layer.n_in, tp,
+                                       layer.simd, layer.lanes, jump=jump)
     tokens = Signal(range(images_in_flight(len(ir.layers)) + 1))  # first batches owed
     dk = Signal(range(max(2, passes)))    # the drawer's next batch in its image
     have = Signal()                       # a drawn batch waits in the back bank
@@ -306,7 +329,8 @@ def draw_keep(m: Module, eng, layer, ir, tp: int, count_of, passes: int, raddr):
     go_d = Signal()
     # The next batch starts a cycle after the swap (registered flags only: the go logic of
     # the top stays out of the drawer's).
-    m.d.comb += [go_d.eq(~d.busy & ~have & ~d.done & ((dk != 0) | (tokens != 0))),
+    stop = eng.stop if early else 0
+    m.d.comb += [go_d.eq(~d.busy & ~have & ~d.done & ~stop & ((dk != 0) | (tokens != 0))),
                  take.eq(go_d & (dk == 0)),
                  d.start.eq(go_d), d.count.eq(count_of(dk)), d.swap.eq(eng.start),
                  d.raddr.eq(raddr), d.reseed.eq(eng.reseed), d.run_seed.eq(eng.seed),
@@ -314,10 +338,22 @@ def draw_keep(m: Module, eng, layer, ir, tp: int, count_of, passes: int, raddr):
     m.d.sync += tokens.eq(tokens + eng.img_in - take)
     with m.If(go_d):
         m.d.sync += dk.eq(Mux(dk == passes - 1, 0, dk + 1))
+    if early:
+        # An image's first batch draws from the drawer's image-start state (d.image); a stop
+        # drops the next batch, drawn or being drawn.
+        drop = Signal()
+        m.d.comb += d.image.eq(dk == 0)
     with m.If(d.done):
-        m.d.sync += have.eq(1)
+        m.d.sync += have.eq(~drop if early else 1)
+        if early:
+            m.d.sync += drop.eq(0)
     with m.Elif(eng.start):
         m.d.sync += have.eq(0)
+    if early:
+        with m.If(eng.stop):
+            m.d.sync += [dk.eq(0), have.eq(0)]
+            with m.If(d.busy):
+                m.d.sync += drop.eq(1)
     return d.rdata
 
 

@@ -34,6 +34,7 @@ from amaranth.lib import wiring
 from nsm_export.ir import IR
 from nsm_export.plan import images_in_flight, plan
 from .argmax import ArgmaxScan
+from .exitrule import ExitRule
 from .dense import n_load_beats, rom_module_name
 from .pdense import store_wbits
 from .ports import core_ports
@@ -144,11 +145,17 @@ class PopcountCore(wiring.Component):
         full_ = [Signal(name=f"full{i}") for i in range(L - 1)]   # engine i's pass waits
         fin = Signal()                                            # scores wait for the copy
         release = Signal(2)
+        early = ir.early_exit.active
+        verdict_stop = Signal()
+        pending = Signal()       # early exit: engine 0 waits for the verdict on its last pass
         for i, eng in enumerate(engines):
             src = lfull.bit_select(eng.in_half, 1) if i == 0 else full_[i - 1]
             free = ~full_[i] if i < L - 1 else ~fin
             go = Signal(name=f"go{i}")
-            m.d.comb += [go.eq(~busy[i] & src & free & eng.ready), eng.start.eq(go)]
+            m.d.comb += [go.eq(~busy[i] & src & free & eng.ready
+                               & (~pending if early and i == 0 else 1)), eng.start.eq(go)]
+            if early:
+                m.d.comb += eng.stop.eq(verdict_stop)
             with m.If(go):
                 m.d.sync += busy[i].eq(1)
                 if i > 0:
@@ -161,24 +168,49 @@ class PopcountCore(wiring.Component):
                 m.d.comb += [eng.st_we.eq(engines[i - 1].out_we),
                              eng.st_addr.eq(engines[i - 1].out_addr),
                              eng.st_data.eq(engines[i - 1].out_data)]
-        m.d.comb += release.eq(Mux(first.done & first.last, 1 << first.in_half, 0))
+        m.d.comb += release.eq(Mux((first.done & first.last) | verdict_stop,
+                                   1 << first.in_half, 0))
         m.d.sync += lfull.eq((lfull & ~release)
                              | Mux(last_px, Mux(lhalf, 0b10, 0b01), 0))
-        with m.If(out_eng.done & out_eng.last):
+        with m.If((out_eng.done & out_eng.last) | verdict_stop):
             m.d.sync += fin.eq(1)
+
+        # --- early exit: a verdict after every pass but an image's last -------------------------
+        T, P = ir.samples, len(stages[0].layer.pass_counts(ir.samples))
+        used = Signal(range(T + 1), init=T)      # samples of the image whose scores wait
+        if early:
+            tp = min(stages[0].layer.pass_samples, T)
+            m.submodules.exit = rule = ExitRule(ir)
+            ob = Signal(range(max(2, P)))        # the output engine's next pass in its image
+            m.d.comb += [rule.scores.eq(out_eng.scores),
+                         rule.start.eq(out_eng.done & ~out_eng.last), rule.bound.eq(ob),
+                         verdict_stop.eq(rule.stop)]
+            with m.If(first.done & ~first.last):
+                m.d.sync += pending.eq(1)
+            with m.If(rule.stop | rule.go_on):
+                m.d.sync += pending.eq(0)
+            with m.If(out_eng.done):
+                m.d.sync += ob.eq(Mux(out_eng.last, 0, ob + 1))
+                with m.If(out_eng.last):
+                    m.d.sync += used.eq(T)
+            with m.If(rule.stop):
+                m.d.sync += [ob.eq(0), used.eq(ob * tp)]
 
         # --- result -----------------------------------------------------------------------------
         C, sb = ir.n_classes, ir.score_bits
         res = Signal(C * sb)
+        res_used = Signal(range(T + 1))
         m.submodules.argmax = scan = ArgmaxScan(C, sb)
         m.d.comb += [scan.scores.eq(res), self.m_axis_tdata.eq(scan.index),
-                     self.m_axis_tuser.eq(res)]
+                     self.m_axis_tuser.eq(Cat(res, res_used) if early else res)]
         handed = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(fin):
                     m.d.comb += [out_eng.clear.eq(1), scan.clear.eq(1)]
                     m.d.sync += [res.eq(out_eng.scores), fin.eq(0)]
+                    if early:
+                        m.d.sync += res_used.eq(used)
                     m.next = "SCAN"
             with m.State("SCAN"):
                 m.d.comb += scan.en.eq(1)

@@ -535,6 +535,16 @@ def export(checkpoint, output, samples, no_sampling, fmt):
     click.echo(f"wrote {output}")
 
 
+def _early_exit_rule(ctx, param, value):
+    """``--early-exit``'s text as an :class:`nsm_export.early_exit.EarlyExit` (a usage error
+    in one line otherwise)."""
+    from nsm_export.early_exit import parse_rule
+    try:
+        return parse_rule(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command(name="compile", epilog=_example(
     "nsm compile model.onnx -o build/ --target ice40-up5k --throughput 1000"))
 @click.argument("onnx_file", type=click.Path(path_type=Path))
@@ -584,10 +594,19 @@ def export(checkpoint, output, samples, no_sampling, fmt):
               help="How far the keep probability the LFSR realizes may lie from the model's p "
                    "(a rounding beyond it, or to 0 or 1, is refused; 0 refuses every p < 1: no "
                    "LFSR period keeps a multiple of 2^-p_bits exactly).")
+@click.option("--early-exit", default="none", show_default=True, metavar="RULE",
+              callback=_early_exit_rule,
+              help="Stop an image's samples once its vote is decided, at the end of each pass of "
+                   "T' samples (popcount core): exact (the class cannot change: always the "
+                   "full-T class), margin:F (the leader leads each class by a fraction F in "
+                   "(0, 1] of what the remaining samples could still move; 1 is exact), none; "
+                   "',min=S': no stop before S samples. Every LFSR starts the next image where "
+                   "all T samples would have left it.")
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weight_store, target,
-                throughput, clock_mhz, line_buffer, seed, lfsr_width, p_bits, p_tolerance, name):
+                throughput, clock_mhz, line_buffer, seed, lfsr_width, p_bits, p_tolerance,
+                early_exit, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
     (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
@@ -607,7 +626,7 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
                         clock_mhz=clock_mhz, samples=samples, weight_store=one(stores),
                         line_buffer=line_buffer, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits,
                         p_tolerance=p_tolerance, name=name, pass_samples=pass_samples,
-                        **{k: one(v) for k, v in ints.items()})
+                        early_exit=early_exit, **{k: one(v) for k, v in ints.items()})
     if "folding" in ir.source:
         click.echo(ir.source["folding"]["summary"])
     from nsm_export.build import leap_correlation

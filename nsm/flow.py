@@ -43,10 +43,16 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     if target is None and (throughput is not None or clock_mhz is not None):
         raise SynthError("--throughput and --clock-mhz need --target (the device to fold for)")
     line_buffer = kw.pop("line_buffer", False)
+    early_exit = kw.pop("early_exit", None)
     given = [k for k in FOLD_KEYS if kw.get(k) is not None]
     ir = compile_file(onnx_file, **{k: v for k, v in kw.items() if v is not None})
-    if line_buffer:
-        irmod.use_line_buffers(ir)
+    if early_exit is not None and early_exit.active:
+        ir.early_exit = early_exit
+    else:
+        early_exit = None
+    if line_buffer or early_exit is not None:
+        if line_buffer:
+            irmod.use_line_buffers(ir)
         ir.validate()
     if target is not None:
         fixed = [{k: getattr(layer, k) for k in given if hasattr(layer, k)}

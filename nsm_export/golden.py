@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import lfsr
+from . import early_exit, lfsr
 from .ir import IR
 
 __all__ = ["GoldenResult", "GoldenModel", "run"]
@@ -26,6 +26,8 @@ class GoldenResult:
     classes: np.ndarray          # (N,) int64: argmax, ties to the lowest index
     spikes: list[np.ndarray] | None = None   # per hidden layer (N, T, n_out) bool, if asked
     masks: list[np.ndarray] | None = None    # per layer (N, T, n_in) bool, if asked
+    samples: np.ndarray | None = None        # (N,) samples used (T without early exit)
+    partial: np.ndarray | None = None        # (N, B, C) the scores at each boundary, if asked
     # (conv and pool layers: ``n_in``/``n_out`` are their maps flattened channel-major; a pool
     # layer's mask is all True: it draws nothing)
 
@@ -79,10 +81,22 @@ class GoldenModel:
         for layer, m in zip(ir.layers[:-1], masks):
             z = layer.execute(z, m)
             spikes.append(z)
-        scores = ir.layers[-1].execute(z, masks[-1])
-        classes = np.argmax(scores, axis=1)   # numpy returns the first maximum: lowest index
+        out = ir.layers[-1]
+        partial = None
+        if ir.early_exit.active or record:
+            # The full-T run cut short where the rule says (the LFSRs start every image where
+            # all T samples leave them: nsm_export.early_exit).
+            bounds, need = early_exit.ir_table(ir)
+            partial = early_exit.partial_scores(ir, out.sample_sums(z, masks[-1]), bounds)
+            cut = early_exit.decide(partial, need, bounds)
+            scores, classes, used = cut.scores, cut.classes, cut.samples
+        else:
+            scores = out.execute(z, masks[-1])
+            classes = np.argmax(scores, axis=1)   # numpy returns the first maximum: lowest index
+            used = np.full(len(scores), ir.samples, dtype=np.int64)
         return GoldenResult(scores=scores, classes=classes,
-                            spikes=spikes if record else None, masks=masks if record else None)
+                            spikes=spikes if record else None, masks=masks if record else None,
+                            samples=used, partial=partial if record else None)
 
 
 def run(ir: IR, pixels: np.ndarray, record: bool = False) -> GoldenResult:

@@ -112,6 +112,7 @@ import numpy as np
 from nsm_common.atomic import atomic_write
 
 from . import lfsr
+from .early_exit import EarlyExit
 from .layers import KINDS, ConvLayer, DenseLayer, InputSpec, PoolLayer
 from .layers.input import ENCODINGS, LAYOUTS, MAX_PROB_PIXEL_BITS
 from .layers.pool import POOL_MODES
@@ -181,6 +182,7 @@ class IR:
     name: str = "nsm"
     version: int = IR_VERSION
     source: dict = field(default_factory=dict)   # provenance: ONNX file, compiler options
+    early_exit: EarlyExit = field(default_factory=EarlyExit)  # the stopping rule (none)
 
     @property
     def n_classes(self) -> int:
@@ -258,6 +260,9 @@ class IR:
         _check_array_values(sum(layer.array_values() for layer in self.layers))
         check_width("score_bits", self.score_bits, self.required_score_bits(), 64,
                     f"{self.samples} worst-case samples")
+        if not isinstance(self.early_exit, EarlyExit):
+            raise IRError("early_exit must be an EarlyExit record")
+        self.early_exit.validate(self.samples)
         self._check_draws()
 
     def _check_draws(self) -> None:
@@ -316,8 +321,9 @@ class IR:
         return {
             "format": "nsm-ir", "version": self.version, "name": self.name,
             "input": asdict(self.input), "samples": self.samples, "score_bits": self.score_bits,
-            "tie_rule": "lowest index", "layers": [layer.meta() for layer in self.layers],
-            "source": self.source,
+            "tie_rule": "lowest index",
+            **({"early_exit": self.early_exit.to_json()} if self.early_exit.active else {}),
+            "layers": [layer.meta() for layer in self.layers], "source": self.source,
         }
 
 
@@ -524,7 +530,8 @@ def from_json(meta: dict, arrays: dict) -> IR:
         layers = [_kind(i, m).record(i, m, arrays) for i, m in enumerate(layer_records)]
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
                 name=meta.get("name", "nsm"), version=version,
-                source=meta.get("source", {}))
+                source=meta.get("source", {}),
+                early_exit=EarlyExit.record(meta.get("early_exit", {})))
     except IRError:
         raise
     except (KeyError, TypeError, AttributeError) as e:
@@ -532,7 +539,7 @@ def from_json(meta: dict, arrays: dict) -> IR:
     ir.validate()
     written = ir.to_json()
     for key, value in meta.items():
-        if key not in written:
+        if key not in written and key != "early_exit":
             raise IRError(f"ir.json: {shown(key)} is an unknown field (the file has "
                           f"{', '.join(written)})")
     if meta.get("tie_rule", written["tie_rule"]) != written["tie_rule"]:

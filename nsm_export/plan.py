@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 __all__ = ["Engine", "Plan", "plan", "unsupported", "MASK_FLUSH", "DRAIN", "TREE_STAGE", "WRITE",
            "GROUP_OVERHEAD", "BUILD_FLUSH", "ENCODE_FLUSH", "SPIKE_WORD", "MEMORY_LINK_PE",
-           "group_overhead", "POP_DRAIN", "pop_unsupported", "images_in_flight"]
+           "group_overhead", "POP_DRAIN", "pop_unsupported", "images_in_flight",
+           "decide_cycles"]
 
 #: A sampling dense layer's draw-lookup-write pipeline empties (``FLUSH1..3``).
 MASK_FLUSH = 3
@@ -192,6 +193,9 @@ def unsupported(ir) -> str | None:
     (``hw_unsupported`` of its kind)."""
     if any(getattr(layer, "pass_samples", 0) for layer in ir.layers):
         return pop_unsupported(ir)
+    if ir.early_exit.active:
+        return (f"early_exit {ir.early_exit.rule}: only the popcount core stops early "
+                f"(compile with --pass-samples)")
     why = ir.input.hw_unsupported(ir)
     for i, layer in enumerate(ir.layers):
         why = why or layer.hw_unsupported(i, ir)
@@ -262,3 +266,10 @@ def pop_unsupported(ir, folding: bool = True) -> str | None:
         return (f"input: {spec.levels} thermometer levels must divide layers[0].simd "
                 f"{first.simd} (a pixel's spikes go into one input word)")
     return None
+
+
+def decide_cycles(n_classes: int) -> int:
+    """Early exit (:class:`hw.exitrule.ExitRule`): from the output engine's last cycle of a
+    pass to the verdict's cycle: the scan (``C + 1``), the checks (``C``), one to flush, one
+    to start."""
+    return 2 * n_classes + 3

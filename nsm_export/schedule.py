@@ -14,23 +14,25 @@ from functools import reduce
 
 import numpy as np
 
+from . import early_exit
 from .ir import IR
-from .plan import plan
+from .plan import decide_cycles, plan
 
-__all__ = ["pipeline_end", "latency_cycles", "pop_events",
+__all__ = ["pipeline_end", "latency_cycles", "pop_events", "passes_used",
            "cycles_per_inference", "expected_latency_cycles", "expected_cycles_per_inference",
            "dense_bound", "bounds", "argmax_cycles"]
 
 
-def latency_cycles(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
+def latency_cycles(ir: IR, masks: list[np.ndarray], samples=None) -> np.ndarray:
     """Per image: clock edges from the last pixel's handshake to ``m_axis_tvalid`` going high.
 
-    ``masks`` are the golden model's per-layer keep bits, ``(N, T, n_in)`` each. The layers
-    overlap (see :mod:`hw.top`): :func:`pipeline_end` schedules them.
+    ``masks`` are the golden model's per-layer keep bits, ``(N, T, n_in)`` each, ``samples``
+    the samples each image used (early exit). The layers overlap (see :mod:`hw.top`):
+    :func:`pipeline_end` schedules them.
     """
     stages = plan(ir)
     if stages.popcount:
-        ev = pop_events(ir, len(masks[0]))
+        ev = pop_events(ir, len(masks[0]), passes=passes_used(ir, samples))
         return ev["valid"] - ev["last_pixel"]
     durations = [st.cycles(masks[st.index]) for st in stages]
     rows = [st.layer.row_cycles(st, masks[st.index])[1] if st.gated else None for st in stages]
@@ -223,34 +225,41 @@ def argmax_cycles(ir: IR) -> int:
     return ir.n_classes + 1
 
 
-def cycles_per_inference(ir: IR, masks: list[np.ndarray]) -> np.ndarray:
+def cycles_per_inference(ir: IR, masks: list[np.ndarray], samples=None) -> np.ndarray:
     """Per image, back to back (input always valid, output always ready): load, compute, hand
     over the result. The popcount core overlaps images: there, image 0's entry counts from its
     first pixel to its result's handshake, and image ``n``'s from image ``n - 1``'s handshake
     to its own."""
     if plan(ir).popcount:
-        ev = pop_events(ir, len(masks[0]))
+        ev = pop_events(ir, len(masks[0]), passes=passes_used(ir, samples))
         return np.diff(np.concatenate([[ev["first_pixel"][0] - 1], ev["handshake"]]))
     return ir.input.size + latency_cycles(ir, masks) + 1
 
 
-def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
+def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None) -> dict:
     """The popcount core's schedule (:mod:`hw.ptop`) for ``images`` images back to back (input
     always valid, output always ready), cycle 0 being the first pixel's handshake. Per image:
     ``first_pixel``, ``last_pixel`` (handshakes), ``valid`` (the cycle ``m_axis_tvalid`` goes
     high) and ``handshake``. Nothing depends on the draws: blanked inputs are gated, not
-    skipped.
+    skipped; with an early-exit rule, ``passes`` gives the passes each image ran (the golden
+    model's samples used, :func:`passes_used`; default: all).
 
-    Per engine ``i`` and pass ``q`` (passes numbered across images): it starts (``go``) in
-    ``S = max(E(q-1), input, S_{i+1}(q-1) + 1, drawn, copied)`` and is idle again in
-    ``E = S + pass_cycles``, where input is ``A + 1`` for engine 0 (``A``: the image's last
+    Per engine ``i`` and pass ``q`` (the passes run, numbered across images): it starts (``go``)
+    in ``S = max(E(q-1), input, S_{i+1}(q-1) + 1, drawn, copied, verdict)`` and is idle again
+    in ``E = S + pass_cycles``, where input is ``A + 1`` for engine 0 (``A``: the image's last
     pixel) and ``E_{i-1}(q)`` otherwise; drawn is ``D + B + 1``, the drawer having started
     the batch in ``D = max(S(q-1) + 1, A + 2 for an image's first pass)`` and taken
     ``B = 1 + count * ceil(n_in / lanes)`` cycles; copied (the output engine, after an image's
     last pass) is ``X + 1``. The scores are copied in ``X = max(E, H_prev + 1)`` and offered
     in ``V = X + C + 1``, taken (output always ready) in ``H = V + 1``. The loader fills half
-    ``n mod 2``: image ``n`` starts in ``max(A_{n-1} + 1, E_0`` of image ``n - 2``'s last
-    pass``)``.
+    ``n mod 2``: image ``n`` starts in ``max(A_{n-1} + 1, R`` of image ``n - 2``), ``R`` being
+    ``E_0`` of its last pass.
+
+    Early exit: after each pass that is not its image's last, the rule's verdict comes in
+    ``W = E_{L-1}(q) - 1 + decide_cycles(C)``, and engine 0 starts nothing before ``W + 1``
+    (verdict). Where the image stops there, ``R = W + 1``, the scores are copied in
+    ``X = max(W + 1, H_prev + 1)``, and each drawer, which started the next batch in
+    ``S(q) + 1``, starts the next image's first in ``max(W + 1, S(q) + 1 + B + 1, A + 2)``.
 
     ``last_pixel`` and ``handshake`` (per image, cycles of a common origin) replace the
     back-to-back pixel and result handshakes by ones observed (input gaps, output stalls): the
@@ -261,14 +270,18 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
     P = len(counts)
     n0, C = ir.input.size, ir.n_classes
     dur = [st.pass_cycles() for st in stages]
+    chunks = [-(-st.layer.n_in // st.layer.lanes) if st.layer.sampling else 0 for st in stages]
+    early = ir.early_exit.active
     first = np.zeros(images, dtype=np.int64)
     last = np.zeros(images, dtype=np.int64)
     valid = np.zeros(images, dtype=np.int64)
     hand = np.zeros(images, dtype=np.int64)
     S = [[] for _ in range(L)]
     E = [[] for _ in range(L)]
-    release = []                       # E_0 of each image's last pass
+    release = []                       # R of each image
     copied = 0                         # the output engine may start: X + 1 of the last image
+    verdict = 0                        # engine 0 may start: the verdict on its last pass + 1
+    after_stop = None                  # per engine, its drawer's earliest start after a stop
     for n in range(images):
         if last_pixel is not None:
             first[n] = last[n] = int(last_pixel[n])
@@ -278,31 +291,61 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None) -> dict:
                 start = max(start, release[n - 2])
             first[n], last[n] = start, start + n0 - 1
         A = int(last[n])
-        for k, count in enumerate(counts):
-            q = n * P + k
+        used = P if passes is None or not early else int(passes[n])
+        X = None
+        for k in range(used):
+            count = counts[k]
             for i, st in enumerate(stages):
-                s = E[i][q - 1] if q else 0
-                s = max(s, A + 1 if i == 0 else E[i - 1][q])
-                if i < L - 1 and q:
-                    s = max(s, S[i + 1][q - 1] + 1)
-                layer = st.layer
-                if layer.sampling:
-                    d = S[i][q - 1] + 1 if q else 0
+                s = E[i][-1] if E[i] else 0
+                s = max(s, A + 1 if i == 0 else E[i - 1][-1])
+                if i < L - 1 and S[i + 1]:
+                    s = max(s, S[i + 1][-1] + 1)
+                if st.layer.sampling:
+                    d = S[i][-1] + 1 if S[i] else 0
                     if k == 0:
                         d = max(d, A + 2)
-                    s = max(s, d + 1 + count * -(-layer.n_in // layer.lanes) + 1)
+                        if after_stop is not None:
+                            d = max(d, after_stop[i])
+                    s = max(s, d + 1 + count * chunks[i] + 1)
+                if i == 0:
+                    s = max(s, verdict)
                 if i == L - 1 and k == 0:
                     s = max(s, copied)
                 S[i].append(s)
                 E[i].append(s + dur[i])
-        release.append(E[0][-1])
-        X = E[L - 1][-1] if n == 0 else max(E[L - 1][-1], hand[n - 1] + 1)
+            after_stop = None
+            if k < P - 1 and not early:
+                continue
+            if k < P - 1:
+                w = E[L - 1][-1] - 1 + decide_cycles(C)
+                verdict = w + 1
+                if k == used - 1:                           # the rule stops the image here
+                    release.append(w + 1)
+                    X = w + 1
+                    after_stop = [S[i][-1] + 1 + 1 + counts[k + 1] * chunks[i] + 1
+                                  for i in range(L)]
+                    after_stop = [max(v, w + 1) for v in after_stop]
+            else:
+                verdict = 0
+                release.append(E[0][-1])
+                X = E[L - 1][-1]
+        if n:
+            X = max(X, hand[n - 1] + 1)
         copied = X + 1
         valid[n] = X + C + 1
         # Output always ready: the result's handshake is the cycle after m_axis_tvalid rises
         # (as the bench counts cycles, and as the kept-list model's ``+ 1`` has it).
         hand[n] = valid[n] + 1 if handshake is None else int(handshake[n])
     return {"first_pixel": first, "last_pixel": last, "valid": valid, "handshake": hand}
+
+
+def passes_used(ir: IR, samples) -> np.ndarray | None:
+    """The passes each image ran, from the samples it used (None without an early-exit
+    rule: every image runs them all)."""
+    if not ir.early_exit.active or samples is None:
+        return None
+    bounds = early_exit.boundaries(ir)
+    return np.searchsorted(bounds, np.asarray(samples)) + 1
 
 
 def expected_latency_cycles(ir: IR, durations=None) -> float:

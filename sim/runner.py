@@ -39,6 +39,7 @@ class RtlResult:
     latency: np.ndarray          # cycles from last pixel handshake to m_axis_tvalid, per image
     done_at: np.ndarray          # cycle of each result handshake
     last_pixel: np.ndarray | None = None      # cycle of each image's last pixel handshake
+    samples: np.ndarray | None = None         # samples each image used (m_axis_tuser's top)
     spikes: list[np.ndarray] | None = None    # debug: per hidden layer (N, T, n_out) bool
     waves: Path | None = None
     build_seconds: float = 0.0                # compiling the simulation model
@@ -158,6 +159,7 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
             np.save(job / "weights.npy", np.asarray(beats, dtype=np.int64))
         (job / "job.json").write_text(json.dumps({
             "n_classes": ir.n_classes, "score_bits": ir.score_bits, "samples": ir.samples,
+            "early_exit": ir.early_exit.active,
             "hidden_sizes": [layer.n_out for layer in ir.layers[:-1]] if debug else [],
             "debug": debug, "in_idle_prob": in_idle_prob, "out_stall_prob": out_stall_prob,
             "resets": [list(map(int, r)) for r in resets],
@@ -217,6 +219,7 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
         with np.load(job / "rtl.npz", allow_pickle=False) as z:
             res = RtlResult(classes=z["classes"], scores=z["scores"], latency=z["latency"],
                             done_at=z["done_at"], last_pixel=z["last_pixel"],
+                            samples=z["samples"],
                             build_seconds=t1 - t0,
                             run_seconds=t2 - t1)
             if debug:
@@ -271,7 +274,8 @@ def golden_with_resets(ir: IR, pixels: np.ndarray, resets=(), record: bool = Fal
             parts.append(model.run(pixels[a:b], record=record))
     cat = np.concatenate
     res = golden.GoldenResult(scores=cat([p.scores for p in parts]),
-                              classes=cat([p.classes for p in parts]))
+                              classes=cat([p.classes for p in parts]),
+                              samples=cat([p.samples for p in parts]))
     if record:
         res.spikes = [cat([p.spikes[h] for p in parts]) for h in range(len(ir.layers) - 1)]
         res.masks = [cat([p.masks[h] for p in parts]) for h in range(len(ir.layers))]
@@ -332,17 +336,22 @@ def first_spike_mismatch(expected: golden.GoldenResult, rtl: RtlResult) -> dict 
 
 
 def compare(expected: golden.GoldenResult, rtl: RtlResult) -> Comparison:
-    """Exact integer comparison of every image's class and every score (and every hidden spike
-    vector when both sides recorded them)."""
+    """Exact integer comparison of every image's class, every score and the samples it used
+    (and every hidden spike vector when both sides recorded them)."""
     n = len(expected.classes)
+    used = np.zeros(n, dtype=bool)
+    if expected.samples is not None and rtl.samples is not None:
+        used = expected.samples != rtl.samples
     bad = np.flatnonzero((expected.scores != rtl.scores).any(axis=1)
-                         | (expected.classes != rtl.classes))
+                         | (expected.classes != rtl.classes) | used)
     cmp = Comparison(images=n, mismatches=int(len(bad)))
     for i in bad[:10]:
         cmp.details.append({
             "image": int(i), "golden_class": int(expected.classes[i]),
             "rtl_class": int(rtl.classes[i]), "golden_scores": expected.scores[i].tolist(),
-            "rtl_scores": rtl.scores[i].tolist()})
+            "rtl_scores": rtl.scores[i].tolist(),
+            **({"golden_samples": int(expected.samples[i]), "rtl_samples": int(rtl.samples[i])}
+               if used[i] else {})})
     cmp.first_mismatch = cmp.details[0] if cmp.details else None
     spike = first_spike_mismatch(expected, rtl)
     if spike is not None:
@@ -371,10 +380,10 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
                   debug=debug, **kw)
     cmp = compare(exp, rtl)
     lat = rtl.latency.astype(np.int64)
-    lat_model = schedule.latency_cycles(ir, exp.masks)
+    lat_model = schedule.latency_cycles(ir, exp.masks, exp.samples)
     # Back to back, image n takes from image n-1's result handshake to its own.
     ii = np.diff(rtl.done_at)
-    ii_model = schedule.cycles_per_inference(ir, exp.masks)[1:]
+    ii_model = schedule.cycles_per_inference(ir, exp.masks, exp.samples)[1:]
     summary = {
         "simulator": simulator, "images": cmp.images, "mismatches": cmp.mismatches,
         "first_mismatch": cmp.first_mismatch,

@@ -139,7 +139,8 @@ async def stream_images(dut):
         await FallingEdge(dut.clk)
         assert dut.w_axis_tready.value == 0, "w_axis still ready after the whole weight image"
 
-    results = {"classes": [], "scores": [], "latency": [], "done_at": [], "last_pixel": []}
+    results = {"classes": [], "scores": [], "latency": [], "done_at": [], "last_pixel": [],
+               "samples": []}
     spikes: list[tuple[int, int]] = []       # (layer, bits) in the order they appear
     valid_at: list[int] = []                 # per result: the cycle m_axis_tvalid went high
 
@@ -233,6 +234,8 @@ async def stream_images(dut):
         results["classes"].append(out.tdata[0])
         results["scores"].append([_signed((packed >> (c * sb)) & ((1 << sb) - 1), sb)
                                   for c in range(C)])
+        results["samples"].append(packed >> (C * sb) if spec.get("early_exit") else
+                                  spec.get("samples", 1))
         results["latency"].append(valid_at[n] - last_in)
         results["done_at"].append(_cycle(out.sim_time_end))
         results["last_pixel"].append(last_in)
@@ -246,5 +249,6 @@ async def stream_images(dut):
              latency=np.array(results["latency"], dtype=np.int64),
              done_at=np.array(results["done_at"], dtype=np.int64),
              last_pixel=np.array(results["last_pixel"], dtype=np.int64),
+             samples=np.array(results["samples"], dtype=np.int64),
              spike_layers=np.array([s[0] for s in spikes], dtype=np.int64),
              spike_bits=np.array([str(s[1]) for s in spikes]))

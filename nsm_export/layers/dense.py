@@ -125,6 +125,12 @@ class DenseLayer(Weighted):
             return (acc + self.offsets[None, None, :]).sum(axis=1)
         return acc >= self.offsets[None, None, :]
 
+    def sample_sums(self, z: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Output layer: each sample's ``sum_j xi_j z_j w_ij`` ``(N, T, n_out)``, without the
+        bias (the scores start at ``T x bias``): what the early-exit rules sum up."""
+        x = np.where(mask, np.where(z, 1, -1), 0).astype(np.int64)
+        return x @ self.weights.T.astype(np.int64)
+
     def synaptic_ops(self) -> int:
         return self.n_in * self.n_out
 
