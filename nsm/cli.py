@@ -429,6 +429,20 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
     click.echo(f"test accuracy at T={samples}: {acc:.4f}; wrote {output}")
 
 
+def _early_exit_rules(ctx, param, values):
+    """``--early-exit``'s texts as :class:`nsm_export.early_exit.EarlyExit` rules in order,
+    ``sweep`` standing for the standard list, repeats dropped (a usage error in one line)."""
+    from nsm_export.early_exit import DEFAULT_SWEEP, parse_rule
+    rules = []
+    for text in values:
+        try:
+            new = list(DEFAULT_SWEEP) if text.strip() == "sweep" else [parse_rule(text)]
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        rules += [r for r in new if r not in rules]
+    return rules
+
+
 @main.command(name="eval", epilog=_example("nsm eval model.pt --samples 1,4,16,64 --plot acc.png"))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--samples", "-T", default="16", show_default=True,
@@ -444,9 +458,20 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=_FileOutput), default=None,
               help="Write an accuracy-vs-T plot (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list, nothing else.")
+@click.option("--early-exit", "early_exit", multiple=True, metavar="RULE",
+              callback=_early_exit_rules,
+              help="Also apply this stopping rule to the samples of the largest T (repeatable; "
+                   "exact, margin:F, either with ,min=S, or sweep: a standard list): its mean "
+                   "samples used, accuracy and samples-used distribution; with --plot, also "
+                   "FILE-early-exit.png (accuracy against mean samples); with --json, the "
+                   "largest T's entry gets an early_exit key.")
+@click.option("--pass-samples", default=1, show_default=True, metavar="T'",
+              type=click.IntRange(1, _MAX_SAMPLES),
+              help="Samples per pass for --early-exit: a rule is checked after every T' "
+                   "samples, as the popcount core checks it at its pass ends.")
 @_user_errors
 def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampling, device, plot,
-             as_json):
+             as_json, early_exit, pass_samples):
     """Monte Carlo test accuracy of a checkpoint at each T, with a per-image uncertainty
     summary (vote margin, vote entropy, fraction of images with margin < 0.5).
     """
@@ -459,7 +484,9 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
     if not ts or min(ts) < 1:
         raise click.BadParameter(f"{samples!r} is not a list of positive integers",
                                  param_hint="--samples")
-    _check_outputs([("--plot", plot, None)], [("the input CHECKPOINT", checkpoint)])
+    ee_plot = _early_exit_plot_path(plot) if plot and early_exit else None
+    _check_outputs([("--plot", plot, None), ("--plot (early exit)", ee_plot, None)],
+                   [("the input CHECKPOINT", checkpoint)])
     model, ckpt = load_checkpoint(checkpoint)
     tc = ckpt.get("train_config") or {}
     dataset = dataset or tc.get("dataset", "digits")
@@ -472,11 +499,17 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
     model.to(resolve_device(device))
     model.sampling = not no_sampling
     torch.manual_seed(seed)
-    rows = evaluate_many(model, x_te, y_te, ts)
+    sweep = _FloatSweep(model, max(ts), pass_samples) if early_exit else None
+    rows = evaluate_many(model, x_te, y_te, ts, on_scores=sweep.add if sweep else None)
     for r in rows:
         r["dataset"] = dataset
+    if sweep:
+        rows[-1]["early_exit"] = sweep.results(y_te, early_exit)
     if plot:
         _plot_accuracy(rows, plot, title=f"{checkpoint.name} on {dataset}")
+    if ee_plot:
+        _plot_early_exit(rows[-1]["early_exit"], ee_plot,
+                         title=f"{checkpoint.name} on {dataset}: early exit")
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -484,8 +517,63 @@ def eval_cmd(checkpoint, samples, dataset, data_dir, split_seed, seed, no_sampli
     for r in rows:
         click.echo(f"{r['samples']:>5} {r['accuracy']:>9.4f} {r['mean_margin']:>7.3f} "
                    f"{r['mean_entropy']:>8.3f} {r['uncertain_fraction']:>9.3f}")
+    if sweep:
+        _print_early_exit(rows[-1]["early_exit"])
     if plot:
         click.echo(f"wrote {plot}")
+    if ee_plot:
+        click.echo(f"wrote {ee_plot}")
+
+
+def _early_exit_plot_path(plot: Path) -> Path:
+    return plot.with_name(f"{plot.stem}-early-exit.png")
+
+
+class _FloatSweep:
+    """The scores of a float model's samples at the boundaries of ``T`` in passes of ``T'``,
+    gathered batch by batch from :func:`nsm_train.train.evaluate_many`, as the integer core
+    holds them (``T * bias`` plus the samples done): the rules are then applied to them by
+    :func:`nsm_export.early_exit.sweep` with :func:`~nsm_export.early_exit.float_need`."""
+
+    def __init__(self, model, samples: int, pass_samples: int):
+        from nsm_train.train import output_swing
+        self.T, self.tp = samples, min(pass_samples, samples)
+        self.bounds = [min(samples, k * self.tp) for k in range(1, -(-samples // self.tp) + 1)]
+        self.swing, self.bias = output_swing(model)
+        self.parts = []
+
+    def add(self, s) -> None:
+        import torch
+        cum = torch.cumsum(s.double(), dim=0)[torch.as_tensor(self.bounds) - 1]
+        self.parts.append(cum.permute(1, 0, 2).cpu().numpy())
+
+    def results(self, labels, rules) -> dict:
+        import numpy as np
+
+        from nsm_export import early_exit as ee
+        rest = (self.T - np.asarray(self.bounds, dtype=float))[None, :, None]
+        partial = np.concatenate(self.parts) + rest * self.bias[None, None, :]
+        return {"samples": self.T, "pass_samples": self.tp,
+                "rules": ee.sweep(partial, np.asarray(labels), rules, self.bounds,
+                                  lambda r: ee.float_need(r, self.T, self.bounds, self.swing))}
+
+
+def _print_early_exit(ee: dict) -> None:
+    from nsm.report import histogram_text
+    click.echo(f"early exit at T={ee['samples']} (checked every {ee['pass_samples']} samples)")
+    width = max([len("rule")] + [len(r["rule"]) for r in ee["rules"]])
+    click.echo(f"{'rule':<{width}} {'mean T':>7} {'accuracy':>9} {'loss':>7}  samples used")
+    for r in ee["rules"]:
+        click.echo(f"{r['rule']:<{width}} {r['mean_samples']:>7.2f} {r['accuracy']:>9.4f} "
+                   f"{r['loss']:>+7.4f}  {histogram_text(r['samples_histogram'])}")
+
+
+def _plot_early_exit(ee: dict, path, title=""):
+    from nsm.report import early_exit_figure
+    from nsm_common.atomic import atomic_write
+    png = early_exit_figure(ee["rules"], ee["samples"], title)
+    with atomic_write(path) as f:
+        f.write(png)
 
 
 def _plot_accuracy(rows, path, title=""):
@@ -862,6 +950,11 @@ def _print_summary(s: dict) -> None:
         else:
             text = str(v)
         click.echo(f"  {k:<28} {text}")
+    if isinstance(s.get("early_exit"), dict) and s.get("mean_samples") is not None:
+        from nsm_export.early_exit import EarlyExit, rule_label
+        click.echo(f"  {'early exit':<28} {rule_label(EarlyExit(**s['early_exit']))}: "
+                   f"{s['mean_samples']:.2f} of {s['samples']} samples on average, "
+                   f"{s.get('cycles_saved', 0):,} cycles saved")
     if s.get("mismatches"):
         click.echo(f"  first mismatch: {json.dumps(s.get('first_mismatch'))}", err=True)
 

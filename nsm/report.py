@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nsm_export import early_exit as ee
 from nsm_export import golden, schedule
 from nsm_export import ir as irmod
 from nsm_common.atomic import atomic_write
@@ -41,8 +42,9 @@ from nsm_export.plan import plan
 
 __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write_report",
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
-           "network_shapes", "resource_rows", "cycle_summary", "Section", "Table", "Figure",
-           "NotRun", "OUTPUTS"]
+           "network_shapes", "resource_rows", "cycle_summary", "early_exit_summary",
+           "early_exit_figure", "histogram_text", "Section", "Table", "Figure", "NotRun",
+           "OUTPUTS"]
 
 DEFAULT_SAMPLES = (1, 4, 16, 64)
 MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
@@ -209,7 +211,9 @@ def ir_at_samples(ir: irmod.IR, samples: int) -> irmod.IR:
     out = replace(ir, samples=int(samples),
                   layers=[replace(layer, pass_samples=min(layer.pass_samples, int(samples)))
                           if getattr(layer, "pass_samples", 0) else layer
-                          for layer in ir.layers])
+                          for layer in ir.layers],
+                  early_exit=replace(ir.early_exit, min_samples=min(ir.early_exit.min_samples,
+                                                                    int(samples))))
     out.score_bits = out.required_score_bits()
     out.validate()
     return out
@@ -230,8 +234,10 @@ def run_golden(ir: irmod.IR, x: np.ndarray, record: bool = False, bar=None,
             bar.update(len(x[i:i + chunk]) * ir.samples)
     cat = np.concatenate
     res = golden.GoldenResult(scores=cat([p.scores for p in parts]),
-                              classes=cat([p.classes for p in parts]))
+                              classes=cat([p.classes for p in parts]),
+                              samples=cat([p.samples for p in parts]))
     if record:
+        res.partial = cat([p.partial for p in parts])
         res.masks = [cat([p.masks[k] for p in parts]) for k in range(len(ir.layers))]
         res.spikes = [cat([p.spikes[k] for p in parts]) for k in range(len(ir.layers) - 1)]
     return res
@@ -340,6 +346,22 @@ def cycle_summary(ir: irmod.IR, masks: list[np.ndarray]) -> dict:
     }
 
 
+def early_exit_summary(ir: irmod.IR, res: golden.GoldenResult, labels: np.ndarray) -> dict:
+    """The build's stopping rule on the test images (the golden run ``res`` at the IR's own
+    ``T``, recorded: its scores at every boundary) and the standard sweep of rules
+    (:data:`nsm_export.early_exit.DEFAULT_SWEEP`) from the same scores: per rule its mean
+    samples used, accuracy, loss against all ``T`` samples and samples-used histogram; for the
+    build's rule also the cycles per inference, exact from the draws, against all passes."""
+    own = ee.ir_sweep(ir, res.partial, labels, [ir.early_exit])[0]
+    full = schedule.cycles_per_inference(ir, res.masks)
+    cut = schedule.cycles_per_inference(ir, res.masks, res.samples)
+    own.update(cycles_per_inference=float(cut.mean()),
+               cycles_per_inference_full=float(full.mean()),
+               cycles_saved=int(full.sum() - cut.sum()))
+    return {"samples": ir.samples, "boundaries": ee.boundaries(ir), "rule": own,
+            "sweep": ee.ir_sweep(ir, res.partial, labels)}
+
+
 def _synth_reports(build_dir: Path, verilog: Path) -> dict:
     out = {}
     for path in sorted((build_dir / "synth").glob("*/report.json")):
@@ -431,6 +453,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         "synth": synth,
         "cycles": cycle_summary(ir, recorded.masks),
         "lfsr": lfsr_statistics(ir, recorded.masks),
+        "early_exit": early_exit_summary(ir, recorded, y),
         "sim": sim,
     }
     return data
@@ -507,6 +530,51 @@ def accuracy_figure(series: dict, title: str = "", marks: dict | None = None,
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def early_exit_figure(rules: list[dict], samples: int, title: str = "",
+                      own: dict | None = None) -> bytes:
+    """Accuracy (%) against mean samples used as PNG bytes, from
+    :func:`nsm_export.early_exit.sweep`'s ``rules``: one curve per rule family (``margin`` at
+    each ``min``, its fractions joined by mean samples), ``exact`` a point, all ``samples``
+    samples a dotted line; ``own``: the build's rule, a star."""
+    fig, ax = _axes()
+    families: dict[str, list] = {}
+    for r in rules:
+        rule = r["early_exit"]
+        if rule["rule"] == "none":
+            continue
+        name = rule["rule"] + (f", min {rule['min_samples']}" if rule["min_samples"] else "")
+        families.setdefault(name, []).append(r)
+    for name, rs in families.items():
+        rs = sorted(rs, key=lambda r: r["mean_samples"])
+        style = "D" if name.startswith("exact") else "o-"
+        ax.plot([r["mean_samples"] for r in rs], [100 * r["accuracy"] for r in rs], style,
+                label=name + (" (fractions)" if not name.startswith("exact") else ""))
+    if rules:
+        ax.axhline(100 * rules[0]["full_accuracy"], color="gray", linestyle=":",
+                   label=f"all T = {samples} samples")
+    if own is not None and own["early_exit"]["rule"] != "none":
+        ax.plot([own["mean_samples"]], [100 * own["accuracy"]], "*", markersize=14,
+                label=f"this build: {own['rule']}")
+    ax.set_xlabel("mean samples used per image")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def histogram_text(hist: dict, bins: int = 8) -> str:
+    """``16:12 32:30 64:200``: images by samples used, in at most ``bins`` groups
+    (``1-8:40`` for a range)."""
+    items = [(int(k), v) for k, v in hist.items()]
+    size = -(-len(items) // bins) if items else 1
+    parts = []
+    for i in range(0, len(items), size):
+        group = items[i:i + size]
+        lo, hi = group[0][0], group[-1][0]
+        parts.append(f"{lo if lo == hi else f'{lo}-{hi}'}:{sum(v for _, v in group)}")
+    return " ".join(parts)
 
 
 def _cycles_figure(c: dict, measured: float | None) -> bytes:
@@ -687,6 +755,9 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     if not rtl:
         sec.blocks.append(NotRun("RTL accuracy: no co-simulation in this build", sim_cmd))
     sections.append(sec)
+
+    # -- early exit
+    sections.append(_early_exit_section(d["early_exit"], ds, b))
 
     # -- resources
     sec = Section("resources", "Resources")
@@ -871,6 +942,40 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
         sec.blocks.append(NotRun("co-simulation: no `sim/summary.json` in this build", sim_cmd))
     sections.append(sec)
     return title, sections
+
+
+def _early_exit_section(e: dict, ds: dict, b: str) -> Section:
+    sec = Section("earlyexit", "Early exit")
+    own, T = e["rule"], e["samples"]
+    tp = e["boundaries"][0] if len(e["boundaries"]) > 1 else T
+    active = own["early_exit"]["rule"] != "none"
+    rows = [["rule", f"`{own['rule']}`" + ("" if active else " (every image runs all T samples)")],
+            ["checked", f"after every {tp} samples ({len(e['boundaries'])} boundaries up to "
+                        f"T = {T})"],
+            ["mean samples used", f"{own['mean_samples']:.2f} of {T}"],
+            ["accuracy / with all T samples", f"{_pct(own['accuracy'])} / "
+                                              f"{_pct(own['full_accuracy'])}"],
+            ["cycles per inference / with all T samples",
+             f"{_n(own['cycles_per_inference'])} / {_n(own['cycles_per_inference_full'])}"],
+            ["samples used (samples: images)", histogram_text(own["samples_histogram"], 16)]]
+    sec.blocks.append(Table(["this build", ""], rows))
+    sec.blocks.append(Figure("early-exit", early_exit_figure(
+        e["sweep"], T, f"{ds['name']}: {ds['images']} test images, T = {T}", own),
+        "Test accuracy against the mean samples an image uses, for stopping rules applied to "
+        "the golden model's scores at each boundary (one run of all T samples: every rule's "
+        "outcome follows from it). A margin rule stops once the leader leads every class by "
+        "that fraction of what the remaining samples could still move; exact only when "
+        "nothing can change the class."))
+    rows = [[f"`{r['rule']}`", f"{r['mean_samples']:.2f}", _pct(r["accuracy"]),
+             f"{100 * r['loss']:+.2f} %", histogram_text(r["samples_histogram"])]
+            for r in e["sweep"]]
+    sec.blocks.append(Table(["rule", "mean samples", "accuracy", "loss vs all T",
+                             "samples used (samples: images)"], rows))
+    if not active:
+        sec.blocks.append(f"This build has no rule: compile with `--early-exit RULE` "
+                          f"(`nsm compile MODEL.onnx -o {b} --early-exit margin:0.1`) to stop "
+                          f"images early in the core.")
+    return sec
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from .schema import IRError, check_fields, shown, spec
 
 __all__ = ["EarlyExit", "RULES", "PARAM_ONE", "NONE", "boundaries", "pair_swing", "need_table",
            "decide", "Decision", "jump_columns", "ir_table", "partial_scores", "float_need",
-           "parse_rule", "rule_label"]
+           "parse_rule", "rule_label", "DEFAULT_SWEEP", "sweep", "ir_sweep", "histogram"]
 
 RULES = ("none", "exact", "margin")
 #: ``margin``'s ``param`` is a fraction in 256ths.
@@ -237,3 +237,54 @@ def jump_columns(width: int, mask: int, leap: int, draws: int) -> list[int]:
     """Columns of the map that advances an LFSR ``draws`` draws of ``leap`` steps: a layer's
     ``T * n_in`` draws per image, where each drawer's image-start state goes next."""
     return lfsr.matrix_power(lfsr.leap_matrix(width, mask, leap), draws)
+
+
+#: The rules ``nsm eval --early-exit sweep`` and ``nsm report`` try: ``exact``, then ``margin``
+#: from cautious to eager, halving the fraction (exact in 256ths: a curve of accuracy against
+#: mean samples), two of them also with a floor of 8 samples.
+DEFAULT_SWEEP = tuple(parse_rule(text) for text in (
+    "exact", "margin:0.75", "margin:0.5", "margin:0.25", "margin:0.125", "margin:0.0625",
+    "margin:0.03125", "margin:0.015625", "margin:0.0625,min=8", "margin:0.015625,min=8"))
+
+
+def histogram(samples) -> dict[str, int]:
+    """Images by samples used, ``{"T": count}`` in increasing samples (string keys: as JSON
+    holds them)."""
+    values, counts = np.unique(np.asarray(samples, dtype=np.int64), return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(values, counts)}
+
+
+def sweep(partial: np.ndarray, labels, rules, bounds: list[int], need_fn) -> list[dict]:
+    """Each rule of ``rules`` applied to one full run's scores at the boundaries, ``partial``
+    ``(N, B, C)`` (:func:`partial_scores`, or a float model's), against the labels. ``need_fn``
+    gives a rule's table (:func:`need_table` or :func:`float_need` with the run's swing).
+
+    One dict per rule: ``rule`` (:func:`rule_label`), ``early_exit`` (its JSON), ``mean_samples``,
+    ``accuracy``, ``full_accuracy`` (all ``T = bounds[-1]`` samples), ``loss`` (full minus this)
+    and ``samples_histogram`` (:func:`histogram`)."""
+    labels = np.asarray(labels)
+    partial = np.asarray(partial)
+    n = max(1, len(labels))
+    full = float((np.argmax(partial[:, -1], axis=1) == labels).sum() / n)
+    out = []
+    for rule in rules:
+        cut = decide(partial, need_fn(rule), bounds)
+        acc = float((cut.classes == labels).sum() / n)
+        out.append({"rule": rule_label(rule), "early_exit": rule.to_json(),
+                    "mean_samples": float(cut.samples.mean()) if len(labels) else 0.0,
+                    "accuracy": acc, "full_accuracy": full, "loss": full - acc,
+                    "samples_histogram": histogram(cut.samples)})
+    return out
+
+
+def ir_sweep(ir, partial: np.ndarray, labels, rules=DEFAULT_SWEEP) -> list[dict]:
+    """:func:`sweep` of an IR's golden run (``golden.run(ir, x, record=True).partial``) with the
+    IR's own tables (its output weights' swing, ``never = 2**score_bits``); ``min_samples``
+    above ``T`` is taken as ``T``."""
+    bounds = boundaries(ir)
+    swing = pair_swing(ir.layers[-1].weights)
+
+    def need(rule):
+        rule = EarlyExit(rule.rule, rule.param, min(rule.min_samples, ir.samples))
+        return need_table(rule, ir.samples, bounds, swing, 1 << ir.score_bits)
+    return sweep(partial, labels, rules, bounds, need)

@@ -53,6 +53,7 @@ from torch import nn
 from nsm_common.atomic import atomic_write
 
 from .data import dataset_info, load_dataset
+from .layers import SBSLinear
 from .model import ARCHS, NSMMLP, NSMConvNet, SBSMLP, as_pixels, vote_uncertainty
 
 __all__ = ["DeviceError", "resolve_device", "TrainConfig", "train", "evaluate", "evaluate_many",
@@ -494,13 +495,15 @@ def evaluate(model, x, y, samples: int, batch_size: int | None = None) -> float:
 
 
 @torch.no_grad()
-def evaluate_many(model, x, y, samples_list, batch_size: int | None = None) -> list[dict]:
+def evaluate_many(model, x, y, samples_list, batch_size: int | None = None,
+                  on_scores=None) -> list[dict]:
     """Accuracy and per-image uncertainty at every ``T`` in ``samples_list``.
 
     Draws ``max(T)`` samples per image once; the estimate at ``T`` uses the first ``T`` of them.
     Returns one dict per T: ``samples``, ``accuracy``, ``mean_margin`` and ``mean_entropy``
     (of the per-sample votes, see :func:`~nsm_train.model.vote_uncertainty`), and
-    ``uncertain_fraction`` (images whose vote margin is below 0.5).
+    ``uncertain_fraction`` (images whose vote margin is below 0.5). ``on_scores``, if given,
+    is called with each batch's per-sample scores ``(max(T), batch, n_classes)``, in order.
     """
     ts = sorted({int(t) for t in samples_list})
     if not ts or ts[0] < 1:
@@ -517,6 +520,8 @@ def evaluate_many(model, x, y, samples_list, batch_size: int | None = None) -> l
     for i in range(0, x.shape[0], bs):
         s = model.mc_sample_scores(x[i:i + bs], ts[-1])
         yb = y[i:i + bs]
+        if on_scores is not None:
+            on_scores(s)
         for t in ts:
             pred = s[:t].sum(dim=0).argmax(dim=1)
             acc[t] += int((pred == yb).sum())
@@ -527,6 +532,40 @@ def evaluate_many(model, x, y, samples_list, batch_size: int | None = None) -> l
     n = max(1, x.shape[0])
     return [dict(samples=t, accuracy=acc[t] / n, mean_margin=margin[t] / n,
                  mean_entropy=entropy[t] / n, uncertain_fraction=unsure[t] / n) for t in ts]
+
+
+def output_swing(model) -> tuple[np.ndarray, np.ndarray]:
+    """``(D, b)`` of a float model's output layer, for early exit on its Monte Carlo scores
+    (:func:`nsm_export.early_exit.float_need`): ``D[a][c]`` the most one sample can move
+    ``score_a - score_c`` (float64, ``(C, C)``; ``inf`` under Gaussian noise, which is
+    unbounded) and ``b`` the bias every sample adds (the part of a score a remaining sample
+    does not change, as the integer core counts it: ``T * b`` from the start).
+
+    The layer computes ``((ξ + g) * w) · z + b`` with inputs ``z = ±1``, blank-out ``ξ`` in
+    {0, 1} (one per input; per synapse, so independent for ``a`` and ``c``, under synapse
+    noise; 1 without noise) and the trainable gain ``g`` (0 without): ``D[a][c] = Σ_j
+    max_ξ |(ξ_a + g_a) w_aj - (ξ_c + g_c) w_cj|``, the IR's ``pair_swing`` where ``g = 0``."""
+    layer = model.layers[-1]
+    with torch.no_grad():
+        if isinstance(layer, SBSLinear):
+            w, b = layer._integer()
+        else:
+            w, b = layer.quantized()
+        w = w.detach().double().cpu().numpy().reshape(len(b), -1)
+        b = b.detach().double().cpu().numpy()
+        g = (layer.gain.detach().double().cpu().numpy() if getattr(layer, "gain", None)
+             is not None else np.zeros(len(b)))
+    if layer.noise == "gaussian" and layer.samples_noise:
+        return np.where(np.eye(len(b), dtype=bool), 0.0, np.inf), b
+    noisy = layer.samples_noise
+    combos = ([(0, 0), (1, 1), (0, 1), (1, 0)] if noisy and layer.noise == "synapse"
+              else [(0, 0), (1, 1)] if noisy else [(1, 1)])
+    worst = np.zeros((len(b), len(b), w.shape[1]))          # per input j, the worst ξ
+    for xa, xc in combos:
+        ra = (xa + g)[:, None] * w
+        rc = (xc + g)[:, None] * w
+        worst = np.maximum(worst, np.abs(ra[:, None, :] - rc[None, :, :]))
+    return worst.sum(axis=2), b
 
 
 def save_checkpoint(model, path, extra: dict | None = None) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from hw.top import weight_image
-from nsm_export import golden, schedule
+from nsm_export import early_exit, golden, schedule
 from nsm_export.ir import IR
 
 __all__ = ["SIMULATORS", "SimError", "RtlResult", "Comparison", "simulator_available",
@@ -384,6 +384,9 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
     # Back to back, image n takes from image n-1's result handshake to its own.
     ii = np.diff(rtl.done_at)
     ii_model = schedule.cycles_per_inference(ir, exp.masks, exp.samples)[1:]
+    # Early exit: what the rule saved against all T samples per image (the cycle model).
+    full = schedule.cycles_per_inference(ir, exp.masks)
+    cut = schedule.cycles_per_inference(ir, exp.masks, exp.samples)
     summary = {
         "simulator": simulator, "images": cmp.images, "mismatches": cmp.mismatches,
         "first_mismatch": cmp.first_mismatch,
@@ -396,6 +399,11 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
         **schedule.bounds(ir),
         "samples": ir.samples,
         "spikes_compared": bool(debug),
+        "early_exit": ir.early_exit.to_json() if ir.early_exit.active else "none",
+        "mean_samples": round(float(exp.samples.mean()), 3) if len(exp.samples) else None,
+        "samples_histogram": early_exit.histogram(exp.samples),
+        "cycles_per_inference_full": round(float(full.mean()), 1) if len(full) else None,
+        "cycles_saved": int(full.sum() - cut.sum()),
     }
     if rtl.waves is not None:
         summary["waves"] = str(rtl.waves)

@@ -19,7 +19,8 @@ from nsm_export.plan import plan
 from nsm_export import ir as irmod
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 
-SECTIONS = ["overview", "accuracy", "resources", "cycles", "lfsr", "verification"]
+SECTIONS = ["overview", "accuracy", "earlyexit", "resources", "cycles", "lfsr",
+            "verification"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -86,13 +87,14 @@ def test_every_plot_renders_in_headless_chromium(built, tmp_path):
     seen = _render_in_chromium(page, tmp_path)
     assert seen["sections"] == SECTIONS
     figures = [i["figure"] for i in seen["images"]]
-    assert figures == ["fig-accuracy", "fig-cycles", "fig-lfsr-frequency", "fig-lfsr-autocorr"]
+    assert figures == ["fig-accuracy", "fig-early-exit", "fig-cycles", "fig-lfsr-frequency",
+                       "fig-lfsr-autocorr"]
     for img in seen["images"]:
         assert img["ok"] and img["width"] > 100 and img["height"] > 100, img
     # The probe can fail: the same page with one image's data damaged is seen as broken.
     broken = page.replace('src="data:image/png;base64,iVBOR', 'src="data:image/png;base64,AAAA', 1)
     seen = _render_in_chromium(broken, tmp_path)
-    assert [i["ok"] for i in seen["images"]] == [False, True, True, True]
+    assert [i["ok"] for i in seen["images"]] == [False, True, True, True, True]
 
 
 def test_markdown_twin_and_json_agree_with_the_golden_model(built, tmp_path):
@@ -107,7 +109,7 @@ def test_markdown_twin_and_json_agree_with_the_golden_model(built, tmp_path):
     # Every plot of the page is a PNG file beside the markdown, byte for byte the same.
     linked = re.findall(r"\]\((report-[a-z-]+\.png)\)", md)
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(linked) == len(embedded) == 4
+    assert len(linked) == len(embedded) == 5
     assert sorted(p.name for p in out.glob("report-*.png")) == sorted(linked)
     for name, b64 in zip(linked, embedded):
         png = (out / name).read_bytes()
@@ -340,7 +342,7 @@ def test_conv_report_with_cosimulation(tmp_path):
     data = json.loads((build / "report.json").read_text())
     assert re.findall(r'<a id="([a-z]+)"></a>', md) == SECTIONS
     assert re.findall(r'<section id="([a-z]+)">', page) == SECTIONS
-    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 5
     # The report's cycles are the schedule's on the co-simulated images, and the RTL's.
     from nsm.flow import _test_images
     x, _ = _test_images("digits", 0, ir, 4)
