@@ -1,7 +1,6 @@
 """Early exit (issue 20): the stopping rules in the IR, the golden model, the mask drawers'
 LFSR restart and the popcount core, bit- and cycle-exact against the golden and cycle models."""
 
-import dataclasses
 import json
 
 import numpy as np
