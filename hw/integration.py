@@ -12,6 +12,15 @@ from .top import build_core
 __all__ = ["ports", "fusesoc_core", "instantiation_template"]
 
 
+def _samples_note(ir) -> str:
+    """The early-exit field of ``m_axis_tuser`` (nothing without a rule)."""
+    if not ir.early_exit.active:
+        return ""
+    at = ir.n_classes * ir.score_bits
+    return (f",\n// and the samples the image used ({ir.early_exit.rule} early exit) in bits "
+            f"[{at} +: {ir.samples.bit_length()}]")
+
+
 def ports(ir: IR) -> list[tuple[str, str, int]]:
     """``(name, "input"|"output", width)`` for every port, clock and reset first."""
     core = build_core(ir)
@@ -64,7 +73,7 @@ def instantiation_template(ir: IR, instance: str = "u_nsm") -> str:
 // Pixels go in on s_axis_* one per accepted beat ({ir.input.size} per image, unsigned
 // {ir.input.pixel_bits}-bit); the class comes out on m_axis_tdata with all {ir.n_classes} signed
 // {ir.score_bits}-bit scores on m_axis_tuser (class c in bits \
-[c*{ir.score_bits} +: {ir.score_bits}]).
+[c*{ir.score_bits} +: {ir.score_bits}]){_samples_note(ir)}.
 module {ir.name}_example;
 {decl}
 

@@ -20,6 +20,17 @@ Result      when the output engine ends an image's last pass, its scores are cop
             the output engine starts nothing while a copy waits. ``ArgmaxScan`` then takes
             ``C + 1`` cycles, and ``m_axis_tvalid`` holds the class and scores until taken.
 
+Early exit (an IR with a stopping rule, :mod:`nsm_export.early_exit`): after each pass of the
+output engine that is not its image's last, :class:`hw.exitrule.ExitRule` gives a verdict on
+the scores so far (:func:`nsm_export.plan.decide_cycles` cycles later); engine 0 starts no pass
+after one that was not its image's last before that verdict, so no pass is ever run in vain.
+``stop`` ends the image there: every engine's next pass is the next image's first, each drawer
+drops the batch it drew ahead, engine 0 frees its input half, and the scores are copied into
+the result with the samples used (``m_axis_tuser`` above the scores). Each drawer starts every
+image from the LFSR state all ``T`` samples of the image before would have left
+(:class:`hw.maskdraw.MaskDrawer`'s ``jump``), so an image's draws never depend on where the one
+before stopped.
+
 A mask drawer draws an image's first pass only from the second cycle after the image's last
 pixel was taken (a registered token), so every pass's timing follows from the pixel handshakes
 alone. A run seed is taken only while no image is in the core (none loading, none computing, no

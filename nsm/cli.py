@@ -735,9 +735,18 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
         click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}) into {output}/ "
                    f"(IR only)")
         return
+    rule = ir.early_exit
+    if rule.active:
+        from nsm_export.early_exit import boundaries, rule_label
+        if len(boundaries(ir)) == 1:
+            click.echo(f"nsm compile: warning: early exit {rule_label(rule)} never stops: one "
+                       f"pass holds all T={ir.samples} samples (use --pass-samples below T)",
+                       err=True)
     click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}, "
-               f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference) "
-               f"into {output}/")
+               f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference"
+               + (f" with all T samples; early exit {rule_label(rule)} at every "
+                  f"{boundaries(ir)[0]} samples: `nsm sim` and `nsm report` measure it"
+                  if rule.active else "") + f") into {output}/")
 
 
 @main.command(epilog=_example("nsm sim build/ --dataset digits --count 100 --json"))

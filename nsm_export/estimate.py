@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import early_exit
 from .devices import LANE_LUT_SCALE, SPRAM_SHAPE, blocks
 from .plan import plan
 
@@ -109,6 +110,19 @@ def fixed_cost(ir, target) -> dict:
            "bram": blocks(16, -(-spikes // 16), target), "spram": 0}
     for k, v in ir.input.cost(target).items():
         est[k] += v
+    if ir.early_exit.active:
+        # hw.exitrule: two score multiplexers, the lead's subtractor and compare, the need
+        # table in block RAM; each drawer's image-start state and its jump's XOR network
+        # (about w * w / 2 taps, three to a LUT4).
+        B = len(early_exit.boundaries(ir)) - 1
+        est["luts"] += LANE_LUT_SCALE[target.family] * 2 * SCORE_LUTS * C * sb + 3 * sb + 40
+        est["ffs"] += 3 * sb + 2 * C.bit_length() + 16
+        est["bram"] += blocks(sb + 1, max(1, B * C * C), target)
+        for st in plan(ir):
+            if st.layer.sampling and st.layer.rng is not None:
+                w = st.layer.rng.width
+                est["luts"] += w * w // 6
+                est["ffs"] += w
     for st in plan(ir):
         if st.popcount and st.layer.kind == "conv2d":   # the pooled map's store it writes
             tp = min(st.layer.pass_samples, ir.samples)
