@@ -169,6 +169,9 @@ class MaskDrawer(wiring.Component):
         draws from it, and the next image's is ``jump`` applied to it (the state after all
         ``T`` samples of the image: :mod:`nsm_export.early_exit`), however few batches the
         image used.
+    abort : In(1) (with ``jump``)
+        Drop the batch being drawn: ``busy`` low and no ``done`` from the next cycle (its
+        image stopped early); the next ``start`` may follow at once.
     """
 
     def __init__(self, spec: LfsrSpec, p_num: int, p_bits: int, n_in: int, samples: int,
@@ -200,7 +203,7 @@ class MaskDrawer(wiring.Component):
                           "busy": Out(1), "done": Out(1), "swap": In(1), "bank": Out(1),
                           "raddr": In(range(max(2, words))), "rdata": Out(samples * simd),
                           "reseed": In(1), "run_seed": In(32),
-                          **({"image": In(1)} if jump is not None else {})})
+                          **({"image": In(1), "abort": In(1)} if jump is not None else {})})
 
     @property
     def spec(self) -> LfsrSpec:
@@ -322,6 +325,10 @@ class MaskDrawer(wiring.Component):
                      w_addr.eq((wbank << wbits) | (c >> per_word))]
         with m.If(self.busy):
             m.d.sync += stage.eq(Mux(word_end, 0, word))   # groups not yet drawn stay 0
+        if self._jump is not None:
+            # (what the word stage holds is drawn over before the next word is written)
+            with m.If(self.abort):
+                m.d.sync += [self.busy.eq(0), self.done.eq(0)]
         m.d.comb += [wport.addr.eq(w_addr), wport.data.eq(w_data.replicate(self._samples)),
                      wport.en.eq(Cat(*[w_en & (w_t == u) for u in range(self._samples)]))]
 

@@ -340,20 +340,15 @@ def draw_keep(m: Module, eng, layer, ir, tp: int, count_of, passes: int, raddr):
         m.d.sync += dk.eq(Mux(dk == passes - 1, 0, dk + 1))
     if early:
         # An image's first batch draws from the drawer's image-start state (d.image); a stop
-        # drops the next batch, drawn or being drawn.
-        drop = Signal()
-        m.d.comb += d.image.eq(dk == 0)
+        # drops the next batch: drawn, or aborted while being drawn.
+        m.d.comb += [d.image.eq(dk == 0), d.abort.eq(eng.stop)]
     with m.If(d.done):
-        m.d.sync += have.eq(~drop if early else 1)
-        if early:
-            m.d.sync += drop.eq(0)
+        m.d.sync += have.eq(1)
     with m.Elif(eng.start):
         m.d.sync += have.eq(0)
     if early:
         with m.If(eng.stop):
             m.d.sync += [dk.eq(0), have.eq(0)]
-            with m.If(d.busy):
-                m.d.sync += drop.eq(1)
     return d.rdata
 
 

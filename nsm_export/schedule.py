@@ -258,8 +258,8 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
     Early exit: after each pass that is not its image's last, the rule's verdict comes in
     ``W = E_{L-1}(q) - 1 + decide_cycles(C)``, and engine 0 starts nothing before ``W + 1``
     (verdict). Where the image stops there, ``R = W + 1``, the scores are copied in
-    ``X = max(W + 1, H_prev + 1)``, and each drawer, which started the next batch in
-    ``S(q) + 1``, starts the next image's first in ``max(W + 1, S(q) + 1 + B + 1, A + 2)``.
+    ``X = max(W + 1, H_prev + 1)``, and each drawer drops the batch it drew ahead (aborting it
+    if still drawing) and starts the next image's first in ``max(W + 1, A + 2)``.
 
     ``last_pixel`` and ``handshake`` (per image, cycles of a common origin) replace the
     back-to-back pixel and result handshakes by ones observed (input gaps, output stalls): the
@@ -281,7 +281,7 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
     release = []                       # R of each image
     copied = 0                         # the output engine may start: X + 1 of the last image
     verdict = 0                        # engine 0 may start: the verdict on its last pass + 1
-    after_stop = None                  # per engine, its drawer's earliest start after a stop
+    after_stop = None                  # the drawers' earliest start after a stop
     for n in range(images):
         if last_pixel is not None:
             first[n] = last[n] = int(last_pixel[n])
@@ -305,7 +305,7 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
                     if k == 0:
                         d = max(d, A + 2)
                         if after_stop is not None:
-                            d = max(d, after_stop[i])
+                            d = max(d, after_stop)
                     s = max(s, d + 1 + count * chunks[i] + 1)
                 if i == 0:
                     s = max(s, verdict)
@@ -322,9 +322,7 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
                 if k == used - 1:                           # the rule stops the image here
                     release.append(w + 1)
                     X = w + 1
-                    after_stop = [S[i][-1] + 1 + 1 + counts[k + 1] * chunks[i] + 1
-                                  for i in range(L)]
-                    after_stop = [max(v, w + 1) for v in after_stop]
+                    after_stop = w + 1
             else:
                 verdict = 0
                 release.append(E[0][-1])

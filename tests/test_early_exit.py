@@ -204,6 +204,60 @@ def test_an_image_starts_its_draws_where_all_T_samples_leave_them():
         k += batches
 
 
+def test_an_aborted_batch_leaves_no_trace():
+    """A stop while a batch is being drawn aborts it (busy low, no done); the next image's
+    first batch is the model's, whatever the aborted one left in the word stage."""
+    spec = LfsrSpec(width=16, mask=lfsr.galois_mask(16), seed=0x3C1, leap=9)
+    n_in, tp, simd, lanes, T = 11, 2, 8, 2, 4
+    jump = ee.jump_columns(16, spec.mask, spec.leap, T * n_in)
+    dut = MaskDrawer(spec, 100, 8, n_in, tp, simd, lanes, jump=jump)
+    got = []
+
+    async def batch(ctx, image, abort_after=None):
+        ctx.set(dut.count, tp)
+        ctx.set(dut.image, image)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.image, 0)
+        if abort_after is not None:
+            await ctx.tick().repeat(abort_after)
+            ctx.set(dut.abort, 1)
+            await ctx.tick()
+            ctx.set(dut.abort, 0)
+            for _ in range(20):
+                assert not ctx.get(dut.busy) and not ctx.get(dut.done)
+                await ctx.tick()
+            return
+        while not ctx.get(dut.done):
+            await ctx.tick()
+        ctx.set(dut.swap, 1)
+        await ctx.tick()
+        ctx.set(dut.swap, 0)
+        words = []
+        for w in range(dut.words):
+            ctx.set(dut.raddr, w)
+            await ctx.tick()
+            words.append(ctx.get(dut.rdata))
+        got.append(words)
+
+    async def bench(ctx):
+        await batch(ctx, 1)                  # image 0: one batch, then one aborted mid-word
+        await batch(ctx, 0, abort_after=5)
+        await batch(ctx, 1)                  # image 1
+        await batch(ctx, 0, abort_after=1)
+        await batch(ctx, 1)                  # image 2
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    for image, words in enumerate(got):
+        state = lfsr.apply_matrix(lfsr.matrix_power(jump, image), spec.seed)
+        want, _ = draw_batches_model(spec, 100, 8, n_in, tp, simd, [tp], state)
+        assert words == want[0], f"image {image}"
+
+
 # --- the core ---------------------------------------------------------------------------------
 
 def _rtl(tmp_path, ir, px, simulator="icarus", **kw):
