@@ -159,6 +159,38 @@ def test_margin_trades_samples_for_agreement(rng):
 
 # --- the LFSR after a stop ------------------------------------------------------------------
 
+async def _draw(ctx, dut, count, image, abort_after=None):
+    """One batch of the drawer (an image's first where ``image``): its front bank's words once
+    drawn and swapped in, or, with ``abort_after``, aborted that many cycles in (then it must
+    stay idle, with no ``done``)."""
+    ctx.set(dut.count, count)
+    ctx.set(dut.image, image)
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    ctx.set(dut.image, 0)
+    if abort_after is not None:
+        await ctx.tick().repeat(abort_after)
+        ctx.set(dut.abort, 1)
+        await ctx.tick()
+        ctx.set(dut.abort, 0)
+        for _ in range(20):
+            assert not ctx.get(dut.busy) and not ctx.get(dut.done)
+            await ctx.tick()
+        return None
+    while not ctx.get(dut.done):
+        await ctx.tick()
+    ctx.set(dut.swap, 1)
+    await ctx.tick()
+    ctx.set(dut.swap, 0)
+    words = []
+    for w in range(dut.words):
+        ctx.set(dut.raddr, w)
+        await ctx.tick()
+        words.append(ctx.get(dut.rdata))
+    return words
+
+
 def test_an_image_starts_its_draws_where_all_T_samples_leave_them():
     """The drawer's image-first batches draw from the stream's full-T positions however few
     batches each image drew: image k's first batch is the model's draws from k * T * n_in on."""
@@ -173,23 +205,7 @@ def test_an_image_starts_its_draws_where_all_T_samples_leave_them():
     async def bench(ctx):
         for batches in plan:
             for b in range(batches):
-                ctx.set(dut.count, tp)
-                ctx.set(dut.image, int(b == 0))
-                ctx.set(dut.start, 1)
-                await ctx.tick()
-                ctx.set(dut.start, 0)
-                ctx.set(dut.image, 0)
-                while not ctx.get(dut.done):
-                    await ctx.tick()
-                ctx.set(dut.swap, 1)
-                await ctx.tick()
-                ctx.set(dut.swap, 0)
-                words = []
-                for w in range(dut.words):
-                    ctx.set(dut.raddr, w)
-                    await ctx.tick()
-                    words.append(ctx.get(dut.rdata))
-                got.append(words)
+                got.append(await _draw(ctx, dut, tp, int(b == 0)))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -213,40 +229,10 @@ def test_an_aborted_batch_leaves_no_trace():
     dut = MaskDrawer(spec, 100, 8, n_in, tp, simd, lanes, jump=jump)
     got = []
 
-    async def batch(ctx, image, abort_after=None):
-        ctx.set(dut.count, tp)
-        ctx.set(dut.image, image)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        ctx.set(dut.image, 0)
-        if abort_after is not None:
-            await ctx.tick().repeat(abort_after)
-            ctx.set(dut.abort, 1)
-            await ctx.tick()
-            ctx.set(dut.abort, 0)
-            for _ in range(20):
-                assert not ctx.get(dut.busy) and not ctx.get(dut.done)
-                await ctx.tick()
-            return
-        while not ctx.get(dut.done):
-            await ctx.tick()
-        ctx.set(dut.swap, 1)
-        await ctx.tick()
-        ctx.set(dut.swap, 0)
-        words = []
-        for w in range(dut.words):
-            ctx.set(dut.raddr, w)
-            await ctx.tick()
-            words.append(ctx.get(dut.rdata))
-        got.append(words)
-
     async def bench(ctx):
-        await batch(ctx, 1)                  # image 0: one batch, then one aborted mid-word
-        await batch(ctx, 0, abort_after=5)
-        await batch(ctx, 1)                  # image 1
-        await batch(ctx, 0, abort_after=1)
-        await batch(ctx, 1)                  # image 2
+        for image in range(3):               # each image: one batch, then one aborted
+            got.append(await _draw(ctx, dut, tp, 1))
+            await _draw(ctx, dut, tp, 0, abort_after=5 - 4 * (image % 2))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
