@@ -8,9 +8,11 @@ boundaries before the last); a verdict takes :func:`nsm_export.plan.decide_cycle
 ``start``   cycle ``d`` (the output engine's last cycle of a pass that is not its image's last):
             the argmax scan is cleared and the boundary ``bound`` latched.
 ``SCAN``    ``C + 1`` cycles (:class:`hw.argmax.ArgmaxScan`, the result path's own scan).
-``CHECK``   ``C`` cycles: class ``c``'s ``need`` word is read, and a cycle later
-            ``S_a - S_c >= need + (c < a)`` is added to the verdict (``FLUSH``: the last one).
-``VERDICT`` one cycle, ``d + 2C + 3``: ``stop`` or ``go_on`` high.
+``LEAD``    one cycle: the leader's score is registered.
+``CHECK``   ``C`` cycles: class ``c``'s score and ``need`` word are fetched; a cycle later the
+            lead ``S_a - S_c`` and ``need + (c < a)`` are formed, and a cycle after that
+            compared into the verdict (``FLUSH1``, ``FLUSH2``: the last class's).
+``VERDICT`` one cycle, ``d + 2C + 5``: ``stop`` or ``go_on`` high.
 
 The scores must hold still from ``d + 1`` to the verdict (the core runs no pass meanwhile: the
 first engine waits for the verdict on its previous pass).
@@ -58,15 +60,18 @@ class ExitRule(wiring.Component):
         b = Signal(range(max(2, self._B)))
         c = Signal(range(C + 1))
         a = scan.index
-        v1, ok = Signal(), Signal()
-        need = Signal(nb)
-        lead = Signal(signed(sb + 2))
-        lower = Signal()
-        m.d.comb += [rp.addr.eq(b * (C * C) + a * C + c), need.eq(rp.data)]
-        m.d.sync += v1.eq(0)
+        v1, v2, ok, lower = Signal(), Signal(), Signal(), Signal()
+        sa, sc = Signal(signed(sb)), Signal(signed(sb))
+        lead = Signal(signed(sb + 1))
+        need = Signal(nb + 1)
+        m.d.comb += rp.addr.eq(b * (C * C) + a * C + c)
+        # three stages a class: its score and need word fetched, the lead and the need (plus
+        # the tie rule's one) formed, compared
+        m.d.sync += [v1.eq(0), v2.eq(v1)]
         with m.If(v1):
-            with m.If(lead < need + lower):
-                m.d.sync += ok.eq(0)
+            m.d.sync += [lead.eq(sa - sc), need.eq(rp.data + lower)]
+        with m.If(v2 & (lead < need)):
+            m.d.sync += ok.eq(0)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -76,15 +81,17 @@ class ExitRule(wiring.Component):
             with m.State("SCAN"):
                 m.d.comb += scan.en.eq(1)
                 with m.If(scan.last):
-                    m.d.sync += [c.eq(0), ok.eq(1)]
-                    m.next = "CHECK"
+                    m.next = "LEAD"
+            with m.State("LEAD"):
+                m.d.sync += [sa.eq(scores[a]), c.eq(0), ok.eq(1)]
+                m.next = "CHECK"
             with m.State("CHECK"):
-                # word c issued now; its compare a cycle later (v1), on registered operands
-                m.d.sync += [v1.eq(1), lead.eq(scores[a] - scores[c]), lower.eq(c < a),
-                             c.eq(c + 1)]
+                m.d.sync += [v1.eq(1), sc.eq(scores[c]), lower.eq(c < a), c.eq(c + 1)]
                 with m.If(c == C - 1):
-                    m.next = "FLUSH"
-            with m.State("FLUSH"):
+                    m.next = "FLUSH1"
+            with m.State("FLUSH1"):
+                m.next = "FLUSH2"
+            with m.State("FLUSH2"):
                 m.next = "VERDICT"
             with m.State("VERDICT"):
                 m.d.comb += [self.stop.eq(ok), self.go_on.eq(~ok)]

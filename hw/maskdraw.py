@@ -259,24 +259,39 @@ class MaskDrawer(wiring.Component):
         idle = ~self.busy
         last_c = c == chunks - 1
         if self._jump is not None:
-            # Each image starts from ``base``; the next image's is ``jump(base)``.
+            # Each image starts from ``base``; the next image's is ``jump(base)``, computed in
+            # two registered halves (XORs of up to 8 taps, then of those) in the two cycles
+            # after an image's first start: nothing else waits on it (the next image's first
+            # batch starts after this one is drawn), and no path gets deeper than the LFSR's.
             w = spec.width
-            base, begin, mixed = Signal(w, init=spec.seed), Signal(w), Signal(w)
-            m.d.comb += [mixed.eq(self.run_seed[:w] ^ spec.seed),
-                         begin.eq(Mux(self.reseed, Mux(mixed == 0, spec.seed, mixed), base))]
-            jumped = Signal(w)
-            for i in range(w):
-                taps = [begin[b] for b in range(w) if (self._jump[b] >> i) & 1]
-                bit = taps[0] if taps else 0
-                for tap in taps[1:]:
-                    bit = bit ^ tap
-                m.d.comb += jumped[i].eq(bit)
+            base, mixed = Signal(w, init=spec.seed), Signal(w)
+            m.d.comb += mixed.eq(self.run_seed[:w] ^ spec.seed)
             first = idle & self.start & self.image
-            m.d.comb += [rng.load.eq(first), rng.load_state.eq(begin)]
-            with m.If(first):
-                m.d.sync += base.eq(jumped)
-            with m.Elif(self.reseed & idle):
-                m.d.sync += base.eq(begin)
+            half = Signal()
+            chunks = []
+            for i in range(w):
+                taps = [b for b in range(w) if (self._jump[b] >> i) & 1]
+                parts = []
+                for k in range(0, len(taps), 8):
+                    group = taps[k:k + 8]
+                    init = sum((spec.seed >> b) & 1 for b in group) & 1
+                    part = Signal(name=f"jump{i}_{k // 8}", init=init)
+                    bit = base[group[0]]
+                    for b in group[1:]:
+                        bit = bit ^ base[b]
+                    m.d.sync += part.eq(bit)
+                    parts.append(part)
+                chunks.append(parts)
+            m.d.comb += [rng.load.eq(first), rng.load_state.eq(base)]
+            m.d.sync += half.eq(first)
+            with m.If(half):
+                for i, parts in enumerate(chunks):
+                    bit = parts[0] if parts else 0
+                    for part in parts[1:]:
+                        bit = bit ^ part
+                    m.d.sync += base[i].eq(bit)
+            with m.If(self.reseed & idle):
+                m.d.sync += [base.eq(Mux(mixed == 0, spec.seed, mixed)), half.eq(0)]
         m.d.comb += [self.bank.eq(front),
                      rng.reseed.eq(self.reseed & idle), rng.run_seed.eq(self.run_seed),
                      rng.en.eq(self.busy & (~last_c if tail < lanes else 1)),

@@ -270,6 +270,6 @@ def pop_unsupported(ir, folding: bool = True) -> str | None:
 
 def decide_cycles(n_classes: int) -> int:
     """Early exit (:class:`hw.exitrule.ExitRule`): from the output engine's last cycle of a
-    pass to the verdict's cycle: the scan (``C + 1``), the checks (``C``), one to flush, one
-    to start."""
-    return 2 * n_classes + 3
+    pass to the verdict's cycle: the scan (``C + 1``), the leader's score (1), the checks
+    (``C``), two to flush them, one to start."""
+    return 2 * n_classes + 5
