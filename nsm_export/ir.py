@@ -135,8 +135,9 @@ IR_FILE = "ir.json"
 WEIGHTS_FILE = "weights.npz"
 MAX_SAMPLES = 1 << 16
 #: The most integers ``weights.npz`` may hold (weights, thresholds and biases of all layers):
-#: 16 M, far beyond any FPGA this builds for; what a reader allocates for a file at most.
-MAX_ARRAY_VALUES = 1 << 24
+#: 64 M: the 2-bit MLP preset (6272-2048-2048-10) holds 17.1 M weights, four times that is
+#: beyond any FPGA this builds for; what a reader allocates for a file at most (512 MB).
+MAX_ARRAY_VALUES = 1 << 26
 #: The largest ``ir.json`` a reader takes (a real one is a few kB) and its deepest nesting.
 MAX_IR_JSON_BYTES = 1 << 22
 MAX_JSON_DEPTH = 32
