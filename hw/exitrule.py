@@ -70,8 +70,13 @@ class ExitRule(wiring.Component):
         m.d.sync += [v1.eq(0), v2.eq(v1)]
         with m.If(v1):
             m.d.sync += [lead.eq(sa - sc), need.eq(rp.data + lower)]
-        with m.If(v2 & (lead < need)):
+        short = v2 & (lead < need)
+        with m.If(short):
             m.d.sync += ok.eq(0)
+        # the verdict straight from flip-flops: it fans out to every engine and drawer
+        stop, go_on = Signal(), Signal()
+        m.d.sync += [stop.eq(0), go_on.eq(0)]
+        m.d.comb += [self.stop.eq(stop), self.go_on.eq(go_on)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -91,9 +96,9 @@ class ExitRule(wiring.Component):
                     m.next = "FLUSH1"
             with m.State("FLUSH1"):
                 m.next = "FLUSH2"
-            with m.State("FLUSH2"):
+            with m.State("FLUSH2"):                 # the last class's compare
+                m.d.sync += [stop.eq(ok & ~short), go_on.eq(~ok | short)]
                 m.next = "VERDICT"
             with m.State("VERDICT"):
-                m.d.comb += [self.stop.eq(ok), self.go_on.eq(~ok)]
                 m.next = "IDLE"
         return m

@@ -329,8 +329,8 @@ def draw_keep(m: Module, eng, layer, ir, tp: int, count_of, passes: int, raddr):
     go_d = Signal()
     # The next batch starts a cycle after the swap (registered flags only: the go logic of
     # the top stays out of the drawer's).
-    stop = eng.stop if early else 0
-    m.d.comb += [go_d.eq(~d.busy & ~have & ~d.done & ~stop & ((dk != 0) | (tokens != 0))),
+    # (a stop never meets a free drawer: it is drawing the next batch, or has it)
+    m.d.comb += [go_d.eq(~d.busy & ~have & ~d.done & ((dk != 0) | (tokens != 0))),
                  take.eq(go_d & (dk == 0)),
                  d.start.eq(go_d), d.count.eq(count_of(dk)), d.swap.eq(eng.start),
                  d.raddr.eq(raddr), d.reseed.eq(eng.reseed), d.run_seed.eq(eng.seed),
