@@ -47,16 +47,14 @@ from nsm_export import estimate, golden, schedule           # noqa: E402
 from nsm_export.devices import TARGETS                      # noqa: E402
 from nsm_export.schema import IRError                       # noqa: E402
 
-PT = ROOT / "out" / "ee" / "pt"
-MAIN_PT = Path("/work/main/out/ee/pt")       # where benchmarks/runs/early-exit-models.sh saved
+PT = ROOT / "out" / "ee" / "pt"             # where benchmarks/runs/early-exit-models.sh saves
 
 # Per network: checkpoint, target, images, synthesize or not, and the popcount folding. The UP5K
 # MLP at T' = 2 (8 passes per image): layer 0 at 8 x 8 adds a clock for 2 samples, its 98 kbit
 # of weights in SPRAM (in ROM it needs 34 EBR of 30), a fast output engine (80 cycles a pass).
 # The conv net: hardware.py's by-hand popcount folding for the UP5K (T' = 2). The 2-bit preset
 # (6272-2048-2048-10, 17.1 M weights, 34 Mbit) fits no small part: cycle model at the ECP5-85F's
-# calibrated clock. (Its 17,063,946 weights exceed the 16,777,216 an IR may hold: today it does
-# not compile, and is skipped with that message.)
+# calibrated clock.
 NETWORKS = {
     "fmnist-mlp-784-128-10-w1": {
         "checkpoint": "fashion-mnist-nsm-mlp-w1.pt", "target": "ice40-up5k", "images": 10000,
@@ -227,8 +225,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-synth", action="store_true",
                     help="Cycle model only (no Fmax, no inferences/s).")
     ap.add_argument("--checkpoints", type=Path, default=None,
-                    help=f"Directory of the checkpoints [default: {PT.relative_to(ROOT)}, else "
-                         f"{MAIN_PT}].")
+                    help=f"Directory of the checkpoints [default: {PT.relative_to(ROOT)}].")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "bench-early-exit")
     ap.add_argument("--output", type=Path,
                     default=ROOT / "benchmarks" / "results" / "early-exit.json")
@@ -239,7 +236,7 @@ def main(argv=None) -> int:
     everything = []
     for name in a.network or list(NETWORKS):
         spec = NETWORKS[name]
-        dirs = [a.checkpoints] if a.checkpoints else [PT, MAIN_PT]
+        dirs = [a.checkpoints] if a.checkpoints else [PT]
         pt = checkpoint_path(spec["checkpoint"], dirs)
         if pt is None:
             print(f"{name}: no checkpoint {spec['checkpoint']} in {', '.join(map(str, dirs))}: "
@@ -252,7 +249,7 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         try:
             ir = compile_net(pt, spec["fold"], work / "none")
-        except IRError as e:             # the 2-bit preset's 17.1 M weights: over the IR's limit
+        except IRError as e:
             print(f"{name}: does not compile: {e}: skipped", file=sys.stderr)
             continue
         est = estimate.estimate(ir, TARGETS[target])

@@ -97,8 +97,8 @@ NONE = EarlyExit()
 
 def rule_label(rule: EarlyExit) -> str:
     """``exact``, ``margin 0.25``, ``margin 0.25, min 4``: as the report and ``nsm eval`` print
-    a rule (the inverse of :func:`parse_rule`)."""
-    text = rule.rule if rule.rule != "margin" else f"margin {rule.param / PARAM_ONE:g}"
+    a rule (the inverse of :func:`parse_rule`: three significant digits name the same 256th)."""
+    text = rule.rule if rule.rule != "margin" else f"margin {rule.param / PARAM_ONE:.3g}"
     return text + (f", min {rule.min_samples}" if rule.min_samples else "")
 
 
