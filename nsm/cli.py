@@ -742,11 +742,19 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
             click.echo(f"nsm compile: warning: early exit {rule_label(rule)} never stops: one "
                        f"pass holds all T={ir.samples} samples (use --pass-samples below T)",
                        err=True)
+    note = ""
+    if rule.active:
+        import dataclasses
+
+        from nsm_export.early_exit import EarlyExit
+        plain = schedule.expected_cycles_per_inference(dataclasses.replace(ir,
+                                                                           early_exit=EarlyExit()))
+        note = (f" with all T samples, {plain:.0f} without a rule (the first engine waits for "
+                f"each pass's verdict); early exit {rule_label(rule)} at every "
+                f"{boundaries(ir)[0]} samples: `nsm sim` and `nsm report` measure it")
     click.echo(f"compiled {'-'.join(map(str, sizes))} (T={ir.samples}, "
                f"about {schedule.expected_cycles_per_inference(ir):.0f} cycles/inference"
-               + (f" with all T samples; early exit {rule_label(rule)} at every "
-                  f"{boundaries(ir)[0]} samples: `nsm sim` and `nsm report` measure it"
-                  if rule.active else "") + f") into {output}/")
+               f"{note}) into {output}/")
 
 
 @main.command(epilog=_example("nsm sim build/ --dataset digits --count 100 --json"))
