@@ -359,7 +359,8 @@ def early_exit_summary(ir: irmod.IR, res: golden.GoldenResult, labels: np.ndarra
                cycles_per_inference_full=float(full.mean()),
                cycles_saved=int(full.sum() - cut.sum()))
     return {"samples": ir.samples, "boundaries": ee.boundaries(ir), "rule": own,
-            "sweep": ee.ir_sweep(ir, res.partial, labels)}
+            "sweep": ee.ir_sweep(ir, res.partial, labels,       # a floor at T is no rule
+                                 [r for r in ee.DEFAULT_SWEEP if r.min_samples < ir.samples])}
 
 
 def _synth_reports(build_dir: Path, verilog: Path) -> dict:
@@ -967,7 +968,7 @@ def _early_exit_section(e: dict, ds: dict, b: str) -> Section:
         "that fraction of what the remaining samples could still move; exact only when "
         "nothing can change the class."))
     rows = [[f"`{r['rule']}`", f"{r['mean_samples']:.2f}", _pct(r["accuracy"]),
-             f"{100 * r['loss']:+.2f} %", histogram_text(r["samples_histogram"])]
+             f"{100 * r['loss']:+.2f} pt", histogram_text(r["samples_histogram"])]
             for r in e["sweep"]]
     sec.blocks.append(Table(["rule", "mean samples", "accuracy", "loss vs all T",
                              "samples used (samples: images)"], rows))
