@@ -173,8 +173,13 @@ def _variants(ir: IR, pass_samples: int | None) -> dict[int, IR]:
     """The engines the search compares, as ``{T': IR}``: the kept-list engines (T' 0) where
     they build the network, and the popcount engine at each of :func:`pass_choices` where its
     core builds it at some folding (:func:`nsm_export.plan.pop_unsupported` with
-    ``folding=False``); ``pass_samples`` (given by the user) keeps one."""
+    ``folding=False``); ``pass_samples`` (given by the user) keeps one. With an early-exit
+    rule, only the T' of four passes or more: the rule acts at pass ends, and fewer boundaries
+    leave it little to save (``benchmarks/results/early-exit.json``: at T' = T/2 the UP5K MLP
+    runs more cycles with a rule than without)."""
     want = [0] + pass_choices(ir.samples) if pass_samples is None else [pass_samples]
+    if ir.early_exit.active and pass_samples is None:
+        want = [tp for tp in want if 0 < tp <= max(1, ir.samples // 4)]
     out = {}
     for tp in want:
         v = replace(ir, layers=[la.on_pass_samples(tp) for la in ir.layers])
