@@ -351,3 +351,14 @@ def test_the_kept_list_core_refuses_a_rule():
     ir.validate()
     why = hardware_unsupported(ir)
     assert why and "only the popcount core stops early" in why and "\n" not in why
+
+
+def test_the_folding_search_leaves_a_rule_boundaries():
+    """With a rule (and no --pass-samples), the search keeps to four passes or more: at one
+    pass the rule never stops an image."""
+    from nsm_export.folding import choose_folding
+    ir = _ir(T=8, tp=0, rule=None)
+    ir.early_exit = EarlyExit("margin", 20)
+    assert choose_folding(_ir(T=8, tp=0), "ice40-up5k").pass_samples == 8   # without a rule
+    fold = choose_folding(ir, "ice40-up5k")
+    assert 1 <= fold.pass_samples <= 2
