@@ -358,12 +358,17 @@ def test_uart_classifier_with_the_other_input_codes(code):
         assert error and replies != [int(c) for c in golden.run(slow, px).classes]
 
 
-def test_uart_classifier_on_the_popcount_core():
+@pytest.mark.parametrize("rule", [None, "margin:0.3"])
+def test_uart_classifier_on_the_popcount_core(rule):
     """The board wraps whichever core the IR builds: the popcount core's classes over the
-    UART equal the golden model's."""
+    UART equal the golden model's, with a stopping rule too."""
+    from nsm_export.early_exit import parse_rule
     from nsm_export.testing import random_pop_ir
     rng = np.random.default_rng(23)
     ir = random_pop_ir(rng, sizes=[10, 8, 4], samples=4, pass_samples=2, levels=1)
+    if rule:
+        ir.early_exit = parse_rule(rule)
+        ir.validate()
     px = random_pixels(rng, ir, 4)
     replies, error = _uart_classify(ir, px, divisor=4)
     assert replies == [int(c) for c in golden.run(ir, px).classes]
