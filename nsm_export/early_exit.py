@@ -67,11 +67,12 @@ class EarlyExit:
         return self.rule != "none"
 
     def validate(self, samples: int) -> None:
-        for name, value in (("rule", self.rule), ("param", self.param),
-                            ("min_samples", self.min_samples)):
-            if name == "rule" and not isinstance(value, str):
-                raise IRError(f"early_exit.rule must be a string, got {shown(value)}")
+        if not isinstance(self.rule, str):
+            raise IRError(f"early_exit.rule must be a string, got {shown(self.rule)}")
         check_fields(self, "early_exit")
+        if self.rule == "none" and self.min_samples:
+            raise IRError(f"early_exit.min_samples {self.min_samples} belongs to a rule "
+                          f"(none stops nothing)")
         if self.min_samples > samples:
             raise IRError(f"early_exit.min_samples {self.min_samples} exceeds samples {samples}")
         if self.rule != "margin" and self.param != PARAM_ONE:

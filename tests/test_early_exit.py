@@ -73,6 +73,7 @@ def test_ir_round_trip_and_old_files(tmp_path):
     ({"rule": "exact", "param": 3}, "belongs to the margin rule"),
     ({"rule": "exact", "min_samples": 9}, "min_samples 9 exceeds samples 8"),
     ({"rule": "exact", "stop": 1}, "'stop' is an unknown field"),
+    ({"rule": "none", "min_samples": 2}, "min_samples 2 belongs to a rule"),
     ([1], "early_exit must be a JSON object")])
 def test_ir_refuses_bad_rules(tmp_path, record, message):
     irmod.save(_ir(), tmp_path)
