@@ -189,7 +189,7 @@ def fill_throughput(records: list[dict], full: dict | None, early: dict | None,
 
 def save(path: Path, records: list[dict]) -> None:
     """Replace this run's (network, target, rule) records in ``path``, keep the others."""
-    key = lambda r: (r["network"], r["target"], r["label"])      # noqa: E731
+    key = lambda r: (r["network"], r["target"], r["rule_arg"])   # noqa: E731
     done = {key(r) for r in records}
     kept = [r for r in json.loads(path.read_text()) if key(r) not in done] \
         if path.exists() else []
