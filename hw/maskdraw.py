@@ -268,7 +268,7 @@ class MaskDrawer(wiring.Component):
             m.d.comb += mixed.eq(self.run_seed[:w] ^ spec.seed)
             first = idle & self.start & self.image
             half = Signal()
-            chunks = []
+            jump_parts = []
             for i in range(w):
                 taps = [b for b in range(w) if (self._jump[b] >> i) & 1]
                 parts = []
@@ -281,11 +281,11 @@ class MaskDrawer(wiring.Component):
                         bit = bit ^ base[b]
                     m.d.sync += part.eq(bit)
                     parts.append(part)
-                chunks.append(parts)
+                jump_parts.append(parts)
             m.d.comb += [rng.load.eq(first), rng.load_state.eq(base)]
             m.d.sync += half.eq(first)
             with m.If(half):
-                for i, parts in enumerate(chunks):
+                for i, parts in enumerate(jump_parts):
                     bit = parts[0] if parts else 0
                     for part in parts[1:]:
                         bit = bit ^ part

@@ -188,8 +188,8 @@ class PopcountCore(wiring.Component):
 
         # --- early exit: a verdict after every pass but an image's last -------------------------
         T, P = ir.samples, len(stages[0].layer.pass_counts(ir.samples))
-        used = Signal(range(T + 1), init=T)      # samples of the image whose scores wait
         if early:
+            used = Signal(range(T + 1), init=T)  # samples of the image whose scores wait
             tp = min(stages[0].layer.pass_samples, T)
             m.submodules.exit = rule = ExitRule(ir)
             ob = Signal(range(max(2, P)))        # the output engine's next pass in its image
@@ -210,7 +210,7 @@ class PopcountCore(wiring.Component):
         # --- result -----------------------------------------------------------------------------
         C, sb = ir.n_classes, ir.score_bits
         res = Signal(C * sb)
-        res_used = Signal(range(T + 1))
+        res_used = Signal(range(T + 1)) if early else None
         m.submodules.argmax = scan = ArgmaxScan(C, sb)
         m.d.comb += [scan.scores.eq(res), self.m_axis_tdata.eq(scan.index),
                      self.m_axis_tuser.eq(Cat(res, res_used) if early else res)]

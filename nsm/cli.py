@@ -536,9 +536,10 @@ class _FloatSweep:
     :func:`nsm_export.early_exit.sweep` with :func:`~nsm_export.early_exit.float_need`."""
 
     def __init__(self, model, samples: int, pass_samples: int):
+        from nsm_export.early_exit import pass_boundaries
         from nsm_train.train import output_swing
         self.T, self.tp = samples, min(pass_samples, samples)
-        self.bounds = [min(samples, k * self.tp) for k in range(1, -(-samples // self.tp) + 1)]
+        self.bounds = pass_boundaries(samples, self.tp)
         self.swing, self.bias = output_swing(model)
         self.parts = []
 

@@ -46,13 +46,11 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     early_exit = kw.pop("early_exit", None)
     given = [k for k in FOLD_KEYS if kw.get(k) is not None]
     ir = compile_file(onnx_file, **{k: v for k, v in kw.items() if v is not None})
-    if early_exit is not None and early_exit.active:
+    if early_exit is not None:
         ir.early_exit = early_exit
-    else:
-        early_exit = None
-    if line_buffer or early_exit is not None:
-        if line_buffer:
-            irmod.use_line_buffers(ir)
+    if line_buffer:
+        irmod.use_line_buffers(ir)
+    if line_buffer or ir.early_exit.active:
         ir.validate()
     if target is not None:
         fixed = [{k: getattr(layer, k) for k in given if hasattr(layer, k)}

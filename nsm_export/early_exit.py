@@ -43,9 +43,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import lfsr
-from .schema import IRError, check_fields, shown, spec
+from .schema import IRError, check_fields, from_json, shown, spec
 
-__all__ = ["EarlyExit", "RULES", "PARAM_ONE", "NONE", "boundaries", "pair_swing", "need_table",
+__all__ = ["EarlyExit", "RULES", "PARAM_ONE", "NONE", "boundaries", "pass_boundaries",
+           "pair_swing", "need_table",
            "decide", "Decision", "jump_columns", "ir_table", "partial_scores", "float_need",
            "parse_rule", "rule_label", "DEFAULT_SWEEP", "sweep", "ir_sweep", "histogram"]
 
@@ -84,13 +85,9 @@ class EarlyExit:
 
     @classmethod
     def record(cls, m) -> "EarlyExit":
-        if not isinstance(m, dict):
-            raise IRError(f"early_exit must be a JSON object, got {type(m).__name__}")
-        unknown = sorted(set(m) - {"rule", "param", "min_samples"})
-        if unknown:
-            raise IRError(f"early_exit: {shown(unknown[0])} is an unknown field (early_exit has "
-                          f"rule, param, min_samples)")
-        return cls(**m)
+        """From ``ir.json``'s record (:func:`nsm_export.schema.from_json`; the IR checks it
+        with :func:`~nsm_export.schema.check_record` once validated)."""
+        return from_json(cls, m, "early_exit")
 
 
 NONE = EarlyExit()
@@ -137,10 +134,14 @@ def boundaries(ir) -> list[int]:
     """Samples done at each boundary of an image, the last being ``T``: the popcount
     datapath's pass ends (``T'``, ``2T'``, ..., ``T``), or every sample where the layers have no
     ``pass_samples``."""
-    T = ir.samples
     tp = max([getattr(layer, "pass_samples", 0) for layer in ir.layers] + [0])
-    tp = min(tp, T) if tp else 1
-    return [min(T, k * tp) for k in range(1, -(-T // tp) + 1)]
+    return pass_boundaries(ir.samples, tp or 1)
+
+
+def pass_boundaries(samples: int, tp: int) -> list[int]:
+    """Samples done at the end of each pass of ``tp`` samples (the last pass holds the rest)."""
+    tp = min(tp, samples)
+    return [min(samples, k * tp) for k in range(1, -(-samples // tp) + 1)]
 
 
 def pair_swing(weights) -> np.ndarray:

@@ -81,22 +81,15 @@ class GoldenModel:
         for layer, m in zip(ir.layers[:-1], masks):
             z = layer.execute(z, m)
             spikes.append(z)
-        out = ir.layers[-1]
-        partial = None
-        if ir.early_exit.active or record:
-            # The full-T run cut short where the rule says (the LFSRs start every image where
-            # all T samples leave them: nsm_export.early_exit).
-            bounds, need = early_exit.ir_table(ir)
-            partial = early_exit.partial_scores(ir, out.sample_sums(z, masks[-1]), bounds)
-            cut = early_exit.decide(partial, need, bounds)
-            scores, classes, used = cut.scores, cut.classes, cut.samples
-        else:
-            scores = out.execute(z, masks[-1])
-            classes = np.argmax(scores, axis=1)   # numpy returns the first maximum: lowest index
-            used = np.full(len(scores), ir.samples, dtype=np.int64)
-        return GoldenResult(scores=scores, classes=classes,
+        # The full-T run cut short where the rule says (the LFSRs start every image where all T
+        # samples leave them: nsm_export.early_exit); rule none ends every image at the last
+        # boundary. Classes: the first maximum (numpy's argmax), ties to the lowest index.
+        bounds, need = early_exit.ir_table(ir)
+        partial = early_exit.partial_scores(ir, ir.layers[-1].sample_sums(z, masks[-1]), bounds)
+        cut = early_exit.decide(partial, need, bounds)
+        return GoldenResult(scores=cut.scores, classes=cut.classes,
                             spikes=spikes if record else None, masks=masks if record else None,
-                            samples=used, partial=partial if record else None)
+                            samples=cut.samples, partial=partial if record else None)
 
 
 def run(ir: IR, pixels: np.ndarray, record: bool = False) -> GoldenResult:

@@ -540,13 +540,15 @@ def from_json(meta: dict, arrays: dict) -> IR:
     ir.validate()
     written = ir.to_json()
     for key, value in meta.items():
-        if key not in written and key != "early_exit":
+        if key not in written and key != "early_exit":      # none is also read when written
             raise IRError(f"ir.json: {shown(key)} is an unknown field (the file has "
                           f"{', '.join(written)})")
     if meta.get("tie_rule", written["tie_rule"]) != written["tie_rule"]:
         raise IRError(f"ir.json: tie_rule {shown(meta['tie_rule'])} is not "
                       f"{written['tie_rule']!r}, the only rule there is")
     check_record(ir.input, meta["input"], "input")
+    if "early_exit" in meta:
+        check_record(ir.early_exit, meta["early_exit"], "early_exit")
     for i, (layer, m) in enumerate(zip(ir.layers, layer_records)):
         check_record(layer, m, f"layers[{i}]")
     return ir

@@ -259,7 +259,8 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
     ``W = E_{L-1}(q) - 1 + decide_cycles(C)``, and engine 0 starts nothing before ``W + 1``
     (verdict). Where the image stops there, ``R = W + 1``, the scores are copied in
     ``X = max(W + 1, H_prev + 1)``, and each drawer drops the batch it drew ahead (aborting it
-    if still drawing) and starts the next image's first in ``max(W + 1, A + 2)``.
+    if still drawing) and starts the next image's first in ``max(W + 1, A + 2)``. (After an
+    image's last pass nothing waits for a verdict.)
 
     ``last_pixel`` and ``handshake`` (per image, cycles of a common origin) replace the
     back-to-back pixel and result handshakes by ones observed (input gaps, output stalls): the
@@ -280,8 +281,7 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
     E = [[] for _ in range(L)]
     release = []                       # R of each image
     copied = 0                         # the output engine may start: X + 1 of the last image
-    verdict = 0                        # engine 0 may start: the verdict on its last pass + 1
-    after_stop = None                  # the drawers' earliest start after a stop
+    verdict = 0                        # engine 0 (and, after a stop, each drawer) may start
     for n in range(images):
         if last_pixel is not None:
             first[n] = last[n] = int(last_pixel[n])
@@ -303,9 +303,7 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
                 if st.layer.sampling:
                     d = S[i][-1] + 1 if S[i] else 0
                     if k == 0:
-                        d = max(d, A + 2)
-                        if after_stop is not None:
-                            d = max(d, after_stop)
+                        d = max(d, A + 2, verdict)
                     s = max(s, d + 1 + count * chunks[i] + 1)
                 if i == 0:
                     s = max(s, verdict)
@@ -313,20 +311,15 @@ def pop_events(ir: IR, images: int, last_pixel=None, handshake=None, passes=None
                     s = max(s, copied)
                 S[i].append(s)
                 E[i].append(s + dur[i])
-            after_stop = None
-            if k < P - 1 and not early:
-                continue
-            if k < P - 1:
-                w = E[L - 1][-1] - 1 + decide_cycles(C)
-                verdict = w + 1
-                if k == used - 1:                           # the rule stops the image here
-                    release.append(w + 1)
-                    X = w + 1
-                    after_stop = w + 1
-            else:
+            if k == P - 1:
                 verdict = 0
                 release.append(E[0][-1])
                 X = E[L - 1][-1]
+            elif early:
+                verdict = E[L - 1][-1] - 1 + decide_cycles(C) + 1
+                if k == used - 1:                           # the rule stops the image here
+                    release.append(verdict)
+                    X = verdict
         if n:
             X = max(X, hand[n - 1] + 1)
         copied = X + 1

@@ -119,15 +119,14 @@ class DenseLayer(Weighted):
     def execute(self, z: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``acc_i = sum_j xi_j z_j w_ij``; hidden: ``acc >= threshold``; output: the scores
         ``acc + bias`` summed over the samples ``(N, n_out)``."""
-        x = np.where(mask, np.where(z, 1, -1), 0).astype(np.int64)     # (N, T, n_in)
-        acc = x @ self.weights.T.astype(np.int64)                       # (N, T, n_out)
+        acc = self.sample_sums(z, mask)                                 # (N, T, n_out)
         if self.output:
             return (acc + self.offsets[None, None, :]).sum(axis=1)
         return acc >= self.offsets[None, None, :]
 
     def sample_sums(self, z: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Output layer: each sample's ``sum_j xi_j z_j w_ij`` ``(N, T, n_out)``, without the
-        bias (the scores start at ``T x bias``): what the early-exit rules sum up."""
+        """Each sample's ``sum_j xi_j z_j w_ij`` ``(N, T, n_out)``, without threshold or bias
+        (an output layer's scores start at ``T x bias``: the early-exit rules sum these)."""
         x = np.where(mask, np.where(z, 1, -1), 0).astype(np.int64)
         return x @ self.weights.T.astype(np.int64)
 
