@@ -28,6 +28,7 @@ from hw import synth                                       # noqa: E402
 from nsm_export.folding import choose_folding              # noqa: E402
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir   # noqa: E402
 from nsm_export.testing import random_weights                       # noqa: E402
+from nsm_train.presets import PRESETS                                # noqa: E402
 
 P, T = 0.75, 16
 
@@ -44,7 +45,28 @@ NETS = {
 }
 
 
-def net_ir(name: str, seed: int = 0):
+
+def preset_net(preset) -> tuple:
+    """A :data:`NETS` entry for a preset of ``nsm_train/presets.py`` (its conv spec, input
+    levels and weight width)."""
+    convs, dense = [], []
+    toks = preset.train["conv"].split("-")
+    if [t == "p2" for t in toks if "c" in t or t.startswith("p")] != \
+            [False, True] * (sum("c" in t for t in toks)):
+        raise ValueError(f"{preset.name}: net_ir builds conv-p2 pairs, not {toks}")
+    for tok in toks:
+        if "c" in tok:
+            n, k = tok.rstrip("s").split("c")
+            convs.append((int(n), int(k), int(k) // 2 if tok.endswith("s") else 0))
+        elif not tok.startswith("p"):
+            dense.append(int(tok))
+    return preset.train["levels"], convs, dense, preset.weight_bits
+
+
+NETS.update({f"preset-{name}": preset_net(pr) for name, pr in PRESETS.items()})
+
+
+def net_ir(name: str, seed: int = 0, samples: int = T):
     """The IR of network ``name`` with random weights, unfolded (``pe`` 1)."""
     rng = np.random.default_rng(seed)
     levels, convs, dense, bits = NETS[name]
@@ -64,11 +86,12 @@ def net_ir(name: str, seed: int = 0):
         n_in = n_out
     thresholds = [int(256 * (i + 0.5) / levels) for i in range(levels)]
     if convs:
-        return build_ir(layers, input_size=784, input_threshold=0, samples=T,
+        return build_ir(layers, input_size=784, input_threshold=0, samples=samples,
                         thresholds=thresholds, layout="level-major")
     if levels == 1:
-        return build_ir(layers, input_size=784, input_threshold=128, samples=T)
-    return build_ir(layers, input_size=784, input_threshold=0, samples=T, thresholds=thresholds)
+        return build_ir(layers, input_size=784, input_threshold=128, samples=samples)
+    return build_ir(layers, input_size=784, input_threshold=0, samples=samples,
+                    thresholds=thresholds)
 
 
 def main(argv=None) -> int:

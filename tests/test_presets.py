@@ -1,0 +1,115 @@
+"""The per-part presets (nsm_train/presets.py): each network fits its part by the folding
+search, `nsm train --preset` runs float pre-training then quantization-aware fine-tuning (and
+resumes), and a preset model goes through export, compile and the RTL bit-exact."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchmarks import edge, fit
+from nsm.cli import main
+from nsm_export.folding import choose_folding
+from nsm_train.presets import PRESETS, float_path, stage_configs
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_each_preset_fits_its_part(name):
+    """The preset's shape (random weights) fits its own part on the popcount core, with the
+    weights on chip; the estimate meets the goal's rate where the goal has one."""
+    ir = fit.net_ir(f"preset-{name}", samples=PRESETS[name].samples)
+    f = choose_folding(ir, name)
+    assert f.pass_samples, f.summary                    # the sample-parallel engine
+    rates = [g["inferences_per_s"] for g in PRESETS[name].goal if g["inferences_per_s"]]
+    if rates:
+        assert f.inferences_per_s >= min(rates), f.summary
+
+
+def test_stage_configs_split_the_options():
+    p = PRESETS["ecp5-85k"]
+    first, second = stage_configs(p, {"seed": 3, "levels": 8}, {"epochs": 1, "weight_bits": 1},
+                                  float_epochs=2)
+    assert first["weight_bits"] == 32 and first["epochs"] == 2 and first["lr"] == p.float_lr
+    assert second["weight_bits"] == 1 and second["epochs"] == 1 and second["lr"] == p.tune_lr
+    assert second["output_weight_bits"] == p.output_weight_bits
+    assert first["seed"] == second["seed"] == 3 and first["levels"] == second["levels"] == 8
+    assert first["conv"] == second["conv"] == p.train["conv"]
+    assert float_path("a/run.pt").as_posix() == "a/run-float.pt"
+
+
+def test_goal_met():
+    up5k = PRESETS["ice40-up5k"].goal
+    assert edge.goal_met(up5k, 0.905, 250) and edge.goal_met(up5k, 0.885, 2500)
+    assert not edge.goal_met(up5k, 0.885, 1999) and not edge.goal_met(up5k, 0.95, 150)
+    assert edge.goal_met(PRESETS["ecp5-25k"].goal, 0.91, None)
+    assert edge.goal_met(up5k, None, 1e6) is None
+
+
+@pytest.fixture(scope="module")
+def preset_run(tmp_path_factory):
+    """`nsm train --preset ice40-up5k` on digits, one epoch per stage."""
+    d = tmp_path_factory.mktemp("preset")
+    r = CliRunner().invoke(main, ["train", "--preset", "ice40-up5k", "--dataset", "digits",
+                                  "--float-epochs", "1", "--epochs", "1", "--no-progress",
+                                  "--checkpoint", str(d / "run.ckpt"), "-o", str(d / "m.pt")])
+    assert r.exit_code == 0, r.output
+    return d, r.output
+
+
+def test_preset_trains_float_then_quantized(preset_run):
+    d, out = preset_run
+    assert "[1/2] ice40-up5k: float pre-training" in out and "[2/2]" in out
+    assert "[1/2] epoch 1:" in out                       # a line per epoch without a bar
+    flt = torch.load(d / "m-float.pt", weights_only=True)
+    q = torch.load(d / "m.pt", weights_only=True)
+    assert flt["train_config"]["weight_bits"] == 32 and q["train_config"]["weight_bits"] == 1
+    assert q["train_config"]["output_weight_bits"] == 2
+    assert q["train_config"]["init"] == str(d / "m-float.pt")
+    assert q["train_config"]["conv"] == PRESETS["ice40-up5k"].train["conv"]
+    assert q["preset"] == "ice40-up5k" and q["train_config"]["dataset"] == "digits"
+    assert (d / "run-float.ckpt").is_file() and (d / "run.ckpt").is_file()
+
+
+def test_preset_resume_skips_the_finished_stage(preset_run):
+    d, _ = preset_run
+    before = (d / "m-float.pt").stat().st_mtime_ns
+    r = CliRunner().invoke(main, ["train", "--preset", "ice40-up5k", "--dataset", "digits",
+                                  "--float-epochs", "1", "--epochs", "1", "--no-progress",
+                                  "--checkpoint", str(d / "run.ckpt"), "--resume",
+                                  "-o", str(d / "m.pt")])
+    assert r.exit_code == 0, r.output
+    assert "float pre-training skipped" in r.output
+    assert "[2/2] epoch" not in r.output                 # its checkpoint is complete
+    assert (d / "m-float.pt").stat().st_mtime_ns == before
+
+
+def test_preset_usage_errors(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--float-epochs", "2", "-o", str(tmp_path / "m.pt")])
+    assert r.exit_code != 0 and "needs --preset" in r.output
+    r = CliRunner().invoke(main, ["train", "--preset", "nope", "-o", str(tmp_path / "m.pt")])
+    assert r.exit_code != 0 and "nope" in r.output
+    assert not list(tmp_path.iterdir())
+
+
+def test_preset_model_through_the_rtl(preset_run, tmp_path):
+    """The benchmark's path on the preset model: export, compile --target, co-simulation in
+    Verilator, bit-exact; the record carries the RTL's accuracy."""
+    d, _ = preset_run
+    out = tmp_path / "edge.json"
+    rc = edge.main(["--preset", "ice40-up5k", "--checkpoint", str(d / "m.pt"), "--images", "12",
+                    "--no-synth", "--out", str(out), "--build-root", str(tmp_path / "b")])
+    assert rc == 0
+    [rec] = json.loads(out.read_text())
+    assert rec["mismatches"] == 0 and rec["images"] == 12
+    assert rec["rtl_accuracy"] == rec["golden_accuracy"]
+    assert rec["pass_samples"] and rec["cycle_model_exact"] is True
+    assert rec["meets_goal"] is False and rec["inferences_per_s"] is None
+
+
+def test_edge_missing_checkpoint_is_one_line(tmp_path, capsys):
+    rc = edge.main(["--preset", "ecp5-25k", "--checkpoint", str(tmp_path / "none.pt"),
+                    "--out", str(tmp_path / "e.json")])
+    assert rc == 1 and not (tmp_path / "e.json").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.pt: no such checkpoint" in err[0]
