@@ -1016,7 +1016,8 @@ def report(build_dir, output, samples, dataset, data_dir, split_seed, count, off
            no_progress):
     """Write report.html (self-contained) and report.md: accuracy against T (float, golden
     model, RTL), resources per layer and after synthesis, cycles against the dense bound, LFSR
-    statistics and the verification summary.
+    statistics, the verification summary and where the build stands among the trained presets
+    per FPGA part (benchmarks/results/edge.json, or the file NSM_EDGE_RESULTS names).
     """
     from nsm.flow import SIM_SUMMARY
     from nsm.report import OUTPUTS, write_report

@@ -9,6 +9,10 @@ the command that makes it):
                                build directory or beside it, else the demo's ``model.pt``
 ``sim/summary.json``           the last co-simulation (``nsm sim``, ``nsm demo``)
 ``synth/TARGET/report.json``   synthesis reports (``nsm synth``)
+``edge.json``                  the trained presets' records per FPGA part (``benchmarks/edge.py``):
+                               ``benchmarks/results/`` beside the ``nsm`` package, or the file
+                               ``$NSM_EDGE_RESULTS`` names; not the build's, so a missing or bad
+                               file is a note in its section, never an error
 
 What the report computes itself, exactly: golden-model accuracy at every ``T`` of a list (one IR
 per ``T``, run from reset over the same test images), the per-image cycle counts of the IR's own
@@ -44,7 +48,8 @@ __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
            "network_shapes", "resource_rows", "cycle_summary", "early_exit_summary",
            "early_exit_figure", "histogram_text", "Section", "Table", "Figure", "NotRun",
-           "OUTPUTS"]
+           "OUTPUTS", "edge_figure", "edge_table", "edge_goals", "edge_plotted",
+           "edge_results_path", "load_edge_records", "EDGE_ENV", "markdown_table"]
 
 DEFAULT_SAMPLES = (1, 4, 16, 64)
 MAX_LAG = 16                 # autocorrelation lags shown per LFSR stream
@@ -61,17 +66,22 @@ class ReportError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Collecting the numbers
 
+def _read_json(path: Path):
+    """What the JSON file ``path`` holds; ReportError in one line where it cannot."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ReportError(f"{path}: not valid JSON ({str(e)[:120]})")
+    except OSError as e:
+        raise ReportError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+
+
 def _load_json(path: Path, types: dict | None = None) -> dict | None:
     """The JSON object in ``path`` (None where there is no file), its entries named in
     ``types`` of those types (:data:`SIM_TYPES`, :data:`SYNTH_TYPES`); one line otherwise."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise ReportError(f"{path}: not valid JSON ({str(e)[:120]})")
-    except OSError as e:
-        raise ReportError(f"{path}: cannot be read ({e.strerror or type(e).__name__})")
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise ReportError(f"{path}: not a JSON object")
     for key, kind in (types or {}).items():
@@ -375,6 +385,130 @@ def _synth_reports(build_dir: Path, verilog: Path) -> dict:
     return out
 
 
+#: The environment variable that names another ``edge.json`` for the "Presets per FPGA part"
+#: section (the default: ``benchmarks/results/edge.json`` of the repository beside ``nsm``).
+EDGE_ENV = "NSM_EDGE_RESULTS"
+#: What a record of ``benchmarks/results/edge.json`` (``benchmarks/edge.py``) must hold...
+EDGE_TYPES = {"target": "string", "network": "string", "fits": "boolean",
+              "rtl_accuracy": "number or null", "inferences_per_s": "number or null"}
+#: ... and what it may hold, of these kinds.
+EDGE_OPTIONAL = {"device": "string", "weight_bits": "integer or null",
+                 "samples": "integer or null", "pass_samples": "integer or null",
+                 "golden_accuracy": "number or null", "images": "integer or null",
+                 "mismatches": "integer or null", "fmax_mhz": "number or null",
+                 "cycles_per_inference": "number or null", "luts": "integer or null",
+                 "dsps": "integer or null", "meets_goal": "boolean or null"}
+
+
+def edge_results_path() -> Path:
+    """Where the report looks for the presets' records: ``$NSM_EDGE_RESULTS`` where set, else
+    ``benchmarks/results/edge.json`` of the repository the ``nsm`` package lies in."""
+    import os
+
+    import nsm
+    env = os.environ.get(EDGE_ENV)
+    if env:
+        return Path(env)
+    return Path(nsm.__file__).resolve().parents[1] / "benchmarks" / "results" / "edge.json"
+
+
+def edge_goals(goal) -> list[tuple[float, float | None]]:
+    """A record's ``goal`` as ``(accuracy, inferences/s or None)`` alternatives: one object
+    (``accuracy``, ``inferences_per_s``), a list of them, or an object holding such a list
+    (beside its ``text``); None: no goal. ValueError in one line for anything else."""
+    if goal is None:
+        return []
+    if isinstance(goal, dict) and "accuracy" not in goal:
+        lists = [v for v in goal.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise ValueError("goal holds no accuracy and no one list of alternatives")
+        goal = lists[0]
+    out = []
+    for alt in goal if isinstance(goal, list) else [goal]:
+        if not isinstance(alt, dict) or not _of_kind(alt.get("accuracy"), "number") \
+                or not 0 <= alt["accuracy"] <= 1:
+            raise ValueError(f"goal {str(alt)[:60]!r} has no accuracy in [0, 1]")
+        rate = alt.get("inferences_per_s")
+        if not _of_kind(rate, "number or null") or (rate is not None and rate <= 0):
+            raise ValueError(f"goal {str(alt)[:60]!r}: inferences_per_s is not a positive "
+                             f"number or null")
+        out.append((float(alt["accuracy"]), None if rate is None else float(rate)))
+    return out
+
+
+def load_edge_records(path: Path) -> list[dict]:
+    """The records of an ``edge.json`` (a JSON list of objects, one per preset and target),
+    each checked for the fields the plot and table read; ReportError in one line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"{path}: no such file (python benchmarks/edge.py writes it)")
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise ReportError(f"{path}: not a JSON list of records")
+    for i, r in enumerate(data):
+        where = f"{path}: record {i}"
+        if not isinstance(r, dict):
+            raise ReportError(f"{where} is not a JSON object")
+        for key, kind in {**EDGE_TYPES, **EDGE_OPTIONAL}.items():
+            if key not in r and key in EDGE_TYPES:
+                raise ReportError(f"{where} has no {key}")
+            if key in r and not _of_kind(r[key], kind):
+                raise ReportError(f"{where}: {key} = {str(r[key])[:60]!r} is not {kind}")
+        if r["rtl_accuracy"] is not None and not 0 <= r["rtl_accuracy"] <= 1:
+            raise ReportError(f"{where}: rtl_accuracy = {r['rtl_accuracy']!r} is not in [0, 1]")
+        if r["inferences_per_s"] is not None and r["inferences_per_s"] <= 0:
+            raise ReportError(f"{where}: inferences_per_s = {r['inferences_per_s']!r} is not "
+                              f"positive")
+        if not isinstance(r.get("early_exit", "none"), (str, dict)):
+            raise ReportError(f"{where}: early_exit = {str(r['early_exit'])[:60]!r} is not a "
+                              f"rule")
+        try:
+            edge_goals(r.get("goal"))
+        except ValueError as e:
+            raise ReportError(f"{where}: {e}") from None
+    return data
+
+
+def _edge_results() -> dict:
+    """The presets' records for the report: ``path``, ``records`` (empty where there is no
+    file) and ``error`` (the one line why a file there is not used; a bad or missing file is
+    no error of the report, whose build it does not describe)."""
+    path = edge_results_path()
+    out = {"path": str(path), "records": [], "error": None, "this_build": []}
+    if path.is_file():
+        try:
+            out["records"] = load_edge_records(path)
+        except ReportError as e:
+            out["error"] = str(e)
+    return out
+
+
+def _build_points(d: dict) -> list[dict]:
+    """This build in the presets' plot, one point per synthesized target with an Fmax (fitting,
+    not stale): the RTL accuracy of the co-simulation (else the golden model's at the IR's
+    ``T``) at Fmax / the exact cycles per inference of the build's stopping rule."""
+    acc, T = d["accuracy"], d["network"]["samples"]
+    rtl = acc["rtl"]
+    if rtl:
+        accuracy, source = rtl["accuracy"], f"RTL, {rtl['images']:,} images"
+    else:
+        accuracy, source = acc["golden"][str(T)], f"golden model, {d['dataset']['images']:,} " \
+                                                  f"images"
+    cycles = d["early_exit"]["rule"]["cycles_per_inference"]
+    rule = d["early_exit"]["rule"]["rule"]
+    out = []
+    for target, r in d["synth"].items():
+        if not r.get("fmax_mhz") or not r.get("fits") or r["stale"] or not cycles:
+            continue
+        out.append({"target": target, "device": r.get("device", target),
+                    "network": "-".join(d["network"]["shapes"][1:]), "samples": T,
+                    "early_exit": rule, "dataset": d["dataset"]["name"],
+                    "accuracy": accuracy, "accuracy_source": source,
+                    "fmax_mhz": r["fmax_mhz"], "cycles_per_inference": cycles,
+                    "inferences_per_s": r["fmax_mhz"] * 1e6 / cycles})
+    return out
+
+
 def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None,
             split_seed: int | None = None, count: int = 1000, offset: int = 0,
             data_dir: Path | None = None, model: Path | None = None, seed: int = 0,
@@ -395,6 +529,7 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
     # Every JSON input is read and checked before the golden and float runs.
     synth = _synth_reports(build_dir, verilog)
     demo = _load_json(build_dir / "summary.json", SIM_TYPES)
+    edge = _edge_results()
     if sim is not None:
         # Another core's run (compiled over since) is stale: by the hash of the Verilog it
         # verified, or, for summaries from before that hash, by date.
@@ -457,6 +592,8 @@ def collect(build_dir: Path, samples=DEFAULT_SAMPLES, dataset: str | None = None
         "early_exit": early_exit_summary(ir, recorded, y),
         "sim": sim,
     }
+    edge["this_build"] = _build_points(data)
+    data["edge"] = edge
     return data
 
 
@@ -489,11 +626,18 @@ class Section:
     blocks: list = field(default_factory=list)
 
 
-def _png(fig) -> bytes:
+def _png(fig, fmt: str = "png") -> bytes:
+    """The figure as PNG bytes; ``fmt="svg"``: as SVG, the same bytes on every run (fixed
+    element ids, no date)."""
+    import matplotlib
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    if fmt == "svg":
+        with matplotlib.rc_context({"svg.hashsalt": "nsm"}):
+            fig.savefig(buf, format="svg", metadata={"Date": None})
+    else:
+        fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
 
@@ -563,6 +707,160 @@ def early_exit_figure(rules: list[dict], samples: int, title: str = "",
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+#: Colour and marker of each preset's part in the presets' plot; other targets take
+#: :data:`_EDGE_OTHER` in turn.
+EDGE_STYLE = {"ice40-up5k": ("#4c72b0", "o"), "ecp5-25k": ("#dd8452", "s"),
+              "ecp5-85k": ("#55a868", "^")}
+_EDGE_OTHER = (("#8172b3", "D"), ("#937860", "v"), ("#da8bc3", "P"), ("#8c8c8c", "X"))
+
+
+def _edge_targets(records: list[dict], builds: list[dict]) -> dict[str, tuple[str, str]]:
+    """Every target of ``records`` and ``builds``, known parts first: its colour and marker."""
+    seen = {r["target"] for r in [*records, *builds]}
+    order = [t for t in EDGE_STYLE if t in seen] + sorted(seen - set(EDGE_STYLE))
+    extra = iter(_EDGE_OTHER * len(order))
+    return {t: EDGE_STYLE[t] if t in EDGE_STYLE else next(extra) for t in order}
+
+
+def _rule_text(rule) -> str:
+    """A record's ``early_exit`` as the report prints it; "" for none."""
+    if isinstance(rule, dict):
+        try:
+            rule = ee.rule_label(ee.EarlyExit.record(rule))
+        except (TypeError, ValueError):
+            rule = json.dumps(rule)
+    return "" if rule in (None, "none") else str(rule)
+
+
+def _edge_label(r: dict) -> str:
+    """``8c5s-p2-256-10, T 16, margin 0.1``: a point's network (short), T and rule."""
+    parts = [str(r.get("network", "")).split(" (")[0]]
+    if r.get("samples"):
+        parts.append(f"T {r['samples']}")
+    return ", ".join(parts + ([_rule_text(r.get("early_exit"))]
+                              if _rule_text(r.get("early_exit")) else []))
+
+
+def edge_plotted(records: list[dict]) -> list[dict]:
+    """The records the presets' plot draws: fitting, with an RTL accuracy and a rate."""
+    return [r for r in records if r["fits"] and r.get("inferences_per_s")
+            and r.get("rtl_accuracy") is not None]
+
+
+def edge_figure(records: list[dict], builds: list[dict] = (), title: str = "",
+                fmt: str = "png") -> bytes:
+    """RTL accuracy (%) against inferences/s (log) of the presets' records
+    (:func:`load_edge_records`), as PNG bytes (``fmt="svg"``: SVG).
+
+    One colour and marker per target, each point labelled with its network, ``T`` and
+    early-exit rule; each target's goals in its colour: accuracy at least ``a`` at ``r``
+    inferences/s or more, the quadrant beyond dashed corner lines; a goal without a rate, a
+    dashed line. Records that do not fit or have no rate or accuracy are left out (the table
+    lists them). ``builds``: highlighted stars, each ``accuracy``, ``inferences_per_s`` and
+    ``target`` (its colour), with an optional ``label``."""
+    fig, ax = _axes(6.4, 4.4)
+    points = edge_plotted(records)
+    styles = _edge_targets(records, list(builds))
+    goals = {}
+    for r in records:
+        goals.setdefault(r["target"], [])
+        for g in edge_goals(r.get("goal")):
+            if g not in goals[r["target"]]:
+                goals[r["target"]].append(g)
+    rates = [r["inferences_per_s"] for r in points] + [b["inferences_per_s"] for b in builds] \
+        + [g[1] for gs in goals.values() for g in gs if g[1]]
+    accs = [100 * r["rtl_accuracy"] for r in points] + [100 * b["accuracy"] for b in builds] \
+        + [100 * g[0] for gs in goals.values() for g in gs]
+    x0, x1 = (min(rates) / 3, max(rates) * 3) if rates else (1.0, 1e4)
+    y0, y1 = (max(0.0, math.floor(min(accs)) - 2), min(100.0, math.ceil(max(accs)) + 2)) \
+        if accs else (0.0, 100.0)
+    ranks = {id(r): k for k, r in enumerate(sorted(points, key=lambda r: r["inferences_per_s"]))}
+
+    def label(text, x, accuracy, dy, **kw):       # right of a point, left in the right part
+        left = math.log(x / x0) > 0.6 * math.log(x1 / x0)
+        ax.annotate(text, (x, 100 * accuracy), xytext=(-7 if left else 7, dy),
+                    textcoords="offset points", ha="right" if left else "left", **kw)
+
+    for target, (colour, marker) in styles.items():
+        mine = [r for r in points if r["target"] == target]
+        device = next((r.get("device") for r in [*records, *builds]
+                       if r["target"] == target and r.get("device")), None)
+        ax.plot([r["inferences_per_s"] for r in mine], [100 * r["rtl_accuracy"] for r in mine],
+                linestyle="none", marker=marker, color=colour, markersize=7,
+                label=f"{device} ({target})" if device else target)
+        for r in mine:          # neighbours by rate alternately above and below
+            label(_edge_label(r), r["inferences_per_s"], r["rtl_accuracy"],
+                  4 if ranks[id(r)] % 2 == 0 else -11, fontsize=6.5)
+        for a, rate in goals.get(target, []):
+            if rate is None:
+                ax.axhline(100 * a, color=colour, linestyle="--", linewidth=1)
+                continue
+            ax.fill_between([rate, x1], 100 * a, y1, color=colour, alpha=0.08, linewidth=0)
+            ax.plot([rate, rate, x1], [y1, 100 * a, 100 * a], color=colour, linestyle="--",
+                    linewidth=1)
+    for b in builds:
+        colour = styles[b["target"]][0] if b.get("target") in styles else "k"
+        ax.plot([b["inferences_per_s"]], [100 * b["accuracy"]], "*", markersize=17,
+                color=colour, markeredgecolor="k", zorder=5,
+                label=b.get("label") or f"this build ({b.get('target', '')})")
+        label("this build", b["inferences_per_s"], b["accuracy"], -12, fontsize=7,
+              fontweight="bold")
+    if not points and not builds:
+        ax.text(0.5, 0.5, "no preset records", transform=ax.transAxes, ha="center",
+                va="center", color="gray")
+    ax.set_xscale("log")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_xlabel("inferences/s (Fmax / cycles per inference)")
+    ax.set_ylabel("RTL test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    if styles or builds:
+        ax.legend(fontsize=7, loc="lower left")
+    return _png(fig, fmt)
+
+
+def _goal_text(goals: list[tuple[float, float | None]]) -> str:
+    return ", or ".join(f"≥ {100 * a:.1f} %" + (f" at ≥ {r:,.0f} inferences/s" if r else
+                                                " at any rate") for a, r in goals)
+
+
+def _ram_text(ram) -> str:
+    if isinstance(ram, dict):
+        names = {"bram": "EBR", "spram": "SPRAM"}
+        return " + ".join(f"{v} {names.get(k, k)}" for k, v in ram.items()) or "0"
+    return _n(ram)
+
+
+def edge_table(records: list[dict]) -> tuple[Table, list[str]]:
+    """The presets' records as a table, every record (those the plot leaves out too), by
+    target; and a line per target naming its goal."""
+    order = list(_edge_targets(records, []))
+    rows, lines = [], {}
+    for r in sorted(records, key=lambda r: order.index(r["target"])):
+        T = _n(r.get("samples"))
+        if r.get("pass_samples") and r.get("pass_samples") != r.get("samples"):
+            T += f" (T' {r['pass_samples']})"
+        fits = r["fits"]
+        rate = (f"{r['inferences_per_s']:,.0f}" if r.get("inferences_per_s") else "—") if fits \
+            else "does not fit"
+        met = {True: "yes", False: "no"}.get(r.get("meets_goal"), "—")
+        rows.append([f"`{r['target']}`", str(r["network"]), _n(r.get("weight_bits")), T,
+                     _rule_text(r.get("early_exit")) or "none", _pct(r["rtl_accuracy"]),
+                     _n(r.get("images")), _n(r.get("mismatches")),
+                     f"{r['fmax_mhz']:.1f} MHz" if r.get("fmax_mhz") else "—", rate,
+                     _n(r.get("luts")), _ram_text(r.get("ram")), _n(r.get("dsps")), met])
+        g = r.get("goal")
+        text = g.get("text") if isinstance(g, dict) and g.get("text") else \
+            _goal_text(edge_goals(g))
+        if text:
+            lines.setdefault(r["target"], f"`{r['target']}`"
+                             + (f" ({r['device']})" if r.get("device") else "")
+                             + f" goal: {text}.")
+    return Table(["target", "network", "bits", "T", "rule", "RTL accuracy", "images",
+                  "mismatches", "Fmax", "inferences/s", "LUTs", "RAM", "DSPs", "goal met?"],
+                 rows), list(lines.values())
 
 
 def histogram_text(hist: dict, bins: int = 8) -> str:
@@ -942,6 +1240,7 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     else:
         sec.blocks.append(NotRun("co-simulation: no `sim/summary.json` in this build", sim_cmd))
     sections.append(sec)
+    sections.append(_edge_section(d["edge"], ds))
     return title, sections
 
 
@@ -979,6 +1278,46 @@ def _early_exit_section(e: dict, ds: dict, b: str) -> Section:
     return sec
 
 
+def _edge_section(e: dict, ds: dict) -> Section:
+    """The presets' records (``benchmarks/results/edge.json``) as a plot and a table, with this
+    build's own points where it has an Fmax."""
+    sec = Section("edge", "Presets per FPGA part")
+    records, builds = e["records"], e["this_build"]
+    if e["error"]:
+        sec.blocks.append(f"No preset records shown: {e['error']}.")
+    elif not records:
+        sec.blocks.append(f"No preset records found (`{e['path']}`: `python benchmarks/edge.py` "
+                          f"writes it, `{EDGE_ENV}` names another file).")
+    for b in builds:
+        sec.blocks.append(f"This build on `{b['target']}`: {_pct(b['accuracy'])} "
+                          f"({b['accuracy_source']} of `{b['dataset']}`) at "
+                          f"{b['inferences_per_s']:,.0f} inferences/s ({b['fmax_mhz']:.1f} MHz "
+                          f"Fmax / {_n(b['cycles_per_inference'])} cycles per inference, exact "
+                          f"from the golden model's draws"
+                          + (f" with its rule `{b['early_exit']}`" if b["early_exit"] != "none"
+                             else "") + ").")
+    if not builds:
+        sec.blocks.append("This build has no point in the plot: it needs a synthesis report with "
+                          "an Fmax (`nsm synth`).")
+    if edge_plotted(records) or builds:
+        labelled = [dict(b, label=f"this build ({b['target']}, {b['dataset']})") for b in builds]
+        sec.blocks.append(Figure("edge", edge_figure(records, labelled),
+                                 "RTL test accuracy against inferences/s (Fmax after placement "
+                                 "/ cycles per inference) of the trained presets, one colour per "
+                                 "FPGA part; each part's goal in its colour (the shaded corner: "
+                                 "at least that accuracy at that rate or more; a dashed line "
+                                 "alone: an accuracy at any rate)."
+                                 + (f" The star is this build, on its own test images "
+                                    f"(`{ds['name']}`)." if builds else "")))
+    if records:
+        table, goals = edge_table(records)
+        sec.blocks.append(table)
+        sec.blocks += goals
+        sec.blocks.append(f"From `{e['path']}`; a record that does not fit its part or has no "
+                          f"rate is listed here but not plotted.")
+    return sec
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
@@ -996,6 +1335,14 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def markdown_table(table: Table) -> str:
+    """A :class:`Table` as a markdown table (no blank line after it)."""
+    out = ["| " + " | ".join(_md_cell(h) for h in table.header) + " |",
+           "|" + "---|" * len(table.header)]
+    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    return "\n".join(out)
+
+
 def render_markdown(title: str, sections: list[Section]) -> str:
     out = [f"# {title}", ""]
     out.append(" · ".join(f"[{s.title}](#{s.id})" for s in sections))
@@ -1006,10 +1353,7 @@ def render_markdown(title: str, sections: list[Section]) -> str:
             if isinstance(blk, str):
                 out += [blk, ""]
             elif isinstance(blk, Table):
-                out.append("| " + " | ".join(_md_cell(h) for h in blk.header) + " |")
-                out.append("|" + "---|" * len(blk.header))
-                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in blk.rows]
-                out.append("")
+                out += [markdown_table(blk), ""]
             elif isinstance(blk, Figure):
                 out += [f"![{blk.caption}](report-{blk.name}.png)", "", f"*{blk.caption}*", ""]
             elif isinstance(blk, NotRun):

@@ -128,8 +128,10 @@ def test_eval_early_exit_table_json_and_plot(checkpoint, tmp_path):
         "fraction must be in (0, 1]"]
 
 
-def test_report_early_exit_section(tmp_path):
+def test_report_early_exit_section(tmp_path, monkeypatch):
     from nsm.flow import _test_images, write_build
+
+    monkeypatch.setenv("NSM_EDGE_RESULTS", str(tmp_path / "no-edge.json"))
 
     rule = ee.parse_rule("margin:0.25")
     ir = write_build(_rule_ir(3, [64, 12, 10], 8, 2, rule), tmp_path / "build")
@@ -141,7 +143,8 @@ def test_report_early_exit_section(tmp_path):
     page = (out / "report.html").read_text()
     data = json.loads((out / "report.json").read_text())
     assert re.findall(r'<a id="([a-z]+)"></a>', md) == [
-        "overview", "accuracy", "earlyexit", "resources", "cycles", "lfsr", "verification"]
+        "overview", "accuracy", "earlyexit", "resources", "cycles", "lfsr", "verification",
+        "edge"]
     assert '<figure id="fig-early-exit">' in page
     assert (out / "report-early-exit.png").read_bytes().startswith(PNG_MAGIC)
     assert "![" in md and "(report-early-exit.png)" in md

@@ -20,8 +20,15 @@ from nsm_export import ir as irmod
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
 
 SECTIONS = ["overview", "accuracy", "earlyexit", "resources", "cycles", "lfsr",
-            "verification"]
+            "verification", "edge"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def no_preset_records(monkeypatch, tmp_path):
+    """The presets section reads no ``edge.json`` of this checkout (``benchmarks/edge.py``'s
+    results would add a plot to those counted here; tests/test_report_edge.py tests it)."""
+    monkeypatch.setenv("NSM_EDGE_RESULTS", str(tmp_path / "no-edge.json"))
 
 
 @pytest.fixture(scope="module")
