@@ -7,7 +7,9 @@ per stage:
 1. ``nsm export`` (ONNX) and ``nsm compile --target PART`` (the IR, the folding search's fastest
    design that fits, Verilog);
 2. ``nsm synth --target PART`` (yosys, nextpnr: fits, placed Fmax, LUTs, block RAM, DSPs);
-3. ``nsm sim --simulator verilator`` on the first ``--images`` Fashion-MNIST test images: every
+3. ``nsm synth --bitstream``: the part's example board top (the core behind a UART) to a
+   bitstream (iCEBreaker ``.bin``, ULX3S ``.bit``);
+4. ``nsm sim --simulator verilator`` on the first ``--images`` Fashion-MNIST test images: every
    score compared with the golden model (``mismatches``), the RTL's classes scored against the
    labels (``rtl_accuracy``), and the cycles per inference measured back to back.
 
@@ -104,7 +106,8 @@ def _network_label(ir: dict, preset) -> str:
 
 
 def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
-        early_exit: str | None, samples: int | None, synth: bool, argv) -> dict:
+        early_exit: str | None, samples: int | None, synth: bool, bitstream: bool,
+        argv) -> dict:
     preset = PRESETS[preset_name]
     target = preset.name
     if not checkpoint.is_file():
@@ -164,6 +167,22 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
                        ffs=rep["ffs"]["used"], meets_timing=rep.get("meets_timing"))
         rec["seconds"]["synth"] = round(time.perf_counter() - t, 1)
         save()
+    if synth and bitstream and rec["fits"]:
+        t = time.perf_counter()
+        try:
+            rep = json.loads(nsm("synth", build, "--target", target, "--bitstream", "--json",
+                                 log=log))
+        except StageError as e:
+            rec.update(bitstream=None, board_error=str(e))
+        else:
+            bit = Path(rep["bitstream"])
+            rec.update(board=rep["board"], bitstream=str(bit.relative_to(ROOT) if
+                                                          bit.is_relative_to(ROOT) else bit),
+                       bitstream_bytes=bit.stat().st_size, board_fmax_mhz=rep["fmax_mhz"],
+                       board_constraint_mhz=rep.get("constraint_mhz"),
+                       board_luts=rep["luts"]["used"])
+        rec["seconds"]["bitstream"] = round(time.perf_counter() - t, 1)
+        save()
 
     t = time.perf_counter()
     s = json.loads(nsm("sim", build, "--dataset", dataset, "--count", images,
@@ -193,6 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--early-exit", default=None, metavar="RULE",
                     help="Stopping rule compiled into the core (nsm compile --early-exit).")
     ap.add_argument("--no-synth", action="store_true", help="Skip yosys and nextpnr.")
+    ap.add_argument("--no-bitstream", action="store_true",
+                    help="Skip the board top's bitstream (nsm synth --bitstream).")
     ap.add_argument("--build-root", type=Path, default=MODELS / "builds")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
@@ -208,7 +229,7 @@ def main(argv=None) -> int:
             f"-{a.early_exit.replace(':', '').replace(',', '-')}" if a.early_exit else "")
         try:
             r = run(name, ck, a.images, a.build_root / tag, a.out, a.early_exit, a.samples,
-                    not a.no_synth, argv)
+                    not a.no_synth, not a.no_bitstream, argv)
         except StageError as e:
             print(f"edge.py: {name}: {e}", file=sys.stderr)
             failed += 1
