@@ -107,7 +107,7 @@ def _network_label(ir: dict, preset) -> str:
 
 def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
         early_exit: str | None, samples: int | None, synth: bool, bitstream: bool,
-        argv) -> dict:
+        argv, simulator: str = "verilator") -> dict:
     preset = PRESETS[preset_name]
     target = preset.name
     if not checkpoint.is_file():
@@ -121,7 +121,7 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
                network=preset.network, weight_bits=preset.weight_bits, samples=T,
                pass_samples=None, early_exit=early_exit or "none", rtl_accuracy=None,
                golden_accuracy=None, float_accuracy=None, images=0, mismatches=None,
-               simulator="verilator", fits=None, fmax_mhz=None, cycles_per_inference=None,
+               simulator=simulator, fits=None, fmax_mhz=None, cycles_per_inference=None,
                mean_samples=None, inferences_per_s=None, luts=None, ram=None, dsps=None,
                folding=None, goal=preset.goal, goal_text=goal_text(preset.goal),
                meets_goal=None, checkpoint=str(checkpoint.relative_to(ROOT)
@@ -186,7 +186,7 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
 
     t = time.perf_counter()
     s = json.loads(nsm("sim", build, "--dataset", dataset, "--count", images,
-                       "--simulator", "verilator", "--json", log=log))
+                       "--simulator", simulator, "--json", log=log))
     rec.update(images=s["images"], mismatches=s["mismatches"],
                rtl_accuracy=s["rtl_accuracy"], golden_accuracy=s["golden_accuracy"],
                cycles_per_inference=s["cycles_per_inference"],
@@ -214,6 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-synth", action="store_true", help="Skip yosys and nextpnr.")
     ap.add_argument("--no-bitstream", action="store_true",
                     help="Skip the board top's bitstream (nsm synth --bitstream).")
+    ap.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
     ap.add_argument("--build-root", type=Path, default=MODELS / "builds")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
             f"-{a.early_exit.replace(':', '').replace(',', '-')}" if a.early_exit else "")
         try:
             r = run(name, ck, a.images, a.build_root / tag, a.out, a.early_exit, a.samples,
-                    not a.no_synth, not a.no_bitstream, argv)
+                    not a.no_synth, not a.no_bitstream, argv, a.simulator)
         except StageError as e:
             print(f"edge.py: {name}: {e}", file=sys.stderr)
             failed += 1

@@ -59,15 +59,16 @@ _COMMON = dict(dataset="fashion-mnist", model="nsm-conv", encoding="thermometer"
 
 PRESETS = {p.name: p for p in [
     Preset("ice40-up5k",
-           "iCE40 UP5K (iCEBreaker): one 8-filter 5x5 conv, OR pool, 256 binary neurons; "
-           "0.4 Mbit of weights in SPRAM",
-           dict(_COMMON, conv="8c5s-p2-256"), weight_bits=1, output_weight_bits=2,
+           "iCE40 UP5K (iCEBreaker): one 8-filter 5x5 conv, OR pool, 256 neurons, ternary "
+           "weights; 0.8 Mbit in SPRAM",
+           dict(_COMMON, conv="8c5s-p2-256"), weight_bits=2, output_weight_bits=2,
            float_epochs=15, tune_epochs=4,
            goal=[{"accuracy": 0.90, "inferences_per_s": 200},
                  {"accuracy": 0.88, "inferences_per_s": 2000}]),
     Preset("ecp5-25k",
-           "ECP5-25F (ULX3S 25F): 16 and 32 5x5 filters, 128 binary neurons; 0.2 Mbit in EBR",
-           dict(_COMMON, conv="16c5s-p2-32c5s-p2-128"), weight_bits=1, output_weight_bits=2,
+           "ECP5-25F (ULX3S 25F): 16 and 32 5x5 filters, 128 neurons, ternary weights; "
+           "0.4 Mbit in EBR",
+           dict(_COMMON, conv="16c5s-p2-32c5s-p2-128"), weight_bits=2, output_weight_bits=2,
            float_epochs=12, tune_epochs=3,
            goal=[{"accuracy": 0.91, "inferences_per_s": None}]),
     Preset("ecp5-85k",

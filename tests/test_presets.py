@@ -14,6 +14,7 @@ from nsm_export.folding import choose_folding
 from nsm_train.presets import PRESETS, float_path, stage_configs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_each_preset_fits_its_part(name):
     """The preset's shape (random weights) fits its own part on the popcount core, with the
@@ -57,6 +58,7 @@ def preset_run(tmp_path_factory):
     return d, r.output
 
 
+@pytest.mark.slow
 def test_preset_trains_float_then_quantized(preset_run):
     d, out = preset_run
     assert "[1/2] ice40-up5k: float pre-training" in out and "[2/2]" in out
@@ -71,6 +73,7 @@ def test_preset_trains_float_then_quantized(preset_run):
     assert (d / "run-float.ckpt").is_file() and (d / "run.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_preset_resume_skips_the_finished_stage(preset_run):
     d, _ = preset_run
     before = (d / "m-float.pt").stat().st_mtime_ns
@@ -92,13 +95,17 @@ def test_preset_usage_errors(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
+@pytest.mark.icarus
 def test_preset_model_through_the_rtl(preset_run, tmp_path):
-    """The benchmark's path on the preset model: export, compile --target, co-simulation in
-    Verilator, bit-exact; the record carries the RTL's accuracy."""
+    """The benchmark's path on the preset model: export, compile --target, co-simulation
+    (Icarus here: the benchmark's Verilator takes a minute to build), bit-exact; the record
+    carries the RTL's accuracy."""
     d, _ = preset_run
     out = tmp_path / "edge.json"
     rc = edge.main(["--preset", "ice40-up5k", "--checkpoint", str(d / "m.pt"), "--images", "12",
-                    "--no-synth", "--out", str(out), "--build-root", str(tmp_path / "b")])
+                    "--no-synth", "--simulator", "icarus", "--out", str(out),
+                    "--build-root", str(tmp_path / "b")])
     assert rc == 0
     [rec] = json.loads(out.read_text())
     assert rec["mismatches"] == 0 and rec["images"] == 12
