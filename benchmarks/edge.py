@@ -13,7 +13,9 @@ per stage:
    score compared with the golden model (``mismatches``), the RTL's classes scored against the
    labels (``rtl_accuracy``), and the cycles per inference measured back to back.
 
-``inferences_per_s`` is the placed Fmax over the measured cycles per inference. ``float_accuracy``
+``inferences_per_s`` is the placed Fmax over the measured cycles per inference (the core in
+a design that clocks it at its Fmax); ``board_inferences_per_s`` the same at the board top's
+own clock (its oscillator: 12 MHz on the iCEBreaker, 25 MHz on the ULX3S). ``float_accuracy``
 is the checkpoint's own Monte Carlo accuracy on all 10,000 test images at the same T (PyTorch),
 for comparison only. One record per (preset, target, T, early-exit rule) in
 ``benchmarks/results/edge.json``, merged into what is there and rewritten after each stage, so an
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import provenance, write_results   # noqa: E402
+from hw.board import BOARDS                                 # noqa: E402
 from nsm_export.devices import TARGETS                      # noqa: E402
 from nsm_train.presets import PRESETS                       # noqa: E402
 
@@ -194,6 +197,9 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
                first_mismatch=s.get("first_mismatch"))
     if rec["fmax_mhz"]:
         rec["inferences_per_s"] = round(rec["fmax_mhz"] * 1e6 / s["cycles_per_inference"], 1)
+    if rec.get("board"):       # the board top clocks the core from the board's oscillator
+        mhz = BOARDS[target].clock_mhz
+        rec["board_inferences_per_s"] = round(mhz * 1e6 / s["cycles_per_inference"], 1)
     rec["seconds"]["sim"] = round(time.perf_counter() - t, 1)
     save()
     return rec
