@@ -61,19 +61,19 @@ PRESETS = {p.name: p for p in [
     Preset("ice40-up5k",
            "iCE40 UP5K (iCEBreaker): one 8-filter 5x5 conv, OR pool, 256 neurons, ternary "
            "weights; 0.8 Mbit in SPRAM",
-           dict(_COMMON, conv="8c5s-p2-256"), weight_bits=2, output_weight_bits=2,
+           dict(_COMMON, conv="8c5s-p2-256"), weight_bits=2, output_weight_bits=8,
            float_epochs=15, tune_epochs=4,
            goal=[{"accuracy": 0.90, "inferences_per_s": 200},
                  {"accuracy": 0.88, "inferences_per_s": 2000}]),
     Preset("ecp5-25k",
            "ECP5-25F (ULX3S 25F): 16 and 32 5x5 filters, 128 neurons, ternary weights; "
            "0.4 Mbit in EBR",
-           dict(_COMMON, conv="16c5s-p2-32c5s-p2-128"), weight_bits=2, output_weight_bits=2,
+           dict(_COMMON, conv="16c5s-p2-32c5s-p2-128"), weight_bits=2, output_weight_bits=8,
            float_epochs=12, tune_epochs=3,
            goal=[{"accuracy": 0.91, "inferences_per_s": None}]),
     Preset("ecp5-85k",
            "ECP5-85F (ULX3S 85F): 32 and 64 3x3 filters, 256 ternary neurons; 1.7 Mbit in EBR",
-           dict(_COMMON, conv="32c3s-p2-64c3s-p2-256"), weight_bits=2, output_weight_bits=2,
+           dict(_COMMON, conv="32c3s-p2-64c3s-p2-256"), weight_bits=2, output_weight_bits=8,
            float_epochs=12, tune_epochs=3,
            goal=[{"accuracy": 0.92, "inferences_per_s": 1000}]),
 ]}
