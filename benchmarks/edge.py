@@ -5,7 +5,7 @@ For each preset (``nsm_train/presets.py``) the trained checkpoint (``nsm train -
 per stage:
 
 1. ``nsm export`` (ONNX) and ``nsm compile --target PART`` (the IR, the folding search's fastest
-   design that fits, Verilog);
+   design that fits, or the preset's ``compile_options``, Verilog);
 2. ``nsm synth --target PART`` (yosys, nextpnr: fits, placed Fmax, LUTs, block RAM, DSPs);
 3. ``nsm synth --bitstream``: the part's example board top (the core behind a UART) to a
    bitstream (iCEBreaker ``.bin``, ULX3S ``.bit``);
@@ -144,7 +144,7 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
 
     onnx = build / "model.onnx"
     nsm("export", checkpoint, "-o", onnx, log=log)
-    args = ["compile", onnx, "--target", target, "-T", T, "-o", build]
+    args = ["compile", onnx, "--target", target, "-T", T, *preset.compile_options, "-o", build]
     if early_exit:
         args += ["--early-exit", early_exit]
     text = nsm(*args, log=log)
