@@ -35,8 +35,9 @@ class Preset:
     ``tune_epochs`` at ``tune_lr``. ``samples`` is the T the hardware runs and evaluation
     uses. ``compile_options``: what ``nsm compile --target PART`` gets besides (a
     ``--throughput`` goal makes the folding search take the smallest design that meets it
-    rather than the fastest, where the fastest does not place). ``goal``: the accuracy (fraction) and rate (inferences/s, None for none) the part
-    should reach, alternatives in a list; the benchmark reports whether it is met.
+    rather than the fastest, where the fastest does not place). ``goal``: the accuracy
+    (fraction) and rate (inferences/s, None for none) the part should reach, alternatives in a
+    list; the benchmark reports whether it is met.
     """
     name: str
     summary: str
