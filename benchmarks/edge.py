@@ -96,11 +96,19 @@ def goal_text(goal: list) -> str:
 
 
 def _merge(path: Path, rec: dict, key=("preset", "target", "samples", "early_exit")) -> None:
-    records = json.loads(path.read_text()) if path.is_file() else []
-    records = [r for r in records if any(r.get(k) != rec.get(k) for k in key)] + [rec]
-    records.sort(key=lambda r: (list(TARGETS).index(r["target"]) if r["target"] in TARGETS
-                                else 99, r["preset"], r["samples"], str(r["early_exit"])))
-    write_results(path, records)
+    """Replace ``rec``'s record in ``path`` (same key), under a lock: runs of several presets
+    at once share the file."""
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = json.loads(path.read_text()) if path.is_file() else []
+        records = [r for r in records if any(r.get(k) != rec.get(k) for k in key)] + [rec]
+        records.sort(key=lambda r: (list(TARGETS).index(r["target"]) if r["target"] in TARGETS
+                                    else 99, r["preset"], r["samples"], str(r["early_exit"])))
+        tmp = path.with_name(path.name + ".tmp")
+        write_results(tmp, records)
+        tmp.replace(path)
 
 
 def _network_label(ir: dict, preset) -> str:
