@@ -389,7 +389,7 @@ def _synth_reports(build_dir: Path, verilog: Path) -> dict:
 #: section (the default: ``benchmarks/results/edge.json`` of the repository beside ``nsm``).
 EDGE_ENV = "NSM_EDGE_RESULTS"
 #: What a record of ``benchmarks/results/edge.json`` (``benchmarks/edge.py``) must hold...
-EDGE_TYPES = {"target": "string", "network": "string", "fits": "boolean",
+EDGE_TYPES = {"target": "string", "network": "string", "fits": "boolean or null",
               "rtl_accuracy": "number or null", "inferences_per_s": "number or null"}
 #: ... and what it may hold, of these kinds.
 EDGE_OPTIONAL = {"device": "string", "weight_bits": "integer or null",
@@ -844,7 +844,7 @@ def edge_table(records: list[dict]) -> tuple[Table, list[str]]:
             T += f" (T' {r['pass_samples']})"
         fits = r["fits"]
         rate = (f"{r['inferences_per_s']:,.0f}" if r.get("inferences_per_s") else "—") if fits \
-            else "does not fit"
+            else "not synthesized" if fits is None else "does not fit"
         met = {True: "yes", False: "no"}.get(r.get("meets_goal"), "—")
         rows.append([f"`{r['target']}`", str(r["network"]), _n(r.get("weight_bits")), T,
                      _rule_text(r.get("early_exit")) or "none", _pct(r["rtl_accuracy"]),

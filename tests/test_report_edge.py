@@ -61,7 +61,7 @@ def test_figure_on_the_fixture_and_on_nothing():
     ('[{"target": "t", "network": "n", "fits": true, "rtl_accuracy": 1.5, '
      '"inferences_per_s": 1}]', "rtl_accuracy = 1.5 is not in [0, 1]"),
     ('[{"target": "t", "network": "n", "fits": "yes", "rtl_accuracy": 0.5, '
-     '"inferences_per_s": 1}]', "fits = 'yes' is not boolean"),
+     '"inferences_per_s": 1}]', "fits = 'yes' is not boolean or null"),
     ('[{"target": "t", "network": "n", "fits": true, "rtl_accuracy": 0.5, '
      '"inferences_per_s": 0}]', "inferences_per_s = 0 is not positive"),
     ('[{"target": "t", "network": "n", "fits": true, "rtl_accuracy": 0.5, '
