@@ -397,8 +397,6 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
     """
     from nsm_train.train import TrainConfig, save_checkpoint
-    from nsm_train.train import train as run_train
-
 
     if not (1 <= weight_bits <= 8 or weight_bits == 32):
         raise click.BadParameter(f"{weight_bits} is not 1..8 or 32", param_hint="--weight-bits")
@@ -429,14 +427,7 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                       sigma=sigma, gain=gain, norm=None if norm == "none" else norm,
                       quantizer=quantizer, data_dir=data_dir, device=device,
                       checkpoint=checkpoint, resume=resume, init=init)
-    try:
-        model, history = run_train(cfg, progress=not no_progress)
-    except ValueError as e:
-        from nsm_train.data import DatasetError
-        from nsm_train.train import CheckpointError
-        if isinstance(e, (DatasetError, CheckpointError)):
-            raise
-        raise click.UsageError(str(e).splitlines()[0]) from None
+    model, history = _run_training(cfg, progress=not no_progress)
     if int(__import__("os").environ.get("RANK", "0")) != 0:
         return
     acc = history["test_acc"]
@@ -445,18 +436,28 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
     click.echo(f"test accuracy at T={samples}: {acc:.4f}; wrote {output}")
 
 
-# nsm train's options that are TrainConfig fields, by parameter name; those set on the command
-# line override a preset in both stages (the fine-tuning stage's own: _PRESET_TUNE).
-_PRESET_FIELDS = {"dataset": "dataset", "data_dir": "data_dir", "model_name": "model",
-                  "hidden": "hidden", "conv": "conv", "noise": "noise", "sigma": "sigma",
-                  "gain": "gain", "norm": "norm", "encoding": "encoding", "levels": "levels",
-                  "quantizer": "quantizer", "score_scale": "score_scale",
-                  "loss_samples": "loss_samples", "label_smoothing": "label_smoothing",
-                  "shift": "shift", "flip": "flip", "expected_output": "expected_output",
-                  "batch_size": "batch_size", "samples": "samples", "seed": "seed",
-                  "device": "device"}
-_PRESET_TUNE = {"weight_bits": "weight_bits", "output_weight_bits": "output_weight_bits",
-                "epochs": "epochs", "lr": "lr"}
+def _run_training(cfg, progress: bool, on_epoch=None):
+    """``nsm_train.train.train``, its configuration errors as one-line usage errors (a missing
+    dataset or a bad checkpoint keeps its own error)."""
+    from nsm_train.train import train as run_train
+    try:
+        return run_train(cfg, progress=progress, on_epoch=on_epoch)
+    except ValueError as e:
+        from nsm_train.data import DatasetError
+        from nsm_train.train import CheckpointError
+        if isinstance(e, (DatasetError, CheckpointError)):
+            raise
+        raise click.UsageError(str(e).splitlines()[0]) from None
+
+
+# nsm train's options that are TrainConfig fields (by parameter name, ``model_name`` being
+# ``model``); those set on the command line override a preset in both stages, except the
+# fine-tuning stage's own (_PRESET_TUNE).
+_PRESET_FIELDS = ("dataset", "data_dir", "model_name", "hidden", "conv", "p", "noise", "sigma",
+                  "gain", "norm", "encoding", "levels", "quantizer", "score_scale",
+                  "loss_samples", "label_smoothing", "shift", "flip", "expected_output",
+                  "batch_size", "samples", "seed", "device")
+_PRESET_TUNE = ("weight_bits", "output_weight_bits", "epochs", "lr")
 
 
 def _train_preset(preset, ps, float_epochs, no_progress) -> None:
@@ -467,7 +468,6 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
 
     from nsm_train.presets import float_path, stage_configs
     from nsm_train.train import TrainConfig, save_checkpoint
-    from nsm_train.train import train as run_train
 
     ctx = click.get_current_context()
     given = {k for k in ctx.params
@@ -481,10 +481,8 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
             return None if prm[k] == "none" else prm[k]
         return prm[k]
 
-    over = {f: value(k) for k, f in _PRESET_FIELDS.items() if k in given}
-    if "p" in given:
-        over["p"] = value("p")
-    tune = {f: value(k) for k, f in _PRESET_TUNE.items() if k in given}
+    over = {"model" if k == "model_name" else k: value(k) for k in _PRESET_FIELDS if k in given}
+    tune = {k: value(k) for k in _PRESET_TUNE if k in given}
     first, second = stage_configs(preset, over, tune, float_epochs)
     out, ckpt, init = prm["output"], prm["checkpoint"], prm["init"]
     float_out = Path(init) if init else float_path(out)
@@ -520,15 +518,7 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
         cfg = TrainConfig(**{**cfg, "checkpoint": ck and str(ck), "resume": resume})
         epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
         echo(f"[{n}/2] {preset.name}: {name}, {epochs} at lr {cfg.lr:g} -> {dest}")
-        try:
-            model, history = run_train(cfg, progress=not no_progress,
-                                       on_epoch=epoch_line(f"[{n}/2]"))
-        except ValueError as e:
-            from nsm_train.data import DatasetError
-            from nsm_train.train import CheckpointError
-            if isinstance(e, (DatasetError, CheckpointError)):
-                raise
-            raise click.UsageError(str(e).splitlines()[0]) from None
+        model, history = _run_training(cfg, not no_progress, epoch_line(f"[{n}/2]"))
         if not rank0:
             continue
         save_checkpoint(model.cpu(), dest, extra={"train_config": _plain(cfg),
