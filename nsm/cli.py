@@ -875,21 +875,33 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
                    "first mismatch by image, sample, layer and neuron.")
 @click.option("--waves", is_flag=True,
               help="Write a waveform for GTKWave (FST on Icarus, VCD on Verilator).")
+@click.option("--bench", type=click.Choice(["auto", "cocotb", "harness"]), default="auto",
+              show_default=True,
+              help="cocotb: the cocotb bench (AXI-Stream drivers and protocol checks); harness: "
+                   "a C++ harness compiled with the core by Verilator, images back to back at "
+                   "the model's own speed (about ten times the cocotb bench's on Verilator); "
+                   "auto: the harness on Verilator without --spikes or --waves.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of the dataset's files (mnist, emnist, nmnist; fashion-mnist "
                    "defaults to the Debian package's).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, nothing else.")
 @_user_errors
-def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves, data_dir,
+def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves, bench, data_dir,
         as_json):
     """Run the RTL on test images and compare every score with the golden model.
     """
     from nsm.flow import simulate
 
+    from sim.runner import cocotb_only, pick_bench
+
+    try:
+        bench = pick_bench(simulator, bench, cocotb_only(debug=spikes, waves=waves))
+    except ValueError as e:
+        raise click.UsageError(f"--bench {bench}: {e}") from None
     _check_outputs([("the co-simulation's directory", build_dir / "sim", ("*",))])
     summary = simulate(build_dir, dataset=dataset, count=count, offset=offset,
                        split_seed=split_seed, simulator=simulator, quiet=as_json,
-                       debug=spikes, waves=waves, data_dir=data_dir)
+                       debug=spikes, waves=waves, data_dir=data_dir, bench=bench)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -1060,7 +1072,7 @@ def demo(out_dir, count, epochs, samples, simulator):
 def _print_summary(s: dict) -> None:
     keys = ("float_accuracy", "golden_accuracy", "rtl_accuracy", "images", "mismatches",
             "cycles_per_inference", "cycles_per_inference_model", "cycle_model_exact",
-            "latency_cycles", "simulator", "waves")
+            "latency_cycles", "simulator", "bench", "waves")
     click.echo("summary")
     for k in keys:
         if k not in s or s[k] is None:

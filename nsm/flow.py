@@ -201,14 +201,15 @@ def _test_images(dataset: str, split_seed: int, ir: irmod.IR, count: int | None,
 
 def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset: int = 0,
              split_seed: int = 0, simulator: str = "icarus", quiet: bool = False,
-             debug: bool = False, waves: bool = False, data_dir: Path | None = None) -> dict:
+             debug: bool = False, waves: bool = False, data_dir: Path | None = None,
+             bench: str = "auto") -> dict:
     ir = load_build(build_dir)
     x, y = _test_images(dataset, split_seed, ir, count, offset, data_dir)
     verilog_sha256 = sha256_file(Path(build_dir) / f"{ir.name}.v")
     t0 = time.perf_counter()
     summary = cosim(Path(build_dir), ir, x, labels=y, simulator=simulator,
                     log_file=Path(build_dir) / "sim" / f"{simulator}.log", progress=not quiet,
-                    debug=debug, waves=waves)
+                    debug=debug, waves=waves, bench=bench)
     summary["sim_seconds"] = round(time.perf_counter() - t0, 2)
     # The core this run verified: `nsm report` shows the run only for that core.
     summary.update(dataset=dataset, offset=offset, split_seed=split_seed,

@@ -21,10 +21,12 @@ from hw.top import weight_image
 from nsm_export import early_exit, golden, schedule
 from nsm_export.ir import IR
 
-__all__ = ["SIMULATORS", "SimError", "RtlResult", "Comparison", "simulator_available",
-           "run_rtl", "golden_with_resets", "first_spike_mismatch", "compare", "cosim"]
+__all__ = ["SIMULATORS", "BENCHES", "SimError", "RtlResult", "Comparison",
+           "simulator_available", "cocotb_only", "pick_bench", "run_rtl", "golden_with_resets",
+           "first_spike_mismatch", "compare", "cosim"]
 
 SIMULATORS = ("icarus", "verilator")
+BENCHES = ("cocotb", "harness")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -67,7 +69,7 @@ def _prepend_path(folder: Path) -> None:
     os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-def _verilator_make_vars() -> list[str]:
+def _verilator_make_vars(opt: str | None = None) -> list[str]:
     """Variables for the make run that compiles a Verilated model (passed in ``MAKEFLAGS``, so
     they override verilated.mk's own):
 
@@ -83,7 +85,7 @@ def _verilator_make_vars() -> list[str]:
     out = ["CFG_CXXFLAGS_PCH_I=-include"]
     if shutil.which("ccache"):
         out.append("OBJCACHE=ccache")
-    opt = os.environ.get("NSM_VERILATOR_OPT")
+    opt = os.environ.get("NSM_VERILATOR_OPT") if opt is None else opt
     if opt:
         if not re.fullmatch(r"-O[0-3sgz]", opt):
             raise SimError(f"NSM_VERILATOR_OPT {opt!r} is not a C++ optimization flag "
@@ -126,7 +128,8 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
             out_stall_prob: float = 0.0, resets: list[tuple[int, int]] = (),
             seeds: list[tuple[int, int]] = (), seed: int = 0,
             debug: bool = False, waves: bool = False, verbose: bool = False,
-            log_file: Path | None = None, progress: bool = False) -> RtlResult:
+            log_file: Path | None = None, progress: bool = False,
+            bench: str = "cocotb") -> RtlResult:
     """Simulate ``verilog`` (the core for ``ir``) on ``pixels`` and return what it produced.
 
     ``in_idle_prob``/``out_stall_prob``: chance per cycle of an input gap / output stall.
@@ -134,10 +137,19 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
     :mod:`sim.tb_core`). ``seeds``: ``(k, S)`` pairs: hand run seed ``S`` over before image
     ``k``. ``debug``: the Verilog has the ``dbg_*`` ports; collect spike vectors.
     ``waves``: write FST (Icarus) or VCD (Verilator) next to the build.
+    ``bench``: ``cocotb`` (:mod:`sim.tb_core`: every option above) or ``harness``
+    (Verilator only: ``sim/harness.cpp``, the images back to back with nothing else asked, at
+    the Verilated model's own speed; see :func:`pick_bench`).
     """
+    if bench != "cocotb":
+        pick_bench(simulator, bench, cocotb_only(in_idle_prob, out_stall_prob, resets, seeds,
+                                                 debug, waves))
     reason = simulator_available(simulator)
     if reason:
         raise SimError(reason)
+    if bench == "harness":
+        return _run_harness(Path(verilog).resolve(), ir, pixels, work_dir, verbose=verbose,
+                            log_file=log_file, progress=progress)
     from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
 
@@ -231,6 +243,128 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
     finally:
         if own_tmp:
             shutil.rmtree(work, ignore_errors=True)
+
+
+HARNESS = Path(__file__).with_name("harness.cpp")
+
+
+def cocotb_only(in_idle_prob: float = 0.0, out_stall_prob: float = 0.0, resets=(), seeds=(),
+                debug: bool = False, waves: bool = False, **_) -> list[str]:
+    """What of a run's options only the cocotb bench does (the harness streams images back to
+    back from reset and nothing else)."""
+    return [name for name, v in (("stalls", in_idle_prob or out_stall_prob),
+                                 ("resets", len(resets)), ("seeds", len(seeds)),
+                                 ("spike vectors", debug), ("waves", waves)) if v]
+
+
+def pick_bench(simulator: str, bench: str = "auto", asked=()) -> str:
+    """``auto``: the Verilator harness where it can run (Verilator, nothing ``asked`` of
+    :func:`cocotb_only`), else the cocotb bench; ``cocotb`` or ``harness`` as asked, or
+    ValueError naming why the harness cannot."""
+    if bench == "auto":
+        return "harness" if simulator == "verilator" and not asked else "cocotb"
+    if bench not in BENCHES:
+        raise ValueError(f"bench {bench!r}: choose from auto, {', '.join(BENCHES)}")
+    if bench == "harness" and (simulator != "verilator" or asked):
+        why = ", ".join(asked) if simulator == "verilator" else f"the {simulator} simulator"
+        raise ValueError(f"the harness bench runs on verilator alone and streams images with "
+                         f"nothing else: not with {why} (use the cocotb bench)")
+    return bench
+
+
+def _max_cycles(ir: IR, images: int) -> int:
+    """A bound no working core reaches on ``images`` images: the weight image, then twice the
+    cycle model's expected image each as if every synapse were kept (a kept-list engine's
+    cycles grow with the inputs it keeps), plus slack."""
+    keep = min([la.p_num / 2 ** la.p_bits for la in ir.layers if getattr(la, "sampling", False)]
+               or [1.0])
+    per = (schedule.expected_cycles_per_inference(ir)
+           + schedule.expected_latency_cycles(ir)) / keep
+    return len(weight_image(ir)) + int(2 * (images + 2) * per) + 100_000
+
+
+def _run_harness(verilog: Path, ir: IR, pixels: np.ndarray, work_dir: Path | None,
+                 verbose: bool = False, log_file: Path | None = None,
+                 progress: bool = False) -> RtlResult:
+    """The lean co-simulation on Verilator: ``sim/harness.cpp`` compiled with the core, no VPI
+    (cocotb's ``--public-flat-rw`` keeps every signal and slows the model down), streaming the
+    images back to back with ``m_axis_tready`` high. The same records as the cocotb bench
+    (:mod:`sim.tb_core`) on the same streams, cycle for cycle."""
+    import subprocess
+    from hw.lint import verilator_path
+
+    for path in filter(None, (verilog, work_dir and Path(work_dir).resolve())):
+        if not _PATH_OK["verilator"].fullmatch(str(path)):
+            bad = _PATH_OK["verilator"].sub("", str(path))[0]
+            raise SimError(f"{str(path)!r}: verilator cannot build in a path holding {bad!r} "
+                           f"({_PATH_WHY['verilator']}); move the build directory")
+    own_tmp = work_dir is None
+    work = Path(tempfile.mkdtemp(prefix="nsm-sim-")) if own_tmp else Path(work_dir).resolve()
+    try:
+        build = work / "build_harness"
+        job = work / "job"
+        job.mkdir(parents=True, exist_ok=True)
+        pixels = np.asarray(pixels, dtype=np.int64)
+        n_img, n_in = pixels.shape
+        pixels.astype("<u4").tofile(job / "pixels.bin")
+        beats = weight_image(ir)
+        text = verilog.read_text()
+        has_w = re.search(r"\binput\s+(\[[^]]*\]\s*)?w_axis_tvalid\b", text) is not None
+        if beats:
+            np.asarray(beats, dtype="<u4").tofile(job / "weights.bin")
+        argv = [verilator_path(), "--cc", "--exe", "--build", "-j", "1", "-Wno-fatal",
+                "--top-module", ir.name, "--prefix", "Vtop", "-o", "Vtop", "--Mdir", str(build),
+                *(["-CFLAGS", "-DNSM_W_AXIS"] if has_w else []), str(verilog), str(HARNESS)]
+        env = dict(os.environ)
+        # A long run: -O3 unless NSM_VERILATOR_OPT says otherwise (UP5K preset: 0.85 M
+        # cycles/s against 0.57 M at the default -Os, for 5 s more compiling).
+        env.setdefault("NSM_VERILATOR_OPT", "-O3")
+        make_vars = _verilator_make_vars(env["NSM_VERILATOR_OPT"])
+        env["MAKEFLAGS"] = " ".join(filter(None, [env.get("MAKEFLAGS"), *make_vars]))
+        t0 = time.perf_counter()
+        out = None if verbose else subprocess.PIPE
+        res = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        if res.returncode != 0:
+            build.mkdir(parents=True, exist_ok=True)
+            (build / "build.log").write_text(res.stdout or "")
+            raise SimError(f"verilator could not build {verilog.name} with the harness (exit "
+                           f"{res.returncode}); see {build / 'build.log'}")
+        t1 = time.perf_counter()
+        rtl_bin = job / "rtl.bin"
+        run_argv = [str(build / "Vtop"), str(job / "pixels.bin"), str(n_img), str(n_in),
+                    str(job / "weights.bin") if beats else "-", str(rtl_bin),
+                    str(job / "progress"), str(_max_cycles(ir, n_img))]
+        with _ProgressBar(job / "progress", n_img, "verilator co-simulation", enabled=progress):
+            with open(log_file, "w") if log_file else open(os.devnull, "w") as log:
+                res = subprocess.run(run_argv, stdout=log, stderr=subprocess.PIPE, text=True)
+        t2 = time.perf_counter()
+        if res.returncode != 0:
+            why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+            raise SimError(f"the Verilator harness failed on {verilog.name}: {why}")
+        return _read_harness(rtl_bin, ir, n_img, t1 - t0, t2 - t1)
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _read_harness(path: Path, ir: IR, n_img: int, build_s: float, run_s: float) -> RtlResult:
+    """Decode the harness's records (see sim/harness.cpp) as the cocotb bench decodes m_axis."""
+    raw = path.read_bytes()
+    per = len(raw) // n_img if n_img else 0
+    words = (per - 32) // 4
+    if n_img == 0 or per * n_img != len(raw) or words < 1:
+        raise SimError(f"{path}: {len(raw)} bytes are not {n_img} harness records")
+    head = np.frombuffer(raw, dtype=np.dtype([("r", "<i8", 4), ("u", "<u4", words)]))
+    C, sb = ir.n_classes, ir.score_bits
+    user = [sum(int(w) << (32 * i) for i, w in enumerate(rec)) for rec in head["u"]]
+    scores = np.array([[((u >> (c * sb)) & ((1 << sb) - 1)) - ((u >> (c * sb + sb - 1) & 1) << sb)
+                        for c in range(C)] for u in user], dtype=np.int64).reshape(n_img, C)
+    samples = np.array([u >> (C * sb) if ir.early_exit.active else ir.samples for u in user],
+                       dtype=np.int64)
+    r = head["r"].astype(np.int64)
+    return RtlResult(classes=r[:, 0], scores=scores, latency=r[:, 1] - r[:, 3],
+                     done_at=r[:, 2], last_pixel=r[:, 3], samples=samples,
+                     build_seconds=build_s, run_seconds=run_s)
 
 
 def _unpack_spikes(ir: IR, n_img: int, layers: np.ndarray, bits: np.ndarray) -> list[np.ndarray]:
@@ -361,13 +495,15 @@ def compare(expected: golden.GoldenResult, rtl: RtlResult) -> Comparison:
 
 
 def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None = None,
-          simulator: str = "icarus", debug: bool = False, **kw) -> dict:
+          simulator: str = "icarus", debug: bool = False, bench: str = "auto",
+          **kw) -> dict:
     """Golden model and RTL on the same images; returns the summary ``nsm sim`` prints.
 
     ``debug`` builds a debug variant of the core (``dbg_*`` ports) and compares every hidden
     spike vector too, locating the first mismatch by image, sample, layer and neuron.
     """
     build_dir = Path(build_dir)
+    bench = pick_bench(simulator, bench, cocotb_only(debug=debug, **kw))
     exp = golden_with_resets(ir, pixels, kw.get("resets", ()), record=True,
                              seeds=kw.get("seeds", ()))
     verilog = build_dir / f"{ir.name}.v"
@@ -377,7 +513,7 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
         verilog.parent.mkdir(parents=True, exist_ok=True)
         verilog.write_text(generate_verilog(ir, debug=True))
     rtl = run_rtl(verilog, ir, pixels, simulator=simulator, work_dir=build_dir / "sim",
-                  debug=debug, **kw)
+                  debug=debug, bench=bench, **kw)
     cmp = compare(exp, rtl)
     lat = rtl.latency.astype(np.int64)
     lat_model = schedule.latency_cycles(ir, exp.masks, exp.samples)
@@ -388,7 +524,8 @@ def cosim(build_dir: Path, ir: IR, pixels: np.ndarray, labels: np.ndarray | None
     full = schedule.cycles_per_inference(ir, exp.masks)
     cut = schedule.cycles_per_inference(ir, exp.masks, exp.samples)
     summary = {
-        "simulator": simulator, "images": cmp.images, "mismatches": cmp.mismatches,
+        "simulator": simulator, "bench": bench,
+        "images": cmp.images, "mismatches": cmp.mismatches,
         "first_mismatch": cmp.first_mismatch,
         "latency_cycles": round(float(lat.mean()), 1) if len(lat) else 0,
         "latency_cycles_model": round(float(lat_model.mean()), 1) if len(lat) else 0,
