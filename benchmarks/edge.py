@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import provenance, write_results   # noqa: E402
 from hw.board import BOARDS                                 # noqa: E402
+from nsm.report import edge_goal_met, edge_goal_text        # noqa: E402
 from nsm_export.devices import TARGETS                      # noqa: E402
 from nsm_train.presets import PRESETS                       # noqa: E402
 
@@ -77,22 +78,6 @@ def nsm(*args, log: Path) -> str:
         raise StageError(f"nsm {args[0]} failed ({lines[-1] if lines else 'no output'}); "
                          f"see {log}")
     return r.stdout
-
-
-def goal_met(goal: list, accuracy, rate) -> bool | None:
-    """Whether (accuracy, rate) meets one of the goal's alternatives; None if unmeasured."""
-    if accuracy is None:
-        return None
-    return any(accuracy >= g["accuracy"] and (g["inferences_per_s"] is None or
-                                              (rate is not None and rate >= g["inferences_per_s"]))
-               for g in goal)
-
-
-def goal_text(goal: list) -> str:
-    parts = [f">= {100 * g['accuracy']:.1f} %" + (f" at >= {g['inferences_per_s']:,}/s"
-                                                  if g["inferences_per_s"] else "")
-             for g in goal]
-    return " or ".join(parts)
 
 
 def _merge(path: Path, rec: dict, key=("preset", "target", "samples", "early_exit")) -> None:
@@ -134,13 +119,14 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
                golden_accuracy=None, float_accuracy=None, images=0, mismatches=None,
                simulator=simulator, fits=None, fmax_mhz=None, cycles_per_inference=None,
                mean_samples=None, inferences_per_s=None, luts=None, ram=None, dsps=None,
-               folding=None, goal=preset.goal, goal_text=goal_text(preset.goal),
+               folding=None, goal=preset.goal, goal_text=edge_goal_text(preset.goal),
                meets_goal=None, checkpoint=str(checkpoint.relative_to(ROOT)
                                                if checkpoint.is_relative_to(ROOT) else checkpoint),
                seconds={}, **provenance("edge.py", argv))
 
     def save():
-        rec["meets_goal"] = goal_met(preset.goal, rec["rtl_accuracy"], rec["inferences_per_s"])
+        rec["meets_goal"] = edge_goal_met(preset.goal, rec["rtl_accuracy"],
+                                          rec["inferences_per_s"])
         _merge(out, rec)
 
     t = time.perf_counter()
@@ -198,7 +184,7 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
     t = time.perf_counter()
     s = json.loads(nsm("sim", build, "--dataset", dataset, "--count", images,
                        "--simulator", simulator, "--json", log=log))
-    rec.update(images=s["images"], mismatches=s["mismatches"],
+    rec.update(images=s["images"], mismatches=s["mismatches"], bench=s.get("bench"),
                rtl_accuracy=s["rtl_accuracy"], golden_accuracy=s["golden_accuracy"],
                cycles_per_inference=s["cycles_per_inference"],
                cycle_model_exact=s.get("cycle_model_exact"), mean_samples=s.get("mean_samples"),

@@ -48,7 +48,8 @@ __all__ = ["ReportError", "DEFAULT_SAMPLES", "collect", "build_document", "write
            "accuracy_figure", "run_golden", "ir_at_samples", "lfsr_statistics", "find_model",
            "network_shapes", "resource_rows", "cycle_summary", "early_exit_summary",
            "early_exit_figure", "histogram_text", "Section", "Table", "Figure", "NotRun",
-           "OUTPUTS", "edge_figure", "edge_table", "edge_goals", "edge_plotted",
+           "OUTPUTS", "edge_figure", "edge_table", "edge_goals", "edge_goal_met", "edge_goal_text",
+           "edge_plotted",
            "edge_results_path", "load_edge_records", "EDGE_ENV", "markdown_table"]
 
 DEFAULT_SAMPLES = (1, 4, 16, 64)
@@ -824,6 +825,20 @@ def edge_figure(records: list[dict], builds: list[dict] = (), title: str = "",
 def _goal_text(goals: list[tuple[float, float | None]]) -> str:
     return ", or ".join(f"≥ {100 * a:.1f} %" + (f" at ≥ {r:,.0f} inferences/s" if r else
                                                 " at any rate") for a, r in goals)
+
+
+def edge_goal_text(goal) -> str:
+    """A record's ``goal`` (see :func:`edge_goals`) in words."""
+    return _goal_text(edge_goals(goal))
+
+
+def edge_goal_met(goal, accuracy, rate) -> bool | None:
+    """Whether (accuracy, inferences/s) meets one of ``goal``'s alternatives (a rate of None
+    meets only a goal at any rate); None while the accuracy is unmeasured."""
+    if accuracy is None:
+        return None
+    return any(accuracy >= a and (r is None or (rate is not None and rate >= r))
+               for a, r in edge_goals(goal))
 
 
 def _ram_text(ram) -> str:
