@@ -1,15 +1,17 @@
 """Co-simulation benchmark: a Fashion-MNIST NSM MLP through the RTL, bit-exact, on both simulators.
 
 Trains (or reuses) a Fashion-MNIST MLP, compiles it, runs the golden model and the RTL on the
-first ``--images`` test images in Verilator (and ``--icarus-images`` in Icarus, which is slower)
-and writes a JSON list of records to ``benchmarks/results/cosim.json``, one per design (the
-kept-list engines and the popcount core) and simulator: ``design``, ``simulator``, ``images``,
-``mismatches``, ``golden_images_per_s``, ``cosim_cycles_per_s`` and more, with the command that
-made them. Speeds are wall-clock on the machine that ran it; compare
-ratios within one file rather than absolute numbers across machines.
+first ``--images`` test images in Verilator's C++ harness (``sim/harness.cpp``), the first
+``--cocotb-images`` in the cocotb bench on Verilator and ``--icarus-images`` in the cocotb bench
+on Icarus (the slowest), and writes a JSON list of records to ``benchmarks/results/cosim.json``,
+one per design (the kept-list engines and the popcount core), simulator and bench: ``design``,
+``simulator``, ``bench``, ``images``, ``mismatches``, ``golden_images_per_s``,
+``cosim_cycles_per_s`` and more, with the command that made them. Speeds are wall-clock on the
+machine that ran it; compare ratios within one file rather than absolute numbers across
+machines.
 
-    python benchmarks/cosim.py                     # 1,000 images in Verilator, 10 in Icarus
-    python benchmarks/cosim.py --images 20 --icarus-images 5 --epochs 1   # a quick look
+    python benchmarks/cosim.py       # 1,000 images in the harness, 200 in cocotb, 10 in Icarus
+    python benchmarks/cosim.py --images 20 --cocotb-images 5 --icarus-images 5 --epochs 1
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ from sim.runner import compare, run_rtl, simulator_available  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=1000, help="test images through Verilator")
+    ap.add_argument("--images", type=int, default=1000,
+                    help="test images through the Verilator harness")
+    ap.add_argument("--cocotb-images", type=int, default=200,
+                    help="test images through the cocotb bench on Verilator")
     ap.add_argument("--icarus-images", type=int, default=10, help="test images through Icarus")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=5)
@@ -68,7 +73,7 @@ def main(argv=None) -> int:
     builds = {"kept-list": dict(pe=[int(v) for v in a.pe.split(",")]),
               "popcount": dict(pe=[8, 1], simd=[8, 2], lanes=[4, 2], pass_samples=8,
                                weight_store=["ram", "rom"])}
-    n_max = max(a.images, a.icarus_images)
+    n_max = max(a.images, a.cocotb_images, a.icarus_images)
     x, y = x_te[:n_max].astype(np.int64), y_te[:n_max]
     records = []
     for design in (["kept-list", "popcount"] if a.design == "both" else [a.design]):
@@ -88,20 +93,22 @@ def _run(a, argv, design, ir, vfile, x, y, float_acc) -> list[dict]:
 
     network = [ir.input.size] + [layer.n_out for layer in ir.layers]
     records = []
-    for simulator, n in (("verilator", a.images), ("icarus", a.icarus_images)):
+    for simulator, bench, n in (("verilator", "harness", a.images),
+                                ("verilator", "cocotb", a.cocotb_images),
+                                ("icarus", "cocotb", a.icarus_images)):
         reason = simulator_available(simulator)
         if reason or n <= 0:
-            print(f"skipping {simulator}: {reason or 'no images asked for'}")
+            print(f"skipping {simulator} ({bench}): {reason or 'no images asked for'}")
             continue
-        rtl = run_rtl(vfile, ir, x[:n], simulator=simulator,
-                      work_dir=a.work / f"{simulator}-{design}",
-                      log_file=a.work / f"{simulator}-{design}.log", progress=True)
+        rtl = run_rtl(vfile, ir, x[:n], simulator=simulator, bench=bench,
+                      work_dir=a.work / f"{simulator}-{bench}-{design}",
+                      log_file=a.work / f"{simulator}-{bench}-{design}.log", progress=True)
         expected = golden.run(ir, x[:n], record=True)
         cmp = compare(expected, rtl)
         cycles = int(rtl.done_at[-1])
         ii_model = schedule.cycles_per_inference(ir, expected.masks)
         rec = {
-            "simulator": simulator, "design": design, "images": n,
+            "simulator": simulator, "bench": bench, "design": design, "images": n,
             "mismatches": cmp.mismatches,
             "first_mismatch": cmp.first_mismatch, "dataset": "fashion-mnist",
             "network": network, "samples": ir.samples, "pe": [layer.pe for layer in ir.layers],
@@ -127,7 +134,7 @@ def _run(a, argv, design, ir, vfile, x, y, float_acc) -> list[dict]:
             **provenance("cosim.py", argv),
         }
         records.append(rec)
-        print(f"{design}, {simulator}: {n} images, {cmp.mismatches} mismatches, "
+        print(f"{design}, {simulator} ({bench}): {n} images, {cmp.mismatches} mismatches, "
               f"{rec['cosim_cycles_per_s']:.0f} cycles/s")
     return records
 

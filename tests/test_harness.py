@@ -100,3 +100,15 @@ def test_the_bench_choice():
     with pytest.raises(ValueError, match="not with seeds"):
         run_rtl("nsm.v", None, np.zeros((1, 1)), simulator="verilator", seeds=[(0, 5)],
                 bench="harness")
+
+
+def test_nsm_sim_refuses_the_harness_where_it_cannot_run(tmp_path):
+    from click.testing import CliRunner
+
+    from nsm.cli import main
+    for args, why in ((["--bench", "harness"], "not with the icarus simulator"),
+                      (["--simulator", "verilator", "--bench", "harness", "--spikes"],
+                       "not with spike vectors")):
+        res = CliRunner().invoke(main, ["sim", str(tmp_path / "build"), *args])
+        assert res.exit_code == 2 and why in res.output, res.output
+        assert not (tmp_path / "build").exists()
