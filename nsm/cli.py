@@ -879,7 +879,7 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
               show_default=True,
               help="cocotb: the cocotb bench (AXI-Stream drivers and protocol checks); harness: "
                    "a C++ harness compiled with the core by Verilator, images back to back at "
-                   "the model's own speed (about ten times the cocotb bench's on Verilator); "
+                   "the model's own speed (over ten times the cocotb bench's on Verilator); "
                    "auto: the harness on Verilator without --spikes or --waves.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory of the dataset's files (mnist, emnist, nmnist; fashion-mnist "

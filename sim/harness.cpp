@@ -15,8 +15,9 @@
 // PIXELS, WEIGHTS: little-endian uint32 beats. OUT: per result, int64 class, valid_at (the
 // cycle m_axis_tvalid went high), done_at (its handshake) and last_pixel (the image's last
 // pixel handshake), then m_axis_tuser as little-endian uint32 words. PROGRESS: a file rewritten
-// with the number of results so far. Exit 0 when all N_IMG results are out; 3 with one line on
-// stderr when MAX_CYCLES pass first or the core misbehaves.
+// with the number of results so far. Exit 0 when all N_IMG results are out and no other follows
+// within 4,096 cycles; 3 with one line on stderr when MAX_CYCLES pass first or the core
+// misbehaves (a result before its image is in, w_axis ready after the weight image).
 
 #include <cstdint>
 #include <cstdio>
@@ -87,6 +88,12 @@ int main(int argc, char** argv) {
         return 3;
     }
 
+#ifndef NSM_W_AXIS
+    if (!weights.empty()) {
+        std::fprintf(stderr, "harness: a weight image for a core without w_axis\n");
+        return 3;
+    }
+#endif
     const std::unique_ptr<VerilatedContext> ctx{new VerilatedContext};
     const std::unique_ptr<Vtop> top{new Vtop{ctx.get()}};
     long long edge = 0;
@@ -149,10 +156,6 @@ int main(int argc, char** argv) {
 #ifdef NSM_W_AXIS
         if (w_valid && top->w_axis_tready && ++w == weights.size()) weights_done = true;
 #endif
-        if (s_valid && top->s_axis_tready) {
-            ++px;
-            if (px % n_in == 0) last_pixel[px / n_in - 1] = edge;
-        }
         if (top->m_axis_tvalid) {  // tready is high: taken at this edge, set by the one before
             if (last_pixel[results] < 0) {
                 std::fprintf(stderr, "harness: result %ld at cycle %lld before its image was in\n", results, edge);
@@ -160,12 +163,20 @@ int main(int argc, char** argv) {
                 return 3;
             }
             const int64_t rec[4] = {static_cast<int64_t>(top->m_axis_tdata), edge - 1, edge, last_pixel[results]};
-            std::fwrite(rec, sizeof(int64_t), 4, out);
             words.clear();
             put_words(words, top->m_axis_tuser);
-            std::fwrite(words.data(), sizeof(uint32_t), words.size(), out);
+            if (std::fwrite(rec, sizeof(int64_t), 4, out) != 4 ||
+                std::fwrite(words.data(), sizeof(uint32_t), words.size(), out) != words.size()) {
+                std::fprintf(stderr, "harness: cannot write %s\n", argv[5]);
+                std::fclose(out);
+                return 3;
+            }
             ++results;
             if (results % report_every == 0 || results == n_img) write_progress(progress, results);
+        }
+        if (s_valid && top->s_axis_tready) {
+            ++px;
+            if (px % n_in == 0) last_pixel[px / n_in - 1] = edge;
         }
         clock();
 #ifdef NSM_W_AXIS
@@ -181,7 +192,21 @@ int main(int argc, char** argv) {
         }
 #endif
     }
+    // One result per image: no further result may appear (watched for 4,096 cycles).
+    top->s_axis_tvalid = 0;
+    for (int i = 0; i < 4096; ++i) {
+        top->eval();
+        if (top->m_axis_tvalid) {
+            std::fprintf(stderr, "harness: a result after the last image's, at cycle %lld\n", edge);
+            std::fclose(out);
+            return 3;
+        }
+        clock();
+    }
     top->final();
-    std::fclose(out);
+    if (std::fclose(out) != 0) {
+        std::fprintf(stderr, "harness: cannot write %s\n", argv[5]);
+        return 3;
+    }
     return 0;
 }

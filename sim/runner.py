@@ -142,8 +142,8 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
     the Verilated model's own speed; see :func:`pick_bench`).
     """
     if bench != "cocotb":
-        pick_bench(simulator, bench, cocotb_only(in_idle_prob, out_stall_prob, resets, seeds,
-                                                 debug, waves))
+        bench = pick_bench(simulator, bench, cocotb_only(in_idle_prob, out_stall_prob, resets,
+                                                         seeds, debug, waves))
     reason = simulator_available(simulator)
     if reason:
         raise SimError(reason)
@@ -306,10 +306,19 @@ def _run_harness(verilog: Path, ir: IR, pixels: np.ndarray, work_dir: Path | Non
         job.mkdir(parents=True, exist_ok=True)
         pixels = np.asarray(pixels, dtype=np.int64)
         n_img, n_in = pixels.shape
+        top = 1 << ir.input.pixel_bits
+        if n_img == 0 or n_in != ir.input.size or pixels.min() < 0 or pixels.max() >= top:
+            raise SimError(f"the harness takes 1 or more images of {ir.input.size} pixels in "
+                           f"[0, {top}), not {n_img} of {n_in}")
         pixels.astype("<u4").tofile(job / "pixels.bin")
         beats = weight_image(ir)
+        # The core's own ports: the top module's, which the generated file declares first.
         text = verilog.read_text()
         has_w = re.search(r"\binput\s+(\[[^]]*\]\s*)?w_axis_tvalid\b", text) is not None
+        if bool(beats) != has_w:
+            raise SimError(f"{verilog.name}: " + ("no w_axis port for the IR's weight image"
+                                                  if beats else "a w_axis port, and the IR has "
+                                                  "no weight image: the Verilog is not the IR's"))
         if beats:
             np.asarray(beats, dtype="<u4").tofile(job / "weights.bin")
         argv = [verilator_path(), "--cc", "--exe", "--build", "-j", "1", "-Wno-fatal",
@@ -327,19 +336,25 @@ def _run_harness(verilog: Path, ir: IR, pixels: np.ndarray, work_dir: Path | Non
         if res.returncode != 0:
             build.mkdir(parents=True, exist_ok=True)
             (build / "build.log").write_text(res.stdout or "")
-            raise SimError(f"verilator could not build {verilog.name} with the harness (exit "
-                           f"{res.returncode}); see {build / 'build.log'}")
+            first = next((ln for ln in (res.stdout or "").splitlines()
+                          if ln.startswith("%Error")), f"exit {res.returncode}")
+            raise SimError(f"verilator could not build {verilog.name} with the harness "
+                           f"({first.strip()[:200]}); see "
+                           f"{build / 'build.log' if res.stdout else 'the output above'}")
         t1 = time.perf_counter()
         rtl_bin = job / "rtl.bin"
         run_argv = [str(build / "Vtop"), str(job / "pixels.bin"), str(n_img), str(n_in),
                     str(job / "weights.bin") if beats else "-", str(rtl_bin),
                     str(job / "progress"), str(_max_cycles(ir, n_img))]
         with _ProgressBar(job / "progress", n_img, "verilator co-simulation", enabled=progress):
-            with open(log_file, "w") if log_file else open(os.devnull, "w") as log:
-                res = subprocess.run(run_argv, stdout=log, stderr=subprocess.PIPE, text=True)
+            res = subprocess.run(run_argv, capture_output=True, text=True)
         t2 = time.perf_counter()
+        if log_file:
+            Path(log_file).write_text(res.stdout + res.stderr)
         if res.returncode != 0:
-            why = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+            lines = res.stderr.strip().splitlines()
+            why = next((ln for ln in lines if ln.startswith("harness:")),
+                       lines[0] if lines else f"exit {res.returncode}")
             raise SimError(f"the Verilator harness failed on {verilog.name}: {why}")
         return _read_harness(rtl_bin, ir, n_img, t1 - t0, t2 - t1)
     finally:
@@ -349,11 +364,14 @@ def _run_harness(verilog: Path, ir: IR, pixels: np.ndarray, work_dir: Path | Non
 
 def _read_harness(path: Path, ir: IR, n_img: int, build_s: float, run_s: float) -> RtlResult:
     """Decode the harness's records (see sim/harness.cpp) as the cocotb bench decodes m_axis."""
+    from hw.ports import samples_bits
+
     raw = path.read_bytes()
-    per = len(raw) // n_img if n_img else 0
-    words = (per - 32) // 4
-    if n_img == 0 or per * n_img != len(raw) or words < 1:
-        raise SimError(f"{path}: {len(raw)} bytes are not {n_img} harness records")
+    width = ir.n_classes * ir.score_bits + samples_bits(ir)       # m_axis_tuser's
+    words = max(1, -(-width // 32))          # harness.cpp's put_words, any Verilator type
+    if len(raw) != n_img * (32 + 4 * words):
+        raise SimError(f"{path}: {len(raw)} bytes are not {n_img} harness records of "
+                       f"{32 + 4 * words}")
     head = np.frombuffer(raw, dtype=np.dtype([("r", "<i8", 4), ("u", "<u4", words)]))
     C, sb = ir.n_classes, ir.score_bits
     user = [sum(int(w) << (32 * i) for i, w in enumerate(rec)) for rec in head["u"]]
