@@ -22,6 +22,7 @@ for comparison only. One record per (preset, target, T, early-exit rule) in
 interrupted run keeps what it measured; a missing checkpoint ends with one line naming it.
 
     python benchmarks/edge.py --preset ice40-up5k [--images 1000] [--early-exit margin:0.07]
+        [--reuse-synth] [--no-bitstream]
 """
 
 from __future__ import annotations
@@ -101,9 +102,22 @@ def _network_label(ir: dict, preset) -> str:
     return f"{preset.network} ({levels}-level thermometer)"
 
 
+def _reused_synth(build: Path, target: str) -> dict | None:
+    """The last ``nsm synth`` report of ``build`` for ``target`` where it synthesized this very
+    core (its ``core.v`` is the build's Verilog byte for byte), else None."""
+    work = build / "synth" / target
+    try:
+        rep = json.loads((work / "report.json").read_text())
+        ir = json.loads((build / "ir.json").read_text())
+        same = (work / "core.v").read_bytes() == (build / f"{ir['name']}.v").read_bytes()
+    except (OSError, ValueError, KeyError):
+        return None
+    return rep if same and rep.get("board") is None else None
+
+
 def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
         early_exit: str | None, samples: int | None, synth: bool, bitstream: bool,
-        argv, simulator: str = "verilator") -> dict:
+        argv, simulator: str = "verilator", reuse_synth: bool = False) -> dict:
     preset = PRESETS[preset_name]
     target = preset.name
     if not checkpoint.is_file():
@@ -153,7 +167,12 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
     if synth:
         t = time.perf_counter()
         try:
-            rep = json.loads(nsm("synth", build, "--target", target, "--json", log=log))
+            rep = _reused_synth(build, target) if reuse_synth else None
+            if rep is None:
+                rep = json.loads(nsm("synth", build, "--target", target, "--json", log=log))
+            else:
+                with log.open("a") as f:
+                    f.write(f"reusing {build / 'synth' / target / 'report.json'}\n")
         except StageError as e:
             rec.update(fits=False, synth_error=str(e))
             save()
@@ -214,6 +233,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-synth", action="store_true", help="Skip yosys and nextpnr.")
     ap.add_argument("--no-bitstream", action="store_true",
                     help="Skip the board top's bitstream (nsm synth --bitstream).")
+    ap.add_argument("--reuse-synth", action="store_true",
+                    help="Keep the build's last `nsm synth` report where it synthesized the same "
+                         "Verilog, byte for byte (the board top is always built again).")
     ap.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
     ap.add_argument("--build-root", type=Path, default=MODELS / "builds")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -230,7 +252,7 @@ def main(argv=None) -> int:
             f"-{a.early_exit.replace(':', '').replace(',', '-')}" if a.early_exit else "")
         try:
             r = run(name, ck, a.images, a.build_root / tag, a.out, a.early_exit, a.samples,
-                    not a.no_synth, not a.no_bitstream, argv, a.simulator)
+                    not a.no_synth, not a.no_bitstream, argv, a.simulator, a.reuse_synth)
         except StageError as e:
             print(f"edge.py: {name}: {e}", file=sys.stderr)
             failed += 1

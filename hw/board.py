@@ -71,6 +71,7 @@ class Board:
     pnr_args: tuple
     pack_args: tuple
     suffix: str            # of the bitstream file
+    fifo_ram: str | None = None    # the image FIFO's yosys ram_style (UartClassifier)
 
     @property
     def bitstream(self) -> str:
@@ -93,8 +94,10 @@ _ECP5 = {"packer": "yowasp-ecppack", "pnr_args": ("--lpf", "{pins}", "--textcfg"
 ICEBREAKER = Board("icebreaker", "ice40-up5k", 12.0, "icebreaker_top",
                    Path(__file__).with_name("icebreaker.pcf"), model="iCEBreaker", **_ICE40)
 # The ULX3S comes with an LFE5U-12F, -25F, -45F or -85F; one pin file for all of them.
+# The image FIFO in LUT RAM (about 400 LUTs for 784 bytes): the ECP5 presets' cores take every
+# EBR block and leave LUTs free.
 ULX3S_25F = Board("ulx3s", "ecp5-25k", 25.0, "ulx3s_top", Path(__file__).with_name("ulx3s.lpf"),
-                  model="ULX3S 25F", **_ECP5)
+                  model="ULX3S 25F", fifo_ram="distributed", **_ECP5)
 ULX3S_85F = replace(ULX3S_25F, target="ecp5-85k", model="ULX3S 85F")
 #: The board for each synthesis target that has one.
 BOARDS = {b.target: b for b in (ICEBREAKER, ULX3S_25F, ULX3S_85F)}
@@ -127,6 +130,20 @@ def lpf_pins(path: Path) -> dict[str, str]:
     return pins
 
 
+class _ImageFifo(SyncFIFOBuffered):
+    """SyncFIFOBuffered whose storage carries a yosys ``ram_style`` (None: yosys's choice)."""
+
+    def __init__(self, *, width: int, depth: int, ram_style: str | None = None):
+        super().__init__(width=width, depth=depth)
+        self._ram_style = ram_style
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        if self._ram_style:
+            m.submodules.storage.attrs["ram_style"] = self._ram_style
+        return m
+
+
 class UartClassifier(wiring.Component):
     """The core for ``ir`` fed from a UART receiver, its class index sent back by a transmitter.
 
@@ -138,6 +155,9 @@ class UartClassifier(wiring.Component):
         Clock cycles per UART bit.
     rom_modules : bool
         As :class:`hw.top.NsmCore`'s: ``False`` to run the design in Amaranth's simulator.
+    fifo_ram : str or None
+        yosys ``ram_style`` of the image FIFO's storage (``"distributed"``: LUT RAM, where the
+        core takes every block RAM); None: yosys's choice (block RAM).
 
     Members
     -------
@@ -153,7 +173,8 @@ class UartClassifier(wiring.Component):
         Sticky until reset: a byte was dropped (framing error, or the pixel FIFO was full).
     """
 
-    def __init__(self, ir: IR, divisor: int, rom_modules: bool = True):
+    def __init__(self, ir: IR, divisor: int, rom_modules: bool = True,
+                 fifo_ram: str | None = None):
         if not isinstance(ir, IR):
             raise TypeError(f"ir must be an nsm_export.ir.IR, not {type(ir).__name__}")
         if ir.input.pixel_bits > 8:
@@ -165,6 +186,7 @@ class UartClassifier(wiring.Component):
         self._ir = ir
         self._divisor = divisor
         self._rom_modules = rom_modules
+        self._fifo_ram = fifo_ram
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "result": Out(1),
                           "class_index": Out(ir.class_bits), "error": Out(1)})
 
@@ -177,7 +199,8 @@ class UartClassifier(wiring.Component):
         ir = self._ir
         m.submodules.rx = rx = UartRx(self._divisor)
         m.submodules.tx = tx = UartTx(self._divisor)
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=8, depth=max(2, ir.input.size))
+        m.submodules.fifo = fifo = _ImageFifo(width=8, depth=max(2, ir.input.size),
+                                              ram_style=self._fifo_ram)
         m.submodules.core = core = build_core(ir, rom_modules=self._rom_modules)
         m.d.comb += [
             rx.rx.eq(self.rx), self.tx.eq(tx.tx),
@@ -233,7 +256,7 @@ class BoardTop(wiring.Component):
                  rom_modules: bool = True):
         self._board = board
         self._classifier = UartClassifier(ir, divisor_for(board.clock_mhz * 1e6, baud),
-                                          rom_modules)
+                                          rom_modules, board.fifo_ram)
         super().__init__(members)
 
     @property

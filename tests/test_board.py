@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 from click.testing import CliRunner
 
 from hw.board import (BOARDS, ICEBREAKER, POR_BITS, ULX3S_25F, ULX3S_85F, UartClassifier,
-                      board_top, port_bits)
+                      board_top, board_verilog, port_bits)
 from hw.uart import UartRx, UartTx, divisor_for, frame_bits
 from nsm.cli import main
 from nsm_export import golden, schedule
@@ -244,6 +244,15 @@ def test_every_target_has_a_board_and_each_board_its_device():
         assert board.bitstream == board.top + (".bit" if "ecp5" in target else ".bin")
         assert board.constraints.suffix == (".lpf" if "ecp5" in target else ".pcf")
     assert divisor_for(25e6, 115200) == 217              # 115,207 baud, 0.006 % slow
+
+
+def test_the_image_fifo_takes_lut_ram_on_the_ulx3s():
+    """The ECP5 presets' cores take every EBR block: the ULX3S top's image FIFO asks yosys for
+    LUT RAM; the iCEBreaker's (LUTs scarce, EBR left) stays yosys's choice."""
+    ir = random_ir(np.random.default_rng(3), sizes=[20, 8, 4])
+    styles = {b.name: re.findall(r'ram_style = "(\w+)"', board_verilog(ir, b))
+              for b in (ICEBREAKER, ULX3S_25F, ULX3S_85F)}
+    assert styles == {"icebreaker": [], "ulx3s": ["distributed"]}
 
 
 @pytest.mark.parametrize("board", [ICEBREAKER, ULX3S_25F], ids=lambda b: b.name)
