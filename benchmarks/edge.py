@@ -9,9 +9,12 @@ per stage:
 2. ``nsm synth --target PART`` (yosys, nextpnr: fits, placed Fmax, LUTs, block RAM, DSPs);
 3. ``nsm synth --bitstream``: the part's example board top (the core behind a UART) to a
    bitstream (iCEBreaker ``.bin``, ULX3S ``.bit``);
-4. ``nsm sim --simulator verilator`` on the first ``--images`` Fashion-MNIST test images: every
-   score compared with the golden model (``mismatches``), the RTL's classes scored against the
-   labels (``rtl_accuracy``), and the cycles per inference measured back to back.
+4. ``nsm sim --simulator verilator`` on the first ``--images`` Fashion-MNIST test images (the
+   C++ harness: ``--bench auto``): every score compared with the golden model
+   (``mismatches``), the RTL's classes scored against the labels (``rtl_accuracy``), and the
+   cycles per inference measured back to back. ``--shards N`` runs N simulations side by side,
+   each from a reset core on its slice of the images (``nsm sim --offset``) in its own copy of
+   the build, and adds them up.
 
 ``inferences_per_s`` is the placed Fmax over the measured cycles per inference (the core in
 a design that clocks it at its Fmax); ``board_inferences_per_s`` the same at the board top's
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -102,6 +106,45 @@ def _network_label(ir: dict, preset) -> str:
     return f"{preset.network} ({levels}-level thermometer)"
 
 
+def _simulate(build: Path, dataset: str, images: int, simulator: str, shards: int,
+              log: Path) -> dict:
+    """``nsm sim`` on the first ``images`` test images: one run, or ``shards`` runs side by
+    side, each from a freshly reset core on its own slice of the images (``--offset``) and its
+    own copy of the build, their summaries added up (accuracy and cycles weighted by images;
+    every score of every slice compared with the golden model of a core reset before it)."""
+    if shards <= 1:
+        return json.loads(nsm("sim", build, "--dataset", dataset, "--count", images,
+                              "--simulator", simulator, "--json", log=log))
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = [images * k // shards for k in range(shards + 1)]
+    copies = []
+    for k in range(shards):
+        copy = build / "shards" / str(k)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(build, copy, ignore=shutil.ignore_patterns("synth", "sim", "shards"))
+        copies.append(copy)
+    with ThreadPoolExecutor(shards) as pool:
+        runs = list(pool.map(lambda k: json.loads(nsm(
+            "sim", copies[k], "--dataset", dataset, "--offset", bounds[k],
+            "--count", bounds[k + 1] - bounds[k], "--simulator", simulator, "--json",
+            log=copies[k] / "edge.log")), range(shards)))
+    n = sum(r["images"] for r in runs)
+
+    def mean(key):
+        vals = [(r[key], r["images"]) for r in runs if r.get(key) is not None]
+        return sum(v * w for v, w in vals) / sum(w for _, w in vals) if vals else None
+    out = dict(runs[0])
+    out.update(images=n, mismatches=sum(r["mismatches"] for r in runs),
+               first_mismatch=next((r["first_mismatch"] for r in runs if r["first_mismatch"]),
+                                   None),
+               rtl_accuracy=mean("rtl_accuracy"), golden_accuracy=mean("golden_accuracy"),
+               cycles_per_inference=mean("cycles_per_inference"),
+               mean_samples=mean("mean_samples"),
+               cycle_model_exact=all(r.get("cycle_model_exact") for r in runs))
+    return out
+
+
 def _reused_synth(build: Path, target: str) -> dict | None:
     """The last ``nsm synth`` report of ``build`` for ``target`` where it synthesized this very
     core (its ``core.v`` is the build's Verilog byte for byte), else None."""
@@ -117,7 +160,8 @@ def _reused_synth(build: Path, target: str) -> dict | None:
 
 def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
         early_exit: str | None, samples: int | None, synth: bool, bitstream: bool,
-        argv, simulator: str = "verilator", reuse_synth: bool = False) -> dict:
+        argv, simulator: str = "verilator", reuse_synth: bool = False,
+        shards: int = 1) -> dict:
     preset = PRESETS[preset_name]
     target = preset.name
     if not checkpoint.is_file():
@@ -201,9 +245,9 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
         save()
 
     t = time.perf_counter()
-    s = json.loads(nsm("sim", build, "--dataset", dataset, "--count", images,
-                       "--simulator", simulator, "--json", log=log))
+    s = _simulate(build, dataset, images, simulator, shards, log)
     rec.update(images=s["images"], mismatches=s["mismatches"], bench=s.get("bench"),
+               shards=shards,
                rtl_accuracy=s["rtl_accuracy"], golden_accuracy=s["golden_accuracy"],
                cycles_per_inference=s["cycles_per_inference"],
                cycle_model_exact=s.get("cycle_model_exact"), mean_samples=s.get("mean_samples"),
@@ -236,6 +280,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse-synth", action="store_true",
                     help="Keep the build's last `nsm synth` report where it synthesized the same "
                          "Verilog, byte for byte (the board top is always built again).")
+    ap.add_argument("--shards", type=int, default=1,
+                    help="Co-simulate the images in this many runs side by side, each from a "
+                         "reset core on its slice of the images (one per core) [default: 1].")
     ap.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
     ap.add_argument("--build-root", type=Path, default=MODELS / "builds")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -245,6 +292,8 @@ def main(argv=None) -> int:
         ap.error("--checkpoint needs exactly one --preset")
     if a.images < 1:
         ap.error(f"--images {a.images}: must be at least 1")
+    if not 1 <= a.shards <= a.images:
+        ap.error(f"--shards {a.shards}: must be between 1 and --images")
     failed = 0
     for name in presets:
         ck = a.checkpoint or MODELS / f"{name}.pt"
@@ -252,7 +301,8 @@ def main(argv=None) -> int:
             f"-{a.early_exit.replace(':', '').replace(',', '-')}" if a.early_exit else "")
         try:
             r = run(name, ck, a.images, a.build_root / tag, a.out, a.early_exit, a.samples,
-                    not a.no_synth, not a.no_bitstream, argv, a.simulator, a.reuse_synth)
+                    not a.no_synth, not a.no_bitstream, argv, a.simulator, a.reuse_synth,
+                    a.shards)
         except StageError as e:
             print(f"edge.py: {name}: {e}", file=sys.stderr)
             failed += 1

@@ -115,6 +115,16 @@ def test_preset_model_through_the_rtl(preset_run, tmp_path):
     assert rec["rtl_accuracy"] == rec["golden_accuracy"]
     assert rec["cycle_model_exact"] is True
     assert rec["meets_goal"] is False and rec["inferences_per_s"] is None
+    # Two runs side by side, each from a reset core on half of the images: still bit-exact.
+    rc = edge.main(["--preset", "ice40-up5k", "--checkpoint", str(d / "m.pt"), "--images", "12",
+                    "--no-synth", "--simulator", "icarus", "--out", str(tmp_path / "e2.json"),
+                    "--build-root", str(tmp_path / "b"), "--shards", "2"])
+    assert rc == 0
+    [two] = json.loads((tmp_path / "e2.json").read_text())
+    assert two["shards"] == 2 and two["images"] == 12 and two["mismatches"] == 0
+    assert two["rtl_accuracy"] == two["golden_accuracy"] and two["cycle_model_exact"] is True
+    assert sorted(p.name for p in (tmp_path / "b" / "ice40-up5k" / "shards").iterdir()) == \
+        ["0", "1"]
 
 
 def test_edge_missing_checkpoint_is_one_line(tmp_path, capsys):
