@@ -148,18 +148,18 @@ def run_rtl(verilog: Path, ir: IR, pixels: np.ndarray, simulator: str = "icarus"
     reason = simulator_available(simulator)
     if reason:
         raise SimError(reason)
-    if bench == "harness":
-        return _run_harness(Path(verilog).resolve(), ir, pixels, work_dir, verbose=verbose,
-                            log_file=log_file, progress=progress)
-    from cocotb_tools.runner import get_runner
-    from cocotb_tools.check_results import get_results
-
     verilog = Path(verilog).resolve()
     for path in filter(None, (verilog, work_dir and Path(work_dir).resolve())):
         if not _PATH_OK[simulator].fullmatch(str(path)):
             bad = _PATH_OK[simulator].sub("", str(path))[0]
             raise SimError(f"{str(path)!r}: {simulator} cannot build in a path holding {bad!r} "
                            f"({_PATH_WHY[simulator]}); move the build directory")
+    if bench == "harness":
+        return _run_harness(verilog, ir, pixels, work_dir, verbose=verbose, log_file=log_file,
+                            progress=progress)
+    from cocotb_tools.runner import get_runner
+    from cocotb_tools.check_results import get_results
+
     own_tmp = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="nsm-sim-")) if own_tmp else Path(work_dir).resolve()
     try:
@@ -290,15 +290,11 @@ def _run_harness(verilog: Path, ir: IR, pixels: np.ndarray, work_dir: Path | Non
     """The lean co-simulation on Verilator: ``sim/harness.cpp`` compiled with the core, no VPI
     (cocotb's ``--public-flat-rw`` keeps every signal and slows the model down), streaming the
     images back to back with ``m_axis_tready`` high. The same records as the cocotb bench
-    (:mod:`sim.tb_core`) on the same streams, cycle for cycle."""
+    (:mod:`sim.tb_core`) on the same streams, cycle for cycle. :func:`run_rtl` has checked the
+    paths."""
     import subprocess
     from hw.lint import verilator_path
 
-    for path in filter(None, (verilog, work_dir and Path(work_dir).resolve())):
-        if not _PATH_OK["verilator"].fullmatch(str(path)):
-            bad = _PATH_OK["verilator"].sub("", str(path))[0]
-            raise SimError(f"{str(path)!r}: verilator cannot build in a path holding {bad!r} "
-                           f"({_PATH_WHY['verilator']}); move the build directory")
     own_tmp = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="nsm-sim-")) if own_tmp else Path(work_dir).resolve()
     try:
