@@ -53,8 +53,10 @@ CORES = [
     pytest.param(_kept_list, 1, id="kept-list-dense"),
     pytest.param(_kept_list_conv, 2, id="kept-list-conv", marks=pytest.mark.slow),
     pytest.param(_popcount_dense, 3, id="popcount-dense"),
-    pytest.param(_popcount_ram_wide, 5, id="popcount-ram-weights-wide-scores"),
-    pytest.param(_popcount_conv_early_exit, 4, id="popcount-conv-early-exit"),
+    pytest.param(_popcount_ram_wide, 5, id="popcount-ram-weights-wide-scores",
+                 marks=pytest.mark.slow),
+    pytest.param(_popcount_conv_early_exit, 4, id="popcount-conv-early-exit",
+                 marks=pytest.mark.slow),
 ]
 
 
