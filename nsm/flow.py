@@ -222,12 +222,13 @@ def simulate(build_dir: Path, dataset: str = "digits", count: int = 100, offset:
 
 
 def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
-               baud: int = 115200) -> dict:
+               baud: int = 115200, route: bool = True) -> dict:
     """Synthesize, place and route a build directory's Verilog; work files in ``synth/TARGET``.
 
     ``bitstream``: build the target's example board top instead (:mod:`hw.board`: the core
     behind a UART at ``baud``; the iCEBreaker for ice40-up5k, the ULX3S for the ECP5 targets)
-    with its pin file, and write its bitstream; work files in ``synth/BOARD``.
+    with its pin file, and write its bitstream; work files in ``synth/BOARD``. ``route=False``:
+    place only (:func:`hw.synth.synthesize`).
     """
     from hw import synth
 
@@ -237,13 +238,16 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
     if not bitstream:
         ir = load_build(build_dir)
         return synth.synthesize(Path(build_dir) / f"{ir.name}.v", ir.name, target,
-                                Path(build_dir) / "synth" / target, ir=ir, log=log)
+                                Path(build_dir) / "synth" / target, ir=ir, log=log,
+                                route=route)
     from hw.board import BOARDS, board_verilog
     if target not in BOARDS:
         boards = ", ".join(f"{t} ({b.model})" for t, b in BOARDS.items())
         raise synth.SynthError(f"--bitstream builds an example board top; the targets with "
                                f"one are {boards}; for {target}, instantiate the core in your "
                                f"own top (see NAME_inst.v in the build directory)")
+    if not route:
+        raise synth.SynthError("--bitstream needs a routed design: drop --no-route")
     board = BOARDS[target]
     ir = load_build(build_dir)
     work = Path(build_dir) / "synth" / board.name

@@ -398,7 +398,8 @@ EDGE_OPTIONAL = {"device": "string", "weight_bits": "integer or null",
                  "golden_accuracy": "number or null", "images": "integer or null",
                  "mismatches": "integer or null", "fmax_mhz": "number or null",
                  "cycles_per_inference": "number or null", "luts": "integer or null",
-                 "dsps": "integer or null", "meets_goal": "boolean or null"}
+                 "dsps": "integer or null", "meets_goal": "boolean or null",
+                 "routed": "boolean"}
 
 
 def edge_results_path() -> Path:
@@ -848,6 +849,14 @@ def _ram_text(ram) -> str:
     return _n(ram)
 
 
+def _fmax_text(r: dict) -> str:
+    """An edge record's Fmax; nextpnr's estimate after placement is marked as such."""
+    if not r.get("fmax_mhz"):
+        return "—"
+    return f"{r['fmax_mhz']:.1f} MHz" + (" (placed, not routed)" if r.get("routed") is False
+                                         else "")
+
+
 def edge_table(records: list[dict]) -> tuple[Table, list[str]]:
     """The presets' records as a table, every record (those the plot leaves out too), by
     target; and a line per target naming its goal."""
@@ -864,7 +873,7 @@ def edge_table(records: list[dict]) -> tuple[Table, list[str]]:
         rows.append([f"`{r['target']}`", str(r["network"]), _n(r.get("weight_bits")), T,
                      _rule_text(r.get("early_exit")) or "none", _pct(r["rtl_accuracy"]),
                      _n(r.get("images")), _n(r.get("mismatches")),
-                     f"{r['fmax_mhz']:.1f} MHz" if r.get("fmax_mhz") else "—", rate,
+                     _fmax_text(r), rate,
                      _n(r.get("luts")), _ram_text(r.get("ram")), _n(r.get("dsps")), met])
         g = r.get("goal")
         text = g.get("text") if isinstance(g, dict) and g.get("text") else \
@@ -1109,7 +1118,8 @@ def build_document(d: dict, command: str) -> tuple[str, list[Section]]:
                 return f"{v.get('used', 0):,} / {v.get('available', 0):,}" if v else "—"
             fmax = "—" if r.get("fmax_mhz") is None else (
                 f"{r['fmax_mhz']:.1f} MHz ({'meets' if r['meets_timing'] else 'misses'} "
-                f"{r['constraint_mhz']:g})")
+                f"{r['constraint_mhz']:g}" + ("; placed, not routed" if r.get("routed") is False
+                                              else "") + ")")
             note = " (stale: older than the Verilog)" if r["stale"] else ""
             if r.get("board"):
                 note = " (board top: the core behind a UART)" + note

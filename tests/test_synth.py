@@ -85,6 +85,39 @@ def test_ecp5_without_a_wrapper(tmp_path):
 
 
 @pytest.mark.slow
+def test_place_only_reports_the_placed_fmax_from_the_log(tmp_path):
+    # nsm synth --no-route: nextpnr places and stops; its JSON report has no timing then, so
+    # the Fmax is the log's estimate after placement, and the report says it was not routed.
+    ir, build = _build(tmp_path, [16, 12, 4], [4, 4], 2)
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ecp5-25k", "--json",
+                                    "--no-route"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    work = build / "synth" / "ecp5-25k"
+    assert json.loads((work / "nextpnr.json").read_text())["fmax"] == {}
+    placed = re.findall(r"Max frequency for clock +'[^']+': ([0-9.]+) MHz",
+                        (work / "nextpnr.log").read_text())
+    assert r["routed"] is False and "--no-route" in r["commands"][-1]
+    assert r["fmax_mhz"] == pytest.approx(float(placed[-1]), abs=0.01) and r["fmax_mhz"] > 10
+    assert r["luts"]["used"] > 0 and r["fits"] is True
+    assert "placed, not routed" in "\n".join(synth.format_summary(r))
+    # a bitstream needs routing: one line, nothing built
+    res = CliRunner().invoke(main, ["synth", str(build), "--target", "ecp5-25k", "--bitstream",
+                                    "--no-route"])
+    assert res.exit_code != 0 and "--no-route" in res.stderr.strip()
+    assert len(res.stderr.strip().splitlines()) == 1 and not (build / "synth" / "ulx3s").exists()
+
+
+def test_placed_fmax_takes_each_clocks_last_estimate(tmp_path):
+    log = tmp_path / "nextpnr.log"
+    log.write_text("Info: Max frequency for clock 'clk': 50.00 MHz (FAIL at 100.00 MHz)\n"
+                   "Info: Max frequency for clock 'clk': 45.25 MHz (FAIL at 100.00 MHz)\n"
+                   "Info: Max frequency for clock  'b': 120.5 MHz (PASS at 100.00 MHz)\n")
+    assert synth.placed_fmax(log) == {"clk": {"achieved": 45.25, "constraint": 100.0},
+                                      "b": {"achieved": 120.5, "constraint": 100.0}}
+
+
+@pytest.mark.slow
 def test_an_oversized_network_names_the_resource_and_a_folding_that_fits(tmp_path):
     # 512 inputs x 33 neurons at pe 32: two groups of 32 lanes, so the 4-bit weight ROM is
     # 64 x 512 x 4 bits = 32 EBR (35 with the rest) of 30. At pe 16, 48 rows need 24.
