@@ -344,7 +344,7 @@ def _synthesize_in(work: Path, verilog: Path, top: str, target: str, ir: IR | No
 
     log(f"[3/{stages}] {target}: nextpnr place {'and route ' if route else '(no routing) '}"
         f"at {freq:g} MHz")
-    device_args = list(tg.nextpnr[1:]) + ([] if route else ["--no-route"])
+    device_args = list(tg.nextpnr[1:]) + list(tg.pnr_options) + ([] if route else ["--no-route"])
     if board is not None:
         # Every port is pinned: no --pcf-allow-unconstrained (--lpf-...); nextpnr fails on a
         # missing pin.

