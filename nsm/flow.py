@@ -246,8 +246,6 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
         raise synth.SynthError(f"--bitstream builds an example board top; the targets with "
                                f"one are {boards}; for {target}, instantiate the core in your "
                                f"own top (see NAME_inst.v in the build directory)")
-    if not route:
-        raise synth.SynthError("--bitstream needs a routed design: drop --no-route")
     board = BOARDS[target]
     ir = load_build(build_dir)
     work = Path(build_dir) / "synth" / board.name
@@ -256,7 +254,7 @@ def synthesize(build_dir: Path, target: str, log=print, bitstream: bool = False,
     except ValueError as e:
         raise synth.SynthError(str(e)) from None
     return synth.synthesize(work / f"{board.top}.v", board.top, target, work, ir=ir, log=log,
-                            board=board, verilog_text=text)
+                            board=board, verilog_text=text, route=route)
 
 
 def run_on_board(build_dir: Path, port: str, dataset: str = "digits", count: int = 20,
