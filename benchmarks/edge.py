@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import provenance, write_results   # noqa: E402
 from hw.board import BOARDS                                 # noqa: E402
-from nsm.report import edge_goal_met, edge_goal_text        # noqa: E402
+from nsm.report import edge_bits_text, edge_goal_met, edge_goal_text   # noqa: E402
 from nsm_export.devices import TARGETS                      # noqa: E402
 from nsm_train.presets import PRESETS                       # noqa: E402
 
@@ -177,7 +177,8 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
     log.write_text("")
     T = samples or preset.samples
     rec = dict(preset=preset_name, target=target, device=TARGETS[target].device,
-               network=preset.network, weight_bits=preset.weight_bits, samples=T,
+               network=preset.network, weight_bits=preset.weight_bits,
+               conv_weight_bits=preset.conv_weight_bits, samples=T,
                pass_samples=None, early_exit=early_exit or "none", rtl_accuracy=None,
                golden_accuracy=None, float_accuracy=None, images=0, mismatches=None,
                simulator=simulator, fits=None, fmax_mhz=None, cycles_per_inference=None,
@@ -198,6 +199,10 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
     acc = ck.get("test_accuracy")
     rec["float_accuracy"] = float(acc) if acc is not None else None
     rec["dataset"] = dataset = (ck.get("train_config") or {}).get("dataset", "fashion-mnist")
+    cfg = ck.get("config") or {}                # the widths trained, where the checkpoint says
+    rec["weight_bits"] = cfg.get("weight_bits", preset.weight_bits)
+    convs = cfg.get("conv_weight_bits")
+    rec["conv_weight_bits"] = convs if convs not in (None, rec["weight_bits"]) else None
 
     onnx = build / "model.onnx"
     nsm("export", checkpoint, "-o", onnx, log=log)
@@ -318,10 +323,11 @@ def main(argv=None) -> int:
             failed += 1
             continue
         rate = r["inferences_per_s"]
-        print(f"{name}: {r['network']}, {r['weight_bits']}-bit, T={r['samples']}: RTL accuracy "
-              f"{100 * r['rtl_accuracy']:.2f} % on {r['images']} images, {r['mismatches']} "
-              f"mismatches; " + (f"{r['fmax_mhz']:.1f} MHz, {rate:,.0f} inferences/s, "
-                                 f"{r['luts']:,} LUTs" if rate else "not synthesized")
+        print(f"{name}: {r['network']}, weight bits {edge_bits_text(r)}, T={r['samples']}: "
+              f"RTL accuracy {100 * r['rtl_accuracy']:.2f} % on {r['images']} images, "
+              f"{r['mismatches']} mismatches; "
+              + (f"{r['fmax_mhz']:.1f} MHz, {rate:,.0f} inferences/s, {r['luts']:,} LUTs"
+                 if rate else "not synthesized")
               + f"; goal {r['goal_text']}: {'met' if r['meets_goal'] else 'not met'}",
               flush=True)
     return 1 if failed else 0

@@ -33,7 +33,8 @@ from nsm_train.presets import PRESETS                                # noqa: E40
 P, T = 0.75, 16
 
 # name: input levels (1: a threshold), hidden layers (conv: (filters, kernel, padding)), the
-# dense widths, weight bits, and the output layer's (default: at least 2, as training gives it).
+# dense widths, weight bits, the output layer's (default: at least 2, as training gives it) and
+# the conv layers' (default: the weight bits).
 NETS = {
     "mlp-preset-6272-2048-2048-10-w2": (8, [], [2048, 2048], 2),
     "mlp-3136-512-512-10-w2": (4, [], [512, 512], 2),
@@ -60,7 +61,8 @@ def preset_net(preset) -> tuple:
             convs.append((int(n), int(k), int(k) // 2 if tok.endswith("s") else 0))
         elif not tok.startswith("p"):
             dense.append(int(tok))
-    return preset.train["levels"], convs, dense, preset.weight_bits, preset.output_weight_bits
+    return (preset.train["levels"], convs, dense, preset.weight_bits, preset.output_weight_bits,
+            preset.conv_weight_bits)
 
 
 NETS.update({f"preset-{name}": preset_net(pr) for name, pr in PRESETS.items()})
@@ -69,18 +71,20 @@ NETS.update({f"preset-{name}": preset_net(pr) for name, pr in PRESETS.items()})
 def net_ir(name: str, seed: int = 0, samples: int = T):
     """The IR of network ``name`` with random weights, unfolded (``pe`` 1)."""
     rng = np.random.default_rng(seed)
-    levels, convs, dense, bits, *out_bits = NETS[name]
+    levels, convs, dense, bits, *rest = NETS[name]
+    out_bits = rest[0] if rest else max(bits, 2)
+    conv_bits = rest[1] if len(rest) > 1 and rest[1] else bits
     layers, c, h = [], levels, 28
     for filters, k, pad in convs:
-        layers.append(IntConv(random_weights(rng, bits, (filters, c, k, k)),
-                              rng.integers(-8, 9, filters), P, bits, h_in=h, w_in=h, stride=1,
+        layers.append(IntConv(random_weights(rng, conv_bits, (filters, c, k, k)),
+                              rng.integers(-8, 9, filters), P, conv_bits, h_in=h, w_in=h, stride=1,
                               padding=pad))
         h = h + 2 * pad - k + 1
         layers.append(IntPool(filters, h, h, 2, "or"))
         c, h = filters, h // 2
     n_in = c * h * h if convs else 784 * levels
     for i, n_out in enumerate([*dense, 10]):
-        wb = bits if i < len(dense) else (out_bits or [max(bits, 2)])[0]
+        wb = bits if i < len(dense) else out_bits
         layers.append(IntLayer(random_weights(rng, wb, (n_out, n_in)),
                                rng.integers(-8, 9, n_out), P, wb))
         n_in = n_out

@@ -343,6 +343,9 @@ def _default(name):
               type=click.IntRange(1, 32), help="1 binary, 2 ternary, up to 8; 32 = float.")
 @click.option("--output-weight-bits", default=None, type=click.IntRange(1, 32),
               help="Weight width of the output layer (1..8 or 32) [default: --weight-bits].")
+@click.option("--conv-weight-bits", default=None, type=click.IntRange(1, 32),
+              help="Conv models: weight width of the conv layers (1..8 or 32) [default: "
+                   "--weight-bits, which the hidden dense layers keep].")
 @click.option("--quantizer", default="native", show_default=True,
               type=click.Choice(["native", "mse", "brevitas"]),
               help="Weight quantizer (mse: power-of-two scale of least squared error).")
@@ -390,9 +393,10 @@ def _default(name):
               default=Path("model.pt"), show_default=True, help="Checkpoint to write.")
 @_user_errors
 def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, norm, encoding,
-          levels, weight_bits, output_weight_bits, quantizer, score_scale, loss_samples,
-          label_smoothing, shift, flip, expected_output, epochs, lr, batch_size, samples, seed,
-          device, checkpoint, resume, init, no_progress, preset, float_epochs, output):
+          levels, weight_bits, output_weight_bits, conv_weight_bits, quantizer, score_scale,
+          loss_samples, label_smoothing, shift, flip, expected_output, epochs, lr, batch_size,
+          samples, seed, device, checkpoint, resume, init, no_progress, preset, float_epochs,
+          output):
     """Train an NSM (or its deterministic baseline) and write a checkpoint (loadable with
     weights_only=True). Runs data parallel under torchrun (gloo on CPU).
     """
@@ -400,10 +404,10 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
 
     if not (1 <= weight_bits <= 8 or weight_bits == 32):
         raise click.BadParameter(f"{weight_bits} is not 1..8 or 32", param_hint="--weight-bits")
-    if output_weight_bits is not None and not (1 <= output_weight_bits <= 8
-                                               or output_weight_bits == 32):
-        raise click.BadParameter(f"{output_weight_bits} is not 1..8 or 32",
-                                 param_hint="--output-weight-bits")
+    for hint, bits in (("--output-weight-bits", output_weight_bits),
+                       ("--conv-weight-bits", conv_weight_bits)):
+        if bits is not None and not (1 <= bits <= 8 or bits == 32):
+            raise click.BadParameter(f"{bits} is not 1..8 or 32", param_hint=hint)
     try:
         ps = [float(v) for v in str(p).split(",") if v.strip()]
     except ValueError:
@@ -419,7 +423,8 @@ def train(dataset, data_dir, model_name, hidden, conv, p, noise, sigma, gain, no
                    [("the input --init", init)])
     cfg = TrainConfig(dataset=dataset, hidden=_int_list(str(hidden)),
                       p=ps[0] if len(ps) == 1 else ps, weight_bits=weight_bits,
-                      output_weight_bits=output_weight_bits, score_scale=score_scale,
+                      output_weight_bits=output_weight_bits,
+                      conv_weight_bits=conv_weight_bits, score_scale=score_scale,
                       loss_samples=loss_samples, label_smoothing=label_smoothing, shift=shift,
                       flip=flip, expected_output=expected_output, epochs=epochs, lr=lr,
                       batch_size=batch_size, samples=samples, seed=seed,
@@ -457,7 +462,7 @@ _PRESET_FIELDS = ("dataset", "data_dir", "model_name", "hidden", "conv", "p", "n
                   "gain", "norm", "encoding", "levels", "quantizer", "score_scale",
                   "loss_samples", "label_smoothing", "shift", "flip", "expected_output",
                   "batch_size", "samples", "seed", "device")
-_PRESET_TUNE = ("weight_bits", "output_weight_bits", "epochs", "lr")
+_PRESET_TUNE = ("weight_bits", "output_weight_bits", "conv_weight_bits", "epochs", "lr")
 
 
 def _train_preset(preset, ps, float_epochs, no_progress) -> None:
@@ -507,8 +512,10 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
     results = []
     for n, (cfg, dest, ck) in enumerate([(first, float_out, ckpt and float_path(ckpt)),
                                          (second, Path(out), ckpt)], 1):
+        convs = cfg.get("conv_weight_bits")
         name = "float pre-training" if n == 1 else (
-            f"fine-tuning at {cfg['weight_bits']}-bit weights")
+            f"fine-tuning at {cfg['weight_bits']}-bit weights"
+            + (f" ({convs}-bit in the convs)" if convs not in (None, cfg["weight_bits"]) else ""))
         if n == 1 and (init or (resume and float_out.is_file())):
             echo(f"[1/2] {preset.name}: {name} skipped, fine-tuning "
                  f"{'--init ' if init else 'the finished '}{float_out}")

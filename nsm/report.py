@@ -399,7 +399,7 @@ EDGE_OPTIONAL = {"device": "string", "weight_bits": "integer or null",
                  "mismatches": "integer or null", "fmax_mhz": "number or null",
                  "cycles_per_inference": "number or null", "luts": "integer or null",
                  "dsps": "integer or null", "meets_goal": "boolean or null",
-                 "routed": "boolean"}
+                 "routed": "boolean", "conv_weight_bits": "integer or null"}
 
 
 def edge_results_path() -> Path:
@@ -833,6 +833,12 @@ def edge_goal_text(goal) -> str:
     return _goal_text(edge_goals(goal))
 
 
+def edge_bits_text(record) -> str:
+    """A record's weight widths: ``2``, or ``2 (convs 3)`` where the conv layers differ."""
+    convs = record.get("conv_weight_bits")
+    return _n(record.get("weight_bits")) + (f" (convs {convs})" if convs else "")
+
+
 def edge_goal_met(goal, accuracy, rate) -> bool | None:
     """Whether (accuracy, inferences/s) meets one of ``goal``'s alternatives (a rate of None
     meets only a goal at any rate); None while the accuracy is unmeasured."""
@@ -870,7 +876,7 @@ def edge_table(records: list[dict]) -> tuple[Table, list[str]]:
         rate = (f"{r['inferences_per_s']:,.0f}" if r.get("inferences_per_s") else "—") if fits \
             else "not synthesized" if fits is None else "does not fit"
         met = {True: "yes", False: "no"}.get(r.get("meets_goal"), "—")
-        rows.append([f"`{r['target']}`", str(r["network"]), _n(r.get("weight_bits")), T,
+        rows.append([f"`{r['target']}`", str(r["network"]), edge_bits_text(r), T,
                      _rule_text(r.get("early_exit")) or "none", _pct(r["rtl_accuracy"]),
                      _n(r.get("images")), _n(r.get("mismatches")),
                      _fmax_text(r), rate,

@@ -301,7 +301,9 @@ class NSMConvNet(_NSMNet):
 
     ``shape`` is the image ``[C, H, W]`` (pixels arrive flattened, row-major); ``spec`` as in
     :func:`parse_conv_spec`; ``p`` one value or ``[p_conv, p_dense]`` (the reference code used
-    0.25 in convolutions and 0.5 in dense layers). Other parameters as :class:`NSMMLP`.
+    0.25 in convolutions and 0.5 in dense layers); ``conv_weight_bits`` the conv layers' weight
+    width (default ``weight_bits``, which the hidden dense layers have: mixed precision). Other
+    parameters as :class:`NSMMLP`.
     """
 
     ARCH = "conv"
@@ -310,7 +312,8 @@ class NSMConvNet(_NSMNet):
                  input_threshold: int = 128, output_weight_bits: int | None = None,
                  encoding: str = "threshold", levels: int = 1, pixel_max: int = 255,
                  noise: str = "input", sigma: float = 0.5, gain: bool = False,
-                 norm: str | None = None, quantizer: str = "native"):
+                 norm: str | None = None, quantizer: str = "native",
+                 conv_weight_bits: int | None = None):
         super().__init__()
         shape = [int(v) for v in shape]
         if len(shape) != 3:
@@ -327,12 +330,15 @@ class NSMConvNet(_NSMNet):
             p_cfg = p_conv
         if output_weight_bits is None:
             output_weight_bits = weight_bits
+        if conv_weight_bits is None:
+            conv_weight_bits = weight_bits
         self.shape, self.spec, self.n_classes = shape, str(spec), n_classes
         self._config = dict(shape=shape, spec=self.spec, n_classes=n_classes, p=p_cfg,
                             weight_bits=int(weight_bits), input_threshold=input_threshold,
                             output_weight_bits=int(output_weight_bits), encoding=encoding,
                             levels=levels, pixel_max=pixel_max, noise=noise, sigma=float(sigma),
-                            gain=bool(gain), norm=norm, quantizer=quantizer)
+                            gain=bool(gain), norm=norm, quantizer=quantizer,
+                            conv_weight_bits=int(conv_weight_bits))
         kw = dict(noise=noise, sigma=sigma, gain=gain, quantizer=quantizer)
         c, h, w = shape[0] * self.levels, shape[1], shape[2]
         self._widths = [c * h * w, n_classes]
@@ -361,8 +367,8 @@ class NSMConvNet(_NSMNet):
         feats, dense = [], []
         for i, x in enumerate(plan):
             if x[0] == "conv":
-                feats.append(NSMConv2d(*x[1:4], p=p_conv, weight_bits=weight_bits, padding=x[4],
-                                       norm=norm, **kw))
+                feats.append(NSMConv2d(*x[1:4], p=p_conv, weight_bits=conv_weight_bits,
+                                       padding=x[4], norm=norm, **kw))
             elif x[0] == "pool":
                 feats.append(BinaryPool2d(x[1], x[2]))
             elif i < len(plan) - 1:

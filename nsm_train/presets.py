@@ -31,7 +31,8 @@ class Preset:
 
     ``train``: :class:`nsm_train.train.TrainConfig` fields both stages share. Stage 1 trains
     float weights (``float_epochs`` at ``float_lr``); stage 2 starts from them (``init``) and
-    trains ``weight_bits``-bit weights (``output_weight_bits`` in the output layer) for
+    trains ``weight_bits``-bit weights (``output_weight_bits`` in the output layer,
+    ``conv_weight_bits`` in the conv layers where it is not None) for
     ``tune_epochs`` at ``tune_lr``. ``samples`` is the T the hardware runs and evaluation
     uses. ``compile_options``: what ``nsm compile --target PART`` gets besides (a
     ``--throughput`` goal makes the folding search take the smallest design that meets it
@@ -49,6 +50,7 @@ class Preset:
     float_lr: float = 0.002
     tune_lr: float = 0.0005
     samples: int = 16
+    conv_weight_bits: int | None = None
     compile_options: tuple = ()
     goal: list = field(default_factory=list)
 
@@ -114,9 +116,10 @@ def stage_configs(preset: Preset, overrides: dict | None = None,
     widths, epochs, learning rate the user set) to the fine-tuning stage only;
     ``float_epochs`` to the float stage."""
     shared = {**preset.train, "samples": preset.samples, **(overrides or {})}
-    first = {**shared, "weight_bits": 32, "output_weight_bits": None,
+    first = {**shared, "weight_bits": 32, "output_weight_bits": None, "conv_weight_bits": None,
              "epochs": float_epochs or preset.float_epochs, "lr": preset.float_lr}
     second = {**shared, "weight_bits": preset.weight_bits,
               "output_weight_bits": preset.output_weight_bits,
+              "conv_weight_bits": preset.conv_weight_bits,
               "epochs": preset.tune_epochs, "lr": preset.tune_lr, **(tune or {})}
     return first, second

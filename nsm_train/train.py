@@ -89,6 +89,7 @@ class TrainConfig:
     p: float | list = 0.75
     weight_bits: int = 4
     output_weight_bits: int | None = None
+    conv_weight_bits: int | None = None  # conv models' conv layers (None: weight_bits)
     epochs: int = 40
     batch_size: int = 32
     lr: float = 0.01
@@ -141,7 +142,10 @@ def build_model(cfg: TrainConfig, info: dict):
                  noise=cfg.noise, sigma=cfg.sigma, gain=cfg.gain, norm=norm,
                  quantizer=cfg.quantizer)
     if cfg.model.endswith("-conv"):
-        return NSMConvNet(info["shape"], cfg.conv, info["n_classes"], **common, **layer)
+        return NSMConvNet(info["shape"], cfg.conv, info["n_classes"], **common, **layer,
+                          conv_weight_bits=cfg.conv_weight_bits)
+    if cfg.conv_weight_bits is not None:
+        raise ValueError("conv_weight_bits is for conv models (--model nsm-conv or det-conv)")
     return NSMMLP(info["n_in"], list(cfg.hidden), info["n_classes"], **common, **layer)
 
 

@@ -106,10 +106,10 @@ def test_version_1_dense_files_still_load(rng, tmp_path):
                                                golden.run(ir, x).scores)
 
 
-def _random_conv_net(seed, spec, wb, norm):
+def _random_conv_net(seed, spec, wb, norm, cwb=None):
     torch.manual_seed(seed)
     net = NSMConvNet([1, 8, 8], spec, 10, p=0.5, weight_bits=wb, norm=norm, pixel_max=16,
-                     input_threshold=8)
+                     input_threshold=8, conv_weight_bits=cwb)
     with torch.no_grad():
         for m in list(net.features) + list(net.layers):
             if hasattr(m, "weight"):
@@ -126,12 +126,19 @@ def _random_conv_net(seed, spec, wb, norm):
 @given(seed=st.integers(0, 2**31 - 1),
        spec=st.sampled_from(["3c3-p2-7", "4c3-m2-2c2-5", "2c5-9", "3c2-p3-6-5", "5c3-m3",
                              "3c3s-p2-7", "2c5s-m2-3c3s-5"]),
-       wb=st.sampled_from([1, 2, 4, 8]), norm=st.sampled_from([None, "l1", "linf", "l2"]))
-def test_random_conv_nets_decide_like_onnxruntime(seed, spec, wb, norm):
-    """Hypothesis: random conv nets, sampling off: golden == onnxruntime == PyTorch, exactly."""
-    net = _random_conv_net(seed, spec, wb, norm)
+       wb=st.sampled_from([1, 2, 4, 8]), norm=st.sampled_from([None, "l1", "linf", "l2"]),
+       cwb=st.sampled_from([None, 1, 2, 3, 4, 8]))
+def test_random_conv_nets_decide_like_onnxruntime(seed, spec, wb, norm, cwb):
+    """Hypothesis: random conv nets (mixed precision where ``cwb`` is given), sampling off:
+    golden == onnxruntime == PyTorch, exactly; each layer's weights keep their width."""
+    net = _random_conv_net(seed, spec, wb, norm, cwb)
     proto = build_onnx(net, samples=1, sampling=False)
     ir = compile_model(proto, samples=1)
+    for m, ly in zip([m for m in list(net.features) + list(net.layers)
+                      if hasattr(m, "weight_bits")],
+                     [ly for ly in ir.layers if ly.kind != "pool"], strict=True):
+        assert m.weight_bits == (cwb or wb if ly.kind == "conv2d" else wb)
+        assert ly.weight_bits <= max(m.weight_bits, 2)
     x = np.random.default_rng(seed).integers(0, 17, size=(60, 64))
     ort_scores = _ort(proto, x)
     net.sampling = False

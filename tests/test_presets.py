@@ -35,6 +35,8 @@ def test_stage_configs_split_the_options():
     assert first["weight_bits"] == 32 and first["epochs"] == 2 and first["lr"] == p.float_lr
     assert second["weight_bits"] == 1 and second["epochs"] == 1 and second["lr"] == p.tune_lr
     assert second["output_weight_bits"] == p.output_weight_bits
+    assert first["conv_weight_bits"] is None
+    assert second["conv_weight_bits"] == p.conv_weight_bits
     assert first["seed"] == second["seed"] == 3 and first["levels"] == second["levels"] == 8
     assert first["conv"] == second["conv"] == p.train["conv"]
     assert float_path("a/run.pt").as_posix() == "a/run-float.pt"

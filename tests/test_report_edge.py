@@ -135,6 +135,21 @@ def _report(b, out):
             json.loads((out / "report.json").read_text()))
 
 
+def test_table_names_the_conv_layers_width_where_it_differs(tmp_path):
+    """A mixed-precision record (``conv_weight_bits``) reads "2 (convs 3)" in the bits column;
+    the others keep their one width; a width that is no integer is one line from the loader."""
+    records = _records()
+    mixed = dict(records[-1], conv_weight_bits=3)
+    table, _ = edge_table([*records, mixed])
+    bits = table.header.index("bits")
+    assert table.rows[-1][bits] == "2 (convs 3)"
+    assert all("convs" not in row[bits] for row in table.rows[:-1])
+    bad = tmp_path / "edge.json"
+    bad.write_text(json.dumps([dict(mixed, conv_weight_bits="3")]))
+    with pytest.raises(ReportError, match="conv_weight_bits"):
+        load_edge_records(bad)
+
+
 def test_report_section_with_the_fixture_and_this_build(build, tmp_path, monkeypatch):
     monkeypatch.setenv("NSM_EDGE_RESULTS", str(FIXTURE))
     md, page, data = _report(build, tmp_path / "out")

@@ -692,6 +692,33 @@ def test_nsm_train_cli_loss_options(tmp_path):
     assert r.exit_code != 0 and "12" in r.output
 
 
+def test_nsm_train_cli_conv_weight_bits(tmp_path):
+    """``--conv-weight-bits``: the conv layers at their own width (mixed precision), the dense
+    layers at ``--weight-bits``; the checkpoint loads as it was trained. An MLP, or a width
+    that is not 1..8 or 32, is one clear line."""
+    from click.testing import CliRunner
+
+    from nsm.cli import main
+
+    ck = tmp_path / "m.pt"
+    r = CliRunner().invoke(main, ["train", "--model", "nsm-conv", "--conv", "2c3s-p2-8",
+                                  "--epochs", "1", "--no-progress", "--weight-bits", "2",
+                                  "--conv-weight-bits", "4", "--output-weight-bits", "8",
+                                  "-o", str(ck)])
+    assert r.exit_code == 0, r.output
+    model, ckpt = load_checkpoint(ck)
+    assert [m.weight_bits for m in model.features if hasattr(m, "weight_bits")] == [4]
+    assert [m.weight_bits for m in model.layers] == [2, 8]
+    assert model.config["conv_weight_bits"] == 4 and ckpt["train_config"]["conv_weight_bits"] == 4
+    r = CliRunner().invoke(main, ["train", "--hidden", "16", "--conv-weight-bits", "4",
+                                  "-o", str(tmp_path / "mlp.pt")])
+    assert r.exit_code != 0 and "conv_weight_bits" in r.output
+    assert not (tmp_path / "mlp.pt").exists()
+    r = CliRunner().invoke(main, ["train", "--model", "nsm-conv", "--conv-weight-bits", "9",
+                                  "-o", str(tmp_path / "bad.pt")])
+    assert r.exit_code != 0 and "--conv-weight-bits" in r.output and "9" in r.output
+
+
 def test_init_fine_tunes_a_float_model_with_quantized_weights(tmp_path, digits):
     """``init`` starts from another checkpoint's weights: a float model fine-tuned at 2 bits
     begins with its weights exactly (lr 0 keeps them), and after two epochs beats two epochs of
