@@ -466,9 +466,11 @@ _PRESET_TUNE = ("weight_bits", "output_weight_bits", "conv_weight_bits", "epochs
 
 
 def _train_preset(preset, ps, float_epochs, no_progress) -> None:
-    """``nsm train --preset``: float pre-training, then quantization-aware fine-tuning from it,
-    each stage resumable (``--checkpoint C`` keeps stage 1's in ``C-float``); with ``--init``
-    the given float model is fine-tuned and nothing is pre-trained."""
+    """``nsm train --preset``: float pre-training (and the preset's float warm restarts, each
+    from the last float model), then quantization-aware fine-tuning from the last float model,
+    each stage resumable (``--checkpoint C`` keeps the float stages' in ``C-float``, earlier
+    ones in ``C-float1``, ...); with ``--init`` the given float model is fine-tuned and nothing
+    is pre-trained."""
     from click.core import ParameterSource
 
     from nsm_train.presets import float_path, stage_configs
@@ -488,13 +490,20 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
 
     over = {"model" if k == "model_name" else k: value(k) for k in _PRESET_FIELDS if k in given}
     tune = {k: value(k) for k in _PRESET_TUNE if k in given}
-    first, second = stage_configs(preset, over, tune, float_epochs)
+    stages = stage_configs(preset, over, tune, float_epochs)
     out, ckpt, init = prm["output"], prm["checkpoint"], prm["init"]
-    float_out = Path(init) if init else float_path(out)
+    n_float, total = len(stages) - 1, len(stages)
+    # Where each float stage writes (the last: OUTPUT-float.pt) and keeps its checkpoint.
+    floats = [(float_path(out, None if i == n_float else i),
+               ckpt and float_path(ckpt, None if i == n_float else i))
+              for i in range(1, n_float + 1)]
+    float_out = Path(init) if init else floats[-1][0]
     outputs = [("--output", out, None), ("--checkpoint", ckpt, None)]
     if not init:
-        outputs += [("the float model", float_out, None),
-                    ("the float checkpoint", ckpt and float_path(ckpt), None)]
+        for i, (model_path, ck_path) in enumerate(floats, 1):
+            which = "the float" if i == n_float else f"float stage {i}'s"
+            outputs += [(f"{which} model", model_path, None),
+                        (f"{which} checkpoint", ck_path, None)]
     _check_outputs(outputs, [("the input --init", init)])
     resume = prm["resume"]
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -509,23 +518,24 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
         return lambda epoch, h: echo(f"{stage} epoch {epoch}: loss {h['loss'][-1]:.4f}, "
                                      f"train accuracy {h['train_acc'][-1]:.4f}")
 
-    results = []
-    for n, (cfg, dest, ck) in enumerate([(first, float_out, ckpt and float_path(ckpt)),
-                                         (second, Path(out), ckpt)], 1):
+    results, previous = [], None
+    for n, (cfg, (dest, ck)) in enumerate(zip(stages, [*floats, (Path(out), ckpt)]), 1):
         convs = cfg.get("conv_weight_bits")
-        name = "float pre-training" if n == 1 else (
+        name = ("float pre-training" if n == 1 else "float warm restart") if n <= n_float else (
             f"fine-tuning at {cfg['weight_bits']}-bit weights"
             + (f" ({convs}-bit in the convs)" if convs not in (None, cfg["weight_bits"]) else ""))
-        if n == 1 and (init or (resume and float_out.is_file())):
-            echo(f"[1/2] {preset.name}: {name} skipped, fine-tuning "
-                 f"{'--init ' if init else 'the finished '}{float_out}")
+        if n <= n_float and (init or (resume and dest.is_file())):
+            echo(f"[{n}/{total}] {preset.name}: {name} skipped, "
+                 + (f"fine-tuning --init {init}" if init else f"the finished {dest}"))
+            previous = dest
             continue
-        if n == 2:
-            cfg = {**cfg, "init": str(float_out)}
+        if n > 1:
+            cfg = {**cfg, "init": str(float_out if n > n_float else previous)}
         cfg = TrainConfig(**{**cfg, "checkpoint": ck and str(ck), "resume": resume})
         epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
-        echo(f"[{n}/2] {preset.name}: {name}, {epochs} at lr {cfg.lr:g} -> {dest}")
-        model, history = _run_training(cfg, not no_progress, epoch_line(f"[{n}/2]"))
+        echo(f"[{n}/{total}] {preset.name}: {name}, {epochs} at lr {cfg.lr:g} -> {dest}")
+        model, history = _run_training(cfg, not no_progress, epoch_line(f"[{n}/{total}]"))
+        previous = dest
         if not rank0:
             continue
         save_checkpoint(model.cpu(), dest, extra={"train_config": _plain(cfg),
@@ -533,7 +543,7 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
                                                   "preset": preset.name})
         results.append((name, history["test_acc"], dest))
     for name, acc, dest in results:
-        echo(f"{preset.name} {name}: test accuracy at T={second['samples']}: {acc:.4f}; "
+        echo(f"{preset.name} {name}: test accuracy at T={stages[-1]['samples']}: {acc:.4f}; "
              f"wrote {dest}")
 
 

@@ -29,11 +29,13 @@ __all__ = ["Preset", "PRESETS", "stage_configs", "float_path"]
 class Preset:
     """One part's network and recipe.
 
-    ``train``: :class:`nsm_train.train.TrainConfig` fields both stages share. Stage 1 trains
-    float weights (``float_epochs`` at ``float_lr``); stage 2 starts from them (``init``) and
-    trains ``weight_bits``-bit weights (``output_weight_bits`` in the output layer,
-    ``conv_weight_bits`` in the conv layers where it is not None) for
-    ``tune_epochs`` at ``tune_lr``. ``samples`` is the T the hardware runs and evaluation
+    ``train``: :class:`nsm_train.train.TrainConfig` fields every stage shares. Stage 1 trains
+    float weights (``float_epochs`` at ``float_lr``); ``float_restarts``, ``(epochs, lr)``
+    pairs, are further float stages, each a new cosine schedule from the float model before it
+    (warm restarts); the last stage starts from the last float model (``init``) and trains
+    ``weight_bits``-bit weights (``output_weight_bits`` in the output layer,
+    ``conv_weight_bits`` in the conv layers where it is not None) for ``tune_epochs`` at
+    ``tune_lr``. ``samples`` is the T the hardware runs and evaluation
     uses. ``compile_options``: what ``nsm compile --target PART`` gets besides (a
     ``--throughput`` goal makes the folding search take the smallest design that meets it
     rather than the fastest, where the fastest does not place). ``goal``: the accuracy
@@ -51,6 +53,7 @@ class Preset:
     tune_lr: float = 0.0005
     samples: int = 16
     conv_weight_bits: int | None = None
+    float_restarts: tuple = ()
     compile_options: tuple = ()
     goal: list = field(default_factory=list)
 
@@ -89,12 +92,16 @@ PRESETS = {p.name: p for p in [
     Preset("ecp5-85k",
            "ECP5-85F (ULX3S 85F): 16-level input, 32 and 64 3x3 filters, 256 ternary neurons; "
            "1.7 Mbit in EBR",
-           # 16 levels, 22 + 4 epochs: 91.77 and 92.12 % float, 91.19 and 91.32 % fine-tuned
-           # in two runs (4 levels, 12 + 3: 89.62 and 88.77 %); the first layer's 16 input
-           # channels cost LUTs, not EBR. 10 fine-tuning epochs gave no more (91.27 %).
+           # 16 levels, 22 float epochs: 91.77 and 92.12 % in two runs; a warm restart of 12
+           # more float epochs at lr 0.001 from the second: 92.51 %. Ternary, 4 epochs: 91.19 and
+           # 91.32 % from the 22-epoch models (10 epochs: 91.27 %). 3-bit convs with ternary
+           # dense layers (conv_weight_bits=3) lose less (91.87 % from the 22-epoch model,
+           # 91.92 % from the restart) but route at 36.3 MHz, under 1,000/s (docs/presets.md).
+           # 4 levels, 12 + 3 epochs: 89.62 and 88.77 %. The first layer's 16 input channels
+           # cost LUTs, not EBR.
            dict(_COMMON, conv="32c3s-p2-64c3s-p2-256", levels=16), weight_bits=2,
-           output_weight_bits=8, float_epochs=22, tune_epochs=4,
-           # Not the fastest by the estimate (most of the 83.6 k LUTs); the smallest that meets
+           output_weight_bits=8, float_epochs=22, float_restarts=((12, 0.001),), tune_epochs=4,
+           # Not the fastest by the estimate (most of the 83.6 k LUTs): the smallest that meets
            # 1,500/s at the calibrated 66 MHz (33 k LUTs estimated, 43.5 k LUT4s in yosys,
            # 36,852 cycles) meets the goal's 1,000/s at the 42.6 MHz it routes at: 1,157/s.
            compile_options=("--throughput", "1500"),
@@ -102,24 +109,29 @@ PRESETS = {p.name: p for p in [
 ]}
 
 
-def float_path(path: str | Path) -> Path:
-    """Where stage 1 writes beside stage 2's ``path``: ``run.pt`` -> ``run-float.pt``."""
+def float_path(path: str | Path, stage: int | None = None) -> Path:
+    """Where a float stage writes beside the fine-tuning stage's ``path``: the last float model
+    ``run.pt`` -> ``run-float.pt``; float stage ``k`` before it (a preset with
+    ``float_restarts``) ``run-floatK.pt``."""
     path = Path(path)
-    return path.with_name(f"{path.stem}-float{path.suffix}")
+    return path.with_name(f"{path.stem}-float{stage or ''}{path.suffix}")
 
 
 def stage_configs(preset: Preset, overrides: dict | None = None,
-                  tune: dict | None = None, float_epochs: int | None = None) -> tuple:
-    """``(float stage, fine-tuning stage)`` as TrainConfig keyword dicts.
+                  tune: dict | None = None, float_epochs: int | None = None) -> list:
+    """The stages as TrainConfig keyword dicts: float pre-training, a float stage per warm
+    restart (each to start from the one before: the caller sets ``init``), then fine-tuning
+    (from the last float model).
 
-    ``overrides`` (TrainConfig fields the user set) apply to both stages; ``tune`` (weight
+    ``overrides`` (TrainConfig fields the user set) apply to every stage; ``tune`` (weight
     widths, epochs, learning rate the user set) to the fine-tuning stage only;
-    ``float_epochs`` to the float stage."""
+    ``float_epochs`` to the first float stage."""
     shared = {**preset.train, "samples": preset.samples, **(overrides or {})}
-    first = {**shared, "weight_bits": 32, "output_weight_bits": None, "conv_weight_bits": None,
-             "epochs": float_epochs or preset.float_epochs, "lr": preset.float_lr}
-    second = {**shared, "weight_bits": preset.weight_bits,
-              "output_weight_bits": preset.output_weight_bits,
-              "conv_weight_bits": preset.conv_weight_bits,
-              "epochs": preset.tune_epochs, "lr": preset.tune_lr, **(tune or {})}
-    return first, second
+    floats = {**shared, "weight_bits": 32, "output_weight_bits": None, "conv_weight_bits": None}
+    first = {**floats, "epochs": float_epochs or preset.float_epochs, "lr": preset.float_lr}
+    restarts = [{**floats, "epochs": int(e), "lr": float(lr)} for e, lr in preset.float_restarts]
+    last = {**shared, "weight_bits": preset.weight_bits,
+            "output_weight_bits": preset.output_weight_bits,
+            "conv_weight_bits": preset.conv_weight_bits,
+            "epochs": preset.tune_epochs, "lr": preset.tune_lr, **(tune or {})}
+    return [first, *restarts, last]
