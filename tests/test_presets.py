@@ -186,6 +186,8 @@ def test_edge_results_are_measured_through_the_rtl():
     for r in records:
         p = PRESETS[r["preset"]]
         assert r["target"] == p.name and r["network"].startswith(p.network)
+        assert r["weight_bits"] == p.weight_bits, r           # the preset's widths as trained
+        assert r.get("conv_weight_bits") == p.conv_weight_bits, r
         assert r["images"] >= 1000 and r["mismatches"] == 0, r
         assert r["simulator"] == "verilator" and r["rtl_accuracy"] == r["golden_accuracy"]
         assert r["fits"] and r["fmax_mhz"] > 0 and r["inferences_per_s"] > 0, r
