@@ -468,9 +468,9 @@ _PRESET_TUNE = ("weight_bits", "output_weight_bits", "conv_weight_bits", "epochs
 def _train_preset(preset, ps, float_epochs, no_progress) -> None:
     """``nsm train --preset``: float pre-training (and the preset's float warm restarts, each
     from the last float model), then quantization-aware fine-tuning from the last float model,
-    each stage resumable (``--checkpoint C`` keeps the float stages' in ``C-float``, earlier
-    ones in ``C-float1``, ...); with ``--init`` the given float model is fine-tuned and nothing
-    is pre-trained."""
+    each stage resumable (``--checkpoint C`` keeps the last float stage's in ``C-float``, the
+    earlier ones' in ``C-float1``, ...); with ``--init`` the given float model is fine-tuned
+    and nothing is pre-trained."""
     from click.core import ParameterSource
 
     from nsm_train.presets import float_path, stage_configs
