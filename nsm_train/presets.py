@@ -102,8 +102,8 @@ PRESETS = {p.name: p for p in [
            dict(_COMMON, conv="32c3s-p2-64c3s-p2-256", levels=16), weight_bits=2,
            output_weight_bits=8, float_epochs=22, float_restarts=((12, 0.001),), tune_epochs=4,
            # Not the fastest by the estimate (most of the 83.6 k LUTs): the smallest that meets
-           # 1,500/s at the calibrated 66 MHz (33 k LUTs estimated, 43.5 k LUT4s in yosys,
-           # 36,852 cycles) meets the goal's 1,000/s at the 42.6 MHz it routes at: 1,157/s.
+           # 1,500/s at the calibrated 66 MHz (33 k LUTs estimated, 43.1 k LUTs in the record,
+           # 36,852 cycles) meets the goal's 1,000/s at the 46.1 MHz it routes at: 1,250/s.
            compile_options=("--throughput", "1500"),
            goal=[{"accuracy": 0.92, "inferences_per_s": 1000}]),
 ]}
