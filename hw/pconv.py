@@ -24,9 +24,10 @@ then for each pooled pixel ``(py, px)`` (row-major) and each of its ``G`` filter
 ``BEAT``    ``P² · k² · chunks`` cycles: the ``P x P`` conv positions of the pooling window,
             each its ``k x k`` window pixels (row-major) and their chunks, back to back; the
             first beat of a position clears the accumulators to ``-threshold``. When a
-            position's last beat has reached the accumulators (``POP_DRAIN + 1`` cycles
+            position's last beat has reached the accumulators (``DRAIN + 1`` cycles
             later) their sign bits are ORed into the pooling register (``pe x T'``).
-``DRAIN``   :data:`nsm_export.plan.POP_DRAIN` cycles.
+``DRAIN``   :data:`nsm_export.plan.POP_DRAIN` cycles, one more with the IR's
+            ``input_stage`` (:attr:`nsm_export.plan.Engine.pop_drain`).
 ``WRITE``   the pooled spikes go into the next engine's spike store: a conv engine's,
             ``next_simd`` filters a cycle (its banks); a dense engine's (channel-major inputs
             ``f * Hp*Wp + pixel``), one filter a cycle. ``done`` is high in the last
@@ -39,7 +40,6 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
-from nsm_export.plan import POP_DRAIN
 from .dense import pop_weight_words, weight_memory
 from .pdense import (draw_keep, engine_ports, spike_store, stop_image, store_wbits,
                      threshold_rom)
@@ -62,6 +62,7 @@ class PopcountConvEngine(wiring.Component):
         self._pool = engine.pool.size if engine.pool else 1
         self._consumer = engine.consumer
         self._next_simd = engine.next_simd
+        self._drain, self._input_stage = engine.pop_drain, engine.input_stage
         self._rom_name = rom_name
         self._tp = min(layer.pass_samples, ir.samples)
         self._counts = layer.pass_counts(ir.samples)
@@ -134,18 +135,20 @@ class PopcountConvEngine(wiring.Component):
         # --- accumulator and pooling -------------------------------------------------------------
         v1, first1 = Signal(), Signal()
         m.submodules.acc = acc = PopcountAccumulator(pe, simd, tp, wb, ab,
-                                                     shared_spikes=self._first, gate_stage=True)
+                                                     shared_spikes=self._first, gate_stage=True,
+                                                     input_stage=self._input_stage)
         m.d.comb += [acc.weights.eq(wdata), acc.spikes.eq(spikes), acc.keep.eq(keep),
                      acc.valid.eq(v1), acc.clear.eq(first1),
                      acc.init.eq(threshold_rom(m, layer, pe, ab, g))]
         m.d.sync += [v1.eq(0), first1.eq(0)]
-        # A position's last beat reaches ``acc`` POP_DRAIN + 1 cycles after its issue.
-        land = [Signal(name=f"land{d}") for d in range(POP_DRAIN + 1)]
-        landf = [Signal(name=f"landf{d}") for d in range(POP_DRAIN + 1)]
+        # A position's last beat reaches ``acc`` drain + 1 cycles after its issue.
+        drain = self._drain
+        land = [Signal(name=f"land{d}") for d in range(drain + 1)]
+        landf = [Signal(name=f"landf{d}") for d in range(drain + 1)]
         issue_last, issue_first = Signal(), Signal()
         m.d.sync += [land[0].eq(issue_last), landf[0].eq(issue_first)]
-        m.d.sync += [land[d].eq(land[d - 1]) for d in range(1, POP_DRAIN + 1)]
-        m.d.sync += [landf[d].eq(landf[d - 1]) for d in range(1, POP_DRAIN + 1)]
+        m.d.sync += [land[d].eq(land[d - 1]) for d in range(1, drain + 1)]
+        m.d.sync += [landf[d].eq(landf[d - 1]) for d in range(1, drain + 1)]
         here, here_first = land[-1], landf[-1]
         sp = Cat(*[~acc.acc[(t * pe + n) * ab + ab - 1] for t in range(tp) for n in range(pe)])
         pool = Signal(tp * pe)                # sample t filter n at bit t*pe + n
@@ -229,9 +232,9 @@ class PopcountConvEngine(wiring.Component):
                 with m.If(walk.group_last):
                     m.d.sync += final.eq(walk.pass_last)
                     m.next = "DRAIN1"
-            for d in range(1, POP_DRAIN + 1):
+            for d in range(1, drain + 1):
                 with m.State(f"DRAIN{d}"):
-                    m.next = f"DRAIN{d + 1}" if d < POP_DRAIN else "WRITE"
+                    m.next = f"DRAIN{d + 1}" if d < drain else "WRITE"
             with m.State("WRITE"):
                 m.d.comb += writing.eq(1)
                 m.d.sync += kw.eq(kw + 1)

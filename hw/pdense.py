@@ -16,7 +16,8 @@ then for each of the ``G = ceil(n_out / pe)`` neuron groups:
             plus ``w``), of the mask drawer's front bank and of the spike store; a cycle later
             the words reach the accumulator (the first with ``clear``), which registers its
             gated synapse bits first.
-``DRAIN``   :data:`nsm_export.plan.POP_DRAIN` cycles: the last beat reaches the accumulators.
+``DRAIN``   :data:`nsm_export.plan.POP_DRAIN` cycles (one more with the IR's ``input_stage``):
+            the last beat reaches the accumulators.
 ``WRITE``   hidden layer: the spikes (the accumulators start at ``-threshold``, so a spike is
             a sign bit) go into the next engine's spike store, ``next_simd`` neurons a cycle
             (one per bank); output layer: one cycle adds each neuron's pass sum to its class
@@ -42,7 +43,7 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.early_exit import jump_columns
-from nsm_export.plan import POP_DRAIN, images_in_flight
+from nsm_export.plan import images_in_flight
 from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
 from .popcount import PopcountAccumulator
@@ -99,6 +100,7 @@ class PopcountDenseEngine(wiring.Component):
         self._layer, self._ir = layer, ir
         self._first = engine.index == 0
         self._next_simd = engine.next_simd
+        self._drain, self._input_stage = engine.pop_drain, engine.input_stage
         self._rom_name = rom_name
         self._tp = min(layer.pass_samples, ir.samples)
         self._counts = layer.pass_counts(ir.samples)
@@ -166,13 +168,15 @@ class PopcountDenseEngine(wiring.Component):
         g = Signal(range(max(2, G)))
         if out:
             m.submodules.acc = acc = PopcountAccumulator(pe, simd * tp, 1, wb, ab,
-                                                         gate_stage=True)
+                                                         gate_stage=True,
+                                                         input_stage=self._input_stage)
             m.d.comb += [acc.weights.eq(wdata.replicate(tp)),
                          acc.spikes.eq(spikes.replicate(tp) if self._first else spikes)]
         else:
             m.submodules.acc = acc = PopcountAccumulator(pe, simd, tp, wb, ab,
                                                          shared_spikes=self._first,
-                                                         gate_stage=True)
+                                                         gate_stage=True,
+                                                         input_stage=self._input_stage)
             m.d.comb += [acc.weights.eq(wdata), acc.spikes.eq(spikes)]
             m.d.comb += acc.init.eq(threshold_rom(m, layer, pe, ab, g))
         m.d.comb += [acc.valid.eq(v1), acc.clear.eq(first1), acc.keep.eq(keep)]
@@ -241,9 +245,9 @@ class PopcountDenseEngine(wiring.Component):
                 with m.If(w == W - 1):
                     m.d.sync += w.eq(0)
                     m.next = "DRAIN1"
-            for i in range(1, POP_DRAIN + 1):
+            for i in range(1, self._drain + 1):
                 with m.State(f"DRAIN{i}"):
-                    m.next = f"DRAIN{i + 1}" if i < POP_DRAIN else "WRITE"
+                    m.next = f"DRAIN{i + 1}" if i < self._drain else "WRITE"
             with m.State("WRITE"):
                 m.d.comb += writing.eq(1)
                 m.d.sync += k.eq(k + 1)

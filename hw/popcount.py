@@ -203,6 +203,12 @@ class PopcountAccumulator(wiring.Component):
         Register every gated synapse bit before its popcount (stage 0): one more cycle of
         :attr:`latency`, and the memory reads feeding the block stay out of the popcount
         tree's clock cycle (where a gate and its register share a logic cell).
+    input_stage : bool
+        Register the beat's words (``weights``, ``spikes``, ``keep``, ``valid``, ``clear``) as
+        they come in (stage -1): one more cycle of :attr:`latency`, and the route from the
+        memories to the gates, which fan out across the block, is cut in two (on a large ECP5
+        core the weight memory's unregistered output to the gate registers is the critical
+        path). ``init`` is then read two cycles after ``clear``.
 
     Members
     -------
@@ -233,7 +239,8 @@ class PopcountAccumulator(wiring.Component):
     """
 
     def __init__(self, pe: int, simd: int, samples: int, weight_bits: int, acc_bits: int,
-                 shared_spikes: bool = False, gate_stage: bool = False):
+                 shared_spikes: bool = False, gate_stage: bool = False,
+                 input_stage: bool = False):
         for name, value in (("pe", pe), ("simd", simd), ("samples", samples)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"popcount accumulator {name} {value!r} must be a positive "
@@ -250,6 +257,7 @@ class PopcountAccumulator(wiring.Component):
         self._weight_bits, self._acc_bits = weight_bits, acc_bits
         self._shared = bool(shared_spikes)
         self._gate_stage = bool(gate_stage)
+        self._input_stage = bool(input_stage)
         super().__init__({"clear": In(1), "valid": In(1), "init": In(pe * acc_bits),
                           "weights": In(pe * simd * weight_bits),
                           "spikes": In(simd if shared_spikes else samples * simd),
@@ -278,8 +286,9 @@ class PopcountAccumulator(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Clock edges from a beat to ``acc``: :data:`LATENCY`, one more with ``gate_stage``."""
-        return LATENCY + self._gate_stage
+        """Clock edges from a beat to ``acc``: :data:`LATENCY`, one more with ``gate_stage``
+        and one more with ``input_stage``."""
+        return LATENCY + self._gate_stage + self._input_stage
 
     def _gates(self, m: Module, bits: list, name: str) -> list:
         """The gated synapse bits of a popcount, registered first with ``gate_stage``."""
@@ -289,10 +298,10 @@ class PopcountAccumulator(wiring.Component):
         m.d.sync += [r.eq(b) for r, b in zip(regs, bits)]
         return regs
 
-    def _plane(self, n: int, i: int) -> list:
+    def _plane(self, weights, n: int, i: int) -> list:
         """Bit ``i`` of neuron ``n``'s weights, input by input."""
         wb, pe = self._weight_bits, self._pe
-        return [self.weights[(s * pe + n) * wb + i] for s in range(self._simd)]
+        return [weights[(s * pe + n) * wb + i] for s in range(self._simd)]
 
     def _offset_counts(self, m: Module, t: int, spikes, keep) -> list:
         """Stage 1, once per sample: ``(factor, count)`` for the ``count(keep & spike)`` and
@@ -310,34 +319,43 @@ class PopcountAccumulator(wiring.Component):
                                                       f"kept_off{t}"), f"kept_off{t}")))
         return terms
 
-    def _agree_counts(self, m: Module, t: int, n: int, spikes, keep) -> list:
+    def _agree_counts(self, m: Module, weights, t: int, n: int, spikes, keep) -> list:
         """Stage 1: ``(c_i, count(agree_i & keep))`` for each bit ``i`` of neuron ``n``'s
         lanes."""
         c, _ = weight_code(self._weight_bits)
         return [(c[i], popcount(m, self._gates(m, [~(b ^ z) & k for b, z, k in
-                                                   zip(self._plane(n, i), spikes, keep)],
+                                                   zip(self._plane(weights, n, i), spikes, keep)],
                                                f"agree{t}_{n}_{i}"), f"agree{t}_{n}_{i}"))
                 for i in range(self._weight_bits)]
 
     def elaborate(self, platform):
         m = Module()
         S, pe, ab = self._simd, self._pe, self._acc_bits
+        words = (self.clear, self.valid, self.weights, self.spikes, self.keep)
+        if self._input_stage:
+            regs = (Signal(name="clear_i"), Signal(name="valid_i"),
+                    Signal(len(self.weights), name="weights_i"),
+                    Signal(len(self.spikes), name="spikes_i"),
+                    Signal(len(self.keep), name="keep_i"))
+            m.d.sync += [r.eq(w) for r, w in zip(regs, words)]
+            words = regs
+        clear_in, valid_in, weights, spikes_in, keep_in = words
         clear1, valid1 = Signal(), Signal()
-        clear0, valid0 = self.clear, self.valid
+        clear0, valid0 = clear_in, valid_in
         if self._gate_stage:
             clear0, valid0 = Signal(), Signal()
-            m.d.sync += [clear0.eq(self.clear), valid0.eq(self.valid)]
+            m.d.sync += [clear0.eq(clear_in), valid0.eq(valid_in)]
         m.d.sync += [clear1.eq(clear0), valid1.eq(valid0), self.out_valid.eq(valid1)]
         accs = []
         for t in range(self._samples):
-            spikes = [self.spikes[(0 if self._shared else t) * S + s] for s in range(S)]
+            spikes = [spikes_in[(0 if self._shared else t) * S + s] for s in range(S)]
             # Without ``valid`` every input counts as blanked: the counts, and the beat, are 0.
-            keep = [self.keep[t * S + s] & self.valid for s in range(S)]
+            keep = [keep_in[t * S + s] & valid_in for s in range(S)]
             offset = self._offset_counts(m, t, spikes, keep)
             for n in range(pe):
                 beat = Signal(signed(beat_bits(S, self._weight_bits)), name=f"beat{t}_{n}")
                 acc = Signal(signed(ab), name=f"acc{t}_{n}")
-                m.d.comb += beat.eq(shift_add(self._agree_counts(m, t, n, spikes, keep)
+                m.d.comb += beat.eq(shift_add(self._agree_counts(m, weights, t, n, spikes, keep)
                                               + offset))
                 start = self.init[n * ab:(n + 1) * ab].as_signed()
                 m.d.sync += acc.eq(Mux(clear1, start, acc) + beat)

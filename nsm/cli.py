@@ -791,6 +791,10 @@ def _early_exit_rule(ctx, param, value):
               help="A conv layer fed by a conv layer keeps a ring of the fewest input rows it "
                    "needs instead of its whole input map twice; the two engines then stream "
                    "rows of the same sample (less memory, more cycles; docs/architecture.md).")
+@click.option("--input-stage", is_flag=True,
+              help="Popcount engines register each beat's weight, spike and keep words before "
+                   "the gates: one more cycle per neuron group, and the route from the weight "
+                   "memory to the gates cut in two (a higher clock on large ECP5 cores).")
 @click.option("--seed", default=1, show_default=True, type=click.IntRange(1, 2**64 - 1),
               help="Base seed the per-layer LFSR seeds derive from.")
 @click.option("--lfsr-width", default=32, show_default=True, type=click.IntRange(8, 32))
@@ -812,8 +816,8 @@ def _early_exit_rule(ctx, param, value):
 @click.option("--name", default="nsm", show_default=True, help="Verilog top module name.")
 @_user_errors
 def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weight_store, target,
-                throughput, clock_mhz, line_buffer, seed, lfsr_width, p_bits, p_tolerance,
-                early_exit, name):
+                throughput, clock_mhz, line_buffer, input_stage, seed, lfsr_width, p_bits,
+                p_tolerance, early_exit, name):
     """Compile ONNX into the integer IR (ir.json, weights.npz) and Verilog (NAME.v).
     Reads the canonical and the QONNX form (docs/onnx.md). What the hardware cannot build
     (majority pooling, say) compiles to the IR only (one line on stderr says why; exit 0).
@@ -833,7 +837,8 @@ def compile_cmd(onnx_file, output, samples, pe, lanes, simd, pass_samples, weigh
                         clock_mhz=clock_mhz, samples=samples, weight_store=one(stores),
                         line_buffer=line_buffer, seed=seed, lfsr_width=lfsr_width, p_bits=p_bits,
                         p_tolerance=p_tolerance, name=name, pass_samples=pass_samples,
-                        early_exit=early_exit, **{k: one(v) for k, v in ints.items()})
+                        early_exit=early_exit, input_stage=input_stage,
+                        **{k: one(v) for k, v in ints.items()})
     if "folding" in ir.source:
         click.echo(ir.source["folding"]["summary"])
     from nsm_export.build import leap_correlation

@@ -35,7 +35,9 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
     ``clock_mhz`` (or the fastest that fits); of these only the ones given in ``kw`` are kept
     as given. The choice and its one-line summary go into ``ir.source["folding"]``.
     ``line_buffer=True`` gives every conv layer that a conv layer writes a line buffer of its
-    fewest rows (:func:`nsm_export.ir.use_line_buffers`) before the folding is chosen.
+    fewest rows (:func:`nsm_export.ir.use_line_buffers`) before the folding is chosen;
+    ``input_stage=True`` registers the popcount engines' beat words (the IR's
+    ``input_stage``: one more drain cycle per neuron group, a shorter path from the memories).
     """
     from nsm_export.devices import SynthError
     from nsm_export.folding import choose_folding
@@ -44,13 +46,15 @@ def compile_to_dir(onnx_file: Path, out_dir: Path, target: str | None = None,
         raise SynthError("--throughput and --clock-mhz need --target (the device to fold for)")
     line_buffer = kw.pop("line_buffer", False)
     early_exit = kw.pop("early_exit", None)
+    input_stage = bool(kw.pop("input_stage", False))
     given = [k for k in FOLD_KEYS if kw.get(k) is not None]
     ir = compile_file(onnx_file, **{k: v for k, v in kw.items() if v is not None})
     if early_exit is not None:
         ir.early_exit = early_exit
     if line_buffer:
         irmod.use_line_buffers(ir)
-    if line_buffer or ir.early_exit.active:
+    ir.input_stage = input_stage          # a folding without the popcount engine drops it
+    if line_buffer or ir.early_exit.active or (input_stage and target is None):
         ir.validate()
     if target is not None:
         fixed = [{k: getattr(layer, k) for k in given if hasattr(layer, k)}

@@ -77,10 +77,11 @@ def _fits_somehow(ir: IR, tg: Target) -> bool:
     return bool(fits(est, tg.capacity, LC_PER_FF[tg.family]).any())
 
 
-def command(options: list[tuple], every: bool = False, pass_samples: int = 0) -> str:
+def command(options: list[tuple], every: bool = False, pass_samples: int = 0,
+            input_stage: bool = False) -> str:
     """The ``nsm compile`` flags of a folding: ``--pe`` always, the others where they differ
     from the defaults (all of them with ``every``); ``--pass-samples`` for the popcount
-    engine."""
+    engine, and ``--input-stage`` where it has one."""
     pes, draws, simds, stores = zip(*options)
     cmd = f"nsm compile --pe {','.join(map(str, pes))}"
     if every or any(d != 1 for d in draws):
@@ -90,7 +91,7 @@ def command(options: list[tuple], every: bool = False, pass_samples: int = 0) ->
     if every or "ram" in stores:
         cmd += f" --weight-store {','.join(stores)}"
     if pass_samples:
-        cmd += f" --pass-samples {pass_samples}"
+        cmd += f" --pass-samples {pass_samples}" + (" --input-stage" if input_stage else "")
     return cmd
 
 
@@ -161,7 +162,7 @@ class Folding:
         if self.pass_samples or any(getattr(la, "pass_samples", 0) for la in layers):
             layers = [la.on_pass_samples(self.pass_samples) for la in layers]
         layers = [layer.folded(choice) for layer, choice in zip(layers, self.layers)]
-        return replace(ir, layers=layers)
+        return replace(ir, layers=layers, input_stage=ir.input_stage and self.pass_samples > 0)
 
 
 def pass_choices(samples: int) -> list[int]:
@@ -182,7 +183,8 @@ def _variants(ir: IR, pass_samples: int | None) -> dict[int, IR]:
         want = [tp for tp in want if 0 < tp <= max(1, ir.samples // 4)]
     out = {}
     for tp in want:
-        v = replace(ir, layers=[la.on_pass_samples(tp) for la in ir.layers])
+        v = replace(ir, layers=[la.on_pass_samples(tp) for la in ir.layers],
+                    input_stage=ir.input_stage and tp > 0)   # popcount engines only
         if not (pop_unsupported(v, folding=False) if tp else unsupported(v)):
             out[tp] = v
     return out
@@ -233,7 +235,7 @@ def choose_folding(ir: IR, target: str, throughput: float | None = None,
 
     def cmd(n: int, every: bool = True) -> str:
         tp, f = locate(n)
-        return command(f, every=every, pass_samples=tp)
+        return command(f, every=every, pass_samples=tp, input_stage=ir.input_stage)
 
     est = {k: np.concatenate([np.broadcast_to(p[1][1][k], (m,)) for p, m in zip(parts, sizes)])
            for k in KEYS}

@@ -74,6 +74,10 @@ index ``(c*H + y)*W + x``, the order PyTorch's ``reshape`` and ONNX ``Flatten`` 
 Layer order: zero or more ``conv2d``/``pool`` layers (each taking the previous map, the first the
 input spikes seen as a ``c_in × H × W`` map), then one or more ``dense`` layers, the last one the
 output. Version 1 files (dense layers only; the same dense semantics) still load.
+* ``input_stage`` (top level, written only when true; popcount cores only): every popcount
+  engine registers each beat's words (weights, spikes, keep bits) before its gates
+  (:class:`hw.popcount.PopcountAccumulator`), one more drain cycle per neuron group
+  (:data:`nsm_export.plan.POP_DRAIN` + 1). Schedule only.
 * A run seed ``S`` (the core's ``seed`` port, 32 bits, between images) sets every LFSR to
   ``LfsrSpec.reseeded(S)``; reset returns them to their seeds.
 
@@ -117,8 +121,8 @@ from .layers import KINDS, ConvLayer, DenseLayer, InputSpec, PoolLayer
 from .layers.input import ENCODINGS, LAYOUTS, MAX_PROB_PIXEL_BITS
 from .layers.pool import POOL_MODES
 from .schema import (LANES, MAX_KERNEL, MAX_P_BITS, MAX_WEIGHT_BITS, SIMD, WEIGHT_STORES,
-                     IRError, LfsrSpec, check_identifier, check_int, check_record, check_width,
-                     shown, signed_bits, unsigned_bits)
+                     IRError, LfsrSpec, check_bool, check_identifier, check_int, check_record,
+                     check_width, shown, signed_bits, unsigned_bits)
 
 __all__ = [
     "IR_VERSION", "READ_VERSIONS", "IRError", "InputSpec", "LfsrSpec", "DenseLayer", "ConvLayer",
@@ -184,6 +188,8 @@ class IR:
     version: int = IR_VERSION
     source: dict = field(default_factory=dict)   # provenance: ONNX file, compiler options
     early_exit: EarlyExit = field(default_factory=EarlyExit)  # the stopping rule (none)
+    # popcount engines register each beat's words before the gates (hw.popcount input_stage)
+    input_stage: bool = False
 
     @property
     def n_classes(self) -> int:
@@ -264,6 +270,10 @@ class IR:
         if not isinstance(self.early_exit, EarlyExit):
             raise IRError("early_exit must be an EarlyExit record")
         self.early_exit.validate(self.samples)
+        check_bool("input_stage", self.input_stage)
+        if self.input_stage and not any(getattr(la, "pass_samples", 0) for la in self.layers):
+            raise IRError("input_stage needs the popcount engine: no layer has pass_samples "
+                          "(compile with --pass-samples)")
         self._check_draws()
 
     def _check_draws(self) -> None:
@@ -324,6 +334,7 @@ class IR:
             "input": asdict(self.input), "samples": self.samples, "score_bits": self.score_bits,
             "tie_rule": "lowest index",
             **({"early_exit": self.early_exit.to_json()} if self.early_exit.active else {}),
+            **({"input_stage": True} if self.input_stage else {}),
             "layers": [layer.meta() for layer in self.layers], "source": self.source,
         }
 
@@ -532,7 +543,8 @@ def from_json(meta: dict, arrays: dict) -> IR:
         ir = IR(input=inp, layers=layers, samples=meta["samples"], score_bits=meta["score_bits"],
                 name=meta.get("name", "nsm"), version=version,
                 source=meta.get("source", {}),
-                early_exit=EarlyExit.record(meta.get("early_exit", {})))
+                early_exit=EarlyExit.record(meta.get("early_exit", {})),
+                input_stage=meta.get("input_stage", False))
     except IRError:
         raise
     except (KeyError, TypeError, AttributeError) as e:
@@ -540,7 +552,8 @@ def from_json(meta: dict, arrays: dict) -> IR:
     ir.validate()
     written = ir.to_json()
     for key, value in meta.items():
-        if key not in written and key != "early_exit":      # none is also read when written
+        # no rule and no input stage are also read when written
+        if key not in written and key not in ("early_exit", "input_stage"):
             raise IRError(f"ir.json: {shown(key)} is an unknown field (the file has "
                           f"{', '.join(written)})")
     if meta.get("tie_rule", written["tie_rule"]) != written["tie_rule"]:

@@ -75,6 +75,13 @@ class Engine:
     fed: bool = False
     next_simd: int = 1
     samples: int = 1
+    input_stage: bool = False
+
+    @property
+    def pop_drain(self) -> int:
+        """Popcount engine: drain cycles per neuron group, :data:`POP_DRAIN`, one more where
+        the accumulator registers its inputs (the IR's ``input_stage``)."""
+        return POP_DRAIN + self.input_stage
 
     @property
     def popcount(self) -> bool:
@@ -183,7 +190,8 @@ def plan(ir, debug: bool = False) -> Plan:
         fed = bool(engines) and engines[-1].linked
         nxt = [la for la in layers[i + 1:] if la.kind != "pool"][:1]
         engines.append(Engine(i, layer, pool, consumer, ring, linked, fed,
-                              getattr(nxt[0], "simd", 1) if nxt else 1, ir.samples))
+                              getattr(nxt[0], "simd", 1) if nxt else 1, ir.samples,
+                              ir.input_stage))
     return Plan(tuple(engines), ir.input.encoding == "bernoulli")
 
 

@@ -264,3 +264,29 @@ def test_fit_benchmark_networks_and_records(tmp_path, load_benchmark):
     assert "ecp5-85k fits it" in bad["error"] and "\n" not in bad["error"]
     assert recs["mlp-784-128-10-w1", "ice40-up5k"]["weight_kbit"] == pytest.approx(
         (784 * 128 + 2 * 128 * 10) / 1024, abs=0.05)
+
+
+@pytest.mark.parametrize("given", [None, 0, 4])
+def test_input_stage_goes_with_the_popcount_engine(model_onnx, tmp_path, given):
+    """``--input-stage`` is written into the IR where the popcount engine builds the network
+    (chosen by the search, or given); the kept-list engines (``--pass-samples 0``) drop it, and
+    without --target it needs --pass-samples: one line, nothing written."""
+    args = [] if given is None else ["--pass-samples", str(given)]
+    res = _compile(model_onnx, tmp_path / "b", "--target", TARGET, "--input-stage", *args)
+    assert res.exit_code == 0, res.output
+    ir = irmod.load(tmp_path / "b")
+    assert ir.input_stage == bool(ir.layers[0].pass_samples)
+    assert ("--input-stage`" in res.stdout) == ir.input_stage      # in the folding's flags
+    assert ("input_stage" in json.loads((tmp_path / "b" / "ir.json").read_text())) \
+        == ir.input_stage
+    if given == 0:
+        assert not ir.input_stage
+    res = _compile(model_onnx, tmp_path / "c", "--input-stage")
+    assert res.exit_code != 0
+    assert res.output.strip().splitlines()[-1].endswith(
+        "input_stage needs the popcount engine: no layer has pass_samples (compile with "
+        "--pass-samples)")
+    assert not (tmp_path / "c").exists()
+    res = _compile(model_onnx, tmp_path / "d", "--input-stage", "--pass-samples", "2")
+    assert res.exit_code == 0, res.output
+    assert irmod.load(tmp_path / "d").input_stage

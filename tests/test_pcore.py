@@ -3,6 +3,8 @@ RTL == golden model, exactly, and the cycle model exact image by image, on rando
 conv networks, with input gaps, output back-pressure, resets and run seeds; and the IRs it
 refuses, each in one line."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from hw.dense import pop_weight_words
 from hw.top import HardwareError, generate_verilog, weight_image
 from nsm_export import golden, schedule
 from nsm_export.build import IntConv, IntLayer, IntPool, build_ir
-from nsm_export.plan import plan
+from nsm_export.plan import POP_DRAIN, plan
 from nsm_export.testing import (random_conv_ir, random_ir, random_pixels, random_pop_conv_ir,
                                 random_pop_ir, random_weights)
 from sim.runner import compare, golden_with_resets, run_rtl
@@ -71,12 +73,24 @@ def test_cases_equal_golden_and_cycle_model(tmp_path, sizes, pe, simd, lanes, p,
     _exact(tmp_path, ir, random_pixels(np.random.default_rng(1), ir, 6))
 
 
+@pytest.mark.icarus
+@pytest.mark.parametrize("case", [pytest.param(c.values, id=c.id) for c in (CASES[1], CASES[3])])
+def test_input_stage_cores_equal_golden_and_cycle_model(tmp_path, case):
+    """The IR's ``input_stage`` on dense popcount cores (hidden and output engines): bit-exact,
+    every latency and interval the cycle model's."""
+    sizes, pe, simd, lanes, p, T, tp, wb, thr = case
+    ir = _net(sizes, pe, simd, lanes, p, T, tp, wb, thresholds=thr)
+    ir.input_stage = True
+    _exact(tmp_path, ir, random_pixels(np.random.default_rng(1), ir, 6))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("seed", range(6))
 def test_random_networks_equal_golden_and_cycle_model(tmp_path, simulator, seed):
     rng = np.random.default_rng(1000 + seed)
     ir = random_pop_ir(rng)
+    ir.input_stage = bool(seed % 2)       # half of them with the accumulators' input stage
     _exact(tmp_path, ir, random_pixels(rng, ir, 8), simulator)
 
 
@@ -202,8 +216,9 @@ def _writes(ctx, dut, q: int, banks: int, tp: int) -> list:
             for b in range(banks) if we >> b & 1]
 
 
-@pytest.mark.parametrize("pe,simd,next_simd,tp,T", [(4, 4, 2, 3, 5), (2, 8, 8, 4, 4)])
-def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
+@pytest.mark.parametrize("pe,simd,next_simd,tp,T,input_stage", [
+    (4, 4, 2, 3, 5, False), (2, 8, 8, 4, 4, False), (4, 4, 2, 3, 5, True)])
+def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T, input_stage):
     """One hidden PopcountDenseEngine in Amaranth's simulator, fed through its spike store and
     read at its output port, pass by pass: every spike it writes is ``sum(keep * ±w) >=
     threshold`` with the keep bits of the golden draw order (``maskdraw.keep_batches``), into
@@ -214,7 +229,9 @@ def test_engine_alone_against_its_pass_model(pe, simd, next_simd, tp, T):
     from hw.pdense import PopcountDenseEngine, store_wbits
     ir = _net([9, 12, 10, 3], [4, pe, 3], [2, simd, next_simd], [2, 4, 1], [1.0, 0.75, 1.0],
               T, tp, 3)
+    ir.input_stage = input_stage          # one more drain cycle a group (IR input_stage)
     st = plan(ir)[1]
+    assert st.pop_drain == POP_DRAIN + input_stage
     layer = st.layer
     dut = PopcountDenseEngine(layer, ir, st)
     rng = np.random.default_rng(pe)
@@ -391,12 +408,27 @@ def test_conv_cases_equal_golden_and_cycle_model(tmp_path, kw):
     _exact(tmp_path, ir, random_pixels(np.random.default_rng(1), ir, 4))
 
 
+@pytest.mark.icarus
+@pytest.mark.parametrize("kw", [pytest.param(c.values[0], id=c.id)
+                                for c in (CONV_CASES[1], CONV_CASES[3])])
+def test_input_stage_conv_cores_equal_golden_and_cycle_model(tmp_path, kw):
+    """The IR's ``input_stage`` (every accumulator registers its beat words: one more drain
+    cycle per group, both conv engines' pooling and hand-over a cycle later): still bit-exact,
+    and the cycle model counts the extra cycles."""
+    ir = _conv_net(**kw)
+    plain = schedule.expected_cycles_per_inference(ir)
+    ir.input_stage = True
+    assert schedule.expected_cycles_per_inference(ir) > plain
+    _exact(tmp_path, ir, random_pixels(np.random.default_rng(1), ir, 4))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("simulator", SIMULATORS)
 @pytest.mark.parametrize("seed", range(4))
 def test_random_conv_networks_equal_golden_and_cycle_model(tmp_path, simulator, seed):
     rng = np.random.default_rng(2000 + seed)
     ir = random_pop_conv_ir(rng)
+    ir.input_stage = bool(seed % 2)       # half of them with the accumulators' input stage
     _exact(tmp_path, ir, random_pixels(rng, ir, 4), simulator)
 
 
@@ -455,6 +487,28 @@ def test_conv_popcount_fields_round_trip_and_old_files_load(tmp_path):
             assert not {"simd", "pass_samples", "draw_order"} & set(m)
 
 
+def test_input_stage_round_trips_and_is_checked(tmp_path):
+    """The IR's ``input_stage``: written only when true (``false`` also reads), a bool, and
+    only on a popcount core; each engine's drain is one cycle longer with it."""
+    from nsm_export.ir import IRError, from_json, load, save
+    ir = _conv_net([4, 4, 4, 4], [4, 2, 4, 4], [2, 2, 2, 2])
+    assert "input_stage" not in ir.to_json()
+    ir.input_stage = True
+    save(ir, tmp_path / "s")
+    meta = json.loads((tmp_path / "s" / "ir.json").read_text())
+    assert meta["input_stage"] is True and load(tmp_path / "s").input_stage
+    assert all(e.pop_drain == POP_DRAIN + 1 for e in plan(load(tmp_path / "s")))
+    arrays = dict(np.load(tmp_path / "s" / "weights.npz"))
+    assert not from_json({**meta, "input_stage": False}, arrays).input_stage
+    with pytest.raises(IRError, match=r"^input_stage must be"):
+        from_json({**meta, "input_stage": 1}, arrays)
+    kept = random_ir(np.random.default_rng(2), sizes=[6, 5, 3], lanes=[1, 1], simd=[1, 1],
+                     p=[1.0, 1.0])
+    kept.input_stage = True
+    with pytest.raises(IRError, match=r"^input_stage needs the popcount engine"):
+        kept.validate()
+
+
 @pytest.mark.parametrize("change,message", [
     (lambda ir: ir.layers[2].__setattr__("draw_order", "chw"),
      r"^layers\[2\]\.draw_order chw: the popcount conv engine draws a pixel's channels in a "
@@ -481,13 +535,15 @@ def test_kept_list_conv_engine_refuses_the_hwc_order():
         generate_verilog(ir)
 
 
-@pytest.mark.parametrize("engine,kw", [
-    (0, dict(pe=[2, 4, 4, 4], simd=[4, 4, 4, 4], lanes=[2, 2, 2, 2], pad=1, T=3, tp=2)),
-    (1, dict(pe=[4, 2, 4, 4], simd=[4, 2, 8, 4], lanes=[2, 2, 2, 2], T=3, tp=2)),
+@pytest.mark.parametrize("engine,kw,input_stage", [
+    (0, dict(pe=[2, 4, 4, 4], simd=[4, 4, 4, 4], lanes=[2, 2, 2, 2], pad=1, T=3, tp=2), False),
+    (1, dict(pe=[4, 2, 4, 4], simd=[4, 2, 8, 4], lanes=[2, 2, 2, 2], T=3, tp=2), False),
     (1, dict(pe=[4, 8, 4, 4], simd=[4, 4, 2, 4], lanes=[1, 4, 2, 4], wb=2, pool=1, h=9,
-             T=2, tp=2, c=(4, 8))),
+             T=2, tp=2, c=(4, 8)), False),
+    (0, dict(pe=[2, 4, 4, 4], simd=[4, 4, 4, 4], lanes=[2, 2, 2, 2], pad=1, T=3, tp=2), True),
+    (1, dict(pe=[4, 2, 4, 4], simd=[4, 2, 8, 4], lanes=[2, 2, 2, 2], T=3, tp=2), True),
 ])
-def test_conv_engine_alone_against_its_pass_model(engine, kw):
+def test_conv_engine_alone_against_its_pass_model(engine, kw, input_stage):
     """One PopcountConvEngine in Amaranth's simulator, fed through its spike store and read at
     its output port, pass by pass: its threshold, pooling and hand-over stage writes, for
     every filter, pooled pixel and sample, the golden conv layer's spikes (``acc >=
@@ -499,7 +555,9 @@ def test_conv_engine_alone_against_its_pass_model(engine, kw):
     from hw.pconv import PopcountConvEngine
     from hw.pdense import store_wbits
     ir = _conv_net(**kw)
+    ir.input_stage = input_stage          # one more drain cycle a group (IR input_stage)
     st = plan(ir)[engine]
+    assert st.pop_drain == POP_DRAIN + input_stage
     layer, pool, T, tp = st.layer, st.pool, ir.samples, kw["tp"]
     first = engine == 0
     dut = PopcountConvEngine(layer, ir, st)

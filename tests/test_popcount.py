@@ -213,16 +213,17 @@ def test_verilog_has_no_multiplier(weight_bits):
     assert "*" not in code
 
 
-@pytest.mark.parametrize("gate_stage", [False, True])
+@pytest.mark.parametrize("gate_stage,input_stage", [(False, False), (True, False),
+                                                    (True, True), (False, True)])
 @pytest.mark.parametrize("weight_bits", [1, 3])
-def test_shared_spikes_and_init(rng, weight_bits, gate_stage):
+def test_shared_spikes_and_init(rng, weight_bits, gate_stage, input_stage):
     """``shared_spikes``: one spike word that every sample sees; ``init``: what a ``clear``
-    loads, per neuron, for every sample (held from the clear on); ``gate_stage``: one more
-    cycle of latency: against the model."""
+    loads, per neuron, for every sample (held from the clear on); ``gate_stage`` and
+    ``input_stage``: one more cycle of latency each: against the model."""
     pe, simd, samples, acc_bits = 3, 5, 4, 14
     dut = PopcountAccumulator(pe, simd, samples, weight_bits, acc_bits, shared_spikes=True,
-                              gate_stage=gate_stage)
-    assert dut.latency == LATENCY + gate_stage
+                              gate_stage=gate_stage, input_stage=input_stage)
+    assert dut.latency == LATENCY + gate_stage + input_stage
     init = rng.integers(-50, 50, size=pe)
     beats = _random_beats(rng, 60, pe, simd, 1, weight_bits)
     for b in beats:

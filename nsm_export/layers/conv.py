@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import estimate as E
 from ..devices import blocks
-from ..plan import BUILD_FLUSH, GROUP_OVERHEAD, POP_DRAIN
+from ..plan import BUILD_FLUSH, GROUP_OVERHEAD
 from ..schema import LANES, MAX_KERNEL, POP_SIMD, WEIGHT_STORES, IRError, LfsrSpec, beat_bits, \
     check_array, check_fields, check_int, spec
 from .base import Weighted, memory
@@ -260,7 +260,7 @@ class ConvLayer(Weighted):
         back to back, the drain and the hand-over."""
         P = self.pool_size(engine)
         pooled = (self.h_out // P) * (self.w_out // P)
-        return 1 + pooled * self.groups * (P * P * self.words + POP_DRAIN
+        return 1 + pooled * self.groups * (P * P * self.words + engine.pop_drain
                                            + self.write_cycles(engine))
 
     def pop_acc_bits(self, samples: int) -> int:

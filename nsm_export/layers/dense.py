@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import estimate as E
 from ..devices import blocks
-from ..plan import MASK_FLUSH, POP_DRAIN, group_overhead
+from ..plan import MASK_FLUSH, group_overhead
 from ..schema import LANES, POP_SIMD, SIMD, WEIGHT_STORES, IRError, LfsrSpec, beat_bits, \
     check_array, check_bool, check_fields, row_l1, signed_bits, spec
 from .base import Weighted, memory
@@ -77,7 +77,8 @@ class DenseLayer(Weighted):
     def pass_cycles(self, engine) -> int:
         """Popcount engine: cycles of one pass, whatever its sample count and draws: the go
         cycle, then per neuron group its beats, the drain and the hand-over."""
-        return 1 + self.groups * (self.words + POP_DRAIN + self.write_cycles(engine.next_simd))
+        return 1 + self.groups * (self.words + engine.pop_drain
+                                  + self.write_cycles(engine.next_simd))
 
     def on_pass_samples(self, tp: int) -> "DenseLayer":
         """This layer on the popcount engine at ``T' = tp`` (0: the kept-list engine)."""
