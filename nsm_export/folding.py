@@ -162,7 +162,13 @@ class Folding:
         if self.pass_samples or any(getattr(la, "pass_samples", 0) for la in layers):
             layers = [la.on_pass_samples(self.pass_samples) for la in layers]
         layers = [layer.folded(choice) for layer, choice in zip(layers, self.layers)]
-        return replace(ir, layers=layers, input_stage=ir.input_stage and self.pass_samples > 0)
+        return _on_engine(ir, layers, self.pass_samples)
+
+
+def _on_engine(ir: IR, layers: list, tp: int) -> IR:
+    """``ir`` with ``layers`` on the engine of ``T' = tp`` (0: the kept-list engines, which
+    have no input stage: the IR's ``input_stage`` is kept only with the popcount engine)."""
+    return replace(ir, layers=layers, input_stage=ir.input_stage and tp > 0)
 
 
 def pass_choices(samples: int) -> list[int]:
@@ -183,8 +189,7 @@ def _variants(ir: IR, pass_samples: int | None) -> dict[int, IR]:
         want = [tp for tp in want if 0 < tp <= max(1, ir.samples // 4)]
     out = {}
     for tp in want:
-        v = replace(ir, layers=[la.on_pass_samples(tp) for la in ir.layers],
-                    input_stage=ir.input_stage and tp > 0)   # popcount engines only
+        v = _on_engine(ir, [la.on_pass_samples(tp) for la in ir.layers], tp)
         if not (pop_unsupported(v, folding=False) if tp else unsupported(v)):
             out[tp] = v
     return out
