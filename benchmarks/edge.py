@@ -19,6 +19,15 @@ per stage:
    each from a reset core on its slice of the images (``nsm sim --offset``) in its own copy of
    the build, and adds them up.
 
+``--golden-images N`` also runs the golden model alone (numpy, no simulator: minutes for all
+10,000 test images where co-simulating them takes an hour) on the first N test images, in
+``--shards`` slices each from a reset core as the co-simulation's, before synthesis:
+``golden_test_accuracy`` over ``golden_test_images`` in the record. It is the RTL's accuracy on
+those images wherever the two overlap, since the RTL equals the golden model bit for bit (with
+``N == --images`` the slices are the co-simulation's and the two figures are equal), and a
+quick check of a checkpoint before a half-hour synthesis (``--no-synth --images 0`` with an
+``--out`` of its own: no co-simulation, no record in ``edge.json``).
+
 ``inferences_per_s`` is the placed Fmax over the measured cycles per inference (the core in
 a design that clocks it at its Fmax); ``board_inferences_per_s`` the same at the board top's
 own clock (its oscillator: 12 MHz on the iCEBreaker, 25 MHz on the ULX3S). ``float_accuracy``
@@ -148,6 +157,36 @@ def _simulate(build: Path, dataset: str, images: int, simulator: str, shards: in
     return out
 
 
+def _golden_slice(job: tuple) -> tuple[int, int]:
+    """Images right and run by the golden model of a freshly reset core on test images
+    ``lo:hi`` of ``dataset`` (250 a call: the model streams, its LFSRs go on between calls)."""
+    build, dataset, lo, hi = job
+    from nsm.flow import _test_images
+    from nsm_export import ir as irmod
+    from nsm_export.golden import GoldenModel
+
+    ir = irmod.load(build)
+    x, y = _test_images(dataset, 0, ir, hi - lo, lo)
+    model, right = GoldenModel(ir), 0
+    for i in range(0, len(x), 250):
+        right += int((model.run(x[i:i + 250]).classes == y[i:i + 250]).sum())
+    return right, len(x)
+
+
+def _golden(build: Path, dataset: str, images: int, shards: int) -> tuple[float, int]:
+    """The golden model's accuracy on the first ``images`` test images, in ``shards`` slices
+    side by side (processes), each from a reset core, bounded as :func:`_simulate`'s."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = [images * k // shards for k in range(shards + 1)]
+    jobs = [(build, dataset, bounds[k], bounds[k + 1]) for k in range(shards)]
+    print(f"golden model on {images:,} test images ({shards} slice(s))", flush=True)
+    with ProcessPoolExecutor(shards) as pool:
+        runs = list(pool.map(_golden_slice, jobs))
+    n = sum(k for _, k in runs)
+    return sum(r for r, _ in runs) / n, n
+
+
 def _reused_synth(build: Path, target: str, route: bool = True) -> dict | None:
     """The last ``nsm synth`` report of ``build`` for ``target`` where it synthesized this very
     core (its ``core.v`` is the build's Verilog byte for byte) and routed it or, with ``route``
@@ -166,7 +205,7 @@ def _reused_synth(build: Path, target: str, route: bool = True) -> dict | None:
 def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
         early_exit: str | None, samples: int | None, synth: bool, bitstream: bool,
         argv, simulator: str = "verilator", reuse_synth: bool = False,
-        shards: int = 1, route: bool = True) -> dict:
+        shards: int = 1, route: bool = True, golden_images: int = 0) -> dict:
     preset = PRESETS[preset_name]
     target = preset.name
     if not checkpoint.is_file():
@@ -181,6 +220,7 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
                conv_weight_bits=preset.conv_weight_bits, samples=T,
                pass_samples=None, early_exit=early_exit or "none", rtl_accuracy=None,
                golden_accuracy=None, float_accuracy=None, images=0, mismatches=None,
+               golden_test_accuracy=None, golden_test_images=None,
                simulator=simulator, fits=None, fmax_mhz=None, cycles_per_inference=None,
                mean_samples=None, inferences_per_s=None, luts=None, ram=None, dsps=None,
                folding=None, goal=preset.goal, goal_text=edge_goal_text(preset.goal),
@@ -217,6 +257,14 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
                               default=0) or None
     rec["seconds"]["compile"] = round(time.perf_counter() - t, 1)
     save()
+
+    if golden_images:
+        t = time.perf_counter()
+        acc, n = _golden(build, dataset, golden_images, shards)
+        rec.update(golden_test_accuracy=acc, golden_test_images=n)
+        rec["seconds"]["golden"] = round(time.perf_counter() - t, 1)
+        save()
+        print(f"{preset_name}: golden model {100 * acc:.2f} % of {n:,} test images", flush=True)
 
     if synth:
         t = time.perf_counter()
@@ -256,8 +304,10 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
         rec["seconds"]["bitstream"] = round(time.perf_counter() - t, 1)
         save()
 
+    if not images:
+        return rec
     t = time.perf_counter()
-    s = _simulate(build, dataset, images, simulator, shards, log)
+    s = _simulate(build, dataset, images, simulator, min(shards, images), log)
     rec.update(images=s["images"], mismatches=s["mismatches"], bench=s.get("bench"),
                shards=shards,
                rtl_accuracy=s["rtl_accuracy"], golden_accuracy=s["golden_accuracy"],
@@ -298,6 +348,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", type=int, default=1,
                     help="Co-simulate the images in this many runs side by side, each from a "
                          "reset core on its slice of the images (one per core) [default: 1].")
+    ap.add_argument("--golden-images", type=int, default=0, metavar="N",
+                    help="Also run the golden model alone on the first N test images "
+                         "(golden_test_accuracy), in --shards processes [default: 0, none].")
     ap.add_argument("--simulator", choices=["verilator", "icarus"], default="verilator")
     ap.add_argument("--build-root", type=Path, default=MODELS / "builds")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -305,9 +358,12 @@ def main(argv=None) -> int:
     presets = a.preset or list(PRESETS)
     if a.checkpoint is not None and len(presets) != 1:
         ap.error("--checkpoint needs exactly one --preset")
-    if a.images < 1:
-        ap.error(f"--images {a.images}: must be at least 1")
-    if not 1 <= a.shards <= a.images:
+    if a.images < 0 or a.golden_images < 0:
+        ap.error("--images and --golden-images must be 0 or more")
+    if a.images == 0 and a.out.resolve() == OUT.resolve():
+        ap.error(f"--images 0 measures no RTL accuracy: give an --out other than "
+                 f"{OUT.relative_to(ROOT)}")
+    if a.shards < 1 or a.shards > max(a.images, a.golden_images, 1):
         ap.error(f"--shards {a.shards}: must be between 1 and --images")
     failed = 0
     for name in presets:
@@ -317,12 +373,14 @@ def main(argv=None) -> int:
         try:
             r = run(name, ck, a.images, a.build_root / tag, a.out, a.early_exit, a.samples,
                     not a.no_synth, not a.no_bitstream, argv, a.simulator, a.reuse_synth,
-                    a.shards, not a.no_route)
+                    a.shards, not a.no_route, a.golden_images)
         except StageError as e:
             print(f"edge.py: {name}: {e}", file=sys.stderr)
             failed += 1
             continue
         rate = r["inferences_per_s"]
+        if not r["images"]:
+            continue                    # the golden model's line was the summary
         print(f"{name}: {r['network']}, weight bits {edge_bits_text(r)}, T={r['samples']}: "
               f"RTL accuracy {100 * r['rtl_accuracy']:.2f} % on {r['images']} images, "
               f"{r['mismatches']} mismatches; "

@@ -150,23 +150,50 @@ def test_preset_model_through_the_rtl(preset_run, tmp_path):
     out = tmp_path / "edge.json"
     rc = edge.main(["--preset", "ice40-up5k", "--checkpoint", str(d / "m.pt"), "--images", "12",
                     "--no-synth", "--simulator", "icarus", "--out", str(out),
-                    "--build-root", str(tmp_path / "b")])
+                    "--build-root", str(tmp_path / "b"), "--golden-images", "12"])
     assert rc == 0
     [rec] = json.loads(out.read_text())
     assert rec["mismatches"] == 0 and rec["images"] == 12
-    assert rec["rtl_accuracy"] == rec["golden_accuracy"]
+    assert rec["rtl_accuracy"] == rec["golden_accuracy"] == rec["golden_test_accuracy"]
+    assert rec["golden_test_images"] == 12
     assert rec["cycle_model_exact"] is True
     assert rec["meets_goal"] is False and rec["inferences_per_s"] is None
     # Two runs side by side, each from a reset core on half of the images: still bit-exact.
     rc = edge.main(["--preset", "ice40-up5k", "--checkpoint", str(d / "m.pt"), "--images", "12",
                     "--no-synth", "--simulator", "icarus", "--out", str(tmp_path / "e2.json"),
-                    "--build-root", str(tmp_path / "b"), "--shards", "2"])
+                    "--build-root", str(tmp_path / "b"), "--shards", "2",
+                    "--golden-images", "12"])
     assert rc == 0
     [two] = json.loads((tmp_path / "e2.json").read_text())
     assert two["shards"] == 2 and two["images"] == 12 and two["mismatches"] == 0
     assert two["rtl_accuracy"] == two["golden_accuracy"] and two["cycle_model_exact"] is True
+    # The golden model's slices are the co-simulation's: the same images from the same resets.
+    assert two["golden_test_accuracy"] == two["golden_accuracy"]
     assert sorted(p.name for p in (tmp_path / "b" / "ice40-up5k" / "shards").iterdir()) == \
         ["0", "1"]
+
+
+@pytest.mark.slow
+def test_edge_golden_model_alone(preset_run, tmp_path):
+    """``--images 0 --golden-images N``: the golden model on N images, no co-simulation; the
+    record says so (no RTL accuracy, no goal verdict)."""
+    d, _ = preset_run
+    out = tmp_path / "g.json"
+    rc = edge.main(["--preset", "ice40-up5k", "--checkpoint", str(d / "m.pt"), "--images", "0",
+                    "--golden-images", "30", "--shards", "2", "--no-synth", "--out", str(out),
+                    "--build-root", str(tmp_path / "b")])
+    assert rc == 0
+    [rec] = json.loads(out.read_text())
+    assert rec["images"] == 0 and rec["rtl_accuracy"] is None and rec["meets_goal"] is None
+    assert rec["golden_test_images"] == 30 and 0 <= rec["golden_test_accuracy"] <= 1
+    assert not (tmp_path / "b" / "ice40-up5k" / "sim").exists()
+
+
+def test_edge_images_0_needs_its_own_out(capsys):
+    with pytest.raises(SystemExit) as e:
+        edge.main(["--preset", "ecp5-25k", "--images", "0", "--golden-images", "10"])
+    assert e.value.code == 2
+    assert "--images 0 measures no RTL accuracy" in capsys.readouterr().err
 
 
 def test_edge_missing_checkpoint_is_one_line(tmp_path, capsys):
