@@ -383,10 +383,11 @@ def _default(name):
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="The network and recipe made for this FPGA part (nsm_train/presets.py): "
                    "float pre-training to OUTPUT-float.pt, then quantization-aware fine-tuning "
-                   "to OUTPUT. Options given with it override the preset in both stages, "
-                   "except --weight-bits, --output-weight-bits, --epochs and --lr (the "
-                   "fine-tuning stage's) and --init (a float model to fine-tune: no "
-                   "pre-training).")
+                   "to OUTPUT (with the preset's warm restarts between). Options given with "
+                   "it override the preset in every stage, except --weight-bits, "
+                   "--output-weight-bits, --conv-weight-bits (the fine-tuning stages'), "
+                   "--epochs and --lr (the first fine-tuning stage's) and --init (a float "
+                   "model to fine-tune: no pre-training).")
 @click.option("--float-epochs", type=click.IntRange(1, 100_000), default=None,
               help="With --preset: epochs of float pre-training [default: the preset's].")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=_FileOutput),
@@ -456,8 +457,8 @@ def _run_training(cfg, progress: bool, on_epoch=None):
 
 
 # nsm train's options that are TrainConfig fields (by parameter name, ``model_name`` being
-# ``model``); those set on the command line override a preset in both stages, except the
-# fine-tuning stage's own (_PRESET_TUNE).
+# ``model``); those set on the command line override a preset in every stage, except the
+# fine-tuning stages' own (_PRESET_TUNE).
 _PRESET_FIELDS = ("dataset", "data_dir", "model_name", "hidden", "conv", "p", "noise", "sigma",
                   "gain", "norm", "encoding", "levels", "quantizer", "score_scale",
                   "loss_samples", "label_smoothing", "shift", "flip", "expected_output",
@@ -467,13 +468,14 @@ _PRESET_TUNE = ("weight_bits", "output_weight_bits", "conv_weight_bits", "epochs
 
 def _train_preset(preset, ps, float_epochs, no_progress) -> None:
     """``nsm train --preset``: float pre-training (and the preset's float warm restarts, each
-    from the last float model), then quantization-aware fine-tuning from the last float model,
-    each stage resumable (``--checkpoint C`` keeps the last float stage's in ``C-float``, the
-    earlier ones' in ``C-float1``, ...); with ``--init`` the given float model is fine-tuned
-    and nothing is pre-trained."""
+    from the last float model), then quantization-aware fine-tuning from the last float model
+    (and the preset's fine-tuning restarts, each from the model before), each stage resumable
+    (``--checkpoint C`` keeps the last float stage's in ``C-float``, the earlier ones' in
+    ``C-float1``, ...; the fine-tuning stages before the last theirs in ``C-tune1``, ...);
+    with ``--init`` the given float model is fine-tuned and nothing is pre-trained."""
     from click.core import ParameterSource
 
-    from nsm_train.presets import float_path, stage_configs
+    from nsm_train.presets import float_path, stage_configs, tune_path
     from nsm_train.train import TrainConfig, save_checkpoint
 
     ctx = click.get_current_context()
@@ -492,11 +494,14 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
     tune = {k: value(k) for k in _PRESET_TUNE if k in given}
     stages = stage_configs(preset, over, tune, float_epochs)
     out, ckpt, init = prm["output"], prm["checkpoint"], prm["init"]
-    n_float, total = len(stages) - 1, len(stages)
-    # Where each float stage writes (the last: OUTPUT-float.pt) and keeps its checkpoint.
+    n_float, total = 1 + len(preset.float_restarts), len(stages)
+    # Where each float stage writes (the last: OUTPUT-float.pt) and keeps its checkpoint, then
+    # each fine-tuning stage (the last: OUTPUT, the ones before: OUTPUT-tuneK.pt).
     floats = [(float_path(out, None if i == n_float else i),
                ckpt and float_path(ckpt, None if i == n_float else i))
               for i in range(1, n_float + 1)]
+    tunes = [(tune_path(out, j), ckpt and tune_path(ckpt, j))
+             for j in range(1, total - n_float)] + [(Path(out), ckpt)]
     float_out = Path(init) if init else floats[-1][0]
     outputs = [("--output", out, None), ("--checkpoint", ckpt, None)]
     if not init:
@@ -504,6 +509,9 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
             which = "the float" if i == n_float else f"float stage {i}'s"
             outputs += [(f"{which} model", model_path, None),
                         (f"{which} checkpoint", ck_path, None)]
+    for j, (model_path, ck_path) in enumerate(tunes[:-1], 1):
+        outputs += [(f"fine-tuning stage {j}'s model", model_path, None),
+                    (f"fine-tuning stage {j}'s checkpoint", ck_path, None)]
     _check_outputs(outputs, [("the input --init", init)])
     resume = prm["resume"]
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -519,18 +527,20 @@ def _train_preset(preset, ps, float_epochs, no_progress) -> None:
                                      f"train accuracy {h['train_acc'][-1]:.4f}")
 
     results, previous = [], None
-    for n, (cfg, (dest, ck)) in enumerate(zip(stages, [*floats, (Path(out), ckpt)]), 1):
+    for n, (cfg, (dest, ck)) in enumerate(zip(stages, [*floats, *tunes], strict=True), 1):
         convs = cfg.get("conv_weight_bits")
         name = ("float pre-training" if n == 1 else "float warm restart") if n <= n_float else (
-            f"fine-tuning at {cfg['weight_bits']}-bit weights"
+            ("fine-tuning" if n == n_float + 1 else "fine-tuning restart")
+            + f" at {cfg['weight_bits']}-bit weights"
             + (f" ({convs}-bit in the convs)" if convs not in (None, cfg["weight_bits"]) else ""))
-        if n <= n_float and (init or (resume and dest.is_file())):
+        if (n <= n_float and init) or (n < total and resume and dest.is_file()):
             echo(f"[{n}/{total}] {preset.name}: {name} skipped, "
-                 + (f"fine-tuning --init {init}" if init else f"the finished {dest}"))
+                 + (f"fine-tuning --init {init}" if n <= n_float and init
+                    else f"the finished {dest}"))
             previous = dest
             continue
         if n > 1:
-            cfg = {**cfg, "init": str(float_out if n > n_float else previous)}
+            cfg = {**cfg, "init": str(float_out if n == n_float + 1 else previous)}
         cfg = TrainConfig(**{**cfg, "checkpoint": ck and str(ck), "resume": resume})
         epochs = f"{cfg.epochs} epoch" + ("s" if cfg.epochs != 1 else "")
         echo(f"[{n}/{total}] {preset.name}: {name}, {epochs} at lr {cfg.lr:g} -> {dest}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Preset", "PRESETS", "stage_configs", "float_path"]
+__all__ = ["Preset", "PRESETS", "stage_configs", "float_path", "tune_path"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ class Preset:
     (warm restarts); the last stage starts from the last float model (``init``) and trains
     ``weight_bits``-bit weights (``output_weight_bits`` in the output layer,
     ``conv_weight_bits`` in the conv layers where it is not None) for ``tune_epochs`` at
-    ``tune_lr``. ``samples`` is the T the hardware runs and evaluation
+    ``tune_lr``; ``tune_restarts``, ``(epochs, lr)`` pairs, are further fine-tuning stages at
+    the same widths, each a new cosine schedule from the fine-tuned model before it, the last
+    writing the preset's model. ``samples`` is the T the hardware runs and evaluation
     uses. ``compile_options``: what ``nsm compile --target PART`` gets besides (a
     ``--throughput`` goal makes the folding search take the smallest design that meets it
     rather than the fastest, where the fastest does not place). ``goal``: the accuracy
@@ -54,6 +56,7 @@ class Preset:
     samples: int = 16
     conv_weight_bits: int | None = None
     float_restarts: tuple = ()
+    tune_restarts: tuple = ()
     compile_options: tuple = ()
     goal: list = field(default_factory=list)
 
@@ -96,14 +99,15 @@ PRESETS = {p.name: p for p in [
            # more float epochs at lr 0.001 from the second: 92.51 %. 4 fine-tuning epochs from
            # it: ternary 91.53 %, 3-bit convs with ternary dense layers 91.92 %, 4-bit convs
            # 92.14 % (from the 22-epoch model: 91.32 and 91.87 %; ternary for 10 epochs:
-           # 91.27 %). The golden model on all 10,000 test images: 91.99 % with 3-bit convs,
-           # 92.09 % of the first 9,500 with 4-bit ones, whose core (61.6 k LUT4s in yosys)
-           # does not route at this rate (router2 diverged).
+           # 91.27 %); 4 more at lr 0.0002 from the 3-bit one (its checkpoint's ran with
+           # --seed 1): 92.25 %. The golden model on all 10,000 test images: 92.08 % after the
+           # fine-tuning restart, 91.99 % before it; 4-bit convs 92.09 % of the first 9,500,
+           # whose core (61.6 k LUT4s in yosys) does not route at this rate (router2 diverged).
            # 4 levels, 12 + 3 epochs: 89.62 and 88.77 %. The first layer's 16 input channels
            # cost LUTs, not EBR.
            dict(_COMMON, conv="32c3s-p2-64c3s-p2-256", levels=16), weight_bits=2,
            conv_weight_bits=3, output_weight_bits=8, float_epochs=22,
-           float_restarts=((12, 0.001),), tune_epochs=4,
+           float_restarts=((12, 0.001),), tune_epochs=4, tune_restarts=((4, 0.0002),),
            # Not the fastest by the estimate (most of the 83.6 k LUTs): the smallest that meets
            # 1,500/s at the calibrated 66 MHz (37,636 cycles), with the popcount engines' input
            # stage, which takes the weight memory's read out of the gates' clock cycle: 58.4 k
@@ -121,15 +125,23 @@ def float_path(path: str | Path, stage: int | None = None) -> Path:
     return path.with_name(f"{path.stem}-float{stage or ''}{path.suffix}")
 
 
+def tune_path(path: str | Path, stage: int) -> Path:
+    """Where fine-tuning stage ``stage`` writes beside the last one's ``path`` (a preset with
+    ``tune_restarts``): ``run.pt`` -> ``run-tuneK.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-tune{stage}{path.suffix}")
+
+
 def stage_configs(preset: Preset, overrides: dict | None = None,
                   tune: dict | None = None, float_epochs: int | None = None) -> list:
     """The stages as TrainConfig keyword dicts: float pre-training, a float stage per warm
     restart (each to start from the one before: the caller sets ``init``), then fine-tuning
-    (from the last float model).
+    (from the last float model) and a fine-tuning stage per ``tune_restarts`` entry (each from
+    the one before): ``1 + len(preset.float_restarts)`` float stages, the rest fine-tuning.
 
     ``overrides`` (TrainConfig fields the user set) apply to every stage; ``tune`` (weight
-    widths, epochs, learning rate the user set) to the fine-tuning stage only;
-    ``float_epochs`` to the first float stage."""
+    widths, epochs, learning rate the user set) to the fine-tuning stages, the epochs and
+    learning rate to the first of them only; ``float_epochs`` to the first float stage."""
     shared = {**preset.train, "samples": preset.samples, **(overrides or {})}
     floats = {**shared, "weight_bits": 32, "output_weight_bits": None, "conv_weight_bits": None}
     first = {**floats, "epochs": float_epochs or preset.float_epochs, "lr": preset.float_lr}
@@ -138,4 +150,5 @@ def stage_configs(preset: Preset, overrides: dict | None = None,
             "output_weight_bits": preset.output_weight_bits,
             "conv_weight_bits": preset.conv_weight_bits,
             "epochs": preset.tune_epochs, "lr": preset.tune_lr, **(tune or {})}
-    return [first, *restarts, last]
+    more = [{**last, "epochs": int(e), "lr": float(lr)} for e, lr in preset.tune_restarts]
+    return [first, *restarts, last, *more]

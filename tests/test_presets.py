@@ -12,7 +12,7 @@ from benchmarks import edge, fit
 from nsm.cli import main
 from nsm.report import edge_goal_met
 from nsm_export.folding import choose_folding
-from nsm_train.presets import PRESETS, float_path, stage_configs
+from nsm_train.presets import PRESETS, float_path, stage_configs, tune_path
 
 
 @pytest.mark.slow
@@ -30,56 +30,82 @@ def test_each_preset_fits_its_part(name):
 
 def test_stage_configs_split_the_options():
     p = PRESETS["ecp5-85k"]
-    *floats, last = stage_configs(p, {"seed": 3, "levels": 8}, {"epochs": 1, "weight_bits": 1},
-                                  float_epochs=2)
+    assert p.float_restarts and p.tune_restarts
+    stages = stage_configs(p, {"seed": 3, "levels": 8}, {"epochs": 1, "weight_bits": 1},
+                           float_epochs=2)
+    n_float = 1 + len(p.float_restarts)
+    floats, (last, *more) = stages[:n_float], stages[n_float:]
     first = floats[0]
-    assert len(floats) == 1 + len(p.float_restarts)
+    assert len(more) == len(p.tune_restarts)
     assert first["weight_bits"] == 32 and first["epochs"] == 2 and first["lr"] == p.float_lr
     for stage, (epochs, lr) in zip(floats[1:], p.float_restarts, strict=True):
         assert (stage["weight_bits"], stage["epochs"], stage["lr"]) == (32, epochs, lr)
     assert last["weight_bits"] == 1 and last["epochs"] == 1 and last["lr"] == p.tune_lr
-    assert last["output_weight_bits"] == p.output_weight_bits
+    # The fine-tuning restarts: the user's widths, their own epochs and learning rates.
+    for stage, (epochs, lr) in zip(more, p.tune_restarts, strict=True):
+        assert (stage["weight_bits"], stage["epochs"], stage["lr"]) == (1, epochs, lr)
+    for stage in [last, *more]:
+        assert stage["output_weight_bits"] == p.output_weight_bits
+        assert stage["conv_weight_bits"] == p.conv_weight_bits
     assert all(f["conv_weight_bits"] is None for f in floats)
-    assert last["conv_weight_bits"] == p.conv_weight_bits
-    assert {f["seed"] for f in [*floats, last]} == {3}
-    assert {f["levels"] for f in [*floats, last]} == {8}
-    assert {f["conv"] for f in [*floats, last]} == {p.train["conv"]}
+    assert {f["seed"] for f in stages} == {3}
+    assert {f["levels"] for f in stages} == {8}
+    assert {f["conv"] for f in stages} == {p.train["conv"]}
     assert len(stage_configs(PRESETS["ice40-up5k"])) == 2
     assert float_path("a/run.pt").as_posix() == "a/run-float.pt"
     assert float_path("a/run.pt", 1).as_posix() == "a/run-float1.pt"
+    assert tune_path("a/run.pt", 1).as_posix() == "a/run-tune1.pt"
 
 
 @pytest.mark.slow
-def test_preset_with_a_warm_restart_chains_three_stages(tmp_path, monkeypatch):
-    """A preset with a float warm restart: float pre-training to ``m-float1.pt``, the restart
-    from it to ``m-float.pt``, fine-tuning from that (3-bit convs, as the preset asks) to
-    ``m.pt``; ``--resume`` skips the finished float stages."""
+def test_preset_with_warm_restarts_chains_four_stages(tmp_path, monkeypatch):
+    """A preset with a float warm restart and a fine-tuning restart: float pre-training to
+    ``m-float1.pt``, the restart from it to ``m-float.pt``, fine-tuning from that (3-bit convs,
+    as the preset asks) to ``m-tune1.pt``, the fine-tuning restart from it to ``m.pt``;
+    ``--resume`` skips the finished stages before the last."""
     import dataclasses
 
     import nsm.cli
     base = PRESETS["ice40-up5k"]
     monkeypatch.setitem(nsm.cli.PRESETS, "ice40-up5k", dataclasses.replace(
-        base, float_restarts=((1, 0.001),), conv_weight_bits=3))
+        base, float_restarts=((1, 0.001),), conv_weight_bits=3, tune_restarts=((1, 0.0002),)))
     args = ["train", "--preset", "ice40-up5k", "--dataset", "digits", "--float-epochs", "1",
             "--epochs", "1", "--no-progress", "--checkpoint", str(tmp_path / "run.ckpt"),
             "-o", str(tmp_path / "m.pt")]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert "[1/3] ice40-up5k: float pre-training, 1 epoch" in r.output
-    assert "[2/3] ice40-up5k: float warm restart, 1 epoch at lr 0.001" in r.output
-    assert "[3/3] ice40-up5k: fine-tuning at 2-bit weights (3-bit in the convs)" in r.output
+    assert "[1/4] ice40-up5k: float pre-training, 1 epoch" in r.output
+    assert "[2/4] ice40-up5k: float warm restart, 1 epoch at lr 0.001" in r.output
+    assert "[3/4] ice40-up5k: fine-tuning at 2-bit weights (3-bit in the convs)" in r.output
+    assert "[4/4] ice40-up5k: fine-tuning restart at 2-bit weights (3-bit in the convs), " \
+        "1 epoch at lr 0.0002" in r.output
     tc = {name: torch.load(tmp_path / name, weights_only=True)["train_config"]
-          for name in ("m-float1.pt", "m-float.pt", "m.pt")}
+          for name in ("m-float1.pt", "m-float.pt", "m-tune1.pt", "m.pt")}
     assert tc["m-float1.pt"]["init"] is None and tc["m-float1.pt"]["weight_bits"] == 32
     assert tc["m-float.pt"]["init"] == str(tmp_path / "m-float1.pt")
     assert tc["m-float.pt"]["lr"] == 0.001 and tc["m-float.pt"]["weight_bits"] == 32
-    assert tc["m.pt"]["init"] == str(tmp_path / "m-float.pt")
-    assert tc["m.pt"]["conv_weight_bits"] == 3
-    assert (tmp_path / "run-float1.ckpt").is_file() and (tmp_path / "run-float.ckpt").is_file()
+    assert tc["m-tune1.pt"]["init"] == str(tmp_path / "m-float.pt")
+    assert tc["m-tune1.pt"]["conv_weight_bits"] == 3 and tc["m-tune1.pt"]["lr"] == base.tune_lr
+    assert tc["m.pt"]["init"] == str(tmp_path / "m-tune1.pt")
+    assert tc["m.pt"]["conv_weight_bits"] == 3 and tc["m.pt"]["lr"] == 0.0002
+    for name in ("run-float1.ckpt", "run-float.ckpt", "run-tune1.ckpt", "run.ckpt"):
+        assert (tmp_path / name).is_file(), name
     r = CliRunner().invoke(main, [*args, "--resume"])
     assert r.exit_code == 0, r.output
-    assert "[1/3] ice40-up5k: float pre-training skipped" in r.output
-    assert "[2/3] ice40-up5k: float warm restart skipped" in r.output
+    assert "[1/4] ice40-up5k: float pre-training skipped" in r.output
+    assert "[2/4] ice40-up5k: float warm restart skipped" in r.output
+    assert "[3/4] ice40-up5k: fine-tuning at 2-bit weights (3-bit in the convs) skipped, " \
+        "the finished" in r.output
+    # --init: the float stages are skipped and the fine-tuning stages chain from the model.
+    out = tmp_path / "i.pt"
+    r = CliRunner().invoke(main, [*args[:-4], "--init", str(tmp_path / "m-float.pt"),
+                                  "--checkpoint", str(tmp_path / "i.ckpt"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "[3/4] ice40-up5k: fine-tuning at" in r.output and "[4/4]" in r.output
+    assert torch.load(tmp_path / "i-tune1.pt", weights_only=True)["train_config"]["init"] == \
+        str(tmp_path / "m-float.pt")
+    assert torch.load(out, weights_only=True)["train_config"]["init"] == \
+        str(tmp_path / "i-tune1.pt")
 
 
 def test_goal_met():
