@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# An ECP5-25F candidate network trained with the ECP5-85F preset's recipe: 16 input levels,
+# 22 float epochs, a warm restart of 12 at lr 0.001, 4 epochs of 3-bit convs and ternary dense
+# layers at lr 0.0005, then 4 more at lr 0.0002. One thread, lowest priority; resumable after a
+# cut-off (every stage keeps a checkpoint: rerun the same command).
+#   bash benchmarks/runs/edge-25k-candidate.sh OUT_DIR CONV_SPEC
+# Candidates that fit the part's 56 EBR by the estimate (nsm compile --target ecp5-25k, 3-bit
+# convs, ternary dense layers):
+#   32c3s-p2-48c3s-p2-128         70/s, 4.5 k LUTs, 55 EBR (the 128-neuron head takes 38)
+#   32c3s-p2-64c3s-p2-64c3s-p2-128  279/s, 11.2 k LUTs, 54 EBR; its float training trailed
+#     the preset's own net (train accuracy 0.880 against 0.887 after 11 epochs): stopped.
+# (32c3s-p2-64c3s-p2-128, the ECP5-85F's convs with a 128-neuron head, needs 62 EBR.)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: edge-25k-candidate.sh OUT_DIR CONV_SPEC}
+CONV=${2:?usage: edge-25k-candidate.sh OUT_DIR CONV_SPEC}
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1
+NET=(--dataset fashion-mnist --model nsm-conv --conv "$CONV" --levels 16
+     --encoding thermometer --p 0.875,0.75 --norm l1 --quantizer mse --batch-size 100
+     --noise input --no-progress)
+TUNE=(--weight-bits 2 --conv-weight-bits 3 --output-weight-bits 8)
+stage() {   # NAME ARGS...: one resumable training run into OUT/NAME.pt
+    local name=$1; shift
+    test -f "$OUT/$name.pt" && return 0
+    nice -n 19 .venv/bin/nsm train "$@" --checkpoint "$OUT/$name.ckpt" --resume \
+        -o "$OUT/$name.pt" >> "$OUT/$name.log" 2>&1
+}
+stage float1 "${NET[@]}" --weight-bits 32 --epochs 22 --lr 0.002
+stage float "${NET[@]}" --weight-bits 32 --epochs 12 --lr 0.001 --init "$OUT/float1.pt"
+stage c3a "${NET[@]}" "${TUNE[@]}" --epochs 4 --lr 0.0005 --init "$OUT/float.pt"
+stage c3 "${NET[@]}" "${TUNE[@]}" --epochs 4 --lr 0.0002 --init "$OUT/c3a.pt"
+grep -h "test accuracy" "$OUT"/*.log || true
