@@ -111,7 +111,8 @@ PRESETS = {p.name: p for p in [
            # Not the fastest by the estimate (most of the 83.6 k LUTs): the smallest that meets
            # 1,500/s at the calibrated 66 MHz (37,636 cycles), with the popcount engines' input
            # stage, which takes the weight memory's read out of the gates' clock cycle: 58.4 k
-           # LUTs, routed at 58.5 MHz (36.3 MHz without it), 1,553/s.
+           # LUTs, routed at 52.5 MHz with the preset's weights (58.5 with the first
+           # fine-tuning stage's, 36.3 without the stage), 1,394/s.
            compile_options=("--throughput", "1500", "--input-stage"),
            goal=[{"accuracy": 0.92, "inferences_per_s": 1000}]),
 ]}
