@@ -118,6 +118,12 @@ def _network_label(ir: dict, preset) -> str:
     return f"{preset.network} ({levels}-level thermometer)"
 
 
+def _slices(images: int, shards: int) -> list[int]:
+    """The bounds of ``shards`` slices of the first ``images`` test images, each run from a
+    reset core (co-simulation and golden model alike, so their figures compare)."""
+    return [images * k // shards for k in range(shards + 1)]
+
+
 def _simulate(build: Path, dataset: str, images: int, simulator: str, shards: int,
               log: Path) -> dict:
     """``nsm sim`` on the first ``images`` test images: one run, or ``shards`` runs side by
@@ -129,7 +135,7 @@ def _simulate(build: Path, dataset: str, images: int, simulator: str, shards: in
                               "--simulator", simulator, "--json", log=log))
     from concurrent.futures import ThreadPoolExecutor
 
-    bounds = [images * k // shards for k in range(shards + 1)]
+    bounds = _slices(images, shards)
     copies = []
     for k in range(shards):
         copy = build / "shards" / str(k)
@@ -159,18 +165,15 @@ def _simulate(build: Path, dataset: str, images: int, simulator: str, shards: in
 
 def _golden_slice(job: tuple) -> tuple[int, int]:
     """Images right and run by the golden model of a freshly reset core on test images
-    ``lo:hi`` of ``dataset`` (250 a call: the model streams, its LFSRs go on between calls)."""
+    ``lo:hi`` of ``dataset`` (in the co-simulation's chunks: sim.runner.golden_with_resets)."""
     build, dataset, lo, hi = job
     from nsm.flow import _test_images
     from nsm_export import ir as irmod
-    from nsm_export.golden import GoldenModel
+    from sim.runner import golden_with_resets
 
     ir = irmod.load(build)
     x, y = _test_images(dataset, 0, ir, hi - lo, lo)
-    model, right = GoldenModel(ir), 0
-    for i in range(0, len(x), 250):
-        right += int((model.run(x[i:i + 250]).classes == y[i:i + 250]).sum())
-    return right, len(x)
+    return int((golden_with_resets(ir, x).classes == y).sum()), len(x)
 
 
 def _golden(build: Path, dataset: str, images: int, shards: int) -> tuple[float, int]:
@@ -178,7 +181,7 @@ def _golden(build: Path, dataset: str, images: int, shards: int) -> tuple[float,
     side by side (processes), each from a reset core, bounded as :func:`_simulate`'s."""
     from concurrent.futures import ProcessPoolExecutor
 
-    bounds = [images * k // shards for k in range(shards + 1)]
+    bounds = _slices(images, shards)
     jobs = [(build, dataset, bounds[k], bounds[k + 1]) for k in range(shards)]
     print(f"golden model on {images:,} test images ({shards} slice(s))", flush=True)
     with ProcessPoolExecutor(shards) as pool:
@@ -364,7 +367,7 @@ def main(argv=None) -> int:
         ap.error(f"--images 0 measures no RTL accuracy: give an --out other than "
                  f"{OUT.relative_to(ROOT)}")
     if a.shards < 1 or a.shards > max(a.images, a.golden_images, 1):
-        ap.error(f"--shards {a.shards}: must be between 1 and --images")
+        ap.error(f"--shards {a.shards}: must be between 1 and --images (or --golden-images)")
     failed = 0
     for name in presets:
         ck = a.checkpoint or MODELS / f"{name}.pt"
@@ -378,9 +381,9 @@ def main(argv=None) -> int:
             print(f"edge.py: {name}: {e}", file=sys.stderr)
             failed += 1
             continue
-        rate = r["inferences_per_s"]
         if not r["images"]:
             continue                    # the golden model's line was the summary
+        rate = r["inferences_per_s"]
         print(f"{name}: {r['network']}, weight bits {edge_bits_text(r)}, T={r['samples']}: "
               f"RTL accuracy {100 * r['rtl_accuracy']:.2f} % on {r['images']} images, "
               f"{r['mismatches']} mismatches; "

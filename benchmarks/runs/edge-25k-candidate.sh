@@ -15,17 +15,11 @@ cd "$(dirname "$0")/../.."
 OUT=${1:?usage: edge-25k-candidate.sh OUT_DIR CONV_SPEC}
 CONV=${2:?usage: edge-25k-candidate.sh OUT_DIR CONV_SPEC}
 mkdir -p "$OUT"
-export OMP_NUM_THREADS=1
+source benchmarks/runs/_stage.sh
 NET=(--dataset fashion-mnist --model nsm-conv --conv "$CONV" --levels 16
      --encoding thermometer --p 0.875,0.75 --norm l1 --quantizer mse --batch-size 100
      --noise input --no-progress)
 TUNE=(--weight-bits 2 --conv-weight-bits 3 --output-weight-bits 8)
-stage() {   # NAME ARGS...: one resumable training run into OUT/NAME.pt
-    local name=$1; shift
-    test -f "$OUT/$name.pt" && return 0
-    nice -n 19 .venv/bin/nsm train "$@" --checkpoint "$OUT/$name.ckpt" --resume \
-        -o "$OUT/$name.pt" >> "$OUT/$name.log" 2>&1
-}
 stage float1 "${NET[@]}" --weight-bits 32 --epochs 22 --lr 0.002
 stage float "${NET[@]}" --weight-bits 32 --epochs 12 --lr 0.001 --init "$OUT/float1.pt"
 stage c3a "${NET[@]}" "${TUNE[@]}" --epochs 4 --lr 0.0005 --init "$OUT/float.pt"

@@ -9,16 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-out/e25}
 mkdir -p "$OUT"
-export OMP_NUM_THREADS=1
+source benchmarks/runs/_stage.sh
 NET=(--dataset fashion-mnist --model nsm-conv --conv 16c5s-p2-32c5s-p2-128 --levels 8
      --encoding thermometer --p 0.875,0.75 --norm l1 --quantizer mse --batch-size 100
      --noise input --no-progress)
-stage() {   # NAME ARGS...: one resumable training run into OUT/NAME.pt
-    local name=$1; shift
-    test -f "$OUT/$name.pt" && return 0
-    nice -n 19 .venv/bin/nsm train "$@" --checkpoint "$OUT/$name.ckpt" --resume \
-        -o "$OUT/$name.pt" >> "$OUT/$name.log" 2>&1
-}
 stage float1 "${NET[@]}" --weight-bits 32 --epochs 30 --lr 0.002
 stage float "${NET[@]}" --weight-bits 32 --epochs 12 --lr 0.001 --init "$OUT/float1.pt"
 stage ternary --preset ecp5-25k --dataset fashion-mnist --no-progress --init "$OUT/float.pt" &
