@@ -102,3 +102,23 @@ def blocks(width: int, depth: int, target: Target) -> int:
     if width * depth < EBR_MIN_BITS[target.family]:
         return 0
     return min(-(-width // w) * -(-depth // d) for w, d in target.bram_shapes)
+
+
+def banked_blocks(banks: int, bank_bits: int, depth: int, target: Target) -> int:
+    """Block RAMs for a memory of ``banks`` side-by-side ``bank_bits``-bit banks, each with its
+    own write enable, ``depth`` words deep (a popcount engine's spike store: ``simd`` banks of
+    ``T'`` bits). iCE40 block RAM masks single bits: as :func:`blocks`. ECP5's DP16KD has no
+    bit mask: yosys gives each bank its own 9-bit byte lane (one a block at 9 bits wide, two at
+    18, four at 36) or blocks of its own in the narrow shapes, so 16 banks of 2 bits 904 deep
+    take 8 blocks where their bits fit 2 (the ECP5-25F candidate's netlist, docs/presets.md)."""
+    if banks * bank_bits * depth < EBR_MIN_BITS[target.family]:
+        return 0
+    if target.family != "ecp5" or banks == 1:
+        return blocks(banks * bank_bits, depth, target)
+    best = None
+    for w, d in target.bram_shapes:
+        lane, per_block = (9, w // 9) if w >= 9 else (w, 1)
+        lanes = banks * -(-bank_bits // lane)
+        n = -(-lanes // per_block) * -(-depth // d)
+        best = n if best is None else min(best, n)
+    return best

@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import early_exit
-from .devices import LANE_LUT_SCALE, SPRAM_SHAPE, blocks
+from .devices import LANE_LUT_SCALE, SPRAM_SHAPE, banked_blocks, blocks
 from .plan import plan
 
-__all__ = ["estimate", "fixed_cost", "KEYS", "need", "need_caps", "fits", "LC_PER_FF",
-           "LC_PER_FF_POP", "FILL"]
+__all__ = ["estimate", "fixed_cost", "layer_cost", "read_store_blocks", "KEYS", "need",
+           "need_caps", "fits", "LC_PER_FF", "LC_PER_FF_POP", "FILL"]
 
 LUTS_PER_ACC_BIT = 1.1           # plus LUTS_PER_ACC_BIT_WB per weight bit past the first
 LUTS_PER_ACC_BIT_WB = 0.4
@@ -90,10 +90,36 @@ def estimate(ir, target, folding: list[tuple] | None = None) -> dict:
     layer kind's ``cost`` plus what no folding changes (:func:`fixed_cost`)."""
     folding = folding or [ly.own() for ly in ir.layers]
     est = fixed_cost(ir, target)
-    for layer, opt in zip(ir.layers, folding):
-        for k, v in layer.cost(target, *opt).items():
+    for i, (layer, opt) in enumerate(zip(ir.layers, folding)):
+        for k, v in layer_cost(ir, i, target, opt).items():
             est[k] += v
     return est
+
+
+def read_store_blocks(ir, i: int, target, simd: int) -> int:
+    """Block RAMs of the spike store that popcount engine ``i`` (not the first: the top's
+    spike memory is in :func:`fixed_cost`) reads at ``simd`` inputs a beat, built as
+    ``hw.pdense.spike_store`` builds it: ``simd`` banks of ``T'`` bits, each with its own write
+    enable, two halves of its beats (the lower half rounded up to a power of two)."""
+    layer = ir.layers[i]
+    if i == 0 or layer.kind not in ("dense", "conv2d") or not layer.popcount:
+        return 0
+    tp = min(layer.pass_samples, ir.samples)
+    words = layer.h_in * layer.w_in * -(-layer.c_in // simd) if layer.kind == "conv2d" \
+        else -(-layer.n_in // simd)
+    depth = (1 << max(1, (words - 1).bit_length())) + words
+    return banked_blocks(simd, tp, depth, target)
+
+
+def layer_cost(ir, i: int, target, opt: tuple) -> dict:
+    """What layer ``i`` costs at folding ``opt`` (``pe, lanes, simd, weight_store``): its
+    kind's ``cost`` and, on the popcount datapath, the spike store it reads
+    (:func:`read_store_blocks`), which depends on its own ``simd``."""
+    layer = ir.layers[i]
+    cost = dict(layer.cost(target, *opt))
+    if layer.kind in ("dense", "conv2d") and layer.popcount:
+        cost["bram"] += read_store_blocks(ir, i, target, opt[2])
+    return cost
 
 
 def fixed_cost(ir, target) -> dict:
@@ -123,12 +149,6 @@ def fixed_cost(ir, target) -> dict:
                 w = st.layer.rng.width
                 est["luts"] += w * w // 6
                 est["ffs"] += w
-    for st in plan(ir):
-        if st.popcount and st.layer.kind == "conv2d":   # the pooled map's store it writes
-            tp = min(st.layer.pass_samples, ir.samples)
-            P = st.pool.size if st.pool else 1
-            out = st.layer.c_out * (st.layer.h_out // P) * (st.layer.w_out // P)
-            est["bram"] += blocks(tp, 2 * out, target)
     return est
 
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from . import schedule
 from .devices import SPRAM_SHAPE, TARGETS, FitError, SynthError, Target, has_conv
-from .estimate import FILL, KEYS, LC_PER_FF, LC_PER_FF_POP, fits, fixed_cost, need, need_caps
+from .estimate import (FILL, KEYS, LC_PER_FF, LC_PER_FF_POP, fits, fixed_cost, layer_cost,
+                       need, need_caps)
 from .ir import IR
 from .plan import plan, pop_unsupported, unsupported
 
@@ -40,7 +41,7 @@ def _search(ir: IR, target: Target, options: list[list[tuple]], start: dict,
         ref = anchor[i] if anchor else dict.fromkeys(KEYS, 0)
         rows = []
         for opt in options[i]:
-            cost = layer.cost(target, *opt)
+            cost = layer_cost(ir, i, target, opt)
             dur = layer.mean_cycles(engines.get(i), opt)
             changes = sum(a != b for a, b in zip(opt, layer.own())) if anchor else 0
             rows.append((opt, [cost[k] - ref[k] for k in KEYS] + [dur, changes]))
@@ -110,7 +111,7 @@ def suggest_folding(ir: IR, target: Target, used: dict) -> str:
     The estimate is anchored at ``used``, measured at the IR's own settings; see
     each layer kind's ``cost`` for what changes with each setting.
     """
-    anchor = [ly.cost(target, *ly.own()) for ly in ir.layers]
+    anchor = [layer_cost(ir, i, target, ly.own()) for i, ly in enumerate(ir.layers)]
     folding, est, cycles, changes = _search(ir, target, [ly.options(target) for ly in ir.layers],
                                             used, anchor)
     ok = fits(est, target.capacity)

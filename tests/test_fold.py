@@ -290,3 +290,43 @@ def test_input_stage_goes_with_the_popcount_engine(model_onnx, tmp_path, given):
     res = _compile(model_onnx, tmp_path / "d", "--input-stage", "--pass-samples", "2")
     assert res.exit_code == 0, res.output
     assert irmod.load(tmp_path / "d").input_stage
+
+
+def test_spike_store_blocks_follow_the_write_enables():
+    """A popcount engine's spike and keep stores write ``T'``- or ``simd``-bit banks, each with
+    its own enable. ECP5 block RAM has no bit mask, so yosys gives each bank a 9-bit byte lane
+    (two a block at 18 bits, four at 36) or a narrow block of its own; the counts are those of
+    the ECP5-25F candidate's netlist (docs/presets.md): conv2's store, 16 banks of 2 bits, 904
+    deep, 8 blocks where its bits fit 2; the dense layer's, 4 banks, 1,612 deep, 4; the keep
+    stores, 2 banks of 16 (1,808 and 904 deep) and of 4 bits (1,612), 4, 2 and 2. iCE40 block
+    RAM masks bits: the banks pack as one word."""
+    from nsm_export.devices import TARGETS, banked_blocks, blocks
+    ecp5, ice40 = TARGETS["ecp5-25k"], TARGETS["ice40-up5k"]
+    assert banked_blocks(16, 2, 904, ecp5) == 8 and blocks(32, 904, ecp5) == 2
+    assert banked_blocks(4, 2, 1612, ecp5) == 4 and blocks(8, 1612, ecp5) == 1
+    assert [banked_blocks(2, b, d, ecp5) for b, d in ((16, 1808), (16, 904), (4, 1612))] \
+        == [4, 2, 2]
+    assert banked_blocks(1, 8, 1612, ecp5) == blocks(8, 1612, ecp5)
+    assert banked_blocks(16, 2, 904, ice40) == blocks(32, 904, ice40)
+    assert banked_blocks(4, 2, 100, ecp5) == 0                    # small: LUT RAM
+
+
+def test_the_estimate_refuses_the_folding_yosys_could_not_fit():
+    """The ECP5-25F candidate 32c3s-p2-48c3s-p2-128 (benchmarks/fit.py's shapes, random
+    weights) at the folding the estimate once chose (55 EBR), where yosys mapped 63 blocks of
+    56: with each popcount engine charged the store it reads at its own ``simd`` (65 blocks)
+    the folding no longer fits, and the search picks one with narrower stores."""
+    from benchmarks.fit import NETS, net_ir
+    NETS["cand-25k"] = (16, [(32, 3, 1), (48, 3, 1)], [128], 2, 8, 3)
+    try:
+        ir = net_ir("cand-25k")
+    finally:
+        del NETS["cand-25k"]
+    built = [dict(pe=2, simd=16, lanes=1), {}, dict(pe=2, simd=16, lanes=1), {},
+             dict(pe=1, simd=4, lanes=1), dict(pe=1, simd=1, lanes=1)]
+    with pytest.raises(synth.FitError):
+        folding.choose_folding(ir, "ecp5-25k", fixed=built, pass_samples=2)
+    f = folding.choose_folding(ir, "ecp5-25k", pass_samples=2)
+    assert f.estimate["bram"] <= 56
+    fixed = f.apply(ir)
+    assert [ly.simd for ly in fixed.layers if ly.kind == "conv2d"][1] < 16

@@ -340,11 +340,11 @@ class ConvLayer(Weighted):
         """What the engine costs at ``pe`` filter lanes, ``lanes`` window channels a clock and
         weight store ``store`` (the parts that change with them; ``simd`` is always 1).
         Popcount engine: :func:`nsm_export.layers.dense.pop_cost` with its position counters
-        and pooling registers; the spike store it writes (its size is the pooling's) is in
-        :func:`nsm_export.estimate.fixed_cost`."""
+        and pooling registers; the spike store it reads is
+        :func:`nsm_export.estimate.read_store_blocks`'s."""
         if self.popcount:
             cost = pop_cost(self, target, pe, lanes, simd, store,
-                            beats=self.kernel ** 2 * -(-self.c_in // simd), out_inputs=0,
+                            beats=self.kernel ** 2 * -(-self.c_in // simd),
                             synapse_scale=_POP_CONV_SYNAPSE_SCALE, engine_luts=_POP_CONV_LUTS)
             cost["ffs"] += _POP_CONV_FFS + pe * self.pass_samples
             return cost

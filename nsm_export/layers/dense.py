@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import estimate as E
-from ..devices import blocks
+from ..devices import banked_blocks, blocks
 from ..plan import MASK_FLUSH, group_overhead
 from ..schema import LANES, POP_SIMD, SIMD, WEIGHT_STORES, IRError, LfsrSpec, beat_bits, \
     check_array, check_bool, check_fields, row_l1, signed_bits, spec
@@ -233,10 +233,9 @@ class DenseLayer(Weighted):
         return cost
 
     def _pop_cost(self, target, pe: int, lanes: int, simd: int, store: str) -> dict:
-        """The popcount engine at this folding (:func:`pop_cost`); the spike store it writes
-        holds ``n_out`` inputs of the next engine."""
-        return pop_cost(self, target, pe, lanes, simd, store, beats=-(-self.n_in // simd),
-                        out_inputs=self.n_out)
+        """The popcount engine at this folding (:func:`pop_cost`); the spike store it reads is
+        :func:`nsm_export.estimate.read_store_blocks`'s."""
+        return pop_cost(self, target, pe, lanes, simd, store, beats=-(-self.n_in // simd))
 
     # --- hardware and report ---------------------------------------------------------------
     def memories(self, engine) -> dict:
@@ -305,15 +304,14 @@ def _combine(pick: dict, fixed: dict) -> list[tuple]:
 
 
 def pop_cost(layer, target, pe: int, lanes: int, simd: int, store: str, beats: int,
-             out_inputs: int, synapse_scale: float = 1.0, engine_luts: float | None = None
-             ) -> dict:
+             synapse_scale: float = 1.0, engine_luts: float | None = None) -> dict:
     """A popcount engine (dense or conv) at this folding (:mod:`nsm_export.estimate`'s
     ``POP_*``): per synapse-sample and weight bit its gate and share of a popcount tree; per
     accumulator bit an adder and a register; the stage-1 count registers; the mask drawer (LFSR
-    lanes, double-buffered keep store of ``ceil(n_in / simd)`` words); the spike store it
-    writes (two halves of ``out_inputs`` inputs; the first layer's is the top's, in
-    :func:`nsm_export.estimate.fixed_cost`) and its weights, ``beats`` words per neuron group
-    (per position for a conv layer; the thresholds land in logic). ``synapse_scale`` and
+    lanes, double-buffered keep store of ``ceil(n_in / simd)`` words, ``T'`` banks of
+    ``simd`` bits: :func:`nsm_export.devices.banked_blocks`) and its weights, ``beats`` words
+    per neuron group (per position for a conv layer; the thresholds land in logic); the spike
+    store it reads is :func:`nsm_export.estimate.read_store_blocks`'s. ``synapse_scale`` and
     ``engine_luts`` replace the dense engine's fit (1 and ``POP_ENGINE_LUTS``) for another
     kind's."""
     tp, wb = layer.pass_samples, layer.weight_bits
@@ -335,11 +333,11 @@ def pop_cost(layer, target, pe: int, lanes: int, simd: int, store: str, beats: i
             "ffs": synapses + accs * ab + count_bits + E.POP_ENGINE_FFS, "bram": 0,
             "spram": 0}
     E.weight_store_cost(cost, target, pe * simd * wb, G * beats, store)
-    if not layer.output:             # the next engine's spike store, written by this one
-        cost["bram"] += blocks(tp, 2 * out_inputs, target)
     if layer.sampling:
         bits = lanes * layer.rng.width
         cost["luts"] += E.LUTS_PER_DRAW_BIT * bits + tp * simd
         cost["ffs"] += E.FFS_PER_DRAW_BIT * bits + simd
-        cost["bram"] += blocks(tp * simd, 2 * -(-layer.n_in // simd), target)
+        # hw.maskdraw's store: T' banks of simd keep bits, each its own write enable
+        words = -(-layer.n_in // simd)
+        cost["bram"] += banked_blocks(tp, simd, (1 << (words - 1).bit_length()) + words, target)
     return cost
