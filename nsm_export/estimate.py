@@ -115,10 +115,8 @@ def layer_cost(ir, i: int, target, opt: tuple) -> dict:
     """What layer ``i`` costs at folding ``opt`` (``pe, lanes, simd, weight_store``): its
     kind's ``cost`` and, on the popcount datapath, the spike store it reads
     (:func:`read_store_blocks`), which depends on its own ``simd``."""
-    layer = ir.layers[i]
-    cost = dict(layer.cost(target, *opt))
-    if layer.kind in ("dense", "conv2d") and layer.popcount:
-        cost["bram"] += read_store_blocks(ir, i, target, opt[2])
+    cost = dict(ir.layers[i].cost(target, *opt))
+    cost["bram"] += read_store_blocks(ir, i, target, opt[2])
     return cost
 
 
