@@ -190,19 +190,28 @@ def _golden(build: Path, dataset: str, images: int, shards: int) -> tuple[float,
     return sum(r for r, _ in runs) / n, n
 
 
-def _reused_synth(build: Path, target: str, route: bool = True) -> dict | None:
+def _reused_synth(build: Path, target: str, route: bool = True,
+                  board: bool = False) -> dict | None:
     """The last ``nsm synth`` report of ``build`` for ``target`` where it synthesized this very
     core (its ``core.v`` is the build's Verilog byte for byte) and routed it or, with ``route``
-    false, placed it, else None."""
-    work = build / "synth" / target
+    false, placed it, else None. ``board``: the last ``nsm synth --bitstream`` report instead,
+    where its board top's Verilog is the one this build gives, byte for byte."""
     try:
-        rep = json.loads((work / "report.json").read_text())
         ir = json.loads((build / "ir.json").read_text())
-        same = (work / "core.v").read_bytes() == (build / f"{ir['name']}.v").read_bytes()
+        if board:
+            from hw.board import BOARDS, board_verilog
+            from nsm.flow import load_build
+            b = BOARDS[target]
+            work = build / "synth" / b.name
+            same = (work / f"{b.top}.v").read_text() == board_verilog(load_build(build), b)
+        else:
+            work = build / "synth" / target
+            same = (work / "core.v").read_bytes() == (build / f"{ir['name']}.v").read_bytes()
+        rep = json.loads((work / "report.json").read_text())
     except (OSError, ValueError, KeyError):
         return None
-    return rep if same and rep.get("board") is None and rep.get("routed", True) == route \
-        else None
+    return rep if same and (rep.get("board") is not None) == board \
+        and rep.get("routed", True) == route else None
 
 
 def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
@@ -293,8 +302,13 @@ def run(preset_name: str, checkpoint: Path, images: int, build: Path, out: Path,
     if synth and bitstream and route and rec["fits"]:
         t = time.perf_counter()
         try:
-            rep = json.loads(nsm("synth", build, "--target", target, "--bitstream", "--json",
-                                 log=log))
+            rep = _reused_synth(build, target, board=True) if reuse_synth else None
+            if rep is None:
+                rep = json.loads(nsm("synth", build, "--target", target, "--bitstream",
+                                     "--json", log=log))
+            else:
+                with log.open("a") as f:
+                    f.write(f"reusing {Path(rep['bitstream']).parent / 'report.json'}\n")
         except StageError as e:
             rec.update(bitstream=None, board_error=str(e))
         else:
@@ -347,7 +361,8 @@ def main(argv=None) -> int:
                          "after placement (record: routed false); no bitstream.")
     ap.add_argument("--reuse-synth", action="store_true",
                     help="Keep the build's last `nsm synth` report where it synthesized the same "
-                         "Verilog, byte for byte (the board top is always built again).")
+                         "Verilog, byte for byte, and its last `nsm synth --bitstream` report "
+                         "where it built the same board top.")
     ap.add_argument("--shards", type=int, default=1,
                     help="Co-simulate the images in this many runs side by side, each from a "
                          "reset core on its slice of the images (one per core) [default: 1].")

@@ -246,3 +246,37 @@ def test_edge_results_are_measured_through_the_rtl():
         assert r["fits"] and r["fmax_mhz"] > 0 and r["inferences_per_s"] > 0, r
         assert r["inferences_per_s"] == round(r["fmax_mhz"] * 1e6 / r["cycles_per_inference"], 1)
         assert r["meets_goal"] == edge_goal_met(p.goal, r["rtl_accuracy"], r["inferences_per_s"])
+
+
+def test_edge_reuses_a_synthesis_only_of_the_same_verilog(tmp_path):
+    """``--reuse-synth``: the last ``nsm synth`` report (and the board top's ``nsm synth
+    --bitstream`` one) is kept only where it built this build's Verilog byte for byte."""
+    import numpy as np
+
+    from hw.board import BOARDS, board_verilog
+    from nsm.flow import load_build, write_build
+    from nsm_export.testing import random_pop_ir
+
+    ir = random_pop_ir(np.random.default_rng(5), sizes=[64, 12, 10], samples=4, levels=1)
+    ir.validate()
+    b = tmp_path / "build"
+    write_build(ir, b)
+    core, top = b / "synth" / "ecp5-25k", b / "synth" / BOARDS["ecp5-25k"].name
+    core.mkdir(parents=True)
+    top.mkdir()
+    rep = {"fits": True, "board": None, "routed": True}
+    (core / "report.json").write_text(json.dumps(rep))
+    (core / "core.v").write_bytes((b / f"{ir.name}.v").read_bytes())
+    brep = dict(rep, board=BOARDS["ecp5-25k"].name, bitstream=str(top / "t.bit"))
+    (top / "report.json").write_text(json.dumps(brep))
+    (top / f"{BOARDS['ecp5-25k'].top}.v").write_text(
+        board_verilog(load_build(b), BOARDS["ecp5-25k"]))
+    assert edge._reused_synth(b, "ecp5-25k") == rep
+    assert edge._reused_synth(b, "ecp5-25k", board=True) == brep
+    assert edge._reused_synth(b, "ecp5-25k", route=False) is None      # it was routed
+    # Another core (its Verilog one byte off), another board top, no report: built again.
+    (core / "core.v").write_bytes((b / f"{ir.name}.v").read_bytes() + b"\n")
+    (top / f"{BOARDS['ecp5-25k'].top}.v").write_text("module other; endmodule\n")
+    assert edge._reused_synth(b, "ecp5-25k") is None
+    assert edge._reused_synth(b, "ecp5-25k", board=True) is None
+    assert edge._reused_synth(tmp_path / "none", "ecp5-25k") is None
