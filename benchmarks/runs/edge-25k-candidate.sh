@@ -8,9 +8,10 @@
 #   [NO_RESTART=1] bash benchmarks/runs/edge-25k-candidate.sh OUT_DIR CONV_SPEC
 # Candidates that fit the part's 56 EBR by the estimate (nsm compile --target ecp5-25k, 3-bit
 # convs, ternary dense layers):
-#   32c3s-p2-48c3s-p2-128         70/s, 4.5 k LUTs, 55 EBR (the 128-neuron head takes 38);
+#   32c3s-p2-48c3s-p2-128         70/s, 5.2 k LUTs, 56 EBR (the 128-neuron head takes 37);
 #     NO_RESTART=1: 91.24 % float, 91.13 % fine-tuned, golden model 91.23 % of all 10,000
-#     (out/e25b3), but yosys maps its memories to 63 EBR: it does not fit.
+#     (out/e25b3): the ECP5-25F preset now (54 EBR in yosys at the search's folding; 63 at
+#     the folding the estimate chose before it counted the stores' write enables).
 #   32c3s-p2-64c3s-p2-64c3s-p2-128  279/s, 11.2 k LUTs, 54 EBR; its float training trailed
 #     the preset's own net (train accuracy 0.880 against 0.887 after 11 epochs): stopped.
 # (32c3s-p2-64c3s-p2-128, the ECP5-85F's convs with a 128-neuron head, needs 62 EBR.)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The ECP5-25F preset's network with the ECP5-85F's levers (docs/presets.md): 30 float epochs,
-# a warm restart of 12 float epochs at lr 0.001, then 6 fine-tuning epochs with ternary weights
-# and with 4-bit convs (ternary dense layers), side by side. One thread a run, at the lowest
-# priority (it yields to co-simulation and synthesis). Resumable: every stage keeps a
-# checkpoint; rerun after a cut-off.
+# The previous ECP5-25F preset's network (16c5s-p2-32c5s-p2-128, 8 levels) with the ECP5-85F's
+# levers (docs/presets.md): 30 float epochs, a warm restart of 12 float epochs at lr 0.001, then
+# 6 fine-tuning epochs with ternary weights and with 4-bit convs (ternary dense layers), side by
+# side. One thread a run, at the lowest priority (it yields to co-simulation and synthesis).
+# Resumable: every stage keeps a checkpoint; rerun after a cut-off.
 #   bash benchmarks/runs/edge-25k-restart.sh [OUT_DIR]   (default out/e25)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,8 +15,8 @@ NET=(--dataset fashion-mnist --model nsm-conv --conv 16c5s-p2-32c5s-p2-128 --lev
      --noise input --no-progress)
 stage float1 "${NET[@]}" --weight-bits 32 --epochs 30 --lr 0.002
 stage float "${NET[@]}" --weight-bits 32 --epochs 12 --lr 0.001 --init "$OUT/float1.pt"
-stage ternary --preset ecp5-25k --dataset fashion-mnist --no-progress --init "$OUT/float.pt" &
-stage conv4 --preset ecp5-25k --dataset fashion-mnist --no-progress --init "$OUT/float.pt" \
-    --conv-weight-bits 4 &
+TUNE=(--weight-bits 2 --output-weight-bits 8 --epochs 6 --lr 0.0005 --init "$OUT/float.pt")
+stage ternary "${NET[@]}" "${TUNE[@]}" &
+stage conv4 "${NET[@]}" "${TUNE[@]}" --conv-weight-bits 4 &
 wait
 grep -h "test accuracy" "$OUT"/*.log || true
