@@ -197,7 +197,6 @@ def _reused_synth(build: Path, target: str, route: bool = True,
     false, placed it, else None. ``board``: the last ``nsm synth --bitstream`` report instead,
     where its board top's Verilog is the one this build gives, byte for byte."""
     try:
-        ir = json.loads((build / "ir.json").read_text())
         if board:
             from hw.board import BOARDS, board_verilog
             from nsm.flow import load_build
@@ -206,6 +205,7 @@ def _reused_synth(build: Path, target: str, route: bool = True,
             same = (work / f"{b.top}.v").read_text() == board_verilog(load_build(build), b)
         else:
             work = build / "synth" / target
+            ir = json.loads((build / "ir.json").read_text())
             same = (work / "core.v").read_bytes() == (build / f"{ir['name']}.v").read_bytes()
         rep = json.loads((work / "report.json").read_text())
     except (OSError, ValueError, KeyError):

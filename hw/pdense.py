@@ -43,19 +43,13 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from nsm_export.early_exit import jump_columns
-from nsm_export.plan import images_in_flight
+from nsm_export.plan import images_in_flight, store_wbits
 from .dense import pop_weight_words, weight_memory
 from .maskdraw import MaskDrawer
 from .popcount import PopcountAccumulator
 
 __all__ = ["PopcountDenseEngine", "store_wbits", "engine_ports", "spike_store", "draw_keep",
            "threshold_rom"]
-
-
-def store_wbits(words: int) -> int:
-    """Address bits of one half of a spike store of ``words`` words (the half is the bit
-    above them)."""
-    return max(1, (words - 1).bit_length())
 
 
 class PopcountDenseEngine(wiring.Component):

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import early_exit
 from .devices import LANE_LUT_SCALE, SPRAM_SHAPE, banked_blocks, blocks
-from .plan import plan
+from .plan import plan, store_wbits
 
 __all__ = ["estimate", "fixed_cost", "layer_cost", "read_store_blocks", "KEYS", "need",
            "need_caps", "fits", "LC_PER_FF", "LC_PER_FF_POP", "FILL"]
@@ -100,15 +100,14 @@ def read_store_blocks(ir, i: int, target, simd: int) -> int:
     """Block RAMs of the spike store that popcount engine ``i`` (not the first: the top's
     spike memory is in :func:`fixed_cost`) reads at ``simd`` inputs a beat, built as
     ``hw.pdense.spike_store`` builds it: ``simd`` banks of ``T'`` bits, each with its own write
-    enable, two halves of its beats (the lower half rounded up to a power of two)."""
+    enable, two halves of its beats (:func:`nsm_export.plan.store_wbits`)."""
     layer = ir.layers[i]
     if i == 0 or layer.kind not in ("dense", "conv2d") or not layer.popcount:
         return 0
     tp = min(layer.pass_samples, ir.samples)
     words = layer.h_in * layer.w_in * -(-layer.c_in // simd) if layer.kind == "conv2d" \
         else -(-layer.n_in // simd)
-    depth = (1 << max(1, (words - 1).bit_length())) + words
-    return banked_blocks(simd, tp, depth, target)
+    return banked_blocks(simd, tp, (1 << store_wbits(words)) + words, target)
 
 
 def layer_cost(ir, i: int, target, opt: tuple) -> dict:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 __all__ = ["Engine", "Plan", "plan", "unsupported", "MASK_FLUSH", "DRAIN", "TREE_STAGE", "WRITE",
            "GROUP_OVERHEAD", "BUILD_FLUSH", "ENCODE_FLUSH", "SPIKE_WORD", "MEMORY_LINK_PE",
            "group_overhead", "POP_DRAIN", "pop_unsupported", "images_in_flight",
-           "decide_cycles"]
+           "store_wbits", "decide_cycles"]
 
 #: A sampling dense layer's draw-lookup-write pipeline empties (``FLUSH1..3``).
 MASK_FLUSH = 3
@@ -48,6 +48,13 @@ def images_in_flight(engines: int) -> int:
     input store, at most two per engine's passes in flight, with room to spare): the width of
     its image counters (the top's results owed, each mask drawer's first batches owed)."""
     return 2 * engines + 8
+
+
+def store_wbits(words: int) -> int:
+    """Address bits of one half of a popcount engine's spike store of ``words`` words (the half
+    is the bit above them): the store is ``(1 << store_wbits(words)) + words`` deep
+    (``hw.pdense.spike_store``; the estimate's :func:`nsm_export.estimate.read_store_blocks`)."""
+    return max(1, (words - 1).bit_length())
 
 
 def group_overhead(simd: int) -> int:
